@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The one test command: builds if needed, runs every unit test and every VM
+# end-to-end test through ctest, prints ctest's summary, and exits non-zero
+# on any failure.
+#
+# Usage: scripts/test.sh [--preset release|debug|asan|tsan] [extra ctest args]
+#   --preset asan   ASan+UBSan build, unit and crash tests only
+#   --preset tsan   TSan build, unit and threaded (tsan) tests only
+#   e.g. scripts/test.sh -L unit        only unit tests
+#        scripts/test.sh -R vm_smoke    one test by name
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PRESET=release
+if [[ "${1:-}" == "--preset" ]]; then
+  PRESET="${2:?--preset needs a name}"
+  shift 2
+fi
+case "$PRESET" in
+  release|debug|asan|tsan) ;;
+  *) echo "test.sh: unknown preset '$PRESET' (release, debug, asan, tsan)" >&2; exit 2 ;;
+esac
+
+cd "$ROOT"
+if [[ ! -f "build/$PRESET/build.ninja" ]]; then
+  cmake --preset "$PRESET"
+fi
+cmake --build --preset "$PRESET"
+
+# Unit tests run two at a time; VM tests are marked RUN_SERIAL in CMake
+# because each VM already uses both cores.
+ctest --preset "$PRESET" -j2 "$@"
