@@ -54,6 +54,14 @@ struct IoRequest {
   IoCallback on_complete = nullptr;
   // Free for the submitter (e.g. a pointer back to its own state).
   void* user_data = nullptr;
+
+  // Reserved for the BlockDevice that holds the request between submit() and
+  // the callback: an intrusive queue link and a parked result, so devices can
+  // queue any number of requests without allocating. Submitters never touch
+  // them. A wrapper device (fault, crash) forwards its own inner requests, so
+  // each request is only ever held by one device at a time.
+  IoRequest* device_next = nullptr;
+  int device_result = 0;
 };
 
 // Every data buffer handed to a BlockDevice must be aligned to this (O_DIRECT).
