@@ -1,7 +1,6 @@
 #include "ublkvol/common/crc32c.h"
 
 #include <gtest/gtest.h>
-
 #include <string_view>
 #include <vector>
 

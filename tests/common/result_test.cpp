@@ -1,7 +1,6 @@
 #include "ublkvol/common/result.h"
 
 #include <gtest/gtest.h>
-
 #include <string>
 
 namespace ublkvol {

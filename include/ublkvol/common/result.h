@@ -32,9 +32,7 @@ class Error {
   [[nodiscard]] int errno_value() const { return code_.value(); }
   [[nodiscard]] const std::string& message() const { return message_; }
   // "message (strerror)" - what a user should see.
-  [[nodiscard]] std::string to_string() const {
-    return message_ + " (" + code_.message() + ")";
-  }
+  [[nodiscard]] std::string to_string() const { return message_ + " (" + code_.message() + ")"; }
   // Prepends context: Error(EIO,"read failed").with_context("store a") ->
   // "store a: read failed".
   [[nodiscard]] Error with_context(const std::string& context) const {
@@ -114,10 +112,10 @@ inline Status ok_status() { return {}; }
 }  // namespace ublkvol
 
 // Propagates an error from an expression returning Result<...>/Status.
-#define UBLKVOL_TRY(expr)                        \
-  do {                                           \
-    auto ublkvol_try_result_ = (expr);           \
-    if (!ublkvol_try_result_.ok()) {             \
-      return ublkvol_try_result_.error();        \
-    }                                            \
+#define UBLKVOL_TRY(expr)                 \
+  do {                                    \
+    auto ublkvol_try_result_ = (expr);    \
+    if (!ublkvol_try_result_.ok()) {      \
+      return ublkvol_try_result_.error(); \
+    }                                     \
   } while (false)
