@@ -117,6 +117,11 @@ struct SimpleVolumeOptions {
   uint64_t size_bytes = 0;
   uint32_t block_size = 4096;
   unsigned queues = 1;
+  // Memory backend only: keep the data in this file, mapped shared (e.g. on
+  // tmpfs), instead of anonymous memory, so that it outlives the process -
+  // what the frontend's daemon-restart tests need. Created if missing; an
+  // existing file must be empty or exactly size_bytes long.
+  std::string backing_file;
 };
 // Every I/O succeeds at once; reads return whatever the buffer held.
 Result<std::unique_ptr<Volume>> make_null_volume(const SimpleVolumeOptions& options);
