@@ -69,13 +69,7 @@ std::vector<std::byte> MemoryDevice::release_image() {
 }
 
 void MemoryDevice::submit(IoRequest& request) {
-  request.device_next = nullptr;
-  if (queue_tail_ == nullptr) {
-    queue_head_ = &request;
-  } else {
-    queue_tail_->device_next = &request;
-  }
-  queue_tail_ = &request;
+  detail::queue_push(queue_head_, queue_tail_, request);
   ++in_flight_;
 }
 

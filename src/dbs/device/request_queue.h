@@ -10,49 +10,30 @@
 
 namespace ublkvol::dbs::detail {
 
-// FIFO of requests linked through IoRequest::device_next. Does not own them.
-class RequestQueue {
- public:
-  [[nodiscard]] bool empty() const { return head_ == nullptr; }
-  [[nodiscard]] IoRequest* front() const { return head_; }
+// FIFO of requests linked through IoRequest::device_next, kept as a plain
+// (head, tail) pointer pair so public headers can hold one without exposing
+// this helper. Does not own the requests.
+inline void queue_push(IoRequest*& head, IoRequest*& tail, IoRequest& request) {
+  request.device_next = nullptr;
+  if (tail == nullptr) {
+    head = &request;
+  } else {
+    tail->device_next = &request;
+  }
+  tail = &request;
+}
 
-  void push_back(IoRequest& request) {
-    request.device_next = nullptr;
-    if (tail_ == nullptr) {
-      head_ = &request;
-    } else {
-      tail_->device_next = &request;
+inline IoRequest* queue_pop(IoRequest*& head, IoRequest*& tail) {
+  IoRequest* request = head;
+  if (request != nullptr) {
+    head = request->device_next;
+    if (head == nullptr) {
+      tail = nullptr;
     }
-    tail_ = &request;
+    request->device_next = nullptr;
   }
-
-  IoRequest* pop_front() {
-    IoRequest* request = head_;
-    if (request != nullptr) {
-      head_ = request->device_next;
-      if (head_ == nullptr) {
-        tail_ = nullptr;
-      }
-      request->device_next = nullptr;
-    }
-    return request;
-  }
-
-  // Moves every request out, leaving this queue empty: lets poll() run a
-  // batch of callbacks while those callbacks queue new requests.
-  RequestQueue take_all() {
-    RequestQueue taken;
-    taken.head_ = head_;
-    taken.tail_ = tail_;
-    head_ = nullptr;
-    tail_ = nullptr;
-    return taken;
-  }
-
- private:
-  IoRequest* head_ = nullptr;
-  IoRequest* tail_ = nullptr;
-};
+  return request;
+}
 
 // 0 if `request` is well formed for a device of `device_size` bytes with
 // `block_size` blocks, else -EINVAL. Zero-length data requests are invalid:

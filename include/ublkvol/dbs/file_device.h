@@ -1,0 +1,199 @@
+// FileDevice: a BlockDevice on a regular file or a block device, opened
+// O_DIRECT and driven by io_uring.
+//
+// This is the device every production store runs on, so its data path is
+// kept as close to raw io_uring as possible:
+//   - submit() prepares an SQE straight away (no copy, no allocation); the
+//     SQE's user_data is the IoRequest itself, so no in-flight table is needed.
+//     At most `queue_depth` requests are in the kernel at once; the rest wait
+//     in an intrusive FIFO (IoRequest::device_next) and enter the ring as
+//     earlier ones complete.
+//   - kick() sends everything prepared with ONE io_uring_submit. poll() also
+//     submits what is pending, reaps completions in batches and, after
+//     running the callbacks, submits whatever those callbacks queued - so a
+//     loop "poll -> callbacks resubmit" costs one io_uring_enter per batch.
+//   - A short read/write (possible on files, e.g. racing a truncate) is
+//     resubmitted for the remainder; a transfer that makes no progress fails
+//     with -EIO.
+//
+// How each operation reaches the kernel (all asynchronous via io_uring):
+//   READ / WRITE    IORING_OP_READ / IORING_OP_WRITE (READ_FIXED/WRITE_FIXED
+//                   for buffers inside a registered region, see
+//                   register_buffers()).
+//   WRITE + fua     IORING_OP_WRITE with RWF_DSYNC: on a block device this is
+//                   a REQ_FUA write (the kernel emulates FUA with a post-flush
+//                   if the disk lacks it); on a file the filesystem syncs just
+//                   that range. Cheaper than write + fdatasync, which would
+//                   flush the whole device cache for every FUA write.
+//   FLUSH           IORING_OP_FSYNC with IORING_FSYNC_DATASYNC (fdatasync; on
+//                   a block device, a cache flush). It covers every write
+//                   that completed before it was submitted (block_device.h).
+//   DISCARD         file: IORING_OP_FALLOCATE(PUNCH_HOLE|KEEP_SIZE) - the
+//                   blocks are deallocated and read as zeros.
+//                   block device: IORING_OP_URING_CMD BLOCK_URING_CMD_DISCARD
+//                   (Linux >= 6.12; what BLKDISCARD does, asynchronously). On
+//                   older kernels the device falls back, once and for good,
+//                   to ioctl(BLKDISCARD) run synchronously inside poll() by
+//                   the owning thread (the kernel had no async discard).
+//                   A device or filesystem that cannot discard (-EOPNOTSUPP)
+//                   completes discards successfully without effect: discard
+//                   is a hint (block_device.h), and DBS must not fail for it.
+//   WRITE_ZEROES    IORING_OP_FALLOCATE(ZERO_RANGE|KEEP_SIZE): on a file the
+//                   range reads as zeros and stays allocated; on a block
+//                   device the kernel turns it into the same zero-out that
+//                   BLKZEROOUT does (REQ_OP_WRITE_ZEROES, or zero writes).
+//                   Filesystems without ZERO_RANGE (tmpfs) get PUNCH_HOLE
+//                   instead, which also reads back as zeros.
+//   io_uring runs fallocate in its worker pool, so none of these blocks the
+//   owning thread.
+//
+// Geometry: block size 4096. A regular file's size must be a positive
+// multiple of 4096; a block device's size is BLKGETSIZE64 rounded down to
+// 4096 and its logical block size (BLKSSZGET) must be <= 4096. Writable block
+// devices are opened O_EXCL so nothing can mount them underneath us.
+//
+// completion_fd(): an eventfd registered with the ring on first call (so
+// busy-polling owners pay nothing for it). poll() reads it empty before
+// reaping, so once poll() has returned the fd is readable only if new
+// completions arrived.
+//
+// Destroying a FileDevice with requests in flight is a caller bug; the
+// destructor still waits for the kernel to finish with their buffers (it
+// does not run their callbacks).
+//
+// Example:
+//   FileDeviceOptions options;
+//   options.queue_depth = 64;
+//   auto device = FileDevice::open("/dev/nvme0n1", options);
+//   if (!device.ok()) { log(device.error().to_string()); ... }
+#pragma once
+
+#include <liburing.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "ublkvol/common/result.h"
+#include "ublkvol/common/unique_fd.h"
+#include "ublkvol/dbs/block_device.h"
+
+namespace ublkvol::dbs {
+
+struct FileDeviceOptions {
+  // Requests in the kernel at once (SQ size; the CQ is twice that). More
+  // may be submitted; they wait in the device's queue.
+  unsigned queue_depth = 128;
+  // Open O_RDONLY: writes, discards and write-zeroes fail with -EBADF.
+  bool read_only = false;
+  // Tests and benchmarks: if non-zero and the path is a regular file (or
+  // missing), create it and extend it to this many bytes if shorter.
+  uint64_t create_size = 0;
+  // Register the fd with the ring (IOSQE_FIXED_FILE) to skip the per-I/O
+  // file reference counting.
+  bool register_file = true;
+};
+
+class FileDevice final : public BlockDevice {
+ public:
+  static constexpr uint32_t kBlockSize = 4096;
+  // Largest single read/write: io_uring reports results as int32.
+  static constexpr uint64_t kMaxTransferBytes = uint64_t{1} << 30;
+
+  // Opens `path`. Errors name the path and the problem, e.g.
+  // "/x/y: cannot open (No such file or directory)" or
+  // "/dev/sdb: logical block size 8192 is larger than 4096".
+  static Result<std::unique_ptr<FileDevice>> open(const std::string& path,
+                                                  const FileDeviceOptions& options = {});
+
+  ~FileDevice() override;
+  FileDevice(const FileDevice&) = delete;
+  FileDevice& operator=(const FileDevice&) = delete;
+
+  // BlockDevice
+  [[nodiscard]] std::string_view name() const override { return path_; }
+  [[nodiscard]] uint64_t size_bytes() const override { return size_bytes_; }
+  [[nodiscard]] uint32_t block_size() const override { return kBlockSize; }
+  void submit(IoRequest& request) override;
+  void kick() override;
+  unsigned poll(bool wait) override;
+  [[nodiscard]] unsigned in_flight() const override { return in_flight_; }
+  [[nodiscard]] int completion_fd() const override;
+
+  [[nodiscard]] bool is_block_device() const { return is_block_device_; }
+  [[nodiscard]] const FileDeviceOptions& options() const { return options_; }
+
+  // Registers up to 16 long-lived buffer regions (e.g. a store's buffer pool
+  // or ublk tag buffers) with the ring. Reads and writes whose buffer lies
+  // entirely inside one of them then use READ_FIXED/WRITE_FIXED, which skips
+  // pinning the pages on every I/O. Replaces any earlier registration; must
+  // be called with nothing in flight. The regions must outlive the device or
+  // the next register_buffers() call.
+  Status register_buffers(std::span<const std::span<std::byte>> regions);
+
+  // Ops issued to the kernel, for tests and benchmarks.
+  struct Counters {
+    uint64_t submit_calls = 0;      // io_uring_enter for submission
+    uint64_t sqes_submitted = 0;    // SQEs handed over
+    uint64_t short_transfers = 0;   // reads/writes resubmitted for a remainder
+    uint64_t fixed_buffer_ios = 0;  // reads/writes that used a registered buffer
+    uint64_t sync_discards = 0;     // BLKDISCARD fallbacks run inside poll()
+    uint64_t discards_ignored = 0;  // discards the device does not support
+  };
+  [[nodiscard]] const Counters& counters() const { return counters_; }
+
+ private:
+  struct Region {
+    std::byte* begin;
+    std::byte* end;
+  };
+
+  FileDevice(std::string path, const FileDeviceOptions& options);
+  Status init(const std::string& path);
+
+  // Moves waiting requests into free SQEs.
+  void fill_ring();
+  // Writes the SQE for `request` (or its remainder after a short transfer).
+  void prepare(IoRequest& request);
+  // Hands prepared SQEs to the kernel; `wait_for` > 0 also waits for that
+  // many completions in the same syscall.
+  void submit_prepared(unsigned wait_for);
+  // Runs callbacks for requests completed without the ring (invalid ones,
+  // synchronous fallbacks). Returns how many.
+  unsigned complete_local();
+  // Reaps CQEs and runs their callbacks. Returns how many callbacks ran.
+  unsigned reap();
+  void finish(IoRequest& request, int result);
+  int ring_fd_for_sqe() const { return options_.register_file ? 0 : fd_.get(); }
+
+  std::string path_;
+  FileDeviceOptions options_;
+  UniqueFd fd_;
+  mutable UniqueFd event_fd_;  // created lazily by completion_fd()
+  io_uring ring_{};
+  bool ring_initialised_ = false;
+  bool is_block_device_ = false;
+  bool uring_discard_supported_ = true;
+  bool zero_range_supported_ = true;
+  uint64_t size_bytes_ = 0;
+
+  unsigned in_flight_ = 0;    // submitted to us, callback not yet run
+  unsigned in_ring_ = 0;      // SQEs prepared or owned by the kernel
+  unsigned unsubmitted_ = 0;  // SQEs prepared, not yet handed over
+  // Not yet in the ring: over queue depth, or waiting for a synchronous
+  // fallback. Linked through IoRequest::device_next.
+  IoRequest* waiting_head_ = nullptr;
+  IoRequest* waiting_tail_ = nullptr;
+  // Completed outside the ring, callbacks pending (result in device_result).
+  IoRequest* local_head_ = nullptr;
+  IoRequest* local_tail_ = nullptr;
+
+  std::vector<Region> regions_;
+  Counters counters_;
+};
+
+}  // namespace ublkvol::dbs

@@ -1,0 +1,445 @@
+#include "ublkvol/dbs/file_device.h"
+
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <climits>
+#include <cstring>
+#include <string>
+
+#include "request_queue.h"
+
+// io_uring block-device command (include/uapi/linux/blkdev.h, Linux 6.12);
+// defined here because this machine's headers predate it.
+#ifndef BLOCK_URING_CMD_DISCARD
+#define BLOCK_URING_CMD_DISCARD _IO(0x12, 0)
+#endif
+
+namespace ublkvol::dbs {
+
+namespace {
+
+// CQEs handled per batch: copied out of the ring before any callback runs so
+// callbacks may submit (and the CQ slots are released early).
+constexpr unsigned kReapBatch = 64;
+
+}  // namespace
+
+FileDevice::FileDevice(std::string path, const FileDeviceOptions& options)
+    : path_(std::move(path)), options_(options) {}
+
+FileDevice::~FileDevice() {
+  if (!ring_initialised_) {
+    return;
+  }
+  // The kernel may still be reading/writing the callers' buffers: wait for it
+  // to let go before the ring (and with it the ability to know) disappears.
+  if (unsubmitted_ > 0) {
+    io_uring_submit(&ring_);
+  }
+  while (in_ring_ > 0) {
+    io_uring_cqe* cqe = nullptr;
+    int rc = io_uring_wait_cqe(&ring_, &cqe);
+    if (rc == -EINTR) {
+      continue;
+    }
+    if (rc < 0) {
+      break;
+    }
+    io_uring_cqe_seen(&ring_, cqe);
+    --in_ring_;
+  }
+  io_uring_queue_exit(&ring_);
+}
+
+Result<std::unique_ptr<FileDevice>> FileDevice::open(const std::string& path,
+                                                     const FileDeviceOptions& options) {
+  if (options.queue_depth == 0 || options.queue_depth > 4096) {
+    return Error(EINVAL, path + ": queue depth " + std::to_string(options.queue_depth) +
+                             " is not in 1..4096");
+  }
+  std::unique_ptr<FileDevice> device(new FileDevice(path, options));
+  UBLKVOL_TRY(device->init(path));
+  return device;
+}
+
+Status FileDevice::init(const std::string& path) {
+  int flags = O_DIRECT | O_CLOEXEC | (options_.read_only ? O_RDONLY : O_RDWR);
+  if (options_.create_size != 0) {
+    flags |= O_CREAT;
+  }
+  fd_.reset(::open(path.c_str(), flags, 0644));
+  if (!fd_) {
+    int open_errno = errno;
+    struct stat st {};
+    if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+      // open(O_DIRECT) of a directory fails with EINVAL or EISDIR depending
+      // on the filesystem; say what is actually wrong.
+      return Error(EISDIR, path + ": is a directory, not a file or block device");
+    }
+    return Error(open_errno, path + ": cannot open" + (options_.read_only ? "" : " for writing"));
+  }
+  struct stat st {};
+  if (::fstat(fd_.get(), &st) != 0) {
+    return errno_error(path + ": fstat failed");
+  }
+  if (S_ISBLK(st.st_mode)) {
+    is_block_device_ = true;
+    if (!options_.read_only) {
+      // Claim the device exclusively (fails if mounted or held by another
+      // exclusive opener), so nothing writes underneath the store.
+      fd_.reset(::open(path.c_str(), flags | O_EXCL, 0));
+      if (!fd_) {
+        return errno_error(path + ": cannot open exclusively (in use?)");
+      }
+    }
+    int logical_block_size = 0;
+    if (::ioctl(fd_.get(), BLKSSZGET, &logical_block_size) != 0) {
+      return errno_error(path + ": BLKSSZGET failed");
+    }
+    if (logical_block_size <= 0 || static_cast<uint32_t>(logical_block_size) > kBlockSize) {
+      return Error(EINVAL, path + ": logical block size " + std::to_string(logical_block_size) +
+                               " is not supported (must be at most 4096)");
+    }
+    uint64_t bytes = 0;
+    if (::ioctl(fd_.get(), BLKGETSIZE64, &bytes) != 0) {
+      return errno_error(path + ": BLKGETSIZE64 failed");
+    }
+    size_bytes_ = bytes / kBlockSize * kBlockSize;
+    if (size_bytes_ == 0) {
+      return Error(EINVAL, path + ": block device of " + std::to_string(bytes) +
+                               " bytes is smaller than one 4096-byte block");
+    }
+  } else if (S_ISREG(st.st_mode)) {
+    uint64_t bytes = static_cast<uint64_t>(st.st_size);
+    if (options_.create_size != 0 && bytes < options_.create_size) {
+      if (::ftruncate(fd_.get(), static_cast<off_t>(options_.create_size)) != 0) {
+        return errno_error(path + ": cannot extend to " + std::to_string(options_.create_size) +
+                           " bytes");
+      }
+      bytes = options_.create_size;
+    }
+    if (bytes == 0 || bytes % kBlockSize != 0) {
+      return Error(EINVAL, path + ": file size " + std::to_string(bytes) +
+                               " is not a positive multiple of 4096");
+    }
+    size_bytes_ = bytes;
+  } else if (S_ISDIR(st.st_mode)) {
+    return Error(EISDIR, path + ": is a directory, not a file or block device");
+  } else {
+    return Error(EINVAL, path + ": not a regular file or block device");
+  }
+
+  io_uring_params params{};
+  // The CQ must hold a completion for every request the kernel owns, even
+  // when the owner is slow to poll: twice the SQ is the kernel default.
+  params.flags = IORING_SETUP_CQSIZE;
+  params.cq_entries = options_.queue_depth * 2;
+  int rc = io_uring_queue_init_params(options_.queue_depth, &ring_, &params);
+  if (rc < 0) {
+    return Error(-rc, path + ": io_uring setup with queue depth " +
+                          std::to_string(options_.queue_depth) + " failed");
+  }
+  ring_initialised_ = true;
+  if (options_.register_file) {
+    int fd = fd_.get();
+    rc = io_uring_register_files(&ring_, &fd, 1);
+    if (rc < 0) {
+      return Error(-rc, path + ": io_uring file registration failed");
+    }
+  }
+  return ok_status();
+}
+
+int FileDevice::completion_fd() const {
+  if (!event_fd_) {
+    UniqueFd fd(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+    if (!fd) {
+      return -1;
+    }
+    // const_cast: registering is invisible to callers except through the fd.
+    if (io_uring_register_eventfd(const_cast<io_uring*>(&ring_), fd.get()) < 0) {
+      return -1;
+    }
+    event_fd_ = std::move(fd);
+  }
+  return event_fd_.get();
+}
+
+Status FileDevice::register_buffers(std::span<const std::span<std::byte>> regions) {
+  if (in_flight_ != 0) {
+    return Error(EBUSY, path_ + ": register_buffers with requests in flight");
+  }
+  if (regions.size() > 16) {
+    return Error(EINVAL, path_ + ": at most 16 buffer regions can be registered");
+  }
+  if (!regions_.empty()) {
+    io_uring_unregister_buffers(&ring_);
+    regions_.clear();
+  }
+  if (regions.empty()) {
+    return ok_status();
+  }
+  std::array<iovec, 16> iovecs{};
+  for (size_t i = 0; i < regions.size(); ++i) {
+    iovecs[i].iov_base = regions[i].data();
+    iovecs[i].iov_len = regions[i].size();
+  }
+  int rc = io_uring_register_buffers(&ring_, iovecs.data(), static_cast<unsigned>(regions.size()));
+  if (rc < 0) {
+    return Error(-rc, path_ + ": io_uring buffer registration failed");
+  }
+  for (const auto& region : regions) {
+    regions_.push_back({region.data(), region.data() + region.size()});
+  }
+  return ok_status();
+}
+
+void FileDevice::submit(IoRequest& request) {
+  ++in_flight_;
+  int invalid = detail::validate_request(request, size_bytes_, kBlockSize);
+  if (invalid == 0 && (request.op == IoOp::kRead || request.op == IoOp::kWrite) &&
+      request.length > kMaxTransferBytes) {
+    invalid = -EINVAL;
+  }
+  if (invalid != 0) {
+    request.device_result = invalid;
+    detail::queue_push(local_head_, local_tail_, request);
+    return;
+  }
+  request.device_result = 0;  // bytes transferred so far
+  if (in_ring_ < options_.queue_depth && waiting_head_ == nullptr) {
+    prepare(request);
+  } else {
+    detail::queue_push(waiting_head_, waiting_tail_, request);
+  }
+}
+
+void FileDevice::prepare(IoRequest& request) {
+  if (request.op == IoOp::kDiscard && is_block_device_ && !uring_discard_supported_) {
+    // Old kernel: no asynchronous block discard. Run it here, in the owning
+    // thread, and complete it at the next poll.
+    uint64_t range[2] = {request.offset, request.length};
+    int result = ::ioctl(fd_.get(), BLKDISCARD, &range) == 0 ? 0 : -errno;
+    counters_.sync_discards++;
+    if (result == -EOPNOTSUPP) {
+      counters_.discards_ignored++;  // a hint the device cannot take; see header
+      result = 0;
+    }
+    request.device_result = result;
+    detail::queue_push(local_head_, local_tail_, request);
+    return;
+  }
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+  // in_ring_ < queue_depth == SQ size guarantees a free SQE.
+  const int fd = ring_fd_for_sqe();
+  const auto done = static_cast<uint64_t>(request.device_result);
+  switch (request.op) {
+    case IoOp::kRead:
+    case IoOp::kWrite: {
+      std::byte* buffer = request.buffer + done;
+      auto length = static_cast<unsigned>(request.length - done);
+      auto offset = request.offset + done;
+      const Region* region = nullptr;
+      for (const Region& r : regions_) {
+        if (buffer >= r.begin && buffer + length <= r.end) {
+          region = &r;
+          break;
+        }
+      }
+      if (region != nullptr) {
+        auto index = static_cast<int>(region - regions_.data());
+        if (request.op == IoOp::kRead) {
+          io_uring_prep_read_fixed(sqe, fd, buffer, length, offset, index);
+        } else {
+          io_uring_prep_write_fixed(sqe, fd, buffer, length, offset, index);
+        }
+        counters_.fixed_buffer_ios++;
+      } else if (request.op == IoOp::kRead) {
+        io_uring_prep_read(sqe, fd, buffer, length, offset);
+      } else {
+        io_uring_prep_write(sqe, fd, buffer, length, offset);
+      }
+      if (request.op == IoOp::kWrite && request.fua) {
+        sqe->rw_flags = RWF_DSYNC;
+      }
+      break;
+    }
+    case IoOp::kFlush:
+      io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC);
+      break;
+    case IoOp::kDiscard:
+      if (is_block_device_) {
+        io_uring_prep_rw(IORING_OP_URING_CMD, sqe, fd, nullptr, 0, 0);
+        sqe->cmd_op = BLOCK_URING_CMD_DISCARD;
+        sqe->addr = request.offset;
+        sqe->addr3 = request.length;
+      } else {
+        io_uring_prep_fallocate(sqe, fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                                static_cast<off_t>(request.offset),
+                                static_cast<off_t>(request.length));
+      }
+      break;
+    case IoOp::kWriteZeroes:
+      io_uring_prep_fallocate(
+          sqe, fd,
+          (zero_range_supported_ ? FALLOC_FL_ZERO_RANGE : FALLOC_FL_PUNCH_HOLE) |
+              FALLOC_FL_KEEP_SIZE,
+          static_cast<off_t>(request.offset), static_cast<off_t>(request.length));
+      break;
+  }
+  if (options_.register_file) {
+    sqe->flags |= IOSQE_FIXED_FILE;
+  }
+  io_uring_sqe_set_data(sqe, &request);
+  ++in_ring_;
+  ++unsubmitted_;
+}
+
+void FileDevice::fill_ring() {
+  while (waiting_head_ != nullptr && in_ring_ < options_.queue_depth) {
+    prepare(*detail::queue_pop(waiting_head_, waiting_tail_));
+  }
+}
+
+void FileDevice::submit_prepared(unsigned wait_for) {
+  if (unsubmitted_ == 0 && wait_for == 0) {
+    return;
+  }
+  int rc = wait_for > 0 ? io_uring_submit_and_wait(&ring_, wait_for) : io_uring_submit(&ring_);
+  counters_.submit_calls++;
+  if (rc > 0) {
+    counters_.sqes_submitted += static_cast<unsigned>(rc);
+    unsubmitted_ -= std::min(unsubmitted_, static_cast<unsigned>(rc));
+  }
+  // rc < 0 (-EAGAIN, -EBUSY, -EINTR): the SQEs stay queued in the SQ and go
+  // with the next submission; nothing is lost.
+}
+
+void FileDevice::kick() {
+  fill_ring();
+  submit_prepared(0);
+}
+
+void FileDevice::finish(IoRequest& request, int result) {
+  --in_flight_;
+  request.on_complete(request, result);
+}
+
+unsigned FileDevice::complete_local() {
+  unsigned completed = 0;
+  // Detach first: callbacks may submit invalid requests again.
+  IoRequest* head = local_head_;
+  local_head_ = nullptr;
+  local_tail_ = nullptr;
+  while (head != nullptr) {
+    IoRequest* next = head->device_next;
+    head->device_next = nullptr;
+    finish(*head, head->device_result);
+    ++completed;
+    head = next;
+  }
+  return completed;
+}
+
+unsigned FileDevice::reap() {
+  unsigned completed = 0;
+  std::array<io_uring_cqe*, kReapBatch> cqes{};
+  struct Done {
+    IoRequest* request;
+    int result;
+  };
+  std::array<Done, kReapBatch> batch{};
+  for (;;) {
+    unsigned count = io_uring_peek_batch_cqe(&ring_, cqes.data(), kReapBatch);
+    if (count == 0) {
+      break;
+    }
+    for (unsigned i = 0; i < count; ++i) {
+      batch[i] = {static_cast<IoRequest*>(io_uring_cqe_get_data(cqes[i])), cqes[i]->res};
+    }
+    io_uring_cq_advance(&ring_, count);
+    in_ring_ -= count;
+    for (unsigned i = 0; i < count; ++i) {
+      IoRequest& request = *batch[i].request;
+      int res = batch[i].result;
+      if (request.op == IoOp::kRead || request.op == IoOp::kWrite) {
+        if (res >= 0) {
+          uint64_t done = static_cast<uint64_t>(request.device_result) + static_cast<unsigned>(res);
+          if (done < request.length) {
+            if (res == 0) {
+              finish(request, -EIO);  // no progress: the file shrank under us
+              ++completed;
+              continue;
+            }
+            // Short transfer: resubmit the rest before anything waiting.
+            counters_.short_transfers++;
+            request.device_result = static_cast<int>(done);
+            prepare(request);
+            continue;
+          }
+          res = 0;
+        }
+      } else if (request.op == IoOp::kDiscard && is_block_device_ && res == -EOPNOTSUPP &&
+                 uring_discard_supported_) {
+        // Kernel without BLOCK_URING_CMD_DISCARD (< 6.12): retry this one
+        // and all later discards with the synchronous ioctl.
+        uring_discard_supported_ = false;
+        prepare(request);
+        continue;
+      } else if (request.op == IoOp::kWriteZeroes && !is_block_device_ && res == -EOPNOTSUPP &&
+                 zero_range_supported_) {
+        // Filesystem without FALLOC_FL_ZERO_RANGE (tmpfs): punching a hole
+        // also makes the range read as zeros.
+        zero_range_supported_ = false;
+        prepare(request);
+        continue;
+      } else if (request.op == IoOp::kDiscard && res == -EOPNOTSUPP) {
+        // Discard is a hint: a device that cannot discard has done nothing
+        // wrong, and the content of the range is allowed to stay.
+        counters_.discards_ignored++;
+        res = 0;
+      } else if (res > 0) {
+        res = 0;
+      }
+      finish(request, res);
+      ++completed;
+    }
+    fill_ring();
+  }
+  return completed;
+}
+
+unsigned FileDevice::poll(bool wait) {
+  if (event_fd_) {
+    // Consume the wakeup before looking at the CQ: a completion posted after
+    // this read signals the fd again, so it is never lost.
+    uint64_t ignored = 0;
+    [[maybe_unused]] ssize_t n = ::read(event_fd_.get(), &ignored, sizeof(ignored));
+  }
+  fill_ring();
+  unsigned completed = complete_local();
+  completed += reap();
+  if (completed == 0 && wait && in_ring_ > 0) {
+    // Nothing ready: send what is pending and sleep for one completion in a
+    // single syscall.
+    submit_prepared(1);
+    completed += reap();
+  }
+  // Callbacks above may have queued new requests: send them now, in one batch.
+  fill_ring();
+  submit_prepared(0);
+  // Synchronous fallbacks run by fill_ring() and invalid requests submitted
+  // by callbacks complete here rather than waiting for another poll().
+  completed += complete_local();
+  return completed;
+}
+
+}  // namespace ublkvol::dbs
