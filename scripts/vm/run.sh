@@ -26,6 +26,7 @@
 # The guest: busybox (static) + fio, mkfs.ext4, e2fsck, blkdiscard, ... (lists in
 # scripts/vm/lib.sh), ublk_drv loaded, UBLKVOL_IN_VM=1, everything as root. /tmp and
 # /dev/shm are tmpfs. Other modules: `vm-load-module loop|null_blk|brd|virtio_blk`.
+# `vm-gtest BINARY ARGS` runs a gtest binary and fails if any test skipped.
 #
 # Exit status: the guest test's own status, or
 #   124  timed out (QEMU killed)
@@ -197,7 +198,7 @@ base_key() {
   {
     echo "kernel $kver"
     cat "$script_dir/lib.sh" "$script_dir/run.sh" "$script_dir/guest-init.sh" \
-      "$script_dir/vm-load-module.sh" "$cache/modules/deps"
+      "$script_dir/vm-load-module.sh" "$script_dir/vm-gtest.sh" "$cache/modules/deps"
     stat -L -c '%n %s %Y' "$UBLKVOL_VM_BUSYBOX" "${tools[@]}" "$cache"/modules/*.ko
     # Library versions matter too: a host upgrade must rebuild the base.
     for t in "${tools[@]}"; do ldd "$t" 2>/dev/null || true; done |
@@ -222,6 +223,7 @@ build_base() {
   cp "$cache"/modules/*.ko "$cache/modules/deps" "$stage/lib/modules/ublkvol/"
   install -m 0755 "$script_dir/guest-init.sh" "$stage/init"
   install -m 0755 "$script_dir/vm-load-module.sh" "$stage/usr/local/sbin/vm-load-module"
+  install -m 0755 "$script_dir/vm-gtest.sh" "$stage/usr/local/bin/vm-gtest"
   echo "root:x:0:0:root:/root:/bin/sh" >"$stage/etc/passwd"
   echo "root:x:0:" >"$stage/etc/group"
   ln -s /proc/mounts "$stage/etc/mtab"
