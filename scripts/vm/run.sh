@@ -138,7 +138,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-trap 'echo "run.sh: interrupted" >&2; exit 130' INT TERM
+trap 'echo "run.sh: interrupted; console log: ${log:-none}" >&2; exit 130' INT TERM
 
 # ---------------------------------------------------------------------------------------
 # initramfs = cached base (busybox, tools, libraries, modules, /init) + per-run part
