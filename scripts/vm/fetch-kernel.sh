@@ -24,7 +24,7 @@
 set -euo pipefail
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR
 source "$script_dir/lib.sh"
 
 force=0
@@ -160,7 +160,7 @@ fi
 deb="$(ls "$work"/download/*.deb)"
 dpkg-deb -x "$deb" "$work/extract"
 
-vmlinuz="$(ls "$work"/extract/boot/vmlinuz-* 2>/dev/null | head -n1)"
+vmlinuz="$(find "$work/extract/boot" -name 'vmlinuz-*' -print -quit 2>/dev/null || true)"
 [[ -n "$vmlinuz" ]] || ublkvol_vm_die "$package has no boot/vmlinuz-*"
 kver="${vmlinuz##*/vmlinuz-}"
 moddir=""

@@ -14,6 +14,7 @@ export HOME=/root TMPDIR=/tmp
 mount -t devtmpfs devtmpfs /dev
 exec </dev/console >/dev/console 2>&1
 
+# shellcheck disable=SC1091  # written by run.sh into the initramfs
 . /opt/test/env
 
 finish() {

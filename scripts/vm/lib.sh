@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # settings read by the scripts that source this
 # Shared settings of the VM test bed (sourced by fetch-kernel.sh and run.sh).
 # Keep every list the bed depends on here, in one place.
 

@@ -38,7 +38,7 @@
 set -euo pipefail
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR
 source "$script_dir/lib.sh"
 UBLKVOL_VM_DIE_STATUS=125
 
@@ -133,8 +133,9 @@ done
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/ublkvol-vm.XXXXXX")"
 qemu_pid=""
+# shellcheck disable=SC2317  # invoked by trap
 cleanup() {
-  [[ -n "$qemu_pid" ]] && kill -TERM "$qemu_pid" 2>/dev/null
+  if [[ -n "$qemu_pid" ]]; then kill -TERM "$qemu_pid" 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -293,6 +294,7 @@ kernel_args="console=ttyS0 panic=-1 rdinit=/init mitigations=off"
 
 # -cpu max,-cx16: with SMP, this QEMU's TCG double-faults in the guest's SLUB
 # cmpxchg16b fast path; without CX16 the kernel takes the (correct) slow path.
+# shellcheck disable=SC2054  # the commas belong to QEMU's option syntax
 qemu_args=(
   -accel tcg,thread=multi -cpu max,-cx16 -smp "$smp" -m "$mem"
   -nographic -no-reboot -nic none
