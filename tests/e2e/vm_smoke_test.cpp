@@ -10,7 +10,6 @@
 #include <sys/utsname.h>
 
 #include <cerrno>
-#include <cstring>
 #include <fstream>
 #include <gtest/gtest.h>
 #include <string>
@@ -44,7 +43,7 @@ TEST(VmTestBed, UblkDriverModuleIsLoaded) {
 TEST(VmTestBed, ControlNodeIsTheDriversMiscCharDevice) {
   UBLKVOL_REQUIRE_UBLK();
   struct stat st {};
-  ASSERT_EQ(::stat(test_env::kUblkControlPath, &st), 0) << std::strerror(errno);
+  ASSERT_EQ(::stat(test_env::kUblkControlPath, &st), 0) << test_env::ErrnoText(errno);
   EXPECT_TRUE(S_ISCHR(st.st_mode)) << "mode " << std::oct << st.st_mode;
   EXPECT_EQ(major(st.st_rdev), kMiscMajor);
   // The misc minor the driver got is published in sysfs; the node must point at it.
@@ -59,9 +58,9 @@ TEST(VmTestBed, ControlDeviceOpensReadWrite) {
   UBLKVOL_REQUIRE_UBLK();
   UniqueFd control(::open(test_env::kUblkControlPath, O_RDWR | O_CLOEXEC));
   ASSERT_TRUE(control.valid()) << "open(" << test_env::kUblkControlPath
-                               << ", O_RDWR): " << std::strerror(errno);
+                               << ", O_RDWR): " << test_env::ErrnoText(errno);
   struct stat st {};
-  ASSERT_EQ(::fstat(control.get(), &st), 0) << std::strerror(errno);
+  ASSERT_EQ(::fstat(control.get(), &st), 0) << test_env::ErrnoText(errno);
   EXPECT_TRUE(S_ISCHR(st.st_mode));
 }
 

@@ -23,24 +23,31 @@
 
 #include <cerrno>
 #include <cstdlib>
-#include <cstring>
 #include <gtest/gtest.h>
 #include <string>
 #include <string_view>
+#include <system_error>
 
 // Not named `testing`: inside namespace ublkvol that would hide gtest's ::testing.
 namespace ublkvol::test_env {
 
 inline constexpr const char* kUblkControlPath = "/dev/ublk-control";
 
+// strerror() text for an errno value, without strerror's shared buffer.
+inline std::string ErrnoText(int errno_value) {
+  return std::error_code(errno_value, std::generic_category()).message();
+}
+
 // True inside the VM test bed (scripts/vm/guest-init.sh exports UBLKVOL_IN_VM=1).
 inline bool InVm() {
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): tests never modify the environment.
   const char* value = std::getenv("UBLKVOL_IN_VM");
   return value != nullptr && std::string_view(value) == "1";
 }
 
 // True when the user asked to run ublk tests against the host's own driver.
 inline bool HostUblkOptIn() {
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): tests never modify the environment.
   const char* value = std::getenv("UBLKVOL_HOST_UBLK");
   return value != nullptr && std::string_view(value) == "1";
 }
@@ -58,7 +65,7 @@ inline std::string UblkControlProblem() {
   struct stat st {};
   if (::stat(kUblkControlPath, &st) != 0) {
     const int err = errno;
-    std::string why = std::string(kUblkControlPath) + ": " + std::strerror(err);
+    std::string why = std::string(kUblkControlPath) + ": " + ErrnoText(err);
     if (!KernelModuleLoaded("ublk_drv")) {
       why += " (ublk_drv is not loaded)";
     }
@@ -70,7 +77,7 @@ inline std::string UblkControlProblem() {
   const int fd = ::open(kUblkControlPath, O_RDWR | O_CLOEXEC);
   if (fd < 0) {
     const int err = errno;
-    return std::string("open(") + kUblkControlPath + ", O_RDWR): " + std::strerror(err);
+    return std::string("open(") + kUblkControlPath + ", O_RDWR): " + ErrnoText(err);
   }
   ::close(fd);
   return {};
@@ -83,6 +90,7 @@ inline bool LoadVmKernelModule(std::string_view name) {
     return false;
   }
   const std::string command = "vm-load-module " + std::string(name);
+  // NOLINTNEXTLINE(concurrency-mt-unsafe,cert-env33-c): test helper runs the guest's loader.
   return std::system(command.c_str()) == 0;
 }
 
