@@ -3,15 +3,26 @@
 //
 // This is the device every production store runs on, so its data path is
 // kept as close to raw io_uring as possible:
-//   - submit() prepares an SQE straight away (no copy, no allocation); the
-//     SQE's user_data is the IoRequest itself, so no in-flight table is needed.
-//     At most `queue_depth` requests are in the kernel at once; the rest wait
-//     in an intrusive FIFO (IoRequest::device_next) and enter the ring as
-//     earlier ones complete.
-//   - kick() sends everything prepared with ONE io_uring_submit. poll() also
-//     submits what is pending, reaps completions in batches and, after
-//     running the callbacks, submits whatever those callbacks queued - so a
-//     loop "poll -> callbacks resubmit" costs one io_uring_enter per batch.
+//   - submit() validates and queues the request in an intrusive FIFO
+//     (IoRequest::device_next): no allocation, no syscall. kick() and poll()
+//     turn queued requests into SQEs - the SQE's user_data is the IoRequest
+//     itself, so no in-flight table is needed - up to `queue_depth` in the
+//     kernel at once; the rest stay queued until earlier ones complete.
+//   - kick() sends everything prepared with ONE io_uring_submit. poll()
+//     submits what is pending and collects completions in the same
+//     io_uring_enter (submit-and-wait / submit-and-get-events), then runs the
+//     callbacks. Requests that callbacks submit go out with the next kick() or
+//     poll(), so a "poll -> callbacks resubmit -> poll" loop costs one syscall
+//     per batch - the same as fio. An owner that is about to sleep (e.g. on
+//     completion_fd()) must kick() first, as block_device.h says.
+//   - The ring is set up like fio's: COOP_TASKRUN (no IPIs to run
+//     completions), SINGLE_ISSUER + DEFER_TASKRUN (completions are processed
+//     in batches when the owner enters the kernel to collect them). The ring
+//     is bound to the first thread that calls kick()/poll(); if the device
+//     later moves to another thread (e.g. opened and checked on a control
+//     thread, then handed to a store thread) while nothing is in the
+//     kernel, the ring is transparently rebuilt for the new thread. Moving it
+//     with I/O in the kernel is a bug and aborts with a message.
 //   - A short read/write (possible on files, e.g. racing a truncate) is
 //     resubmitted for the remainder; a transfer that makes no progress fails
 //     with -EIO.
@@ -53,13 +64,13 @@
 // devices are opened O_EXCL so nothing can mount them underneath us.
 //
 // completion_fd(): an eventfd registered with the ring on first call (so
-// busy-polling owners pay nothing for it). poll() reads it empty before
-// reaping, so once poll() has returned the fd is readable only if new
-// completions arrived.
+// busy-polling owners pay nothing for it). poll() leaves it readable only if
+// completions are waiting to be collected (one extra read() per poll once
+// the fd is in use).
 //
 // Destroying a FileDevice with requests in flight is a caller bug; the
 // destructor still waits for the kernel to finish with their buffers (it
-// does not run their callbacks).
+// does not run their callbacks) when it runs on the owning thread.
 //
 // Example:
 //   FileDeviceOptions options;
@@ -69,6 +80,7 @@
 #pragma once
 
 #include <liburing.h>
+#include <pthread.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -96,6 +108,11 @@ struct FileDeviceOptions {
   // Register the fd with the ring (IOSQE_FIXED_FILE) to skip the per-I/O
   // file reference counting.
   bool register_file = true;
+  // SINGLE_ISSUER + DEFER_TASKRUN ring (see above). Off: a plain
+  // COOP_TASKRUN ring usable from any (one-at-a-time) thread; for
+  // measurements, and kernels older than 6.1 (also chosen automatically
+  // there).
+  bool single_issuer = true;
 };
 
 class FileDevice final : public BlockDevice {
@@ -137,12 +154,13 @@ class FileDevice final : public BlockDevice {
 
   // Ops issued to the kernel, for tests and benchmarks.
   struct Counters {
-    uint64_t submit_calls = 0;      // io_uring_enter for submission
+    uint64_t submit_calls = 0;      // io_uring_enter calls (submit and/or wait)
     uint64_t sqes_submitted = 0;    // SQEs handed over
     uint64_t short_transfers = 0;   // reads/writes resubmitted for a remainder
     uint64_t fixed_buffer_ios = 0;  // reads/writes that used a registered buffer
     uint64_t sync_discards = 0;     // BLKDISCARD fallbacks run inside poll()
     uint64_t discards_ignored = 0;  // discards the device does not support
+    uint64_t ring_rebuilds = 0;     // ring moved to another owning thread
   };
   [[nodiscard]] const Counters& counters() const { return counters_; }
 
@@ -154,21 +172,27 @@ class FileDevice final : public BlockDevice {
 
   FileDevice(std::string path, const FileDeviceOptions& options);
   Status init(const std::string& path);
+  // Creates the ring and registers the file, buffers and eventfd with it.
+  Status setup_ring();
+  void teardown_ring();
+  // Binds the ring to the calling thread (see header comment).
+  void bind_to_current_thread();
 
-  // Moves waiting requests into free SQEs.
+  // Moves queued requests into free SQEs.
   void fill_ring();
   // Writes the SQE for `request` (or its remainder after a short transfer).
   void prepare(IoRequest& request);
-  // Hands prepared SQEs to the kernel; `wait_for` > 0 also waits for that
-  // many completions in the same syscall.
-  void submit_prepared(unsigned wait_for);
+  // Hands prepared SQEs to the kernel.
+  void submit_prepared();
   // Runs callbacks for requests completed without the ring (invalid ones,
   // synchronous fallbacks). Returns how many.
   unsigned complete_local();
   // Reaps CQEs and runs their callbacks. Returns how many callbacks ran.
   unsigned reap();
   void finish(IoRequest& request, int result);
-  int ring_fd_for_sqe() const { return options_.register_file ? 0 : fd_.get(); }
+  [[nodiscard]] int ring_fd_for_sqe() const { return options_.register_file ? 0 : fd_.get(); }
+  [[nodiscard]] bool kernel_has_completions_to_post() const;
+  void rearm_completion_fd();
 
   std::string path_;
   FileDeviceOptions options_;
@@ -176,6 +200,9 @@ class FileDevice final : public BlockDevice {
   mutable UniqueFd event_fd_;  // created lazily by completion_fd()
   io_uring ring_{};
   bool ring_initialised_ = false;
+  bool ring_enabled_ = false;        // R_DISABLED rings start disabled
+  bool ring_single_issuer_ = false;  // what setup_ring() actually got
+  pthread_t owner_{};                // thread the ring is bound to, once enabled
   bool is_block_device_ = false;
   bool uring_discard_supported_ = true;
   bool zero_range_supported_ = true;
@@ -193,6 +220,7 @@ class FileDevice final : public BlockDevice {
   IoRequest* local_tail_ = nullptr;
 
   std::vector<Region> regions_;
+  std::vector<iovec> region_iovecs_;  // for re-registering after a rebuild
   Counters counters_;
 };
 

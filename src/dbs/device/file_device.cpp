@@ -6,11 +6,15 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <climits>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -40,21 +44,25 @@ FileDevice::~FileDevice() {
     return;
   }
   // The kernel may still be reading/writing the callers' buffers: wait for it
-  // to let go before the ring (and with it the ability to know) disappears.
-  if (unsubmitted_ > 0) {
-    io_uring_submit(&ring_);
-  }
-  while (in_ring_ > 0) {
-    io_uring_cqe* cqe = nullptr;
-    int rc = io_uring_wait_cqe(&ring_, &cqe);
-    if (rc == -EINTR) {
-      continue;
+  // to let go before the ring disappears. Only the owning thread may enter a
+  // single-issuer ring; from elsewhere, ring teardown cancels what is left.
+  bool may_enter = ring_enabled_ && (!ring_single_issuer_ || pthread_equal(owner_, pthread_self()));
+  if (may_enter) {
+    if (unsubmitted_ > 0) {
+      io_uring_submit(&ring_);
     }
-    if (rc < 0) {
-      break;
+    while (in_ring_ > 0) {
+      io_uring_cqe* cqe = nullptr;
+      int rc = io_uring_wait_cqe(&ring_, &cqe);
+      if (rc == -EINTR) {
+        continue;
+      }
+      if (rc < 0) {
+        break;
+      }
+      io_uring_cqe_seen(&ring_, cqe);
+      --in_ring_;
     }
-    io_uring_cqe_seen(&ring_, cqe);
-    --in_ring_;
   }
   io_uring_queue_exit(&ring_);
 }
@@ -137,25 +145,103 @@ Status FileDevice::init(const std::string& path) {
     return Error(EINVAL, path + ": not a regular file or block device");
   }
 
+  return setup_ring();
+}
+
+Status FileDevice::setup_ring() {
   io_uring_params params{};
   // The CQ must hold a completion for every request the kernel owns, even
   // when the owner is slow to poll: twice the SQ is the kernel default.
-  params.flags = IORING_SETUP_CQSIZE;
+  const unsigned base_flags =
+      IORING_SETUP_CQSIZE | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
+  const unsigned issuer_flags =
+      IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_R_DISABLED;
+  params.flags = base_flags | (options_.single_issuer ? issuer_flags : 0);
   params.cq_entries = options_.queue_depth * 2;
   int rc = io_uring_queue_init_params(options_.queue_depth, &ring_, &params);
+  if (rc == -EINVAL && options_.single_issuer) {
+    // Kernel older than 6.1: no DEFER_TASKRUN. A plain ring works the same.
+    params = io_uring_params{};
+    params.flags = base_flags;
+    params.cq_entries = options_.queue_depth * 2;
+    rc = io_uring_queue_init_params(options_.queue_depth, &ring_, &params);
+  }
   if (rc < 0) {
-    return Error(-rc, path + ": io_uring setup with queue depth " +
+    return Error(-rc, path_ + ": io_uring setup with queue depth " +
                           std::to_string(options_.queue_depth) + " failed");
   }
   ring_initialised_ = true;
+  ring_single_issuer_ = (params.flags & IORING_SETUP_SINGLE_ISSUER) != 0;
+  ring_enabled_ = !ring_single_issuer_;
   if (options_.register_file) {
     int fd = fd_.get();
     rc = io_uring_register_files(&ring_, &fd, 1);
     if (rc < 0) {
-      return Error(-rc, path + ": io_uring file registration failed");
+      return Error(-rc, path_ + ": io_uring file registration failed");
+    }
+  }
+  if (!region_iovecs_.empty()) {
+    rc = io_uring_register_buffers(&ring_, region_iovecs_.data(),
+                                   static_cast<unsigned>(region_iovecs_.size()));
+    if (rc < 0) {
+      return Error(-rc, path_ + ": io_uring buffer registration failed");
+    }
+  }
+  if (event_fd_) {
+    rc = io_uring_register_eventfd(&ring_, event_fd_.get());
+    if (rc < 0) {
+      return Error(-rc, path_ + ": io_uring eventfd registration failed");
     }
   }
   return ok_status();
+}
+
+void FileDevice::teardown_ring() {
+  if (ring_initialised_) {
+    io_uring_queue_exit(&ring_);
+    ring_ = io_uring{};
+    ring_initialised_ = false;
+    ring_enabled_ = false;
+  }
+}
+
+void FileDevice::bind_to_current_thread() {
+  if (!ring_single_issuer_) {
+    return;
+  }
+  pthread_t self = pthread_self();
+  if (ring_enabled_) {
+    if (pthread_equal(owner_, self)) {
+      return;
+    }
+    if (in_ring_ > 0) {
+      std::fprintf(stderr,
+                   "FATAL: %s: FileDevice used from a second thread while it has %u requests "
+                   "in the kernel (a BlockDevice has one owning thread)\n",
+                   path_.c_str(), in_ring_);
+      std::abort();
+    }
+    // Idle and moved to a new owner: a single-issuer ring stays bound to its
+    // first submitter, so build a fresh one for this thread.
+    teardown_ring();
+    Status status = setup_ring();
+    if (!status.ok()) {
+      std::fprintf(stderr, "FATAL: %s: rebuilding the io_uring for a new thread: %s\n",
+                   path_.c_str(), status.error().to_string().c_str());
+      std::abort();
+    }
+    counters_.ring_rebuilds++;
+  }
+  // liburing 2.3 declares io_uring_enable_rings() but does not export it.
+  long rc =
+      ::syscall(__NR_io_uring_register, ring_.ring_fd, IORING_REGISTER_ENABLE_RINGS, nullptr, 0);
+  if (rc < 0) {
+    std::fprintf(stderr, "FATAL: %s: IORING_REGISTER_ENABLE_RINGS: %s\n", path_.c_str(),
+                 std::strerror(errno));
+    std::abort();
+  }
+  ring_enabled_ = true;
+  owner_ = self;
 }
 
 int FileDevice::completion_fd() const {
@@ -183,6 +269,7 @@ Status FileDevice::register_buffers(std::span<const std::span<std::byte>> region
   if (!regions_.empty()) {
     io_uring_unregister_buffers(&ring_);
     regions_.clear();
+    region_iovecs_.clear();
   }
   if (regions.empty()) {
     return ok_status();
@@ -196,8 +283,9 @@ Status FileDevice::register_buffers(std::span<const std::span<std::byte>> region
   if (rc < 0) {
     return Error(-rc, path_ + ": io_uring buffer registration failed");
   }
-  for (const auto& region : regions) {
-    regions_.push_back({region.data(), region.data() + region.size()});
+  for (size_t i = 0; i < regions.size(); ++i) {
+    regions_.push_back({regions[i].data(), regions[i].data() + regions[i].size()});
+    region_iovecs_.push_back(iovecs[i]);
   }
   return ok_status();
 }
@@ -215,11 +303,8 @@ void FileDevice::submit(IoRequest& request) {
     return;
   }
   request.device_result = 0;  // bytes transferred so far
-  if (in_ring_ < options_.queue_depth && waiting_head_ == nullptr) {
-    prepare(request);
-  } else {
-    detail::queue_push(waiting_head_, waiting_tail_, request);
-  }
+  // SQEs are written in kick()/poll(), on the thread that owns the ring.
+  detail::queue_push(waiting_head_, waiting_tail_, request);
 }
 
 void FileDevice::prepare(IoRequest& request) {
@@ -309,11 +394,11 @@ void FileDevice::fill_ring() {
   }
 }
 
-void FileDevice::submit_prepared(unsigned wait_for) {
-  if (unsubmitted_ == 0 && wait_for == 0) {
+void FileDevice::submit_prepared() {
+  if (unsubmitted_ == 0) {
     return;
   }
-  int rc = wait_for > 0 ? io_uring_submit_and_wait(&ring_, wait_for) : io_uring_submit(&ring_);
+  int rc = io_uring_submit(&ring_);
   counters_.submit_calls++;
   if (rc > 0) {
     counters_.sqes_submitted += static_cast<unsigned>(rc);
@@ -324,8 +409,15 @@ void FileDevice::submit_prepared(unsigned wait_for) {
 }
 
 void FileDevice::kick() {
+  bind_to_current_thread();
   fill_ring();
-  submit_prepared(0);
+  submit_prepared();
+}
+
+bool FileDevice::kernel_has_completions_to_post() const {
+  // Set by the kernel (TASKRUN_FLAG) when completions wait for us to enter.
+  unsigned flags = __atomic_load_n(ring_.sq.kflags, __ATOMIC_ACQUIRE);
+  return (flags & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW)) != 0;
 }
 
 void FileDevice::finish(IoRequest& request, int result) {
@@ -379,10 +471,10 @@ unsigned FileDevice::reap() {
               ++completed;
               continue;
             }
-            // Short transfer: resubmit the rest before anything waiting.
+            // Short transfer: queue the rest again.
             counters_.short_transfers++;
             request.device_result = static_cast<int>(done);
-            prepare(request);
+            detail::queue_push(waiting_head_, waiting_tail_, request);
             continue;
           }
           res = 0;
@@ -392,14 +484,14 @@ unsigned FileDevice::reap() {
         // Kernel without BLOCK_URING_CMD_DISCARD (< 6.12): retry this one
         // and all later discards with the synchronous ioctl.
         uring_discard_supported_ = false;
-        prepare(request);
+        detail::queue_push(waiting_head_, waiting_tail_, request);
         continue;
       } else if (request.op == IoOp::kWriteZeroes && !is_block_device_ && res == -EOPNOTSUPP &&
                  zero_range_supported_) {
         // Filesystem without FALLOC_FL_ZERO_RANGE (tmpfs): punching a hole
         // also makes the range read as zeros.
         zero_range_supported_ = false;
-        prepare(request);
+        detail::queue_push(waiting_head_, waiting_tail_, request);
         continue;
       } else if (request.op == IoOp::kDiscard && res == -EOPNOTSUPP) {
         // Discard is a hint: a device that cannot discard has done nothing
@@ -412,34 +504,53 @@ unsigned FileDevice::reap() {
       finish(request, res);
       ++completed;
     }
-    fill_ring();
   }
   return completed;
 }
 
 unsigned FileDevice::poll(bool wait) {
-  if (event_fd_) {
-    // Consume the wakeup before looking at the CQ: a completion posted after
-    // this read signals the fd again, so it is never lost.
-    uint64_t ignored = 0;
-    [[maybe_unused]] ssize_t n = ::read(event_fd_.get(), &ignored, sizeof(ignored));
-  }
+  bind_to_current_thread();
   fill_ring();
   unsigned completed = complete_local();
-  completed += reap();
-  if (completed == 0 && wait && in_ring_ > 0) {
-    // Nothing ready: send what is pending and sleep for one completion in a
-    // single syscall.
-    submit_prepared(1);
-    completed += reap();
+  if (in_ring_ > 0) {
+    // One io_uring_enter both submits what is prepared and collects
+    // completions (with DEFER_TASKRUN they are only posted when we ask).
+    int rc = 0;
+    if (wait && completed == 0 && io_uring_cq_ready(&ring_) == 0) {
+      rc = io_uring_submit_and_wait(&ring_, 1);
+      counters_.submit_calls++;
+    } else if (unsubmitted_ > 0 || kernel_has_completions_to_post()) {
+      rc = io_uring_submit_and_get_events(&ring_);
+      counters_.submit_calls++;
+    }
+    if (rc > 0) {
+      counters_.sqes_submitted += static_cast<unsigned>(rc);
+      unsubmitted_ -= std::min(unsubmitted_, static_cast<unsigned>(rc));
+    }
   }
-  // Callbacks above may have queued new requests: send them now, in one batch.
-  fill_ring();
-  submit_prepared(0);
-  // Synchronous fallbacks run by fill_ring() and invalid requests submitted
-  // by callbacks complete here rather than waiting for another poll().
+  completed += reap();
+  // Invalid requests submitted by the callbacks complete right away; valid
+  // ones wait for the next kick()/poll() so they go out in one batch.
   completed += complete_local();
+  if (event_fd_) {
+    rearm_completion_fd();
+  }
   return completed;
+}
+
+void FileDevice::rearm_completion_fd() {
+  // The kernel signals the eventfd both when a completion arrives and when
+  // our own io_uring_enter posts it, so it is usually readable now even
+  // though we have seen everything. Reset it, then re-signal it ourselves if
+  // completions did arrive before the reset: they are either in the CQ or
+  // flagged as waiting to be posted. Anything arriving after the reset
+  // signals on its own.
+  uint64_t value = 0;
+  [[maybe_unused]] ssize_t n = ::read(event_fd_.get(), &value, sizeof(value));
+  if (io_uring_cq_ready(&ring_) > 0 || kernel_has_completions_to_post()) {
+    value = 1;
+    n = ::write(event_fd_.get(), &value, sizeof(value));
+  }
 }
 
 }  // namespace ublkvol::dbs

@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "temp_file.h"
@@ -290,6 +291,28 @@ TEST_P(FileDeviceTest, TruncatedUnderneathGivesEio) {
   Status status = read_sync(*device, kFileSize - 4096, buf.span());
   ASSERT_FALSE(status.ok());
   EXPECT_EQ(status.error().errno_value(), EIO);
+}
+
+TEST_P(FileDeviceTest, MovesToAnotherThreadWhenIdle) {
+  auto device = open_or_die(temp_.path(), options_with_size());
+  ASSERT_NE(device, nullptr);
+  AlignedBuffer data(4096);
+  data.fill_pattern(11);
+  // Opened and used on this thread (like a store checked on a control
+  // thread), then handed to a "store thread".
+  ASSERT_TRUE(write_sync(*device, 0, data.span()).ok());
+  bool thread_ok = false;
+  std::thread owner([&] {
+    AlignedBuffer back(4096);
+    thread_ok = read_sync(*device, 0, back.span()).ok() && back.has_pattern(11) &&
+                write_sync(*device, 4096, back.span()).ok();
+  });
+  owner.join();
+  EXPECT_TRUE(thread_ok);
+  AlignedBuffer back(4096);
+  ASSERT_TRUE(read_sync(*device, 4096, back.span()).ok());  // and back again
+  EXPECT_TRUE(back.has_pattern(11));
+  EXPECT_EQ(device->counters().ring_rebuilds, 2u);
 }
 
 INSTANTIATE_TEST_SUITE_P(TmpAndShm, FileDeviceTest, ::testing::Values("/tmp", "/dev/shm"),

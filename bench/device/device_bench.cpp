@@ -1,0 +1,275 @@
+// device_bench: 4 KiB random read / write at a fixed queue depth through
+// FileDevice, side by side with fio (ioengine=io_uring, direct=1) on the same
+// file, same depth, same runtime. The device layer should be close to free:
+// the goal is >= 0.95x fio's IOPS.
+//
+//   device_bench [--file /dev/shm/x] [--size-mib 512] [--runtime 5] [--qd 32]
+//                [--sweep] [--json]
+//
+// --sweep also measures the FileDevice option variants (registered file on /
+// off, registered buffers) so their effect can be reported.
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "ublkvol/dbs/file_device.h"
+
+namespace {
+
+using ublkvol::dbs::FileDevice;
+using ublkvol::dbs::FileDeviceOptions;
+using ublkvol::dbs::IoOp;
+using ublkvol::dbs::IoRequest;
+using Clock = std::chrono::steady_clock;
+
+struct Config {
+  std::string file = "/dev/shm/ublkvol-device-bench";
+  uint64_t size_mib = 512;
+  double runtime_s = 5;
+  unsigned queue_depth = 32;
+  bool sweep = false;
+  bool json = false;
+  bool keep_file = false;
+};
+
+struct FreeDeleter {
+  void operator()(std::byte* p) const { std::free(p); }
+};
+
+// xorshift64*: cheap, good enough to spread offsets.
+struct Random {
+  uint64_t state;
+  uint64_t next() {
+    state ^= state >> 12;
+    state ^= state << 25;
+    state ^= state >> 27;
+    return state * 0x2545F4914F6CDD1DULL;
+  }
+};
+
+struct Loop {
+  FileDevice* device;
+  Random random{0x9E3779B97F4A7C15ULL};
+  uint64_t blocks;
+  uint64_t completed = 0;
+  uint64_t errors = 0;
+  bool stopping = false;
+
+  void start(IoRequest& request) {
+    request.offset = (random.next() % blocks) * 4096;
+    device->submit(request);
+  }
+};
+
+void on_complete(IoRequest& request, int result) {
+  auto* loop = static_cast<Loop*>(request.user_data);
+  loop->completed++;
+  if (result != 0) {
+    loop->errors++;
+  }
+  if (!loop->stopping) {
+    loop->start(request);
+  }
+}
+
+struct Variant {
+  std::string name;
+  bool register_file;
+  bool register_buffers;
+};
+
+// Runs one timed workload through FileDevice; returns IOPS.
+double run_device(const Config& config, IoOp op, const Variant& variant) {
+  FileDeviceOptions options;
+  options.queue_depth = config.queue_depth;
+  options.register_file = variant.register_file;
+  auto opened = FileDevice::open(config.file, options);
+  if (!opened.ok()) {
+    std::cerr << "device_bench: " << opened.error().to_string() << "\n";
+    std::exit(1);
+  }
+  FileDevice& device = **opened;
+  const size_t pool_bytes = size_t{config.queue_depth} * 4096;
+  std::unique_ptr<std::byte, FreeDeleter> pool(
+      static_cast<std::byte*>(std::aligned_alloc(4096, pool_bytes)));
+  std::memset(pool.get(), 0x5A, pool_bytes);
+  if (variant.register_buffers) {
+    std::vector<std::span<std::byte>> regions = {{pool.get(), pool_bytes}};
+    auto status = device.register_buffers(regions);
+    if (!status.ok()) {
+      std::cerr << "device_bench: " << status.error().to_string() << "\n";
+      std::exit(1);
+    }
+  }
+  Loop loop{&device};
+  loop.blocks = device.size_bytes() / 4096;
+  std::vector<IoRequest> requests(config.queue_depth);
+  for (unsigned i = 0; i < config.queue_depth; ++i) {
+    requests[i].op = op;
+    requests[i].length = 4096;
+    requests[i].buffer = pool.get() + size_t{i} * 4096;
+    requests[i].on_complete = &on_complete;
+    requests[i].user_data = &loop;
+    loop.start(requests[i]);
+  }
+  device.kick();
+  auto start = Clock::now();
+  auto deadline = start + std::chrono::duration<double>(config.runtime_s);
+  uint64_t polls = 0;
+  while (true) {
+    device.poll(/*wait=*/true);
+    if ((++polls & 15) == 0 && Clock::now() >= deadline) {
+      break;
+    }
+  }
+  double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+  uint64_t completed = loop.completed;
+  loop.stopping = true;
+  while (device.in_flight() > 0) {
+    device.poll(true);
+  }
+  if (std::getenv("DEVICE_BENCH_DEBUG") != nullptr) {
+    const auto& c = device.counters();
+    std::cerr << variant.name << ": polls " << polls << " submit calls " << c.submit_calls
+              << " sqes " << c.sqes_submitted << " ("
+              << static_cast<double>(c.sqes_submitted) / static_cast<double>(c.submit_calls)
+              << " per call)\n";
+  }
+  if (loop.errors != 0) {
+    std::cerr << "device_bench: " << loop.errors << " I/O errors\n";
+    std::exit(1);
+  }
+  return static_cast<double>(completed) / elapsed;
+}
+
+// Runs fio on the same file; returns IOPS (or -1 if fio is missing/failed).
+double run_fio(const Config& config, IoOp op) {
+  std::string rw = op == IoOp::kRead ? "randread" : "randwrite";
+  std::string output = config.file + ".fio.json";
+  std::string command = "fio --name=baseline --filename=" + config.file +
+                        " --ioengine=io_uring --direct=1 --rw=" + rw +
+                        " --bs=4k --iodepth=" + std::to_string(config.queue_depth) +
+                        " --size=" + std::to_string(config.size_mib) +
+                        "M --runtime=" + std::to_string(config.runtime_s) +
+                        " --time_based --norandommap --randrepeat=0 --output-format=json"
+                        " --output=" +
+                        output + " >/dev/null 2>&1";
+  int rc = std::system(command.c_str());
+  if (rc != 0) {
+    std::cerr << "device_bench: fio failed (exit " << rc << "): " << command << "\n";
+    return -1;
+  }
+  FILE* f = std::fopen(output.c_str(), "r");
+  if (f == nullptr) {
+    return -1;
+  }
+  std::string text;
+  char chunk[4096];
+  size_t n = 0;
+  while ((n = std::fread(chunk, 1, sizeof(chunk), f)) > 0) {
+    text.append(chunk, n);
+  }
+  std::fclose(f);
+  ::unlink(output.c_str());
+  auto parsed = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (parsed.is_discarded()) {
+    std::cerr << "device_bench: cannot parse fio output\n";
+    return -1;
+  }
+  const char* side = op == IoOp::kRead ? "read" : "write";
+  return parsed["jobs"][0][side]["iops"].get<double>();
+}
+
+// Fills the file once so both engines read real data (tmpfs holes would
+// read faster than pages).
+void prepare_file(const Config& config) {
+  FileDeviceOptions options;
+  options.create_size = config.size_mib << 20;
+  options.queue_depth = 32;
+  auto opened = FileDevice::open(config.file, options);
+  if (!opened.ok()) {
+    std::cerr << "device_bench: " << opened.error().to_string() << "\n";
+    std::exit(1);
+  }
+  constexpr size_t kChunk = 1 << 20;
+  std::unique_ptr<std::byte, FreeDeleter> chunk(
+      static_cast<std::byte*>(std::aligned_alloc(4096, kChunk)));
+  std::memset(chunk.get(), 0xA5, kChunk);
+  for (uint64_t offset = 0; offset < (config.size_mib << 20); offset += kChunk) {
+    auto status = ublkvol::dbs::write_sync(**opened, offset, {chunk.get(), kChunk});
+    if (!status.ok()) {
+      std::cerr << "device_bench: " << status.error().to_string() << "\n";
+      std::exit(1);
+    }
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Config config;
+  CLI::App app{"4 KiB random I/O through FileDevice vs fio on the same file"};
+  app.add_option("--file", config.file, "File to benchmark on (created, filled)");
+  app.add_option("--size-mib", config.size_mib, "File size in MiB")->check(CLI::Range(1, 1 << 20));
+  app.add_option("--runtime", config.runtime_s, "Seconds per measurement")
+      ->check(CLI::Range(0.1, 3600.0));
+  app.add_option("--qd", config.queue_depth, "Queue depth")->check(CLI::Range(1, 4096));
+  app.add_flag("--sweep", config.sweep, "Also measure registered file/buffer variants");
+  app.add_flag("--json", config.json, "Print JSON instead of a table");
+  app.add_flag("--keep-file", config.keep_file, "Do not delete the file afterwards");
+  CLI11_PARSE(app, argc, argv);
+
+  prepare_file(config);
+  std::vector<Variant> variants = {{"default (registered file)", true, false}};
+  if (config.sweep) {
+    variants.push_back({"plain fd", false, false});
+    variants.push_back({"registered file+buffers", true, true});
+  }
+  nlohmann::json results = nlohmann::json::array();
+  for (IoOp op : {IoOp::kRead, IoOp::kWrite}) {
+    double fio_iops = run_fio(config, op);
+    for (const Variant& variant : variants) {
+      double iops = run_device(config, op, variant);
+      results.push_back(
+          {{"workload", std::string("4k rand") + (op == IoOp::kRead ? "read" : "write")},
+           {"variant", variant.name},
+           {"qd", config.queue_depth},
+           {"device_iops", iops},
+           {"fio_iops", fio_iops},
+           {"ratio", fio_iops > 0 ? iops / fio_iops : 0.0}});
+    }
+  }
+  if (!config.keep_file) {
+    ::unlink(config.file.c_str());
+  }
+  if (config.json) {
+    nlohmann::json out = {{"benchmark", "device_bench"},
+                          {"file", config.file},
+                          {"size_mib", config.size_mib},
+                          {"runtime_s", config.runtime_s},
+                          {"results", results}};
+    std::cout << out.dump(2) << "\n";
+    return 0;
+  }
+  std::printf("file %s, %llu MiB, QD %u, %.1f s per run\n", config.file.c_str(),
+              static_cast<unsigned long long>(config.size_mib), config.queue_depth,
+              config.runtime_s);
+  std::printf("%-14s %-28s %12s %12s %7s\n", "workload", "variant", "device IOPS", "fio IOPS",
+              "ratio");
+  for (const auto& row : results) {
+    std::printf("%-14s %-28s %12.0f %12.0f %7.3f\n", row["workload"].get<std::string>().c_str(),
+                row["variant"].get<std::string>().c_str(), row["device_iops"].get<double>(),
+                row["fio_iops"].get<double>(), row["ratio"].get<double>());
+  }
+  return 0;
+}
