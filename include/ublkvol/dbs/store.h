@@ -1,0 +1,210 @@
+// Store: a Direct Block Store (DBS) on one BlockDevice.
+//
+// A store holds thin-provisioned volumes and their snapshots and clones
+// (docs/dbs.md explains the model, docs/on-disk-format.md the layout):
+//   - space is handed out in extents (default 1 MiB) on a volume's first write
+//     to a logical extent; every extent has a 256-bit map of the blocks it
+//     holds, so a write after a snapshot redirects just that 4 KiB block into
+//     the volume's own extent - nothing is ever copied on the write path;
+//   - every volume head and every snapshot is a *layer*; reads fall through
+//     the layer chain block by block; blocks no layer holds read as zeros;
+//   - snapshot create/clone are O(1) metadata commits; snapshot delete merges
+//     the snapshot into its only child; a snapshot that still has several
+//     children (clones) is hidden and merged once a single child is left;
+//   - freed space (discard, delete, revert) is reused - but only after the
+//     free is committed, so no crash can expose one volume's data to another.
+//
+// Crash consistency (DESIGN.md guarantee 3): metadata changes of the data path
+// (new extents, block bits, frees) are kept in memory and committed at FLUSH:
+// device flush (data durable) -> checksummed journal commit -> device flush.
+// A write to a block the volume already holds costs no metadata I/O at all.
+// Control operations (create/delete/rename/grow, snapshots, generation) commit
+// before they return. open() rebuilds the last committed state from the
+// newest valid checkpoint plus the valid journal commits after it.
+//
+// Threading: a Store is owned by one thread (the engine's store thread); no
+// method is thread-safe. Data I/O is asynchronous (submit/poll, StoreIo);
+// control operations are synchronous and first wait for the data I/O in
+// flight (completions are still delivered only from poll()).
+//
+// Ordering: DBS does not order overlapping data requests that are in flight at
+// the same time (the engine does). For non-overlapping requests and for
+// overlapping ones submitted after the earlier one completed, reads return
+// what the last completed write/discard left.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "ublkvol/common/result.h"
+#include "ublkvol/dbs/block_device.h"
+#include "ublkvol/dbs/store_io.h"
+
+namespace ublkvol::dbs {
+
+struct FormatOptions {
+  // Extent size in 4 KiB blocks: a power of two in [8, 256]. 256 = 1 MiB.
+  uint32_t extent_blocks = 256;
+  // Limits the metadata regions are sized for (0: derived from the device
+  // size: one volume per 256 MiB, between 16 and 4096; four layers per volume).
+  uint32_t max_volumes = 0;
+  uint32_t max_layers = 0;
+  // Journal size in blocks (0: device size / 256, between 64 and 16384).
+  uint64_t journal_blocks = 0;
+};
+
+struct OpenOptions {
+  // Device requests the data path may have in flight (pre-allocated).
+  uint32_t max_device_requests = 1024;
+};
+
+struct VolumeInfo {
+  VolumeId id = 0;
+  std::string name;
+  uint64_t size_bytes = 0;
+  uint64_t generation = 0;
+  // The snapshot the volume's head sits on (0: none). For a clone this is
+  // the snapshot it was cloned from until the volume takes own snapshots.
+  SnapshotId parent_snapshot = 0;
+  // Space held by the volume's head layer (its own, unshared data).
+  uint64_t allocated_bytes = 0;  // whole extents
+  uint64_t mapped_bytes = 0;     // blocks written
+  uint32_t snapshot_count = 0;
+};
+
+struct SnapshotInfo {
+  SnapshotId id = 0;
+  VolumeId volume = 0;  // 0 once the volume it was taken of is deleted
+  std::string name;     // empty for hidden (deleted, kept for clones)
+  SnapshotId parent = 0;
+  uint64_t size_bytes = 0;
+  uint64_t create_time = 0;  // seconds since the Unix epoch
+  uint64_t allocated_bytes = 0;
+  uint64_t mapped_bytes = 0;
+  uint32_t children = 0;  // layers (snapshots, heads of volumes/clones) on top
+  bool hidden = false;
+};
+
+struct StoreStats {
+  uint64_t extent_bytes = 0;
+  uint64_t total_extents = 0;
+  uint64_t free_extents = 0;          // allocatable now
+  uint64_t pending_free_extents = 0;  // freed, reusable after the next commit
+  uint32_t volumes = 0;
+  uint32_t layers = 0;
+  uint64_t commits = 0;      // journal commits since open
+  uint64_t checkpoints = 0;  // checkpoints since open
+  uint64_t journal_blocks_used = 0;
+  uint64_t journal_blocks = 0;
+  // In-memory metadata: extent maps, free map, tables.
+  uint64_t metadata_memory_bytes = 0;
+  uint64_t mapped_extents = 0;  // map entries over all layers
+};
+
+class Store {
+ public:
+  // Writes an empty store over `device` (everything on it is lost).
+  static Status format(BlockDevice& device, const FormatOptions& options = {});
+  // Opens the store on `device`, recovering the last committed state. A
+  // device that is not a valid store (foreign data, newer version, truncated,
+  // corrupted metadata) is refused with an Error naming the problem, and
+  // nothing is written to it. `device` must outlive the Store.
+  static Result<std::unique_ptr<Store>> open(BlockDevice& device, const OpenOptions& options = {});
+
+  ~Store();
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+
+  // ---- Volumes (each commits before returning) ----
+  Result<VolumeId> create_volume(std::string_view name, uint64_t size_bytes);
+  // Frees the volume's own data; its snapshots go too, except those that
+  // clones still sit on (they stay, hidden, until no clone needs them).
+  Status delete_volume(VolumeId volume);
+  Status rename_volume(VolumeId volume, std::string_view new_name);
+  // Grows (never shrinks) the volume; the new range reads as zeros.
+  Status grow_volume(VolumeId volume, uint64_t new_size_bytes);
+  [[nodiscard]] std::vector<VolumeInfo> list_volumes() const;
+  [[nodiscard]] Result<VolumeInfo> volume_info(VolumeId volume) const;
+  [[nodiscard]] Result<VolumeId> find_volume(std::string_view name) const;
+
+  // ---- Engine state per volume (persisted at the next commit; call
+  // commit() to make it durable at once) ----
+  Status set_generation(VolumeId volume, uint64_t generation);
+  // Dirty-region bitmap: one bit per region of dirty_region_bytes().
+  [[nodiscard]] Result<uint64_t> dirty_region_bytes(VolumeId volume) const;
+  // Sets / clears the bits of every region the byte range touches.
+  Status mark_dirty(VolumeId volume, uint64_t offset, uint64_t length);
+  Status clear_dirty(VolumeId volume, uint64_t offset, uint64_t length);
+  // The bitmap: bit i of word i/64 = region i.
+  [[nodiscard]] Result<std::vector<uint64_t>> dirty_bitmap(VolumeId volume) const;
+
+  // ---- Snapshots (each commits before returning) ----
+  // Flushes the volume's data, then makes its current content a read-only
+  // snapshot. O(1): no data or map is copied.
+  Result<SnapshotId> create_snapshot(VolumeId volume, std::string_view name);
+  // Deletes the snapshot: merged into its only child, or - while several
+  // clones/snapshots sit on it - hidden until one is left.
+  Status delete_snapshot(SnapshotId snapshot);
+  // Drops everything the volume wrote since `snapshot` (which must be one
+  // of the volume's snapshots or an ancestor of its head).
+  Status revert_volume(VolumeId volume, SnapshotId snapshot);
+  // A new writable volume whose content starts as the snapshot's.
+  Result<VolumeId> clone_snapshot(SnapshotId snapshot, std::string_view volume_name);
+  Status rename_snapshot(SnapshotId snapshot, std::string_view new_name);
+  // The volume's visible snapshots, oldest first.
+  [[nodiscard]] std::vector<SnapshotInfo> list_snapshots(VolumeId volume) const;
+  // Every snapshot in the store, hidden ones included.
+  [[nodiscard]] std::vector<SnapshotInfo> list_all_snapshots() const;
+  [[nodiscard]] Result<SnapshotInfo> snapshot_info(SnapshotId snapshot) const;
+  [[nodiscard]] Result<SnapshotId> find_snapshot(VolumeId volume, std::string_view name) const;
+
+  // ---- Asynchronous data path ----
+  // Queues `io`; device requests go out in batches at kick()/poll().
+  void submit(StoreIo& io);
+  void kick();
+  // Drives the device and runs completion callbacks (only here). With `wait`
+  // and work in flight, blocks until something completes. Returns callbacks run.
+  unsigned poll(bool wait);
+  // Submitted requests whose callbacks have not yet run.
+  [[nodiscard]] unsigned in_flight() const;
+  // Readable when poll() has work; -1 if the device has no such fd.
+  [[nodiscard]] int completion_fd() const;
+
+  // ---- Synchronous wrappers (control paths, tests) ----
+  Status read(VolumeId volume, uint64_t offset, std::span<std::byte> buffer);
+  Status read_snapshot(SnapshotId snapshot, uint64_t offset, std::span<std::byte> buffer);
+  Status write(VolumeId volume, uint64_t offset, std::span<const std::byte> buffer);
+  Status discard(VolumeId volume, uint64_t offset, uint64_t length);
+  Status write_zeroes(VolumeId volume, uint64_t offset, uint64_t length);
+  // Same as a kFlush StoreIo: data flush + metadata commit + device flush.
+  Status commit();
+
+  // ---- Checking ----
+  // Verifies every invariant: both superblocks, the checksums of the active
+  // checkpoint and journal on the device, the extent maps (no extent mapped
+  // twice, none mapped and free, none allocated and unmapped), the layer tree
+  // (parents exist, no cycles, heads valid) and the space counters. Returns a
+  // description of every problem found; empty means consistent.
+  [[nodiscard]] std::vector<std::string> check();
+  // Loads the metadata on `device` without opening a store and reports every
+  // problem (an unreadable store gives a single problem naming why).
+  static std::vector<std::string> check_device(BlockDevice& device);
+
+  [[nodiscard]] StoreStats stats() const;
+  // Set once a metadata commit failed: the store then refuses writes and
+  // flushes (-EIO); reopen it to recover the last committed state.
+  [[nodiscard]] bool failed() const;
+
+  class Impl;
+
+ private:
+  explicit Store(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ublkvol::dbs
