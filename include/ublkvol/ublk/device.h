@@ -1,0 +1,99 @@
+// UblkDevice: serves one engine::Volume as /dev/ublkbN.
+//
+// Lifecycle (see docs/ublk.md):
+//   create():   ADD_DEV, SET_PARAMS, one thread per hardware queue (each
+//               submits a FETCH_REQ per tag), then START_DEV.
+//   recover():  re-attaches a new process to a device whose server died or
+//               detached (UBLK_F_USER_RECOVERY): START_USER_RECOVERY, queue
+//               threads, END_USER_RECOVERY. Applications only saw a pause;
+//               requests the old server held are re-issued (writes may
+//               repeat).
+//   stop_and_delete(): STOP_DEV while the queues keep serving (outstanding
+//               requests complete), queue threads end on ABORT, then DEL_DEV.
+//   detach():   queue threads end without stopping the device; a recoverable
+//               device waits (quiesced) for recover(), any other is removed
+//               by the driver.
+// The destructor runs stop_and_delete() unless detach() or
+// stop_and_delete() ran.
+//
+// Each queue thread owns its io_uring, its descriptor mapping, its tag
+// buffers and its VolumeQueue; queue threads share nothing and allocate
+// nothing per request.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "ublkvol/common/result.h"
+#include "ublkvol/engine/volume.h"
+#include "ublkvol/ublk/device_options.h"
+#include "ublkvol/ublk/uapi.h"
+
+namespace ublkvol::ublk {
+
+// Requests handed to the volume, summed over the device's queues. Counted by
+// each queue thread without shared writes; a snapshot is approximate while
+// I/O runs.
+struct DeviceStats {
+  uint64_t reads = 0;
+  uint64_t writes = 0;
+  uint64_t fua_writes = 0;  // included in writes
+  uint64_t flushes = 0;
+  uint64_t discards = 0;
+  uint64_t write_zeroes = 0;
+  uint64_t bytes_read = 0;
+  uint64_t bytes_written = 0;
+  // Requests answered with an error (by the volume or by the frontend).
+  uint64_t errors = 0;
+};
+
+class UblkDevice {
+ public:
+  // Creates and starts a device for `volume`, which must outlive it and have
+  // been created for at least `options.queues` queues.
+  static Result<std::unique_ptr<UblkDevice>> create(engine::Volume& volume,
+                                                    const DeviceOptions& options);
+
+  // Re-attaches to device `dev_id`, whose previous server is gone. Waits up
+  // to `quiesce_timeout` for the driver to finish quiescing it. The volume
+  // must describe the same size and block size; queue count and depth are the
+  // device's (options.queues / queue_depth are ignored).
+  static Result<std::unique_ptr<UblkDevice>> recover(
+      engine::Volume& volume, uint32_t dev_id, const DeviceOptions& options,
+      std::chrono::milliseconds quiesce_timeout = std::chrono::seconds(30));
+
+  ~UblkDevice();
+  UblkDevice(const UblkDevice&) = delete;
+  UblkDevice& operator=(const UblkDevice&) = delete;
+
+  [[nodiscard]] uint32_t id() const;
+  [[nodiscard]] std::string block_path() const;
+  // The driver's view at attach time (queues, depth, negotiated features).
+  [[nodiscard]] const uapi::CtrlDevInfo& info() const;
+
+  // An eventfd that becomes readable when every queue thread has ended: the
+  // device was stopped or deleted by someone else, or a queue failed. Poll
+  // it next to your own events.
+  [[nodiscard]] int finished_fd() const;
+  [[nodiscard]] bool finished() const;
+  // Why the queues ended, once finished(): OK when the driver aborted them
+  // (stop/delete), else the first queue's error.
+  [[nodiscard]] Status queue_status() const;
+
+  // Stops the device (pending requests complete), ends the queue threads and
+  // deletes the device. Idempotent; tolerates a device already removed.
+  Status stop_and_delete();
+  // Ends the queue threads, leaving the device to the driver (see above).
+  Status detach();
+
+  [[nodiscard]] DeviceStats stats() const;
+
+ private:
+  struct State;
+  explicit UblkDevice(std::unique_ptr<State> state);
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace ublkvol::ublk

@@ -1,0 +1,61 @@
+// DeviceOptions: how a volume is exposed as /dev/ublkbN, and the checks and
+// translation into the driver's parameters.
+//
+// Bad options are refused before anything is created, with a message that
+// names the option and the allowed range (e.g. "queue depth 100000 is out of
+// range 1..4096").
+#pragma once
+
+#include <cstdint>
+
+#include "ublkvol/common/result.h"
+#include "ublkvol/engine/volume.h"
+#include "ublkvol/ublk/uapi.h"
+
+namespace ublkvol::ublk {
+
+struct DeviceOptions {
+  // Device number N of /dev/ublkbN; -1 lets the driver pick the lowest free.
+  int32_t dev_id = -1;
+  // Hardware queues: one server thread (and one VolumeQueue) each. The driver
+  // caps this at the number of CPUs.
+  unsigned queues = 1;
+  // Requests in flight per queue (tags).
+  unsigned queue_depth = 128;
+  // Largest request, in bytes (a multiple of 4 KiB); also the size of each
+  // tag's buffer. 0: the volume's max_io_bytes.
+  uint32_t max_io_bytes = 0;
+  // Create the device with UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_REISSUE:
+  // it outlives this process, and a new one can re-attach (UblkDevice::recover).
+  bool recoverable = false;
+  // Pin each queue thread to the CPUs the driver maps to its queue.
+  bool pin_queue_threads = true;
+  // Mark queue threads PR_SET_IO_FLUSHER (needs CAP_SYS_RESOURCE; a warning
+  // otherwise) so that memory reclaim never waits on them while they write.
+  bool io_flusher = true;
+};
+
+inline constexpr uint32_t kMinBlockSize = 512;
+// The driver accepts logical blocks up to the page size.
+inline constexpr uint32_t kMaxBlockSize = 4096;
+inline constexpr uint32_t kDefaultMaxIoBytes = 1U << 20U;
+// Largest DISCARD / WRITE_ZEROES request handed to the volume at once.
+inline constexpr uint32_t kMaxDiscardBytes = 64U << 20U;
+// Device numbers are minor numbers (MINORBITS = 20).
+inline constexpr int32_t kMaxDevId = (1 << 20) - 1;
+
+// Checks `options` and the volume's description. Every message names the
+// problem: "block size 3000 is not a power of two between 512 and 4096",
+// "queue depth 0 is out of range 1..4096", "volume size is 0", ...
+Status validate_device_options(const DeviceOptions& options, const engine::VolumeInfo& volume);
+
+// The request buffer size used for `options` on `volume`.
+uint32_t effective_max_io_bytes(const DeviceOptions& options, const engine::VolumeInfo& volume);
+
+// SET_PARAMS contents for `volume`: logical block = volume block size,
+// physical block 4 KiB (or the block size if larger), max request
+// `max_io_bytes`, discard / write-zeroes limits if the volume supports them,
+// volatile write cache + FUA if the volume has a volatile cache.
+uapi::Params make_device_params(const engine::VolumeInfo& volume, uint32_t max_io_bytes);
+
+}  // namespace ublkvol::ublk

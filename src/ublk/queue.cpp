@@ -1,0 +1,463 @@
+#include "queue.h"
+
+#include <liburing.h>
+#include <pthread.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <spdlog/spdlog.h>
+#include <vector>
+
+#include "ublkvol/ublk/uapi.h"
+
+#include "request.h"
+#include "tag_state.h"
+
+#ifndef PR_SET_IO_FLUSHER
+#define PR_SET_IO_FLUSHER 57
+#endif
+
+namespace ublkvol::ublk {
+
+void QueueCounters::add_to(DeviceStats& stats) const {
+  stats.reads += reads.load(std::memory_order_relaxed);
+  stats.writes += writes.load(std::memory_order_relaxed);
+  stats.fua_writes += fua_writes.load(std::memory_order_relaxed);
+  stats.flushes += flushes.load(std::memory_order_relaxed);
+  stats.discards += discards.load(std::memory_order_relaxed);
+  stats.write_zeroes += write_zeroes.load(std::memory_order_relaxed);
+  stats.bytes_read += bytes_read.load(std::memory_order_relaxed);
+  stats.bytes_written += bytes_written.load(std::memory_order_relaxed);
+  stats.errors += errors.load(std::memory_order_relaxed);
+}
+
+namespace {
+
+// Single-writer counter bump: no locked instruction on the data path.
+inline void bump(std::atomic<uint64_t>& counter, uint64_t by = 1) {
+  counter.store(counter.load(std::memory_order_relaxed) + by, std::memory_order_relaxed);
+}
+
+// CQE user_data: what completed, and for tag commands which tag.
+enum class Completion : uint64_t { kTagCommand = 1, kVolumeWake = 2, kDetach = 3 };
+constexpr unsigned kKindShift = 32;
+
+constexpr uint64_t user_data(Completion kind, uint32_t tag = 0) {
+  return (static_cast<uint64_t>(kind) << kKindShift) | tag;
+}
+constexpr Completion kind_of(uint64_t data) { return static_cast<Completion>(data >> kKindShift); }
+constexpr uint16_t tag_of(uint64_t data) { return static_cast<uint16_t>(data & 0xffffU); }
+
+// The registered-file index of /dev/ublkcN in each queue's ring.
+constexpr int kCharFileIndex = 0;
+
+class Mapping {
+ public:
+  Mapping() = default;
+  Mapping(void* base, size_t size) : base_(base), size_(size) {}
+  ~Mapping() {
+    if (base_ != nullptr) {
+      ::munmap(base_, size_);
+    }
+  }
+  Mapping(const Mapping&) = delete;
+  Mapping& operator=(const Mapping&) = delete;
+  Mapping(Mapping&& o) noexcept : base_(o.base_), size_(o.size_) { o.base_ = nullptr; }
+  Mapping& operator=(Mapping&& o) noexcept {
+    std::swap(base_, o.base_);
+    std::swap(size_, o.size_);
+    return *this;
+  }
+  [[nodiscard]] void* base() const { return base_; }
+
+ private:
+  void* base_ = nullptr;
+  size_t size_ = 0;
+};
+
+class Ring {
+ public:
+  Ring() = default;
+  ~Ring() {
+    if (initialized_) {
+      io_uring_queue_exit(&ring_);
+    }
+  }
+  Ring(const Ring&) = delete;
+  Ring& operator=(const Ring&) = delete;
+
+  // Tries the cheapest task-run modes first and falls back on kernels that
+  // lack them. Returns the flags in use.
+  Result<unsigned> init(unsigned entries) {
+    const unsigned candidates[] = {
+        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_COOP_TASKRUN,
+        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN,
+        IORING_SETUP_COOP_TASKRUN,
+        0,
+    };
+    int rc = -EINVAL;
+    for (unsigned flags : candidates) {
+      io_uring_params params{};
+      params.flags = flags | IORING_SETUP_CQSIZE;
+      params.cq_entries = entries * 2;
+      rc = io_uring_queue_init_params(entries, &ring_, &params);
+      if (rc == 0) {
+        initialized_ = true;
+        return flags;
+      }
+      if (rc != -EINVAL) {
+        break;
+      }
+    }
+    return Error(-rc, "cannot set up the queue's io_uring");
+  }
+
+  io_uring* get() { return &ring_; }
+
+ private:
+  io_uring ring_{};
+  bool initialized_ = false;
+};
+
+}  // namespace
+
+struct QueueRunner::Impl {
+  struct Tag {
+    TagStateMachine state;
+    uint16_t index = 0;
+    int32_t result = 0;
+    std::byte* buffer = nullptr;
+    Impl* owner = nullptr;
+    engine::VolumeIo io;
+  };
+
+  QueueSetup setup;
+  engine::Volume& volume;
+  QueueCounters& counters;
+  UniqueFd detach_fd;
+
+  // Declared before the ring so that they outlive it: the kernel may still
+  // write the eventfd read buffers until the ring is gone.
+  Mapping descriptors;
+  Mapping buffers;
+  uint64_t wake_value = 0;
+  uint64_t detach_value = 0;
+  std::vector<Tag> tags;
+  std::unique_ptr<engine::VolumeQueue> volume_queue;
+  std::unique_ptr<Ring> ring = std::make_unique<Ring>();
+
+  unsigned finished_tags = 0;
+  bool detaching = false;
+  // First refusal by the driver, or a bookkeeping error.
+  Status failure;
+
+  Impl(const QueueSetup& s, engine::Volume& v, QueueCounters& c, UniqueFd fd)
+      : setup(s), volume(v), counters(c), detach_fd(std::move(fd)) {}
+
+  std::string where() const {
+    return "ublk device " + std::to_string(setup.dev_id) + " queue " +
+           std::to_string(setup.queue_id);
+  }
+
+  const uapi::IoDesc* descriptor_array() const {
+    return static_cast<const uapi::IoDesc*>(descriptors.base());
+  }
+
+  io_uring_sqe* next_sqe() {
+    io_uring_sqe* sqe = io_uring_get_sqe(ring->get());
+    if (sqe == nullptr) {
+      // The ring holds one SQE per tag plus the eventfd reads, so this only
+      // happens if a batch was not submitted yet: push it out and retry.
+      io_uring_submit(ring->get());
+      sqe = io_uring_get_sqe(ring->get());
+    }
+    return sqe;
+  }
+
+  bool queue_tag_command(Tag& tag, uint32_t op) {
+    io_uring_sqe* sqe = next_sqe();
+    if (sqe == nullptr) {
+      return false;
+    }
+    std::memset(static_cast<void*>(sqe), 0, sizeof(*sqe));
+    sqe->opcode = IORING_OP_URING_CMD;
+    sqe->fd = kCharFileIndex;
+    sqe->flags = IOSQE_FIXED_FILE;
+    sqe->cmd_op = op;
+    uapi::IoCmd cmd{};
+    cmd.q_id = setup.queue_id;
+    cmd.tag = tag.index;
+    cmd.result = tag.result;
+    cmd.addr = reinterpret_cast<uintptr_t>(tag.buffer);
+    std::memcpy(static_cast<void*>(sqe->cmd), &cmd, sizeof(cmd));
+    sqe->user_data = user_data(Completion::kTagCommand, tag.index);
+    return true;
+  }
+
+  bool queue_eventfd_read(int fd, uint64_t* value, Completion kind) {
+    io_uring_sqe* sqe = next_sqe();
+    if (sqe == nullptr) {
+      return false;
+    }
+    io_uring_prep_read(sqe, fd, value, sizeof(*value), 0);
+    sqe->user_data = user_data(kind);
+    return true;
+  }
+
+  void fail(Status status) {
+    if (failure.ok()) {
+      failure = std::move(status);
+    }
+  }
+
+  Status set_up() {
+    if (setup.pin && CPU_COUNT(&setup.cpus) > 0) {
+      const int rc = pthread_setaffinity_np(pthread_self(), sizeof(setup.cpus), &setup.cpus);
+      if (rc != 0) {
+        spdlog::warn("{}: cannot pin the queue thread to its CPUs ({}); running unpinned", where(),
+                     std::strerror(rc));
+      }
+    }
+    if (setup.io_flusher && ::prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) != 0) {
+      spdlog::warn(
+          "{}: PR_SET_IO_FLUSHER refused ({}): memory reclaim may wait on this thread; "
+          "grant CAP_SYS_RESOURCE",
+          where(), std::strerror(errno));
+    }
+
+    auto opened = volume.open_queue(setup.queue_id);
+    if (!opened) {
+      return opened.error().with_context(where());
+    }
+    volume_queue = std::move(opened.value());
+
+    const unsigned entries = setup.depth + 2;
+    auto flags = ring->init(entries);
+    if (!flags) {
+      return flags.error().with_context(where());
+    }
+    int rc = io_uring_register_files(ring->get(), &setup.char_fd, 1);
+    if (rc < 0) {
+      return Error(-rc, where() + ": cannot register /dev/ublkc with the io_uring");
+    }
+
+    const auto page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+    const size_t desc_bytes = uapi::io_desc_array_bytes(setup.depth, page);
+    void* desc = ::mmap(nullptr, desc_bytes, PROT_READ, MAP_SHARED | MAP_POPULATE, setup.char_fd,
+                        static_cast<off_t>(uapi::io_desc_mmap_offset(setup.queue_id, page)));
+    if (desc == MAP_FAILED) {
+      return errno_error(where() + ": cannot map the request descriptors");
+    }
+    descriptors = Mapping(desc, desc_bytes);
+
+    const size_t buffer_bytes = size_t{setup.buffer_bytes} * setup.depth;
+    void* bufs = ::mmap(nullptr, buffer_bytes, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (bufs == MAP_FAILED) {
+      return errno_error(where() + ": cannot allocate " + std::to_string(buffer_bytes) +
+                         " bytes of tag buffers");
+    }
+    buffers = Mapping(bufs, buffer_bytes);
+
+    tags.resize(setup.depth);
+    for (unsigned i = 0; i < setup.depth; ++i) {
+      Tag& tag = tags[i];
+      tag.index = static_cast<uint16_t>(i);
+      tag.owner = this;
+      tag.buffer = static_cast<std::byte*>(bufs) + size_t{i} * setup.buffer_bytes;
+      tag.io.user_data = &tag;
+      tag.io.on_complete = &Impl::on_volume_done;
+      if (!tag.state.submit_fetch() || !queue_tag_command(tag, uapi::kIoFetchReq)) {
+        return Error(EIO, where() + ": cannot queue FETCH_REQ for tag " + std::to_string(i));
+      }
+    }
+    if (volume_queue->wake_fd() >= 0 &&
+        !queue_eventfd_read(volume_queue->wake_fd(), &wake_value, Completion::kVolumeWake)) {
+      return Error(EIO, where() + ": cannot watch the volume's wake fd");
+    }
+    if (!queue_eventfd_read(detach_fd.get(), &detach_value, Completion::kDetach)) {
+      return Error(EIO, where() + ": cannot watch the detach eventfd");
+    }
+    rc = io_uring_submit(ring->get());
+    if (rc < 0) {
+      return Error(-rc, where() + ": cannot submit FETCH_REQs");
+    }
+    // FETCH_REQ is checked while it is submitted: a refusal is already in the
+    // CQ. Report it now - START_DEV would otherwise wait for this queue
+    // forever.
+    process_completions();
+    if (!failure.ok()) {
+      return failure;
+    }
+    if (finished_tags != 0) {
+      return Error(EIO, where() + ": the driver aborted FETCH_REQ (device being removed?)");
+    }
+    return ok_status();
+  }
+
+  static void on_volume_done(engine::VolumeIo& io, int result) {
+    Tag& tag = *static_cast<Tag*>(io.user_data);
+    tag.owner->answer(tag, commit_result(io.op, io.length, result));
+  }
+
+  // Records the answer to a tag's request and queues its COMMIT_AND_FETCH_REQ.
+  void answer(Tag& tag, int result) {
+    if (result < 0) {
+      bump(counters.errors);
+    }
+    tag.result = result;
+    if (!tag.state.on_backend_done() || !tag.state.submit_commit() ||
+        !queue_tag_command(tag, uapi::kIoCommitAndFetchReq)) {
+      fail(Error(EIO, where() + ": tag " + std::to_string(tag.index) +
+                          " cannot be committed from state " + to_string(tag.state.state())));
+    }
+  }
+
+  void start_request(Tag& tag) {
+    const uapi::IoDesc desc = descriptor_array()[tag.index];
+    const int check = translate_request(desc, tag.buffer, setup.buffer_bytes, tag.io);
+    if (check != 0) {
+      answer(tag, check);
+      return;
+    }
+    switch (tag.io.op) {
+      case engine::VolumeOp::kRead:
+        bump(counters.reads);
+        bump(counters.bytes_read, tag.io.length);
+        break;
+      case engine::VolumeOp::kWrite:
+        bump(counters.writes);
+        bump(counters.bytes_written, tag.io.length);
+        if (tag.io.fua) {
+          bump(counters.fua_writes);
+        }
+        break;
+      case engine::VolumeOp::kFlush:
+        bump(counters.flushes);
+        break;
+      case engine::VolumeOp::kDiscard:
+        bump(counters.discards);
+        break;
+      case engine::VolumeOp::kWriteZeroes:
+        bump(counters.write_zeroes);
+        break;
+    }
+    volume_queue->submit(tag.io);
+  }
+
+  void on_tag_completion(uint16_t index, int result) {
+    if (index >= tags.size()) {
+      fail(Error(EIO, where() + ": completion for unknown tag " + std::to_string(index)));
+      return;
+    }
+    Tag& tag = tags[index];
+    switch (tag.state.on_kernel_completion(result)) {
+      case KernelEvent::kRequest:
+        start_request(tag);
+        break;
+      case KernelEvent::kAbort:
+        ++finished_tags;
+        break;
+      case KernelEvent::kError:
+        ++finished_tags;
+        fail(Error(-result,
+                   where() + ": the driver refused the command for tag " + std::to_string(index)));
+        break;
+      case KernelEvent::kInvalid:
+        fail(Error(EIO, where() + ": unexpected completion for tag " + std::to_string(index) +
+                            " in state " + to_string(tag.state.state())));
+        break;
+    }
+  }
+
+  void process_completions() {
+    io_uring_cqe* cqe = nullptr;
+    unsigned head = 0;
+    unsigned seen = 0;
+    io_uring_for_each_cqe(ring->get(), head, cqe) {
+      ++seen;
+      const uint64_t data = cqe->user_data;
+      const int res = cqe->res;
+      switch (kind_of(data)) {
+        case Completion::kTagCommand:
+          on_tag_completion(tag_of(data), res);
+          break;
+        case Completion::kVolumeWake:
+          // The read drained the eventfd; reap() below collects the work.
+          if (!detaching || volume_queue->in_flight() > 0) {
+            queue_eventfd_read(volume_queue->wake_fd(), &wake_value, Completion::kVolumeWake);
+          }
+          break;
+        case Completion::kDetach:
+          detaching = true;
+          break;
+      }
+    }
+    io_uring_cq_advance(ring->get(), seen);
+  }
+
+  Status loop() {
+    while (failure.ok()) {
+      if (finished_tags == setup.depth) {
+        break;  // the driver aborted every tag: the device is stopping
+      }
+      if (detaching && volume_queue->in_flight() == 0) {
+        // Commits queued by the last reap go out; the tags then stay with the
+        // driver until the ring closes.
+        io_uring_submit(ring->get());
+        break;
+      }
+      // Backends without a wake fd finish work inside reap(): never sleep
+      // while they hold some.
+      const bool poll_only = volume_queue->in_flight() > 0 && volume_queue->wake_fd() < 0;
+      const int rc = io_uring_submit_and_wait(ring->get(), poll_only ? 0 : 1);
+      if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY && rc != -ETIME) {
+        fail(Error(-rc, where() + ": io_uring_enter failed"));
+        break;
+      }
+      process_completions();
+      volume_queue->kick();
+      volume_queue->reap();
+    }
+    return failure;
+  }
+};
+
+Result<std::unique_ptr<QueueRunner>> QueueRunner::make(const QueueSetup& setup,
+                                                       engine::Volume& volume,
+                                                       QueueCounters& counters) {
+  UniqueFd detach_fd(::eventfd(0, EFD_CLOEXEC));
+  if (!detach_fd) {
+    return errno_error("cannot create the queue's detach eventfd");
+  }
+  return std::unique_ptr<QueueRunner>(
+      new QueueRunner(std::make_unique<Impl>(setup, volume, counters, std::move(detach_fd))));
+}
+
+QueueRunner::QueueRunner(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+QueueRunner::~QueueRunner() = default;
+
+Status QueueRunner::run(const ReadyCallback& ready) {
+  Status setup = impl_->set_up();
+  ready(setup);
+  Status result = setup.ok() ? impl_->loop() : setup;
+  // The thread's resources go on the thread: the volume queue first (it may
+  // hold references to tag buffers), then the ring (the driver then cancels
+  // whatever commands remain). The mappings go with the runner.
+  impl_->volume_queue.reset();
+  impl_->ring.reset();
+  return result;
+}
+
+void QueueRunner::request_detach() {
+  const uint64_t one = 1;
+  // An eventfd write of 8 bytes cannot be short; failure would mean the fd
+  // is gone, which the owner prevents.
+  [[maybe_unused]] const ssize_t n = ::write(impl_->detach_fd.get(), &one, sizeof(one));
+}
+
+}  // namespace ublkvol::ublk

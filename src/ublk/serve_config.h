@@ -1,0 +1,40 @@
+// ublkvol-serve's configuration: parsing of sizes, building the backend
+// volume, and the checks that turn bad parameters into clear messages before
+// anything touches the kernel. Kept apart from main() so host tests cover it.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "ublkvol/common/result.h"
+#include "ublkvol/engine/volume.h"
+#include "ublkvol/ublk/device_options.h"
+#include "ublkvol/ublk/recovery_record.h"
+
+namespace ublkvol::ublk {
+
+// "4096", "64K", "512M", "1G", "2GiB", "1T" (binary units). Refuses empty,
+// negative, fractional, unknown suffixes and overflow.
+Result<uint64_t> parse_size(const std::string& text);
+
+struct ServeConfig {
+  std::string backend = "memory";  // null | memory
+  uint64_t size_bytes = 0;
+  uint32_t block_size = 4096;
+  std::string backing_file;  // memory only
+  DeviceOptions device;
+};
+
+// Everything that can be checked without a kernel.
+Status validate_serve_config(const ServeConfig& config);
+
+// The backend volume `config` describes.
+Result<std::unique_ptr<engine::Volume>> make_backend(const ServeConfig& config);
+
+// The backend part of a recovery record, and back.
+RecoveryRecord make_recovery_record(const ServeConfig& config, uint32_t dev_id, unsigned queues,
+                                    unsigned depth);
+Result<ServeConfig> config_from_record(const RecoveryRecord& record, const ServeConfig& base);
+
+}  // namespace ublkvol::ublk

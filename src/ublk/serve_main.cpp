@@ -1,0 +1,291 @@
+// ublkvol-serve: serves one null or memory volume as /dev/ublkbN, for the
+// frontend's tests and benchmarks (the production daemon is ublk-volumed).
+//
+//   ublkvol-serve --backend memory --size 1G --queues 2 --depth 128
+//   ublkvol-serve --backend memory --size 256M --backing-file /dev/shm/v
+//                 --state-file /run/v.json    # recoverable: survives kill -9
+//   ublkvol-serve --recover --state-file /run/v.json       # re-attach after it
+//
+// Signals: SIGTERM / SIGINT stop and delete the device; SIGHUP detaches,
+// leaving a --recoverable device for a later --recover; SIGUSR1 writes the
+// stats file. The process also ends when the device is deleted by someone
+// else. Exit status: 0 done, 1 runtime failure, 2 bad parameters.
+#include <poll.h>
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <cerrno>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+#include <string>
+
+#include "ublkvol/ublk/control.h"
+#include "ublkvol/ublk/device.h"
+#include "ublkvol/ublk/features.h"
+#include "ublkvol/ublk/recovery_record.h"
+
+#include "serve_config.h"
+
+namespace ublkvol::ublk {
+namespace {
+
+constexpr int kExitFailure = 1;
+constexpr int kExitUsage = 2;
+
+int fail(const Error& error) {
+  std::fprintf(stderr, "ublkvol-serve: error: %s\n", error.message().c_str());
+  return error.errno_value() == EINVAL || error.errno_value() == ERANGE ? kExitUsage : kExitFailure;
+}
+
+Status write_text_file(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  FILE* f = std::fopen(tmp.c_str(), "w");
+  if (f == nullptr) {
+    return errno_error("cannot write " + tmp);
+  }
+  const bool ok = std::fputs(text.c_str(), f) >= 0;
+  if (std::fclose(f) != 0 || !ok) {
+    return errno_error("cannot write " + tmp);
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    return errno_error("cannot rename " + tmp);
+  }
+  return ok_status();
+}
+
+nlohmann::json stats_json(const DeviceStats& s) {
+  return {{"reads", s.reads},           {"writes", s.writes},
+          {"fua_writes", s.fua_writes}, {"flushes", s.flushes},
+          {"discards", s.discards},     {"write_zeroes", s.write_zeroes},
+          {"bytes_read", s.bytes_read}, {"bytes_written", s.bytes_written},
+          {"errors", s.errors}};
+}
+
+void write_stats(const std::string& path, const UblkDevice& device) {
+  if (path.empty()) {
+    return;
+  }
+  Status s = write_text_file(path, stats_json(device.stats()).dump(2) + "\n");
+  if (!s.ok()) {
+    spdlog::warn("stats file: {}", s.error().to_string());
+  }
+}
+
+struct Args {
+  ServeConfig config;
+  std::string size = "1G";
+  std::string max_io = "0";
+  bool recover = false;
+  bool no_pin = false;
+  bool no_io_flusher = false;
+  std::string state_file;
+  std::string ready_file;
+  std::string stats_file;
+};
+
+int serve(Args& args) {
+  ServeConfig& config = args.config;
+  if (args.recover) {
+    if (args.state_file.empty()) {
+      return fail(Error(EINVAL, "--recover needs --state-file (written by the first server)"));
+    }
+    auto record = load_recovery_record(args.state_file);
+    if (!record) {
+      return fail(record.error());
+    }
+    auto recovered = config_from_record(*record, config);
+    if (!recovered) {
+      return fail(recovered.error());
+    }
+    config = recovered.value();
+  } else {
+    auto size = parse_size(args.size);
+    if (!size) {
+      return fail(size.error());
+    }
+    config.size_bytes = *size;
+    auto max_io = parse_size(args.max_io);
+    if (!max_io || *max_io > UINT32_MAX) {
+      return fail(max_io ? Error(EINVAL, "--max-io is too large") : max_io.error());
+    }
+    config.device.max_io_bytes = static_cast<uint32_t>(*max_io);
+  }
+  config.device.pin_queue_threads = !args.no_pin;
+  config.device.io_flusher = !args.no_io_flusher;
+  if (!args.state_file.empty()) {
+    config.device.recoverable = true;
+  }
+  Status valid = validate_serve_config(config);
+  if (!valid.ok()) {
+    return fail(valid.error());
+  }
+
+  // Queue threads inherit this mask: only the main thread takes signals.
+  sigset_t signals;
+  sigemptyset(&signals);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGUSR1}) {
+    sigaddset(&signals, sig);
+  }
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  UniqueFd signal_fd(::signalfd(-1, &signals, SFD_CLOEXEC));
+  if (!signal_fd) {
+    return fail(errno_error("cannot create signalfd"));
+  }
+
+  auto volume = make_backend(config);
+  if (!volume) {
+    return fail(volume.error());
+  }
+  auto device = args.recover
+                    ? UblkDevice::recover(**volume, static_cast<uint32_t>(config.device.dev_id),
+                                          config.device)
+                    : UblkDevice::create(**volume, config.device);
+  if (!device) {
+    return fail(device.error());
+  }
+  UblkDevice& dev = **device;
+  const auto& info = dev.info();
+  if (!args.state_file.empty() && !args.recover) {
+    Status saved = save_recovery_record(
+        args.state_file,
+        make_recovery_record(config, dev.id(), info.nr_hw_queues, info.queue_depth));
+    if (!saved.ok()) {
+      Status stopped = dev.stop_and_delete();
+      (void)stopped;
+      return fail(saved.error());
+    }
+  }
+  spdlog::info("{} {} volume ({} bytes, {}-byte blocks) on {}: {} queues x {} tags, max I/O {}, {}",
+               args.recover ? "re-attached" : "serving", config.backend, config.size_bytes,
+               config.block_size, dev.block_path(), info.nr_hw_queues, info.queue_depth,
+               info.max_io_buf_bytes, describe_features(info.flags));
+  if (!args.ready_file.empty()) {
+    nlohmann::json ready = {{"dev_id", dev.id()},
+                            {"block_device", dev.block_path()},
+                            {"pid", ::getpid()},
+                            {"queues", info.nr_hw_queues},
+                            {"queue_depth", info.queue_depth},
+                            {"recovered", args.recover}};
+    Status s = write_text_file(args.ready_file, ready.dump() + "\n");
+    if (!s.ok()) {
+      spdlog::warn("ready file: {}", s.error().to_string());
+    }
+  }
+
+  enum class Ending { kStop, kDetach, kRemoved };
+  Ending ending = Ending::kStop;
+  while (true) {
+    pollfd fds[2] = {{signal_fd.get(), POLLIN, 0}, {dev.finished_fd(), POLLIN, 0}};
+    const int n = ::poll(fds, 2, -1);
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n < 0) {
+      spdlog::error("poll failed: {}", std::strerror(errno));
+      break;
+    }
+    if ((fds[1].revents & POLLIN) != 0) {
+      ending = Ending::kRemoved;
+      break;
+    }
+    if ((fds[0].revents & POLLIN) != 0) {
+      signalfd_siginfo si{};
+      if (::read(signal_fd.get(), &si, sizeof(si)) != sizeof(si)) {
+        continue;
+      }
+      if (si.ssi_signo == SIGUSR1) {
+        write_stats(args.stats_file, dev);
+        continue;
+      }
+      ending = si.ssi_signo == SIGHUP ? Ending::kDetach : Ending::kStop;
+      break;
+    }
+  }
+
+  int status = 0;
+  switch (ending) {
+    case Ending::kStop: {
+      Status s = dev.stop_and_delete();
+      write_stats(args.stats_file, dev);
+      if (!s.ok()) {
+        spdlog::error("{}", s.error().to_string());
+        status = kExitFailure;
+      } else {
+        spdlog::info("{} stopped and deleted", dev.block_path());
+      }
+      if (!args.state_file.empty()) {
+        Status removed = remove_recovery_record(args.state_file);
+        (void)removed;
+      }
+      break;
+    }
+    case Ending::kDetach: {
+      Status s = dev.detach();
+      write_stats(args.stats_file, dev);
+      spdlog::info("detached from {}; re-attach with --recover", dev.block_path());
+      status = s.ok() ? 0 : kExitFailure;
+      break;
+    }
+    case Ending::kRemoved: {
+      Status queues = dev.queue_status();
+      Status s = dev.stop_and_delete();
+      write_stats(args.stats_file, dev);
+      if (!queues.ok()) {
+        spdlog::error("queues ended: {}", queues.error().to_string());
+        status = kExitFailure;
+      } else {
+        spdlog::info("{} was removed; exiting", dev.block_path());
+      }
+      (void)s;
+      if (!args.state_file.empty()) {
+        Status removed = remove_recovery_record(args.state_file);
+        (void)removed;
+      }
+      break;
+    }
+  }
+  return status;
+}
+
+}  // namespace
+}  // namespace ublkvol::ublk
+
+int main(int argc, char** argv) {
+  using ublkvol::ublk::Args;
+  Args args;
+  CLI::App app{"Serve a null or memory volume as /dev/ublkbN (tests and benchmarks)"};
+  app.add_option("--backend", args.config.backend, "null | memory")->capture_default_str();
+  app.add_option("--size", args.size, "volume size (4096, 64K, 512M, 1G, ...)")
+      ->capture_default_str();
+  app.add_option("--block-size", args.config.block_size, "logical block size (512..4096)")
+      ->capture_default_str();
+  app.add_option("--backing-file", args.config.backing_file,
+                 "memory backend: keep the data in this file (tmpfs) so it outlives the process");
+  app.add_option("--queues", args.config.device.queues, "hardware queues (threads)")
+      ->capture_default_str();
+  app.add_option("--depth", args.config.device.queue_depth, "tags per queue (1..4096)")
+      ->capture_default_str();
+  app.add_option("--max-io", args.max_io, "largest request (0: the volume's, 1M)")
+      ->capture_default_str();
+  app.add_option("--id", args.config.device.dev_id, "device number N of /dev/ublkbN (-1: any)")
+      ->capture_default_str();
+  app.add_flag("--recoverable", args.config.device.recoverable,
+               "create with USER_RECOVERY|REISSUE (implied by --state-file)");
+  app.add_option("--state-file", args.state_file,
+                 "recovery record: written at start, read by --recover, removed at stop");
+  app.add_flag("--recover", args.recover, "re-attach to the device in --state-file");
+  app.add_option("--ready-file", args.ready_file, "write {dev_id, block_device, pid} when ready");
+  app.add_option("--stats-file", args.stats_file, "write request counters here on exit / SIGUSR1");
+  app.add_flag("--no-pin", args.no_pin, "do not pin queue threads to their CPUs");
+  app.add_flag("--no-io-flusher", args.no_io_flusher, "do not mark queue threads IO_FLUSHER");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  spdlog::set_pattern("ublkvol-serve[%P]: %l: %v");
+  return ublkvol::ublk::serve(args);
+}

@@ -1,0 +1,59 @@
+// The control path without ublk_drv: the messages a user gets when the
+// driver is missing or the path is not a ublk control device, and the words
+// for the errors the driver answers with.
+#include "ublkvol/ublk/control.h"
+
+#include <gtest/gtest.h>
+
+#include "ublkvol/ublk/uapi.h"
+
+namespace ublkvol::ublk {
+namespace {
+
+TEST(ControlTest, MissingDriverSaysModprobe) {
+  auto c = ControlDevice::open("/nonexistent/ublk-control");
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.error().errno_value(), ENOENT);
+  EXPECT_EQ(c.error().message(),
+            "ublk_drv is not loaded: run modprobe ublk_drv (/nonexistent/ublk-control does not "
+            "exist)");
+}
+
+TEST(ControlTest, CommandsReachTheFileThroughA128ByteSqeRing) {
+  // /dev/zero has no uring_cmd handler (/dev/null has one, for io_uring
+  // benchmarks): the command travels the real io_uring path and the kernel
+  // answers EOPNOTSUPP.
+  auto c = ControlDevice::open("/dev/zero");
+  ASSERT_TRUE(c.ok()) << c.error().to_string();
+  auto f = c->get_features();
+  ASSERT_FALSE(f.ok());
+  EXPECT_EQ(f.error().errno_value(), EOPNOTSUPP);
+  EXPECT_EQ(f.error().message(),
+            "ublk GET_FEATURES: not supported by this kernel's ublk_drv (or not a ublk control "
+            "device)");
+  auto info = c->get_device_info(7);
+  ASSERT_FALSE(info.ok());
+  EXPECT_NE(info.error().message().find("ublk GET_DEV_INFO2 (device 7)"), std::string::npos);
+}
+
+TEST(ControlTest, FailureMessagesNameCommandDeviceAndCause) {
+  EXPECT_EQ(describe_control_failure(uapi::kCmdAddDev, 3, -EEXIST).message(),
+            "ublk ADD_DEV (device 3): the device id is in use");
+  EXPECT_EQ(describe_control_failure(uapi::kCmdStopDev, 5, -ENODEV).message(),
+            "ublk STOP_DEV (device 5): no such ublk device");
+  EXPECT_EQ(describe_control_failure(uapi::kCmdGetFeatures, uapi::kAutoDevId, -ENODEV).message(),
+            "ublk GET_FEATURES: the driver does not know this command: kernel older than 6.5");
+  EXPECT_EQ(describe_control_failure(uapi::kCmdStartUserRecovery, 1, -EBUSY).message(),
+            "ublk START_USER_RECOVERY (device 1): the device is not quiesced yet (its old server "
+            "has not fully exited)");
+  EXPECT_EQ(describe_control_failure(uapi::kCmdSetParams, 2, -EACCES).message(),
+            "ublk SET_PARAMS (device 2): parameters cannot change once the device is started");
+  EXPECT_EQ(describe_control_failure(uapi::kCmdStartDev, 0, -EPERM).errno_value(), EPERM);
+  EXPECT_STREQ(control_command_name(uapi::kCmdDelDevAsync), "DEL_DEV_ASYNC");
+  EXPECT_STREQ(device_state_name(uapi::kDevStateQuiesced), "quiesced");
+  EXPECT_EQ(block_device_path(12), "/dev/ublkb12");
+  EXPECT_EQ(char_device_path(12), "/dev/ublkc12");
+}
+
+}  // namespace
+}  // namespace ublkvol::ublk
