@@ -1,8 +1,8 @@
 #!/bin/sh
-# PID 1 of the VM test bed's guest (busybox sh). scripts/vm/run.sh packs it as /init.
+# PID 1 of the VM test bed's guest (/bin/sh is bash). scripts/vm/run.sh packs it as /init.
 #
 # Sets up the minimum a ublk test needs (proc, sys, devtmpfs, tmpfs /tmp and /dev/shm,
-# ublk_drv loaded), runs /opt/test/test.sh with UBLKVOL_IN_VM=1, then prints the exit
+# ublk_drv loaded), runs /opt/test/test.sh with bash and UBLKVOL_IN_VM=1, then prints the exit
 # marker run.sh looks for and powers the VM off. The marker carries a per-run token so
 # that nothing the test prints can be mistaken for it:
 #   @@ublkvol-vm-exit token=<token> stage=<setup|test> status=<N>@@
@@ -51,7 +51,7 @@ export UBLKVOL_IN_VM=1
 cd /tmp || setup_failed "cd /tmp"
 read -r uptime_s _ </proc/uptime
 echo "vm-init: kernel $(uname -r), $(nproc) CPUs, booted in ${uptime_s}s; running the test"
-sh /opt/test/test.sh
+bash /opt/test/test.sh
 status=$?
 read -r end_s _ </proc/uptime
 echo "vm-init: test exited with status $status (guest time ${uptime_s}s -> ${end_s}s)"

@@ -25,10 +25,14 @@ UBLKVOL_VM_MODULES=(
 # Host programs every guest gets (with the libraries ldd lists). A test that needs more
 # passes them with --binary. Required ones must exist on the host (scripts/setup.sh
 # installs them); optional ones are included when present.
-UBLKVOL_VM_REQUIRED_TOOLS=(fio mkfs.ext4 e2fsck blkdiscard blockdev losetup)
+# bash is the guest's /bin/sh: Debian's busybox-static shell runs its own applets in
+# preference to PATH (FEATURE_SH_STANDALONE), so under it `losetup` or `blkdiscard` would
+# silently be busybox's cut-down versions instead of the real tools listed here.
+UBLKVOL_VM_REQUIRED_TOOLS=(bash fio mkfs.ext4 e2fsck blkdiscard blockdev losetup)
 UBLKVOL_VM_OPTIONAL_TOOLS=(mke2fs dumpe2fs debugfs lsblk strace)
 
-# Busybox must be the static build (busybox-static): it is the guest's shell and coreutils.
+# Busybox must be the static build (busybox-static): it provides the guest's coreutils,
+# mount, insmod, poweroff, ... (as symlinks; a tool listed above replaces its applet).
 UBLKVOL_VM_BUSYBOX="${UBLKVOL_VM_BUSYBOX:-/bin/busybox}"
 
 ublkvol_vm_die() {

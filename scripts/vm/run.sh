@@ -12,8 +12,8 @@
 #   --file SRC[:DEST] extra file or directory; DEST is an absolute guest path, default
 #                     /opt/test/files/<name of SRC>. Repeatable.
 #   --env NAME=VALUE  exported to the test. Repeatable.
-#   --cmd CMD         the test, run by busybox sh in /tmp.
-#   --script FILE     the test as a shell script (busybox sh).
+#   --cmd CMD         the test, run by bash in /tmp.
+#   --script FILE     the test as a bash script.
 #   --timeout S       wall-clock limit for boot + test + power-off (default 300). QEMU is
 #                     killed when it expires.
 #   --log FILE        where the guest console goes (it is also streamed to stdout). Without
@@ -23,8 +23,9 @@
 #   --append ARGS     extra kernel command line.
 #   --kernel-verbose  full kernel boot log (default: quiet; warnings and oopses still show).
 #
-# The guest: busybox (static) + fio, mkfs.ext4, e2fsck, blkdiscard, ... (lists in
-# scripts/vm/lib.sh), ublk_drv loaded, UBLKVOL_IN_VM=1, everything as root. /tmp and
+# The guest: bash (also /bin/sh) runs the test; busybox (static) applets + fio,
+# mkfs.ext4, e2fsck, blkdiscard, ... (lists in scripts/vm/lib.sh); ublk_drv loaded,
+# UBLKVOL_IN_VM=1, everything as root. /tmp and
 # /dev/shm are tmpfs. Other modules: `vm-load-module loop|null_blk|brd|virtio_blk`.
 # `vm-gtest BINARY ARGS` runs a gtest binary and fails if any test skipped.
 #
@@ -216,11 +217,17 @@ build_base() {
     [[ -e "$stage/$applet" || -L "$stage/$applet" ]] || ln -s /bin/busybox "$stage/$applet"
   done < <("$UBLKVOL_VM_BUSYBOX" --list-full)
   for t in "${tools[@]}"; do
+    # The real tool replaces busybox's applet of the same name wherever it was linked, so
+    # `command -v losetup` in the guest is util-linux's losetup.
+    find "$stage" -name "${t##*/}" -type l -lname /bin/busybox -delete
     mkdir -p "$stage$(dirname "$t")"
     rm -f "$stage$t"
     cp -L "$t" "$stage$t"
     copy_libs "$t" "$stage"
   done
+  # /bin/sh is bash (see UBLKVOL_VM_REQUIRED_TOOLS in lib.sh for why not busybox sh).
+  find "$stage" -name sh -type l -lname /bin/busybox -delete
+  ln -sfn bash "$stage/usr/bin/sh"
   cp "$cache"/modules/*.ko "$cache/modules/deps" "$stage/lib/modules/ublkvol/"
   install -m 0755 "$script_dir/guest-init.sh" "$stage/init"
   install -m 0755 "$script_dir/vm-load-module.sh" "$stage/usr/local/sbin/vm-load-module"

@@ -1,11 +1,10 @@
-#!/bin/sh
+#!/bin/bash
 # vm-gtest BINARY [ARGS...] - run a gtest binary inside the VM test bed and fail if any of
 # its tests was skipped. Installed in the guest as /usr/local/bin/vm-gtest.
 #
 # Why: the same binary runs on the host, where tests needing ublk skip themselves. In the
 # VM they must run; a skip there means the bed or the test is broken, and must not let
 # the e2e suite pass.
-# shellcheck disable=SC3040  # busybox ash (the guest shell) has pipefail
 set -o pipefail
 out=/tmp/vm-gtest.$$.out
 "$@" 2>&1 | tee "$out"

@@ -1,4 +1,4 @@
-#!/bin/sh
+#!/bin/bash
 # vm-load-module NAME... - load a kernel module in the VM test bed's guest, its
 # dependencies first. Installed in the guest as /usr/local/sbin/vm-load-module.
 # Modules and their dependency list come from scripts/vm/fetch-kernel.sh (modinfo
@@ -7,6 +7,8 @@
 dir=/lib/modules/ublkvol
 
 load() {
+  # local: load() recurses into dependencies.
+  local name deps dep
   name=$1
   [ -d "/sys/module/$name" ] && return 0
   if [ ! -f "$dir/$name.ko" ]; then
