@@ -19,6 +19,9 @@ std::string describe_size(uint64_t size_bytes) {
   if (size_bytes % (uint64_t{1} << 20) == 0 && size_bytes != 0) {
     return std::to_string(size_bytes >> 20) + " MiB";
   }
+  if (size_bytes % (uint64_t{1} << 10) == 0 && size_bytes != 0) {
+    return std::to_string(size_bytes >> 10) + " KiB";
+  }
   return std::to_string(size_bytes) + " bytes";
 }
 
