@@ -1,0 +1,186 @@
+// ReplicatedVolume: one volume kept on N replicas (N <= kMaxReplicas), each a
+// ReplicaStore owned by a StoreThread. The controller runs inline in the
+// queue threads that submit I/O (volume.h); there is no controller thread on
+// the data path. docs/engine.md explains the design; in short:
+//
+//   - Writes, discards and write-zeroes fan out to every in-sync and
+//     rebuilding replica and complete when every in-sync replica acked.
+//     FLUSH goes to the same set; FUA travels with each replica write.
+//   - Reads go to one in-sync replica (least outstanding from this queue); a
+//     read error is retried on another replica and the bad one is repaired
+//     (rewritten from a good copy, ordered like a write).
+//   - Overlapping mutating requests in flight at the same time - from the
+//     same queue or from different queues - are ordered by a per-volume
+//     sequence number and a lock-free, per-queue published table of
+//     in-flight ranges: a request waits for every overlapping one with a
+//     smaller sequence number. So every replica applies overlapping writes in
+//     the same order and replicas never diverge (DESIGN.md guarantee 2).
+//   - A replica that fails an I/O or misses the deadline leaves the write
+//     set. The survivors' generation is bumped and persisted before any
+//     write that the lost replica missed is acknowledged. The volume serves
+//     while >= min_replicas are in sync and fails I/O with -EIO below that.
+//   - A returning replica resyncs the dirty regions if its generation is in
+//     the survivors' history after their bitmap base, else rebuilds fully.
+//     Rebuilds run online (the target receives live writes at once),
+//     throttled, resumable after a restart (persisted watermark).
+//   - open() picks the newest replicas by generation history only; two
+//     replicas that each moved on without the other (a split) are refused.
+//
+// Threading: status(), rebuild, snapshot, verify and checkpoint calls are
+// control-path calls that may block; call them from any thread except a
+// queue thread of this volume.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "ublkvol/common/result.h"
+#include "ublkvol/engine/volume.h"
+
+namespace ublkvol::engine {
+
+class ReplicaStore;
+class StoreThread;
+
+inline constexpr unsigned kMaxReplicas = 4;
+
+enum class ReplicaState : uint8_t {
+  kInSync,      // in the read and write sets
+  kRebuilding,  // receives writes, not read; a background copy is running
+  kFailed,      // dropped after an error or deadline miss
+  kStale,       // opened with old/missing data, waiting for a rebuild
+};
+
+const char* to_string(ReplicaState state);
+
+// Where one replica lives. The store and thread must outlive the volume; the
+// store must be attached to the thread.
+struct ReplicaBinding {
+  ReplicaStore* store = nullptr;
+  StoreThread* thread = nullptr;
+};
+
+struct ReplicatedVolumeOptions {
+  std::string name = "volume";
+  // Queues the user opens (one per submitting thread).
+  unsigned queues = 1;
+  // Requests each queue can have at the stores at once; more are accepted
+  // and wait (allocation-free) for a free slot.
+  unsigned queue_depth = 256;
+  unsigned min_replicas = 1;
+  // A replica request older than this fails the replica.
+  std::chrono::milliseconds io_deadline{8000};
+  uint32_t max_io_bytes = 1U << 20U;
+  // Rebuild: copy unit and throttle (0 = unthrottled).
+  uint32_t rebuild_chunk_bytes = 1U << 20U;
+  uint64_t rebuild_bytes_per_second = 0;
+  // Persist the rebuild watermark after this many bytes copied.
+  uint64_t rebuild_persist_bytes = 64ULL << 20U;
+  // Start rebuilds of stale replicas found at open().
+  bool auto_rebuild = true;
+};
+
+struct RebuildProgress {
+  bool active = false;
+  // Replicas being rebuilt (bitmask of indices).
+  uint32_t targets = 0;
+  // Whole-range copy from `full_from` on, dirty regions only below it.
+  uint64_t full_from = 0;
+  uint64_t done_bytes = 0;
+  uint64_t total_bytes = 0;
+  double percent = 0;
+  double bytes_per_second = 0;
+  double eta_seconds = 0;
+  // Result of the last finished rebuild (empty while none finished / ok).
+  std::string last_error;
+  uint64_t completed = 0;  // rebuilds finished successfully
+};
+
+struct ReplicaStatus {
+  std::string name;
+  ReplicaState state = ReplicaState::kStale;
+  uint64_t generation = 0;
+  std::string last_error;
+};
+
+struct VolumeEvent {
+  std::chrono::system_clock::time_point when;
+  int replica = -1;  // -1: the volume itself
+  std::string message;
+};
+
+struct VolumeStatus {
+  std::string name;
+  uint64_t size_bytes = 0;
+  uint64_t generation = 0;
+  unsigned in_sync = 0;
+  unsigned min_replicas = 0;
+  // in_sync >= min_replicas.
+  bool online = false;
+  std::vector<ReplicaStatus> replicas;
+  std::vector<VolumeEvent> events;
+  RebuildProgress rebuild;
+};
+
+struct VerifyReport {
+  uint64_t bytes_compared = 0;
+  uint32_t replicas_compared = 0;  // bitmask
+  // Ranges (offset, length) where in-sync replicas differ.
+  std::vector<std::pair<uint64_t, uint64_t>> mismatches;
+};
+
+class ReplicatedVolume : public Volume {
+ public:
+  // Opens the volume: reads every replica's metadata, chooses the newest
+  // replicas by generation (refusing splits), initialises fresh replicas and
+  // (with auto_rebuild) starts rebuilding stale ones.
+  static Result<std::unique_ptr<ReplicatedVolume>> open(const ReplicatedVolumeOptions& options,
+                                                        std::vector<ReplicaBinding> replicas);
+
+  // Destroying without close() is a crash as far as the replicas can tell
+  // (no checkpoint); queues must be closed with nothing in flight.
+  ~ReplicatedVolume() override;
+
+  [[nodiscard]] const VolumeInfo& info() const override;
+  Result<std::unique_ptr<VolumeQueue>> open_queue(unsigned index) override;
+
+  [[nodiscard]] VolumeStatus status() const;
+
+  // Takes a replica out of service (operator action, also used by tests).
+  Status fail_replica(unsigned replica, const std::string& reason);
+  // Brings a failed or stale replica back: dirty-region resync if its
+  // generation allows, else a full rebuild. Returns once it started.
+  Status start_rebuild(unsigned replica);
+  // Blocks until no rebuild is running; the status of the last one.
+  Status wait_rebuild();
+  void set_rebuild_rate(uint64_t bytes_per_second);
+
+  // Crash-consistent snapshot on every in-sync replica: in-flight writes
+  // drain, all replicas snapshot at the same point, I/O resumes.
+  Status create_snapshot(const std::string& snapshot);
+  Status delete_snapshot(const std::string& snapshot);
+  Status revert_snapshot(const std::string& snapshot);
+
+  // Compares in-sync replicas chunk by chunk (CRC32C), ordered against
+  // concurrent writes, and reports ranges that differ.
+  Result<VerifyReport> verify();
+
+  // With every replica in sync: drain, flush all, clear the dirty bitmaps.
+  Status checkpoint();
+
+  // Clean shutdown: stops rebuilds, checkpoints if all replicas are in sync,
+  // stops the monitor. Queues must be closed first.
+  Status close();
+
+  struct Impl;
+
+ private:
+  explicit ReplicatedVolume(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ublkvol::engine

@@ -1,0 +1,2206 @@
+// ReplicatedVolume: the controller (replicated_volume.h, docs/engine.md).
+//
+// Code map:
+//   QueueState      per-queue data path: submit, dispatch, completions,
+//                   ordering, deadlines (runs on the queue's thread only)
+//   Impl            shared volume state (atomics only on the data path), the
+//                   monitor thread (failures, generation bumps, deadline
+//                   ticks), rebuild worker, control operations.
+#include "ublkvol/engine/replicated_volume.h"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <bit>
+#include <cerrno>
+#include <cinttypes>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <new>
+#include <random>
+#include <spdlog/spdlog.h>
+#include <thread>
+
+#include "ublkvol/common/crc32c.h"
+#include "ublkvol/engine/generation.h"
+#include "ublkvol/engine/store_thread.h"
+
+#include "controller.h"
+
+namespace ublkvol::engine {
+
+using detail::InternalOp;
+using detail::kBuckets;
+using detail::kBucketShift;
+using detail::kSeqPending;
+using detail::Phase;
+using detail::Slot;
+using detail::SlotKind;
+using detail::StoreChannel;
+
+const char* to_string(ReplicaState state) {
+  switch (state) {
+    case ReplicaState::kInSync:
+      return "in-sync";
+    case ReplicaState::kRebuilding:
+      return "rebuilding";
+    case ReplicaState::kFailed:
+      return "failed";
+    case ReplicaState::kStale:
+      return "stale";
+  }
+  return "unknown";
+}
+
+namespace {
+
+constexpr uint32_t bit(unsigned r) { return 1U << r; }
+
+uint64_t now_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ULL + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+void signal_fd(int fd) {
+  uint64_t one = 1;
+  ssize_t n = ::write(fd, &one, sizeof(one));
+  (void)n;
+}
+
+void drain_fd(int fd) {
+  uint64_t v = 0;
+  ssize_t n = ::read(fd, &v, sizeof(v));
+  (void)n;
+}
+
+bool is_mutating(VolumeOp op) {
+  return op == VolumeOp::kWrite || op == VolumeOp::kDiscard || op == VolumeOp::kWriteZeroes;
+}
+
+ReplicaOp replica_op(VolumeOp op) {
+  switch (op) {
+    case VolumeOp::kRead:
+      return ReplicaOp::kRead;
+    case VolumeOp::kWrite:
+      return ReplicaOp::kWrite;
+    case VolumeOp::kFlush:
+      return ReplicaOp::kFlush;
+    case VolumeOp::kDiscard:
+      return ReplicaOp::kDiscard;
+    case VolumeOp::kWriteZeroes:
+      return ReplicaOp::kWriteZeroes;
+  }
+  return ReplicaOp::kRead;
+}
+
+// What a VolumeIo carries in its scratch while it sits in one of our lists.
+struct IoScratch {
+  VolumeIo* next;
+  int result;
+};
+static_assert(sizeof(IoScratch) <= kVolumeIoScratchBytes);
+
+IoScratch& scratch(VolumeIo& io) { return *std::launder(reinterpret_cast<IoScratch*>(io.scratch)); }
+
+enum class FailKind : uint8_t { kNone, kIoError, kDeadline, kThreadDied, kOperator, kMetadata };
+
+const char* to_string(FailKind kind) {
+  switch (kind) {
+    case FailKind::kNone:
+      return "none";
+    case FailKind::kIoError:
+      return "I/O error";
+    case FailKind::kDeadline:
+      return "missed the I/O deadline";
+    case FailKind::kThreadDied:
+      return "store thread died";
+    case FailKind::kOperator:
+      return "taken out by operator";
+    case FailKind::kMetadata:
+      return "metadata update failed";
+  }
+  return "unknown";
+}
+
+struct FreeDeleter {
+  void operator()(std::byte* p) const { std::free(p); }
+};
+using AlignedBytes = std::unique_ptr<std::byte, FreeDeleter>;
+AlignedBytes aligned_bytes(size_t size) {
+  auto* p = static_cast<std::byte*>(std::aligned_alloc(4096, (size + 4095) / 4096 * 4096));
+  if (p == nullptr) {
+    throw std::bad_alloc();
+  }
+  return AlignedBytes(p);
+}
+
+std::string hex(uint64_t v) {
+  char buf[20];
+  std::snprintf(buf, sizeof(buf), "%016" PRIx64, v);
+  return buf;
+}
+
+}  // namespace
+
+namespace detail {
+
+// ---------------------------------------------------------------------------
+// Per-queue state. Every method runs on the queue's owning thread, except
+// the published ordering entries and bucket counters, which other queues
+// read (atomics).
+// ---------------------------------------------------------------------------
+struct QueueState {
+  ReplicatedVolume::Impl* vol = nullptr;
+  unsigned index = 0;
+  UniqueFd wake;
+  std::unique_ptr<Slot[]> slots;
+  unsigned nslots = 0;
+  std::unique_ptr<std::atomic<uint32_t>[]> buckets;
+  std::vector<std::unique_ptr<StoreChannel>> channels;
+  std::array<StoreChannel*, kMaxReplicas> channel_of{};
+  std::atomic<bool> opened{false};
+
+  Slot* free_list = nullptr;
+  VolumeIo* wait_head = nullptr;  // waiting for a free slot
+  VolumeIo* wait_tail = nullptr;
+  Slot* blocked = nullptr;  // waiting for the ordering
+  Slot* held = nullptr;     // completed, waiting for a generation bump
+  Slot* zombies = nullptr;  // finished, sub-requests still at a dropped replica
+  VolumeIo* done_head = nullptr;
+  VolumeIo* done_tail = nullptr;
+  Slot* fifo_head = nullptr;
+  Slot* fifo_tail = nullptr;
+  std::array<uint32_t, kMaxReplicas> outstanding{};
+  unsigned in_flight = 0;
+  uint64_t seen_tick = 0;
+  uint64_t seen_epoch = 0;
+  uint32_t in_sync_mask = 0;
+  uint32_t write_mask = 0;
+  bool recheck_blocked = false;
+  bool in_reap = false;
+  bool self_signalled = false;
+
+  // ---- lifecycle ----
+  Status init(ReplicatedVolume::Impl& volume, unsigned queue_index, unsigned depth);
+  void shutdown();
+
+  // ---- VolumeQueue ----
+  void submit(VolumeIo& io);
+  void kick();
+  unsigned reap();
+
+  // ---- internal operations (control threads own internal queues) ----
+  int submit_op(InternalOp& op);
+  void release_barrier(InternalOp& op);
+  // Reaps until op.done, sleeping on the wake fd in between.
+  void run_until_done(InternalOp& op);
+  void run_until_idle();
+
+  // ---- data path pieces ----
+  Slot* alloc_slot();
+  void start_user(Slot& s, VolumeIo& io);
+  void refresh_masks();
+  void send(Slot& s, unsigned r, ReplicaOp op, uint64_t offset, uint64_t length, std::byte* buffer,
+            bool fua);
+  void handle(ReplicaIo& sub);
+  void advance(Slot& s);
+  void resume(Slot& s);
+  void dispatch_user(Slot& s);
+  void check_done_write(Slot& s);
+  void retry_read(Slot& s);
+  void start_repair(Slot& s);
+  void repair_read(Slot& s);
+  void copy_read(Slot& s);
+  void finish_io(Slot& s, int result);
+  void finish_op(Slot& s, int result);
+  void maybe_free(Slot& s);
+  void complete_io(VolumeIo& io, int result);
+  int pick_read(uint32_t candidates) const;
+  void lose(Slot& s, uint32_t lost);
+  void on_state_change();
+  void on_tick();
+
+  // ---- ordering ----
+  void publish(Slot& s, uint64_t b, uint64_t e);
+  bool conflicts(Slot& s);
+  bool may_overlap(uint64_t b, uint64_t e, bool own) const;
+  void release_order(Slot& s);
+  void recheck();
+
+  void fifo_touch(Slot& s);
+  void fifo_remove(Slot& s);
+};
+
+}  // namespace detail
+
+using detail::QueueState;
+
+// ---------------------------------------------------------------------------
+// Shared volume state.
+// ---------------------------------------------------------------------------
+struct ReplicatedVolume::Impl {
+  ReplicatedVolumeOptions options;
+  VolumeInfo info;
+  unsigned nreplicas = 0;
+  std::vector<ReplicaBinding> replicas;
+  uint64_t volume_uuid = 0;
+
+  // Data-path shared state: atomics only.
+  std::array<std::atomic<uint8_t>, kMaxReplicas> state{};
+  std::array<std::atomic<uint8_t>, kMaxReplicas> fail_kind{};
+  std::array<std::atomic<int>, kMaxReplicas> fail_errno{};
+  std::atomic<uint64_t> state_epoch{1};
+  std::atomic<uint32_t> gen_hold{0};
+  std::atomic<uint64_t> next_seq{0};
+  std::atomic<uint64_t> tick{0};
+  uint64_t deadline_ns = 0;
+
+  // Queues: user queues, then the rebuild queue, then the control queue.
+  std::vector<std::unique_ptr<QueueState>> queues;
+  unsigned rebuild_queue = 0;
+  unsigned control_queue = 0;
+
+  // Monitor.
+  std::thread monitor;
+  UniqueFd monitor_fd;
+  std::atomic<bool> stopping{false};
+
+  // Control-plane state.
+  mutable std::mutex mutex;  // events, errors, generation, progress
+  uint64_t generation = 0;
+  std::vector<VolumeEvent> events;
+  std::array<std::string, kMaxReplicas> last_error;
+  std::array<bool, kMaxReplicas> handled{};
+  std::mutex meta_mutex;     // serialises metadata updates across replicas
+  std::mutex control_mutex;  // serialises users of the control queue
+  std::mt19937_64 rng{std::random_device{}()};
+
+  // Rebuild worker.
+  struct Job {
+    uint32_t targets = 0;
+    uint64_t full_from = 0;
+  };
+  std::thread rebuild_thread;
+  std::mutex rebuild_mutex;
+  std::condition_variable rebuild_cv;
+  std::deque<Job> jobs;
+  bool rebuild_running = false;
+  bool rebuild_stop = false;
+  Status rebuild_result;
+  std::atomic<uint64_t> rebuild_rate{0};
+  RebuildProgress progress;  // under `mutex`
+  bool closed = false;
+
+  [[nodiscard]] ReplicaState replica_state(unsigned r) const {
+    return static_cast<ReplicaState>(state[r].load(std::memory_order_seq_cst));
+  }
+  [[nodiscard]] uint32_t mask_of(ReplicaState s) const {
+    uint32_t m = 0;
+    for (unsigned r = 0; r < nreplicas; ++r) {
+      if (replica_state(r) == s) {
+        m |= bit(r);
+      }
+    }
+    return m;
+  }
+  [[nodiscard]] bool thread_exited(unsigned r) const { return replicas[r].thread->exited(); }
+
+  uint64_t new_generation() {
+    uint64_t g = 0;
+    while (g == 0) {
+      g = rng();
+    }
+    return g;
+  }
+
+  void event(int replica, std::string message) {
+    if (replica >= 0) {
+      spdlog::warn("volume {}: replica {} ({}): {}", options.name, replica,
+                   replicas[static_cast<unsigned>(replica)].store->name(), message);
+    } else {
+      spdlog::info("volume {}: {}", options.name, message);
+    }
+    std::lock_guard lock(mutex);
+    events.push_back({std::chrono::system_clock::now(), replica, std::move(message)});
+    if (events.size() > 256) {
+      events.erase(events.begin());
+    }
+  }
+
+  void poke_queues() {
+    for (auto& q : queues) {
+      signal_fd(q->wake.get());
+    }
+  }
+
+  void bump_epoch() {
+    state_epoch.fetch_add(1, std::memory_order_seq_cst);
+    poke_queues();
+  }
+
+  // Data path (any queue thread) or control: takes `r` out of the write set.
+  // Returns false if it refused (it is the last in-sync replica, which is
+  // kept so the volume keeps its newest data; the I/O fails instead).
+  bool report_failure(unsigned r, FailKind kind, int err) {
+    uint8_t cur = state[r].load(std::memory_order_seq_cst);
+    for (;;) {
+      auto s = static_cast<ReplicaState>(cur);
+      if (s == ReplicaState::kFailed || s == ReplicaState::kStale) {
+        return true;
+      }
+      if (s == ReplicaState::kInSync && std::popcount(mask_of(ReplicaState::kInSync)) <= 1) {
+        return false;
+      }
+      // Hold acknowledgements of mutating requests until the survivors'
+      // generation bump is durable (set BEFORE the state change).
+      gen_hold.fetch_add(1, std::memory_order_seq_cst);
+      fail_kind[r].store(static_cast<uint8_t>(kind), std::memory_order_relaxed);
+      fail_errno[r].store(err, std::memory_order_relaxed);
+      if (state[r].compare_exchange_weak(cur, static_cast<uint8_t>(ReplicaState::kFailed),
+                                         std::memory_order_seq_cst)) {
+        break;
+      }
+      gen_hold.fetch_sub(1, std::memory_order_seq_cst);
+    }
+    state_epoch.fetch_add(1, std::memory_order_seq_cst);
+    signal_fd(monitor_fd.get());
+    return true;
+  }
+
+  void set_state(unsigned r, ReplicaState s) {
+    state[r].store(static_cast<uint8_t>(s), std::memory_order_seq_cst);
+    bump_epoch();
+  }
+
+  Result<ReplicaMeta> read_meta(unsigned r) {
+    ReplicaMeta m;
+    ReplicaStore* store = replicas[r].store;
+    Status st = replicas[r].thread->call([&]() -> Status {
+      m = store->meta();
+      return ok_status();
+    });
+    if (!st.ok()) {
+      return st.error();
+    }
+    return m;
+  }
+
+  Status write_meta(unsigned r, const ReplicaMeta& m) {
+    ReplicaStore* store = replicas[r].store;
+    return replicas[r].thread->call([&]() -> Status { return store->write_meta(m); });
+  }
+
+  Result<std::vector<uint8_t>> read_dirty(unsigned r) {
+    std::vector<uint8_t> bits;
+    ReplicaStore* store = replicas[r].store;
+    Status st = replicas[r].thread->call([&]() -> Status {
+      bits = store->dirty_regions();
+      return ok_status();
+    });
+    if (!st.ok()) {
+      return st.error();
+    }
+    return bits;
+  }
+
+  void monitor_loop();
+  void handle_failures();
+  void rebuild_loop();
+  Status run_job(const Job& job);
+  Status start_job(const Job& job);
+  Status checkpoint_locked();
+  Status with_barrier(const std::function<Status()>& fn);
+  uint32_t region_bytes() const { return static_cast<uint32_t>(replicas[0].store->region_bytes()); }
+};
+
+namespace detail {
+
+// ---------------------------------------------------------------------------
+// QueueState implementation
+// ---------------------------------------------------------------------------
+
+Status QueueState::init(ReplicatedVolume::Impl& volume, unsigned queue_index, unsigned depth) {
+  vol = &volume;
+  index = queue_index;
+  int fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (fd < 0) {
+    return errno_error("volume " + volume.options.name + ": eventfd");
+  }
+  wake.reset(fd);
+  nslots = depth;
+  slots = std::make_unique<Slot[]>(depth);
+  for (unsigned i = depth; i-- > 0;) {
+    slots[i].next = free_list;
+    free_list = &slots[i];
+  }
+  buckets = std::make_unique<std::atomic<uint32_t>[]>(kBuckets);
+  for (size_t i = 0; i < kBuckets; ++i) {
+    buckets[i].store(0, std::memory_order_relaxed);
+  }
+  // One channel per distinct store thread.
+  for (unsigned r = 0; r < volume.nreplicas; ++r) {
+    StoreThread* t = volume.replicas[r].thread;
+    StoreChannel* ch = nullptr;
+    for (auto& c : channels) {
+      if (c->thread == t) {
+        ch = c.get();
+      }
+    }
+    if (ch == nullptr) {
+      // Each replica has at most one sub-request per slot in flight.
+      channels.push_back(std::make_unique<StoreChannel>(size_t{depth} * kMaxReplicas));
+      ch = channels.back().get();
+      ch->thread = t;
+      ch->queue_wake_fd = wake.get();
+    }
+    ch->stores[r] = volume.replicas[r].store;
+    channel_of[r] = ch;
+  }
+  for (auto& c : channels) {
+    UBLKVOL_TRY(c->thread->add_channel(*c));
+  }
+  return ok_status();
+}
+
+void QueueState::shutdown() {
+  // Wait for sub-requests still at live store threads (their completions
+  // would land in memory we are about to free).
+  for (;;) {
+    bool waiting = false;
+    for (unsigned i = 0; i < nslots; ++i) {
+      for (unsigned r = 0; r < vol->nreplicas; ++r) {
+        if ((slots[i].pending & bit(r)) != 0 && !vol->thread_exited(r)) {
+          waiting = true;
+        }
+      }
+    }
+    if (!waiting) {
+      break;
+    }
+    for (auto& c : channels) {
+      while (ReplicaIo* sub = c->completions.pop()) {
+        handle(*sub);
+      }
+    }
+    pollfd p{wake.get(), POLLIN, 0};
+    ::poll(&p, 1, 100);
+    drain_fd(wake.get());
+  }
+  for (auto& c : channels) {
+    if (!c->thread->exited()) {
+      (void)c->thread->remove_channel(*c);
+    }
+  }
+}
+
+Slot* QueueState::alloc_slot() {
+  Slot* s = free_list;
+  if (s != nullptr) {
+    free_list = s->next;
+    s->next = nullptr;
+    s->io = nullptr;
+    s->op = nullptr;
+    s->completed = false;
+    s->held = false;
+    s->zombie = false;
+    s->ordered = false;
+    s->sent = s->dispatched = s->acked = s->errors = s->tried = s->bad = 0;
+  }
+  return s;
+}
+
+void QueueState::complete_io(VolumeIo& io, int result) {
+  IoScratch& sc = scratch(io);
+  sc.next = nullptr;
+  sc.result = result;
+  if (done_tail == nullptr) {
+    done_head = &io;
+  } else {
+    scratch(*done_tail).next = &io;
+  }
+  done_tail = &io;
+  if (!in_reap && !self_signalled) {
+    // Completed outside reap() (e.g. a request rejected in submit): make the
+    // queue thread call reap().
+    self_signalled = true;
+    signal_fd(wake.get());
+  }
+}
+
+void QueueState::refresh_masks() {
+  uint64_t epoch = vol->state_epoch.load(std::memory_order_seq_cst);
+  if (epoch == seen_epoch) {
+    return;
+  }
+  seen_epoch = epoch;
+  in_sync_mask = vol->mask_of(ReplicaState::kInSync);
+  write_mask = in_sync_mask | vol->mask_of(ReplicaState::kRebuilding);
+}
+
+void QueueState::submit(VolumeIo& io) {
+  ++in_flight;
+  const VolumeInfo& info = vol->info;
+  int err = 0;
+  if (io.op != VolumeOp::kFlush) {
+    if (io.length == 0 || io.offset % info.block_size != 0 || io.length % info.block_size != 0 ||
+        io.offset > info.size_bytes || io.length > info.size_bytes - io.offset ||
+        io.length > info.max_io_bytes) {
+      err = -EINVAL;
+    } else if ((io.op == VolumeOp::kRead || io.op == VolumeOp::kWrite) &&
+               (io.buffer == nullptr || reinterpret_cast<uintptr_t>(io.buffer) % 4096 != 0)) {
+      err = -EINVAL;
+    }
+  }
+  if (err != 0) {
+    complete_io(io, err);
+    return;
+  }
+  Slot* s = alloc_slot();
+  if (s == nullptr) {
+    scratch(io).next = nullptr;
+    if (wait_tail == nullptr) {
+      wait_head = &io;
+    } else {
+      scratch(*wait_tail).next = &io;
+    }
+    wait_tail = &io;
+    return;
+  }
+  start_user(*s, io);
+}
+
+void QueueState::start_user(Slot& s, VolumeIo& io) {
+  s.kind = SlotKind::kUser;
+  s.io = &io;
+  if (is_mutating(io.op)) {
+    publish(s, io.offset, io.offset + io.length);
+    if (conflicts(s)) {
+      s.phase = Phase::kOrderWait;
+      s.next = blocked;
+      blocked = &s;
+      return;
+    }
+  }
+  dispatch_user(s);
+}
+
+void QueueState::dispatch_user(Slot& s) {
+  refresh_masks();
+  VolumeIo& io = *s.io;
+  s.phase = Phase::kData;
+  if (static_cast<unsigned>(std::popcount(in_sync_mask)) < vol->options.min_replicas) {
+    release_order(s);
+    finish_io(s, -EIO);
+    return;
+  }
+  if (io.op == VolumeOp::kRead) {
+    s.tried = 0;
+    retry_read(s);
+    return;
+  }
+  s.dispatched = write_mask;
+  for (unsigned r = 0; r < vol->nreplicas; ++r) {
+    if ((write_mask & bit(r)) != 0) {
+      send(s, r, replica_op(io.op), io.offset, io.length, io.buffer, io.fua);
+    }
+  }
+}
+
+int QueueState::pick_read(uint32_t candidates) const {
+  int best = -1;
+  for (unsigned r = 0; r < vol->nreplicas; ++r) {
+    if ((candidates & bit(r)) != 0 &&
+        (best < 0 || outstanding[r] < outstanding[static_cast<unsigned>(best)])) {
+      best = static_cast<int>(r);
+    }
+  }
+  return best;
+}
+
+void QueueState::retry_read(Slot& s) {
+  refresh_masks();
+  int r = pick_read(in_sync_mask & ~s.tried & ~s.pending);
+  if (r < 0) {
+    finish_io(s, -EIO);
+    return;
+  }
+  s.tried |= bit(static_cast<unsigned>(r));
+  s.acked = 0;
+  send(s, static_cast<unsigned>(r), ReplicaOp::kRead, s.io->offset, s.io->length, s.io->buffer,
+       false);
+}
+
+void QueueState::send(Slot& s, unsigned r, ReplicaOp op, uint64_t offset, uint64_t length,
+                      std::byte* buffer, bool fua) {
+  ReplicaIo& sub = s.sub[r];
+  sub.op = op;
+  sub.fua = fua;
+  sub.replica = static_cast<uint8_t>(r);
+  sub.queue = static_cast<uint8_t>(index);
+  sub.offset = offset;
+  sub.length = static_cast<uint32_t>(length);
+  sub.buffer = buffer;
+  sub.result = 0;
+  sub.engine_tag = &s;
+  s.pending |= bit(r);
+  s.sent |= bit(r);
+  ++outstanding[r];
+  StoreChannel* ch = channel_of[r];
+  bool was_empty = false;
+  bool ok = ch->requests.push(&sub, was_empty);
+  // Rings hold nslots * kMaxReplicas entries: never full.
+  (void)ok;
+  ch->pushed = true;
+  fifo_touch(s);
+}
+
+void QueueState::kick() {
+  for (auto& c : channels) {
+    if (c->pushed) {
+      c->pushed = false;
+      c->thread->ring_doorbell();
+    }
+  }
+}
+
+void QueueState::fifo_touch(Slot& s) {
+  if (s.in_fifo) {
+    if (fifo_tail == &s) {
+      return;
+    }
+    fifo_remove(s);
+  }
+  s.issue_ns = now_ns();
+  s.in_fifo = true;
+  s.fifo_next = nullptr;
+  s.fifo_prev = fifo_tail;
+  if (fifo_tail == nullptr) {
+    fifo_head = &s;
+  } else {
+    fifo_tail->fifo_next = &s;
+  }
+  fifo_tail = &s;
+}
+
+void QueueState::fifo_remove(Slot& s) {
+  if (!s.in_fifo) {
+    return;
+  }
+  if (s.fifo_prev != nullptr) {
+    s.fifo_prev->fifo_next = s.fifo_next;
+  } else {
+    fifo_head = s.fifo_next;
+  }
+  if (s.fifo_next != nullptr) {
+    s.fifo_next->fifo_prev = s.fifo_prev;
+  } else {
+    fifo_tail = s.fifo_prev;
+  }
+  s.fifo_prev = s.fifo_next = nullptr;
+  s.in_fifo = false;
+}
+
+void QueueState::handle(ReplicaIo& sub) {
+  auto& s = *static_cast<Slot*>(sub.engine_tag);
+  unsigned r = sub.replica;
+  s.pending &= ~bit(r);
+  --outstanding[r];
+  if ((s.sent & bit(r)) == 0) {
+    // A sub-request the slot stopped waiting for (its replica was dropped).
+    maybe_free(s);
+    return;
+  }
+  s.sent &= ~bit(r);
+  int result = sub.result;
+  if (result < 0) {
+    s.errors |= bit(r);
+    if (s.phase == Phase::kData && s.io->op == VolumeOp::kRead) {
+      // Read errors are repaired, not a reason to drop the replica.
+      s.bad |= bit(r);
+    } else if (s.phase == Phase::kRepairRead || s.phase == Phase::kCopyRead ||
+               s.phase == Phase::kVerifyRead) {
+      // Same for the other reads: retried elsewhere / reported.
+    } else {
+      vol->report_failure(r, FailKind::kIoError, result);
+    }
+  } else {
+    s.acked |= bit(r);
+  }
+  advance(s);
+}
+
+// Drops the expectation of answers from `lost` replicas (dropped, dead or
+// overdue) and moves the request on.
+void QueueState::lose(Slot& s, uint32_t lost) {
+  lost &= s.sent;
+  if (lost == 0) {
+    return;
+  }
+  s.sent &= ~lost;
+  s.errors |= lost;
+  advance(s);
+}
+
+void QueueState::advance(Slot& s) {
+  if (s.sent != 0 && s.phase != Phase::kData) {
+    return;
+  }
+  switch (s.phase) {
+    case Phase::kData:
+      if (s.io->op == VolumeOp::kRead) {
+        if (s.sent != 0) {
+          return;
+        }
+        if (s.acked != 0) {
+          if (s.bad != 0) {
+            start_repair(s);
+          } else {
+            finish_io(s, 0);
+          }
+        } else {
+          retry_read(s);
+        }
+      } else {
+        check_done_write(s);
+      }
+      return;
+    case Phase::kRepairRead: {
+      if (s.acked == 0) {
+        repair_read(s);
+        return;
+      }
+      refresh_masks();
+      uint32_t targets = s.bad & write_mask & ~s.pending;
+      if (targets == 0) {
+        release_order(s);
+        finish_io(s, 0);
+        return;
+      }
+      s.phase = Phase::kRepairWrite;
+      s.acked = s.errors = 0;
+      for (unsigned r = 0; r < vol->nreplicas; ++r) {
+        if ((targets & bit(r)) != 0) {
+          send(s, r, ReplicaOp::kWrite, s.io->offset, s.io->length, s.io->buffer, false);
+        }
+      }
+      return;
+    }
+    case Phase::kRepairWrite:
+      if (s.acked != 0) {
+        spdlog::info("volume {}: repaired read error at offset {} length {}", vol->options.name,
+                     s.io->offset, s.io->length);
+      }
+      release_order(s);
+      finish_io(s, 0);
+      return;
+    case Phase::kCopyRead: {
+      if (s.acked == 0) {
+        copy_read(s);
+        return;
+      }
+      refresh_masks();
+      uint32_t targets = s.op->dst_mask & write_mask & ~s.pending;
+      if (targets != s.op->dst_mask) {
+        release_order(s);
+        finish_op(s, -EIO);
+        return;
+      }
+      s.phase = Phase::kCopyWrite;
+      s.acked = s.errors = 0;
+      for (unsigned r = 0; r < vol->nreplicas; ++r) {
+        if ((targets & bit(r)) != 0) {
+          send(s, r, ReplicaOp::kWrite, s.op->offset, s.op->length, s.op->buffer, false);
+        }
+      }
+      return;
+    }
+    case Phase::kCopyWrite:
+      release_order(s);
+      finish_op(s, s.errors != 0 ? -EIO : 0);
+      return;
+    case Phase::kVerifyRead:
+      release_order(s);
+      s.op->read_mask = s.acked;
+      finish_op(s, 0);
+      return;
+    case Phase::kFree:
+    case Phase::kOrderWait:
+    case Phase::kGranted:
+      return;
+  }
+}
+
+void QueueState::check_done_write(Slot& s) {
+  refresh_masks();
+  uint32_t need = s.dispatched & in_sync_mask;
+  if ((need & s.sent) != 0) {
+    return;  // in-sync replicas still to answer
+  }
+  if ((s.sent & write_mask) == 0) {
+    // Every live replica has applied it: later overlapping writes may go.
+    release_order(s);
+  }
+  if (!s.completed && !s.held) {
+    bool ok = (s.acked & in_sync_mask) != 0 &&
+              static_cast<unsigned>(std::popcount(in_sync_mask)) >= vol->options.min_replicas;
+    if (ok && vol->gen_hold.load(std::memory_order_seq_cst) != 0) {
+      s.held = true;
+      s.next = held;
+      held = &s;
+      return;
+    }
+    finish_io(s, ok ? 0 : -EIO);
+    return;
+  }
+  maybe_free(s);
+}
+
+void QueueState::start_repair(Slot& s) {
+  // Re-read a good copy and rewrite the bad replica(s) while holding the
+  // range like a write, so no concurrent write can slip in between.
+  spdlog::warn("volume {}: read error at offset {} length {} on replica mask {:#x}; repairing",
+               vol->options.name, s.io->offset, s.io->length, s.bad);
+  s.tried = s.bad;
+  publish(s, s.io->offset, s.io->offset + s.io->length);
+  if (conflicts(s)) {
+    s.phase = Phase::kOrderWait;
+    s.next = blocked;
+    blocked = &s;
+    return;
+  }
+  s.phase = Phase::kRepairRead;
+  repair_read(s);
+}
+
+void QueueState::repair_read(Slot& s) {
+  refresh_masks();
+  s.phase = Phase::kRepairRead;
+  int r = pick_read(in_sync_mask & ~s.tried & ~s.pending);
+  if (r < 0) {
+    // No other good copy now: the data read earlier stands.
+    release_order(s);
+    finish_io(s, 0);
+    return;
+  }
+  s.tried |= bit(static_cast<unsigned>(r));
+  s.acked = 0;
+  send(s, static_cast<unsigned>(r), ReplicaOp::kRead, s.io->offset, s.io->length, s.io->buffer,
+       false);
+}
+
+void QueueState::copy_read(Slot& s) {
+  refresh_masks();
+  s.phase = Phase::kCopyRead;
+  int r = pick_read(in_sync_mask & ~s.tried & ~s.pending & ~s.op->dst_mask);
+  if (r < 0) {
+    release_order(s);
+    finish_op(s, -EIO);
+    return;
+  }
+  s.tried |= bit(static_cast<unsigned>(r));
+  s.acked = 0;
+  send(s, static_cast<unsigned>(r), ReplicaOp::kRead, s.op->offset, s.op->length, s.op->buffer,
+       false);
+}
+
+void QueueState::resume(Slot& s) {
+  switch (s.kind) {
+    case SlotKind::kUser:
+      if (s.io->op == VolumeOp::kRead) {
+        s.phase = Phase::kRepairRead;
+        repair_read(s);
+      } else {
+        dispatch_user(s);
+      }
+      return;
+    case SlotKind::kCopy:
+      s.tried = 0;
+      copy_read(s);
+      return;
+    case SlotKind::kVerify: {
+      refresh_masks();
+      s.phase = Phase::kVerifyRead;
+      s.acked = 0;
+      for (unsigned r = 0; r < vol->nreplicas; ++r) {
+        if ((in_sync_mask & bit(r)) != 0 && (s.pending & bit(r)) == 0) {
+          send(s, r, ReplicaOp::kRead, s.op->offset, s.op->length, s.op->buffers[r], false);
+        }
+      }
+      if (s.sent == 0) {
+        advance(s);
+      }
+      return;
+    }
+    case SlotKind::kBarrier:
+      s.phase = Phase::kGranted;
+      s.op->slot = &s;
+      s.op->done = true;
+      return;
+  }
+}
+
+void QueueState::finish_io(Slot& s, int result) {
+  s.completed = true;
+  complete_io(*s.io, result);
+  maybe_free(s);
+}
+
+void QueueState::finish_op(Slot& s, int result) {
+  s.completed = true;
+  s.op->result = result;
+  s.op->done = true;
+  maybe_free(s);
+}
+
+void QueueState::maybe_free(Slot& s) {
+  if (!s.completed || s.held) {
+    return;
+  }
+  if (s.sent == 0) {
+    fifo_remove(s);
+  }
+  if (s.ordered) {
+    return;
+  }
+  if (s.pending != 0) {
+    if (!s.zombie && s.sent == 0) {
+      s.zombie = true;
+      s.next = zombies;
+      zombies = &s;
+    }
+    return;
+  }
+  if (s.zombie) {
+    // Unlink from the zombie list.
+    Slot** p = &zombies;
+    while (*p != nullptr && *p != &s) {
+      p = &(*p)->next;
+    }
+    if (*p != nullptr) {
+      *p = s.next;
+    }
+    s.zombie = false;
+  }
+  fifo_remove(s);
+  s.phase = Phase::kFree;
+  s.next = free_list;
+  free_list = &s;
+  if (wait_head != nullptr) {
+    VolumeIo* io = wait_head;
+    wait_head = scratch(*io).next;
+    if (wait_head == nullptr) {
+      wait_tail = nullptr;
+    }
+    start_user(*alloc_slot(), *io);
+  }
+}
+
+// ---- ordering (docs/engine.md, "Ordering overlapping writes") ----
+
+void QueueState::publish(Slot& s, uint64_t b, uint64_t e) {
+  s.b = b;
+  s.e = e;
+  s.begin.store(b, std::memory_order_seq_cst);
+  s.end.store(e, std::memory_order_seq_cst);
+  s.seq.store(kSeqPending, std::memory_order_seq_cst);
+  uint64_t first = b >> kBucketShift;
+  uint64_t n = std::min<uint64_t>(((e - 1) >> kBucketShift) - first + 1, kBuckets);
+  for (uint64_t i = 0; i < n; ++i) {
+    buckets[(first + i) % kBuckets].fetch_add(1, std::memory_order_seq_cst);
+  }
+  s.my_seq = vol->next_seq.fetch_add(1, std::memory_order_seq_cst) + 1;
+  s.seq.store(s.my_seq, std::memory_order_seq_cst);
+  s.ordered = true;
+}
+
+bool QueueState::may_overlap(uint64_t b, uint64_t e, bool own) const {
+  uint64_t first = b >> kBucketShift;
+  uint64_t n = ((e - 1) >> kBucketShift) - first + 1;
+  if (n >= kBuckets) {
+    return true;
+  }
+  // The own queue's counters include the request being checked.
+  uint32_t threshold = own ? 1 : 0;
+  for (uint64_t i = 0; i < n; ++i) {
+    if (buckets[(first + i) % kBuckets].load(std::memory_order_seq_cst) > threshold) {
+      return true;
+    }
+  }
+  return false;
+}
+
+bool QueueState::conflicts(Slot& s) {
+  for (auto& q : vol->queues) {
+    bool own = q.get() == this;
+    if (!q->may_overlap(s.b, s.e, own)) {
+      continue;
+    }
+    for (unsigned i = 0; i < q->nslots; ++i) {
+      Slot& o = q->slots[i];
+      if (&o == &s) {
+        continue;
+      }
+      for (;;) {
+        uint64_t s1 = o.seq.load(std::memory_order_seq_cst);
+        if (s1 == 0) {
+          break;
+        }
+        uint64_t ob = o.begin.load(std::memory_order_seq_cst);
+        uint64_t oe = o.end.load(std::memory_order_seq_cst);
+        uint64_t s2 = o.seq.load(std::memory_order_seq_cst);
+        if (s1 != s2) {
+          continue;
+        }
+        if (ob >= s.e || oe <= s.b || (s1 != kSeqPending && s1 >= s.my_seq)) {
+          break;
+        }
+        if (s1 == kSeqPending) {
+          // Another queue is between publishing its range and taking its
+          // sequence number (a few instructions): wait for the number.
+          std::this_thread::yield();
+          continue;
+        }
+        if (!own) {
+          o.waiters.fetch_or(uint64_t{1} << index, std::memory_order_seq_cst);
+          if (o.seq.load(std::memory_order_seq_cst) != s1) {
+            continue;  // released meanwhile: look again
+          }
+        }
+        return true;
+      }
+    }
+  }
+  return false;
+}
+
+void QueueState::release_order(Slot& s) {
+  if (!s.ordered) {
+    return;
+  }
+  s.ordered = false;
+  s.seq.store(0, std::memory_order_seq_cst);
+  uint64_t first = s.b >> kBucketShift;
+  uint64_t n = std::min<uint64_t>(((s.e - 1) >> kBucketShift) - first + 1, kBuckets);
+  for (uint64_t i = 0; i < n; ++i) {
+    buckets[(first + i) % kBuckets].fetch_sub(1, std::memory_order_seq_cst);
+  }
+  uint64_t waiters = s.waiters.exchange(0, std::memory_order_seq_cst);
+  recheck_blocked = true;
+  while (waiters != 0) {
+    unsigned q = static_cast<unsigned>(std::countr_zero(waiters));
+    waiters &= waiters - 1;
+    if (q != index && q < vol->queues.size()) {
+      signal_fd(vol->queues[q]->wake.get());
+    }
+  }
+}
+
+void QueueState::recheck() {
+  recheck_blocked = false;
+  // Oldest first (the list is LIFO): collect, then retry in sequence order.
+  Slot* list = blocked;
+  blocked = nullptr;
+  std::array<Slot*, 64> batch{};
+  while (list != nullptr) {
+    unsigned n = 0;
+    while (list != nullptr && n < batch.size()) {
+      batch[n++] = list;
+      list = list->next;
+    }
+    std::sort(batch.begin(), batch.begin() + n,
+              [](const Slot* a, const Slot* b) { return a->my_seq < b->my_seq; });
+    for (unsigned i = 0; i < n; ++i) {
+      Slot& s = *batch[i];
+      if (conflicts(s)) {
+        s.next = blocked;
+        blocked = &s;
+      } else {
+        resume(s);
+      }
+    }
+  }
+}
+
+void QueueState::on_state_change() {
+  refresh_masks();
+  // Stop waiting for replicas that left the write set.
+  for (Slot* s = fifo_head; s != nullptr;) {
+    Slot* next = s->fifo_next;
+    uint32_t lost = s->sent & ~write_mask;
+    if (lost != 0) {
+      lose(*s, lost);
+    } else if (s->phase == Phase::kData && s->io != nullptr && s->io->op != VolumeOp::kRead) {
+      // A replica may have joined the in-sync set or left it.
+      check_done_write(*s);
+    }
+    s = next;
+  }
+}
+
+void QueueState::on_tick() {
+  uint64_t now = now_ns();
+  for (Slot* s = fifo_head; s != nullptr;) {
+    Slot* next = s->fifo_next;
+    if (now - s->issue_ns < vol->deadline_ns) {
+      break;
+    }
+    uint32_t overdue = s->sent;
+    for (unsigned r = 0; r < vol->nreplicas; ++r) {
+      if ((overdue & bit(r)) != 0) {
+        vol->report_failure(r, FailKind::kDeadline, -ETIMEDOUT);
+      }
+    }
+    refresh_masks();
+    lose(*s, overdue);
+    s = next;
+  }
+  // Sub-requests at store threads that died will never come back.
+  for (Slot* s = zombies; s != nullptr;) {
+    Slot* next = s->next;
+    for (unsigned r = 0; r < vol->nreplicas; ++r) {
+      if ((s->pending & bit(r)) != 0 && vol->thread_exited(r)) {
+        s->pending &= ~bit(r);
+        --outstanding[r];
+      }
+    }
+    maybe_free(*s);
+    s = next;
+  }
+}
+
+unsigned QueueState::reap() {
+  in_reap = true;
+  self_signalled = false;
+  uint64_t epoch = vol->state_epoch.load(std::memory_order_seq_cst);
+  if (epoch != seen_epoch) {
+    on_state_change();
+  }
+  uint64_t t = vol->tick.load(std::memory_order_relaxed);
+  if (t != seen_tick) {
+    seen_tick = t;
+    on_tick();
+  }
+  for (auto& c : channels) {
+    while (ReplicaIo* sub = c->completions.pop()) {
+      handle(*sub);
+    }
+  }
+  if (held != nullptr && vol->gen_hold.load(std::memory_order_seq_cst) == 0) {
+    Slot* list = held;
+    held = nullptr;
+    refresh_masks();
+    while (list != nullptr) {
+      Slot* s = list;
+      list = list->next;
+      s->held = false;
+      check_done_write(*s);
+    }
+  }
+  if (recheck_blocked) {
+    recheck();
+  }
+  // Pokes from other queues' releases arrive without a flag: look anyway if
+  // something is blocked on another queue (cheap: usually empty).
+  if (blocked != nullptr) {
+    recheck();
+  }
+  kick();
+  unsigned ran = 0;
+  while (done_head != nullptr) {
+    VolumeIo* io = done_head;
+    done_head = scratch(*io).next;
+    if (done_head == nullptr) {
+      done_tail = nullptr;
+    }
+    int result = scratch(*io).result;
+    --in_flight;
+    ++ran;
+    io->on_complete(*io, result);
+  }
+  kick();
+  in_reap = false;
+  return ran;
+}
+
+int QueueState::submit_op(InternalOp& op) {
+  Slot* s = alloc_slot();
+  if (s == nullptr) {
+    return -EBUSY;
+  }
+  op.done = false;
+  op.result = 0;
+  op.read_mask = 0;
+  s->kind = op.kind;
+  s->op = &op;
+  uint64_t b = op.offset;
+  uint64_t e = op.offset + op.length;
+  if (op.kind == SlotKind::kBarrier) {
+    b = 0;
+    e = vol->info.size_bytes;
+  }
+  publish(*s, b, e);
+  if (conflicts(*s)) {
+    s->phase = Phase::kOrderWait;
+    s->next = blocked;
+    blocked = s;
+  } else {
+    resume(*s);
+  }
+  kick();
+  return 0;
+}
+
+void QueueState::release_barrier(InternalOp& op) {
+  Slot& s = *op.slot;
+  release_order(s);
+  s.completed = true;
+  maybe_free(s);
+  op.slot = nullptr;
+}
+
+void QueueState::run_until_done(InternalOp& op) {
+  while (!op.done) {
+    reap();
+    if (op.done) {
+      break;
+    }
+    pollfd p{wake.get(), POLLIN, 0};
+    ::poll(&p, 1, 50);
+    drain_fd(wake.get());
+  }
+}
+
+void QueueState::run_until_idle() {
+  while (in_flight > 0) {
+    reap();
+    if (in_flight == 0) {
+      break;
+    }
+    pollfd p{wake.get(), POLLIN, 0};
+    ::poll(&p, 1, 50);
+    drain_fd(wake.get());
+  }
+}
+
+}  // namespace detail
+
+// ---------------------------------------------------------------------------
+// The VolumeQueue handle.
+// ---------------------------------------------------------------------------
+namespace {
+class ReplicatedQueue final : public VolumeQueue {
+ public:
+  explicit ReplicatedQueue(QueueState& q) : q_(q) {}
+  ~ReplicatedQueue() override {
+    if (q_.in_flight != 0) {
+      spdlog::error("volume {}: queue {} closed with {} I/Os in flight", q_.vol->options.name,
+                    q_.index, q_.in_flight);
+    }
+    q_.opened.store(false, std::memory_order_release);
+  }
+  void submit(VolumeIo& io) override { q_.submit(io); }
+  void kick() override { q_.kick(); }
+  unsigned reap() override { return q_.reap(); }
+  [[nodiscard]] int wake_fd() const override { return q_.wake.get(); }
+  [[nodiscard]] unsigned in_flight() const override { return q_.in_flight; }
+
+ private:
+  QueueState& q_;
+};
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Monitor: deadline ticks, failure handling, generation bumps.
+// ---------------------------------------------------------------------------
+void ReplicatedVolume::Impl::monitor_loop() {
+  pthread_setname_np(pthread_self(), "vol-monitor");
+  uint64_t tick_ms = std::clamp<uint64_t>(deadline_ns / 4 / 1000000, 1, 1000);
+  while (!stopping.load(std::memory_order_acquire)) {
+    pollfd p{monitor_fd.get(), POLLIN, 0};
+    ::poll(&p, 1, static_cast<int>(tick_ms));
+    drain_fd(monitor_fd.get());
+    if (stopping.load(std::memory_order_acquire)) {
+      break;
+    }
+    tick.fetch_add(1, std::memory_order_relaxed);
+    for (unsigned r = 0; r < nreplicas; ++r) {
+      ReplicaState s = replica_state(r);
+      if ((s == ReplicaState::kInSync || s == ReplicaState::kRebuilding) && thread_exited(r)) {
+        report_failure(r, FailKind::kThreadDied, -ESHUTDOWN);
+      }
+    }
+    handle_failures();
+    poke_queues();
+  }
+}
+
+void ReplicatedVolume::Impl::handle_failures() {
+  std::lock_guard meta_lock(meta_mutex);
+  uint32_t newly = 0;
+  for (unsigned r = 0; r < nreplicas; ++r) {
+    if (replica_state(r) == ReplicaState::kFailed && !handled[r]) {
+      handled[r] = true;
+      newly |= bit(r);
+      auto kind = static_cast<FailKind>(fail_kind[r].load(std::memory_order_relaxed));
+      int err = fail_errno[r].load(std::memory_order_relaxed);
+      std::string why = std::string(to_string(kind)) + " (" + std::strerror(-err) + ")";
+      {
+        std::lock_guard lock(mutex);
+        last_error[r] = why;
+      }
+      event(static_cast<int>(r), "dropped from the write set: " + why);
+    }
+  }
+  if (newly == 0) {
+    return;
+  }
+  // The survivors move to a new generation before anything the lost
+  // replica(s) missed is acknowledged (gen_hold keeps those acks back).
+  uint64_t g = new_generation();
+  for (unsigned r = 0; r < nreplicas; ++r) {
+    ReplicaState s = replica_state(r);
+    if ((s != ReplicaState::kInSync && s != ReplicaState::kRebuilding) || thread_exited(r)) {
+      continue;
+    }
+    Result<ReplicaMeta> m = read_meta(r);
+    Status st = m.ok() ? ok_status() : Status(m.error());
+    if (m.ok()) {
+      ReplicaMeta meta = *m;
+      if (s == ReplicaState::kInSync) {
+        std::copy_backward(meta.history.begin(), meta.history.end() - 1, meta.history.end());
+        meta.history[0] = meta.generation;
+        meta.generation = g;
+      } else {
+        meta.rebuild_generation = g;
+      }
+      st = write_meta(r, meta);
+    }
+    if (!st.ok()) {
+      spdlog::error("volume {}: replica {}: generation bump failed: {}", options.name, r,
+                    st.error().to_string());
+      if (report_failure(r, FailKind::kMetadata, -st.error().errno_value())) {
+        // Counted (and bumped past) in the next round.
+      }
+    }
+  }
+  unsigned in_sync = static_cast<unsigned>(std::popcount(mask_of(ReplicaState::kInSync)));
+  {
+    std::lock_guard lock(mutex);
+    generation = g;
+  }
+  event(-1, "generation " + hex(g) + " after losing replica mask " + std::to_string(newly) + "; " +
+                std::to_string(in_sync) + " of " + std::to_string(nreplicas) + " replicas in sync");
+  if (in_sync < options.min_replicas) {
+    spdlog::error(
+        "volume {}: only {} replica(s) in sync, below min-replicas {}: I/O fails with "
+        "EIO until a replica is rebuilt",
+        options.name, in_sync, options.min_replicas);
+  }
+  gen_hold.fetch_sub(static_cast<uint32_t>(std::popcount(newly)), std::memory_order_seq_cst);
+  bump_epoch();
+}
+
+// ---------------------------------------------------------------------------
+// Control operations
+// ---------------------------------------------------------------------------
+Status ReplicatedVolume::Impl::with_barrier(const std::function<Status()>& fn) {
+  QueueState& q = *queues[control_queue];
+  InternalOp op;
+  op.kind = SlotKind::kBarrier;
+  if (q.submit_op(op) != 0) {
+    return Error(EBUSY, "volume " + options.name + ": control queue busy");
+  }
+  q.run_until_done(op);
+  Status st = fn();
+  q.release_barrier(op);
+  q.reap();
+  return st;
+}
+
+Status ReplicatedVolume::Impl::checkpoint_locked() {
+  if (mask_of(ReplicaState::kInSync) != (1U << nreplicas) - 1) {
+    return Error(EAGAIN, "volume " + options.name + ": checkpoint needs every replica in sync");
+  }
+  return with_barrier([&]() -> Status {
+    // Flush every replica (data durable) before the bitmaps forget.
+    QueueState& q = *queues[control_queue];
+    VolumeIo flush;
+    flush.op = VolumeOp::kFlush;
+    int flush_result = 1;
+    flush.user_data = &flush_result;
+    flush.on_complete = [](VolumeIo& io, int result) { *static_cast<int*>(io.user_data) = result; };
+    q.submit(flush);
+    q.kick();
+    q.run_until_idle();
+    if (flush_result != 0) {
+      return Error(-flush_result, "volume " + options.name + ": checkpoint flush failed");
+    }
+    std::lock_guard meta_lock(meta_mutex);
+    if (mask_of(ReplicaState::kInSync) != (1U << nreplicas) - 1) {
+      return Error(EAGAIN, "volume " + options.name + ": a replica left during the checkpoint");
+    }
+    for (unsigned r = 0; r < nreplicas; ++r) {
+      ReplicaStore* store = replicas[r].store;
+      Status st = replicas[r].thread->call([&]() -> Status { return store->clear_dirty(); });
+      if (!st.ok()) {
+        return st.error().with_context("volume " + options.name + ": checkpoint");
+      }
+    }
+    return ok_status();
+  });
+}
+
+Status ReplicatedVolume::Impl::start_job(const Job& job) {
+  std::lock_guard lock(rebuild_mutex);
+  if (rebuild_stop) {
+    return Error(ESHUTDOWN, "volume " + options.name + " is closing");
+  }
+  jobs.push_back(job);
+  rebuild_running = true;
+  if (!rebuild_thread.joinable()) {
+    rebuild_thread = std::thread([this] { rebuild_loop(); });
+  }
+  rebuild_cv.notify_all();
+  return ok_status();
+}
+
+void ReplicatedVolume::Impl::rebuild_loop() {
+  pthread_setname_np(pthread_self(), "vol-rebuild");
+  std::unique_lock lock(rebuild_mutex);
+  for (;;) {
+    rebuild_cv.wait(lock, [&] { return rebuild_stop || !jobs.empty(); });
+    if (rebuild_stop) {
+      rebuild_running = false;
+      rebuild_cv.notify_all();
+      return;
+    }
+    Job job = jobs.front();
+    jobs.pop_front();
+    lock.unlock();
+    Status st = run_job(job);
+    lock.lock();
+    rebuild_result = st;
+    if (jobs.empty()) {
+      rebuild_running = false;
+    }
+    rebuild_cv.notify_all();
+  }
+}
+
+Status ReplicatedVolume::Impl::run_job(const Job& job) {
+  const uint64_t size = info.size_bytes;
+  const uint64_t region = region_bytes();
+  auto fail = [&](const std::string& why) -> Status {
+    std::string msg = "rebuild of replica mask " + std::to_string(job.targets) + " stopped: " + why;
+    event(-1, msg);
+    std::lock_guard lock(mutex);
+    progress.active = false;
+    progress.last_error = msg;
+    return Error(EIO, "volume " + options.name + ": " + msg);
+  };
+  // 1. Targets become rebuild targets (persisted) and join the write set.
+  {
+    std::lock_guard meta_lock(meta_mutex);
+    uint64_t g = 0;
+    {
+      std::lock_guard lock(mutex);
+      g = generation;
+    }
+    for (unsigned t = 0; t < nreplicas; ++t) {
+      if ((job.targets & bit(t)) == 0) {
+        continue;
+      }
+      Result<ReplicaMeta> m = read_meta(t);
+      if (!m.ok()) {
+        return fail(m.error().to_string());
+      }
+      ReplicaMeta meta = *m;
+      meta.fresh = false;
+      meta.volume_uuid = volume_uuid;
+      meta.generation = 0;
+      meta.history = {};
+      meta.rebuilding = true;
+      meta.rebuild_generation = g;
+      meta.rebuild_watermark = job.full_from;
+      Status st = write_meta(t, meta);
+      if (!st.ok()) {
+        return fail(st.error().to_string());
+      }
+      handled[t] = false;
+      fail_kind[t].store(0);
+      set_state(t, ReplicaState::kRebuilding);
+    }
+  }
+  event(-1, "rebuild of replica mask " + std::to_string(job.targets) + " started (" +
+                (job.full_from == 0      ? std::string("full copy")
+                 : job.full_from >= size ? std::string("dirty regions only")
+                                         : "resuming at byte " + std::to_string(job.full_from)) +
+                ")");
+  // 2. Drain writes dispatched before the targets joined, then take the
+  //    union of every replica's dirty bitmap (regions that may differ).
+  std::vector<uint8_t> dirty;
+  if (job.full_from > 0) {
+    QueueState& q = *queues[rebuild_queue];
+    InternalOp barrier;
+    barrier.kind = SlotKind::kBarrier;
+    if (q.submit_op(barrier) != 0) {
+      return fail("rebuild queue busy");
+    }
+    q.run_until_done(barrier);
+    for (unsigned r = 0; r < nreplicas; ++r) {
+      if (thread_exited(r)) {
+        continue;
+      }
+      Result<std::vector<uint8_t>> bits = read_dirty(r);
+      if (!bits.ok()) {
+        continue;
+      }
+      dirty.resize(std::max(dirty.size(), bits->size()));
+      for (size_t i = 0; i < bits->size(); ++i) {
+        dirty[i] = static_cast<uint8_t>(dirty[i] | (*bits)[i]);
+      }
+    }
+    q.release_barrier(barrier);
+    q.reap();
+  }
+  // 3. The work list.
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;
+  uint64_t total = 0;
+  uint64_t full_from = std::min(job.full_from, size);
+  for (uint64_t i = 0; i < dirty.size() && i * region < full_from; ++i) {
+    if (dirty[i] != 0) {
+      uint64_t b = i * region;
+      uint64_t e = std::min({b + region, full_from, size});
+      if (!ranges.empty() && ranges.back().first + ranges.back().second == b) {
+        ranges.back().second += e - b;
+      } else {
+        ranges.emplace_back(b, e - b);
+      }
+      total += e - b;
+    }
+  }
+  if (full_from < size) {
+    ranges.emplace_back(full_from, size - full_from);
+    total += size - full_from;
+  }
+  uint64_t start_ns = now_ns();
+  {
+    std::lock_guard lock(mutex);
+    progress = RebuildProgress{};
+    progress.active = true;
+    progress.targets = job.targets;
+    progress.full_from = full_from;
+    progress.total_bytes = total;
+  }
+  // 4. Copy, chunk by chunk, each chunk ordered against user writes.
+  QueueState& q = *queues[rebuild_queue];
+  const uint64_t chunk = options.rebuild_chunk_bytes;
+  AlignedBytes buffer = aligned_bytes(chunk);
+  uint64_t done = 0;
+  uint64_t since_persist = 0;
+  for (auto [rb, rlen] : ranges) {
+    for (uint64_t off = rb; off < rb + rlen; off += chunk) {
+      {
+        std::lock_guard lock(rebuild_mutex);
+        if (rebuild_stop) {
+          return fail("volume closing (resumable)");
+        }
+      }
+      InternalOp op;
+      op.kind = SlotKind::kCopy;
+      op.offset = off;
+      op.length = std::min(chunk, rb + rlen - off);
+      op.dst_mask = job.targets;
+      op.buffer = buffer.get();
+      if (q.submit_op(op) != 0) {
+        return fail("rebuild queue busy");
+      }
+      q.run_until_done(op);
+      if (op.result != 0) {
+        return fail(std::string("copy at byte ") + std::to_string(off) + " failed (" +
+                    std::strerror(-op.result) + ")");
+      }
+      done += op.length;
+      since_persist += op.length;
+      uint64_t elapsed = now_ns() - start_ns;
+      double rate =
+          elapsed > 0 ? static_cast<double>(done) * 1e9 / static_cast<double>(elapsed) : 0;
+      {
+        std::lock_guard lock(mutex);
+        progress.done_bytes = done;
+        progress.percent =
+            total > 0 ? 100.0 * static_cast<double>(done) / static_cast<double>(total) : 100.0;
+        progress.bytes_per_second = rate;
+        progress.eta_seconds = rate > 0 ? static_cast<double>(total - done) / rate : 0;
+      }
+      // Persist the watermark now and then (whole-range part only).
+      if (off >= full_from && since_persist >= options.rebuild_persist_bytes) {
+        since_persist = 0;
+        std::lock_guard meta_lock(meta_mutex);
+        for (unsigned t = 0; t < nreplicas; ++t) {
+          if ((job.targets & bit(t)) == 0) {
+            continue;
+          }
+          Result<ReplicaMeta> m = read_meta(t);
+          if (m.ok()) {
+            ReplicaMeta meta = *m;
+            meta.rebuild_watermark = off + op.length;
+            (void)write_meta(t, meta);
+          }
+        }
+      }
+      // Throttle: sleep until the copy is back under the configured rate.
+      uint64_t limit = rebuild_rate.load(std::memory_order_relaxed);
+      if (limit > 0) {
+        uint64_t due_ns = done * 1000000000ULL / limit;
+        uint64_t el = now_ns() - start_ns;
+        if (due_ns > el) {
+          std::unique_lock lock(rebuild_mutex);
+          rebuild_cv.wait_for(lock, std::chrono::nanoseconds(due_ns - el),
+                              [&] { return rebuild_stop; });
+        }
+      }
+    }
+  }
+  // 5. Targets are in sync with the current generation.
+  {
+    std::lock_guard meta_lock(meta_mutex);
+    uint64_t g = 0;
+    {
+      std::lock_guard lock(mutex);
+      g = generation;
+    }
+    // Any in-sync replica's lineage is the volume's.
+    ReplicaMeta lineage;
+    for (unsigned r = 0; r < nreplicas; ++r) {
+      if (replica_state(r) == ReplicaState::kInSync) {
+        Result<ReplicaMeta> m = read_meta(r);
+        if (m.ok()) {
+          lineage = *m;
+          break;
+        }
+      }
+    }
+    for (unsigned t = 0; t < nreplicas; ++t) {
+      if ((job.targets & bit(t)) == 0) {
+        continue;
+      }
+      if (replica_state(t) != ReplicaState::kRebuilding) {
+        return fail("target left the write set");
+      }
+      Result<ReplicaMeta> m = read_meta(t);
+      if (!m.ok()) {
+        return fail(m.error().to_string());
+      }
+      ReplicaMeta meta = *m;
+      meta.generation = g;
+      meta.history = lineage.history;
+      meta.rebuilding = false;
+      meta.rebuild_generation = 0;
+      meta.rebuild_watermark = 0;
+      meta.bitmap_base = g;
+      Status st = write_meta(t, meta);
+      if (!st.ok()) {
+        return fail(st.error().to_string());
+      }
+      set_state(t, ReplicaState::kInSync);
+    }
+  }
+  double secs = static_cast<double>(now_ns() - start_ns) / 1e9;
+  {
+    std::lock_guard lock(mutex);
+    progress.active = false;
+    progress.percent = 100.0;
+    progress.eta_seconds = 0;
+    progress.last_error.clear();
+    ++progress.completed;
+  }
+  event(-1, "rebuild of replica mask " + std::to_string(job.targets) +
+                " done: " + std::to_string(done) + " bytes in " + std::to_string(secs) + " s");
+  if (mask_of(ReplicaState::kInSync) == (1U << nreplicas) - 1) {
+    std::lock_guard control_lock(control_mutex);
+    Status st = checkpoint_locked();
+    if (!st.ok()) {
+      spdlog::warn("volume {}: checkpoint after rebuild: {}", options.name, st.error().to_string());
+    }
+  }
+  return ok_status();
+}
+
+// ---------------------------------------------------------------------------
+// ReplicatedVolume
+// ---------------------------------------------------------------------------
+ReplicatedVolume::ReplicatedVolume(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+ReplicatedVolume::~ReplicatedVolume() {
+  Impl& v = *impl_;
+  {
+    std::lock_guard lock(v.rebuild_mutex);
+    v.rebuild_stop = true;
+  }
+  v.rebuild_cv.notify_all();
+  if (v.rebuild_thread.joinable()) {
+    v.rebuild_thread.join();
+  }
+  v.stopping.store(true);
+  signal_fd(v.monitor_fd.get());
+  if (v.monitor.joinable()) {
+    v.monitor.join();
+  }
+  for (auto& q : v.queues) {
+    q->shutdown();
+  }
+}
+
+const VolumeInfo& ReplicatedVolume::info() const { return impl_->info; }
+
+Result<std::unique_ptr<VolumeQueue>> ReplicatedVolume::open_queue(unsigned index) {
+  Impl& v = *impl_;
+  if (index >= v.options.queues) {
+    return Error(EINVAL, "volume " + v.options.name + ": no queue " + std::to_string(index) +
+                             " (the volume has " + std::to_string(v.options.queues) + ")");
+  }
+  QueueState& q = *v.queues[index];
+  if (q.opened.exchange(true)) {
+    return Error(EBUSY, "volume " + v.options.name + ": queue " + std::to_string(index) +
+                            " is already open");
+  }
+  return std::unique_ptr<VolumeQueue>(new ReplicatedQueue(q));
+}
+
+Result<std::unique_ptr<ReplicatedVolume>> ReplicatedVolume::open(
+    const ReplicatedVolumeOptions& options, std::vector<ReplicaBinding> replicas) {
+  std::string what = "volume " + options.name;
+  if (replicas.empty() || replicas.size() > kMaxReplicas) {
+    return Error(EINVAL, what + ": needs 1 to " + std::to_string(kMaxReplicas) + " replicas, got " +
+                             std::to_string(replicas.size()));
+  }
+  if (options.min_replicas < 1 || options.min_replicas > replicas.size()) {
+    return Error(EINVAL, what + ": min-replicas " + std::to_string(options.min_replicas) +
+                             " must be between 1 and the replica count " +
+                             std::to_string(replicas.size()));
+  }
+  if (options.queues < 1 || options.queues > 60) {
+    return Error(EINVAL, what + ": queue count must be between 1 and 60");
+  }
+  if (options.queue_depth < 4 || options.queue_depth > 65536) {
+    return Error(EINVAL, what + ": queue depth must be between 4 and 65536");
+  }
+  if (options.rebuild_chunk_bytes < 4096 || options.rebuild_chunk_bytes % 4096 != 0 ||
+      options.rebuild_chunk_bytes > (64U << 20U)) {
+    return Error(EINVAL, what + ": rebuild chunk must be a multiple of 4096 up to 64 MiB");
+  }
+  if (options.io_deadline.count() <= 0) {
+    return Error(EINVAL, what + ": the I/O deadline must be positive");
+  }
+  for (size_t i = 0; i < replicas.size(); ++i) {
+    if (replicas[i].store == nullptr || replicas[i].thread == nullptr) {
+      return Error(EINVAL, what + ": replica " + std::to_string(i) + " has no store or thread");
+    }
+    for (size_t j = 0; j < i; ++j) {
+      if (replicas[j].store == replicas[i].store) {
+        return Error(EINVAL, what + ": replicas " + std::to_string(j) + " and " +
+                                 std::to_string(i) + " are the same store");
+      }
+    }
+  }
+  auto impl = std::make_unique<Impl>();
+  Impl& v = *impl;
+  v.options = options;
+  v.nreplicas = static_cast<unsigned>(replicas.size());
+  v.replicas = std::move(replicas);
+  v.deadline_ns = static_cast<uint64_t>(options.io_deadline.count()) * 1000000ULL;
+  v.rebuild_rate.store(options.rebuild_bytes_per_second);
+  int mfd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (mfd < 0) {
+    return errno_error(what + ": eventfd");
+  }
+  v.monitor_fd.reset(mfd);
+
+  // Metadata and geometry.
+  std::vector<ReplicaMeta> metas;
+  std::vector<std::string> names;
+  uint64_t size = UINT64_MAX;
+  uint64_t region = 0;
+  for (unsigned r = 0; r < v.nreplicas; ++r) {
+    Result<ReplicaMeta> m = v.read_meta(r);
+    if (!m.ok()) {
+      return m.error().with_context(what);
+    }
+    metas.push_back(*m);
+    names.emplace_back(v.replicas[r].store->name());
+    size = std::min(size, v.replicas[r].store->size_bytes());
+    if (region == 0) {
+      region = v.replicas[r].store->region_bytes();
+    } else if (region != v.replicas[r].store->region_bytes()) {
+      return Error(EINVAL, what + ": replicas have different dirty-region sizes");
+    }
+  }
+  for (unsigned r = 0; r < v.nreplicas; ++r) {
+    if (v.replicas[r].store->size_bytes() != size) {
+      spdlog::warn("{}: replica {} is larger than the smallest one; using {} bytes", what, names[r],
+                   size);
+    }
+  }
+  v.info.name = options.name;
+  v.info.size_bytes = size;
+  v.info.block_size = 4096;
+  v.info.max_io_bytes = options.max_io_bytes;
+  v.info.supports_discard = true;
+  v.info.supports_write_zeroes = true;
+  v.info.discard_zeroes = false;
+  v.info.volatile_cache = true;
+
+  Result<GenerationChoice> choice = choose_generation(metas, names);
+  if (!choice.ok()) {
+    return choice.error().with_context(what);
+  }
+  std::vector<Impl::Job> jobs;
+  if (choice->all_fresh) {
+    v.volume_uuid = v.new_generation();
+    v.generation = v.new_generation();
+    for (unsigned r = 0; r < v.nreplicas; ++r) {
+      ReplicaMeta m = metas[r];
+      m.fresh = false;
+      m.volume_uuid = v.volume_uuid;
+      m.generation = v.generation;
+      m.bitmap_base = v.generation;
+      UBLKVOL_TRY(v.write_meta(r, m));
+      v.state[r].store(static_cast<uint8_t>(ReplicaState::kInSync));
+    }
+  } else {
+    v.volume_uuid = metas[choice->source].volume_uuid;
+    v.generation = choice->generation;
+    uint32_t newest = 0;
+    for (unsigned r = 0; r < v.nreplicas; ++r) {
+      ReplicaPlan plan = choice->plans[r];
+      spdlog::info("{}: replica {} ({}): generation {}: {}", what, r, names[r],
+                   hex(metas[r].generation), to_string(plan));
+      if (plan == ReplicaPlan::kUpToDate) {
+        newest |= bit(r);
+        v.state[r].store(static_cast<uint8_t>(ReplicaState::kInSync));
+      } else {
+        v.state[r].store(static_cast<uint8_t>(ReplicaState::kStale));
+        Impl::Job job;
+        job.targets = bit(r);
+        job.full_from = plan == ReplicaPlan::kFullRebuild     ? 0
+                        : plan == ReplicaPlan::kResumeRebuild ? metas[r].rebuild_watermark
+                                                              : UINT64_MAX;
+        jobs.push_back(job);
+      }
+    }
+    // Replicas at the newest generation may still differ where writes were
+    // in flight at a crash: the union of their dirty bitmaps, copied from
+    // the source to the others.
+    if (std::popcount(newest) > 1) {
+      bool any_dirty = false;
+      for (unsigned r = 0; r < v.nreplicas && !any_dirty; ++r) {
+        if ((newest & bit(r)) != 0) {
+          Result<std::vector<uint8_t>> bits = v.read_dirty(r);
+          if (!bits.ok()) {
+            return bits.error().with_context(what);
+          }
+          any_dirty = std::any_of(bits->begin(), bits->end(), [](uint8_t b) { return b != 0; });
+        }
+      }
+      if (any_dirty) {
+        Impl::Job job;
+        job.targets = newest & ~bit(choice->source);
+        job.full_from = UINT64_MAX;
+        for (unsigned r = 0; r < v.nreplicas; ++r) {
+          if ((job.targets & bit(r)) != 0) {
+            v.state[r].store(static_cast<uint8_t>(ReplicaState::kStale));
+          }
+        }
+        jobs.insert(jobs.begin(), job);
+      }
+    }
+  }
+  v.event(-1, "opened: generation " + hex(v.generation) + ", " +
+                  std::to_string(std::popcount(v.mask_of(ReplicaState::kInSync))) + " of " +
+                  std::to_string(v.nreplicas) + " replicas in sync");
+
+  // Queues: user queues + rebuild + control.
+  unsigned total = options.queues + 2;
+  v.rebuild_queue = options.queues;
+  v.control_queue = options.queues + 1;
+  for (unsigned i = 0; i < total; ++i) {
+    v.queues.push_back(std::make_unique<QueueState>());
+  }
+  for (unsigned i = 0; i < total; ++i) {
+    UBLKVOL_TRY(v.queues[i]->init(v, i, i < options.queues ? options.queue_depth : 8));
+  }
+  Impl* raw = impl.get();
+  v.monitor = std::thread([raw] { raw->monitor_loop(); });
+  auto volume = std::unique_ptr<ReplicatedVolume>(new ReplicatedVolume(std::move(impl)));
+  if (options.auto_rebuild) {
+    for (const Impl::Job& job : jobs) {
+      UBLKVOL_TRY(raw->start_job(job));
+    }
+  }
+  return volume;
+}
+
+VolumeStatus ReplicatedVolume::status() const {
+  const Impl& v = *impl_;
+  VolumeStatus st;
+  st.name = v.options.name;
+  st.size_bytes = v.info.size_bytes;
+  st.min_replicas = v.options.min_replicas;
+  std::lock_guard lock(v.mutex);
+  st.generation = v.generation;
+  for (unsigned r = 0; r < v.nreplicas; ++r) {
+    ReplicaStatus rs;
+    rs.name = std::string(v.replicas[r].store->name());
+    rs.state = v.replica_state(r);
+    rs.generation = rs.state == ReplicaState::kInSync ? v.generation : 0;
+    rs.last_error = v.last_error[r];
+    if (rs.state == ReplicaState::kInSync) {
+      ++st.in_sync;
+    }
+    st.replicas.push_back(std::move(rs));
+  }
+  st.online = st.in_sync >= st.min_replicas;
+  st.events = v.events;
+  st.rebuild = v.progress;
+  return st;
+}
+
+Status ReplicatedVolume::fail_replica(unsigned replica, const std::string& reason) {
+  Impl& v = *impl_;
+  if (replica >= v.nreplicas) {
+    return Error(EINVAL, "volume " + v.options.name + ": no replica " + std::to_string(replica));
+  }
+  if (!v.report_failure(replica, FailKind::kOperator, -ECANCELED)) {
+    return Error(EBUSY, "volume " + v.options.name + ": replica " + std::to_string(replica) +
+                            " is the last one in sync");
+  }
+  v.event(static_cast<int>(replica), "failed by request: " + reason);
+  signal_fd(v.monitor_fd.get());
+  // Wait for the generation bump so that status() reflects it.
+  while (v.gen_hold.load() != 0) {
+    std::this_thread::yield();
+  }
+  return ok_status();
+}
+
+Status ReplicatedVolume::start_rebuild(unsigned replica) {
+  Impl& v = *impl_;
+  std::string what = "volume " + v.options.name + ": replica " + std::to_string(replica);
+  if (replica >= v.nreplicas) {
+    return Error(EINVAL, "volume " + v.options.name + ": no replica " + std::to_string(replica));
+  }
+  ReplicaState s = v.replica_state(replica);
+  if (s != ReplicaState::kFailed && s != ReplicaState::kStale) {
+    return Error(EBUSY, what + " is " + to_string(s) + ", not failed or stale");
+  }
+  if (v.thread_exited(replica)) {
+    return Error(ESHUTDOWN, what + ": its store thread is not running");
+  }
+  // Requests the store still holds from before it failed must finish first,
+  // or they could land after the rebuild copied over them.
+  ReplicaStore* store = v.replicas[replica].store;
+  unsigned busy = 0;
+  UBLKVOL_TRY(v.replicas[replica].thread->call([&]() -> Status {
+    busy = store->in_flight();
+    return ok_status();
+  }));
+  if (busy != 0) {
+    return Error(EBUSY, what + " still has " + std::to_string(busy) +
+                            " requests in flight from before it failed");
+  }
+  // Resync or full rebuild: decided from the persisted generations.
+  int src = -1;
+  for (unsigned r = 0; r < v.nreplicas; ++r) {
+    if (v.replica_state(r) == ReplicaState::kInSync) {
+      src = static_cast<int>(r);
+      break;
+    }
+  }
+  if (src < 0) {
+    return Error(EIO, what + ": no in-sync replica to copy from");
+  }
+  Result<ReplicaMeta> src_meta = v.read_meta(static_cast<unsigned>(src));
+  Result<ReplicaMeta> dst_meta = v.read_meta(replica);
+  if (!src_meta.ok()) {
+    return src_meta.error().with_context(what);
+  }
+  if (!dst_meta.ok()) {
+    return dst_meta.error().with_context(what);
+  }
+  Impl::Job job;
+  job.targets = bit(replica);
+  if (dst_meta->generation != 0 && bitmap_covers(*src_meta, dst_meta->generation)) {
+    job.full_from = UINT64_MAX;
+  } else if (dst_meta->rebuilding && bitmap_covers(*src_meta, dst_meta->rebuild_generation)) {
+    job.full_from = dst_meta->rebuild_watermark;
+  } else {
+    job.full_from = 0;
+  }
+  v.set_state(replica, ReplicaState::kStale);
+  return v.start_job(job);
+}
+
+Status ReplicatedVolume::wait_rebuild() {
+  Impl& v = *impl_;
+  std::unique_lock lock(v.rebuild_mutex);
+  v.rebuild_cv.wait(lock, [&] { return !v.rebuild_running; });
+  return v.rebuild_result;
+}
+
+void ReplicatedVolume::set_rebuild_rate(uint64_t bytes_per_second) {
+  impl_->rebuild_rate.store(bytes_per_second);
+}
+
+Status ReplicatedVolume::create_snapshot(const std::string& snapshot) {
+  Impl& v = *impl_;
+  std::lock_guard control_lock(v.control_mutex);
+  return v.with_barrier([&]() -> Status {
+    // Every in-sync replica at the same point: nothing is in flight.
+    std::vector<unsigned> done;
+    for (unsigned r = 0; r < v.nreplicas; ++r) {
+      if (v.replica_state(r) != ReplicaState::kInSync) {
+        continue;
+      }
+      ReplicaStore* store = v.replicas[r].store;
+      Status st =
+          v.replicas[r].thread->call([&]() -> Status { return store->create_snapshot(snapshot); });
+      if (!st.ok()) {
+        for (unsigned d : done) {
+          ReplicaStore* ds = v.replicas[d].store;
+          (void)v.replicas[d].thread->call(
+              [&]() -> Status { return ds->delete_snapshot(snapshot); });
+        }
+        return st.error().with_context("volume " + v.options.name + ": snapshot " + snapshot);
+      }
+      done.push_back(r);
+    }
+    v.event(-1,
+            "snapshot " + snapshot + " created on " + std::to_string(done.size()) + " replica(s)");
+    return ok_status();
+  });
+}
+
+Status ReplicatedVolume::delete_snapshot(const std::string& snapshot) {
+  Impl& v = *impl_;
+  std::lock_guard control_lock(v.control_mutex);
+  for (unsigned r = 0; r < v.nreplicas; ++r) {
+    if (v.replica_state(r) != ReplicaState::kInSync) {
+      continue;
+    }
+    ReplicaStore* store = v.replicas[r].store;
+    UBLKVOL_TRY(
+        v.replicas[r].thread->call([&]() -> Status { return store->delete_snapshot(snapshot); }));
+  }
+  v.event(-1, "snapshot " + snapshot + " deleted");
+  return ok_status();
+}
+
+Status ReplicatedVolume::revert_snapshot(const std::string& snapshot) {
+  Impl& v = *impl_;
+  std::lock_guard control_lock(v.control_mutex);
+  return v.with_barrier([&]() -> Status {
+    for (unsigned r = 0; r < v.nreplicas; ++r) {
+      if (v.replica_state(r) != ReplicaState::kInSync) {
+        continue;
+      }
+      ReplicaStore* store = v.replicas[r].store;
+      UBLKVOL_TRY(
+          v.replicas[r].thread->call([&]() -> Status { return store->revert_snapshot(snapshot); }));
+    }
+    v.event(-1, "reverted to snapshot " + snapshot);
+    return ok_status();
+  });
+}
+
+Result<VerifyReport> ReplicatedVolume::verify() {
+  Impl& v = *impl_;
+  std::lock_guard control_lock(v.control_mutex);
+  QueueState& q = *v.queues[v.control_queue];
+  const uint64_t chunk = 1U << 20U;
+  std::array<AlignedBytes, kMaxReplicas> buffers;
+  InternalOp op;
+  for (unsigned r = 0; r < v.nreplicas; ++r) {
+    buffers[r] = aligned_bytes(chunk);
+    op.buffers[r] = buffers[r].get();
+  }
+  VerifyReport report;
+  for (uint64_t off = 0; off < v.info.size_bytes; off += chunk) {
+    op.kind = SlotKind::kVerify;
+    op.offset = off;
+    op.length = std::min(chunk, v.info.size_bytes - off);
+    if (q.submit_op(op) != 0) {
+      return Error(EBUSY, "volume " + v.options.name + ": control queue busy");
+    }
+    q.run_until_done(op);
+    report.replicas_compared |= op.read_mask;
+    if (std::popcount(op.read_mask) < 2) {
+      report.bytes_compared += op.length;
+      continue;
+    }
+    // Compare block by block so mismatches are reported precisely.
+    for (uint64_t b = 0; b < op.length; b += 4096) {
+      uint32_t ref = 0;
+      bool have = false;
+      bool differ = false;
+      for (unsigned r = 0; r < v.nreplicas; ++r) {
+        if ((op.read_mask & bit(r)) == 0) {
+          continue;
+        }
+        uint32_t c = crc32c(op.buffers[r] + b, 4096);
+        if (!have) {
+          ref = c;
+          have = true;
+        } else if (c != ref) {
+          differ = true;
+        }
+      }
+      if (differ) {
+        uint64_t at = off + b;
+        if (!report.mismatches.empty() &&
+            report.mismatches.back().first + report.mismatches.back().second == at) {
+          report.mismatches.back().second += 4096;
+        } else {
+          report.mismatches.emplace_back(at, 4096);
+        }
+      }
+    }
+    report.bytes_compared += op.length;
+  }
+  v.event(-1, "verify: " + std::to_string(report.bytes_compared) + " bytes compared, " +
+                  std::to_string(report.mismatches.size()) + " mismatching range(s)");
+  return report;
+}
+
+Status ReplicatedVolume::checkpoint() {
+  Impl& v = *impl_;
+  std::lock_guard control_lock(v.control_mutex);
+  return v.checkpoint_locked();
+}
+
+Status ReplicatedVolume::close() {
+  Impl& v = *impl_;
+  {
+    std::lock_guard lock(v.rebuild_mutex);
+    v.rebuild_stop = true;
+  }
+  v.rebuild_cv.notify_all();
+  if (v.rebuild_thread.joinable()) {
+    v.rebuild_thread.join();
+  }
+  Status st = ok_status();
+  if (v.mask_of(ReplicaState::kInSync) == (1U << v.nreplicas) - 1) {
+    st = checkpoint();
+  }
+  v.closed = true;
+  v.event(-1, "closed");
+  return st;
+}
+
+}  // namespace ublkvol::engine

@@ -1,0 +1,34 @@
+// StoreChannel: the pair of rings between one queue thread of one volume and
+// one store thread (store_thread.h). Internal to the engine.
+#pragma once
+
+#include <array>
+
+#include "ublkvol/engine/replica_store.h"
+#include "ublkvol/engine/replicated_volume.h"
+
+#include "spsc_ring.h"
+
+namespace ublkvol::engine {
+class StoreThread;
+}
+
+namespace ublkvol::engine::detail {
+
+struct StoreChannel {
+  explicit StoreChannel(size_t capacity) : requests(capacity), completions(capacity) {}
+
+  SpscRing<ReplicaIo> requests;     // queue thread -> store thread
+  SpscRing<ReplicaIo> completions;  // store thread -> queue thread
+  int queue_wake_fd = -1;           // the queue's eventfd
+  StoreThread* thread = nullptr;
+  // Replica index (within the volume) -> its store, for replicas on this thread.
+  std::array<ReplicaStore*, kMaxReplicas> stores{};
+  // Store-thread private: a completion was pushed into an empty ring during
+  // this loop iteration, so the queue must be woken.
+  bool notify = false;
+  // Queue-thread private: requests were pushed since the last kick().
+  bool pushed = false;
+};
+
+}  // namespace ublkvol::engine::detail

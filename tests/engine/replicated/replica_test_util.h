@@ -1,0 +1,299 @@
+// Test helpers for the replicated engine: replicas on memory devices behind
+// a fault-injecting wrapper, one store thread each, a queue driver that runs
+// a workload on its own thread, and a block-pattern reference model.
+#pragma once
+
+#include <poll.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "ublkvol/dbs/block_device.h"
+#include "ublkvol/dbs/memory_device.h"
+#include "ublkvol/engine/raw_replica_store.h"
+#include "ublkvol/engine/replicated_volume.h"
+#include "ublkvol/engine/store_thread.h"
+#include "ublkvol/engine/volume.h"
+
+namespace ublkvol::engine::testing {
+
+// A BlockDevice wrapper whose behaviour the test thread switches while the
+// store thread uses it: fail data writes/reads with -EIO, or hold every
+// request (a hung disk) until release_held(). Flags are atomics; the held
+// list belongs to the owning (store) thread.
+class FaultDevice final : public dbs::BlockDevice {
+ public:
+  explicit FaultDevice(dbs::BlockDevice& inner) : inner_(inner) {}
+
+  std::atomic<bool> fail_writes{false};
+  std::atomic<bool> fail_reads{false};
+  // Reads of this block (replica-device offset / 4096) fail; ~0: none.
+  std::atomic<uint64_t> bad_read_block{~uint64_t{0}};
+  std::atomic<bool> hang{false};
+  std::atomic<bool> release{false};
+  std::atomic<uint64_t> hung_count{0};
+
+  [[nodiscard]] std::string_view name() const override { return inner_.name(); }
+  [[nodiscard]] uint64_t size_bytes() const override { return inner_.size_bytes(); }
+  [[nodiscard]] uint32_t block_size() const override { return inner_.block_size(); }
+
+  void submit(dbs::IoRequest& request) override {
+    ++in_flight_;
+    if (hang.load()) {
+      held_.push_back(&request);
+      hung_count.fetch_add(1);
+      return;
+    }
+    forward(request);
+  }
+  void kick() override { inner_.kick(); }
+  unsigned poll(bool wait) override {
+    unsigned ran = 0;
+    if (release.load() && !held_.empty()) {
+      std::deque<dbs::IoRequest*> held;
+      held.swap(held_);
+      for (dbs::IoRequest* r : held) {
+        forward(*r);
+      }
+    }
+    while (!failed_.empty()) {
+      dbs::IoRequest* r = failed_.front();
+      failed_.pop_front();
+      --in_flight_;
+      ++ran;
+      r->on_complete(*r, -EIO);
+    }
+    ran += inner_.poll(wait && held_.empty());
+    return ran;
+  }
+  [[nodiscard]] unsigned in_flight() const override { return in_flight_; }
+
+ private:
+  struct Forwarded {
+    dbs::IoRequest inner;
+    dbs::IoRequest* outer;
+    FaultDevice* self;
+  };
+
+  void forward(dbs::IoRequest& request) {
+    bool is_write = request.op == dbs::IoOp::kWrite || request.op == dbs::IoOp::kDiscard ||
+                    request.op == dbs::IoOp::kWriteZeroes;
+    bool bad =
+        (is_write && fail_writes.load()) ||
+        (request.op == dbs::IoOp::kRead &&
+         (fail_reads.load() || (bad_read_block.load() >= request.offset / 4096 &&
+                                bad_read_block.load() < (request.offset + request.length) / 4096)));
+    if (bad) {
+      failed_.push_back(&request);
+      return;
+    }
+    // Pass through, completing the outer request from the inner callback.
+    // The pool only grows (test code; bounded by the requests in flight).
+    Forwarded* f = nullptr;
+    if (!free_.empty()) {
+      f = free_.back();
+      free_.pop_back();
+    } else {
+      pool_.push_back(std::make_unique<Forwarded>());
+      f = pool_.back().get();
+    }
+    f->inner = request;
+    f->inner.device_next = nullptr;
+    f->inner.user_data = f;
+    f->outer = &request;
+    f->self = this;
+    f->inner.on_complete = [](dbs::IoRequest& inner, int result) {
+      auto* fw = static_cast<Forwarded*>(inner.user_data);
+      FaultDevice* self = fw->self;
+      dbs::IoRequest* outer = fw->outer;
+      self->free_.push_back(fw);
+      --self->in_flight_;
+      outer->on_complete(*outer, result);
+    };
+    inner_.submit(f->inner);
+  }
+
+  dbs::BlockDevice& inner_;
+  unsigned in_flight_ = 0;
+  std::deque<dbs::IoRequest*> held_;
+  std::deque<dbs::IoRequest*> failed_;
+  std::vector<std::unique_ptr<Forwarded>> pool_;
+  std::vector<Forwarded*> free_;
+};
+
+// N replicas: memory device -> fault device -> raw replica store -> thread.
+struct Cluster {
+  struct Replica {
+    std::unique_ptr<dbs::MemoryDevice> memory;
+    std::unique_ptr<FaultDevice> fault;
+    std::unique_ptr<RawReplicaStore> store;
+    std::unique_ptr<StoreThread> thread;
+  };
+  std::vector<Replica> replicas;
+  uint64_t data_offset = 0;
+
+  // Formats fresh replicas of `size` bytes.
+  void create(unsigned n, uint64_t size, uint64_t region_bytes = 64 << 10) {
+    for (unsigned i = 0; i < n; ++i) {
+      Replica r;
+      r.memory = std::make_unique<dbs::MemoryDevice>(size + (2U << 20U));
+      RawReplicaFormatOptions fo;
+      fo.region_bytes = region_bytes;
+      fo.size_bytes = size;
+      Status st = format_raw_replica(*r.memory, fo);
+      if (!st.ok()) {
+        std::abort();
+      }
+      replicas.push_back(std::move(r));
+    }
+    start();
+  }
+
+  // (Re)opens stores and starts threads on the existing memory devices.
+  void start() {
+    for (size_t i = 0; i < replicas.size(); ++i) {
+      Replica& r = replicas[i];
+      r.fault = std::make_unique<FaultDevice>(*r.memory);
+      auto store = open_raw_replica(*r.fault);
+      if (!store.ok()) {
+        std::abort();
+      }
+      r.store = std::move(store.value());
+      data_offset = r.store->data_offset();
+      StoreThreadOptions to;
+      to.name = "store" + std::to_string(i);
+      auto thread = StoreThread::start(to);
+      r.thread = std::move(thread.value());
+      (void)r.thread->attach(*r.store);
+    }
+  }
+
+  // Stops threads and drops stores (the memory devices survive), as a
+  // process crash would.
+  void stop() {
+    for (Replica& r : replicas) {
+      if (r.thread) {
+        r.thread->stop();
+      }
+      r.thread.reset();
+      r.store.reset();
+      r.fault.reset();
+    }
+  }
+
+  std::vector<ReplicaBinding> bindings() {
+    std::vector<ReplicaBinding> b;
+    for (Replica& r : replicas) {
+      b.push_back({r.store.get(), r.thread.get()});
+    }
+    return b;
+  }
+
+  // The replica's data bytes for [offset, offset + length).
+  [[nodiscard]] const std::byte* data(unsigned i, uint64_t offset) const {
+    return replicas[i].memory->bytes().data() + data_offset + offset;
+  }
+};
+
+// Block content: word 0 = writer id, word 1 = block number, rest a hash.
+inline uint64_t mix(uint64_t a, uint64_t b, uint64_t c) {
+  uint64_t x = a * 0x9E3779B97F4A7C15ULL ^ (b + 0x632BE59BD9B4E019ULL) * 0xC2B2AE3D27D4EB4FULL ^
+               (c + 1) * 0x165667B19E3779F9ULL;
+  x ^= x >> 31;
+  x *= 0xD6E8FEB86659FD93ULL;
+  x ^= x >> 29;
+  return x;
+}
+
+inline void fill_block(std::byte* p, uint64_t id, uint64_t block) {
+  auto* w = reinterpret_cast<uint64_t*>(p);
+  w[0] = id;
+  w[1] = block;
+  for (size_t i = 2; i < 512; ++i) {
+    w[i] = mix(id, block, i);
+  }
+}
+
+// The writer id a block holds: 0 for zeros, ~0 if it is not a valid pattern.
+inline uint64_t block_id(const std::byte* p, uint64_t block) {
+  const auto* w = reinterpret_cast<const uint64_t*>(p);
+  bool zero = true;
+  for (size_t i = 0; i < 512 && zero; ++i) {
+    zero = w[i] == 0;
+  }
+  if (zero) {
+    return 0;
+  }
+  if (w[1] != block) {
+    return ~uint64_t{0};
+  }
+  for (size_t i = 2; i < 512; ++i) {
+    if (w[i] != mix(w[0], block, i)) {
+      return ~uint64_t{0};
+    }
+  }
+  return w[0];
+}
+
+struct AlignedFree {
+  void operator()(std::byte* p) const { std::free(p); }
+};
+using Buffer = std::unique_ptr<std::byte, AlignedFree>;
+inline Buffer make_buffer(size_t size) {
+  return Buffer(static_cast<std::byte*>(std::aligned_alloc(4096, size)));
+}
+
+// Waits for the queue's wake fd (with a generous safety timeout so a lost
+// wake-up shows up as a slow test plus the final assertion, not a hang).
+inline void wait_queue(VolumeQueue& q) {
+  pollfd p{q.wake_fd(), POLLIN, 0};
+  ::poll(&p, 1, 1000);
+  uint64_t v = 0;
+  ssize_t n = ::read(q.wake_fd(), &v, sizeof(v));
+  (void)n;
+}
+
+// Synchronous single I/O on a queue (test convenience).
+inline int run_io(VolumeQueue& q, VolumeOp op, uint64_t offset, uint32_t length, std::byte* buffer,
+                  bool fua = false) {
+  struct Done {
+    bool done = false;
+    int result = 0;
+  } done;
+  VolumeIo io;
+  io.op = op;
+  io.offset = offset;
+  io.length = length;
+  io.buffer = buffer;
+  io.fua = fua;
+  io.user_data = &done;
+  io.on_complete = [](VolumeIo& i, int result) {
+    auto* d = static_cast<Done*>(i.user_data);
+    d->done = true;
+    d->result = result;
+  };
+  q.submit(io);
+  q.kick();
+  while (!done.done) {
+    if (q.reap() > 0 && done.done) {
+      break;
+    }
+    if (!done.done) {
+      wait_queue(q);
+    }
+  }
+  return done.result;
+}
+
+}  // namespace ublkvol::engine::testing
