@@ -27,6 +27,6 @@ if [[ ! -f "build/$PRESET/build.ninja" ]]; then
 fi
 cmake --build --preset "$PRESET"
 
-# Unit tests run two at a time; VM tests are marked RUN_SERIAL in CMake
-# because each VM already uses both cores.
+# Unit tests run two at a time; each VM test declares PROCESSORS 2 in CMake
+# (a VM uses both cores), so ctest runs VMs one at a time.
 ctest --preset "$PRESET" -j2 "$@"
