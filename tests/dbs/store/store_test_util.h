@@ -40,51 +40,76 @@ class Buffer {
   std::unique_ptr<std::byte, Free> data_;
 };
 
-// Block content: a 24-byte tag (magic, volume, block, seq) then bytes derived
-// from the tag. seq 0 is reserved for "never written" (all zeros).
+// Block content: every 512-byte sector starts with a tag (magic, volume,
+// block, seq, sector index) followed by bytes derived from it, so a torn block
+// (some sectors new, some old) can be checked sector by sector. seq 0 is
+// reserved for "never written" (all zeros).
 struct BlockTag {
   uint64_t volume = 0;
   uint64_t block = 0;
   uint64_t seq = 0;
   bool operator==(const BlockTag&) const = default;
+  auto operator<=>(const BlockTag&) const = default;
 };
 
 inline constexpr uint64_t kTagMagic = 0x5441474B4C4255ULL;
+inline constexpr size_t kSector = 512;
 
-inline void fill_block(std::span<std::byte> out, const BlockTag& tag) {
-  uint64_t header[4] = {kTagMagic, tag.volume, tag.block, tag.seq};
-  std::memcpy(out.data(), header, sizeof(header));
-  uint64_t x = tag.volume * 0x9E3779B97F4A7C15ULL ^ tag.block * 0xC2B2AE3D27D4EB4FULL ^ tag.seq;
-  for (size_t i = sizeof(header); i < kBlock; i += 8) {
+inline void fill_sector(std::byte* out, const BlockTag& tag, uint64_t sector) {
+  uint64_t header[5] = {kTagMagic, tag.volume, tag.block, tag.seq, sector};
+  std::memcpy(out, header, sizeof(header));
+  uint64_t x = (tag.volume * 0x9E3779B97F4A7C15ULL) ^ (tag.block * 0xC2B2AE3D27D4EB4FULL) ^
+               (tag.seq << 3) ^ sector ^ 1;
+  for (size_t i = sizeof(header); i < kSector; i += 8) {
     x ^= x << 13;
     x ^= x >> 7;
     x ^= x << 17;
-    std::memcpy(out.data() + i, &x, 8);
+    std::memcpy(out + i, &x, 8);
   }
 }
 
-// Decodes a block: returns true and sets `tag` if it is a well-formed tagged
-// block (seq 0 = all zeros). False: garbage (torn, foreign, stale junk).
-inline bool decode_block(std::span<const std::byte> in, BlockTag& tag) {
+inline void fill_block(std::span<std::byte> out, const BlockTag& tag) {
+  for (uint64_t s = 0; s < kBlock / kSector; ++s) {
+    fill_sector(out.data() + s * kSector, tag, s);
+  }
+}
+
+// Decodes sector `sector` of a block: true and `tag` set if it is a
+// well-formed tagged sector or all zeros (tag = {}); false for garbage.
+inline bool decode_sector(const std::byte* in, uint64_t sector, BlockTag& tag) {
   bool zero = true;
-  for (size_t i = 0; i < kBlock && zero; i += 8) {
+  for (size_t i = 0; i < kSector && zero; i += 8) {
     uint64_t w;
-    std::memcpy(&w, in.data() + i, 8);
+    std::memcpy(&w, in + i, 8);
     zero = w == 0;
   }
   if (zero) {
     tag = BlockTag{};
     return true;
   }
-  uint64_t header[4];
-  std::memcpy(header, in.data(), sizeof(header));
-  if (header[0] != kTagMagic) {
+  uint64_t header[5];
+  std::memcpy(header, in, sizeof(header));
+  if (header[0] != kTagMagic || header[4] != sector) {
     return false;
   }
   tag = BlockTag{header[1], header[2], header[3]};
-  alignas(8) std::byte expect[kBlock];
-  fill_block({expect, kBlock}, tag);
-  return std::memcmp(expect, in.data(), kBlock) == 0;
+  alignas(8) std::byte expect[kSector];
+  fill_sector(expect, tag, sector);
+  return std::memcmp(expect, in, kSector) == 0;
+}
+
+// Decodes a whole block whose sectors must all carry the same tag.
+inline bool decode_block(std::span<const std::byte> in, BlockTag& tag) {
+  if (!decode_sector(in.data(), 0, tag)) {
+    return false;
+  }
+  for (uint64_t s = 1; s < kBlock / kSector; ++s) {
+    BlockTag other;
+    if (!decode_sector(in.data() + s * kSector, s, other) || !(other == tag)) {
+      return false;
+    }
+  }
+  return true;
 }
 
 inline std::string describe(const BlockTag& tag) {
