@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -40,7 +41,13 @@ struct Config {
   bool sweep = false;
   bool json = false;
   bool keep_file = false;
+  unsigned rounds = 3;
 };
+
+double median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  return values[values.size() / 2];
+}
 
 struct FreeDeleter {
   void operator()(std::byte* p) const { std::free(p); }
@@ -86,6 +93,7 @@ struct Variant {
   std::string name;
   bool register_file;
   bool register_buffers;
+  bool single_issuer = true;
 };
 
 // Runs one timed workload through FileDevice; returns IOPS.
@@ -93,6 +101,7 @@ double run_device(const Config& config, IoOp op, const Variant& variant) {
   FileDeviceOptions options;
   options.queue_depth = config.queue_depth;
   options.register_file = variant.register_file;
+  options.single_issuer = variant.single_issuer;
   auto opened = FileDevice::open(config.file, options);
   if (!opened.ok()) {
     std::cerr << "device_bench: " << opened.error().to_string() << "\n";
@@ -227,6 +236,9 @@ int main(int argc, char** argv) {
   app.add_flag("--sweep", config.sweep, "Also measure registered file/buffer variants");
   app.add_flag("--json", config.json, "Print JSON instead of a table");
   app.add_flag("--keep-file", config.keep_file, "Do not delete the file afterwards");
+  app.add_option("--rounds", config.rounds,
+                 "Alternate fio and device runs this many times; report medians")
+      ->check(CLI::Range(1, 100));
   CLI11_PARSE(app, argc, argv);
 
   prepare_file(config);
@@ -234,18 +246,32 @@ int main(int argc, char** argv) {
   if (config.sweep) {
     variants.push_back({"plain fd", false, false});
     variants.push_back({"registered file+buffers", true, true});
+    variants.push_back({"no SINGLE_ISSUER/DEFER_TASKRUN", true, false, false});
   }
   nlohmann::json results = nlohmann::json::array();
+  // fio and the device runs alternate, round after round, so that load from
+  // anything else on the machine hits both alike; medians are reported.
   for (IoOp op : {IoOp::kRead, IoOp::kWrite}) {
-    double fio_iops = run_fio(config, op);
-    for (const Variant& variant : variants) {
-      double iops = run_device(config, op, variant);
+    std::vector<double> fio_runs;
+    std::vector<std::vector<double>> device_runs(variants.size());
+    for (unsigned round = 0; round < config.rounds; ++round) {
+      fio_runs.push_back(run_fio(config, op));
+      for (size_t v = 0; v < variants.size(); ++v) {
+        device_runs[v].push_back(run_device(config, op, variants[v]));
+      }
+    }
+    double fio_iops = median(fio_runs);
+    for (size_t v = 0; v < variants.size(); ++v) {
+      double iops = median(device_runs[v]);
       results.push_back(
           {{"workload", std::string("4k rand") + (op == IoOp::kRead ? "read" : "write")},
-           {"variant", variant.name},
+           {"variant", variants[v].name},
            {"qd", config.queue_depth},
+           {"rounds", config.rounds},
            {"device_iops", iops},
            {"fio_iops", fio_iops},
+           {"device_runs", device_runs[v]},
+           {"fio_runs", fio_runs},
            {"ratio", fio_iops > 0 ? iops / fio_iops : 0.0}});
     }
   }
@@ -261,9 +287,9 @@ int main(int argc, char** argv) {
     std::cout << out.dump(2) << "\n";
     return 0;
   }
-  std::printf("file %s, %llu MiB, QD %u, %.1f s per run\n", config.file.c_str(),
-              static_cast<unsigned long long>(config.size_mib), config.queue_depth,
-              config.runtime_s);
+  std::printf("file %s, %llu MiB, QD %u, %.1f s per run, median of %u alternating rounds\n",
+              config.file.c_str(), static_cast<unsigned long long>(config.size_mib),
+              config.queue_depth, config.runtime_s, config.rounds);
   std::printf("%-14s %-28s %12s %12s %7s\n", "workload", "variant", "device IOPS", "fio IOPS",
               "ratio");
   for (const auto& row : results) {
