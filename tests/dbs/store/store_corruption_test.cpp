@@ -1,0 +1,310 @@
+// Refusal of foreign / newer / truncated / corrupted devices (nothing is
+// written to a refused device), and check() / check_device() finding each
+// kind of metadata inconsistency injected by hand as checksummed records.
+#include <cstring>
+#include <functional>
+#include <gtest/gtest.h>
+#include <vector>
+
+#include "ublkvol/common/crc32c.h"
+#include "ublkvol/dbs/format.h"
+#include "ublkvol/dbs/memory_device.h"
+#include "ublkvol/dbs/store.h"
+
+#include "meta_io.h"
+#include "metadata.h"
+#include "store_test_util.h"
+
+namespace ublkvol::dbs {
+namespace {
+
+using namespace format;
+using testing::BlockTag;
+using testing::Buffer;
+using testing::fill_block;
+using testing::kBlock;
+
+constexpr uint64_t kMiB = 1 << 20;
+
+class CorruptionTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    device_ = std::make_unique<MemoryDevice>(32 * kMiB);
+    FormatOptions options;
+    options.extent_blocks = 16;
+    ASSERT_TRUE(Store::format(*device_, options).ok());
+    auto store = Store::open(*device_);
+    ASSERT_TRUE(store.ok());
+    auto v = (*store)->create_volume("v", 4 * kMiB);
+    ASSERT_TRUE(v.ok());
+    volume_ = *v;
+    Buffer data(4 * kBlock);
+    for (uint64_t b = 0; b < 4; ++b) {
+      fill_block(data.block(b), BlockTag{volume_, b * 16, 1});
+    }
+    for (uint64_t b = 0; b < 4; ++b) {  // blocks 0, 16, 32, 48: four extents
+      ASSERT_TRUE((*store)->write(volume_, b * 16 * kBlock, data.block(b)).ok());
+    }
+    ASSERT_TRUE((*store)->commit().ok());
+  }
+
+  // Expects open to fail with `needle` in the message and the device bytes
+  // to be untouched.
+  void expect_refused(BlockDevice& device, std::span<const std::byte> bytes,
+                      const std::string& needle) {
+    const std::vector<std::byte> before(bytes.begin(), bytes.end());
+    auto store = Store::open(device);
+    ASSERT_FALSE(store.ok()) << "opened a store that should be refused (" << needle << ")";
+    EXPECT_NE(store.error().message().find(needle), std::string::npos)
+        << "message: " << store.error().message();
+    EXPECT_TRUE(std::equal(before.begin(), before.end(), bytes.begin()))
+        << "a refused device was modified";
+  }
+
+  void rewrite_superblocks(const std::function<void(Superblock&)>& change) {
+    for (uint32_t copy = 0; copy < 2; ++copy) {
+      std::byte* block = device_->bytes().data() + copy * kBlockSize;
+      Superblock sb;
+      std::memcpy(&sb, block, sizeof(sb));
+      change(sb);
+      sb.crc = 0;
+      std::memcpy(block, &sb, sizeof(sb));
+      const uint32_t crc = crc32c(block, kBlockSize);
+      std::memcpy(block + offsetof(Superblock, crc), &crc, sizeof(crc));
+    }
+  }
+
+  // Appends a checksummed journal commit with `records` after the valid ones.
+  template <typename... Records>
+  void append_commit(const Records&... records) {
+    std::vector<std::string> problems;
+    auto loaded = detail::load_store(*device_, false, &problems);
+    ASSERT_TRUE(loaded.ok()) << loaded.error().to_string();
+    std::vector<std::byte> body;
+    auto add = [&](RecordType type, const auto& record) {
+      RecordHeader header{static_cast<uint16_t>(type), static_cast<uint16_t>(sizeof(record))};
+      const size_t at = body.size();
+      body.resize(at + sizeof(header) + sizeof(record));
+      std::memcpy(body.data() + at, &header, sizeof(header));
+      std::memcpy(body.data() + at + sizeof(header), &record, sizeof(record));
+    };
+    (add(records.first, records.second), ...);
+    detail::AlignedBuffer framed;
+    detail::frame_body(loaded->geometry, MetaType::kJournal, loaded->epoch, loaded->seq + 1, body,
+                       framed);
+    ASSERT_TRUE(write_sync(*device_,
+                           (loaded->geometry.journal_start + loaded->journal_pos) * kBlockSize,
+                           framed.span())
+                    .ok());
+  }
+
+  ExtentRecord extent_of(uint32_t layer, uint32_t logical, uint32_t phys) {
+    ExtentRecord r{};
+    r.layer = layer;
+    r.logical = logical;
+    r.phys = phys;
+    r.bits[0] = 1;
+    return r;
+  }
+
+  uint32_t head_layer() {
+    auto loaded = detail::load_store(*device_, false, nullptr);
+    const detail::Volume* volume = loaded.ok() ? loaded->metadata->volume(volume_) : nullptr;
+    EXPECT_NE(volume, nullptr);
+    return volume != nullptr ? volume->head_id : 0;
+  }
+  uint32_t phys_of(uint32_t logical) {
+    const uint32_t head = head_layer();
+    auto loaded = detail::load_store(*device_, false, nullptr);
+    const detail::Layer* layer = loaded.ok() ? loaded->metadata->layer(head) : nullptr;
+    const detail::ExtentEntry* entry = layer != nullptr ? layer->map.find(logical) : nullptr;
+    EXPECT_NE(entry, nullptr);
+    return entry != nullptr ? entry->phys : 0;
+  }
+
+  void expect_check_finds(const std::string& needle) {
+    auto problems = Store::check_device(*device_);
+    bool found = false;
+    for (const auto& p : problems) {
+      found |= p.find(needle) != std::string::npos;
+    }
+    EXPECT_TRUE(found) << "check_device did not report '" << needle << "'; got "
+                       << (problems.empty() ? std::string("nothing") : problems.front());
+  }
+
+  std::unique_ptr<MemoryDevice> device_;
+  VolumeId volume_ = 0;
+};
+
+TEST_F(CorruptionTest, ValidStoreChecksClean) {
+  EXPECT_TRUE(Store::check_device(*device_).empty());
+}
+
+TEST_F(CorruptionTest, ForeignDeviceIsRefused) {
+  MemoryDevice zeros(8 * kMiB);
+  expect_refused(zeros, zeros.bytes(), "not a DBS store");
+  MemoryDevice random(8 * kMiB);
+  for (size_t i = 0; i < random.bytes().size(); ++i) {
+    random.bytes()[i] = static_cast<std::byte>((i * 2654435761u) >> 13);
+  }
+  expect_refused(random, random.bytes(), "not a DBS store");
+}
+
+TEST_F(CorruptionTest, NewerVersionIsRefused) {
+  rewrite_superblocks([](Superblock& sb) { sb.version = kFormatVersion + 1; });
+  expect_refused(*device_, device_->bytes(), "newer than this build supports");
+}
+
+TEST_F(CorruptionTest, TruncatedDeviceIsRefused) {
+  std::vector<std::byte> image(device_->bytes().begin(), device_->bytes().begin() + 16 * kMiB);
+  MemoryDevice truncated(std::move(image));
+  expect_refused(truncated, truncated.bytes(), "smaller than the store");
+  std::vector<std::byte> tiny(device_->bytes().begin(), device_->bytes().begin() + kBlockSize);
+  MemoryDevice one_block(std::move(tiny));
+  expect_refused(one_block, one_block.bytes(), "too small");
+}
+
+TEST_F(CorruptionTest, BothSuperblocksCorruptedIsRefused) {
+  device_->bytes()[100] ^= std::byte{1};
+  device_->bytes()[kBlockSize + 100] ^= std::byte{1};
+  expect_refused(*device_, device_->bytes(), "checksum mismatch");
+}
+
+TEST_F(CorruptionTest, OneBadSuperblockCopyStillOpensAndCheckReportsIt) {
+  device_->bytes()[100] ^= std::byte{1};
+  auto store = Store::open(*device_);
+  ASSERT_TRUE(store.ok()) << store.error().to_string();
+  auto problems = (*store)->check();
+  ASSERT_EQ(problems.size(), 1u);
+  EXPECT_NE(problems[0].find("superblock copy 0"), std::string::npos);
+}
+
+TEST_F(CorruptionTest, InvalidGeometryIsRefused) {
+  rewrite_superblocks([](Superblock& sb) { sb.extent_count = 0xFFFFFF; });
+  expect_refused(*device_, device_->bytes(), "invalid geometry");
+}
+
+TEST_F(CorruptionTest, CorruptedCheckpointIsRefused) {
+  // Fresh store: only checkpoint A exists. Damage one byte of it.
+  auto loaded = detail::load_store(*device_, false, nullptr);
+  ASSERT_TRUE(loaded.ok());
+  device_->bytes()[loaded->geometry.checkpoint_start[0] * kBlockSize + 200] ^= std::byte{0x40};
+  expect_refused(*device_, device_->bytes(), "no valid metadata checkpoint");
+}
+
+TEST_F(CorruptionTest, CorruptedNewestCheckpointWithLaterJournalIsRefused) {
+  {
+    auto store = Store::open(*device_);
+    ASSERT_TRUE(store.ok());
+    // Enough commits to roll the journal into a checkpoint, then one more.
+    Buffer data(kBlock);
+    uint64_t checkpoints = 0;
+    for (int i = 0; checkpoints == 0 || (*store)->stats().journal_blocks_used == 0; ++i) {
+      ASSERT_TRUE(
+          (*store)->write(volume_, static_cast<uint64_t>(i % 1000) * kBlock, data.span()).ok());
+      ASSERT_TRUE((*store)->commit().ok());
+      checkpoints = (*store)->stats().checkpoints;
+      ASSERT_LT(i, 100000);
+    }
+  }
+  auto loaded = detail::load_store(*device_, false, nullptr);
+  ASSERT_TRUE(loaded.ok());
+  ASSERT_GT(loaded->journal_pos, 0u);
+  const uint64_t active = loaded->geometry.checkpoint_start[loaded->active_checkpoint];
+  device_->bytes()[active * kBlockSize + kBlockSize - 1] ^= std::byte{1};
+  expect_refused(*device_, device_->bytes(), "refusing to roll back");
+}
+
+TEST_F(CorruptionTest, ExtentMappedTwiceIsFound) {
+  append_commit(std::pair{RecordType::kExtent, extent_of(head_layer(), 10, phys_of(0))});
+  expect_refused(*device_, device_->bytes(), "mapped twice");
+  expect_check_finds("mapped twice");
+}
+
+TEST_F(CorruptionTest, ExtentBeyondDataRegionIsFound) {
+  append_commit(std::pair{RecordType::kExtent, extent_of(head_layer(), 10, 0xFFFFF0)});
+  expect_refused(*device_, device_->bytes(), "beyond the data region");
+  expect_check_finds("beyond the data region");
+}
+
+TEST_F(CorruptionTest, ExtentOfMissingLayerIsFound) {
+  append_commit(std::pair{RecordType::kExtent, extent_of(999, 1, 100)});
+  expect_refused(*device_, device_->bytes(), "does not exist");
+}
+
+TEST_F(CorruptionTest, BlockBitsBeyondExtentSizeAreFound) {
+  ExtentRecord r = extent_of(head_layer(), 20, 200);
+  r.bits[3] = 1;  // block 192 of a 16-block extent
+  append_commit(std::pair{RecordType::kExtent, r});
+  expect_refused(*device_, device_->bytes(), "beyond the extent size");
+}
+
+TEST_F(CorruptionTest, MissingParentIsFound) {
+  LayerRecord r{};
+  r.id = head_layer();
+  r.parent = 77;
+  r.volume = volume_;
+  r.size_bytes = 4 * kMiB;
+  append_commit(std::pair{RecordType::kIds, IdsRecord{100, 100}}, std::pair{RecordType::kLayer, r});
+  expect_refused(*device_, device_->bytes(), "which does not exist");
+  expect_check_finds("has parent 77 which does not exist");
+}
+
+TEST_F(CorruptionTest, ParentCycleIsFound) {
+  LayerRecord a{};
+  a.id = 50;
+  a.parent = 51;
+  a.flags = kLayerSnapshot;
+  a.size_bytes = 4 * kMiB;
+  LayerRecord b = a;
+  b.id = 51;
+  b.parent = 50;
+  append_commit(std::pair{RecordType::kIds, IdsRecord{100, 100}}, std::pair{RecordType::kLayer, a},
+                std::pair{RecordType::kLayer, b});
+  expect_check_finds("cycle");
+}
+
+TEST_F(CorruptionTest, VolumeWithMissingHeadIsFound) {
+  VolumeRecord r{};
+  r.id = volume_;
+  r.head_layer = 4242;
+  r.size_bytes = 4 * kMiB;
+  r.dirty_shift = kDirtyMinShift;
+  std::memcpy(r.name, "v", 1);
+  append_commit(std::pair{RecordType::kVolume, r});
+  expect_refused(*device_, device_->bytes(), "metadata is inconsistent");
+  expect_check_finds("has head layer 4242");
+}
+
+TEST_F(CorruptionTest, MalformedRecordIsRefused) {
+  DeleteRecord r{1, 0};
+  append_commit(std::pair{RecordType::kExtent, r});  // wrong length for an extent record
+  expect_refused(*device_, device_->bytes(), "has length 8, expected 48");
+}
+
+TEST_F(CorruptionTest, TornJournalTailIsIgnored) {
+  // A commit whose block checksum is wrong is a torn, unacknowledged commit:
+  // opening ignores it and keeps the state before it.
+  append_commit(std::pair{RecordType::kExtent, extent_of(head_layer(), 10, phys_of(0))});
+  auto loaded = detail::load_store(*device_, false, nullptr);
+  const uint64_t at = (loaded->geometry.journal_start + loaded->journal_pos - 1) * kBlockSize;
+  device_->bytes()[at + 3000] ^= std::byte{1};
+  auto store = Store::open(*device_);
+  ASSERT_TRUE(store.ok()) << store.error().to_string();
+  EXPECT_TRUE((*store)->check().empty());
+}
+
+TEST_F(CorruptionTest, CheckOnOpenStoreFindsDamagedJournal) {
+  auto store = Store::open(*device_);
+  ASSERT_TRUE(store.ok());
+  ASSERT_TRUE((*store)->check().empty());
+  auto loaded = detail::load_store(*device_, false, nullptr);
+  ASSERT_GT(loaded->journal_pos, 0u);
+  device_->bytes()[loaded->geometry.journal_start * kBlockSize + 100] ^= std::byte{1};
+  auto problems = (*store)->check();
+  ASSERT_FALSE(problems.empty());
+  EXPECT_NE(problems[0].find("journal block 0"), std::string::npos) << problems[0];
+}
+
+}  // namespace
+}  // namespace ublkvol::dbs
