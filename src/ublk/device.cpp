@@ -368,6 +368,18 @@ Status UblkDevice::detach() {
   return ok_status();
 }
 
+std::vector<DeviceStats> UblkDevice::queue_stats() const {
+  std::vector<DeviceStats> out;
+  const State& s = *state_;
+  if (s.counters) {
+    for (unsigned q = 0; q < s.info.nr_hw_queues; ++q) {
+      out.emplace_back();
+      s.counters[q].add_to(out.back());
+    }
+  }
+  return out;
+}
+
 DeviceStats UblkDevice::stats() const {
   DeviceStats total;
   const State& s = *state_;

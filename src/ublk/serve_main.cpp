@@ -68,7 +68,14 @@ void write_stats(const std::string& path, const UblkDevice& device) {
   if (path.empty()) {
     return;
   }
-  Status s = write_text_file(path, stats_json(device.stats()).dump(2) + "\n");
+  // One line: {"total": {...}, "queues": [{...}, ...]}.
+  nlohmann::json j;
+  j["total"] = stats_json(device.stats());
+  j["queues"] = nlohmann::json::array();
+  for (const DeviceStats& q : device.queue_stats()) {
+    j["queues"].push_back(stats_json(q));
+  }
+  Status s = write_text_file(path, j.dump() + "\n");
   if (!s.ok()) {
     spdlog::warn("stats file: {}", s.error().to_string());
   }

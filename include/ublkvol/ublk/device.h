@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "ublkvol/common/result.h"
 #include "ublkvol/engine/volume.h"
@@ -89,6 +90,8 @@ class UblkDevice {
   Status detach();
 
   [[nodiscard]] DeviceStats stats() const;
+  // The same, per hardware queue.
+  [[nodiscard]] std::vector<DeviceStats> queue_stats() const;
 
  private:
   struct State;
