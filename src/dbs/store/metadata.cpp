@@ -544,6 +544,19 @@ std::vector<std::string> Metadata::link_and_validate() {
       break;
     }
   }
+  for (auto& [id, layer] : layers) {
+    if (layer->hidden() && layer->children < 2) {
+      problems.push_back("hidden snapshot layer " + std::to_string(id) + " has " +
+                         std::to_string(layer->children) + " children (must be merged)");
+    }
+    const uint64_t extents = (layer->size_bytes + g.extent_bytes() - 1) / g.extent_bytes();
+    layer->map.for_each([&](uint32_t logical, ExtentEntry&) {
+      if (logical >= extents) {
+        problems.push_back("layer " + std::to_string(id) + " maps logical extent " +
+                           std::to_string(logical) + " beyond its size");
+      }
+    });
+  }
   std::set<std::string_view> names;
   for (auto& [id, v] : volumes) {
     if (id >= next_volume_id) {

@@ -1,0 +1,423 @@
+// dbs_bench: the Direct Block Store on real files, side by side with fio.
+//
+// Per directory (default /dev/shm = tmpfs and /var/tmp = disk):
+//   - 4 KiB random read and write at QD 32 through DBS on mapped blocks, then
+//     fio (ioengine=io_uring, direct=1, same file, same QD) - target >= 0.9x;
+//   - allocating writes (first writes to unmapped blocks of a new thin volume);
+//   - first writes after a snapshot (redirect-on-write into the new head).
+// Once (on --meta-dir): a store with >= 1M extents mapped at 1 MiB extents on
+// a sparse file: in-memory metadata (store accounting and RSS growth), open
+// time with 10 snapshots, snapshot create time on a 1 TiB vs a 1 GiB volume.
+//
+// Prints a table; --json prints the same figures as JSON.
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "ublkvol/dbs/file_device.h"
+#include "ublkvol/dbs/store.h"
+
+namespace {
+
+using namespace ublkvol;
+using namespace ublkvol::dbs;
+using Clock = std::chrono::steady_clock;
+
+constexpr uint64_t kBlock = 4096;
+constexpr uint64_t kMiB = 1 << 20;
+
+struct Config {
+  std::vector<std::string> dirs = {"/dev/shm", "/var/tmp"};
+  std::string meta_dir = "/var/tmp";
+  uint64_t volume_mib = 512;
+  double runtime_s = 3;
+  unsigned queue_depth = 32;
+  uint64_t meta_extents = 1 << 20;
+  bool skip_fio = false;
+  bool skip_meta = false;
+  bool json = false;
+};
+
+[[noreturn]] void die(const std::string& what) {
+  std::cerr << "dbs_bench: " << what << "\n";
+  std::exit(1);
+}
+
+template <typename T>
+T must(Result<T> result, const char* what) {
+  if (!result.ok()) {
+    die(std::string(what) + ": " + result.error().to_string());
+  }
+  return std::move(result.value());
+}
+
+void must(const Status& status, const char* what) {
+  if (!status.ok()) {
+    die(std::string(what) + ": " + status.error().to_string());
+  }
+}
+
+struct AlignedFree {
+  void operator()(std::byte* p) const { std::free(p); }
+};
+using Aligned = std::unique_ptr<std::byte, AlignedFree>;
+Aligned aligned(size_t bytes) {
+  Aligned p(static_cast<std::byte*>(std::aligned_alloc(4096, bytes)));
+  std::memset(p.get(), 0x5A, bytes);
+  return p;
+}
+
+uint64_t rss_bytes() {
+  std::ifstream statm("/proc/self/statm");
+  uint64_t size = 0, resident = 0;
+  statm >> size >> resident;
+  return resident * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+}
+
+// QD-deep random 4 KiB I/O on [0, span_blocks) of a volume for `seconds`.
+class RandomRunner {
+ public:
+  RandomRunner(Store& store, VolumeId volume, StoreOp op, uint64_t span_blocks, unsigned qd)
+      : store_(store), volume_(volume), op_(op), span_(span_blocks), slots_(qd) {
+    for (auto& slot : slots_) {
+      slot.buffer = aligned(kBlock);
+      slot.runner = this;
+    }
+  }
+
+  double run(double seconds) {
+    deadline_ = Clock::now() +
+                std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+    const auto start = Clock::now();
+    for (auto& slot : slots_) {
+      issue(slot);
+    }
+    store_.kick();
+    while (store_.in_flight() > 0) {
+      store_.poll(true);
+    }
+    const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+    if (errors_ > 0) {
+      die(std::to_string(errors_) + " I/O errors during the benchmark");
+    }
+    return static_cast<double>(completed_) / elapsed;
+  }
+
+ private:
+  struct Slot {
+    StoreIo io;
+    Aligned buffer;
+    RandomRunner* runner = nullptr;
+  };
+
+  uint64_t next_block() {
+    rng_ ^= rng_ << 13;
+    rng_ ^= rng_ >> 7;
+    rng_ ^= rng_ << 17;
+    return rng_ % span_;
+  }
+
+  void issue(Slot& slot) {
+    slot.io = StoreIo{};
+    slot.io.op = op_;
+    slot.io.volume = volume_;
+    slot.io.offset = next_block() * kBlock;
+    slot.io.length = kBlock;
+    slot.io.buffer = slot.buffer.get();
+    slot.io.user_data = &slot;
+    slot.io.on_complete = [](StoreIo& io, int result) {
+      auto& s = *static_cast<Slot*>(io.user_data);
+      RandomRunner& r = *s.runner;
+      if (result < 0) {
+        ++r.errors_;
+      }
+      ++r.completed_;
+      if (Clock::now() < r.deadline_) {
+        r.issue(s);
+      }
+    };
+    store_.submit(slot.io);
+  }
+
+  Store& store_;
+  VolumeId volume_;
+  StoreOp op_;
+  uint64_t span_;
+  std::vector<Slot> slots_;
+  Clock::time_point deadline_;
+  uint64_t completed_ = 0;
+  uint64_t errors_ = 0;
+  uint64_t rng_ = 0x9E3779B97F4A7C15ULL;
+};
+
+double run_fio(const std::string& file, uint64_t size_bytes, bool write, const Config& config) {
+  const std::string output = file + ".fio.json";
+  const std::string command =
+      "fio --name=baseline --filename=" + file +
+      " --ioengine=io_uring --direct=1 --rw=" + (write ? "randwrite" : "randread") +
+      " --bs=4k --iodepth=" + std::to_string(config.queue_depth) +
+      " --size=" + std::to_string(size_bytes) +
+      " --runtime=" + std::to_string(static_cast<int>(config.runtime_s)) +
+      " --time_based --norandommap --randrepeat=0 --output-format=json --output=" + output +
+      " >/dev/null 2>&1";
+  if (std::system(command.c_str()) != 0) {
+    std::cerr << "dbs_bench: fio failed: " << command << "\n";
+    return -1;
+  }
+  std::ifstream in(output);
+  auto parsed = nlohmann::json::parse(in, nullptr, false);
+  ::unlink(output.c_str());
+  if (parsed.is_discarded()) {
+    return -1;
+  }
+  return parsed["jobs"][0][write ? "write" : "read"]["iops"].get<double>();
+}
+
+std::unique_ptr<FileDevice> open_file(const std::string& path, uint64_t create_size) {
+  FileDeviceOptions options;
+  options.queue_depth = 128;
+  options.create_size = create_size;
+  return must(FileDevice::open(path, options), "open file");
+}
+
+nlohmann::json bench_dir(const std::string& dir, const Config& config) {
+  const std::string file = dir + "/dbs_bench.img";
+  ::unlink(file.c_str());
+  const uint64_t volume_bytes = config.volume_mib * kMiB;
+  const uint64_t file_bytes = 2 * volume_bytes + 128 * kMiB;
+  nlohmann::json row;
+  row["dir"] = dir;
+  row["volume_bytes"] = volume_bytes;
+  {
+    auto device = open_file(file, file_bytes);
+    FormatOptions format;
+    must(Store::format(*device, format), "format");
+    auto store = must(Store::open(*device), "open store");
+    const VolumeId volume = must(store->create_volume("mapped", volume_bytes), "create volume");
+    // Map every block (1 MiB writes), commit.
+    Aligned chunk = aligned(kMiB);
+    for (uint64_t offset = 0; offset < volume_bytes; offset += kMiB) {
+      must(store->write(volume, offset, {chunk.get(), kMiB}), "fill");
+    }
+    must(store->commit(), "commit");
+    const uint64_t blocks = volume_bytes / kBlock;
+    row["dbs_randread_iops"] =
+        RandomRunner(*store, volume, StoreOp::kRead, blocks, config.queue_depth)
+            .run(config.runtime_s);
+    row["dbs_randwrite_iops"] =
+        RandomRunner(*store, volume, StoreOp::kWrite, blocks, config.queue_depth)
+            .run(config.runtime_s);
+    must(store->commit(), "commit");
+    // Allocating writes: a fresh thin volume, random first writes.
+    const VolumeId thin = must(store->create_volume("thin", volume_bytes), "create thin");
+    row["dbs_alloc_write_iops"] =
+        RandomRunner(*store, thin, StoreOp::kWrite, blocks, config.queue_depth)
+            .run(config.runtime_s / 2);
+    row["alloc_extents_allocated"] =
+        must(store->volume_info(thin), "info").allocated_bytes / store->stats().extent_bytes;
+    must(store->commit(), "commit");
+    must(store->delete_volume(thin), "delete thin");
+    // First writes after a snapshot: redirect-on-write into the new head.
+    must(store->create_snapshot(volume, "snap"), "snapshot");
+    row["dbs_write_after_snapshot_iops"] =
+        RandomRunner(*store, volume, StoreOp::kWrite, blocks, config.queue_depth)
+            .run(config.runtime_s / 2);
+    must(store->commit(), "commit");
+    row["check_problems"] = store->check().size();
+  }
+  if (!config.skip_fio) {
+    // The store is done with: fio may scribble over it.
+    row["fio_randread_iops"] = run_fio(file, volume_bytes, false, config);
+    row["fio_randwrite_iops"] = run_fio(file, volume_bytes, true, config);
+    row["read_ratio"] =
+        row["dbs_randread_iops"].get<double>() / row["fio_randread_iops"].get<double>();
+    row["write_ratio"] =
+        row["dbs_randwrite_iops"].get<double>() / row["fio_randwrite_iops"].get<double>();
+  }
+  ::unlink(file.c_str());
+  return row;
+}
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+nlohmann::json bench_metadata(const Config& config) {
+  const std::string file = config.meta_dir + "/dbs_bench_meta.img";
+  ::unlink(file.c_str());
+  const uint64_t extents = config.meta_extents;
+  const uint64_t volume_bytes = extents * kMiB;
+  nlohmann::json row;
+  row["dir"] = config.meta_dir;
+  row["extents_written"] = extents;
+  // Data for `extents` 1 MiB extents plus metadata (sparse: only written
+  // blocks take space).
+  const uint64_t file_bytes = volume_bytes + volume_bytes / 8 + 512 * kMiB;
+  auto device = open_file(file, file_bytes);
+  FormatOptions format;
+  format.max_volumes = 64;
+  must(Store::format(*device, format), "format");
+  const uint64_t rss_before = rss_bytes();
+  auto store = must(Store::open(*device), "open store");
+  const VolumeId big = must(store->create_volume("big", volume_bytes), "create 1 TiB volume");
+  {
+    // One 4 KiB write per extent, QD 32 - the minimum that maps the extent.
+    struct Writer {
+      Store* store;
+      VolumeId volume;
+      uint64_t next = 0, total = 0, done = 0;
+      std::vector<StoreIo> ios;
+      Aligned buffer = aligned(kBlock);
+      void issue(StoreIo& io) {
+        io = StoreIo{};
+        io.op = StoreOp::kWrite;
+        io.volume = volume;
+        io.offset = next++ * kMiB;
+        io.length = kBlock;
+        io.buffer = buffer.get();
+        io.user_data = this;
+        io.on_complete = [](StoreIo& completed, int result) {
+          auto& w = *static_cast<Writer*>(completed.user_data);
+          if (result < 0) {
+            die("write failed while mapping extents");
+          }
+          ++w.done;
+          if (w.next < w.total) {
+            w.issue(completed);
+          }
+        };
+        store->submit(io);
+      }
+    } writer{store.get(), big, 0, extents, 0, std::vector<StoreIo>(32), aligned(kBlock)};
+    for (auto& io : writer.ios) {
+      writer.issue(io);
+    }
+    while (store->in_flight() > 0) {
+      store->poll(true);
+    }
+  }
+  const auto commit_start = Clock::now();
+  must(store->commit(), "commit");
+  row["commit_of_1m_extents_s"] = seconds_since(commit_start);
+  const StoreStats stats = store->stats();
+  row["mapped_extents"] = stats.mapped_extents;
+  row["metadata_memory_bytes"] = stats.metadata_memory_bytes;
+  row["rss_growth_bytes"] = rss_bytes() - rss_before;
+  const double tb = static_cast<double>(stats.mapped_extents) * kMiB / 1e12;
+  row["metadata_mb_per_tb"] = static_cast<double>(stats.metadata_memory_bytes) / 1e6 / tb;
+  row["rss_mb_per_tb"] = static_cast<double>(rss_bytes() - rss_before) / 1e6 / tb;
+
+  // Snapshot create: 1 TiB volume vs 1 GiB volume (both with data written).
+  const VolumeId small = must(store->create_volume("small", 1024 * kMiB), "create 1 GiB");
+  Aligned block = aligned(kBlock);
+  for (uint64_t i = 0; i < 1024; ++i) {
+    must(store->write(small, i * kMiB, {block.get(), kBlock}), "write small");
+  }
+  must(store->commit(), "commit");
+  std::vector<double> big_times, small_times;
+  for (int i = 0; i < 10; ++i) {
+    must(store->write(big, static_cast<uint64_t>(i) * kMiB, {block.get(), kBlock}), "write");
+    auto t = Clock::now();
+    must(store->create_snapshot(big, "s" + std::to_string(i)), "snapshot big");
+    big_times.push_back(seconds_since(t));
+    t = Clock::now();
+    must(store->create_snapshot(small, "s" + std::to_string(i)), "snapshot small");
+    small_times.push_back(seconds_since(t));
+  }
+  std::sort(big_times.begin(), big_times.end());
+  std::sort(small_times.begin(), small_times.end());
+  row["snapshot_create_1tib_ms"] = big_times[big_times.size() / 2] * 1e3;
+  row["snapshot_create_1gib_ms"] = small_times[small_times.size() / 2] * 1e3;
+  store.reset();
+  device.reset();
+
+  // Open time with the 10 snapshots (checkpoint + journal replay).
+  auto reopened_device = open_file(file, 0);
+  const auto open_start = Clock::now();
+  auto reopened = must(Store::open(*reopened_device), "reopen");
+  row["open_time_s"] = seconds_since(open_start);
+  row["snapshots"] = reopened->list_all_snapshots().size();
+  reopened.reset();
+  reopened_device.reset();
+  ::unlink(file.c_str());
+  return row;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Config config;
+  CLI::App app{"Direct Block Store benchmark (vs fio on the same file)"};
+  app.add_option("--dirs", config.dirs, "Directories for the store files (tmpfs, disk)");
+  app.add_option("--meta-dir", config.meta_dir, "Directory for the 1M-extent sparse store");
+  app.add_option("--volume-mib", config.volume_mib, "Volume size for the IOPS runs");
+  app.add_option("--runtime", config.runtime_s, "Seconds per IOPS run");
+  app.add_option("--qd", config.queue_depth, "Queue depth");
+  app.add_option("--meta-extents", config.meta_extents, "Extents to map for the memory figure");
+  app.add_flag("--skip-fio", config.skip_fio, "Do not run fio");
+  app.add_flag("--skip-meta", config.skip_meta, "Skip the 1M-extent metadata part");
+  app.add_flag("--json", config.json, "Print JSON instead of a table");
+  CLI11_PARSE(app, argc, argv);
+
+  nlohmann::json result;
+  result["queue_depth"] = config.queue_depth;
+  result["runtime_s"] = config.runtime_s;
+  for (const auto& dir : config.dirs) {
+    result["io"].push_back(bench_dir(dir, config));
+  }
+  if (!config.skip_meta) {
+    result["metadata"] = bench_metadata(config);
+  }
+  if (config.json) {
+    std::cout << result.dump(2) << "\n";
+    return 0;
+  }
+  std::printf("4 KiB random I/O, QD %u, %.0f s per run\n", config.queue_depth, config.runtime_s);
+  std::printf("%-10s %-34s %12s %12s %7s\n", "dir", "workload", "DBS IOPS", "fio IOPS", "ratio");
+  for (const auto& row : result["io"]) {
+    const std::string dir = row["dir"];
+    auto line = [&](const char* name, const char* dbs, const char* fio, const char* ratio) {
+      std::printf("%-10s %-34s %12.0f", dir.c_str(), name, row[dbs].get<double>());
+      if (fio != nullptr && row.contains(fio)) {
+        std::printf(" %12.0f %7.2f\n", row[fio].get<double>(), row[ratio].get<double>());
+      } else {
+        std::printf(" %12s %7s\n", "-", "-");
+      }
+    };
+    line("randread (mapped)", "dbs_randread_iops", "fio_randread_iops", "read_ratio");
+    line("randwrite (mapped, in place)", "dbs_randwrite_iops", "fio_randwrite_iops", "write_ratio");
+    line("randwrite (allocating, thin)", "dbs_alloc_write_iops", nullptr, nullptr);
+    line("randwrite (first after snapshot)", "dbs_write_after_snapshot_iops", nullptr, nullptr);
+  }
+  if (result.contains("metadata")) {
+    const auto& m = result["metadata"];
+    std::printf("\nmetadata (%s, %llu extents of 1 MiB mapped)\n",
+                m["dir"].get<std::string>().c_str(),
+                static_cast<unsigned long long>(m["mapped_extents"].get<uint64_t>()));
+    std::printf("  in-memory metadata (store accounting) %10.1f MB per TB\n",
+                m["metadata_mb_per_tb"].get<double>());
+    std::printf("  process RSS growth                    %10.1f MB per TB\n",
+                m["rss_mb_per_tb"].get<double>());
+    std::printf("  commit of the 1M new extents          %10.3f s\n",
+                m["commit_of_1m_extents_s"].get<double>());
+    std::printf("  open time with %llu snapshots          %10.3f s\n",
+                static_cast<unsigned long long>(m["snapshots"].get<uint64_t>()),
+                m["open_time_s"].get<double>());
+    std::printf("  snapshot create, 1 TiB volume         %10.3f ms (median of 10)\n",
+                m["snapshot_create_1tib_ms"].get<double>());
+    std::printf("  snapshot create, 1 GiB volume         %10.3f ms (median of 10)\n",
+                m["snapshot_create_1gib_ms"].get<double>());
+  }
+  return 0;
+}
