@@ -90,8 +90,13 @@ std::string run_open_case(std::span<const uint8_t> input) {
     return "";
   }
   Store& store = **opened;
+  // Open tolerates exactly one kind of damage that check() reports: a bad
+  // or differing superblock copy (the other copy is used). Anything else
+  // check() finds in a store that opened is a bug.
   for (const auto& problem : store.check()) {
-    fail("opened image does not check clean: " + problem);
+    if (problem.rfind("superblock copy", 0) != 0) {
+      fail("opened image does not check clean: " + problem);
+    }
   }
   alignas(4096) static std::byte buffer[64 * 1024];
   VolumeId written = 0;
@@ -125,7 +130,9 @@ std::string run_open_case(std::span<const uint8_t> input) {
     fail("store does not reopen after a commit: " + again.error().to_string());
   }
   for (const auto& problem : (*again)->check()) {
-    fail("reopened store does not check clean: " + problem);
+    if (problem.rfind("superblock copy", 0) != 0) {
+      fail("reopened store does not check clean: " + problem);
+    }
   }
   return "opened";
 }

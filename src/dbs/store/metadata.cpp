@@ -550,9 +550,10 @@ std::vector<std::string> Metadata::link_and_validate() {
                          std::to_string(layer->children) + " children (must be merged)");
     }
     const uint64_t extents = (layer->size_bytes + g.extent_bytes() - 1) / g.extent_bytes();
+    const uint32_t layer_id = id;
     layer->map.for_each([&](uint32_t logical, ExtentEntry&) {
       if (logical >= extents) {
-        problems.push_back("layer " + std::to_string(id) + " maps logical extent " +
+        problems.push_back("layer " + std::to_string(layer_id) + " maps logical extent " +
                            std::to_string(logical) + " beyond its size");
       }
     });
@@ -584,9 +585,10 @@ std::vector<std::string> Metadata::link_and_validate() {
   // Every physical extent at most once.
   std::vector<uint64_t> seen((uint64_t{g.extent_count} + 63) / 64, 0);
   for (auto& [id, layer] : layers) {
+    const uint32_t layer_id = id;
     layer->map.for_each([&](uint32_t logical, ExtentEntry& entry) {
       if (entry.phys >= g.extent_count) {
-        problems.push_back("layer " + std::to_string(id) + " logical extent " +
+        problems.push_back("layer " + std::to_string(layer_id) + " logical extent " +
                            std::to_string(logical) + " maps to physical extent " +
                            std::to_string(entry.phys) + " beyond the data region");
         return;
@@ -595,7 +597,7 @@ std::vector<std::string> Metadata::link_and_validate() {
       const uint64_t bit = uint64_t{1} << (entry.phys & 63);
       if (word & bit) {
         problems.push_back("physical extent " + std::to_string(entry.phys) +
-                           " is mapped twice (again by layer " + std::to_string(id) +
+                           " is mapped twice (again by layer " + std::to_string(layer_id) +
                            " logical extent " + std::to_string(logical) + ")");
       }
       word |= bit;

@@ -36,6 +36,31 @@ Status Store::Impl::prologue() {
   return ok_status();
 }
 
+void Store::Impl::begin_collecting_frees() {
+  control_freed_.clear();
+  collecting_frees_ = true;
+}
+
+Status Store::Impl::commit_and_discard_freed() {
+  collecting_frees_ = false;
+  UBLKVOL_TRY(commit_sync());
+  // The frees are durable; nothing can allocate these extents until this
+  // (synchronous) operation returns, so the discards cannot hit new data.
+  std::sort(control_freed_.begin(), control_freed_.end());
+  for (size_t i = 0; i < control_freed_.size();) {
+    size_t end = i + 1;
+    while (end < control_freed_.size() && control_freed_[end] == control_freed_[end - 1] + 1) {
+      ++end;
+    }
+    const uint64_t extents = end - i;
+    // A discard is a hint: a device that cannot discard loses nothing.
+    (void)discard_sync(device_, g_.data_offset(control_freed_[i], 0), extents * g_.extent_bytes());
+    i = end;
+  }
+  control_freed_.clear();
+  return ok_status();
+}
+
 Result<Volume*> Store::Impl::find_volume(VolumeId id) const {
   Volume* volume = md_->volume(id);
   if (volume == nullptr) {
@@ -130,6 +155,7 @@ Status Store::Impl::delete_volume(VolumeId id) {
   // Merges below copy blocks into layers' free blocks: those must not still
   // be mapped in the committed state (a discard not yet committed).
   UBLKVOL_TRY(commit_sync());
+  begin_collecting_frees();
   Volume& volume = **found;
   drop_layer(*volume.head);
   for (auto& [layer_id, layer] : md_->layers) {
@@ -143,7 +169,7 @@ Status Store::Impl::delete_volume(VolumeId id) {
   md_->volumes.erase(id);
   md_->mark_volume_deleted(id);
   UBLKVOL_TRY(collect_garbage());
-  return commit_sync();
+  return commit_and_discard_freed();
 }
 
 Status Store::Impl::rename_volume(VolumeId id, std::string_view new_name) {
@@ -292,6 +318,7 @@ Status Store::Impl::delete_snapshot(SnapshotId id) {
   }
   UBLKVOL_TRY(prologue());
   UBLKVOL_TRY(commit_sync());  // see delete_volume
+  begin_collecting_frees();
   Layer& snapshot = **found;
   std::vector<Layer*> children = children_of(snapshot);
   if (children.empty()) {
@@ -306,7 +333,7 @@ Status Store::Impl::delete_snapshot(SnapshotId id) {
     md_->mark_layer(snapshot);
   }
   UBLKVOL_TRY(collect_garbage());
-  return commit_sync();
+  return commit_and_discard_freed();
 }
 
 Status Store::Impl::revert_volume(VolumeId id, SnapshotId snapshot_id) {
@@ -333,6 +360,7 @@ Status Store::Impl::revert_volume(VolumeId id, SnapshotId snapshot_id) {
   }
   UBLKVOL_TRY(prologue());
   UBLKVOL_TRY(commit_sync());
+  begin_collecting_frees();
   drop_layer(*volume.head);
   auto head = std::make_unique<Layer>();
   head->id = md_->next_layer_id++;
@@ -349,7 +377,7 @@ Status Store::Impl::revert_volume(VolumeId id, SnapshotId snapshot_id) {
   md_->mark_volume(volume);
   md_->layers.emplace(head->id, std::move(head));
   UBLKVOL_TRY(collect_garbage());
-  return commit_sync();
+  return commit_and_discard_freed();
 }
 
 Result<VolumeId> Store::Impl::clone_snapshot(SnapshotId snapshot_id, std::string_view name) {
@@ -627,13 +655,14 @@ std::vector<std::string> Store::Impl::check_memory() const {
                          " which does not exist");
     }
     uint64_t mapped = 0;
+    const uint64_t layer_size = layer->size_bytes;
     layer->map.for_each([&](uint32_t logical, ExtentEntry& entry) {
       mapped += entry.count();
       if (entry.empty() && entry.inflight == 0) {
         problems.push_back(what + " logical extent " + std::to_string(logical) +
                            ": allocated extent " + std::to_string(entry.phys) + " holds no blocks");
       }
-      if (uint64_t{logical} * g_.extent_bytes() >= layer->size_bytes) {
+      if (uint64_t{logical} * g_.extent_bytes() >= layer_size) {
         problems.push_back(what + " logical extent " + std::to_string(logical) +
                            ": beyond the layer's size");
       }
@@ -667,9 +696,10 @@ std::vector<std::string> Store::Impl::check_memory() const {
   // allocated without a mapping (unless waiting for a commit to free it).
   std::vector<uint64_t> mapped((uint64_t{g_.extent_count} + 63) / 64, 0);
   for (auto& [id, layer] : md_->layers) {
+    const uint32_t layer_id = id;
     layer->map.for_each([&](uint32_t logical, ExtentEntry& entry) {
       if (entry.phys >= g_.extent_count) {
-        problems.push_back("layer " + std::to_string(id) + " logical extent " +
+        problems.push_back("layer " + std::to_string(layer_id) + " logical extent " +
                            std::to_string(logical) + ": physical extent " +
                            std::to_string(entry.phys) + " beyond the data region");
         return;
@@ -677,7 +707,7 @@ std::vector<std::string> Store::Impl::check_memory() const {
       const uint64_t bit = uint64_t{1} << (entry.phys & 63);
       if (mapped[entry.phys >> 6] & bit) {
         problems.push_back("physical extent " + std::to_string(entry.phys) +
-                           " is mapped more than once (again by layer " + std::to_string(id) +
+                           " is mapped more than once (again by layer " + std::to_string(layer_id) +
                            " logical extent " + std::to_string(logical) + ")");
       }
       mapped[entry.phys >> 6] |= bit;

@@ -135,7 +135,12 @@ uint32_t Store::Impl::allocate_extent() {
   return kNoExtent;
 }
 
-void Store::Impl::free_extent_later(uint32_t phys) { pending_frees_.push_back(phys); }
+void Store::Impl::free_extent_later(uint32_t phys) {
+  pending_frees_.push_back(phys);
+  if (collecting_frees_) {
+    control_freed_.push_back(phys);
+  }
+}
 
 void Store::Impl::remove_entry(Layer& layer, uint32_t logical, ExtentEntry& entry) {
   layer.mapped_blocks -= entry.count();

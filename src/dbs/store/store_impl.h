@@ -146,6 +146,11 @@ class Store::Impl {
   Status collect_garbage();
   std::vector<detail::Layer*> children_of(const detail::Layer& layer) const;
   Status copy_blocks(uint32_t from_phys, uint32_t to_phys, const uint64_t (&mask)[4]);
+  // Commits, then passes a discard of every extent freed since
+  // begin_collecting_frees() down to the device (after the commit: before
+  // it, a crash would bring back mappings onto discarded data).
+  void begin_collecting_frees();
+  Status commit_and_discard_freed();
 
   BlockDevice& device_;
   detail::Geometry g_;
@@ -163,6 +168,8 @@ class Store::Impl {
   std::vector<uint32_t> pending_frees_;     // freed since the last capture
   std::vector<uint32_t> committing_frees_;  // freed by the commit in progress
   uint64_t limbo_extents_ = 0;              // freed, device discard in flight
+  std::vector<uint32_t> control_freed_;     // freed by the running control op
+  bool collecting_frees_ = false;
 
   // Device request pool
   std::vector<detail::SubIo> subs_;

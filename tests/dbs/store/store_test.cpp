@@ -442,8 +442,10 @@ TEST_F(StoreTest, DeleteVolumeFreesItsSpace) {
   write_tag(v, 0, 2, 64);
   const uint64_t total = store_->stats().total_extents;
   EXPECT_EQ(store_->stats().free_extents, total - 8);
+  const uint64_t discards = device_->counters().discards;
   ASSERT_TRUE(store_->delete_volume(v).ok());
   EXPECT_EQ(store_->stats().free_extents, total);
+  EXPECT_GT(device_->counters().discards, discards);  // passed down after the commit
   EXPECT_TRUE(store_->list_all_snapshots().empty());
   // New volume in the same space reads zeros, not the deleted data.
   VolumeId w = create("w");
