@@ -247,8 +247,7 @@ Result<std::unique_ptr<UblkDevice>> UblkDevice::recover(engine::Volume& volume, 
   if (info->state == uapi::kDevStateDead) {
     return Error(EINVAL, name + " is stopped (state dead): nothing to recover; delete it");
   }
-  if (info->state == uapi::kDevStateLive && info->ublksrv_pid != ::getpid() &&
-      process_alive(info->ublksrv_pid)) {
+  if (info->state == uapi::kDevStateLive && process_alive(info->ublksrv_pid)) {
     return Error(EBUSY, name + " is live and served by pid " + std::to_string(info->ublksrv_pid) +
                             "; stop that server first");
   }

@@ -445,11 +445,15 @@ Status QueueRunner::run(const ReadyCallback& ready) {
   Status setup = impl_->set_up();
   ready(setup);
   Status result = setup.ok() ? impl_->loop() : setup;
-  // The thread's resources go on the thread: the volume queue first (it may
-  // hold references to tag buffers), then the ring (the driver then cancels
-  // whatever commands remain). The mappings go with the runner.
+  // The volume queue belongs to this thread: close it here.
+  //
+  // The ring must NOT be closed here. Commands still with the driver (after
+  // a detach) are cancelled by the kernel when this thread exits, exactly as
+  // when the process is killed. Closing the ring first and exiting with
+  // cancelable uring_cmds outstanding trips a Linux 6.12 bug (tctx refcount
+  // underflow in io_uring_cancel_generic, then an oops in
+  // io_ring_exit_work). The owner closes the ring after joining the thread.
   impl_->volume_queue.reset();
-  impl_->ring.reset();
   return result;
 }
 

@@ -1,5 +1,6 @@
 # Deleting the device while fio writes to it: nothing hangs, fio ends with
-# errors, the server notices and exits, the device is gone.
+# errors, the server notices and exits, the device is gone. Then the same
+# for a SIGTERM (stop and delete) of the server under I/O.
 . /opt/test/files/lib.sh
 
 start_server --backend memory --size 256M --queues 2 --depth 64
@@ -32,9 +33,24 @@ SRV=""
 wait_until 10 no_ublk_devices || fail "device still listed: $(ublkvol-ublkctl list)"
 ok "fio failed, server exited, device gone, in $(elapsed "$start") s"
 
-step "a new device can be created afterwards"
-start_server --backend null --size 64M
-fio --name=after --filename="$DEV" --ioengine=psync --direct=1 --rw=read --bs=4k --size=4M \
-    --output-format=terse >/dev/null || fail "I/O on the new device failed"
-stop_server
+step "SIGTERM the server under I/O: clean stop, no hang (also: a new device after the delete)"
+start_server --backend memory --size 256M --queues 2 --depth 64
+fio --name=busy2 --filename="$DEV" --ioengine=io_uring --direct=1 --rw=randrw --bs=4k \
+    --iodepth=32 --size=200M --time_based=1 --runtime=120 --output-format=terse \
+    >"$STATE/fio2" 2>&1 &
+FIO=$!
+wait_until 60 writes_flowing || fail "fio did not get going on the new device"
+start=$(now)
+kill -TERM "$SRV"
+wait_until 30 server_ended || fail "server still running 30 s after SIGTERM (hang)"
+wait "$SRV"
+rc=$?
+SRV=""
+[ "$rc" -eq 0 ] || fail "server exit $rc after SIGTERM"
+wait_until 30 fio_ended || fail "fio still running 30 s after the stop"
+wait "$FIO"
+fio_rc=$?
+[ "$fio_rc" -ne 0 ] || fail "fio should report errors after the device went away"
+wait_until 10 no_ublk_devices || fail "device still listed after SIGTERM"
+ok "server stopped under I/O in $(elapsed "$start") s, exit 0; fio saw errors; device gone"
 echo "PASS"

@@ -1,6 +1,6 @@
 # Transparent server restart (UBLK_F_USER_RECOVERY | REISSUE): fio writes with
-# verify_backlog while the server is SIGKILLed and re-attached 5 times; fio
-# must finish with 0 errors. The memory volume lives in a tmpfs file, so the
+# verify_backlog while the server detaches (SIGHUP) once and is SIGKILLed and
+# re-attached 5 times; fio must finish with 0 errors. The memory volume lives in a tmpfs file, so the
 # data outlives each server.
 . /opt/test/files/lib.sh
 
@@ -18,7 +18,7 @@ ublkvol-ublkctl info --id "$DEV_ID" | grep -q "USER_RECOVERY|USER_RECOVERY_REISS
 
 step "fio: random 4 KiB writes with verify_backlog on $DEV"
 fio --name=recover --filename="$DEV" --ioengine=io_uring --direct=1 --rw=randwrite --bs=4k \
-    --iodepth=32 --size=64M --loops=3 --verify=crc32c --verify_backlog=512 --verify_fatal=1 \
+    --iodepth=32 --size=64M --loops=4 --verify=crc32c --verify_backlog=512 --verify_fatal=1 \
     --do_verify=1 --output-format=terse >"$STATE/fio" 2>&1 &
 FIO=$!
 writes_flowing() {
@@ -26,6 +26,18 @@ writes_flowing() {
   [ "$(stat total writes)" -gt 1500 ]
 }
 
+step "graceful restart: SIGHUP detaches, a new server re-attaches"
+wait_until 120 writes_flowing || fail "no writes reached the server"
+kill -HUP "$SRV"
+wait "$SRV"
+rc=$?
+[ "$rc" -eq 0 ] || fail "server exit $rc on SIGHUP"
+start=$(now)
+start_server --recover --state-file "$RECORD"
+grep -q '"recovered":true' "$STATE/ready" || fail "server did not re-attach after SIGHUP"
+ok "detached and re-attached in $(elapsed "$start") s"
+
+step "$CYCLES x SIGKILL and re-attach while fio runs"
 cycle=1
 while [ $cycle -le $CYCLES ]; do
   wait_until 120 writes_flowing || fail "cycle $cycle: no writes reached the server"
