@@ -55,6 +55,10 @@ struct ReplicaIo {
   ReplicaOp op = ReplicaOp::kRead;
   // Writes: durable when completed.
   bool fua = false;
+  // Writes only: do not mark the dirty bitmap. Used by rebuild copies,
+  // which are made durable (flush) before the rebuild watermark moves past
+  // them, so they never need a resync of their own.
+  bool untracked = false;
   // Engine routing (replica index within the volume, submitting queue).
   uint8_t replica = 0;
   uint8_t queue = 0;

@@ -26,6 +26,10 @@
 //   - open() picks the newest replicas by generation history only; two
 //     replicas that each moved on without the other (a split) are refused.
 //
+// Queues: VolumeQueue::in_flight() also counts completed writes that still
+// order later overlapping writes because a rebuilding replica has not
+// applied them yet; keep reaping on wake_fd() until it is 0 before closing.
+//
 // Threading: status(), rebuild, snapshot, verify and checkpoint calls are
 // control-path calls that may block; call them from any thread except a
 // queue thread of this volume.
@@ -157,6 +161,9 @@ class ReplicatedVolume : public Volume {
   Status start_rebuild(unsigned replica);
   // Blocks until no rebuild is running; the status of the last one.
   Status wait_rebuild();
+  // Blocks until the running rebuild copied at least `done_bytes` or no
+  // rebuild is running; true in the first case.
+  bool wait_rebuild_progress(uint64_t done_bytes);
   void set_rebuild_rate(uint64_t bytes_per_second);
 
   // Crash-consistent snapshot on every in-sync replica: in-flight writes

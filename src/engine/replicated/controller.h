@@ -68,7 +68,9 @@ struct Slot {
   std::atomic<uint64_t> waiters{0};  // queues to wake when released
 
   // ---- owner-thread only ----
+  // The user request; never touched once completed (its owner may reuse it).
   VolumeIo* io = nullptr;
+  VolumeOp vop = VolumeOp::kRead;  // io->op, kept for after completion
   InternalOp* op = nullptr;
   SlotKind kind = SlotKind::kUser;
   Phase phase = Phase::kFree;
@@ -77,6 +79,7 @@ struct Slot {
   bool held = false;       // on the held list (generation barrier)
   bool in_fifo = false;
   bool zombie = false;
+  bool lingering = false;  // completed, still ordered
   uint64_t my_seq = 0;
   uint64_t b = 0;  // ordered range [b, e)
   uint64_t e = 0;

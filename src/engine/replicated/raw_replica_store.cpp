@@ -366,7 +366,7 @@ void RawReplicaStore::submit(ReplicaIo& io) {
     req->length = io.length;
     req->buffer = io.buffer;
   }
-  if (is_mutating(io.op)) {
+  if (is_mutating(io.op) && !io.untracked) {
     uint64_t needed = s.mark(io.offset, io.length);
     if (needed > s.durable_commit) {
       // The commit in flight, or the next one, persists this request's bits.

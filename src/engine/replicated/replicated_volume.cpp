@@ -178,8 +178,10 @@ struct QueueState {
   Slot* fifo_tail = nullptr;
   std::array<uint32_t, kMaxReplicas> outstanding{};
   unsigned in_flight = 0;
+  unsigned lingering = 0;  // completed requests still holding an ordering entry
   uint64_t seen_tick = 0;
-  uint64_t seen_epoch = 0;
+  uint64_t seen_epoch = 0;               // masks computed for this epoch
+  uint64_t seen_state_change_epoch = 0;  // in-flight requests re-checked
   uint32_t in_sync_mask = 0;
   uint32_t write_mask = 0;
   bool recheck_blocked = false;
@@ -578,6 +580,7 @@ void QueueState::submit(VolumeIo& io) {
 void QueueState::start_user(Slot& s, VolumeIo& io) {
   s.kind = SlotKind::kUser;
   s.io = &io;
+  s.vop = io.op;
   if (is_mutating(io.op)) {
     publish(s, io.offset, io.offset + io.length);
     if (conflicts(s)) {
@@ -646,6 +649,7 @@ void QueueState::send(Slot& s, unsigned r, ReplicaOp op, uint64_t offset, uint64
   sub.offset = offset;
   sub.length = static_cast<uint32_t>(length);
   sub.buffer = buffer;
+  sub.untracked = s.kind == SlotKind::kCopy && op == ReplicaOp::kWrite;
   sub.result = 0;
   sub.engine_tag = &s;
   s.pending |= bit(r);
@@ -672,6 +676,7 @@ void QueueState::kick() {
 void QueueState::fifo_touch(Slot& s) {
   if (s.in_fifo) {
     if (fifo_tail == &s) {
+      s.issue_ns = now_ns();
       return;
     }
     fifo_remove(s);
@@ -720,7 +725,7 @@ void QueueState::handle(ReplicaIo& sub) {
   int result = sub.result;
   if (result < 0) {
     s.errors |= bit(r);
-    if (s.phase == Phase::kData && s.io->op == VolumeOp::kRead) {
+    if (s.phase == Phase::kData && s.vop == VolumeOp::kRead) {
       // Read errors are repaired, not a reason to drop the replica.
       s.bad |= bit(r);
     } else if (s.phase == Phase::kRepairRead || s.phase == Phase::kCopyRead ||
@@ -753,7 +758,7 @@ void QueueState::advance(Slot& s) {
   }
   switch (s.phase) {
     case Phase::kData:
-      if (s.io->op == VolumeOp::kRead) {
+      if (s.vop == VolumeOp::kRead) {
         if (s.sent != 0) {
           return;
         }
@@ -838,9 +843,13 @@ void QueueState::advance(Slot& s) {
 
 void QueueState::check_done_write(Slot& s) {
   refresh_masks();
-  uint32_t need = s.dispatched & in_sync_mask;
+  // Every live replica the write went to - rebuilding ones included - must
+  // answer before the caller gets its buffer back: replicas write straight
+  // from it (zero copy), so completing earlier would let the caller reuse
+  // the buffer under a rebuilding replica's write.
+  uint32_t need = s.dispatched & write_mask;
   if ((need & s.sent) != 0) {
-    return;  // in-sync replicas still to answer
+    return;
   }
   if ((s.sent & write_mask) == 0) {
     // Every live replica has applied it: later overlapping writes may go.
@@ -912,7 +921,7 @@ void QueueState::copy_read(Slot& s) {
 void QueueState::resume(Slot& s) {
   switch (s.kind) {
     case SlotKind::kUser:
-      if (s.io->op == VolumeOp::kRead) {
+      if (s.vop == VolumeOp::kRead) {
         s.phase = Phase::kRepairRead;
         repair_read(s);
       } else {
@@ -947,6 +956,11 @@ void QueueState::resume(Slot& s) {
 
 void QueueState::finish_io(Slot& s, int result) {
   s.completed = true;
+  if (s.ordered) {
+    // Still ordering later writes until a rebuilding replica applied it.
+    s.lingering = true;
+    ++lingering;
+  }
   complete_io(*s.io, result);
   maybe_free(s);
 }
@@ -1084,6 +1098,10 @@ void QueueState::release_order(Slot& s) {
     return;
   }
   s.ordered = false;
+  if (s.lingering) {
+    s.lingering = false;
+    --lingering;
+  }
   s.seq.store(0, std::memory_order_seq_cst);
   uint64_t first = s.b >> kBucketShift;
   uint64_t n = std::min<uint64_t>(((s.e - 1) >> kBucketShift) - first + 1, kBuckets);
@@ -1135,7 +1153,8 @@ void QueueState::on_state_change() {
     uint32_t lost = s->sent & ~write_mask;
     if (lost != 0) {
       lose(*s, lost);
-    } else if (s->phase == Phase::kData && s->io != nullptr && s->io->op != VolumeOp::kRead) {
+    } else if (s->phase == Phase::kData && s->kind == SlotKind::kUser &&
+               s->vop != VolumeOp::kRead) {
       // A replica may have joined the in-sync set or left it.
       check_done_write(*s);
     }
@@ -1147,7 +1166,8 @@ void QueueState::on_tick() {
   uint64_t now = now_ns();
   for (Slot* s = fifo_head; s != nullptr;) {
     Slot* next = s->fifo_next;
-    if (now - s->issue_ns < vol->deadline_ns) {
+    // (Requests re-sent during this loop carry a later stamp than `now`.)
+    if (s->issue_ns + vol->deadline_ns > now) {
       break;
     }
     uint32_t overdue = s->sent;
@@ -1177,19 +1197,22 @@ void QueueState::on_tick() {
 unsigned QueueState::reap() {
   in_reap = true;
   self_signalled = false;
+  // Completions first: a deadline check must not blame a replica whose
+  // answer is already waiting in the ring.
+  for (auto& c : channels) {
+    while (ReplicaIo* sub = c->completions.pop()) {
+      handle(*sub);
+    }
+  }
   uint64_t epoch = vol->state_epoch.load(std::memory_order_seq_cst);
-  if (epoch != seen_epoch) {
+  if (epoch != seen_state_change_epoch) {
+    seen_state_change_epoch = epoch;
     on_state_change();
   }
   uint64_t t = vol->tick.load(std::memory_order_relaxed);
   if (t != seen_tick) {
     seen_tick = t;
     on_tick();
-  }
-  for (auto& c : channels) {
-    while (ReplicaIo* sub = c->completions.pop()) {
-      handle(*sub);
-    }
   }
   if (held != nullptr && vol->gen_hold.load(std::memory_order_seq_cst) == 0) {
     Slot* list = held;
@@ -1298,7 +1321,7 @@ class ReplicatedQueue final : public VolumeQueue {
  public:
   explicit ReplicatedQueue(QueueState& q) : q_(q) {}
   ~ReplicatedQueue() override {
-    if (q_.in_flight != 0) {
+    if (q_.in_flight + q_.lingering != 0) {
       spdlog::error("volume {}: queue {} closed with {} I/Os in flight", q_.vol->options.name,
                     q_.index, q_.in_flight);
     }
@@ -1308,7 +1331,9 @@ class ReplicatedQueue final : public VolumeQueue {
   void kick() override { q_.kick(); }
   unsigned reap() override { return q_.reap(); }
   [[nodiscard]] int wake_fd() const override { return q_.wake.get(); }
-  [[nodiscard]] unsigned in_flight() const override { return q_.in_flight; }
+  // Includes completed writes that still hold their ordering entry until a
+  // rebuilding replica answers: the queue must keep reaping until 0.
+  [[nodiscard]] unsigned in_flight() const override { return q_.in_flight + q_.lingering; }
 
  private:
   QueueState& q_;
@@ -1639,9 +1664,29 @@ Status ReplicatedVolume::Impl::run_job(const Job& job) {
         progress.bytes_per_second = rate;
         progress.eta_seconds = rate > 0 ? static_cast<double>(total - done) / rate : 0;
       }
+      {
+        // Under the lock, so wait_rebuild_progress() cannot miss it.
+        std::lock_guard rlock(rebuild_mutex);
+        rebuild_cv.notify_all();
+      }
       // Persist the watermark now and then (whole-range part only).
       if (off >= full_from && since_persist >= options.rebuild_persist_bytes) {
         since_persist = 0;
+        // Copies are not marked dirty: make them durable before the
+        // watermark claims them.
+        VolumeIo flush;
+        flush.op = VolumeOp::kFlush;
+        int flush_result = 1;
+        flush.user_data = &flush_result;
+        flush.on_complete = [](VolumeIo& io, int result) {
+          *static_cast<int*>(io.user_data) = result;
+        };
+        q.submit(flush);
+        q.kick();
+        q.run_until_idle();
+        if (flush_result != 0) {
+          return fail("flush before persisting the watermark failed");
+        }
         std::lock_guard meta_lock(meta_mutex);
         for (unsigned t = 0; t < nreplicas; ++t) {
           if ((job.targets & bit(t)) == 0) {
@@ -2052,6 +2097,23 @@ Status ReplicatedVolume::wait_rebuild() {
   std::unique_lock lock(v.rebuild_mutex);
   v.rebuild_cv.wait(lock, [&] { return !v.rebuild_running; });
   return v.rebuild_result;
+}
+
+bool ReplicatedVolume::wait_rebuild_progress(uint64_t done_bytes) {
+  Impl& v = *impl_;
+  std::unique_lock lock(v.rebuild_mutex);
+  for (;;) {
+    {
+      std::lock_guard plock(v.mutex);
+      if (v.progress.active && v.progress.done_bytes >= done_bytes) {
+        return true;
+      }
+    }
+    if (!v.rebuild_running) {
+      return false;
+    }
+    v.rebuild_cv.wait(lock);
+  }
 }
 
 void ReplicatedVolume::set_rebuild_rate(uint64_t bytes_per_second) {

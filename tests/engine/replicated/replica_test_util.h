@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "ublkvol/dbs/block_device.h"
+#include "ublkvol/dbs/fault_device.h"
 #include "ublkvol/dbs/memory_device.h"
 #include "ublkvol/engine/raw_replica_store.h"
 #include "ublkvol/engine/replicated_volume.h"
@@ -28,115 +29,11 @@
 
 namespace ublkvol::engine::testing {
 
-// A BlockDevice wrapper whose behaviour the test thread switches while the
-// store thread uses it: fail data writes/reads with -EIO, or hold every
-// request (a hung disk) until release_held(). Flags are atomics; the held
-// list belongs to the owning (store) thread.
-class FaultDevice final : public dbs::BlockDevice {
- public:
-  explicit FaultDevice(dbs::BlockDevice& inner) : inner_(inner) {}
-
-  std::atomic<bool> fail_writes{false};
-  std::atomic<bool> fail_reads{false};
-  // Reads of this block (replica-device offset / 4096) fail; ~0: none.
-  std::atomic<uint64_t> bad_read_block{~uint64_t{0}};
-  std::atomic<bool> hang{false};
-  std::atomic<bool> release{false};
-  std::atomic<uint64_t> hung_count{0};
-
-  [[nodiscard]] std::string_view name() const override { return inner_.name(); }
-  [[nodiscard]] uint64_t size_bytes() const override { return inner_.size_bytes(); }
-  [[nodiscard]] uint32_t block_size() const override { return inner_.block_size(); }
-
-  void submit(dbs::IoRequest& request) override {
-    ++in_flight_;
-    if (hang.load()) {
-      held_.push_back(&request);
-      hung_count.fetch_add(1);
-      return;
-    }
-    forward(request);
-  }
-  void kick() override { inner_.kick(); }
-  unsigned poll(bool wait) override {
-    unsigned ran = 0;
-    if (release.load() && !held_.empty()) {
-      std::deque<dbs::IoRequest*> held;
-      held.swap(held_);
-      for (dbs::IoRequest* r : held) {
-        forward(*r);
-      }
-    }
-    while (!failed_.empty()) {
-      dbs::IoRequest* r = failed_.front();
-      failed_.pop_front();
-      --in_flight_;
-      ++ran;
-      r->on_complete(*r, -EIO);
-    }
-    ran += inner_.poll(wait && held_.empty());
-    return ran;
-  }
-  [[nodiscard]] unsigned in_flight() const override { return in_flight_; }
-
- private:
-  struct Forwarded {
-    dbs::IoRequest inner;
-    dbs::IoRequest* outer;
-    FaultDevice* self;
-  };
-
-  void forward(dbs::IoRequest& request) {
-    bool is_write = request.op == dbs::IoOp::kWrite || request.op == dbs::IoOp::kDiscard ||
-                    request.op == dbs::IoOp::kWriteZeroes;
-    bool bad =
-        (is_write && fail_writes.load()) ||
-        (request.op == dbs::IoOp::kRead &&
-         (fail_reads.load() || (bad_read_block.load() >= request.offset / 4096 &&
-                                bad_read_block.load() < (request.offset + request.length) / 4096)));
-    if (bad) {
-      failed_.push_back(&request);
-      return;
-    }
-    // Pass through, completing the outer request from the inner callback.
-    // The pool only grows (test code; bounded by the requests in flight).
-    Forwarded* f = nullptr;
-    if (!free_.empty()) {
-      f = free_.back();
-      free_.pop_back();
-    } else {
-      pool_.push_back(std::make_unique<Forwarded>());
-      f = pool_.back().get();
-    }
-    f->inner = request;
-    f->inner.device_next = nullptr;
-    f->inner.user_data = f;
-    f->outer = &request;
-    f->self = this;
-    f->inner.on_complete = [](dbs::IoRequest& inner, int result) {
-      auto* fw = static_cast<Forwarded*>(inner.user_data);
-      FaultDevice* self = fw->self;
-      dbs::IoRequest* outer = fw->outer;
-      self->free_.push_back(fw);
-      --self->in_flight_;
-      outer->on_complete(*outer, result);
-    };
-    inner_.submit(f->inner);
-  }
-
-  dbs::BlockDevice& inner_;
-  unsigned in_flight_ = 0;
-  std::deque<dbs::IoRequest*> held_;
-  std::deque<dbs::IoRequest*> failed_;
-  std::vector<std::unique_ptr<Forwarded>> pool_;
-  std::vector<Forwarded*> free_;
-};
-
 // N replicas: memory device -> fault device -> raw replica store -> thread.
 struct Cluster {
   struct Replica {
     std::unique_ptr<dbs::MemoryDevice> memory;
-    std::unique_ptr<FaultDevice> fault;
+    std::unique_ptr<dbs::FaultDevice> fault;
     std::unique_ptr<RawReplicaStore> store;
     std::unique_ptr<StoreThread> thread;
   };
@@ -164,7 +61,7 @@ struct Cluster {
   void start() {
     for (size_t i = 0; i < replicas.size(); ++i) {
       Replica& r = replicas[i];
-      r.fault = std::make_unique<FaultDevice>(*r.memory);
+      r.fault = std::make_unique<dbs::FaultDevice>(*r.memory);
       auto store = open_raw_replica(*r.fault);
       if (!store.ok()) {
         std::abort();
@@ -198,6 +95,30 @@ struct Cluster {
       b.push_back({r.store.get(), r.thread.get()});
     }
     return b;
+  }
+
+  // Runs `fn` on replica i's fault device, on its store thread (the device's
+  // owner).
+  void fault(unsigned i, const std::function<void(dbs::FaultDevice&)>& fn) {
+    dbs::FaultDevice* f = replicas[i].fault.get();
+    Status st = replicas[i].thread->call([&]() -> Status {
+      fn(*f);
+      return ok_status();
+    });
+    if (!st.ok()) {
+      std::abort();
+    }
+  }
+
+  // Requests the replica's store holds (asked on its thread).
+  unsigned store_in_flight(unsigned i) {
+    unsigned n = 0;
+    ReplicaStore* s = replicas[i].store.get();
+    (void)replicas[i].thread->call([&]() -> Status {
+      n = s->in_flight();
+      return ok_status();
+    });
+    return n;
   }
 
   // The replica's data bytes for [offset, offset + length).

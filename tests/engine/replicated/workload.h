@@ -25,6 +25,8 @@ struct WorkloadOptions {
   uint32_t max_blocks = 16;  // per request
   // Half of the requests hit the first `hot_bytes`, to force overlaps.
   uint64_t hot_bytes = 1U << 20U;
+  // All requests stay below this offset (0: the whole volume).
+  uint64_t limit_bytes = 0;
   bool flushes = true;
   bool zeroing = true;
   // Requests that failed are allowed (fault tests) but must be -EIO.
@@ -130,7 +132,8 @@ class Workload {
     ASSERT_TRUE(queue_result.ok()) << queue_result.error().to_string();
     VolumeQueue& q = **queue_result;
     std::mt19937_64 rng(1234 + t);
-    const uint64_t blocks = volume_.info().size_bytes / 4096;
+    const uint64_t blocks =
+        (options_.limit_bytes != 0 ? options_.limit_bytes : volume_.info().size_bytes) / 4096;
     const uint64_t hot_blocks = std::min<uint64_t>(options_.hot_bytes / 4096, blocks);
     std::vector<Op> ops(options_.queue_depth);
     for (Op& op : ops) {
@@ -142,7 +145,9 @@ class Workload {
     unsigned done = 0;
     uint64_t counter = 0;
     bool triggered = false;
-    while (done < options_.ops_per_thread) {
+    // Keep reaping until the queue has nothing left (in_flight() also counts
+    // completed writes a rebuilding replica has not applied yet).
+    while (done < options_.ops_per_thread || q.in_flight() > 0) {
       for (Op& op : ops) {
         if (op.busy || submitted >= options_.ops_per_thread) {
           continue;
