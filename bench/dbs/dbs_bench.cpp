@@ -10,10 +10,12 @@
 // time with 10 snapshots, snapshot create time on a 1 TiB vs a 1 GiB volume.
 //
 // Prints a table; --json prints the same figures as JSON.
+#include <malloc.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -26,6 +28,7 @@
 #include <vector>
 
 #include "ublkvol/dbs/file_device.h"
+#include "ublkvol/dbs/format.h"
 #include "ublkvol/dbs/store.h"
 
 namespace {
@@ -39,9 +42,11 @@ constexpr uint64_t kMiB = 1 << 20;
 
 struct Config {
   std::vector<std::string> dirs = {"/dev/shm", "/var/tmp"};
-  std::string meta_dir = "/var/tmp";
+  // tmpfs: the 1M-extent store writes 4 GiB (one block per extent).
+  std::string meta_dir = "/dev/shm";
   uint64_t volume_mib = 512;
   double runtime_s = 3;
+  int rounds = 3;
   unsigned queue_depth = 32;
   uint64_t meta_extents = 1 << 20;
   bool skip_fio = false;
@@ -79,6 +84,7 @@ Aligned aligned(size_t bytes) {
 }
 
 uint64_t rss_bytes() {
+  malloc_trim(0);  // count what the process holds, not what malloc caches
   std::ifstream statm("/proc/self/statm");
   uint64_t size = 0, resident = 0;
   statm >> size >> resident;
@@ -161,10 +167,11 @@ class RandomRunner {
   uint64_t rng_ = 0x9E3779B97F4A7C15ULL;
 };
 
-double run_fio(const std::string& file, uint64_t size_bytes, bool write, const Config& config) {
+double run_fio(const std::string& file, uint64_t offset, uint64_t size_bytes, bool write,
+               const Config& config) {
   const std::string output = file + ".fio.json";
   const std::string command =
-      "fio --name=baseline --filename=" + file +
+      "fio --name=baseline --filename=" + file + " --offset=" + std::to_string(offset) +
       " --ioengine=io_uring --direct=1 --rw=" + (write ? "randwrite" : "randread") +
       " --bs=4k --iodepth=" + std::to_string(config.queue_depth) +
       " --size=" + std::to_string(size_bytes) +
@@ -191,6 +198,11 @@ std::unique_ptr<FileDevice> open_file(const std::string& path, uint64_t create_s
   return must(FileDevice::open(path, options), "open file");
 }
 
+double median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  return values.empty() ? 0 : values[values.size() / 2];
+}
+
 nlohmann::json bench_dir(const std::string& dir, const Config& config) {
   const std::string file = dir + "/dbs_bench.img";
   ::unlink(file.c_str());
@@ -212,12 +224,42 @@ nlohmann::json bench_dir(const std::string& dir, const Config& config) {
     }
     must(store->commit(), "commit");
     const uint64_t blocks = volume_bytes / kBlock;
-    row["dbs_randread_iops"] =
-        RandomRunner(*store, volume, StoreOp::kRead, blocks, config.queue_depth)
-            .run(config.runtime_s);
-    row["dbs_randwrite_iops"] =
-        RandomRunner(*store, volume, StoreOp::kWrite, blocks, config.queue_depth)
-            .run(config.runtime_s);
+    // The volume's extents were allocated in order from physical extent 0:
+    // fio runs on exactly those bytes of the file (so it cannot damage the
+    // store's metadata and the runs can alternate, round by round, to even
+    // out load from other processes). Medians are reported.
+    format::Superblock sb;
+    {
+      Aligned block = aligned(kBlock);
+      must(read_sync(*device, 0, {block.get(), kBlock}), "read superblock");
+      std::memcpy(&sb, block.get(), sizeof(sb));
+    }
+    const uint64_t data_offset = sb.data_start * kBlock;
+    std::vector<double> dbs_read, dbs_write, fio_read, fio_write;
+    for (int round = 0; round < config.rounds; ++round) {
+      dbs_read.push_back(RandomRunner(*store, volume, StoreOp::kRead, blocks, config.queue_depth)
+                             .run(config.runtime_s));
+      if (!config.skip_fio) {
+        fio_read.push_back(run_fio(file, data_offset, volume_bytes, false, config));
+      }
+      dbs_write.push_back(RandomRunner(*store, volume, StoreOp::kWrite, blocks, config.queue_depth)
+                              .run(config.runtime_s));
+      if (!config.skip_fio) {
+        fio_write.push_back(run_fio(file, data_offset, volume_bytes, true, config));
+      }
+    }
+    row["dbs_randread_iops"] = median(dbs_read);
+    row["dbs_randwrite_iops"] = median(dbs_write);
+    row["dbs_randread_runs"] = dbs_read;
+    row["dbs_randwrite_runs"] = dbs_write;
+    if (!config.skip_fio) {
+      row["fio_randread_iops"] = median(fio_read);
+      row["fio_randwrite_iops"] = median(fio_write);
+      row["fio_randread_runs"] = fio_read;
+      row["fio_randwrite_runs"] = fio_write;
+      row["read_ratio"] = median(dbs_read) / median(fio_read);
+      row["write_ratio"] = median(dbs_write) / median(fio_write);
+    }
     must(store->commit(), "commit");
     // Allocating writes: a fresh thin volume, random first writes.
     const VolumeId thin = must(store->create_volume("thin", volume_bytes), "create thin");
@@ -235,15 +277,6 @@ nlohmann::json bench_dir(const std::string& dir, const Config& config) {
             .run(config.runtime_s / 2);
     must(store->commit(), "commit");
     row["check_problems"] = store->check().size();
-  }
-  if (!config.skip_fio) {
-    // The store is done with: fio may scribble over it.
-    row["fio_randread_iops"] = run_fio(file, volume_bytes, false, config);
-    row["fio_randwrite_iops"] = run_fio(file, volume_bytes, true, config);
-    row["read_ratio"] =
-        row["dbs_randread_iops"].get<double>() / row["fio_randread_iops"].get<double>();
-    row["write_ratio"] =
-        row["dbs_randwrite_iops"].get<double>() / row["fio_randwrite_iops"].get<double>();
   }
   ::unlink(file.c_str());
   return row;
@@ -339,6 +372,7 @@ nlohmann::json bench_metadata(const Config& config) {
   std::sort(small_times.begin(), small_times.end());
   row["snapshot_create_1tib_ms"] = big_times[big_times.size() / 2] * 1e3;
   row["snapshot_create_1gib_ms"] = small_times[small_times.size() / 2] * 1e3;
+  must(store->delete_volume(small), "delete small");  // leaves the 10 snapshots of `big`
   store.reset();
   device.reset();
 
@@ -363,6 +397,7 @@ int main(int argc, char** argv) {
   app.add_option("--meta-dir", config.meta_dir, "Directory for the 1M-extent sparse store");
   app.add_option("--volume-mib", config.volume_mib, "Volume size for the IOPS runs");
   app.add_option("--runtime", config.runtime_s, "Seconds per IOPS run");
+  app.add_option("--rounds", config.rounds, "Alternating DBS/fio rounds (medians reported)");
   app.add_option("--qd", config.queue_depth, "Queue depth");
   app.add_option("--meta-extents", config.meta_extents, "Extents to map for the memory figure");
   app.add_flag("--skip-fio", config.skip_fio, "Do not run fio");
@@ -383,7 +418,8 @@ int main(int argc, char** argv) {
     std::cout << result.dump(2) << "\n";
     return 0;
   }
-  std::printf("4 KiB random I/O, QD %u, %.0f s per run\n", config.queue_depth, config.runtime_s);
+  std::printf("4 KiB random I/O, QD %u, %.0f s per run, median of %d alternating rounds\n",
+              config.queue_depth, config.runtime_s, config.rounds);
   std::printf("%-10s %-34s %12s %12s %7s\n", "dir", "workload", "DBS IOPS", "fio IOPS", "ratio");
   for (const auto& row : result["io"]) {
     const std::string dir = row["dir"];

@@ -33,6 +33,12 @@ class AlignedBuffer {
 
   // Grows capacity as needed; contents are not preserved on growth.
   void resize(size_t size);
+  // Frees the memory (e.g. after a one-off large checkpoint).
+  void release() {
+    data_.reset();
+    size_ = capacity_ = 0;
+  }
+  [[nodiscard]] size_t capacity() const { return capacity_; }
   [[nodiscard]] std::byte* data() const { return data_.get(); }
   [[nodiscard]] size_t size() const { return size_; }
   [[nodiscard]] std::span<std::byte> span() const { return {data_.get(), size_}; }

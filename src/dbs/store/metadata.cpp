@@ -656,6 +656,14 @@ void Metadata::set_change_log_capacity(size_t entries) {
   dirty_extents_.reserve(std::min<size_t>(change_log_capacity_, size_t{1} << 16));
 }
 
+void Metadata::trim_change_log() {
+  constexpr size_t kKeep = size_t{1} << 16;
+  if (dirty_extents_.empty() && dirty_extents_.capacity() > kKeep) {
+    std::vector<uint64_t>().swap(dirty_extents_);
+    dirty_extents_.reserve(std::min(change_log_capacity_, kKeep));
+  }
+}
+
 bool Metadata::has_changes() const {
   return ids_dirty_ || !dirty_layers_.empty() || !dirty_volumes_.empty() ||
          !dirty_extents_.empty() || change_log_overflow_;

@@ -125,6 +125,8 @@ class Metadata {
   void serialize_full(std::vector<std::byte>& body);
   // Bounds the extent change log (entries beyond force a full checkpoint).
   void set_change_log_capacity(size_t entries);
+  // Gives back change-log memory after a burst of changes.
+  void trim_change_log();
 
   // ---- State ----
   uint32_t next_volume_id = 1;

@@ -756,6 +756,16 @@ void Store::Impl::finish_commit(int result) {
     }
   }
   committing_frees_.clear();
+  // A checkpoint of a big store needs tens of MB of buffers; journal commits
+  // need little. Keep small buffers for reuse, give big ones back.
+  constexpr size_t kKeepBytes = 4 << 20;
+  if (body_.capacity() > kKeepBytes) {
+    std::vector<std::byte>().swap(body_);
+  }
+  if (meta_buffer_.capacity() > kKeepBytes) {
+    meta_buffer_.release();
+  }
+  md_->trim_change_log();
   while (StoreIo* io = commit_waiters_.pop_front()) {
     complete(*io, result);
   }
