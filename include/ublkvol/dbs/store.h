@@ -116,6 +116,9 @@ class Store {
   // nothing is written to it. `device` must outlive the Store.
   static Result<std::unique_ptr<Store>> open(BlockDevice& device, const OpenOptions& options = {});
 
+  // Waits for device requests in flight; callbacks of StoreIos that have not
+  // completed are not run, and uncommitted changes are dropped (as in a power
+  // cut): destroy a store with nothing in flight, after a flush.
   ~Store();
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;
