@@ -119,7 +119,7 @@ class Workload {
  private:
   struct Op {
     VolumeIo io;
-    Buffer buffer;
+    std::byte* buffer = nullptr;
     Workload* self = nullptr;
     unsigned thread = 0;
     uint64_t id = 0;
@@ -137,7 +137,14 @@ class Workload {
     const uint64_t hot_blocks = std::min<uint64_t>(options_.hot_bytes / 4096, blocks);
     std::vector<Op> ops(options_.queue_depth);
     for (Op& op : ops) {
-      op.buffer = make_buffer(size_t{options_.max_blocks} * 4096);
+      // Buffers outlive the thread (they are kept in the Workload): a
+      // dropped replica's store may still touch them later (docs/engine.md,
+      // known gaps), just as ublk tag buffers live as long as the queue.
+      {
+        std::lock_guard lock(buffers_mutex_);
+        buffers_.push_back(make_buffer(size_t{options_.max_blocks} * 4096));
+        op.buffer = buffers_.back().get();
+      }
       op.self = this;
       op.thread = t;
     }
@@ -163,7 +170,7 @@ class Workload {
         io = VolumeIo{};
         io.offset = first * 4096;
         io.length = nblocks * 4096;
-        io.buffer = op.buffer.get();
+        io.buffer = op.buffer;
         io.user_data = &op;
         io.on_complete = &Workload::on_complete;
         if (kind < 50) {
@@ -171,7 +178,7 @@ class Workload {
           io.fua = kind < 5;
           op.id = (uint64_t{t + 1} << 40U) | ++counter;
           for (uint32_t b = 0; b < nblocks; ++b) {
-            fill_block(op.buffer.get() + size_t{b} * 4096, op.id, first + b);
+            fill_block(op.buffer + size_t{b} * 4096, op.id, first + b);
           }
         } else if (kind < 85) {
           io.op = VolumeOp::kRead;
@@ -230,6 +237,8 @@ class Workload {
 
   Volume& volume_;
   WorkloadOptions options_;
+  std::mutex buffers_mutex_;
+  std::vector<Buffer> buffers_;
   std::atomic<uint64_t> clock_{1};
   std::vector<std::vector<std::pair<uint64_t, WriteRecord>>> log_;
 };

@@ -1,0 +1,546 @@
+// engine_bench: the replicated volume engine in-process (no ublk), against
+// fio io_uring O_DIRECT on the same files as the baseline, in the same run.
+//
+//   engine_bench [--dir /dev/shm] [--size 512M] [--runtime 2] [--rebuild-size 1G] [--json]
+//
+// Scenarios (4 KiB random, QD 32 unless said otherwise):
+//   randread   fio on replica file 0, then the engine with R = 1, 2, 3 replicas
+//   randwrite  fio on R files (one job per file, QD 32 each - what each
+//              replica file sees from the engine), then the engine, R = 1..3
+//   null       the engine on null replicas (complete at once): CPU time per
+//              I/O per replica, latency p50/p99
+//   rebuild    full rebuild of a replica of --rebuild-size, idle and under a
+//              4 KiB random-write load (QD 32)
+// Prints a table, or JSON with --json.
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <spdlog/spdlog.h>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "ublkvol/dbs/file_device.h"
+#include "ublkvol/engine/raw_replica_store.h"
+#include "ublkvol/engine/replicated_volume.h"
+#include "ublkvol/engine/store_thread.h"
+
+namespace ublkvol::engine {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double cpu_seconds() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+         static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
+uint64_t parse_size(const std::string& s) {
+  char* end = nullptr;
+  double v = std::strtod(s.c_str(), &end);
+  std::string unit = end == nullptr ? "" : std::string(end);
+  uint64_t mult = 1;
+  if (unit == "K" || unit == "k") {
+    mult = 1ULL << 10U;
+  } else if (unit == "M" || unit == "m") {
+    mult = 1ULL << 20U;
+  } else if (unit == "G" || unit == "g") {
+    mult = 1ULL << 30U;
+  }
+  return static_cast<uint64_t>(v * static_cast<double>(mult));
+}
+
+// A replica that completes everything at once, for measuring the engine's
+// own CPU cost.
+class NullReplicaStore final : public ReplicaStore {
+ public:
+  explicit NullReplicaStore(uint64_t size) : size_(size) { meta_.fresh = true; }
+  std::string_view name() const override { return "null"; }
+  uint64_t size_bytes() const override { return size_; }
+  void submit(ReplicaIo& io) override {
+    io.store_next = nullptr;
+    if (tail_ == nullptr) {
+      head_ = &io;
+    } else {
+      tail_->store_next = &io;
+    }
+    tail_ = &io;
+    ++in_flight_;
+  }
+  void kick() override {}
+  unsigned poll(bool /*wait*/) override {
+    unsigned n = 0;
+    ReplicaIo* io = head_;
+    head_ = tail_ = nullptr;
+    while (io != nullptr) {
+      ReplicaIo* next = io->store_next;
+      --in_flight_;
+      ++n;
+      io->on_complete(*io, 0);
+      io = next;
+    }
+    return n;
+  }
+  unsigned in_flight() const override { return in_flight_; }
+  int completion_fd() const override { return -1; }
+  const ReplicaMeta& meta() const override { return meta_; }
+  Status write_meta(const ReplicaMeta& m) override {
+    meta_ = m;
+    return ok_status();
+  }
+  uint64_t region_bytes() const override { return 1U << 20U; }
+  std::vector<uint8_t> dirty_regions() const override { return std::vector<uint8_t>(size_ >> 20U); }
+  Status clear_dirty() override { return ok_status(); }
+
+ private:
+  uint64_t size_;
+  ReplicaMeta meta_;
+  ReplicaIo* head_ = nullptr;
+  ReplicaIo* tail_ = nullptr;
+  unsigned in_flight_ = 0;
+};
+
+struct Result {
+  std::string scenario;
+  std::string what;
+  unsigned replicas = 0;
+  double iops = 0;
+  double mb_per_s = 0;
+  double p50_us = 0;
+  double p99_us = 0;
+  double cpu_us_per_io_per_replica = 0;
+  double ratio = 0;  // against the fio baseline
+};
+
+// fio baseline: returns total IOPS over the jobs.
+double run_fio(const std::vector<std::string>& files, const std::string& rw, unsigned iodepth,
+               double runtime, double* p50_us, double* p99_us) {
+  std::string cmd = "fio --output-format=json --ioengine=io_uring --direct=1 --bs=4k --rw=" + rw +
+                    " --iodepth=" + std::to_string(iodepth) +
+                    " --time_based --runtime=" + std::to_string(runtime) +
+                    " --norandommap --randrepeat=0";
+  for (size_t i = 0; i < files.size(); ++i) {
+    cmd += " --name=j" + std::to_string(i) + " --filename=" + files[i];
+  }
+  cmd += " 2>/dev/null";
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) {
+    return 0;
+  }
+  std::string out;
+  char buf[4096];
+  size_t n = 0;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) {
+    out.append(buf, n);
+  }
+  pclose(p);
+  auto j = nlohmann::json::parse(out, nullptr, false);
+  if (j.is_discarded()) {
+    std::fprintf(stderr, "fio output not parseable\n");
+    return 0;
+  }
+  double iops = 0;
+  const char* dir = rw == "randread" ? "read" : "write";
+  for (auto& job : j["jobs"]) {
+    iops += job[dir]["iops"].get<double>();
+    if (p50_us != nullptr) {
+      *p50_us = job[dir]["clat_ns"]["percentile"]["50.000000"].get<double>() / 1000.0;
+      *p99_us = job[dir]["clat_ns"]["percentile"]["99.000000"].get<double>() / 1000.0;
+    }
+  }
+  return iops;
+}
+
+struct Replicas {
+  std::vector<std::unique_ptr<dbs::FileDevice>> devices;
+  std::vector<std::unique_ptr<NullReplicaStore>> nulls;
+  std::vector<std::unique_ptr<RawReplicaStore>> stores;
+  std::vector<std::unique_ptr<StoreThread>> threads;
+  std::vector<ReplicaBinding> bindings;
+
+  ~Replicas() {
+    for (auto& t : threads) {
+      t->stop();
+    }
+  }
+};
+
+std::unique_ptr<Replicas> file_replicas(const std::vector<std::string>& files, unsigned r,
+                                        bool format) {
+  auto reps = std::make_unique<Replicas>();
+  for (unsigned i = 0; i < r; ++i) {
+    dbs::FileDeviceOptions fo;
+    fo.queue_depth = 256;
+    auto dev = dbs::FileDevice::open(files[i], fo);
+    if (!dev.ok()) {
+      std::fprintf(stderr, "%s\n", dev.error().to_string().c_str());
+      std::exit(1);
+    }
+    if (format) {
+      RawReplicaFormatOptions opts;
+      opts.zero_data = false;  // files hold identical pre-filled data
+      if (Status st = format_raw_replica(**dev, opts); !st.ok()) {
+        std::fprintf(stderr, "%s\n", st.error().to_string().c_str());
+        std::exit(1);
+      }
+    }
+    auto store = open_raw_replica(**dev);
+    if (!store.ok()) {
+      std::fprintf(stderr, "%s\n", store.error().to_string().c_str());
+      std::exit(1);
+    }
+    StoreThreadOptions to;
+    to.name = "store" + std::to_string(i);
+    auto thread = StoreThread::start(to);
+    (void)(*thread)->attach(**store);
+    reps->bindings.push_back({store->get(), thread->get()});
+    reps->devices.push_back(std::move(dev.value()));
+    reps->stores.push_back(std::move(store.value()));
+    reps->threads.push_back(std::move(thread.value()));
+  }
+  return reps;
+}
+
+std::unique_ptr<Replicas> null_replicas(unsigned r, uint64_t size) {
+  auto reps = std::make_unique<Replicas>();
+  for (unsigned i = 0; i < r; ++i) {
+    reps->nulls.push_back(std::make_unique<NullReplicaStore>(size));
+    auto thread = StoreThread::start({"null" + std::to_string(i), std::chrono::microseconds(200)});
+    (void)(*thread)->attach(*reps->nulls.back());
+    reps->bindings.push_back({reps->nulls.back().get(), thread->get()});
+    reps->threads.push_back(std::move(thread.value()));
+  }
+  return reps;
+}
+
+// Runs 4 KiB random I/O at `qd` on queue 0 for `runtime` seconds.
+struct LoadResult {
+  uint64_t ios = 0;
+  double seconds = 0;
+  double cpu = 0;
+  double p50_us = 0;
+  double p99_us = 0;
+};
+
+LoadResult run_load(Volume& volume, VolumeQueue& q, VolumeOp op, unsigned qd, double runtime,
+                    const std::atomic<bool>* stop = nullptr) {
+  struct Op {
+    VolumeIo io;
+    std::byte* buf = nullptr;
+    Clock::time_point start;
+    std::vector<uint32_t>* lat = nullptr;
+    bool busy = false;
+  };
+  std::vector<Op> ops(qd);
+  std::vector<uint32_t> lat;
+  lat.reserve(4U << 20U);
+  auto* pool = static_cast<std::byte*>(std::aligned_alloc(4096, size_t{qd} * 4096));
+  std::memset(pool, 0x5A, size_t{qd} * 4096);
+  std::mt19937_64 rng(42);
+  const uint64_t blocks = volume.info().size_bytes / 4096;
+  for (unsigned i = 0; i < qd; ++i) {
+    ops[i].buf = pool + size_t{i} * 4096;
+    ops[i].lat = &lat;
+  }
+  auto on_complete = [](VolumeIo& io, int result) {
+    auto& o = *static_cast<Op*>(io.user_data);
+    o.busy = false;
+    if (result != 0) {
+      std::fprintf(stderr, "I/O failed: %d\n", result);
+      std::exit(1);
+    }
+    if (o.lat->size() < o.lat->capacity()) {
+      o.lat->push_back(static_cast<uint32_t>(
+          std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - o.start).count()));
+    }
+  };
+  LoadResult r;
+  double cpu0 = cpu_seconds();
+  auto t0 = Clock::now();
+  auto end = t0 + std::chrono::duration<double>(runtime);
+  bool running = true;
+  unsigned busy = 0;
+  while (running || busy > 0) {
+    if (running) {
+      for (Op& o : ops) {
+        if (o.busy) {
+          continue;
+        }
+        o.io = VolumeIo{};
+        o.io.op = op;
+        o.io.offset = (rng() % blocks) * 4096;
+        o.io.length = 4096;
+        o.io.buffer = o.buf;
+        o.io.user_data = &o;
+        o.io.on_complete = on_complete;
+        o.busy = true;
+        o.start = Clock::now();
+        q.submit(o.io);
+      }
+      q.kick();
+    }
+    unsigned ran = q.reap();
+    r.ios += ran;
+    if (ran == 0) {
+      pollfd p{q.wake_fd(), POLLIN, 0};
+      ::poll(&p, 1, 100);
+      uint64_t v = 0;
+      ssize_t n = ::read(q.wake_fd(), &v, sizeof(v));
+      (void)n;
+    }
+    busy = 0;
+    for (Op& o : ops) {
+      busy += o.busy ? 1 : 0;
+    }
+    if (running && (Clock::now() >= end || (stop != nullptr && stop->load()))) {
+      running = false;
+    }
+  }
+  r.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  r.cpu = cpu_seconds() - cpu0;
+  std::sort(lat.begin(), lat.end());
+  if (!lat.empty()) {
+    r.p50_us = lat[lat.size() / 2] / 1000.0;
+    r.p99_us = lat[lat.size() * 99 / 100] / 1000.0;
+  }
+  std::free(pool);
+  return r;
+}
+
+void fill_files(const std::vector<std::string>& files, uint64_t size) {
+  const size_t chunk = 1U << 20U;
+  std::vector<char> buf(chunk);
+  std::mt19937_64 rng(7);
+  for (size_t i = 0; i < chunk; i += 8) {
+    uint64_t v = rng();
+    std::memcpy(buf.data() + i, &v, 8);
+  }
+  for (const std::string& f : files) {
+    int fd = ::open(f.c_str(), O_CREAT | O_TRUNC | O_WRONLY, 0600);
+    if (fd < 0) {
+      std::perror(f.c_str());
+      std::exit(1);
+    }
+    for (uint64_t off = 0; off < size; off += chunk) {
+      if (::pwrite(fd, buf.data(), chunk, static_cast<off_t>(off)) != static_cast<ssize_t>(chunk)) {
+        std::perror("pwrite");
+        std::exit(1);
+      }
+    }
+    ::close(fd);
+  }
+}
+
+}  // namespace
+}  // namespace ublkvol::engine
+
+int main(int argc, char** argv) {
+  using namespace ublkvol::engine;
+  CLI::App app{"replicated engine benchmark (in-process) with an fio baseline"};
+  std::string dir = "/dev/shm";
+  std::string size_s = "512M";
+  std::string rebuild_size_s = "1G";
+  double runtime = 2;
+  bool json = false;
+  bool skip_fio = false;
+  app.add_option("--dir", dir, "directory for the replica files (tmpfs)");
+  app.add_option("--size", size_s, "size of each replica file");
+  app.add_option("--rebuild-size", rebuild_size_s, "size of the rebuilt replica");
+  app.add_option("--runtime", runtime, "seconds per scenario");
+  app.add_flag("--json", json, "print JSON");
+  app.add_flag("--no-fio", skip_fio, "skip the fio baselines");
+  CLI11_PARSE(app, argc, argv);
+  spdlog::set_level(spdlog::level::warn);
+  const uint64_t size = parse_size(size_s);
+  const uint64_t rebuild_size = parse_size(rebuild_size_s);
+  std::vector<std::string> files;
+  for (int i = 0; i < 3; ++i) {
+    files.push_back(dir + "/engine_bench_r" + std::to_string(i) + "_" + std::to_string(getpid()));
+  }
+  fill_files(files, size);
+  std::vector<Result> results;
+
+  // ---- random read ----
+  double fio_read = 0;
+  if (!skip_fio) {
+    Result f{"randread", "fio 1 file", 1};
+    fio_read = run_fio({files[0]}, "randread", 32, runtime, &f.p50_us, &f.p99_us);
+    f.iops = fio_read;
+    f.mb_per_s = fio_read * 4096 / 1e6;
+    f.ratio = 1;
+    results.push_back(f);
+  }
+  for (unsigned r = 1; r <= 3; ++r) {
+    auto reps = file_replicas(files, r, true);
+    ReplicatedVolumeOptions o;
+    o.name = "bench";
+    auto vol = ReplicatedVolume::open(o, reps->bindings);
+    if (!vol.ok()) {
+      std::fprintf(stderr, "%s\n", vol.error().to_string().c_str());
+      return 1;
+    }
+    auto q = (*vol)->open_queue(0);
+    LoadResult lr = run_load(**vol, **q, VolumeOp::kRead, 32, runtime);
+    Result res{"randread", "engine", r};
+    res.iops = static_cast<double>(lr.ios) / lr.seconds;
+    res.mb_per_s = res.iops * 4096 / 1e6;
+    res.p50_us = lr.p50_us;
+    res.p99_us = lr.p99_us;
+    res.ratio = fio_read > 0 ? res.iops / fio_read : 0;
+    results.push_back(res);
+    q->reset();
+    (void)(*vol)->close();
+  }
+
+  // ---- random write ----
+  std::array<double, 4> fio_write{};
+  for (unsigned r = 1; r <= 3; ++r) {
+    if (!skip_fio) {
+      Result f{"randwrite", "fio " + std::to_string(r) + " file(s), QD32 each", r};
+      std::vector<std::string> fs(files.begin(), files.begin() + r);
+      double total = run_fio(fs, "randwrite", 32, runtime, &f.p50_us, &f.p99_us);
+      // The engine writes every I/O to r files: compare with one file's share.
+      fio_write[r] = total / r;
+      f.iops = fio_write[r];
+      f.mb_per_s = f.iops * 4096 / 1e6;
+      f.ratio = 1;
+      results.push_back(f);
+    }
+    auto reps = file_replicas(files, r, true);
+    ReplicatedVolumeOptions o;
+    o.name = "bench";
+    auto vol = ReplicatedVolume::open(o, reps->bindings);
+    auto q = (*vol)->open_queue(0);
+    LoadResult lr = run_load(**vol, **q, VolumeOp::kWrite, 32, runtime);
+    Result res{"randwrite", "engine", r};
+    res.iops = static_cast<double>(lr.ios) / lr.seconds;
+    res.mb_per_s = res.iops * 4096 / 1e6;
+    res.p50_us = lr.p50_us;
+    res.p99_us = lr.p99_us;
+    res.ratio = fio_write[r] > 0 ? res.iops / fio_write[r] : 0;
+    results.push_back(res);
+    q->reset();
+    (void)(*vol)->close();
+  }
+
+  // ---- null replicas: the engine's own cost ----
+  for (VolumeOp op : {VolumeOp::kRead, VolumeOp::kWrite}) {
+    for (unsigned r = 1; r <= 3; ++r) {
+      auto reps = null_replicas(r, 1ULL << 30U);
+      ReplicatedVolumeOptions o;
+      o.name = "null";
+      auto vol = ReplicatedVolume::open(o, reps->bindings);
+      auto q = (*vol)->open_queue(0);
+      LoadResult lr = run_load(**vol, **q, op, 32, runtime / 2);
+      Result res{op == VolumeOp::kRead ? "null-read" : "null-write", "engine, null replicas", r};
+      res.iops = static_cast<double>(lr.ios) / lr.seconds;
+      res.p50_us = lr.p50_us;
+      res.p99_us = lr.p99_us;
+      // Reads touch one replica, writes every replica.
+      unsigned touched = op == VolumeOp::kRead ? 1 : r;
+      res.cpu_us_per_io_per_replica =
+          lr.cpu * 1e6 / static_cast<double>(lr.ios) / static_cast<double>(touched);
+      results.push_back(res);
+      q->reset();
+      (void)(*vol)->close();
+    }
+  }
+
+  // ---- rebuild ----
+  {
+    std::vector<std::string> rf = {dir + "/engine_bench_rb0_" + std::to_string(getpid()),
+                                   dir + "/engine_bench_rb1_" + std::to_string(getpid())};
+    fill_files({rf[0]}, rebuild_size + (2U << 20U));
+    fill_files({rf[1]}, rebuild_size + (2U << 20U));
+    for (int loaded = 0; loaded < 2; ++loaded) {
+      {
+        // Replica 0 alone forms the volume; replica 1 is then new.
+        auto reps = file_replicas({rf[0]}, 1, true);
+        auto vol = ReplicatedVolume::open(ReplicatedVolumeOptions{}, reps->bindings);
+        (void)(*vol)->close();
+      }
+      auto reps0 = file_replicas({rf[0]}, 1, false);
+      auto reps1 = file_replicas({rf[1]}, 1, true);
+      std::vector<ReplicaBinding> b = {reps0->bindings[0], reps1->bindings[0]};
+      ReplicatedVolumeOptions o;
+      o.name = "rebuild";
+      auto t0 = Clock::now();
+      auto vol = ReplicatedVolume::open(o, b);
+      std::atomic<bool> stop{false};
+      LoadResult lr;
+      std::thread load;
+      if (loaded != 0) {
+        load = std::thread([&] {
+          auto q = (*vol)->open_queue(0);
+          lr = run_load(**vol, **q, VolumeOp::kWrite, 32, 3600, &stop);
+        });
+      }
+      (void)(*vol)->wait_rebuild();
+      double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+      stop = true;
+      if (load.joinable()) {
+        load.join();
+      }
+      RebuildProgress p = (*vol)->status().rebuild;
+      Result res{"rebuild",
+                 loaded != 0 ? "full rebuild under 4K randwrite QD32" : "full rebuild idle", 2};
+      res.mb_per_s = static_cast<double>(p.total_bytes) / secs / 1e6;
+      if (loaded != 0) {
+        res.iops = static_cast<double>(lr.ios) / lr.seconds;
+        res.p50_us = lr.p50_us;
+        res.p99_us = lr.p99_us;
+      }
+      results.push_back(res);
+      (void)(*vol)->close();
+    }
+    for (auto& f : rf) {
+      ::unlink(f.c_str());
+    }
+  }
+  for (auto& f : files) {
+    ::unlink(f.c_str());
+  }
+
+  if (json) {
+    nlohmann::json j;
+    j["size_bytes"] = size;
+    j["rebuild_size_bytes"] = rebuild_size;
+    j["runtime_s"] = runtime;
+    for (const Result& r : results) {
+      j["results"].push_back({{"scenario", r.scenario},
+                              {"what", r.what},
+                              {"replicas", r.replicas},
+                              {"iops", r.iops},
+                              {"mb_per_s", r.mb_per_s},
+                              {"p50_us", r.p50_us},
+                              {"p99_us", r.p99_us},
+                              {"cpu_us_per_io_per_replica", r.cpu_us_per_io_per_replica},
+                              {"ratio_vs_fio", r.ratio}});
+    }
+    std::printf("%s\n", j.dump(2).c_str());
+  } else {
+    std::printf("%-11s %-38s %2s %10s %9s %8s %8s %9s %6s\n", "scenario", "what", "R", "IOPS",
+                "MB/s", "p50 us", "p99 us", "cpu us/io", "x fio");
+    for (const Result& r : results) {
+      std::printf("%-11s %-38s %2u %10.0f %9.1f %8.1f %8.1f %9.2f %6.2f\n", r.scenario.c_str(),
+                  r.what.c_str(), r.replicas, r.iops, r.mb_per_s, r.p50_us, r.p99_us,
+                  r.cpu_us_per_io_per_replica, r.ratio);
+    }
+  }
+  return 0;
+}
