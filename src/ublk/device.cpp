@@ -248,6 +248,7 @@ Result<std::unique_ptr<UblkDevice>> UblkDevice::recover(engine::Volume& volume, 
     return Error(EINVAL, name + " is stopped (state dead): nothing to recover; delete it");
   }
   if (info->state == uapi::kDevStateLive && process_alive(info->ublksrv_pid)) {
+    // Includes this process: a device it serves is not to be taken over.
     return Error(EBUSY, name + " is live and served by pid " + std::to_string(info->ublksrv_pid) +
                             "; stop that server first");
   }
@@ -279,8 +280,18 @@ Result<std::unique_ptr<UblkDevice>> UblkDevice::recover(engine::Volume& volume, 
     if (started.ok()) {
       break;
     }
-    if (started.error().errno_value() != EBUSY || std::chrono::steady_clock::now() >= deadline) {
+    if (started.error().errno_value() != EBUSY) {
       return started.error();
+    }
+    if (std::chrono::steady_clock::now() >= deadline) {
+      auto now_info = control->get_device_info(dev_id);
+      if (!now_info) {
+        return started.error();
+      }
+      return Error(EBUSY, started.error().message() + " (after " +
+                              std::to_string(quiesce_timeout.count()) + " ms: state " +
+                              device_state_name(now_info->state) + ", server pid " +
+                              std::to_string(now_info->ublksrv_pid) + ")");
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
