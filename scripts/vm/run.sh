@@ -21,7 +21,7 @@
 #   --smp N, --mem SIZE   guest CPUs (default 2) and memory (default 2G).
 #   --disk SIZE       add an empty sparse NVMe disk of SIZE (e.g. 1G): /dev/nvme0n1, ...
 #   --append ARGS     extra kernel command line.
-#   --kernel-verbose  full kernel boot log (default: quiet; warnings and oopses still show).
+#   --kernel-verbose  full kernel boot log (default: quiet + loglevel=5: warnings and oopses still show).
 #
 # The guest: bash (also /bin/sh) runs the test; busybox (static) applets + fio,
 # mkfs.ext4, e2fsck, blkdiscard, ... (lists in scripts/vm/lib.sh); ublk_drv loaded,
@@ -296,7 +296,9 @@ else
 fi
 
 kernel_args="console=ttyS0 panic=-1 rdinit=/init mitigations=off"
-[[ $kernel_verbose == 1 ]] || kernel_args+=" quiet"
+# quiet hides the boot chatter; loglevel=5 (after it) still prints every message of
+# KERN_WARNING or worse, so WARN()/BUG/Oops reach the console and the verdict below.
+[[ $kernel_verbose == 1 ]] || kernel_args+=" quiet loglevel=5"
 [[ -n "$append" ]] && kernel_args+=" $append"
 
 # -cpu max,-cx16: with SMP, this QEMU's TCG double-faults in the guest's SLUB
