@@ -365,7 +365,7 @@ int main(int argc, char** argv) {
   app.add_flag("--json", json, "print JSON");
   app.add_flag("--no-fio", skip_fio, "skip the fio baselines");
   CLI11_PARSE(app, argc, argv);
-  spdlog::set_level(spdlog::level::warn);
+  spdlog::set_level(getenv("BENCH_DEBUG") ? spdlog::level::info : spdlog::level::warn);
   const uint64_t size = parse_size(size_s);
   const uint64_t rebuild_size = parse_size(rebuild_size_s);
   std::vector<std::string> files;

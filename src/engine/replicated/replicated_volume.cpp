@@ -731,8 +731,9 @@ void QueueState::handle(ReplicaIo& sub) {
     } else if (s.phase == Phase::kRepairRead || s.phase == Phase::kCopyRead ||
                s.phase == Phase::kVerifyRead) {
       // Same for the other reads: retried elsewhere / reported.
-    } else {
-      vol->report_failure(r, FailKind::kIoError, result);
+    } else if (!vol->report_failure(r, FailKind::kIoError, result)) {
+      spdlog::error("volume {}: {} on the last in-sync replica {} failed: {} (kept in service)",
+                    vol->options.name, to_string(sub.op), r, std::strerror(-result));
     }
   } else {
     s.acked |= bit(r);

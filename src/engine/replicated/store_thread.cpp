@@ -127,6 +127,9 @@ struct StoreThread::Impl {
         if (store->in_flight() > 0) {
           store->kick();
           work += store->poll(false);
+          // Requests the completions submitted (e.g. data writes released
+          // by a bitmap commit) must reach the device before we sleep.
+          store->kick();
           if (store->in_flight() > 0 && store->completion_fd() < 0) {
             waiting_without_fd = true;
           }
@@ -221,6 +224,10 @@ Status StoreThread::call(const std::function<Status()>& fn) {
 
 Status StoreThread::attach(ReplicaStore& store) {
   return call([this, &store]() -> Status {
+    // Asked once up front: some devices (FileDevice) set up their completion
+    // eventfd on the first call, and completions of requests submitted
+    // before that would not signal it.
+    (void)store.completion_fd();
     impl_->stores.push_back(&store);
     return ok_status();
   });

@@ -2,8 +2,12 @@
 // queue threads, overlapping requests, all replicas identical to the model).
 #include "ublkvol/engine/replicated_volume.h"
 
+#include <unistd.h>
+
 #include <cstring>
 #include <gtest/gtest.h>
+
+#include "ublkvol/dbs/file_device.h"
 
 #include "replica_test_util.h"
 #include "workload.h"
@@ -132,6 +136,58 @@ TEST(ReplicatedVolume, ConcurrentOverlappingQueuesKeepReplicasIdentical) {
   auto st = volume->status();
   EXPECT_EQ(st.in_sync, 3U);
   EXPECT_TRUE(st.online);
+}
+
+}  // namespace
+}  // namespace ublkvol::engine
+
+namespace ublkvol::engine {
+namespace {
+
+// The same data path on real files (io_uring, O_DIRECT) in /dev/shm.
+TEST(ReplicatedVolume, WorksOnIoUringFileDevices) {
+  std::vector<std::string> paths;
+  std::vector<std::unique_ptr<dbs::FileDevice>> devices;
+  std::vector<std::unique_ptr<RawReplicaStore>> stores;
+  std::vector<std::unique_ptr<StoreThread>> threads;
+  std::vector<ReplicaBinding> bindings;
+  for (int i = 0; i < 2; ++i) {
+    paths.push_back("/dev/shm/ublkvol_engine_test_" + std::to_string(getpid()) + "_" +
+                    std::to_string(i));
+    dbs::FileDeviceOptions fo;
+    fo.create_size = 16U << 20U;
+    auto dev = dbs::FileDevice::open(paths.back(), fo);
+    ASSERT_TRUE(dev.ok()) << dev.error().to_string();
+    ASSERT_TRUE(format_raw_replica(**dev).ok());
+    auto store = open_raw_replica(**dev);
+    ASSERT_TRUE(store.ok());
+    auto thread = StoreThread::start({"file" + std::to_string(i)});
+    ASSERT_TRUE((*thread)->attach(**store).ok());
+    bindings.push_back({store->get(), thread->get()});
+    devices.push_back(std::move(dev.value()));
+    stores.push_back(std::move(store.value()));
+    threads.push_back(std::move(thread.value()));
+  }
+  {
+    auto volume = ReplicatedVolume::open(ReplicatedVolumeOptions{}, bindings);
+    ASSERT_TRUE(volume.ok()) << volume.error().to_string();
+    testing::WorkloadOptions wo;
+    wo.threads = 1;
+    wo.ops_per_thread = 2000;
+    testing::Workload w(**volume, wo);
+    w.run();
+    EXPECT_EQ(w.errors.load(), 0U);
+    auto report = (*volume)->verify();
+    ASSERT_TRUE(report.ok());
+    EXPECT_TRUE(report->mismatches.empty());
+    EXPECT_TRUE((*volume)->close().ok());
+  }
+  for (auto& t : threads) {
+    t->stop();
+  }
+  for (auto& p : paths) {
+    ::unlink(p.c_str());
+  }
 }
 
 }  // namespace
