@@ -1,0 +1,153 @@
+// The replicated volume on DBS replicas (DbsReplicaStore): the concurrency
+// workload, snapshots on every replica, a replica failing and resyncing.
+#include <cstring>
+#include <gtest/gtest.h>
+
+#include "ublkvol/dbs/memory_device.h"
+#include "ublkvol/dbs/store.h"
+#include "ublkvol/engine/dbs_replica_store.h"
+#include "ublkvol/engine/replicated_volume.h"
+
+#include "replica_test_util.h"
+#include "workload.h"
+
+namespace ublkvol::engine {
+namespace {
+
+constexpr uint64_t kSize = 16U << 20U;
+
+struct DbsCluster {
+  struct Replica {
+    std::unique_ptr<dbs::MemoryDevice> memory;
+    std::unique_ptr<dbs::FaultDevice> fault;
+    std::unique_ptr<dbs::Store> store;
+    std::unique_ptr<DbsReplicaStore> replica;
+    std::unique_ptr<StoreThread> thread;
+  };
+  std::vector<Replica> replicas;
+
+  void create(unsigned n) {
+    for (unsigned i = 0; i < n; ++i) {
+      Replica r;
+      r.memory = std::make_unique<dbs::MemoryDevice>(64U << 20U);
+      r.fault = std::make_unique<dbs::FaultDevice>(*r.memory);
+      ASSERT_TRUE(dbs::Store::format(*r.fault).ok());
+      auto store = dbs::Store::open(*r.fault);
+      ASSERT_TRUE(store.ok()) << store.error().to_string();
+      r.store = std::move(store.value());
+      ASSERT_TRUE(create_dbs_replica(*r.store, "vol", kSize).ok());
+      auto rep = open_dbs_replica(*r.store, "vol");
+      ASSERT_TRUE(rep.ok()) << rep.error().to_string();
+      r.replica = std::move(rep.value());
+      auto thread = StoreThread::start({"dbs" + std::to_string(i)});
+      r.thread = std::move(thread.value());
+      ASSERT_TRUE(r.thread->attach(*r.replica).ok());
+      replicas.push_back(std::move(r));
+    }
+  }
+  std::vector<ReplicaBinding> bindings() {
+    std::vector<ReplicaBinding> b;
+    for (auto& r : replicas) {
+      b.push_back({r.replica.get(), r.thread.get()});
+    }
+    return b;
+  }
+  ~DbsCluster() {
+    for (auto& r : replicas) {
+      r.thread->stop();
+    }
+  }
+  // The replica's volume content (read on its thread).
+  std::vector<std::byte> content(unsigned i) {
+    std::vector<std::byte> out(kSize);
+    auto buf = testing::make_buffer(kSize);
+    dbs::Store* s = replicas[i].store.get();
+    EXPECT_TRUE(replicas[i]
+                    .thread
+                    ->call([&]() -> Status {
+                      auto v = s->find_volume("vol");
+                      if (!v.ok()) {
+                        return v.error();
+                      }
+                      return s->read(*v, 0, {buf.get(), kSize});
+                    })
+                    .ok());
+    std::memcpy(out.data(), buf.get(), kSize);
+    return out;
+  }
+};
+
+TEST(DbsReplicas, ConcurrentWorkloadSnapshotsAndResync) {
+  DbsCluster cluster;
+  cluster.create(3);
+  ReplicatedVolumeOptions o;
+  o.queues = 2;
+  auto v = ReplicatedVolume::open(o, cluster.bindings());
+  ASSERT_TRUE(v.ok()) << v.error().to_string();
+  auto& volume = *v;
+  testing::WorkloadOptions wo;
+  wo.threads = 2;
+  wo.ops_per_thread = 1000;
+  wo.hot_bytes = 512 << 10;
+  wo.trigger_after = 300;
+  wo.trigger = [&] {
+    (void)cluster.replicas[2].thread->call([&]() -> Status {
+      dbs::FaultRule r;
+      r.ops = dbs::kDataWriteOps;
+      cluster.replicas[2].fault->add_rule(r);
+      return ok_status();
+    });
+  };
+  testing::Workload w(*volume, wo);
+  w.run();
+  EXPECT_EQ(w.errors.load(), 0U);
+  EXPECT_EQ(volume->status().replicas[2].state, ReplicaState::kFailed);
+  // Snapshot on the two in-sync replicas.
+  Status snap = volume->create_snapshot("s1");
+  ASSERT_TRUE(snap.ok()) << snap.error().to_string();
+  for (unsigned r = 0; r < 2; ++r) {
+    std::vector<std::string> names;
+    DbsReplicaStore* rep = cluster.replicas[r].replica.get();
+    ASSERT_TRUE(cluster.replicas[r]
+                    .thread
+                    ->call([&]() -> Status {
+                      names = rep->list_snapshots();
+                      return ok_status();
+                    })
+                    .ok());
+    ASSERT_EQ(names.size(), 1U);
+    EXPECT_EQ(names[0], "s1");
+  }
+  // Replica 2 comes back and resyncs.
+  (void)cluster.replicas[2].thread->call([&]() -> Status {
+    cluster.replicas[2].fault->clear_rules();
+    return ok_status();
+  });
+  ASSERT_TRUE(volume->start_rebuild(2).ok());
+  Status rb = volume->wait_rebuild();
+  ASSERT_TRUE(rb.ok()) << rb.error().to_string();
+  EXPECT_EQ(volume->status().in_sync, 3U);
+  auto report = volume->verify();
+  ASSERT_TRUE(report.ok());
+  EXPECT_TRUE(report->mismatches.empty());
+  EXPECT_TRUE(volume->close().ok());
+  auto c0 = cluster.content(0);
+  for (unsigned r = 1; r < 3; ++r) {
+    EXPECT_EQ(std::memcmp(c0.data(), cluster.content(r).data(), kSize), 0) << r;
+  }
+  auto model = w.per_block();
+  unsigned bad = 0;
+  for (uint64_t b = 0; b < kSize / 4096; ++b) {
+    auto it = model.find(b);
+    std::string err = testing::Workload::check_block(it == model.end() ? nullptr : &it->second, b,
+                                                     c0.data() + b * 4096);
+    if (!err.empty() && ++bad < 5) {
+      ADD_FAILURE() << err;
+    }
+  }
+  EXPECT_EQ(bad, 0U);
+  volume.reset();
+}
+
+}  // namespace
+}  // namespace ublkvol::engine
