@@ -8,7 +8,7 @@
 //   randwrite  fio on R files (one job per file, QD 32 each - what each
 //              replica file sees from the engine), then the engine, R = 1..3
 //   null       the engine on null replicas (complete at once): CPU time per
-//              I/O per replica, latency p50/p99
+//              I/O per replica, latency p50/p99 (QD 32, and writes at QD 1)
 //   rebuild    full rebuild of a replica of --rebuild-size, idle and under a
 //              4 KiB random-write load (QD 32)
 // Prints a table, or JSON with --json.
@@ -459,6 +459,24 @@ int main(int argc, char** argv) {
       q->reset();
       (void)(*vol)->close();
     }
+  }
+
+  // ---- null replicas at QD 1: the engine's latency without queueing ----
+  for (unsigned r = 1; r <= 3; ++r) {
+    auto reps = null_replicas(r, 1ULL << 30U);
+    ReplicatedVolumeOptions o;
+    o.name = "null";
+    auto vol = ReplicatedVolume::open(o, reps->bindings);
+    auto q = (*vol)->open_queue(0);
+    LoadResult lr = run_load(**vol, **q, VolumeOp::kWrite, 1, runtime / 2);
+    Result res{"null-qd1", "engine, null replicas, write QD1", r};
+    res.iops = static_cast<double>(lr.ios) / lr.seconds;
+    res.p50_us = lr.p50_us;
+    res.p99_us = lr.p99_us;
+    res.cpu_us_per_io_per_replica = lr.cpu * 1e6 / static_cast<double>(lr.ios) / r;
+    results.push_back(res);
+    q->reset();
+    (void)(*vol)->close();
   }
 
   // ---- rebuild ----
