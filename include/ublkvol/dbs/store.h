@@ -104,6 +104,11 @@ struct StoreStats {
   // In-memory metadata: extent maps, free map, tables.
   uint64_t metadata_memory_bytes = 0;
   uint64_t mapped_extents = 0;  // map entries over all layers
+  // Device errors on the data path since open (each failed its StoreIo with
+  // the device's errno; the store stays usable). Logged at the 1st, 2nd,
+  // 4th, ... error of each kind.
+  uint64_t read_errors = 0;
+  uint64_t write_errors = 0;
 };
 
 class Store {
@@ -199,9 +204,21 @@ class Store {
   static std::vector<std::string> check_device(BlockDevice& device);
 
   [[nodiscard]] StoreStats stats() const;
-  // Set once a metadata commit failed: the store then refuses writes and
-  // flushes (-EIO); reopen it to recover the last committed state.
+
+  // ---- Health (docs/dbs.md, "Failure model") ----
+  // Set once a step of a metadata commit failed on the device (data flush,
+  // journal or checkpoint write, metadata flush) or a snapshot merge could
+  // not copy its blocks. From then on the store refuses writes, discards,
+  // write-zeroes and flushes (-EIO) and control operations (an Error with
+  // the message below); reads still work. A FLUSH that failed was never
+  // acknowledged. Reopen the store (on a healthy device) to recover the last
+  // committed state: every FLUSH acknowledged before the failure is intact.
   [[nodiscard]] bool failed() const;
+  // OK while healthy; once failed, an Error (errno of the failed step) whose
+  // message names the device and the step, e.g. "/dev/sdb: write of journal
+  // commit 42 (blocks 5000..5001) failed (Input/output error); the store
+  // refuses writes and flushes until it is reopened". Also logged (spdlog).
+  [[nodiscard]] Status health() const;
 
   class Impl;
 

@@ -96,9 +96,18 @@ Status read_blocks(BlockDevice& device, uint64_t first, uint64_t count, AlignedB
 }
 
 Result<MetaRun> read_run(BlockDevice& device, const Geometry& g, uint64_t start,
-                         uint64_t region_end, MetaType type) {
+                         uint64_t region_end, MetaType type, bool* io_failed) {
   AlignedBuffer buffer;
-  UBLKVOL_TRY(read_blocks(device, start, 1, buffer));
+  if (io_failed != nullptr) {
+    *io_failed = false;
+  }
+  auto read = read_blocks(device, start, 1, buffer);
+  if (!read.ok()) {
+    if (io_failed != nullptr) {
+      *io_failed = true;
+    }
+    return read.error();
+  }
   auto first = check_meta_block(g, buffer.span(), type);
   if (!first.ok()) {
     return first.error();
@@ -113,7 +122,13 @@ Result<MetaRun> read_run(BlockDevice& device, const Geometry& g, uint64_t start,
                  "run of " + std::to_string(run.header.count) + " blocks extends past its region");
   }
   if (run.header.count > 1) {
-    UBLKVOL_TRY(read_blocks(device, start, run.header.count, buffer));
+    read = read_blocks(device, start, run.header.count, buffer);
+    if (!read.ok()) {
+      if (io_failed != nullptr) {
+        *io_failed = true;
+      }
+      return read.error();
+    }
   }
   run.body.resize(run.header.body_bytes);
   size_t at = 0;
@@ -213,11 +228,20 @@ Result<LoadedStore> load_store(BlockDevice& device, bool validate,
   loaded.geometry = g;
 
   // Both checkpoint areas; the valid one with the newest epoch wins.
+  bool io_failed[2] = {false, false};
   Result<MetaRun> checkpoints[2] = {
       read_run(device, g, g.checkpoint_start[0], g.checkpoint_start[0] + g.checkpoint_blocks,
-               MetaType::kCheckpoint),
+               MetaType::kCheckpoint, &io_failed[0]),
       read_run(device, g, g.checkpoint_start[1], g.checkpoint_start[1] + g.checkpoint_blocks,
-               MetaType::kCheckpoint)};
+               MetaType::kCheckpoint, &io_failed[1])};
+  for (int i = 0; i < 2; ++i) {
+    // Not "invalid, use the other one": the unreadable area may hold the
+    // newest checkpoint, and the other one would roll the store back.
+    if (io_failed[i]) {
+      return checkpoints[i].error().with_context(name + ": cannot read checkpoint area " +
+                                                 (i == 0 ? "A" : "B"));
+    }
+  }
   int active = -1;
   for (int i = 0; i < 2; ++i) {
     if (checkpoints[i].ok() &&
@@ -253,8 +277,15 @@ Result<LoadedStore> load_store(BlockDevice& device, bool validate,
     if (pos >= g.journal_blocks) {
       break;
     }
-    auto run = read_run(device, g, g.journal_start + pos, journal_end, MetaType::kJournal);
+    bool journal_io_failed = false;
+    auto run = read_run(device, g, g.journal_start + pos, journal_end, MetaType::kJournal,
+                        &journal_io_failed);
     if (!run.ok()) {
+      if (journal_io_failed) {
+        // Ending the journal here would drop the commits after it.
+        return run.error().with_context(name + ": cannot read journal block " +
+                                        std::to_string(pos));
+      }
       break;  // end of the journal (or a torn, never-acknowledged commit)
     }
     if (run->header.epoch != loaded.epoch || run->header.seq != loaded.seq + 1) {

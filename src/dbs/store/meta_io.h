@@ -72,8 +72,13 @@ Result<format::MetaHeader> check_meta_block(const Geometry& geometry,
                                             format::MetaType type);
 
 // Reads the run starting at `start`, which must end before `region_end`.
+// A run that is not valid (torn, stale, foreign, corrupted) gives an EINVAL
+// Error; a device read that failed gives the device's Error and sets
+// `*io_failed` (if given) - recovery must tell "the journal ends here" from
+// "the disk could not say", or a read error would silently roll back
+// acknowledged commits.
 Result<MetaRun> read_run(BlockDevice& device, const Geometry& geometry, uint64_t start,
-                         uint64_t region_end, format::MetaType type);
+                         uint64_t region_end, format::MetaType type, bool* io_failed = nullptr);
 
 // Reads blocks [first, first + count) into `out`.
 Status read_blocks(BlockDevice& device, uint64_t first, uint64_t count, AlignedBuffer& out);

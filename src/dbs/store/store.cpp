@@ -281,5 +281,6 @@ Status Store::commit() {
 std::vector<std::string> Store::check() { return impl_->check(); }
 StoreStats Store::stats() const { return impl_->stats(); }
 bool Store::failed() const { return impl_->failed(); }
+Status Store::health() const { return impl_->health(); }
 
 }  // namespace ublkvol::dbs

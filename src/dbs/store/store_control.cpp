@@ -7,6 +7,8 @@
 #include <chrono>
 #include <cstring>
 #include <set>
+#include <spdlog/spdlog.h>
+#include <system_error>
 
 #include "store_impl.h"
 
@@ -29,8 +31,7 @@ constexpr uint64_t kMaxLogicalExtents = 0xFFFFFFF0ULL;
 
 Status Store::Impl::prologue() {
   if (failed_) {
-    return Error(
-        EIO, std::string(device_.name()) + ": store failed an earlier metadata commit; reopen it");
+    return Error(EIO, failure_);
   }
   drain();
   return ok_status();
@@ -498,8 +499,12 @@ Status Store::Impl::merge_into_child(Layer& snapshot, Layer& child) {
     if (any) {
       auto copied = copy_blocks(m.phys, target->phys, mask);
       if (!copied.ok()) {
-        failed_ = true;  // in-memory maps are half merged: stop here
-        return copied.error().with_context("merging snapshot " + std::to_string(snapshot.id));
+        // In-memory maps are half merged: stop here; reopening recovers.
+        const Error error =
+            copied.error().with_context("merging snapshot " + std::to_string(snapshot.id));
+        fail("copying blocks while merging snapshot " + std::to_string(snapshot.id),
+             -error.errno_value());
+        return error;
       }
       for (int w = 0; w < 4; ++w) {
         target->bits[w] |= mask[w];
@@ -597,7 +602,28 @@ StoreStats Store::Impl::stats() const {
   for (auto& [id, layer] : md_->layers) {
     s.mapped_extents += layer->map.size();
   }
+  s.read_errors = read_errors_;
+  s.write_errors = write_errors_;
   return s;
+}
+
+Status Store::Impl::health() const {
+  if (!failed_) {
+    return ok_status();
+  }
+  return Error(failure_errno_ != 0 ? failure_errno_ : EIO, failure_);
+}
+
+void Store::Impl::fail(const std::string& step, int error) {
+  if (failed_) {
+    return;  // keep the first cause: later failures are its consequences
+  }
+  failed_ = true;
+  failure_errno_ = error < 0 ? -error : EIO;
+  failure_ = std::string(device_.name()) + ": " + step + " failed (" +
+             std::error_code(failure_errno_, std::generic_category()).message() +
+             "); the store refuses writes and flushes until it is reopened";
+  spdlog::error("dbs store {}", failure_);
 }
 
 // ---------------------------------------------------------------------------

@@ -14,6 +14,9 @@
 #include <bit>
 #include <cerrno>
 #include <cstring>
+#include <spdlog/spdlog.h>
+#include <string>
+#include <system_error>
 
 #include "store_impl.h"
 
@@ -597,6 +600,9 @@ void Store::Impl::sub_done(SubIo& sub, int result) {
   if (sub.request.op == IoOp::kDiscard && result == -EOPNOTSUPP) {
     result = 0;  // devices without discard: the blocks are unmapped anyway
   }
+  if (result < 0) {
+    note_data_error(sub.request, result);
+  }
   if (result < 0 && io.store_result == 0) {
     io.store_result = result;
   }
@@ -604,6 +610,22 @@ void Store::Impl::sub_done(SubIo& sub, int result) {
   release_sub(sub);
   maybe_finish(io);
   resume_parked();
+}
+
+void Store::Impl::note_data_error(const IoRequest& request, int result) {
+  // The StoreIo fails with the device's errno and the store stays usable
+  // (a failed write leaves the block's old mapping, or - in place - old or
+  // new data, as the disk does). Logged at the 1st, 2nd, 4th, 8th, ...
+  // error of each kind so a dying disk cannot flood the log.
+  uint64_t& count = request.op == IoOp::kRead ? read_errors_ : write_errors_;
+  ++count;
+  if ((count & (count - 1)) == 0) {
+    spdlog::warn(
+        "dbs store {}: device {} of {} bytes at offset {} failed: {} ({} {} errors so far)",
+        device_.name(), to_string(request.op), request.length, request.offset,
+        std::error_code(-result, std::generic_category()).message(), count,
+        request.op == IoOp::kRead ? "read" : "write");
+  }
 }
 
 void Store::Impl::resume_parked() {
@@ -667,6 +689,10 @@ void Store::Impl::maybe_start_commit() {
 
 void Store::Impl::commit_step(int result) {
   if (result < 0) {
+    fail(phase_ == CommitPhase::kDataFlush
+             ? "device flush of data before metadata commit " + std::to_string(seq_ + 1)
+             : "device flush after writing metadata commit " + std::to_string(seq_ + 1),
+         result);
     finish_commit(result);
     return;
   }
@@ -682,7 +708,12 @@ void Store::Impl::commit_step(int result) {
       frame_body(g_, MetaType::kCheckpoint, epoch_ + 1, seq, body_, meta_buffer_);
       start = g_.checkpoint_start[area];
       if (meta_buffer_.size() / kBlock > g_.checkpoint_blocks) {
-        finish_commit(-EFBIG);  // limits enforced at create: a bug if reached
+        // Limits are enforced at create: a bug if reached.
+        fail("checkpoint of " + std::to_string(meta_buffer_.size() / kBlock) +
+                 " blocks exceeds the checkpoint area of " + std::to_string(g_.checkpoint_blocks) +
+                 " blocks; writing it",
+             -EFBIG);
+        finish_commit(-EFBIG);
         return;
       }
     } else {
@@ -690,6 +721,7 @@ void Store::Impl::commit_step(int result) {
       start = g_.journal_start + journal_pos_;
     }
     commit_blocks_ = meta_buffer_.size() / kBlock;
+    commit_start_block_ = start;
     constexpr uint64_t kPiece = 256;  // blocks per request
     const uint64_t pieces = (commit_blocks_ + kPiece - 1) / kPiece;
     if (meta_requests_.size() < pieces) {
@@ -735,6 +767,13 @@ void Store::Impl::meta_write_done(int result) {
     return;
   }
   if (meta_error_ < 0) {
+    // A torn run fails its checksums: recovery stops before it.
+    const std::string range = "blocks " + std::to_string(commit_start_block_) + ".." +
+                              std::to_string(commit_start_block_ + commit_blocks_ - 1);
+    fail(commit_full_ ? "write of checkpoint epoch " + std::to_string(epoch_ + 1) + " (area " +
+                            (active_checkpoint_ == 0 ? "B" : "A") + ", " + range + ")"
+                      : "write of journal commit " + std::to_string(seq_ + 1) + " (" + range + ")",
+         meta_error_);
     finish_commit(meta_error_);
     return;
   }
@@ -746,8 +785,8 @@ void Store::Impl::finish_commit(int result) {
   phase_ = CommitPhase::kIdle;
   if (result < 0) {
     // The metadata on the device is now unknown beyond the last durable
-    // commit: stop accepting changes; reopening recovers.
-    failed_ = true;
+    // commit: stop accepting changes (fail() was called with the cause);
+    // reopening recovers.
     result = -EIO;
   } else {
     for (uint32_t phys : committing_frees_) {
@@ -783,15 +822,24 @@ Status Store::Impl::run_sync(StoreIo& io) {
   if (io.store_result == 0) {
     return ok_status();
   }
-  return Error(-io.store_result, std::string(device_.name()) + ": " + to_string(io.op) + " of " +
-                                     std::to_string(io.length) + " bytes at offset " +
-                                     std::to_string(io.offset) + " failed");
+  std::string what = std::string(device_.name()) + ": ";
+  if (io.op == StoreOp::kFlush) {
+    what += "flush failed";
+  } else {
+    what += std::string(io.snapshot != 0 ? "snapshot " + std::to_string(io.snapshot)
+                                         : "volume " + std::to_string(io.volume)) +
+            ": " + to_string(io.op) + " of " + std::to_string(io.length) + " bytes at offset " +
+            std::to_string(io.offset) + " failed";
+  }
+  if (failed_ && io.op != StoreOp::kRead) {
+    what += " (" + failure_ + ")";
+  }
+  return Error(-io.store_result, what);
 }
 
 Status Store::Impl::commit_sync() {
   if (failed_) {
-    return Error(
-        EIO, std::string(device_.name()) + ": store failed an earlier metadata commit; reopen it");
+    return Error(EIO, failure_);
   }
   StoreIo io;
   io.op = StoreOp::kFlush;
@@ -805,7 +853,8 @@ Status Store::Impl::commit_sync() {
     device_.poll(true);
   }
   if (io.store_result != 0) {
-    return Error(-io.store_result, std::string(device_.name()) + ": metadata commit failed");
+    return Error(-io.store_result,
+                 failed_ ? failure_ : std::string(device_.name()) + ": metadata commit failed");
   }
   return ok_status();
 }

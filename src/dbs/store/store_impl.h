@@ -106,6 +106,11 @@ class Store::Impl {
   [[nodiscard]] Result<detail::Layer*> find_snapshot(SnapshotId id) const;
   [[nodiscard]] StoreStats stats() const;
   [[nodiscard]] bool failed() const { return failed_; }
+  // OK, or the error that made the store fail (names the device and step).
+  [[nodiscard]] Status health() const;
+  // Marks the store failed (first failure wins): logs and remembers
+  // "<device>: <step> failed: <strerror>". `error` is a negative errno.
+  void fail(const std::string& step, int error);
   std::vector<std::string> check();
   // In-memory invariants only (no device reads).
   std::vector<std::string> check_memory() const;
@@ -127,6 +132,7 @@ class Store::Impl {
   detail::SubIo* take_sub();
   void release_sub(detail::SubIo& sub);
   void resume_parked();
+  void note_data_error(const IoRequest& request, int result);
   void load_chain(detail::Layer& top, uint32_t logical);
 
   // Space
@@ -160,6 +166,11 @@ class Store::Impl {
   int active_checkpoint_ = 0;
   uint64_t journal_pos_ = 0;
   bool failed_ = false;
+  std::string failure_;    // why failed_ is set (see fail())
+  int failure_errno_ = 0;  // positive errno of the step that failed
+  // Data-path device errors (the StoreIo fails; the store stays usable).
+  uint64_t read_errors_ = 0;
+  uint64_t write_errors_ = 0;
 
   // Free extents: bit set = free and allocatable.
   std::vector<uint64_t> free_bits_;
@@ -192,6 +203,7 @@ class Store::Impl {
   uint32_t meta_pending_ = 0;
   int meta_error_ = 0;
   uint64_t commit_blocks_ = 0;
+  uint64_t commit_start_block_ = 0;  // first device block of the metadata run
   IoRequest flush_request_;
   uint64_t commits_ = 0;
   uint64_t checkpoints_ = 0;
