@@ -57,6 +57,7 @@ enum class ReplicaState : uint8_t {
   kRebuilding,  // receives writes, not read; a background copy is running
   kFailed,      // dropped after an error or deadline miss
   kStale,       // opened with old/missing data, waiting for a rebuild
+  kRemoved,     // no replica at this index (remove_replica(); add_replica() reuses it)
 };
 
 const char* to_string(ReplicaState state);
@@ -159,6 +160,32 @@ class ReplicatedVolume : public Volume {
   // Brings a failed or stale replica back: dirty-region resync if its
   // generation allows, else a full rebuild. Returns once it started.
   Status start_rebuild(unsigned replica);
+  // ---- membership changes on a running volume (I/O continues) ----
+  // docs/engine.md "Membership changes". Each call fences the replica index
+  // it changes: every queue has seen the new replica state and no queue has
+  // a request at the old binding's store any more (or its store thread
+  // exited). That needs the user queues to keep reaping on wake_fd() (the
+  // ublk frontend does); a queue that does not within twice the I/O
+  // deadline makes the call fail with ETIMEDOUT and change nothing further.
+  //
+  // Adds a replica on a fresh (or any) store at the lowest free index and
+  // starts a full online rebuild into it; returns the index. The store must
+  // hold at least the volume's size and use the volume's dirty-region size,
+  // and must not already be a replica of this volume.
+  Result<unsigned> add_replica(ReplicaBinding replica);
+  // Takes a replica out of the volume for good: it leaves the write set
+  // (the survivors' generation is bumped, as for a failure), then its index
+  // becomes kRemoved. Refused (EBUSY) if fewer than min_replicas in-sync
+  // replicas would remain. On success the volume no longer touches the
+  // store or its thread: the caller may detach and destroy them.
+  Status remove_replica(unsigned replica);
+  // Replaces a failed or stale replica's binding (e.g. its store thread
+  // died, or its DBS store went read-only after a failed metadata commit
+  // and was reopened) and starts rebuilding it: a dirty-region resync if
+  // the new store's persisted generation allows, else a full rebuild. The
+  // old store and thread are no longer touched once this returns.
+  Status replace_replica(unsigned replica, ReplicaBinding binding);
+
   // Blocks until no rebuild is running; the status of the last one.
   Status wait_rebuild();
   // Blocks until the running rebuild copied at least `done_bytes` or no

@@ -53,6 +53,8 @@ const char* to_string(ReplicaState state) {
       return "failed";
     case ReplicaState::kStale:
       return "stale";
+    case ReplicaState::kRemoved:
+      return "removed";
   }
   return "unknown";
 }
@@ -162,9 +164,18 @@ struct QueueState {
   std::unique_ptr<Slot[]> slots;
   unsigned nslots = 0;
   std::unique_ptr<std::atomic<uint32_t>[]> buckets;
-  std::vector<std::unique_ptr<StoreChannel>> channels;
-  std::array<StoreChannel*, kMaxReplicas> channel_of{};
+  // Channels to store threads, one per distinct thread. Membership changes
+  // (control thread) publish and unpublish entries while the queue thread
+  // iterates them, hence atomics; an unpublished channel object is kept in
+  // `owned` until the volume is destroyed, so a queue thread still holding
+  // its pointer never touches freed memory (its rings are empty by then).
+  std::array<std::atomic<StoreChannel*>, kMaxReplicas> channels{};
+  std::array<std::atomic<StoreChannel*>, kMaxReplicas> channel_of{};
+  std::vector<std::unique_ptr<StoreChannel>> owned;  // control path only
   std::atomic<bool> opened{false};
+  // The last state epoch this queue's thread acted on (end of reap()): the
+  // membership fence waits for it (docs/engine.md "Membership changes").
+  std::atomic<uint64_t> acked_epoch{0};
 
   Slot* free_list = nullptr;
   VolumeIo* wait_head = nullptr;  // waiting for a free slot
@@ -176,7 +187,9 @@ struct QueueState {
   VolumeIo* done_tail = nullptr;
   Slot* fifo_head = nullptr;
   Slot* fifo_tail = nullptr;
-  std::array<uint32_t, kMaxReplicas> outstanding{};
+  // Sub-requests at each replica's store. Written by the queue thread only
+  // (plain load + store, no RMW); read by the membership fence.
+  std::array<std::atomic<uint32_t>, kMaxReplicas> outstanding{};
   unsigned in_flight = 0;
   unsigned lingering = 0;  // completed requests still holding an ordering entry
   uint64_t seen_tick = 0;
@@ -237,6 +250,19 @@ struct QueueState {
 
   void fifo_touch(Slot& s);
   void fifo_remove(Slot& s);
+
+  // ---- membership (control thread, with replica r fenced) ----
+  Status bind_replica(unsigned r);
+  Status unbind_replica(unsigned r);
+  void inc_outstanding(unsigned r) {
+    outstanding[r].store(outstanding[r].load(std::memory_order_relaxed) + 1,
+                         std::memory_order_release);
+  }
+  void dec_outstanding(unsigned r) {
+    outstanding[r].store(outstanding[r].load(std::memory_order_relaxed) - 1,
+                         std::memory_order_release);
+  }
+  StoreChannel* channel(unsigned i) const { return channels[i].load(std::memory_order_acquire); }
 };
 
 }  // namespace detail
@@ -249,8 +275,14 @@ using detail::QueueState;
 struct ReplicatedVolume::Impl {
   ReplicatedVolumeOptions options;
   VolumeInfo info;
-  unsigned nreplicas = 0;
+  // Replica indices in use are < nreplicas (grows with add_replica(); a
+  // removed index is kRemoved). `replicas` always has kMaxReplicas entries;
+  // an entry changes only while its index is fenced (membership changes,
+  // under meta_mutex).
+  std::atomic<unsigned> nreplicas{0};
   std::vector<ReplicaBinding> replicas;
+  std::array<std::string, kMaxReplicas> names;  // under `mutex`
+  uint64_t region_size = 0;                     // dirty-region bytes
   uint64_t volume_uuid = 0;
 
   // Data-path shared state: atomics only.
@@ -287,7 +319,19 @@ struct ReplicatedVolume::Impl {
   struct Job {
     uint32_t targets = 0;
     uint64_t full_from = 0;
+    // binding_version of each target when the job was made: a job whose
+    // target's binding changed since (replaced / removed) is dropped.
+    std::array<uint64_t, kMaxReplicas> versions{};
   };
+  std::array<uint64_t, kMaxReplicas> binding_version{};  // under meta_mutex
+  Job make_job(uint32_t targets, uint64_t full_from) {
+    Job job;
+    job.targets = targets;
+    job.full_from = full_from;
+    std::lock_guard meta_lock(meta_mutex);
+    job.versions = binding_version;
+    return job;
+  }
   std::thread rebuild_thread;
   std::mutex rebuild_mutex;
   std::condition_variable rebuild_cv;
@@ -322,13 +366,13 @@ struct ReplicatedVolume::Impl {
   }
 
   void event(int replica, std::string message) {
+    std::lock_guard lock(mutex);
     if (replica >= 0) {
       spdlog::warn("volume {}: replica {} ({}): {}", options.name, replica,
-                   replicas[static_cast<unsigned>(replica)].store->name(), message);
+                   names[static_cast<unsigned>(replica)], message);
     } else {
       spdlog::info("volume {}: {}", options.name, message);
     }
-    std::lock_guard lock(mutex);
     events.push_back({std::chrono::system_clock::now(), replica, std::move(message)});
     if (events.size() > 256) {
       events.erase(events.begin());
@@ -353,7 +397,7 @@ struct ReplicatedVolume::Impl {
     uint8_t cur = state[r].load(std::memory_order_seq_cst);
     for (;;) {
       auto s = static_cast<ReplicaState>(cur);
-      if (s == ReplicaState::kFailed || s == ReplicaState::kStale) {
+      if (s == ReplicaState::kFailed || s == ReplicaState::kStale || s == ReplicaState::kRemoved) {
         return true;
       }
       if (s == ReplicaState::kInSync && std::popcount(mask_of(ReplicaState::kInSync)) <= 1) {
@@ -418,7 +462,26 @@ struct ReplicatedVolume::Impl {
   Status start_job(const Job& job);
   Status checkpoint_locked();
   Status with_barrier(const std::function<Status()>& fn);
-  uint32_t region_bytes() const { return static_cast<uint32_t>(replicas[0].store->region_bytes()); }
+  uint32_t region_bytes() const { return static_cast<uint32_t>(region_size); }
+  // Indices holding a replica (any state but kRemoved).
+  [[nodiscard]] uint32_t present_mask() const {
+    uint32_t m = 0;
+    for (unsigned r = 0; r < nreplicas; ++r) {
+      if (replica_state(r) != ReplicaState::kRemoved) {
+        m |= bit(r);
+      }
+    }
+    return m;
+  }
+
+  // ---- membership (docs/engine.md "Membership changes") ----
+  Status fence(unsigned r, const std::string& what);
+  Status check_new_binding(const ReplicaBinding& b, int except, const std::string& what) const;
+  Status install(unsigned r, const ReplicaBinding& b);
+  Status uninstall(unsigned r);
+  Status start_rebuild_locked(unsigned replica);
+  Status take_out(unsigned r, const std::string& what);
+  std::mutex membership_mutex;  // one membership change at a time
 };
 
 namespace detail {
@@ -447,25 +510,72 @@ Status QueueState::init(ReplicatedVolume::Impl& volume, unsigned queue_index, un
   }
   // One channel per distinct store thread.
   for (unsigned r = 0; r < volume.nreplicas; ++r) {
-    StoreThread* t = volume.replicas[r].thread;
-    StoreChannel* ch = nullptr;
-    for (auto& c : channels) {
-      if (c->thread == t) {
-        ch = c.get();
-      }
-    }
-    if (ch == nullptr) {
-      // Each replica has at most one sub-request per slot in flight.
-      channels.push_back(std::make_unique<StoreChannel>(size_t{depth} * kMaxReplicas));
-      ch = channels.back().get();
-      ch->thread = t;
-      ch->queue_wake_fd = wake.get();
-    }
-    ch->stores[r] = volume.replicas[r].store;
-    channel_of[r] = ch;
+    UBLKVOL_TRY(bind_replica(r));
   }
-  for (auto& c : channels) {
-    UBLKVOL_TRY(c->thread->add_channel(*c));
+  return ok_status();
+}
+
+// Publishes replica r's binding to this queue: reuses the channel to its
+// store thread if there is one, else adds one. Before r's state puts it in
+// any mask (so the queue thread only sends to r after this).
+Status QueueState::bind_replica(unsigned r) {
+  StoreThread* t = vol->replicas[r].thread;
+  StoreChannel* ch = nullptr;
+  int free_entry = -1;
+  for (unsigned i = 0; i < kMaxReplicas; ++i) {
+    StoreChannel* c = channel(i);
+    if (c != nullptr && c->thread == t) {
+      ch = c;
+    } else if (c == nullptr && free_entry < 0) {
+      free_entry = static_cast<int>(i);
+    }
+  }
+  if (ch != nullptr) {
+    // The store thread reads stores[r] only for requests of replica r, which
+    // are pushed after this (ring release/acquire orders it).
+    ch->stores[r] = vol->replicas[r].store;
+    channel_of[r].store(ch, std::memory_order_release);
+    return ok_status();
+  }
+  if (free_entry < 0) {
+    return Error(ENOSPC, "volume " + vol->options.name + ": no free channel on queue " +
+                             std::to_string(index));
+  }
+  // Each replica has at most one sub-request per slot in flight.
+  owned.push_back(std::make_unique<StoreChannel>(size_t{nslots} * kMaxReplicas));
+  ch = owned.back().get();
+  ch->thread = t;
+  ch->queue_wake_fd = wake.get();
+  ch->stores[r] = vol->replicas[r].store;
+  UBLKVOL_TRY(t->add_channel(*ch));
+  channel_of[r].store(ch, std::memory_order_release);
+  channels[static_cast<unsigned>(free_entry)].store(ch, std::memory_order_release);
+  return ok_status();
+}
+
+// Forgets replica r's binding (fenced: no sub-request of r is at its store
+// and the queue thread will not send to r). A channel no other replica of
+// the volume uses is unpublished and taken off its thread (if that thread
+// still runs); the object stays in `owned`.
+Status QueueState::unbind_replica(unsigned r) {
+  StoreChannel* ch = channel_of[r].load(std::memory_order_acquire);
+  channel_of[r].store(nullptr, std::memory_order_release);
+  if (ch == nullptr) {
+    return ok_status();
+  }
+  ch->stores[r] = nullptr;
+  for (unsigned o = 0; o < kMaxReplicas; ++o) {
+    if (channel_of[o].load(std::memory_order_acquire) == ch) {
+      return ok_status();  // still used by another replica on that thread
+    }
+  }
+  for (unsigned i = 0; i < kMaxReplicas; ++i) {
+    if (channel(i) == ch) {
+      channels[i].store(nullptr, std::memory_order_release);
+    }
+  }
+  if (!ch->thread->exited()) {
+    return ch->thread->remove_channel(*ch);
   }
   return ok_status();
 }
@@ -485,17 +595,20 @@ void QueueState::shutdown() {
     if (!waiting) {
       break;
     }
-    for (auto& c : channels) {
-      while (ReplicaIo* sub = c->completions.pop()) {
-        handle(*sub);
+    for (unsigned i = 0; i < kMaxReplicas; ++i) {
+      if (StoreChannel* c = channel(i)) {
+        while (ReplicaIo* sub = c->completions.pop()) {
+          handle(*sub);
+        }
       }
     }
     pollfd p{wake.get(), POLLIN, 0};
     ::poll(&p, 1, 100);
     drain_fd(wake.get());
   }
-  for (auto& c : channels) {
-    if (!c->thread->exited()) {
+  for (unsigned i = 0; i < kMaxReplicas; ++i) {
+    StoreChannel* c = channel(i);
+    if (c != nullptr && !c->thread->exited()) {
       (void)c->thread->remove_channel(*c);
     }
   }
@@ -619,7 +732,9 @@ int QueueState::pick_read(uint32_t candidates) const {
   int best = -1;
   for (unsigned r = 0; r < vol->nreplicas; ++r) {
     if ((candidates & bit(r)) != 0 &&
-        (best < 0 || outstanding[r] < outstanding[static_cast<unsigned>(best)])) {
+        (best < 0 ||
+         outstanding[r].load(std::memory_order_relaxed) <
+             outstanding[static_cast<unsigned>(best)].load(std::memory_order_relaxed))) {
       best = static_cast<int>(r);
     }
   }
@@ -654,8 +769,8 @@ void QueueState::send(Slot& s, unsigned r, ReplicaOp op, uint64_t offset, uint64
   sub.engine_tag = &s;
   s.pending |= bit(r);
   s.sent |= bit(r);
-  ++outstanding[r];
-  StoreChannel* ch = channel_of[r];
+  inc_outstanding(r);
+  StoreChannel* ch = channel_of[r].load(std::memory_order_relaxed);
   bool was_empty = false;
   bool ok = ch->requests.push(&sub, was_empty);
   // Rings hold nslots * kMaxReplicas entries: never full.
@@ -665,8 +780,9 @@ void QueueState::send(Slot& s, unsigned r, ReplicaOp op, uint64_t offset, uint64
 }
 
 void QueueState::kick() {
-  for (auto& c : channels) {
-    if (c->pushed) {
+  for (unsigned i = 0; i < kMaxReplicas; ++i) {
+    StoreChannel* c = channel(i);
+    if (c != nullptr && c->pushed) {
       c->pushed = false;
       c->thread->ring_doorbell();
     }
@@ -715,7 +831,7 @@ void QueueState::handle(ReplicaIo& sub) {
   auto& s = *static_cast<Slot*>(sub.engine_tag);
   unsigned r = sub.replica;
   s.pending &= ~bit(r);
-  --outstanding[r];
+  dec_outstanding(r);
   if ((s.sent & bit(r)) == 0) {
     // A sub-request the slot stopped waiting for (its replica was dropped).
     maybe_free(s);
@@ -1187,7 +1303,7 @@ void QueueState::on_tick() {
     for (unsigned r = 0; r < vol->nreplicas; ++r) {
       if ((s->pending & bit(r)) != 0 && vol->thread_exited(r)) {
         s->pending &= ~bit(r);
-        --outstanding[r];
+        dec_outstanding(r);
       }
     }
     maybe_free(*s);
@@ -1200,9 +1316,11 @@ unsigned QueueState::reap() {
   self_signalled = false;
   // Completions first: a deadline check must not blame a replica whose
   // answer is already waiting in the ring.
-  for (auto& c : channels) {
-    while (ReplicaIo* sub = c->completions.pop()) {
-      handle(*sub);
+  for (unsigned i = 0; i < kMaxReplicas; ++i) {
+    if (StoreChannel* c = channel(i)) {
+      while (ReplicaIo* sub = c->completions.pop()) {
+        handle(*sub);
+      }
     }
   }
   uint64_t epoch = vol->state_epoch.load(std::memory_order_seq_cst);
@@ -1249,6 +1367,9 @@ unsigned QueueState::reap() {
   }
   kick();
   in_reap = false;
+  // Last: everything this thread sent before now was sent under masks of
+  // an epoch <= the one acknowledged (membership fence).
+  acked_epoch.store(epoch, std::memory_order_release);
   return ran;
 }
 
@@ -1355,10 +1476,14 @@ void ReplicatedVolume::Impl::monitor_loop() {
       break;
     }
     tick.fetch_add(1, std::memory_order_relaxed);
-    for (unsigned r = 0; r < nreplicas; ++r) {
-      ReplicaState s = replica_state(r);
-      if ((s == ReplicaState::kInSync || s == ReplicaState::kRebuilding) && thread_exited(r)) {
-        report_failure(r, FailKind::kThreadDied, -ESHUTDOWN);
+    {
+      // Bindings change under meta_mutex (membership changes).
+      std::lock_guard meta_lock(meta_mutex);
+      for (unsigned r = 0; r < nreplicas; ++r) {
+        ReplicaState s = replica_state(r);
+        if ((s == ReplicaState::kInSync || s == ReplicaState::kRebuilding) && thread_exited(r)) {
+          report_failure(r, FailKind::kThreadDied, -ESHUTDOWN);
+        }
       }
     }
     handle_failures();
@@ -1450,7 +1575,7 @@ Status ReplicatedVolume::Impl::with_barrier(const std::function<Status()>& fn) {
 }
 
 Status ReplicatedVolume::Impl::checkpoint_locked() {
-  if (mask_of(ReplicaState::kInSync) != (1U << nreplicas) - 1) {
+  if (mask_of(ReplicaState::kInSync) != present_mask()) {
     return Error(EAGAIN, "volume " + options.name + ": checkpoint needs every replica in sync");
   }
   return with_barrier([&]() -> Status {
@@ -1468,10 +1593,13 @@ Status ReplicatedVolume::Impl::checkpoint_locked() {
       return Error(-flush_result, "volume " + options.name + ": checkpoint flush failed");
     }
     std::lock_guard meta_lock(meta_mutex);
-    if (mask_of(ReplicaState::kInSync) != (1U << nreplicas) - 1) {
+    if (mask_of(ReplicaState::kInSync) != present_mask()) {
       return Error(EAGAIN, "volume " + options.name + ": a replica left during the checkpoint");
     }
     for (unsigned r = 0; r < nreplicas; ++r) {
+      if ((present_mask() & bit(r)) == 0) {
+        continue;
+      }
       ReplicaStore* store = replicas[r].store;
       Status st = replicas[r].thread->call([&]() -> Status { return store->clear_dirty(); });
       if (!st.ok()) {
@@ -1542,6 +1670,11 @@ Status ReplicatedVolume::Impl::run_job(const Job& job) {
       if ((job.targets & bit(t)) == 0) {
         continue;
       }
+      ReplicaState ts = replica_state(t);
+      if (job.versions[t] != binding_version[t] ||
+          (ts != ReplicaState::kStale && ts != ReplicaState::kFailed)) {
+        return fail("replica " + std::to_string(t) + " was replaced or removed");
+      }
       Result<ReplicaMeta> m = read_meta(t);
       if (!m.ok()) {
         return fail(m.error().to_string());
@@ -1579,8 +1712,9 @@ Status ReplicatedVolume::Impl::run_job(const Job& job) {
       return fail("rebuild queue busy");
     }
     q.run_until_done(barrier);
+    std::lock_guard meta_lock(meta_mutex);  // bindings stay put
     for (unsigned r = 0; r < nreplicas; ++r) {
-      if (thread_exited(r)) {
+      if (replica_state(r) == ReplicaState::kRemoved || thread_exited(r)) {
         continue;
       }
       Result<std::vector<uint8_t>> bits = read_dirty(r);
@@ -1769,7 +1903,7 @@ Status ReplicatedVolume::Impl::run_job(const Job& job) {
   }
   event(-1, "rebuild of replica mask " + std::to_string(job.targets) +
                 " done: " + std::to_string(done) + " bytes in " + std::to_string(secs) + " s");
-  if (mask_of(ReplicaState::kInSync) == (1U << nreplicas) - 1) {
+  if (mask_of(ReplicaState::kInSync) == present_mask()) {
     std::lock_guard control_lock(control_mutex);
     Status st = checkpoint_locked();
     if (!st.ok()) {
@@ -1861,6 +1995,13 @@ Result<std::unique_ptr<ReplicatedVolume>> ReplicatedVolume::open(
   v.options = options;
   v.nreplicas = static_cast<unsigned>(replicas.size());
   v.replicas = std::move(replicas);
+  v.replicas.resize(kMaxReplicas);
+  for (unsigned r = v.nreplicas; r < kMaxReplicas; ++r) {
+    v.state[r].store(static_cast<uint8_t>(ReplicaState::kRemoved));
+  }
+  for (unsigned r = 0; r < v.nreplicas; ++r) {
+    v.names[r] = std::string(v.replicas[r].store->name());
+  }
   v.deadline_ns = static_cast<uint64_t>(options.io_deadline.count()) * 1000000ULL;
   v.rebuild_rate.store(options.rebuild_bytes_per_second);
   int mfd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -1888,6 +2029,7 @@ Result<std::unique_ptr<ReplicatedVolume>> ReplicatedVolume::open(
       return Error(EINVAL, what + ": replicas have different dirty-region sizes");
     }
   }
+  v.region_size = region;
   for (unsigned r = 0; r < v.nreplicas; ++r) {
     if (v.replicas[r].store->size_bytes() != size) {
       spdlog::warn("{}: replica {} is larger than the smallest one; using {} bytes", what, names[r],
@@ -2003,7 +2145,7 @@ VolumeStatus ReplicatedVolume::status() const {
   st.generation = v.generation;
   for (unsigned r = 0; r < v.nreplicas; ++r) {
     ReplicaStatus rs;
-    rs.name = std::string(v.replicas[r].store->name());
+    rs.name = v.names[r];
     rs.state = v.replica_state(r);
     rs.generation = rs.state == ReplicaState::kInSync ? v.generation : 0;
     rs.last_error = v.last_error[r];
@@ -2020,7 +2162,7 @@ VolumeStatus ReplicatedVolume::status() const {
 
 Status ReplicatedVolume::fail_replica(unsigned replica, const std::string& reason) {
   Impl& v = *impl_;
-  if (replica >= v.nreplicas) {
+  if (replica >= v.nreplicas || v.replica_state(replica) == ReplicaState::kRemoved) {
     return Error(EINVAL, "volume " + v.options.name + ": no replica " + std::to_string(replica));
   }
   if (!v.report_failure(replica, FailKind::kOperator, -ECANCELED)) {
@@ -2037,9 +2179,14 @@ Status ReplicatedVolume::fail_replica(unsigned replica, const std::string& reaso
 }
 
 Status ReplicatedVolume::start_rebuild(unsigned replica) {
-  Impl& v = *impl_;
+  std::lock_guard membership_lock(impl_->membership_mutex);
+  return impl_->start_rebuild_locked(replica);
+}
+
+Status ReplicatedVolume::Impl::start_rebuild_locked(unsigned replica) {
+  Impl& v = *this;
   std::string what = "volume " + v.options.name + ": replica " + std::to_string(replica);
-  if (replica >= v.nreplicas) {
+  if (replica >= v.nreplicas || v.replica_state(replica) == ReplicaState::kRemoved) {
     return Error(EINVAL, "volume " + v.options.name + ": no replica " + std::to_string(replica));
   }
   ReplicaState s = v.replica_state(replica);
@@ -2080,8 +2227,7 @@ Status ReplicatedVolume::start_rebuild(unsigned replica) {
   if (!dst_meta.ok()) {
     return dst_meta.error().with_context(what);
   }
-  Impl::Job job;
-  job.targets = bit(replica);
+  Impl::Job job = v.make_job(bit(replica), 0);
   if (dst_meta->generation != 0 && bitmap_covers(*src_meta, dst_meta->generation)) {
     job.full_from = UINT64_MAX;
   } else if (dst_meta->rebuilding && bitmap_covers(*src_meta, dst_meta->rebuild_generation)) {
@@ -2091,6 +2237,236 @@ Status ReplicatedVolume::start_rebuild(unsigned replica) {
   }
   v.set_state(replica, ReplicaState::kStale);
   return v.start_job(job);
+}
+
+// ---------------------------------------------------------------------------
+// Membership changes (docs/engine.md "Membership changes")
+// ---------------------------------------------------------------------------
+
+// Waits until replica r is fenced: every queue has acted on the current
+// state epoch (so none sends to r under an older mask) and no queue has a
+// sub-request at r's store (answered, or reclaimed because its thread
+// exited). Internal queues nobody is driving are reaped here.
+Status ReplicatedVolume::Impl::fence(unsigned r, const std::string& what) {
+  const uint64_t target = state_epoch.load(std::memory_order_seq_cst);
+  poke_queues();
+  const auto limit =
+      std::chrono::steady_clock::now() + 2 * options.io_deadline + std::chrono::seconds(1);
+  std::string waiting;
+  for (;;) {
+    waiting.clear();
+    for (unsigned i = 0; i < queues.size(); ++i) {
+      QueueState& q = *queues[i];
+      bool idle = false;
+      if (i == control_queue) {
+        std::unique_lock lock(control_mutex, std::try_to_lock);
+        if (lock.owns_lock()) {
+          q.reap();
+        }
+      } else if (i == rebuild_queue) {
+        std::lock_guard lock(rebuild_mutex);
+        if (!rebuild_running) {
+          q.reap();
+        }
+      } else {
+        // A closed queue runs nothing; its next use refreshes its masks.
+        idle = !q.opened.load(std::memory_order_acquire);
+      }
+      bool acked = idle || q.acked_epoch.load(std::memory_order_acquire) >= target;
+      if (!acked || q.outstanding[r].load(std::memory_order_acquire) != 0) {
+        waiting += " " + std::to_string(i);
+      }
+    }
+    if (waiting.empty()) {
+      return ok_status();
+    }
+    if (std::chrono::steady_clock::now() > limit) {
+      return Error(ETIMEDOUT, what + ": queue(s)" + waiting +
+                                  " still hold requests for it or did not reap (keep reaping "
+                                  "on wake_fd; a hung store keeps its requests)");
+    }
+    // Control path: queues answer within a reap or a monitor tick.
+    pollfd p{monitor_fd.get(), 0, 0};
+    ::poll(&p, 1, 2);
+  }
+}
+
+Status ReplicatedVolume::Impl::check_new_binding(const ReplicaBinding& b, int except,
+                                                 const std::string& what) const {
+  if (b.store == nullptr || b.thread == nullptr) {
+    return Error(EINVAL, what + ": the new replica has no store or thread");
+  }
+  if (b.thread->exited()) {
+    return Error(ESHUTDOWN, what + ": the new replica's store thread is not running");
+  }
+  for (unsigned r = 0; r < nreplicas; ++r) {
+    if (static_cast<int>(r) != except && replica_state(r) != ReplicaState::kRemoved &&
+        replicas[r].store == b.store) {
+      return Error(EINVAL, what + ": that store is already replica " + std::to_string(r));
+    }
+  }
+  if (b.store->size_bytes() < info.size_bytes) {
+    return Error(EINVAL, what + ": the new store holds " + std::to_string(b.store->size_bytes()) +
+                             " bytes, the volume needs " + std::to_string(info.size_bytes));
+  }
+  if (b.store->region_bytes() != region_size) {
+    return Error(EINVAL, what + ": the new store's dirty-region size " +
+                             std::to_string(b.store->region_bytes()) +
+                             " differs from the volume's " + std::to_string(region_size));
+  }
+  return ok_status();
+}
+
+// r is kRemoved (or r == nreplicas) and fenced. The new replica joins as
+// stale: not read, not written until its rebuild makes it a target.
+Status ReplicatedVolume::Impl::install(unsigned r, const ReplicaBinding& b) {
+  {
+    std::lock_guard meta_lock(meta_mutex);
+    replicas[r] = b;
+    ++binding_version[r];
+    handled[r] = false;
+    std::lock_guard lock(mutex);
+    names[r] = std::string(b.store->name());
+    last_error[r].clear();
+  }
+  fail_kind[r].store(0);
+  state[r].store(static_cast<uint8_t>(ReplicaState::kStale), std::memory_order_seq_cst);
+  for (auto& q : queues) {
+    Status st = q->bind_replica(r);
+    if (!st.ok()) {
+      for (auto& u : queues) {
+        (void)u->unbind_replica(r);
+      }
+      state[r].store(static_cast<uint8_t>(ReplicaState::kRemoved), std::memory_order_seq_cst);
+      return st;
+    }
+  }
+  if (r >= nreplicas) {
+    nreplicas.store(r + 1, std::memory_order_seq_cst);
+  }
+  bump_epoch();
+  return ok_status();
+}
+
+// r is failed or stale and fenced: forget its binding.
+Status ReplicatedVolume::Impl::uninstall(unsigned r) {
+  Status result = ok_status();
+  for (auto& q : queues) {
+    Status st = q->unbind_replica(r);
+    if (!st.ok() && result.ok()) {
+      result = st;  // the old thread stopped meanwhile: nothing left to detach
+    }
+  }
+  {
+    std::lock_guard lock(rebuild_mutex);
+    // Queued jobs for the old binding must not run on a new one.
+    jobs.erase(std::remove_if(jobs.begin(), jobs.end(),
+                              [&](const Job& j) { return (j.targets & bit(r)) != 0; }),
+               jobs.end());
+  }
+  {
+    std::lock_guard meta_lock(meta_mutex);
+    state[r].store(static_cast<uint8_t>(ReplicaState::kRemoved), std::memory_order_seq_cst);
+    replicas[r] = {};
+    ++binding_version[r];
+  }
+  bump_epoch();
+  (void)result;
+  return ok_status();
+}
+
+// Takes r out of the write set (as a failure would) and waits for the
+// survivors' generation bump.
+Status ReplicatedVolume::Impl::take_out(unsigned r, const std::string& what) {
+  ReplicaState s = replica_state(r);
+  if (s == ReplicaState::kInSync) {
+    unsigned in_sync = static_cast<unsigned>(std::popcount(mask_of(ReplicaState::kInSync)));
+    if (in_sync - 1 < options.min_replicas) {
+      return Error(EBUSY, what + ": removing it would leave " + std::to_string(in_sync - 1) +
+                              " in-sync replica(s), below min-replicas " +
+                              std::to_string(options.min_replicas));
+    }
+  }
+  if (s == ReplicaState::kInSync || s == ReplicaState::kRebuilding) {
+    if (!report_failure(r, FailKind::kOperator, -ECANCELED)) {
+      return Error(EBUSY, what + " is the last replica in sync");
+    }
+    signal_fd(monitor_fd.get());
+  }
+  while (gen_hold.load(std::memory_order_seq_cst) != 0) {
+    pollfd p{monitor_fd.get(), 0, 0};
+    ::poll(&p, 1, 1);
+  }
+  return ok_status();
+}
+
+Result<unsigned> ReplicatedVolume::add_replica(ReplicaBinding replica) {
+  Impl& v = *impl_;
+  std::lock_guard membership_lock(v.membership_mutex);
+  std::string what = "volume " + v.options.name + ": add replica";
+  if (v.closed) {
+    return Error(ESHUTDOWN, what + ": the volume is closed");
+  }
+  UBLKVOL_TRY(v.check_new_binding(replica, -1, what));
+  unsigned r = 0;
+  while (r < v.nreplicas && v.replica_state(r) != ReplicaState::kRemoved) {
+    ++r;
+  }
+  if (r >= kMaxReplicas) {
+    return Error(ENOSPC,
+                 what + ": the volume already has " + std::to_string(kMaxReplicas) + " replicas");
+  }
+  // A removed index was fenced when it was removed.
+  UBLKVOL_TRY(v.install(r, replica));
+  v.event(static_cast<int>(r), "added; full rebuild follows");
+  Impl::Job job = v.make_job(bit(r), 0);
+  UBLKVOL_TRY(v.start_job(job));
+  return r;
+}
+
+Status ReplicatedVolume::remove_replica(unsigned replica) {
+  Impl& v = *impl_;
+  std::lock_guard membership_lock(v.membership_mutex);
+  std::string what = "volume " + v.options.name + ": replica " + std::to_string(replica);
+  if (replica >= v.nreplicas || v.replica_state(replica) == ReplicaState::kRemoved) {
+    return Error(EINVAL, "volume " + v.options.name + ": no replica " + std::to_string(replica));
+  }
+  UBLKVOL_TRY(v.take_out(replica, what));
+  UBLKVOL_TRY(v.fence(replica, what));
+  std::string name;
+  {
+    std::lock_guard lock(v.mutex);
+    name = v.names[replica];
+  }
+  UBLKVOL_TRY(v.uninstall(replica));
+  v.event(static_cast<int>(replica), "removed (" + name + ")");
+  return ok_status();
+}
+
+Status ReplicatedVolume::replace_replica(unsigned replica, ReplicaBinding binding) {
+  Impl& v = *impl_;
+  std::lock_guard membership_lock(v.membership_mutex);
+  std::string what = "volume " + v.options.name + ": replica " + std::to_string(replica);
+  if (replica >= v.nreplicas || v.replica_state(replica) == ReplicaState::kRemoved) {
+    return Error(EINVAL, "volume " + v.options.name + ": no replica " + std::to_string(replica));
+  }
+  ReplicaState s = v.replica_state(replica);
+  if (s != ReplicaState::kFailed && s != ReplicaState::kStale) {
+    return Error(EBUSY, what + " is " + to_string(s) +
+                            "; only a failed or stale replica is replaced (fail it first)");
+  }
+  UBLKVOL_TRY(v.check_new_binding(binding, static_cast<int>(replica), what));
+  UBLKVOL_TRY(v.take_out(replica, what));
+  UBLKVOL_TRY(v.fence(replica, what));
+  std::string old_name;
+  {
+    std::lock_guard lock(v.mutex);
+    old_name = v.names[replica];
+  }
+  UBLKVOL_TRY(v.uninstall(replica));
+  UBLKVOL_TRY(v.install(replica, binding));
+  v.event(static_cast<int>(replica), "replaced " + old_name + "; rebuilding");
+  return v.start_rebuild_locked(replica);
 }
 
 Status ReplicatedVolume::wait_rebuild() {
@@ -2258,7 +2634,7 @@ Status ReplicatedVolume::close() {
     v.rebuild_thread.join();
   }
   Status st = ok_status();
-  if (v.mask_of(ReplicaState::kInSync) == (1U << v.nreplicas) - 1) {
+  if (v.mask_of(ReplicaState::kInSync) == v.present_mask()) {
     st = checkpoint();
   }
   v.closed = true;
