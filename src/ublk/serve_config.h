@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "ublkvol/common/result.h"
 #include "ublkvol/engine/volume.h"
@@ -18,18 +19,30 @@ namespace ublkvol::ublk {
 // negative, fractional, unknown suffixes and overflow.
 Result<uint64_t> parse_size(const std::string& text);
 
+// The replicated backend's limits (the engine takes up to 4; the test server
+// is meant for 1..3 DBS replicas, one per store file).
+inline constexpr unsigned kMaxServeReplicas = 3;
+
 struct ServeConfig {
-  std::string backend = "memory";  // null | memory
+  std::string backend = "memory";  // null | memory | replicated
+  // Replicated: 0 = take the size from the existing replica files.
   uint64_t size_bytes = 0;
   uint32_t block_size = 4096;
   std::string backing_file;  // memory only
+  // Replicated only: one DBS store file per replica (created and formatted
+  // if missing or empty, unless recovering), the store size for new files
+  // (0: derived from the volume size) and the volume's name in each store.
+  std::vector<std::string> replica_files;
+  uint64_t store_size_bytes = 0;
+  std::string volume_name = "ublkvol";
   DeviceOptions device;
 };
 
 // Everything that can be checked without a kernel.
 Status validate_serve_config(const ServeConfig& config);
 
-// The backend volume `config` describes.
+// The backend volume `config` describes (null and memory; the replicated
+// backend is opened by open_replicated_backend, replicated_backend.h).
 Result<std::unique_ptr<engine::Volume>> make_backend(const ServeConfig& config);
 
 // The backend part of a recovery record, and back.

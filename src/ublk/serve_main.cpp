@@ -1,10 +1,14 @@
-// ublkvol-serve: serves one null or memory volume as /dev/ublkbN, for the
-// frontend's tests and benchmarks (the production daemon is ublk-volumed).
+// ublkvol-serve: serves one null, memory or replicated volume as
+// /dev/ublkbN, for the frontend's tests and benchmarks (the production daemon
+// is ublk-volumed).
 //
 //   ublkvol-serve --backend memory --size 1G --queues 2 --depth 128
 //   ublkvol-serve --backend memory --size 256M --backing-file /dev/shm/v
 //                 --state-file /run/v.json    # recoverable: survives kill -9
 //   ublkvol-serve --recover --state-file /run/v.json       # re-attach after it
+//   ublkvol-serve --backend replicated --size 1G --replica-file /dev/shm/r0
+//                 --replica-file /dev/shm/r1 --replica-file /dev/shm/r2
+//                 # 3 DBS replicas (files created + formatted if missing)
 //
 // Signals: SIGTERM / SIGINT stop and delete the device; SIGHUP detaches,
 // leaving a --recoverable device for a later --recover; SIGUSR1 writes the
@@ -27,6 +31,7 @@
 #include "ublkvol/ublk/features.h"
 #include "ublkvol/ublk/recovery_record.h"
 
+#include "replicated_backend.h"
 #include "serve_config.h"
 
 namespace ublkvol::ublk {
@@ -64,16 +69,40 @@ nlohmann::json stats_json(const DeviceStats& s) {
           {"errors", s.errors}};
 }
 
-void write_stats(const std::string& path, const UblkDevice& device) {
+nlohmann::json replica_json(const ReplicaReport& r) {
+  return {{"file", r.file},
+          {"state", engine::to_string(r.state)},
+          {"reads", r.reads},
+          {"writes", r.writes},
+          {"fua_writes", r.fua_writes},
+          {"flushes", r.flushes},
+          {"discards", r.discards},
+          {"write_zeroes", r.write_zeroes},
+          {"device_writes", r.device_writes},
+          {"device_flushes", r.device_flushes},
+          {"device_discards", r.device_discards},
+          {"store_commits", r.store_commits}};
+}
+
+void write_stats(const std::string& path, const UblkDevice& device,
+                 const ReplicatedBackend* replicated) {
   if (path.empty()) {
     return;
   }
-  // One line: {"total": {...}, "queues": [{...}, ...]}.
+  // One line: {"queues": [{...}, ...], "replicas": [{...}, ...], "total": {...}}
+  // (replicas only for the replicated backend; flat objects, so the e2e
+  // tests' awk can pick fields).
   nlohmann::json j;
   j["total"] = stats_json(device.stats());
   j["queues"] = nlohmann::json::array();
   for (const DeviceStats& q : device.queue_stats()) {
     j["queues"].push_back(stats_json(q));
+  }
+  if (replicated != nullptr) {
+    j["replicas"] = nlohmann::json::array();
+    for (const ReplicaReport& r : replicated->replica_reports()) {
+      j["replicas"].push_back(replica_json(r));
+    }
   }
   Status s = write_text_file(path, j.dump() + "\n");
   if (!s.ok()) {
@@ -83,7 +112,8 @@ void write_stats(const std::string& path, const UblkDevice& device) {
 
 struct Args {
   ServeConfig config;
-  std::string size = "1G";
+  std::string size;  // default: 1G (null, memory), the replicas' (replicated)
+  std::string store_size = "0";
   std::string max_io = "0";
   bool recover = false;
   bool no_pin = false;
@@ -109,11 +139,21 @@ int serve(Args& args) {
     }
     config = recovered.value();
   } else {
-    auto size = parse_size(args.size);
+    const std::string size_text =
+        args.size.empty() ? (config.backend == "replicated" ? "0" : "1G") : args.size;
+    auto size = parse_size(size_text);
     if (!size) {
       return fail(size.error());
     }
+    if (*size == 0 && !args.size.empty() && config.backend == "replicated") {
+      return fail(Error(EINVAL, "volume size is 0"));
+    }
     config.size_bytes = *size;
+    auto store_size = parse_size(args.store_size);
+    if (!store_size) {
+      return fail(store_size.error());
+    }
+    config.store_size_bytes = *store_size;
     auto max_io = parse_size(args.max_io);
     if (!max_io || *max_io > UINT32_MAX) {
       return fail(max_io ? Error(EINVAL, "--max-io is too large") : max_io.error());
@@ -142,14 +182,28 @@ int serve(Args& args) {
     return fail(errno_error("cannot create signalfd"));
   }
 
-  auto volume = make_backend(config);
-  if (!volume) {
-    return fail(volume.error());
+  // The replicated backend is kept by its own type too: stats and clean close.
+  std::unique_ptr<engine::Volume> volume;
+  ReplicatedBackend* replicated = nullptr;
+  if (config.backend == "replicated") {
+    auto backend = ReplicatedBackend::open(config, args.recover);
+    if (!backend) {
+      return fail(backend.error());
+    }
+    replicated = backend->get();
+    config.size_bytes = replicated->info().size_bytes;
+    volume = std::move(*backend);
+  } else {
+    auto backend = make_backend(config);
+    if (!backend) {
+      return fail(backend.error());
+    }
+    volume = std::move(*backend);
   }
-  auto device = args.recover
-                    ? UblkDevice::recover(**volume, static_cast<uint32_t>(config.device.dev_id),
-                                          config.device)
-                    : UblkDevice::create(**volume, config.device);
+  auto device =
+      args.recover
+          ? UblkDevice::recover(*volume, static_cast<uint32_t>(config.device.dev_id), config.device)
+          : UblkDevice::create(*volume, config.device);
   if (!device) {
     return fail(device.error());
   }
@@ -204,7 +258,7 @@ int serve(Args& args) {
         continue;
       }
       if (si.ssi_signo == SIGUSR1) {
-        write_stats(args.stats_file, dev);
+        write_stats(args.stats_file, dev, replicated);
         continue;
       }
       ending = si.ssi_signo == SIGHUP ? Ending::kDetach : Ending::kStop;
@@ -213,10 +267,22 @@ int serve(Args& args) {
   }
 
   int status = 0;
+  // Every queue is closed once the device stopped or detached: the
+  // replicated volume can then checkpoint and close its stores.
+  const auto close_backend = [&] {
+    if (replicated != nullptr) {
+      Status closed = replicated->close();
+      if (!closed.ok()) {
+        spdlog::error("{}", closed.error().to_string());
+        status = kExitFailure;
+      }
+    }
+  };
   switch (ending) {
     case Ending::kStop: {
       Status s = dev.stop_and_delete();
-      write_stats(args.stats_file, dev);
+      write_stats(args.stats_file, dev, replicated);
+      close_backend();
       if (!s.ok()) {
         spdlog::error("{}", s.error().to_string());
         status = kExitFailure;
@@ -231,15 +297,19 @@ int serve(Args& args) {
     }
     case Ending::kDetach: {
       Status s = dev.detach();
-      write_stats(args.stats_file, dev);
+      write_stats(args.stats_file, dev, replicated);
+      close_backend();
       spdlog::info("detached from {}; re-attach with --recover", dev.block_path());
-      status = s.ok() ? 0 : kExitFailure;
+      if (!s.ok()) {
+        status = kExitFailure;
+      }
       break;
     }
     case Ending::kRemoved: {
       Status queues = dev.queue_status();
       Status s = dev.stop_and_delete();
-      write_stats(args.stats_file, dev);
+      write_stats(args.stats_file, dev, replicated);
+      close_backend();
       if (!queues.ok()) {
         spdlog::error("queues ended: {}", queues.error().to_string());
         status = kExitFailure;
@@ -263,9 +333,20 @@ int serve(Args& args) {
 int main(int argc, char** argv) {
   using ublkvol::ublk::Args;
   Args args;
-  CLI::App app{"Serve a null or memory volume as /dev/ublkbN (tests and benchmarks)"};
-  app.add_option("--backend", args.config.backend, "null | memory")->capture_default_str();
-  app.add_option("--size", args.size, "volume size (4096, 64K, 512M, 1G, ...)")
+  CLI::App app{"Serve a null, memory or replicated volume as /dev/ublkbN (tests and benchmarks)"};
+  app.add_option("--backend", args.config.backend, "null | memory | replicated")
+      ->capture_default_str();
+  app.add_option("--size", args.size,
+                 "volume size (4096, 64K, 512M, 1G, ...); default 1G, or for replicated the "
+                 "size the existing replica files hold");
+  app.add_option("--replica-file", args.config.replica_files,
+                 "replicated: a DBS store file per replica (1..3; created and formatted if "
+                 "missing or empty, never when recovering)");
+  app.add_option("--store-size", args.store_size,
+                 "replicated: size of newly created store files (0: volume + max(64M, 1/8))")
+      ->capture_default_str();
+  app.add_option("--volume-name", args.config.volume_name,
+                 "replicated: the volume's name inside each store")
       ->capture_default_str();
   app.add_option("--block-size", args.config.block_size, "logical block size (512..4096)")
       ->capture_default_str();

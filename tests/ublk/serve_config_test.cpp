@@ -35,7 +35,7 @@ TEST(ServeConfigTest, ValidatesBackendAndDevice) {
   EXPECT_TRUE(validate_serve_config(c).ok());
   c.backend = "disk";
   EXPECT_EQ(validate_serve_config(c).error().message(),
-            "unknown backend 'disk' (use null or memory)");
+            "unknown backend 'disk' (use null, memory or replicated)");
   c.backend = "null";
   c.backing_file = "/dev/shm/x";
   EXPECT_EQ(validate_serve_config(c).error().message(), "--backing-file needs the memory backend");
@@ -81,6 +81,42 @@ TEST(ServeConfigTest, RecoveryRecordCarriesTheBackend) {
   EXPECT_FALSE(config_from_record(r, ServeConfig{}).ok());
 }
 
+TEST(ServeConfigTest, ValidatesReplicatedAndRecordsItsFiles) {
+  ServeConfig c;
+  c.backend = "replicated";
+  EXPECT_EQ(validate_serve_config(c).error().message(),
+            "the replicated backend needs 1 to 3 --replica-file options, got 0");
+  c.replica_files = {"/dev/shm/a", "/dev/shm/b", "/dev/shm/c", "/dev/shm/d"};
+  EXPECT_EQ(validate_serve_config(c).error().message(),
+            "the replicated backend needs 1 to 3 --replica-file options, got 4");
+  c.replica_files = {"/dev/shm/a", "/dev/shm/a"};
+  EXPECT_EQ(validate_serve_config(c).error().message(),
+            "--replica-file /dev/shm/a is given twice: every replica needs its own store file");
+  c.replica_files = {"/dev/shm/a", "/dev/shm/b"};
+  EXPECT_TRUE(validate_serve_config(c).ok());  // size 0: taken from the files
+  c.block_size = 512;
+  EXPECT_EQ(validate_serve_config(c).error().message(),
+            "the replicated backend has 4096-byte blocks (--block-size 512 was given)");
+  c.block_size = 4096;
+  c.size_bytes = 1ULL << 30U;
+  c.volume_name = "v1";
+  RecoveryRecord r = make_recovery_record(c, 2, 2, 128);
+  auto back = config_from_record(r, ServeConfig{});
+  ASSERT_TRUE(back.ok()) << back.error().to_string();
+  EXPECT_EQ(back->backend, "replicated");
+  EXPECT_EQ(back->replica_files, c.replica_files);
+  EXPECT_EQ(back->volume_name, "v1");
+  EXPECT_EQ(back->size_bytes, 1ULL << 30U);
+  r.backend.erase("replica_file.1");
+  EXPECT_EQ(config_from_record(r, ServeConfig{}).error().message(),
+            "recovery record: 'replica_file.1' is missing");
+  ServeConfig memory;
+  memory.size_bytes = 1ULL << 20U;
+  memory.replica_files = {"/dev/shm/a"};
+  EXPECT_EQ(validate_serve_config(memory).error().message(),
+            "--replica-file needs the replicated backend");
+}
+
 struct ProcessRun {
   int exit_code = -1;
   std::string output;
@@ -115,6 +151,16 @@ TEST(ServeBinaryTest, RefusesBadParametersBeforeTouchingTheKernel) {
       {"--size 1Q", "size '1Q' has an unknown unit"},
       {"--backend tape", "unknown backend 'tape'"},
       {"--recover", "--recover needs --state-file"},
+      {"--backend replicated", "the replicated backend needs 1 to 3 --replica-file options, got 0"},
+      {"--backend replicated --size 1G --replica-file /x/a --replica-file /x/b --replica-file /x/c "
+       "--replica-file /x/d",
+       "the replicated backend needs 1 to 3 --replica-file options, got 4"},
+      {"--backend replicated --size 1G --replica-file /nonexistent-dir/r0",
+       "replica file /nonexistent-dir/r0 cannot be created: directory /nonexistent-dir does not "
+       "exist"},
+      {"--backend replicated --replica-file /tmp/ublkvol-serve-test-no-such-replica",
+       "--size is needed to create new replica files"},
+      {"--backend replicated --recover", "--recover needs --state-file"},
   };
   for (const auto& c : cases) {
     ProcessRun r = run_serve(c.args);
