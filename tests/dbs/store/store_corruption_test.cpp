@@ -1,16 +1,22 @@
-// Refusal of foreign / newer / truncated / corrupted devices (nothing is
-// written to a refused device), and check() / check_device() finding each
-// kind of metadata inconsistency injected by hand as checksummed records.
+// Refusal of foreign / newer / truncated / corrupted devices (no write
+// request reaches a refused device, its bytes are unchanged, and the error
+// starts with the device's name), and check() / check_device() finding each
+// kind of metadata inconsistency injected by hand as checksummed records
+// (check_device() never writes either).
 #include <cstring>
+#include <fstream>
 #include <functional>
 #include <gtest/gtest.h>
+#include <iterator>
 #include <vector>
 
 #include "ublkvol/common/crc32c.h"
+#include "ublkvol/dbs/file_device.h"
 #include "ublkvol/dbs/format.h"
 #include "ublkvol/dbs/memory_device.h"
 #include "ublkvol/dbs/store.h"
 
+#include "../device/temp_file.h"
 #include "meta_io.h"
 #include "metadata.h"
 #include "store_test_util.h"
@@ -48,15 +54,29 @@ class CorruptionTest : public ::testing::Test {
     ASSERT_TRUE((*store)->commit().ok());
   }
 
-  // Expects open to fail with `needle` in the message and the device bytes
-  // to be untouched.
-  void expect_refused(BlockDevice& device, std::span<const std::byte> bytes,
-                      const std::string& needle) {
+  // Expects open to fail with an error that names the device and contains
+  // `needle`, without a single write, discard or flush reaching the device
+  // and with its bytes untouched.
+  static void expect_refused(MemoryDevice& device, std::span<const std::byte> bytes,
+                             const std::string& needle) {
     const std::vector<std::byte> before(bytes.begin(), bytes.end());
+    const MemoryDevice::Counters counters = device.counters();
     auto store = Store::open(device);
     ASSERT_FALSE(store.ok()) << "opened a store that should be refused (" << needle << ")";
-    EXPECT_NE(store.error().message().find(needle), std::string::npos)
-        << "message: " << store.error().message();
+    const std::string& message = store.error().message();
+    EXPECT_NE(message.find(needle), std::string::npos) << "message: " << message;
+    EXPECT_EQ(message.rfind(std::string(device.name()) + ": ", 0), 0u)
+        << "message does not start with the device name: " << message;
+    expect_untouched(device, counters, before, bytes);
+  }
+
+  static void expect_untouched(const MemoryDevice& device, const MemoryDevice::Counters& counters,
+                               const std::vector<std::byte>& before,
+                               std::span<const std::byte> bytes) {
+    EXPECT_EQ(device.counters().writes, counters.writes) << "a refused device was written";
+    EXPECT_EQ(device.counters().discards, counters.discards);
+    EXPECT_EQ(device.counters().write_zeroes, counters.write_zeroes);
+    EXPECT_EQ(device.counters().flushes, counters.flushes);
     EXPECT_TRUE(std::equal(before.begin(), before.end(), bytes.begin()))
         << "a refused device was modified";
   }
@@ -123,7 +143,10 @@ class CorruptionTest : public ::testing::Test {
   }
 
   void expect_check_finds(const std::string& needle) {
+    const std::vector<std::byte> before = device_->snapshot();
+    const MemoryDevice::Counters counters = device_->counters();
     auto problems = Store::check_device(*device_);
+    expect_untouched(*device_, counters, before, device_->bytes());
     bool found = false;
     for (const auto& p : problems) {
       found |= p.find(needle) != std::string::npos;
@@ -261,6 +284,7 @@ TEST_F(CorruptionTest, ParentCycleIsFound) {
   b.parent = 50;
   append_commit(std::pair{RecordType::kIds, IdsRecord{100, 100}}, std::pair{RecordType::kLayer, a},
                 std::pair{RecordType::kLayer, b});
+  expect_refused(*device_, device_->bytes(), "metadata is inconsistent");
   expect_check_finds("cycle");
 }
 
@@ -304,6 +328,66 @@ TEST_F(CorruptionTest, CheckOnOpenStoreFindsDamagedJournal) {
   auto problems = (*store)->check();
   ASSERT_FALSE(problems.empty());
   EXPECT_NE(problems[0].find("journal block 0"), std::string::npos) << problems[0];
+}
+
+// A real file through the io_uring FileDevice: a foreign file and a store
+// file whose checkpoint was damaged are refused with the file's path in the
+// message, and the file's bytes stay exactly as they were.
+TEST(FileRefusalTest, ForeignAndCorruptedFilesAreRefusedUnchanged) {
+  testing::TempPath path("/tmp", "refuse");
+  auto read_file = [&] {
+    std::ifstream in(path.path(), std::ios::binary);
+    return std::vector<char>(std::istreambuf_iterator<char>(in), {});
+  };
+  FileDeviceOptions options;
+  options.create_size = 16 * kMiB;
+  {
+    auto device = FileDevice::open(path.path(), options);
+    ASSERT_TRUE(device.ok()) << device.error().to_string();
+    Buffer junk(kMiB);
+    for (size_t i = 0; i < junk.size(); ++i) {
+      junk.data()[i] = static_cast<std::byte>((i * 2654435761u) >> 11);
+    }
+    ASSERT_TRUE(write_sync(**device, 0, junk.span()).ok());
+    ASSERT_TRUE(flush_sync(**device).ok());
+  }
+  const std::vector<char> foreign = read_file();
+  {
+    auto device = FileDevice::open(path.path(), options);
+    ASSERT_TRUE(device.ok());
+    auto store = Store::open(**device);
+    ASSERT_FALSE(store.ok());
+    EXPECT_EQ(store.error().message(),
+              path.path() + ": not a DBS store (no superblock magic in block 0 or 1)");
+  }
+  EXPECT_TRUE(read_file() == foreign) << "a refused foreign file was modified";
+
+  {
+    auto device = FileDevice::open(path.path(), options);
+    ASSERT_TRUE(device.ok());
+    FormatOptions format_options;
+    format_options.extent_blocks = 16;
+    ASSERT_TRUE(Store::format(**device, format_options).ok());
+    auto loaded = detail::load_store(**device, false, nullptr);
+    ASSERT_TRUE(loaded.ok());
+    Buffer block(kBlock);
+    const uint64_t at = loaded->geometry.checkpoint_start[0] * kBlockSize;
+    ASSERT_TRUE(read_sync(**device, at, block.span()).ok());
+    block.data()[300] ^= std::byte{4};
+    ASSERT_TRUE(write_sync(**device, at, block.span()).ok());
+    ASSERT_TRUE(flush_sync(**device).ok());
+  }
+  const std::vector<char> corrupted = read_file();
+  {
+    auto device = FileDevice::open(path.path(), options);
+    ASSERT_TRUE(device.ok());
+    auto store = Store::open(**device);
+    ASSERT_FALSE(store.ok());
+    EXPECT_EQ(store.error().message().rfind(path.path() + ": no valid metadata checkpoint", 0), 0u)
+        << store.error().message();
+    EXPECT_FALSE(Store::check_device(**device).empty());
+  }
+  EXPECT_TRUE(read_file() == corrupted) << "a refused store file was modified";
 }
 
 }  // namespace
