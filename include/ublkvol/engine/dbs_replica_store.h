@@ -61,6 +61,9 @@ class DbsReplicaStore final : public ReplicaStore {
   Status create_snapshot(std::string_view snapshot) override;
   Status delete_snapshot(std::string_view snapshot) override;
   Status revert_snapshot(std::string_view snapshot) override;
+  // A DBS clone of the snapshot named `clone`, plus its metadata volume.
+  Status clone_snapshot(std::string_view snapshot, std::string_view clone,
+                        const ReplicaMeta& clone_meta) override;
   [[nodiscard]] std::vector<std::string> list_snapshots() const override;
 
   struct Impl;

@@ -140,6 +140,12 @@ class ReplicaStore {
   virtual Status create_snapshot(std::string_view name);
   virtual Status delete_snapshot(std::string_view name);
   virtual Status revert_snapshot(std::string_view name);
+  // Makes `clone` a new replica (of another volume) holding the snapshot's
+  // content, with `clone_meta` as its persisted ReplicaMeta. The clone is
+  // opened separately (e.g. open_dbs_replica) and never shares later writes
+  // with this replica.
+  virtual Status clone_snapshot(std::string_view snapshot, std::string_view clone,
+                                const ReplicaMeta& clone_meta);
   // Lists snapshot names (empty for stores without snapshots).
   [[nodiscard]] virtual std::vector<std::string> list_snapshots() const { return {}; }
 };

@@ -198,6 +198,13 @@ class ReplicatedVolume : public Volume {
   Status create_snapshot(const std::string& snapshot);
   Status delete_snapshot(const std::string& snapshot);
   Status revert_snapshot(const std::string& snapshot);
+  // Clones the snapshot into a new volume `clone` on every in-sync replica
+  // (each replica's store gets a replica named `clone` holding the
+  // snapshot's content, all with one fresh volume id and generation, so
+  // opening them as a ReplicatedVolume finds them in sync). Returns the
+  // replica indices cloned (bitmask). A failure part-way leaves the clones
+  // made so far (named in the error) for the operator to delete.
+  Result<uint32_t> clone_snapshot(const std::string& snapshot, const std::string& clone);
 
   // Compares in-sync replicas chunk by chunk (CRC32C), ordered against
   // concurrent writes, and reports ranges that differ.

@@ -399,6 +399,29 @@ Status DbsReplicaStore::delete_snapshot(std::string_view snapshot) {
   return impl_->store->delete_snapshot(*id);
 }
 
+Status DbsReplicaStore::clone_snapshot(std::string_view snapshot, std::string_view clone,
+                                       const ReplicaMeta& clone_meta) {
+  dbs::Store& store = *impl_->store;
+  auto id = store.find_snapshot(impl_->volume, snapshot);
+  if (!id.ok()) {
+    return id.error();
+  }
+  std::string clone_name(clone);
+  auto volume = store.clone_snapshot(*id, clone_name);
+  if (!volume.ok()) {
+    return volume.error().with_context(impl_->display + ": cloning " + std::string(snapshot));
+  }
+  auto meta_volume = store.create_volume(meta_volume_name(clone_name), kBlock);
+  if (!meta_volume.ok()) {
+    return meta_volume.error().with_context(impl_->display + ": clone " + clone_name);
+  }
+  AlignedBytes block = aligned_block();
+  encode(clone_meta, block.get());
+  UBLKVOL_TRY(store.write(*meta_volume, 0, {block.get(), kBlock}));
+  UBLKVOL_TRY(store.set_generation(*volume, clone_meta.generation));
+  return store.commit();
+}
+
 Status DbsReplicaStore::revert_snapshot(std::string_view snapshot) {
   auto id = impl_->store->find_snapshot(impl_->volume, snapshot);
   if (!id.ok()) {

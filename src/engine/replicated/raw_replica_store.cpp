@@ -38,6 +38,11 @@ Status ReplicaStore::revert_snapshot(std::string_view /*name*/) {
   return Error(ENOTSUP, std::string(name()) + ": snapshots are not supported by this store");
 }
 
+Status ReplicaStore::clone_snapshot(std::string_view /*snapshot*/, std::string_view /*clone*/,
+                                    const ReplicaMeta& /*clone_meta*/) {
+  return Error(ENOTSUP, std::string(name()) + ": snapshots are not supported");
+}
+
 namespace {
 
 constexpr uint64_t kBlock = 4096;

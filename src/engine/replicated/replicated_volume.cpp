@@ -2558,6 +2558,46 @@ Status ReplicatedVolume::revert_snapshot(const std::string& snapshot) {
   });
 }
 
+Result<uint32_t> ReplicatedVolume::clone_snapshot(const std::string& snapshot,
+                                                  const std::string& clone) {
+  Impl& v = *impl_;
+  std::lock_guard control_lock(v.control_mutex);
+  std::lock_guard membership_lock(v.membership_mutex);  // bindings stay put
+  // One new volume: its own id, one generation shared by every replica of
+  // the clone, empty bitmaps relative to it (snapshots are immutable, so
+  // every replica's snapshot holds the same bytes - create_snapshot took
+  // them at one point).
+  ReplicaMeta meta;
+  meta.fresh = false;
+  {
+    std::lock_guard meta_lock(v.meta_mutex);  // guards the rng
+    meta.volume_uuid = v.new_generation();
+    meta.generation = v.new_generation();
+  }
+  meta.bitmap_base = meta.generation;
+  uint32_t done = 0;
+  for (unsigned r = 0; r < v.nreplicas; ++r) {
+    if (v.replica_state(r) != ReplicaState::kInSync) {
+      continue;
+    }
+    ReplicaStore* store = v.replicas[r].store;
+    Status st = v.replicas[r].thread->call(
+        [&]() -> Status { return store->clone_snapshot(snapshot, clone, meta); });
+    if (!st.ok()) {
+      return st.error().with_context("volume " + v.options.name + ": clone " + clone + " of " +
+                                     snapshot + " (made on replica mask " + std::to_string(done) +
+                                     ")");
+    }
+    done |= bit(r);
+  }
+  if (done == 0) {
+    return Error(EIO, "volume " + v.options.name + ": no in-sync replica to clone from");
+  }
+  v.event(-1, "snapshot " + snapshot + " cloned to " + clone + " on replica mask " +
+                  std::to_string(done));
+  return done;
+}
+
 Result<VerifyReport> ReplicatedVolume::verify() {
   Impl& v = *impl_;
   std::lock_guard control_lock(v.control_mutex);
