@@ -58,14 +58,14 @@ struct DbsCluster {
     }
   }
   // The replica's volume content (read on its thread).
-  std::vector<std::byte> content(unsigned i) {
+  std::vector<std::byte> content(unsigned i, const std::string& name = "vol") {
     std::vector<std::byte> out(kSize);
     auto buf = testing::make_buffer(kSize);
     dbs::Store* s = replicas[i].store.get();
     EXPECT_TRUE(replicas[i]
                     .thread
                     ->call([&]() -> Status {
-                      auto v = s->find_volume("vol");
+                      auto v = s->find_volume(name);
                       if (!v.ok()) {
                         return v.error();
                       }
@@ -140,6 +140,114 @@ TEST(DbsReplicas, ConcurrentWorkloadSnapshotsAndResync) {
     }
   }
   EXPECT_EQ(bad, 0U);
+  volume.reset();
+}
+
+// Writes `blocks` blocks of writer `id` from offset 0 through the volume.
+void write_pattern(ReplicatedVolume& volume, uint64_t id, uint32_t blocks) {
+  auto q = volume.open_queue(0);
+  ASSERT_TRUE(q.ok());
+  auto buf = testing::make_buffer(blocks * 4096);
+  for (uint32_t b = 0; b < blocks; ++b) {
+    testing::fill_block(buf.get() + b * 4096, id, b);
+  }
+  ASSERT_EQ(testing::run_io(**q, VolumeOp::kWrite, 0, blocks * 4096, buf.get()), 0);
+}
+
+// Every block of [0, blocks) in `content` holds writer `id`.
+void expect_pattern(const std::vector<std::byte>& content, uint64_t id, uint32_t blocks,
+                    const std::string& what) {
+  for (uint32_t b = 0; b < blocks; ++b) {
+    ASSERT_EQ(testing::block_id(content.data() + b * 4096, b), id) << what << " block " << b;
+  }
+}
+
+// Snapshot clone, revert and delete reach every replica; the clone opens as
+// its own replicated volume, in sync at once, and diverges independently.
+TEST(DbsReplicas, SnapshotCloneRevertDeleteOnEveryReplica) {
+  constexpr uint32_t kBlocks = 256;
+  DbsCluster cluster;
+  cluster.create(3);
+  ReplicatedVolumeOptions o;
+  auto v = ReplicatedVolume::open(o, cluster.bindings());
+  ASSERT_TRUE(v.ok()) << v.error().to_string();
+  auto& volume = *v;
+  write_pattern(*volume, 1, kBlocks);
+  ASSERT_TRUE(volume->create_snapshot("s").ok());
+  write_pattern(*volume, 2, kBlocks);
+
+  Result<uint32_t> cloned = volume->clone_snapshot("s", "c");
+  ASSERT_TRUE(cloned.ok()) << cloned.error().to_string();
+  EXPECT_EQ(*cloned, 0b111U);
+  EXPECT_FALSE(volume->clone_snapshot("nope", "c2").ok());
+  for (unsigned r = 0; r < 3; ++r) {
+    expect_pattern(cluster.content(r, "c"), 1, kBlocks, "clone on replica " + std::to_string(r));
+  }
+  // Open the clone's replicas as a volume: in sync without any copy.
+  std::vector<std::unique_ptr<DbsReplicaStore>> clone_stores;
+  std::vector<ReplicaBinding> clone_bindings;
+  for (unsigned r = 0; r < 3; ++r) {
+    dbs::Store* store = cluster.replicas[r].store.get();
+    std::unique_ptr<DbsReplicaStore> rep;
+    ASSERT_TRUE(cluster.replicas[r]
+                    .thread
+                    ->call([&]() -> Status {
+                      auto opened = open_dbs_replica(*store, "c");
+                      if (!opened.ok()) {
+                        return opened.error();
+                      }
+                      rep = std::move(opened.value());
+                      return ok_status();
+                    })
+                    .ok());
+    ASSERT_TRUE(cluster.replicas[r].thread->attach(*rep).ok());
+    clone_bindings.push_back({rep.get(), cluster.replicas[r].thread.get()});
+    clone_stores.push_back(std::move(rep));
+  }
+  ReplicatedVolumeOptions co;
+  co.name = "clone";
+  auto c = ReplicatedVolume::open(co, clone_bindings);
+  ASSERT_TRUE(c.ok()) << c.error().to_string();
+  auto& clone = *c;
+  VolumeStatus cs = clone->status();
+  EXPECT_EQ(cs.in_sync, 3U);
+  EXPECT_FALSE(cs.rebuild.active);
+  EXPECT_EQ(cs.rebuild.completed, 0U);
+  // Diverge: the clone gets writer 3, the origin keeps writer 2.
+  write_pattern(*clone, 3, kBlocks);
+  ASSERT_TRUE(clone->close().ok());
+  clone.reset();
+  for (unsigned r = 0; r < 3; ++r) {
+    ASSERT_TRUE(cluster.replicas[r].thread->detach(*clone_stores[r]).ok());
+    expect_pattern(cluster.content(r, "c"), 3, kBlocks, "clone on replica " + std::to_string(r));
+    expect_pattern(cluster.content(r), 2, kBlocks, "origin on replica " + std::to_string(r));
+  }
+
+  // Revert the origin to the snapshot on every replica.
+  ASSERT_TRUE(volume->revert_snapshot("s").ok());
+  for (unsigned r = 0; r < 3; ++r) {
+    expect_pattern(cluster.content(r), 1, kBlocks, "reverted origin on " + std::to_string(r));
+  }
+  // Delete it on every replica; the clone stays readable.
+  ASSERT_TRUE(volume->delete_snapshot("s").ok());
+  for (unsigned r = 0; r < 3; ++r) {
+    std::vector<std::string> names;
+    DbsReplicaStore* rep = cluster.replicas[r].replica.get();
+    ASSERT_TRUE(cluster.replicas[r]
+                    .thread
+                    ->call([&]() -> Status {
+                      names = rep->list_snapshots();
+                      return ok_status();
+                    })
+                    .ok());
+    EXPECT_TRUE(names.empty()) << r;
+    expect_pattern(cluster.content(r, "c"), 3, kBlocks,
+                   "clone after delete on " + std::to_string(r));
+  }
+  auto report = volume->verify();
+  ASSERT_TRUE(report.ok());
+  EXPECT_TRUE(report->mismatches.empty());
+  EXPECT_TRUE(volume->close().ok());
   volume.reset();
 }
 
