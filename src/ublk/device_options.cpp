@@ -80,15 +80,19 @@ uapi::Params make_device_params(const engine::VolumeInfo& volume, uint32_t max_i
     p.basic.attrs |= uapi::kAttrVolatileCache | uapi::kAttrFua;
   }
   if (volume.supports_discard || volume.supports_write_zeroes) {
+    // VolumeInfo::max_io_bytes bounds every request, not just reads and
+    // writes: the replicated engine refuses larger discards with -EINVAL
+    // (it orders them like writes, in the same per-request range entries).
+    const uint32_t max_discard = std::min(kMaxDiscardBytes, volume.max_io_bytes);
     p.types |= uapi::kParamTypeDiscard;
     p.discard.discard_granularity = volume.block_size;
     p.discard.discard_alignment = 0;
     if (volume.supports_discard) {
-      p.discard.max_discard_sectors = kMaxDiscardBytes >> 9U;
+      p.discard.max_discard_sectors = max_discard >> 9U;
       p.discard.max_discard_segments = 1;
     }
     if (volume.supports_write_zeroes) {
-      p.discard.max_write_zeroes_sectors = kMaxDiscardBytes >> 9U;
+      p.discard.max_write_zeroes_sectors = max_discard >> 9U;
     }
   }
   return p;

@@ -63,6 +63,11 @@ TEST(DeviceOptionsTest, ParamsDescribeTheVolume) {
   EXPECT_EQ(p.basic.attrs, uapi::kAttrVolatileCache | uapi::kAttrFua);
   EXPECT_EQ(p.discard.discard_granularity, 512U);
   EXPECT_EQ(p.discard.max_discard_segments, 1);
+  // Discards are requests too: capped at what the volume accepts at once.
+  EXPECT_EQ(p.discard.max_discard_sectors, v.max_io_bytes / 512);
+  EXPECT_EQ(p.discard.max_write_zeroes_sectors, v.max_io_bytes / 512);
+  v.max_io_bytes = 128U << 20U;
+  p = make_device_params(v, 1U << 20U);
   EXPECT_EQ(p.discard.max_discard_sectors, kMaxDiscardBytes / 512);
   EXPECT_EQ(p.discard.max_write_zeroes_sectors, kMaxDiscardBytes / 512);
 }

@@ -39,7 +39,8 @@ inline constexpr uint32_t kMinBlockSize = 512;
 // The driver accepts logical blocks up to the page size.
 inline constexpr uint32_t kMaxBlockSize = 4096;
 inline constexpr uint32_t kDefaultMaxIoBytes = 1U << 20U;
-// Largest DISCARD / WRITE_ZEROES request handed to the volume at once.
+// Largest DISCARD / WRITE_ZEROES request handed to the volume at once (and
+// never more than the volume's max_io_bytes, which bounds every request).
 inline constexpr uint32_t kMaxDiscardBytes = 64U << 20U;
 // Device numbers are minor numbers (MINORBITS = 20).
 inline constexpr int32_t kMaxDevId = (1 << 20) - 1;
@@ -54,7 +55,8 @@ uint32_t effective_max_io_bytes(const DeviceOptions& options, const engine::Volu
 
 // SET_PARAMS contents for `volume`: logical block = volume block size,
 // physical block 4 KiB (or the block size if larger), max request
-// `max_io_bytes`, discard / write-zeroes limits if the volume supports them,
+// `max_io_bytes`, discard / write-zeroes limits (min(kMaxDiscardBytes,
+// volume.max_io_bytes)) if the volume supports them,
 // volatile write cache + FUA if the volume has a volatile cache.
 uapi::Params make_device_params(const engine::VolumeInfo& volume, uint32_t max_io_bytes);
 

@@ -91,3 +91,26 @@ count_nonzero_bytes() {
 no_ublk_devices() {
   [ -z "$(ublkvol-ublkctl list)" ] && ! ls /dev/ublkb* >/dev/null 2>&1
 }
+
+# replica_stat R KEY: a counter of replica R (0, 1, ...) of the replicated
+# backend, from the last refresh ({"replicas":[{...},...]}, flat objects).
+replica_stat() {
+  awk -v n="$1" -v key="$2" '
+    {
+      s = substr($0, index($0, "\"replicas\":[") + 12)
+      for (k = 0; k < n; k++) s = substr(s, index(s, "}") + 2)
+      s = substr(s, 2, index(s, "}") - 2)
+      m = split(s, a, ",")
+      for (j = 1; j <= m; j++) {
+        split(a[j], kv, ":")
+        gsub(/"/, "", kv[1])
+        gsub(/"/, "", kv[2])
+        if (kv[1] == key) print kv[2]
+      }
+    }' "$STATE/stats"
+}
+
+# device_sha256 DEV: checksum of the whole device (O_DIRECT reads).
+device_sha256() {
+  dd if="$1" bs=1M iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1
+}
