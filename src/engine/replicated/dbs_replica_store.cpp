@@ -3,11 +3,12 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdlib>
 #include <cstring>
 #include <new>
 
 #include "ublkvol/common/crc32c.h"
+
+#include "replica_store_util.h"
 
 namespace ublkvol::engine {
 
@@ -33,18 +34,8 @@ constexpr uint32_t kFlagRebuilding = 2;
 
 std::string meta_volume_name(const std::string& name) { return name + ".engine-meta"; }
 
-struct FreeDeleter {
-  void operator()(std::byte* p) const { std::free(p); }
-};
-using AlignedBytes = std::unique_ptr<std::byte, FreeDeleter>;
-AlignedBytes aligned_block() {
-  auto* p = static_cast<std::byte*>(std::aligned_alloc(kBlock, kBlock));
-  if (p == nullptr) {
-    throw std::bad_alloc();
-  }
-  std::memset(p, 0, kBlock);
-  return AlignedBytes(p);
-}
+using detail::AlignedBytes;
+AlignedBytes aligned_block() { return detail::aligned_bytes(kBlock, kBlock); }
 
 void encode(const ReplicaMeta& m, std::byte* block) {
   MetaBlock b{};
@@ -102,25 +93,7 @@ dbs::StoreIo& store_io(ReplicaIo& io) {
   return *std::launder(reinterpret_cast<dbs::StoreIo*>(io.store_scratch));
 }
 
-struct IoList {
-  ReplicaIo* head = nullptr;
-  ReplicaIo* tail = nullptr;
-  void push(ReplicaIo& io) {
-    io.store_next = nullptr;
-    if (tail == nullptr) {
-      head = &io;
-    } else {
-      tail->store_next = &io;
-    }
-    tail = &io;
-  }
-  ReplicaIo* take_all() {
-    ReplicaIo* h = head;
-    head = tail = nullptr;
-    return h;
-  }
-  [[nodiscard]] bool empty() const { return head == nullptr; }
-};
+using detail::IoList;
 
 }  // namespace
 
@@ -317,9 +290,8 @@ void DbsReplicaStore::submit(ReplicaIo& io) {
   sio->buffer = io.buffer;
   sio->user_data = &io;
   sio->on_complete = &Impl::on_data_complete;
-  bool mutating = io.op == ReplicaOp::kWrite || io.op == ReplicaOp::kDiscard ||
-                  io.op == ReplicaOp::kWriteZeroes;
-  if (mutating && !io.untracked && io.length > 0 && io.offset + io.length <= s.size) {
+  if (detail::is_mutating(io.op) && !io.untracked && io.length > 0 &&
+      io.offset + io.length <= s.size) {
     bool this_commit = false;
     if (!s.ensure_marked(io, this_commit)) {
       if (this_commit && s.commit_in_flight) {

@@ -3,12 +3,13 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdlib>
 #include <cstring>
 #include <new>
 #include <string>
 
 #include "ublkvol/common/crc32c.h"
+
+#include "replica_store_util.h"
 
 namespace ublkvol::engine {
 
@@ -74,19 +75,8 @@ struct OnDiskHeader {
 };
 static_assert(sizeof(OnDiskHeader) <= kBlock);
 
-struct FreeDeleter {
-  void operator()(std::byte* p) const { std::free(p); }
-};
-using AlignedBytes = std::unique_ptr<std::byte, FreeDeleter>;
-
-AlignedBytes aligned_bytes(size_t size) {
-  auto* p = static_cast<std::byte*>(std::aligned_alloc(dbs::kIoAlignment, size));
-  if (p == nullptr) {
-    throw std::bad_alloc();
-  }
-  std::memset(p, 0, size);
-  return AlignedBytes(p);
-}
+using detail::AlignedBytes;
+AlignedBytes aligned_bytes(size_t size) { return detail::aligned_bytes(dbs::kIoAlignment, size); }
 
 struct Geometry {
   uint64_t data_offset = 0;
@@ -180,9 +170,7 @@ dbs::IoOp device_op(ReplicaOp op) {
   return dbs::IoOp::kRead;
 }
 
-bool is_mutating(ReplicaOp op) {
-  return op == ReplicaOp::kWrite || op == ReplicaOp::kDiscard || op == ReplicaOp::kWriteZeroes;
-}
+using detail::is_mutating;
 
 static_assert(sizeof(dbs::IoRequest) <= kReplicaIoStoreScratchBytes);
 
@@ -190,26 +178,7 @@ dbs::IoRequest& device_request(ReplicaIo& io) {
   return *std::launder(reinterpret_cast<dbs::IoRequest*>(io.store_scratch));
 }
 
-// Intrusive FIFO of ReplicaIos linked through store_next.
-struct IoList {
-  ReplicaIo* head = nullptr;
-  ReplicaIo* tail = nullptr;
-  void push(ReplicaIo& io) {
-    io.store_next = nullptr;
-    if (tail == nullptr) {
-      head = &io;
-    } else {
-      tail->store_next = &io;
-    }
-    tail = &io;
-  }
-  ReplicaIo* take_all() {
-    ReplicaIo* h = head;
-    head = tail = nullptr;
-    return h;
-  }
-  [[nodiscard]] bool empty() const { return head == nullptr; }
-};
+using detail::IoList;
 
 }  // namespace
 
