@@ -223,6 +223,9 @@ struct QueueState {
   void refresh_masks();
   void send(Slot& s, unsigned r, ReplicaOp op, uint64_t offset, uint64_t length, std::byte* buffer,
             bool fua);
+  // send() of the same request to every replica in `targets`.
+  void send_all(Slot& s, uint32_t targets, ReplicaOp op, uint64_t offset, uint64_t length,
+                std::byte* buffer, bool fua);
   void handle(ReplicaIo& sub);
   void advance(Slot& s);
   void resume(Slot& s);
@@ -721,11 +724,7 @@ void QueueState::dispatch_user(Slot& s) {
     return;
   }
   s.dispatched = write_mask;
-  for (unsigned r = 0; r < vol->nreplicas; ++r) {
-    if ((write_mask & bit(r)) != 0) {
-      send(s, r, replica_op(io.op), io.offset, io.length, io.buffer, io.fua);
-    }
-  }
+  send_all(s, write_mask, replica_op(io.op), io.offset, io.length, io.buffer, io.fua);
 }
 
 int QueueState::pick_read(uint32_t candidates) const {
@@ -777,6 +776,15 @@ void QueueState::send(Slot& s, unsigned r, ReplicaOp op, uint64_t offset, uint64
   (void)ok;
   ch->pushed = true;
   fifo_touch(s);
+}
+
+void QueueState::send_all(Slot& s, uint32_t targets, ReplicaOp op, uint64_t offset, uint64_t length,
+                          std::byte* buffer, bool fua) {
+  for (unsigned r = 0; r < vol->nreplicas; ++r) {
+    if ((targets & bit(r)) != 0) {
+      send(s, r, op, offset, length, buffer, fua);
+    }
+  }
 }
 
 void QueueState::kick() {
@@ -906,11 +914,7 @@ void QueueState::advance(Slot& s) {
       }
       s.phase = Phase::kRepairWrite;
       s.acked = s.errors = 0;
-      for (unsigned r = 0; r < vol->nreplicas; ++r) {
-        if ((targets & bit(r)) != 0) {
-          send(s, r, ReplicaOp::kWrite, s.io->offset, s.io->length, s.io->buffer, false);
-        }
-      }
+      send_all(s, targets, ReplicaOp::kWrite, s.io->offset, s.io->length, s.io->buffer, false);
       return;
     }
     case Phase::kRepairWrite:
@@ -935,11 +939,7 @@ void QueueState::advance(Slot& s) {
       }
       s.phase = Phase::kCopyWrite;
       s.acked = s.errors = 0;
-      for (unsigned r = 0; r < vol->nreplicas; ++r) {
-        if ((targets & bit(r)) != 0) {
-          send(s, r, ReplicaOp::kWrite, s.op->offset, s.op->length, s.op->buffer, false);
-        }
-      }
+      send_all(s, targets, ReplicaOp::kWrite, s.op->offset, s.op->length, s.op->buffer, false);
       return;
     }
     case Phase::kCopyWrite:
