@@ -32,25 +32,11 @@ CrashDevice::CrashDevice(BlockDevice& inner, std::vector<std::byte> initial_imag
 CrashDevice::~CrashDevice() = default;
 
 void CrashDevice::submit(IoRequest& request) {
-  Slot* slot = nullptr;
-  if (free_slots_.empty()) {
-    slots_.push_back(std::make_unique<Slot>());
-    slot = slots_.back().get();
-  } else {
-    slot = free_slots_.back();
-    free_slots_.pop_back();
-  }
+  Slot* slot = detail::take_slot(slots_, free_slots_);
   slot->outer = &request;
   slot->device = this;
   slot->flush_covers = log_.size();
-  slot->inner = IoRequest{};
-  slot->inner.op = request.op;
-  slot->inner.fua = request.fua;
-  slot->inner.offset = request.offset;
-  slot->inner.length = request.length;
-  slot->inner.buffer = request.buffer;
-  slot->inner.on_complete = &CrashDevice::on_inner_complete;
-  slot->inner.user_data = slot;
+  slot->inner = detail::forwarded_request(request, &CrashDevice::on_inner_complete, slot);
   ++in_flight_;
   inner_.submit(slot->inner);
 }

@@ -114,25 +114,11 @@ void FaultDevice::submit(IoRequest& request) {
 }
 
 void FaultDevice::forward(IoRequest& request, Clock::time_point deadline) {
-  Slot* slot = nullptr;
-  if (free_slots_.empty()) {
-    slots_.push_back(std::make_unique<Slot>());
-    slot = slots_.back().get();
-  } else {
-    slot = free_slots_.back();
-    free_slots_.pop_back();
-  }
+  Slot* slot = detail::take_slot(slots_, free_slots_);
   slot->outer = &request;
   slot->device = this;
   slot->deadline = deadline;
-  slot->inner = IoRequest{};
-  slot->inner.op = request.op;
-  slot->inner.fua = request.fua;
-  slot->inner.offset = request.offset;
-  slot->inner.length = request.length;
-  slot->inner.buffer = request.buffer;
-  slot->inner.on_complete = &FaultDevice::on_inner_complete;
-  slot->inner.user_data = slot;
+  slot->inner = detail::forwarded_request(request, &FaultDevice::on_inner_complete, slot);
   inner_.submit(slot->inner);
 }
 
@@ -159,18 +145,9 @@ void FaultDevice::on_inner_complete(IoRequest& inner, int result) {
 }
 
 unsigned FaultDevice::complete_local() {
-  unsigned completed = 0;
-  IoRequest* head = local_head_;
-  local_head_ = nullptr;
-  local_tail_ = nullptr;
-  while (head != nullptr) {
-    IoRequest* next = head->device_next;
-    head->device_next = nullptr;
-    complete_outer(*head, head->device_result);
-    ++completed;
-    head = next;
-  }
-  return completed;
+  return detail::queue_drain(local_head_, local_tail_, [this](IoRequest& request) {
+    complete_outer(request, request.device_result);
+  });
 }
 
 unsigned FaultDevice::complete_due(Clock::time_point now) {

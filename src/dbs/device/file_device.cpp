@@ -426,19 +426,10 @@ void FileDevice::finish(IoRequest& request, int result) {
 }
 
 unsigned FileDevice::complete_local() {
-  unsigned completed = 0;
-  // Detach first: callbacks may submit invalid requests again.
-  IoRequest* head = local_head_;
-  local_head_ = nullptr;
-  local_tail_ = nullptr;
-  while (head != nullptr) {
-    IoRequest* next = head->device_next;
-    head->device_next = nullptr;
-    finish(*head, head->device_result);
-    ++completed;
-    head = next;
-  }
-  return completed;
+  // Detaches first: callbacks may submit invalid requests again.
+  return detail::queue_drain(local_head_, local_tail_, [this](IoRequest& request) {
+    finish(request, request.device_result);
+  });
 }
 
 unsigned FileDevice::reap() {

@@ -112,18 +112,8 @@ void MemoryDevice::execute(IoRequest& request) {
 unsigned MemoryDevice::poll(bool /*wait*/) {
   // Detach the current batch first: callbacks may submit new requests, which
   // then wait for the next poll() instead of extending this one forever.
-  IoRequest* request = queue_head_;
-  queue_head_ = nullptr;
-  queue_tail_ = nullptr;
-  unsigned completed = 0;
-  while (request != nullptr) {
-    IoRequest* next = request->device_next;
-    request->device_next = nullptr;
-    execute(*request);  // may reuse or free `request`: `next` was read first
-    ++completed;
-    request = next;
-  }
-  return completed;
+  return detail::queue_drain(queue_head_, queue_tail_,
+                             [this](IoRequest& request) { execute(request); });
 }
 
 }  // namespace ublkvol::dbs

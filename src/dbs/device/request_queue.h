@@ -5,6 +5,8 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <memory>
+#include <vector>
 
 #include "ublkvol/dbs/block_device.h"
 
@@ -33,6 +35,55 @@ inline IoRequest* queue_pop(IoRequest*& head, IoRequest*& tail) {
     request->device_next = nullptr;
   }
   return request;
+}
+
+// Detaches the whole queue first (callbacks may queue requests again, which
+// then wait for the next drain), then calls `complete(request)` on each in
+// FIFO order with device_next cleared. `complete` may reuse or free the
+// request (the next one is read before the call). Returns how many it completed.
+template <typename Complete>
+unsigned queue_drain(IoRequest*& head, IoRequest*& tail, Complete&& complete) {
+  unsigned completed = 0;
+  IoRequest* request = head;
+  head = nullptr;
+  tail = nullptr;
+  while (request != nullptr) {
+    IoRequest* next = request->device_next;
+    request->device_next = nullptr;
+    complete(*request);
+    ++completed;
+    request = next;
+  }
+  return completed;
+}
+
+// For the wrapper devices (fault, crash): a free per-request slot if there
+// is one, else a new one; the pool grows to the most requests ever in
+// flight at once and is then reused without allocating.
+template <typename Slot>
+Slot* take_slot(std::vector<std::unique_ptr<Slot>>& slots, std::vector<Slot*>& free_slots) {
+  if (free_slots.empty()) {
+    slots.push_back(std::make_unique<Slot>());
+    return slots.back().get();
+  }
+  Slot* slot = free_slots.back();
+  free_slots.pop_back();
+  return slot;
+}
+
+// The request a wrapper device passes to its inner device for `outer`: the
+// same I/O, completing into `on_complete` with `user_data`.
+inline IoRequest forwarded_request(const IoRequest& outer, IoCallback on_complete,
+                                   void* user_data) {
+  IoRequest inner{};
+  inner.op = outer.op;
+  inner.fua = outer.fua;
+  inner.offset = outer.offset;
+  inner.length = outer.length;
+  inner.buffer = outer.buffer;
+  inner.on_complete = on_complete;
+  inner.user_data = user_data;
+  return inner;
 }
 
 // 0 if `request` is well formed for a device of `device_size` bytes with
