@@ -19,6 +19,24 @@ constexpr uint64_t kRecordOverhead = sizeof(RecordHeader);
 // Extents a volume may span: logical indexes are 32-bit and kNoExtent-free.
 constexpr uint64_t kMaxLogicalExtents = 0xFFFFFFF0ULL;
 
+// The entry for `id` in `table`, created empty if new. A new entry that
+// would take the table past `limit` is refused, so a corrupt or hostile
+// journal cannot grow memory beyond what the store was sized for.
+template <typename T>
+Result<T*> entry_for(std::map<uint32_t, std::unique_ptr<T>>& table, uint32_t id, uint32_t limit,
+                     const char* what) {
+  auto& slot = table[id];
+  if (!slot) {
+    if (table.size() > limit) {
+      table.erase(id);
+      return Error(EINVAL, std::string("more ") + what + " than the store's limit of " +
+                               std::to_string(limit));
+    }
+    slot = std::make_unique<T>();
+  }
+  return slot.get();
+}
+
 template <typename T>
 void append_record(std::vector<std::byte>& body, RecordType type, const T& record) {
   RecordHeader header{static_cast<uint16_t>(type), static_cast<uint16_t>(sizeof(T))};
@@ -359,16 +377,11 @@ Status Metadata::apply_record(RecordType type, std::span<const std::byte> body) 
           dirty_regions(r.size_bytes, r.dirty_shift) > kDirtyMaxBits) {
         return Error(EINVAL, "volume " + std::to_string(r.id) + " has invalid dirty-region size");
       }
-      auto& slot = volumes[r.id];
-      if (!slot) {
-        if (volumes.size() > g.max_volumes) {
-          volumes.erase(r.id);
-          return Error(EINVAL,
-                       "more volumes than the store's limit of " + std::to_string(g.max_volumes));
-        }
-        slot = std::make_unique<Volume>();
+      auto slot = entry_for(volumes, r.id, g.max_volumes, "volumes");
+      if (!slot.ok()) {
+        return slot.error();
       }
-      Volume& v = *slot;
+      Volume& v = **slot;
       v.id = r.id;
       v.name = name_from(r.name);
       v.size_bytes = r.size_bytes;
@@ -400,16 +413,11 @@ Status Metadata::apply_record(RecordType type, std::span<const std::byte> body) 
           r.size_bytes / g.extent_bytes() >= kMaxLogicalExtents) {
         return Error(EINVAL, "layer " + std::to_string(r.id) + " has invalid size");
       }
-      auto& slot = layers[r.id];
-      if (!slot) {
-        if (layers.size() > g.max_layers) {
-          layers.erase(r.id);
-          return Error(EINVAL,
-                       "more layers than the store's limit of " + std::to_string(g.max_layers));
-        }
-        slot = std::make_unique<Layer>();
+      auto slot = entry_for(layers, r.id, g.max_layers, "layers");
+      if (!slot.ok()) {
+        return slot.error();
       }
-      Layer& l = *slot;
+      Layer& l = **slot;
       l.id = r.id;
       l.parent_id = r.parent;
       l.volume_id = r.volume;

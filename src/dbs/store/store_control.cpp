@@ -110,11 +110,7 @@ Status check_volume_size(uint64_t size_bytes, uint64_t extent_bytes) {
 Result<VolumeId> Store::Impl::create_volume(std::string_view name, uint64_t size_bytes) {
   UBLKVOL_TRY(validate_name("volume", name));
   UBLKVOL_TRY(check_volume_size(size_bytes, g_.extent_bytes()));
-  for (auto& [id, v] : md_->volumes) {
-    if (v->name == name) {
-      return Error(EEXIST, "a volume named '" + std::string(name) + "' already exists");
-    }
-  }
+  UBLKVOL_TRY(check_volume_name_free(name));
   if (md_->volumes.size() >= g_.max_volumes) {
     return Error(ENOSPC, "the store already holds its maximum of " +
                              std::to_string(g_.max_volumes) + " volumes");
@@ -128,20 +124,33 @@ Result<VolumeId> Store::Impl::create_volume(std::string_view name, uint64_t size
   layer->id = md_->next_layer_id++;
   layer->size_bytes = size_bytes;
   layer->create_time = now_seconds();
+  return add_volume(name, std::move(layer));
+}
+
+Status Store::Impl::check_volume_name_free(std::string_view name, VolumeId except) const {
+  for (auto& [id, v] : md_->volumes) {
+    if (v->name == name && id != except) {
+      return Error(EEXIST, "a volume named '" + std::string(name) + "' already exists");
+    }
+  }
+  return ok_status();
+}
+
+Result<VolumeId> Store::Impl::add_volume(std::string_view name, std::unique_ptr<Layer> head) {
   auto volume = std::make_unique<Volume>();
   volume->id = md_->next_volume_id++;
   volume->name = std::string(name);
-  volume->size_bytes = size_bytes;
-  volume->dirty_shift = dirty_shift_for(size_bytes);
-  volume->dirty_bits.assign((dirty_regions(size_bytes, volume->dirty_shift) + 63) / 64, 0);
-  layer->volume_id = volume->id;
-  volume->head_id = layer->id;
-  volume->head = layer.get();
+  volume->size_bytes = head->size_bytes;
+  volume->dirty_shift = dirty_shift_for(volume->size_bytes);
+  volume->dirty_bits.assign((dirty_regions(volume->size_bytes, volume->dirty_shift) + 63) / 64, 0);
+  head->volume_id = volume->id;
+  volume->head_id = head->id;
+  volume->head = head.get();
   const VolumeId id = volume->id;
   md_->mark_ids();
-  md_->mark_layer(*layer);
+  md_->mark_layer(*head);
   md_->mark_volume(*volume);
-  md_->layers.emplace(layer->id, std::move(layer));
+  md_->layers.emplace(head->id, std::move(head));
   md_->volumes.emplace(id, std::move(volume));
   UBLKVOL_TRY(commit_sync());
   return id;
@@ -179,11 +188,7 @@ Status Store::Impl::rename_volume(VolumeId id, std::string_view new_name) {
   if (!found.ok()) {
     return found.error();
   }
-  for (auto& [other, v] : md_->volumes) {
-    if (v->name == new_name && other != id) {
-      return Error(EEXIST, "a volume named '" + std::string(new_name) + "' already exists");
-    }
-  }
+  UBLKVOL_TRY(check_volume_name_free(new_name, id));
   UBLKVOL_TRY(prologue());
   (*found)->name = std::string(new_name);
   md_->mark_volume(**found);
@@ -387,11 +392,7 @@ Result<VolumeId> Store::Impl::clone_snapshot(SnapshotId snapshot_id, std::string
   if (!found.ok() || (*found)->hidden()) {
     return Error(ENOENT, "no snapshot with id " + std::to_string(snapshot_id));
   }
-  for (auto& [id, v] : md_->volumes) {
-    if (v->name == name) {
-      return Error(EEXIST, "a volume named '" + std::string(name) + "' already exists");
-    }
-  }
+  UBLKVOL_TRY(check_volume_name_free(name));
   if (md_->volumes.size() >= g_.max_volumes || md_->layers.size() >= g_.max_layers) {
     return Error(ENOSPC, "the store already holds its maximum of volumes or layers");
   }
@@ -403,24 +404,8 @@ Result<VolumeId> Store::Impl::clone_snapshot(SnapshotId snapshot_id, std::string
   head->parent = &snapshot;
   head->size_bytes = snapshot.size_bytes;
   head->create_time = now_seconds();
-  auto volume = std::make_unique<Volume>();
-  volume->id = md_->next_volume_id++;
-  volume->name = std::string(name);
-  volume->size_bytes = snapshot.size_bytes;
-  volume->dirty_shift = dirty_shift_for(volume->size_bytes);
-  volume->dirty_bits.assign((dirty_regions(volume->size_bytes, volume->dirty_shift) + 63) / 64, 0);
-  head->volume_id = volume->id;
-  volume->head_id = head->id;
-  volume->head = head.get();
   ++snapshot.children;
-  const VolumeId id = volume->id;
-  md_->mark_ids();
-  md_->mark_layer(*head);
-  md_->mark_volume(*volume);
-  md_->layers.emplace(head->id, std::move(head));
-  md_->volumes.emplace(id, std::move(volume));
-  UBLKVOL_TRY(commit_sync());
-  return id;
+  return add_volume(name, std::move(head));
 }
 
 Status Store::Impl::rename_snapshot(SnapshotId id, std::string_view name) {

@@ -46,6 +46,22 @@ bool is_data_write(StoreOp op) {
   return op == StoreOp::kWrite || op == StoreOp::kDiscard || op == StoreOp::kWriteZeroes;
 }
 
+// The part of `io` not yet issued (from store_cursor) that lies in one
+// logical extent: requests are split at extent boundaries.
+struct ExtentSlice {
+  uint32_t logical;  // the logical extent
+  uint32_t first;    // first block inside it
+  uint32_t count;    // blocks of the slice
+};
+
+ExtentSlice next_slice(const StoreIo& io, uint32_t extent_blocks) {
+  const uint64_t block = (io.offset + io.store_cursor) / kBlock;
+  const auto first = static_cast<uint32_t>(block % extent_blocks);
+  return {static_cast<uint32_t>(block / extent_blocks), first,
+          static_cast<uint32_t>(
+              std::min<uint64_t>(extent_blocks - first, (io.length - io.store_cursor) / kBlock))};
+}
+
 }  // namespace
 
 const char* to_string(StoreOp op) {
@@ -314,13 +330,8 @@ void Store::Impl::load_chain(Layer& top, uint32_t logical) {
 }
 
 bool Store::Impl::issue_read(StoreIo& io, Layer& top, bool top_is_head) {
-  const uint32_t eb = g_.extent_blocks;
   while (io.store_cursor < io.length) {
-    const uint64_t block = (io.offset + io.store_cursor) / kBlock;
-    const auto logical = static_cast<uint32_t>(block / eb);
-    const auto first = static_cast<uint32_t>(block % eb);
-    const auto count = static_cast<uint32_t>(
-        std::min<uint64_t>(eb - first, (io.length - io.store_cursor) / kBlock));
+    const auto [logical, first, count] = next_slice(io, g_.extent_blocks);
     load_chain(top, logical);
     auto source = [&](uint32_t b) -> int {
       for (uint32_t k = 0; k < chain_depth_; ++k) {
@@ -369,13 +380,8 @@ bool Store::Impl::issue_read(StoreIo& io, Layer& top, bool top_is_head) {
 }
 
 bool Store::Impl::issue_write(StoreIo& io, Layer& head) {
-  const uint32_t eb = g_.extent_blocks;
   while (io.store_cursor < io.length) {
-    const uint64_t block = (io.offset + io.store_cursor) / kBlock;
-    const auto logical = static_cast<uint32_t>(block / eb);
-    const auto first = static_cast<uint32_t>(block % eb);
-    const auto count = static_cast<uint32_t>(
-        std::min<uint64_t>(eb - first, (io.length - io.store_cursor) / kBlock));
+    const auto [logical, first, count] = next_slice(io, g_.extent_blocks);
     SubIo* sub = take_sub();
     if (sub == nullptr) {
       return false;
@@ -413,13 +419,8 @@ bool Store::Impl::issue_write(StoreIo& io, Layer& head) {
 }
 
 bool Store::Impl::issue_zero(StoreIo& io, Layer& head) {
-  const uint32_t eb = g_.extent_blocks;
   while (io.store_cursor < io.length) {
-    const uint64_t block = (io.offset + io.store_cursor) / kBlock;
-    const auto logical = static_cast<uint32_t>(block / eb);
-    const auto first = static_cast<uint32_t>(block % eb);
-    const auto count = static_cast<uint32_t>(
-        std::min<uint64_t>(eb - first, (io.length - io.store_cursor) / kBlock));
+    const auto [logical, first, count] = next_slice(io, g_.extent_blocks);
     load_chain(head, logical);
     ExtentEntry* entry = chain_[0];
     // Blocks a parent layer holds must read as zeros without touching the

@@ -147,6 +147,11 @@ class Store::Impl {
 
   // Control helpers
   Status prologue();
+  // EEXIST if a volume other than `except` (0: none) is named `name`.
+  Status check_volume_name_free(std::string_view name, VolumeId except = 0) const;
+  // Adds a new volume `name` whose head layer is `head` (id and size set),
+  // marks both for the journal and commits.
+  Result<VolumeId> add_volume(std::string_view name, std::unique_ptr<detail::Layer> head);
   void drain();
   Status merge_into_child(detail::Layer& snapshot, detail::Layer& child);
   Status collect_garbage();
