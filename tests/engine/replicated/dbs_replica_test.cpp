@@ -75,6 +75,14 @@ struct DbsCluster {
     std::memcpy(out.data(), buf.get(), kSize);
     return out;
   }
+  // The replica's snapshot names (listed on its thread) into `names`.
+  Status list_snapshots(unsigned i, std::vector<std::string>& names) {
+    DbsReplicaStore* rep = replicas[i].replica.get();
+    return replicas[i].thread->call([&]() -> Status {
+      names = rep->list_snapshots();
+      return ok_status();
+    });
+  }
 };
 
 TEST(DbsReplicas, ConcurrentWorkloadSnapshotsAndResync) {
@@ -104,14 +112,7 @@ TEST(DbsReplicas, ConcurrentWorkloadSnapshotsAndResync) {
   ASSERT_TRUE(snap.ok()) << snap.error().to_string();
   for (unsigned r = 0; r < 2; ++r) {
     std::vector<std::string> names;
-    DbsReplicaStore* rep = cluster.replicas[r].replica.get();
-    ASSERT_TRUE(cluster.replicas[r]
-                    .thread
-                    ->call([&]() -> Status {
-                      names = rep->list_snapshots();
-                      return ok_status();
-                    })
-                    .ok());
+    ASSERT_TRUE(cluster.list_snapshots(r, names).ok());
     ASSERT_EQ(names.size(), 1U);
     EXPECT_EQ(names[0], "s1");
   }
@@ -232,14 +233,7 @@ TEST(DbsReplicas, SnapshotCloneRevertDeleteOnEveryReplica) {
   ASSERT_TRUE(volume->delete_snapshot("s").ok());
   for (unsigned r = 0; r < 3; ++r) {
     std::vector<std::string> names;
-    DbsReplicaStore* rep = cluster.replicas[r].replica.get();
-    ASSERT_TRUE(cluster.replicas[r]
-                    .thread
-                    ->call([&]() -> Status {
-                      names = rep->list_snapshots();
-                      return ok_status();
-                    })
-                    .ok());
+    ASSERT_TRUE(cluster.list_snapshots(r, names).ok());
     EXPECT_TRUE(names.empty()) << r;
     expect_pattern(cluster.content(r, "c"), 3, kBlocks,
                    "clone after delete on " + std::to_string(r));

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <deque>
 #include <functional>
+#include <gtest/gtest.h>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -126,6 +127,15 @@ struct Cluster {
     return replicas[i].memory->bytes().data() + data_offset + offset;
   }
 };
+
+// Opens a volume over all of the cluster's replicas; nullptr (and a test
+// failure naming the error) if that fails.
+inline std::unique_ptr<ReplicatedVolume> open_volume(Cluster& cluster,
+                                                     const ReplicatedVolumeOptions& options) {
+  auto v = ReplicatedVolume::open(options, cluster.bindings());
+  EXPECT_TRUE(v.ok()) << v.error().to_string();
+  return v.ok() ? std::move(v.value()) : nullptr;
+}
 
 // Block content: word 0 = writer id, word 1 = block number, rest a hash.
 inline uint64_t mix(uint64_t a, uint64_t b, uint64_t c) {

@@ -18,14 +18,28 @@ namespace {
 
 using testing::Cluster;
 using testing::make_buffer;
+using testing::open_volume;
 using testing::run_io;
 
 constexpr uint64_t kSize = 8U << 20U;
 
-std::unique_ptr<ReplicatedVolume> open_volume(Cluster& cluster, const ReplicatedVolumeOptions& o) {
-  auto v = ReplicatedVolume::open(o, cluster.bindings());
-  EXPECT_TRUE(v.ok()) << v.error().to_string();
-  return v.ok() ? std::move(v.value()) : nullptr;
+// Opens a volume over all replicas but the last (which then joins as a new
+// disk), writes every block of kSize with writer `id`'s pattern, closes it.
+void fill_without_last_replica(Cluster& cluster, uint64_t id) {
+  auto b = cluster.bindings();
+  b.pop_back();
+  auto v = ReplicatedVolume::open(ReplicatedVolumeOptions{}, b);
+  ASSERT_TRUE(v.ok());
+  auto q = (*v)->open_queue(0);
+  auto buf = make_buffer(1 << 20);
+  for (uint64_t off = 0; off < kSize; off += 1 << 20) {
+    for (uint32_t i = 0; i < 256; ++i) {
+      testing::fill_block(buf.get() + i * 4096, id, off / 4096 + i);
+    }
+    ASSERT_EQ(run_io(**q, VolumeOp::kWrite, off, 1 << 20, buf.get()), 0);
+  }
+  q->reset();
+  ASSERT_TRUE((*v)->close().ok());
 }
 
 bool has_event(const VolumeStatus& st, const std::string& needle) {
@@ -235,22 +249,7 @@ TEST(ReplicatedFaults, FullRebuildUnderConcurrentOverlappingWrites) {
   Cluster cluster;
   cluster.create(3, kSize);
   // Replicas 0 and 1 form the volume first; replica 2 is a new disk.
-  {
-    auto b = cluster.bindings();
-    b.pop_back();
-    auto v = ReplicatedVolume::open(ReplicatedVolumeOptions{}, b);
-    ASSERT_TRUE(v.ok());
-    auto q = (*v)->open_queue(0);
-    auto buf = make_buffer(1 << 20);
-    for (uint64_t off = 0; off < kSize; off += 1 << 20) {
-      for (uint32_t i = 0; i < 256; ++i) {
-        testing::fill_block(buf.get() + i * 4096, 1, off / 4096 + i);
-      }
-      ASSERT_EQ(run_io(**q, VolumeOp::kWrite, off, 1 << 20, buf.get()), 0);
-    }
-    q->reset();
-    ASSERT_TRUE((*v)->close().ok());
-  }
+  ASSERT_NO_FATAL_FAILURE(fill_without_last_replica(cluster, 1));
   ReplicatedVolumeOptions o;
   o.queues = 2;
   o.rebuild_chunk_bytes = 128 << 10;
@@ -294,22 +293,7 @@ TEST(ReplicatedFaults, FullRebuildUnderConcurrentOverlappingWrites) {
 TEST(ReplicatedFaults, RebuildResumesAfterRestart) {
   Cluster cluster;
   cluster.create(2, kSize);
-  {
-    auto b = cluster.bindings();
-    b.pop_back();
-    auto v = ReplicatedVolume::open(ReplicatedVolumeOptions{}, b);
-    ASSERT_TRUE(v.ok());
-    auto q = (*v)->open_queue(0);
-    auto buf = make_buffer(1 << 20);
-    for (uint64_t off = 0; off < kSize; off += 1 << 20) {
-      for (uint32_t i = 0; i < 256; ++i) {
-        testing::fill_block(buf.get() + i * 4096, 3, off / 4096 + i);
-      }
-      ASSERT_EQ(run_io(**q, VolumeOp::kWrite, off, 1 << 20, buf.get()), 0);
-    }
-    q->reset();
-    ASSERT_TRUE((*v)->close().ok());
-  }
+  ASSERT_NO_FATAL_FAILURE(fill_without_last_replica(cluster, 3));
   ReplicatedVolumeOptions o;
   o.rebuild_chunk_bytes = 256 << 10;
   o.rebuild_persist_bytes = 1 << 20;

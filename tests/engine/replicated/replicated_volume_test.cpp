@@ -17,15 +17,10 @@ namespace {
 
 using testing::Cluster;
 using testing::make_buffer;
+using testing::open_volume;
 using testing::run_io;
 
 constexpr uint64_t kSize = 8U << 20U;
-
-std::unique_ptr<ReplicatedVolume> open_volume(Cluster& cluster, ReplicatedVolumeOptions options) {
-  auto v = ReplicatedVolume::open(options, cluster.bindings());
-  EXPECT_TRUE(v.ok()) << v.error().to_string();
-  return v.ok() ? std::move(v.value()) : nullptr;
-}
 
 TEST(ReplicatedVolume, WriteReadFlushDiscardReachEveryReplica) {
   Cluster cluster;
