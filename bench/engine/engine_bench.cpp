@@ -31,6 +31,7 @@
 #include <spdlog/spdlog.h>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "ublkvol/dbs/file_device.h"
@@ -322,6 +323,15 @@ LoadResult run_load(Volume& volume, VolumeQueue& q, VolumeOp op, unsigned qd, do
   return r;
 }
 
+// A table row for an engine run: IOPS and latency from the load.
+Result engine_row(std::string scenario, std::string what, unsigned replicas, const LoadResult& lr) {
+  Result res{std::move(scenario), std::move(what), replicas};
+  res.iops = static_cast<double>(lr.ios) / lr.seconds;
+  res.p50_us = lr.p50_us;
+  res.p99_us = lr.p99_us;
+  return res;
+}
+
 void fill_files(const std::vector<std::string>& files, uint64_t size) {
   const size_t chunk = 1U << 20U;
   std::vector<char> buf(chunk);
@@ -396,11 +406,8 @@ int main(int argc, char** argv) {
     }
     auto q = (*vol)->open_queue(0);
     LoadResult lr = run_load(**vol, **q, VolumeOp::kRead, 32, runtime);
-    Result res{"randread", "engine", r};
-    res.iops = static_cast<double>(lr.ios) / lr.seconds;
+    Result res = engine_row("randread", "engine", r, lr);
     res.mb_per_s = res.iops * 4096 / 1e6;
-    res.p50_us = lr.p50_us;
-    res.p99_us = lr.p99_us;
     res.ratio = fio_read > 0 ? res.iops / fio_read : 0;
     results.push_back(res);
     q->reset();
@@ -427,11 +434,8 @@ int main(int argc, char** argv) {
     auto vol = ReplicatedVolume::open(o, reps->bindings);
     auto q = (*vol)->open_queue(0);
     LoadResult lr = run_load(**vol, **q, VolumeOp::kWrite, 32, runtime);
-    Result res{"randwrite", "engine", r};
-    res.iops = static_cast<double>(lr.ios) / lr.seconds;
+    Result res = engine_row("randwrite", "engine", r, lr);
     res.mb_per_s = res.iops * 4096 / 1e6;
-    res.p50_us = lr.p50_us;
-    res.p99_us = lr.p99_us;
     res.ratio = fio_write[r] > 0 ? res.iops / fio_write[r] : 0;
     results.push_back(res);
     q->reset();
@@ -447,10 +451,8 @@ int main(int argc, char** argv) {
       auto vol = ReplicatedVolume::open(o, reps->bindings);
       auto q = (*vol)->open_queue(0);
       LoadResult lr = run_load(**vol, **q, op, 32, runtime / 2);
-      Result res{op == VolumeOp::kRead ? "null-read" : "null-write", "engine, null replicas", r};
-      res.iops = static_cast<double>(lr.ios) / lr.seconds;
-      res.p50_us = lr.p50_us;
-      res.p99_us = lr.p99_us;
+      Result res = engine_row(op == VolumeOp::kRead ? "null-read" : "null-write",
+                              "engine, null replicas", r, lr);
       // Reads touch one replica, writes every replica.
       unsigned touched = op == VolumeOp::kRead ? 1 : r;
       res.cpu_us_per_io_per_replica =
@@ -469,10 +471,7 @@ int main(int argc, char** argv) {
     auto vol = ReplicatedVolume::open(o, reps->bindings);
     auto q = (*vol)->open_queue(0);
     LoadResult lr = run_load(**vol, **q, VolumeOp::kWrite, 1, runtime / 2);
-    Result res{"null-qd1", "engine, null replicas, write QD1", r};
-    res.iops = static_cast<double>(lr.ios) / lr.seconds;
-    res.p50_us = lr.p50_us;
-    res.p99_us = lr.p99_us;
+    Result res = engine_row("null-qd1", "engine, null replicas, write QD1", r, lr);
     res.cpu_us_per_io_per_replica = lr.cpu * 1e6 / static_cast<double>(lr.ios) / r;
     results.push_back(res);
     q->reset();
