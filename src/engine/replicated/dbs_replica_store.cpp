@@ -308,20 +308,8 @@ void DbsReplicaStore::submit(ReplicaIo& io) {
 
 unsigned DbsReplicaStore::poll(bool wait) {
   Impl& s = *impl_;
-  unsigned ran = 0;
-  ReplicaIo* io = s.local_done.take_all();
-  while (io != nullptr) {
-    ReplicaIo* next = io->store_next;
-    io->store_next = nullptr;
-    --s.in_flight;
-    ++ran;
-    io->on_complete(*io, io->result);
-    io = next;
-  }
-  unsigned before = s.in_flight;
-  s.store->poll(wait && ran == 0);
-  ran += before >= s.in_flight ? before - s.in_flight : 0;
-  return ran;
+  return detail::complete_local_then_poll(s.local_done, s.in_flight, wait,
+                                          [&](bool w) { s.store->poll(w); });
 }
 
 Status DbsReplicaStore::write_meta(const ReplicaMeta& meta) {

@@ -360,20 +360,9 @@ void RawReplicaStore::kick() { impl_->device->kick(); }
 
 unsigned RawReplicaStore::poll(bool wait) {
   Impl& s = *impl_;
-  unsigned ran = 0;
-  ReplicaIo* io = s.local_done.take_all();
-  while (io != nullptr) {
-    ReplicaIo* next = io->store_next;
-    io->store_next = reinterpret_cast<ReplicaIo*>(&s);
-    Impl::finish(*io, io->result);
-    ++ran;
-    io = next;
-  }
-  unsigned before = s.in_flight;
-  s.device->poll(wait && ran == 0);
-  // Count our own completions, not the device's (bitmap commits).
-  ran += before >= s.in_flight ? before - s.in_flight : 0;
-  return ran;
+  // Counts our own completions, not the device's (bitmap commits).
+  return detail::complete_local_then_poll(s.local_done, s.in_flight, wait,
+                                          [&](bool w) { s.device->poll(w); });
 }
 
 Status RawReplicaStore::write_meta(const ReplicaMeta& meta) {

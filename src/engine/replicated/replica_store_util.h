@@ -35,6 +35,32 @@ struct IoList {
   [[nodiscard]] bool empty() const { return head == nullptr; }
 };
 
+// ReplicaStore::poll() for a store that parks requests completed without
+// reaching its device (invalid, or refused because their dirty bits could not
+// be committed) in `local_done` with their result set: completes those, then
+// polls the device (`poll_device(wait)`, waiting only if nothing completed
+// yet). Counts this store's own completions through `in_flight`, which the
+// store's completion path decrements - not the device's, which include the
+// store's metadata commits.
+template <typename PollDevice>
+unsigned complete_local_then_poll(IoList& local_done, unsigned& in_flight, bool wait,
+                                  PollDevice&& poll_device) {
+  unsigned ran = 0;
+  ReplicaIo* io = local_done.take_all();
+  while (io != nullptr) {
+    ReplicaIo* next = io->store_next;
+    io->store_next = nullptr;
+    --in_flight;
+    ++ran;
+    io->on_complete(*io, io->result);
+    io = next;
+  }
+  unsigned before = in_flight;
+  poll_device(wait && ran == 0);
+  ran += before >= in_flight ? before - in_flight : 0;
+  return ran;
+}
+
 struct FreeDeleter {
   void operator()(std::byte* p) const { std::free(p); }
 };
