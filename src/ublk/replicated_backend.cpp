@@ -117,6 +117,32 @@ class CountingReplicaStore final : public engine::ReplicaStore {
   ReplicaCounters& counters_;
 };
 
+// Write-through: every write goes to the replicas with FUA, so it completes
+// only once DBS committed its block mapping. Without it, a write to a block
+// the volume never held is in the file but its mapping lives only in DBS's
+// memory until the next FLUSH: a killed server takes that mapping with it,
+// and after --recover the block reads as zeros although the write completed
+// - a power cut, where ublk recovery promises a pause. (Overwrites of mapped
+// blocks need no metadata and survive a kill either way.)
+class WriteThroughQueue final : public engine::VolumeQueue {
+ public:
+  explicit WriteThroughQueue(std::unique_ptr<engine::VolumeQueue> inner)
+      : inner_(std::move(inner)) {}
+  void submit(engine::VolumeIo& io) override {
+    if (io.op == engine::VolumeOp::kWrite) {
+      io.fua = true;
+    }
+    inner_->submit(io);
+  }
+  void kick() override { inner_->kick(); }
+  unsigned reap() override { return inner_->reap(); }
+  [[nodiscard]] int wake_fd() const override { return inner_->wake_fd(); }
+  [[nodiscard]] unsigned in_flight() const override { return inner_->in_flight(); }
+
+ private:
+  std::unique_ptr<engine::VolumeQueue> inner_;
+};
+
 // Store file size for a new replica: the volume plus room for DBS metadata
 // (journal = device/256, checkpoints, the engine's metadata volume). Files
 // are sparse, so the slack costs nothing until used.
@@ -143,6 +169,7 @@ struct ReplicatedBackend::Impl {
   // Stable addresses: counters and devices are referenced by the layers above.
   std::vector<std::unique_ptr<Replica>> replicas;
   std::unique_ptr<engine::ReplicatedVolume> volume;
+  bool write_through = true;
   bool closed = false;
 
   // Destruction order matters: the engine first, then the threads that own
@@ -327,6 +354,7 @@ Result<std::unique_ptr<ReplicatedBackend>> ReplicatedBackend::open(const ServeCo
     return volume.error().with_context("opening the replicated volume");
   }
   impl->volume = std::move(*volume);
+  impl->write_through = config.write_through;
   const engine::VolumeStatus status = impl->volume->status();
   spdlog::info("replicated volume '{}': {} bytes, {} of {} replicas in sync, generation {:#x}",
                status.name, status.size_bytes, status.in_sync, status.replicas.size(),
@@ -349,7 +377,12 @@ ReplicatedBackend::~ReplicatedBackend() {
 const engine::VolumeInfo& ReplicatedBackend::info() const { return impl_->volume->info(); }
 
 Result<std::unique_ptr<engine::VolumeQueue>> ReplicatedBackend::open_queue(unsigned index) {
-  return impl_->volume->open_queue(index);
+  auto queue = impl_->volume->open_queue(index);
+  if (!queue || !impl_->write_through) {
+    return queue;
+  }
+  return std::unique_ptr<engine::VolumeQueue>(
+      std::make_unique<WriteThroughQueue>(std::move(*queue)));
 }
 
 engine::VolumeStatus ReplicatedBackend::status() const { return impl_->volume->status(); }

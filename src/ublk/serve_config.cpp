@@ -147,6 +147,7 @@ RecoveryRecord make_recovery_record(const ServeConfig& config, uint32_t dev_id, 
   }
   if (config.backend == "replicated") {
     r.backend["volume_name"] = config.volume_name;
+    r.backend["write_through"] = config.write_through ? "1" : "0";
     r.backend["replicas"] = std::to_string(config.replica_files.size());
     for (size_t i = 0; i < config.replica_files.size(); ++i) {
       r.backend["replica_file." + std::to_string(i)] = config.replica_files[i];
@@ -188,6 +189,8 @@ Result<ServeConfig> config_from_record(const RecoveryRecord& record, const Serve
                        std::to_string(kMaxServeReplicas) + ")");
     }
     c.volume_name = *name;
+    const std::string* write_through = get("write_through");
+    c.write_through = write_through == nullptr || *write_through != "0";
     for (uint64_t i = 0; i < *count; ++i) {
       const std::string key = "replica_file." + std::to_string(i);
       const std::string* path = get(key.c_str());

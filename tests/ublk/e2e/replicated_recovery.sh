@@ -47,11 +47,15 @@ while [ $cycle -le $CYCLES ]; do
   start_server --recover --state-file "$RECORD"
   grep -q '"recovered":true' "$STATE/ready" || fail "server did not re-attach"
   refresh_stats
+  states=""
   for r in 0 1 2; do
     st=$(replica_stat $r state)
-    [ "$st" = "in-sync" ] || [ "$st" = "rebuilding" ] || fail "cycle $cycle: replica $r is $st"
+    # Replicas the crash caught mid-resync come back stale or rebuilding and
+    # catch up in the background; none may have failed.
+    [ "$st" != "failed" ] || fail "cycle $cycle: replica $r failed"
+    states="$states $st"
   done
-  echo "cycle $cycle: killed, re-attached in $(elapsed "$start") s"
+  echo "cycle $cycle: killed, re-attached in $(elapsed "$start") s; replicas:$states"
   cycle=$((cycle + 1))
 done
 
@@ -64,7 +68,13 @@ err=$(cut -d';' -f5 "$STATE/fio" | head -1)
 [ "$err" = "0" ] || fail "fio reported error $err"
 ok "fio finished with 0 errors across $CYCLES kill/restart cycles"
 
-step "stop; the replica files agree"
+step "all replicas back in sync; stop; the replica files agree"
+all_in_sync() {
+  refresh_stats
+  [ "$(replica_stat 0 state) $(replica_stat 1 state) $(replica_stat 2 state)" = \
+    "in-sync in-sync in-sync" ]
+}
+wait_until 120 all_in_sync || fail "replicas did not all get back in sync"
 sum=$(device_sha256 "$DEV")
 stop_server
 [ ! -e "$RECORD" ] || fail "recovery record left behind after stop"
