@@ -46,6 +46,28 @@ bool is_data_write(StoreOp op) {
   return op == StoreOp::kWrite || op == StoreOp::kDiscard || op == StoreOp::kWriteZeroes;
 }
 
+bool block_bit(const uint64_t (&mask)[4], uint32_t b) {
+  return ((mask[b >> 6] >> (b & 63)) & 1) != 0;
+}
+
+// Calls fn(begin, end) for each run of set bits of `mask` inside
+// [first, first + count), in order.
+template <typename Fn>
+void for_each_run(const uint64_t (&mask)[4], uint32_t first, uint32_t count, Fn&& fn) {
+  for (uint32_t b = first; b < first + count;) {
+    if (!block_bit(mask, b)) {
+      ++b;
+      continue;
+    }
+    uint32_t end = b + 1;
+    while (end < first + count && block_bit(mask, end)) {
+      ++end;
+    }
+    fn(b, end);
+    b = end;
+  }
+}
+
 // The part of `io` not yet issued (from store_cursor) that lies in one
 // logical extent: requests are split at extent boundaries.
 struct ExtentSlice {
@@ -448,11 +470,7 @@ bool Store::Impl::issue_zero(StoreIo& io, Layer& head) {
     }
     auto runs_of = [&](const uint64_t(&mask)[4]) {
       uint32_t runs = 0;
-      for (uint32_t b = first; b < first + count; ++b) {
-        const bool set = (mask[b >> 6] >> (b & 63)) & 1;
-        const bool prev = b > first && ((mask[(b - 1) >> 6] >> ((b - 1) & 63)) & 1);
-        runs += (set && !prev) ? 1 : 0;
-      }
+      for_each_run(mask, first, count, [&](uint32_t, uint32_t) { ++runs; });
       return runs;
     };
     bool frees_extent = false;
@@ -504,15 +522,7 @@ bool Store::Impl::issue_zero(StoreIo& io, Layer& head) {
       } else {
         // Pass the discard of unmapped blocks down (their content no
         // longer matters; the extent stays allocated).
-        for (uint32_t b = first; b < first + count;) {
-          if (!((clear_mask[b >> 6] >> (b & 63)) & 1)) {
-            ++b;
-            continue;
-          }
-          uint32_t end = b + 1;
-          while (end < first + count && ((clear_mask[end >> 6] >> (end & 63)) & 1)) {
-            ++end;
-          }
+        for_each_run(clear_mask, first, count, [&](uint32_t b, uint32_t end) {
           SubIo* sub = take_sub();
           sub->parent = &io;
           sub->request.op = IoOp::kDiscard;
@@ -521,8 +531,7 @@ bool Store::Impl::issue_zero(StoreIo& io, Layer& head) {
           sub->request.buffer = nullptr;
           ++io.store_pending;
           device_.submit(sub->request);
-          b = end;
-        }
+        });
       }
     }
     // Zero-write the blocks parents hold.
@@ -536,15 +545,7 @@ bool Store::Impl::issue_zero(StoreIo& io, Layer& head) {
         }
         entry = head.map.insert(logical, phys);
       }
-      for (uint32_t b = first; b < first + count;) {
-        if (!((zero_mask[b >> 6] >> (b & 63)) & 1)) {
-          ++b;
-          continue;
-        }
-        uint32_t end = b + 1;
-        while (end < first + count && ((zero_mask[end >> 6] >> (end & 63)) & 1)) {
-          ++end;
-        }
+      for_each_run(zero_mask, first, count, [&](uint32_t b, uint32_t end) {
         SubIo* sub = take_sub();
         ++entry->inflight;
         sub->parent = &io;
@@ -560,8 +561,7 @@ bool Store::Impl::issue_zero(StoreIo& io, Layer& head) {
         sub->request.buffer = zeros_.data();
         ++io.store_pending;
         device_.submit(sub->request);
-        b = end;
-      }
+      });
     }
     io.store_cursor += uint64_t{count} * kBlock;
   }
