@@ -1,13 +1,21 @@
 # Runs in the VM (scripts/vm/run.sh): fio side by side on
 #   null    /dev/ublkbN served by the null backend
 #   memory  /dev/ublkbN served by the memory backend, kept in a tmpfs file
-#   tmpfs   that same tmpfs file, directly (no ublk)
+#   dbs1    /dev/ublkbN served by the replicated engine with 1 replica: a DBS
+#           volume in a store file on the same tmpfs (write-through, the
+#           default: every write FUA, so it survives a killed server)
+#   dbs1-wb the same with --no-write-through (writes durable at FLUSH only)
+#   tmpfs   the memory backend's tmpfs file, directly (no ublk). fio cannot run
+#           on the DBS store file itself while the store is served (it would
+#           overwrite the store), so the baseline is a file of the same size on
+#           the same tmpfs.
 # and prints one "@@bench ...@@" line per (job, target) for ublk_bench_report.
 # Absolute numbers under TCG mean nothing; ratios within this run do.
 set -u
 RUNTIME=${UBLKVOL_BENCH_RUNTIME:-5}
 SIZE=256M
 FILE=/dev/shm/ublk-bench.img
+DBS_FILE=/dev/shm/ublk-bench-dbs.img
 S=/tmp/bench
 mkdir -p $S
 
@@ -26,12 +34,23 @@ NULL_PID=$!
 ublkvol-serve --backend memory --size $SIZE --backing-file $FILE --queues 2 --depth 128 \
     --id 1 --ready-file $S/r1 &
 MEM_PID=$!
+ublkvol-serve --backend replicated --size $SIZE --replica-file $DBS_FILE --queues 2 --depth 128 \
+    --id 2 --ready-file $S/r2 &
+DBS_PID=$!
+ublkvol-serve --backend replicated --size $SIZE --replica-file $DBS_FILE.wb --queues 2 \
+    --depth 128 --id 3 --no-write-through --ready-file $S/r3 &
+DBS_WB_PID=$!
 wait_file $S/r0
 wait_file $S/r1
+wait_file $S/r2
+wait_file $S/r3
 
-# Fill the volume once, so that reads hit data everywhere.
-fio --name=fill --filename=/dev/ublkb1 --ioengine=io_uring --direct=1 --rw=write --bs=1M \
-    --iodepth=8 --size=$SIZE >/dev/null || die "fill failed"
+# Fill the volumes once, so that reads hit data everywhere (and DBS has
+# allocated every extent: the runs measure in-place I/O, not allocation).
+for dev in /dev/ublkb1 /dev/ublkb2 /dev/ublkb3; do
+  fio --name=fill --filename=$dev --ioengine=io_uring --direct=1 --rw=write --bs=1M \
+      --iodepth=8 --size=$SIZE >/dev/null || die "fill of $dev failed"
+done
 
 # tmpfs accepts O_DIRECT since Linux 6.6; fall back to buffered I/O if not.
 TMPFS_DIRECT=1
@@ -78,10 +97,14 @@ for spec in "randread-4k --rw=randread --bs=4k --iodepth=32" \
   shift
   run "$job" null /dev/ublkb0 1 $NULL_PID "$@"
   run "$job" memory /dev/ublkb1 1 $MEM_PID "$@"
+  run "$job" dbs1 /dev/ublkb2 1 $DBS_PID "$@"
+  run "$job" dbs1-wb /dev/ublkb3 1 $DBS_WB_PID "$@"
   run "$job" tmpfs $FILE $TMPFS_DIRECT 0 "$@"
 done
 
-kill -TERM $NULL_PID $MEM_PID
+kill -TERM $NULL_PID $MEM_PID $DBS_PID $DBS_WB_PID
 wait $NULL_PID || die "null server exit status"
 wait $MEM_PID || die "memory server exit status"
+wait $DBS_PID || die "replicated (dbs1) server exit status"
+wait $DBS_WB_PID || die "replicated (dbs1-wb) server exit status"
 echo "@@bench done@@"

@@ -1,6 +1,8 @@
 #!/bin/sh
 # The ublk frontend benchmark: one VM run, fio side by side on /dev/ublkbN
-# (null backend), /dev/ublkbN (memory backend kept in a tmpfs file) and that
+# (null backend), /dev/ublkbN (memory backend kept in a tmpfs file),
+# /dev/ublkbN (replicated engine, 1 DBS replica in a tmpfs store file;
+# write-through and --no-write-through) and a
 # tmpfs file directly; prints a table (or --json) with IOPS, bandwidth, CPU
 # per I/O and the ratios against the tmpfs file.
 #
@@ -23,8 +25,8 @@ for bin in src/ublk/ublkvol-serve bench/ublk/ublk_bench_report; do
   [ -x "$BUILD/$bin" ] || { echo "ublk_bench.sh: $BUILD/$bin missing: build it first" >&2; exit 2; }
 done
 LOG=$(mktemp /tmp/ublk-bench.XXXXXX.log)
-# 4 jobs x 3 targets x (runtime + ramp), plus boot and fill.
-TIMEOUT=$((12 * (RUNTIME + 1) * 3 + 240))
+# 4 jobs x 5 targets x (runtime + ramp), plus boot and fills.
+TIMEOUT=$((12 * (RUNTIME + 1) * 5 + 300))
 if ! "$ROOT/scripts/vm/run.sh" --binary "$BUILD/src/ublk/ublkvol-serve" \
     --script "$ROOT/bench/ublk/guest_bench.sh" --env "UBLKVOL_BENCH_RUNTIME=$RUNTIME" \
     --timeout "$TIMEOUT" --log "$LOG" >/dev/null; then

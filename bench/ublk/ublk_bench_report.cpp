@@ -1,7 +1,9 @@
 // Reads the console log of bench/ublk/guest_bench.sh and prints the ublk
 // frontend benchmark: per job and target, IOPS, bandwidth, CPU time per I/O
 // (whole VM, and the ublk server process alone), and the ratios against fio
-// on the tmpfs file directly. Ratios are the figures that mean something: the
+// on the tmpfs file directly. Targets: null, memory, dbs1 / dbs1-wb
+// (replicated engine, one DBS replica in a tmpfs store file, write-through /
+// write-back), tmpfs. Ratios are the figures that mean something: the
 // VM is emulated (TCG), so absolute values are 10-20x off.
 #include <CLI/CLI.hpp>
 #include <cstdio>
