@@ -243,6 +243,7 @@ struct QueueState {
   void lose(Slot& s, uint32_t lost);
   void on_state_change();
   void on_tick();
+  void reclaim_zombies();
 
   // ---- ordering ----
   void publish(Slot& s, uint64_t b, uint64_t e);
@@ -1297,7 +1298,13 @@ void QueueState::on_tick() {
     lose(*s, overdue);
     s = next;
   }
-  // Sub-requests at store threads that died will never come back.
+  reclaim_zombies();
+}
+
+// Sub-requests at store threads that died will never come back: release the
+// slots waiting only for them (and the per-replica outstanding counts that a
+// membership fence waits on).
+void QueueState::reclaim_zombies() {
   for (Slot* s = zombies; s != nullptr;) {
     Slot* next = s->next;
     for (unsigned r = 0; r < vol->nreplicas; ++r) {
@@ -1447,6 +1454,9 @@ class ReplicatedQueue final : public VolumeQueue {
       spdlog::error("volume {}: queue {} closed with {} I/Os in flight", q_.vol->options.name,
                     q_.index, q_.in_flight);
     }
+    // Nobody reaps a closed queue: give back what a dead store thread holds
+    // now, or a later membership fence would wait on it forever.
+    q_.reclaim_zombies();
     q_.opened.store(false, std::memory_order_release);
   }
   void submit(VolumeIo& io) override { q_.submit(io); }
