@@ -108,6 +108,10 @@ class CountingReplicaStore final : public engine::ReplicaStore {
   Status revert_snapshot(std::string_view snapshot) override {
     return inner_.revert_snapshot(snapshot);
   }
+  Status clone_snapshot(std::string_view snapshot, std::string_view clone,
+                        const engine::ReplicaMeta& clone_meta) override {
+    return inner_.clone_snapshot(snapshot, clone, clone_meta);
+  }
   [[nodiscard]] std::vector<std::string> list_snapshots() const override {
     return inner_.list_snapshots();
   }
