@@ -44,6 +44,17 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// The benchmark cannot go on without a volume or queue it asked for: say why
+// and exit, rather than dereference an error.
+template <typename T>
+T value_or_exit(Result<T> result, const char* what) {
+  if (!result.ok()) {
+    std::fprintf(stderr, "engine_bench: %s: %s\n", what, result.error().to_string().c_str());
+    std::exit(1);
+  }
+  return std::move(result).value();
+}
+
 double cpu_seconds() {
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
@@ -399,19 +410,15 @@ int main(int argc, char** argv) {
     auto reps = file_replicas(files, r, true);
     ReplicatedVolumeOptions o;
     o.name = "bench";
-    auto vol = ReplicatedVolume::open(o, reps->bindings);
-    if (!vol.ok()) {
-      std::fprintf(stderr, "%s\n", vol.error().to_string().c_str());
-      return 1;
-    }
-    auto q = (*vol)->open_queue(0);
-    LoadResult lr = run_load(**vol, **q, VolumeOp::kRead, 32, runtime);
+    auto vol = value_or_exit(ReplicatedVolume::open(o, reps->bindings), "open volume");
+    auto q = value_or_exit(vol->open_queue(0), "open queue");
+    LoadResult lr = run_load(*vol, *q, VolumeOp::kRead, 32, runtime);
     Result res = engine_row("randread", "engine", r, lr);
     res.mb_per_s = res.iops * 4096 / 1e6;
     res.ratio = fio_read > 0 ? res.iops / fio_read : 0;
     results.push_back(res);
-    q->reset();
-    (void)(*vol)->close();
+    q.reset();
+    (void)vol->close();
   }
 
   // ---- random write ----
@@ -431,15 +438,15 @@ int main(int argc, char** argv) {
     auto reps = file_replicas(files, r, true);
     ReplicatedVolumeOptions o;
     o.name = "bench";
-    auto vol = ReplicatedVolume::open(o, reps->bindings);
-    auto q = (*vol)->open_queue(0);
-    LoadResult lr = run_load(**vol, **q, VolumeOp::kWrite, 32, runtime);
+    auto vol = value_or_exit(ReplicatedVolume::open(o, reps->bindings), "open volume");
+    auto q = value_or_exit(vol->open_queue(0), "open queue");
+    LoadResult lr = run_load(*vol, *q, VolumeOp::kWrite, 32, runtime);
     Result res = engine_row("randwrite", "engine", r, lr);
     res.mb_per_s = res.iops * 4096 / 1e6;
     res.ratio = fio_write[r] > 0 ? res.iops / fio_write[r] : 0;
     results.push_back(res);
-    q->reset();
-    (void)(*vol)->close();
+    q.reset();
+    (void)vol->close();
   }
 
   // ---- null replicas: the engine's own cost ----
@@ -448,9 +455,9 @@ int main(int argc, char** argv) {
       auto reps = null_replicas(r, 1ULL << 30U);
       ReplicatedVolumeOptions o;
       o.name = "null";
-      auto vol = ReplicatedVolume::open(o, reps->bindings);
-      auto q = (*vol)->open_queue(0);
-      LoadResult lr = run_load(**vol, **q, op, 32, runtime / 2);
+      auto vol = value_or_exit(ReplicatedVolume::open(o, reps->bindings), "open volume");
+      auto q = value_or_exit(vol->open_queue(0), "open queue");
+      LoadResult lr = run_load(*vol, *q, op, 32, runtime / 2);
       Result res = engine_row(op == VolumeOp::kRead ? "null-read" : "null-write",
                               "engine, null replicas", r, lr);
       // Reads touch one replica, writes every replica.
@@ -458,8 +465,8 @@ int main(int argc, char** argv) {
       res.cpu_us_per_io_per_replica =
           lr.cpu * 1e6 / static_cast<double>(lr.ios) / static_cast<double>(touched);
       results.push_back(res);
-      q->reset();
-      (void)(*vol)->close();
+      q.reset();
+      (void)vol->close();
     }
   }
 
@@ -468,14 +475,14 @@ int main(int argc, char** argv) {
     auto reps = null_replicas(r, 1ULL << 30U);
     ReplicatedVolumeOptions o;
     o.name = "null";
-    auto vol = ReplicatedVolume::open(o, reps->bindings);
-    auto q = (*vol)->open_queue(0);
-    LoadResult lr = run_load(**vol, **q, VolumeOp::kWrite, 1, runtime / 2);
+    auto vol = value_or_exit(ReplicatedVolume::open(o, reps->bindings), "open volume");
+    auto q = value_or_exit(vol->open_queue(0), "open queue");
+    LoadResult lr = run_load(*vol, *q, VolumeOp::kWrite, 1, runtime / 2);
     Result res = engine_row("null-qd1", "engine, null replicas, write QD1", r, lr);
     res.cpu_us_per_io_per_replica = lr.cpu * 1e6 / static_cast<double>(lr.ios) / r;
     results.push_back(res);
-    q->reset();
-    (void)(*vol)->close();
+    q.reset();
+    (void)vol->close();
   }
 
   // ---- rebuild ----
@@ -488,8 +495,9 @@ int main(int argc, char** argv) {
       {
         // Replica 0 alone forms the volume; replica 1 is then new.
         auto reps = file_replicas({rf[0]}, 1, true);
-        auto vol = ReplicatedVolume::open(ReplicatedVolumeOptions{}, reps->bindings);
-        (void)(*vol)->close();
+        auto vol = value_or_exit(ReplicatedVolume::open(ReplicatedVolumeOptions{}, reps->bindings),
+                                 "open volume");
+        (void)vol->close();
       }
       auto reps0 = file_replicas({rf[0]}, 1, false);
       auto reps1 = file_replicas({rf[1]}, 1, true);
@@ -497,23 +505,23 @@ int main(int argc, char** argv) {
       ReplicatedVolumeOptions o;
       o.name = "rebuild";
       auto t0 = Clock::now();
-      auto vol = ReplicatedVolume::open(o, b);
+      auto vol = value_or_exit(ReplicatedVolume::open(o, b), "open volume");
       std::atomic<bool> stop{false};
       LoadResult lr;
       std::thread load;
       if (loaded != 0) {
         load = std::thread([&] {
-          auto q = (*vol)->open_queue(0);
-          lr = run_load(**vol, **q, VolumeOp::kWrite, 32, 3600, &stop);
+          auto q = value_or_exit(vol->open_queue(0), "open queue");
+          lr = run_load(*vol, *q, VolumeOp::kWrite, 32, 3600, &stop);
         });
       }
-      (void)(*vol)->wait_rebuild();
+      (void)vol->wait_rebuild();
       double secs = std::chrono::duration<double>(Clock::now() - t0).count();
       stop = true;
       if (load.joinable()) {
         load.join();
       }
-      RebuildProgress p = (*vol)->status().rebuild;
+      RebuildProgress p = vol->status().rebuild;
       Result res{"rebuild",
                  loaded != 0 ? "full rebuild under 4K randwrite QD32" : "full rebuild idle", 2};
       res.mb_per_s = static_cast<double>(p.total_bytes) / secs / 1e6;
@@ -523,7 +531,7 @@ int main(int argc, char** argv) {
         res.p99_us = lr.p99_us;
       }
       results.push_back(res);
-      (void)(*vol)->close();
+      (void)vol->close();
     }
     for (auto& f : rf) {
       ::unlink(f.c_str());
