@@ -114,3 +114,69 @@ replica_stat() {
 device_sha256() {
   dd if="$1" bs=1M iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1
 }
+
+# --- Recovery under load: shared by recovery.sh and replicated_recovery.sh ---
+
+# start_backlog_fio SIZE LOOPS : random 4 KiB writes with verify_backlog on
+# $DEV in the background. Sets FIO (pid); output goes to $STATE/fio.
+start_backlog_fio() {
+  step "fio: random 4 KiB writes with verify_backlog on $DEV"
+  fio --name=recover --filename="$DEV" --ioengine=io_uring --direct=1 --rw=randwrite --bs=4k \
+      --iodepth=32 --size="$1" --loops="$2" --verify=crc32c --verify_backlog=512 \
+      --verify_fatal=1 --do_verify=1 --output-format=terse >"$STATE/fio" 2>&1 &
+  FIO=$!
+}
+
+writes_flowing() {
+  refresh_stats
+  [ "$(stat total writes)" -gt 1500 ]
+}
+
+# detach_and_reattach RECORD : SIGHUP detaches the server, a new one re-attaches.
+detach_and_reattach() {
+  step "graceful restart: SIGHUP detaches, a new server re-attaches"
+  wait_until 120 writes_flowing || fail "no writes reached the server"
+  kill -HUP "$SRV"
+  wait "$SRV"
+  rc=$?
+  [ "$rc" -eq 0 ] || fail "server exit $rc on SIGHUP"
+  start=$(now)
+  start_server --recover --state-file "$1"
+  grep -q '"recovered":true' "$STATE/ready" || fail "server did not re-attach after SIGHUP"
+  ok "detached and re-attached in $(elapsed "$start") s"
+}
+
+# kill_and_reattach CYCLES RECORD AFTER : CYCLES times, once writes flow,
+# SIGKILL the server and re-attach a new one; then runs `AFTER CYCLE` in this
+# shell (so its `fail` ends the test), which checks the backend and prints
+# what it saw.
+kill_and_reattach() {
+  step "$1 x SIGKILL and re-attach while fio runs"
+  cycle=1
+  while [ $cycle -le "$1" ]; do
+    wait_until 120 writes_flowing || fail "cycle $cycle: no writes reached the server"
+    kill -0 "$FIO" 2>/dev/null || fail "fio ended before cycle $cycle: $(cat "$STATE/fio")"
+    kill -9 "$SRV"
+    wait "$SRV" 2>/dev/null
+    start=$(now)
+    state=$(ublkvol-ublkctl info --id "$DEV_ID")
+    start_server --recover --state-file "$2"
+    grep -q '"recovered":true' "$STATE/ready" || fail "cycle $cycle: server did not re-attach"
+    echo "cycle $cycle: killed, re-attached in $(elapsed "$start") s (state after kill: $state)"
+    "$3" "$cycle"
+    cycle=$((cycle + 1))
+  done
+}
+
+# finish_backlog_fio CYCLES : fio must end with exit 0 and 0 errors.
+finish_backlog_fio() {
+  step "let fio finish"
+  wait "$FIO"
+  fio_rc=$?
+  cat "$STATE/fio"
+  [ "$fio_rc" -eq 0 ] || fail "fio exit $fio_rc"
+  # terse v3: field 5 is the job's error code
+  err=$(cut -d';' -f5 "$STATE/fio" | head -1)
+  [ "$err" = "0" ] || fail "fio reported error $err"
+  ok "fio finished with 0 errors across $1 kill/restart cycles"
+}

@@ -15,58 +15,23 @@ ublkvol-ublkctl features | grep -q "USER_RECOVERY|USER_RECOVERY_REISSUE" ||
 start_server --backend replicated --size 96M $REPLICAS --state-file "$RECORD" --queues 2 --depth 64
 grep -q 'replica_file.2".*"/dev/shm/r2"' "$RECORD" || fail "recovery record lacks the replicas"
 
-step "fio: random 4 KiB writes with verify_backlog on $DEV"
-fio --name=recover --filename="$DEV" --ioengine=io_uring --direct=1 --rw=randwrite --bs=4k \
-    --iodepth=32 --size=48M --loops=3 --verify=crc32c --verify_backlog=512 --verify_fatal=1 \
-    --do_verify=1 --output-format=terse >"$STATE/fio" 2>&1 &
-FIO=$!
-writes_flowing() {
-  refresh_stats
-  [ "$(stat total writes)" -gt 1500 ]
-}
-
-step "graceful restart: SIGHUP detaches, a new server re-attaches"
-wait_until 120 writes_flowing || fail "no writes reached the server"
-kill -HUP "$SRV"
-wait "$SRV"
-rc=$?
-[ "$rc" -eq 0 ] || fail "server exit $rc on SIGHUP"
-start=$(now)
-start_server --recover --state-file "$RECORD"
-grep -q '"recovered":true' "$STATE/ready" || fail "server did not re-attach after SIGHUP"
-ok "detached and re-attached in $(elapsed "$start") s"
-
-step "$CYCLES x SIGKILL and re-attach while fio runs"
-cycle=1
-while [ $cycle -le $CYCLES ]; do
-  wait_until 120 writes_flowing || fail "cycle $cycle: no writes reached the server"
-  kill -0 "$FIO" 2>/dev/null || fail "fio ended before cycle $cycle: $(cat "$STATE/fio")"
-  kill -9 "$SRV"
-  wait "$SRV" 2>/dev/null
-  start=$(now)
-  start_server --recover --state-file "$RECORD"
-  grep -q '"recovered":true' "$STATE/ready" || fail "server did not re-attach"
+# Replicas the crash caught mid-resync come back stale or rebuilding and
+# catch up in the background; none may have failed.
+replicas_after_reattach() {
   refresh_stats
   states=""
   for r in 0 1 2; do
     st=$(replica_stat $r state)
-    # Replicas the crash caught mid-resync come back stale or rebuilding and
-    # catch up in the background; none may have failed.
-    [ "$st" != "failed" ] || fail "cycle $cycle: replica $r failed"
+    [ "$st" != "failed" ] || fail "cycle $1: replica $r failed"
     states="$states $st"
   done
-  echo "cycle $cycle: killed, re-attached in $(elapsed "$start") s; replicas:$states"
-  cycle=$((cycle + 1))
-done
+  echo "cycle $1: replicas:$states"
+}
 
-step "let fio finish"
-wait "$FIO"
-fio_rc=$?
-cat "$STATE/fio"
-[ "$fio_rc" -eq 0 ] || fail "fio exit $fio_rc"
-err=$(cut -d';' -f5 "$STATE/fio" | head -1)
-[ "$err" = "0" ] || fail "fio reported error $err"
-ok "fio finished with 0 errors across $CYCLES kill/restart cycles"
+start_backlog_fio 48M 3
+detach_and_reattach "$RECORD"
+kill_and_reattach "$CYCLES" "$RECORD" replicas_after_reattach
+finish_backlog_fio "$CYCLES"
 
 step "all replicas back in sync; stop; the replica files agree"
 all_in_sync() {
