@@ -26,22 +26,10 @@ fio --name=mixed --filename="$DEV" --ioengine=io_uring --direct=1 --rw=randwrite
 ok "mixed-size random write + verify"
 
 step "discard and write-zeroes read back as zeros"
-fio --name=fill --filename="$DEV" --ioengine=psync --direct=1 --rw=write --bs=1M --offset=0 \
-    --size=16M --output-format=terse >/dev/null || fail "fill failed"
-[ "$(count_nonzero_bytes "$DEV" 1 2)" -gt 0 ] || fail "fill wrote zeros?"
 refresh_stats
 discards_before=$(stat total discards)
 zeroes_before=$(stat total write_zeroes)
-blkdiscard -o $((1 << 20)) -l $((2 << 20)) "$DEV" || fail "blkdiscard failed"
-blkdiscard -z -o $((8 << 20)) -l $((3 << 20)) "$DEV" || fail "blkdiscard -z failed"
-fio --name=trim --filename="$DEV" --ioengine=psync --direct=1 --rw=trim --bs=64k \
-    --offset=12M --size=1M --output-format=terse >/dev/null || fail "fio trim failed"
-[ "$(count_nonzero_bytes "$DEV" 1 2)" -eq 0 ] || fail "discarded range is not zeros"
-[ "$(count_nonzero_bytes "$DEV" 8 3)" -eq 0 ] || fail "write-zeroes range is not zeros"
-[ "$(count_nonzero_bytes "$DEV" 12 1)" -eq 0 ] || fail "fio-trimmed range is not zeros"
-[ "$(count_nonzero_bytes "$DEV" 0 1)" -gt 0 ] || fail "data before the discard was lost"
-[ "$(count_nonzero_bytes "$DEV" 3 5)" -gt 0 ] || fail "data between the ranges was lost"
-[ "$(count_nonzero_bytes "$DEV" 11 1)" -gt 0 ] || fail "data after write-zeroes was lost"
+fill_discard_check_zeros 0
 refresh_stats
 [ "$(stat total discards)" -gt "$discards_before" ] || fail "no DISCARD reached the backend"
 [ "$(stat total write_zeroes)" -gt "$zeroes_before" ] || fail "no WRITE_ZEROES reached the backend"

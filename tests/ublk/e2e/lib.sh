@@ -180,3 +180,24 @@ finish_backlog_fio() {
   [ "$err" = "0" ] || fail "fio reported error $err"
   ok "fio finished with 0 errors across $1 kill/restart cycles"
 }
+
+# fill_discard_check_zeros BASE_MIB : fills 16 MiB at BASE, then discards
+# BASE+1..+3 MiB, write-zeroes BASE+8..+11 MiB and fio-trims BASE+12..+13 MiB;
+# the three ranges must read zeros and the data around them must survive.
+# (Counting what reached the backend is the caller's: backends count apart.)
+fill_discard_check_zeros() {
+  b=$1
+  fio --name=fill --filename="$DEV" --ioengine=psync --direct=1 --rw=write --bs=1M \
+      --offset="${b}M" --size=16M --output-format=terse >/dev/null || fail "fill failed"
+  [ "$(count_nonzero_bytes "$DEV" $((b + 1)) 2)" -gt 0 ] || fail "fill wrote zeros?"
+  blkdiscard -o $(((b + 1) << 20)) -l $((2 << 20)) "$DEV" || fail "blkdiscard failed"
+  blkdiscard -z -o $(((b + 8) << 20)) -l $((3 << 20)) "$DEV" || fail "blkdiscard -z failed"
+  fio --name=trim --filename="$DEV" --ioengine=psync --direct=1 --rw=trim --bs=64k \
+      --offset="$((b + 12))M" --size=1M --output-format=terse >/dev/null || fail "fio trim failed"
+  [ "$(count_nonzero_bytes "$DEV" $((b + 1)) 2)" -eq 0 ] || fail "discarded range is not zeros"
+  [ "$(count_nonzero_bytes "$DEV" $((b + 8)) 3)" -eq 0 ] || fail "write-zeroes range is not zeros"
+  [ "$(count_nonzero_bytes "$DEV" $((b + 12)) 1)" -eq 0 ] || fail "fio-trimmed range is not zeros"
+  [ "$(count_nonzero_bytes "$DEV" "$b" 1)" -gt 0 ] || fail "data before the discard was lost"
+  [ "$(count_nonzero_bytes "$DEV" $((b + 3)) 5)" -gt 0 ] || fail "data between the ranges was lost"
+  [ "$(count_nonzero_bytes "$DEV" $((b + 11)) 1)" -gt 0 ] || fail "data after write-zeroes was lost"
+}
