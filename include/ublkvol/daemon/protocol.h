@@ -1,0 +1,169 @@
+// The ublk-volumed control protocol, version 1: the envelope both sides speak.
+//
+// Transport: a Unix stream socket (default kDefaultSocketPath). Each message
+// is one JSON object on one line ('\n'-terminated, UTF-8), at most
+// kMaxLineBytes long. A client may send several requests on one connection;
+// the daemon answers them in order.
+//
+//   request:  {"v":1, "id":<uint|string>, "method":"volume.create", "params":{...}}
+//   response: {"v":1, "id":<same>, "ok":true,  "result":{...}}
+//         or  {"v":1, "id":<same>, "ok":false, "error":{"code":"busy","message":"..."}}
+//
+// docs/control-protocol.md is the normative description (every method, its
+// params and result, every error code). This header holds what both the
+// daemon and clients need: the version, limits, error codes, and parsing /
+// building of envelopes, plus the validation helpers (names, sizes, params
+// objects) the daemon applies to every request.
+//
+// Errors inside the project are ublkvol::Error (an errno + message). The
+// protocol's error codes map to and from errno values (error_code_for /
+// errno_for), so a daemon operation returning Error(EBUSY, "volume 'a' is
+// exposed") becomes {"code":"busy","message":"volume 'a' is exposed"}.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "ublkvol/common/result.h"
+
+namespace ublkvol::daemon {
+
+using Json = nlohmann::json;
+
+// The one protocol version this code speaks ("v" in every message).
+inline constexpr int kProtocolVersion = 1;
+// Longest accepted message line, newline excluded. A longer request gets a
+// `too_large` response and the connection is closed (its framing is lost).
+inline constexpr size_t kMaxLineBytes = size_t{1} << 20;
+inline constexpr const char* kDefaultSocketPath = "/run/ublk-volumed/control.sock";
+// Names of stores, volumes and snapshots: 1..kMaxNameLength characters.
+inline constexpr size_t kMaxNameLength = 64;
+// Volume and store sizes are multiples of this many bytes.
+inline constexpr uint64_t kSizeAlignment = 4096;
+
+// Every error a response can carry. The wire form is the snake_case name
+// (to_string / parse_error_code).
+enum class ErrorCode {
+  kBadRequest,          // not JSON / not an object (the connection stays open)
+  kUnsupportedVersion,  // "v" is not 1
+  kUnknownMethod,       // no such method
+  kInvalidArgument,     // unknown field, wrong type, bad name/size, shrink, ...
+  kNotFound,            // the named store/volume/snapshot/replica does not exist
+  kAlreadyExists,       // the name is taken
+  kBusy,                // the object is in use (exposed, holds replicas, ...)
+  kPermissionDenied,    // peer is neither root nor in the daemon's group
+  kTooLarge,            // message line longer than kMaxLineBytes
+  kUnavailable,         // needed facility missing (ublk_drv) or not supported
+  kIoError,             // a device or store failed
+  kInternal,            // a bug in the daemon
+};
+
+std::string_view to_string(ErrorCode code);
+std::optional<ErrorCode> parse_error_code(std::string_view text);
+
+// Mapping between protocol codes and errno values (see the header comment).
+// error_code_for: EINVAL->invalid_argument, ENOENT->not_found,
+// EEXIST->already_exists, EBUSY->busy, EACCES/EPERM->permission_denied,
+// EMSGSIZE->too_large, ENODEV/ENOTSUP/EOPNOTSUPP->unavailable,
+// EPROTONOSUPPORT->unsupported_version, ENOSYS->unknown_method,
+// EBADMSG->bad_request, EIO (and other device errors)->io_error,
+// anything else->internal.
+ErrorCode error_code_for(int errno_value);
+int errno_for(ErrorCode code);
+
+// A request as the daemon sees it once the envelope was validated.
+struct Request {
+  Json id;  // unsigned integer or string, echoed in the response
+  std::string method;
+  Json params = Json::object();  // always an object ("params" may be omitted)
+};
+
+// The outcome of parsing one request line. On failure `error` is set and
+// `id` holds the request's id if it could be read (else null), so the error
+// response still carries it.
+struct ParsedRequest {
+  Json id;
+  std::optional<Request> request;
+  std::optional<Error> error;  // errno maps to the protocol code
+};
+
+// Parses and validates the envelope of one line (without its '\n'): JSON
+// object, "v" == 1, "id" uint or string, "method" a non-empty string,
+// "params" an object if present, no other top-level field. Never throws.
+// Params themselves are validated by the method (see Params).
+ParsedRequest parse_request(std::string_view line);
+
+// Builders. Both return the full response object.
+Json make_ok_response(const Json& id, Json result);
+Json make_error_response(const Json& id, ErrorCode code, std::string_view message);
+Json make_error_response(const Json& id, const Error& error);
+// A request object (for clients).
+Json make_request(const Json& id, std::string_view method, Json params);
+
+// One message line: compact JSON + '\n'. Invalid UTF-8 in strings is
+// replaced (U+FFFD) instead of throwing, so echoing a client's bytes in an
+// error message can never fail.
+std::string to_line(const Json& message);
+
+// A response as a client sees it.
+struct Response {
+  Json id;
+  bool ok = false;
+  Json result;                            // when ok
+  ErrorCode code = ErrorCode::kInternal;  // when !ok
+  std::string message;                    // when !ok
+};
+
+// Parses one response line; an Error (EBADMSG) if it is not a valid response.
+Result<Response> parse_response(std::string_view line);
+
+// --- validation helpers --------------------------------------------------
+
+// A valid name: 1..64 characters of [A-Za-z0-9._-], not starting with '.'
+// or '-'. `what` names the field in the message ("volume name", "store").
+Status validate_name(std::string_view name, std::string_view what);
+// A valid size: > 0 and a multiple of kSizeAlignment.
+Status validate_size(uint64_t bytes, std::string_view what);
+
+// Reads a method's params object field by field with type checks and
+// messages naming the field, then refuses fields nobody asked for:
+//
+//   Params p(request.params);
+//   auto name = p.name("name");             // required, validated name
+//   auto size = p.size("size");             // required, > 0, 4 KiB multiple
+//   auto format = p.optional_bool("format");
+//   UBLKVOL_TRY(p.finish());                // "unknown field 'x' in params"
+//
+// Every accessor returns an Error with EINVAL (-> invalid_argument).
+class Params {
+ public:
+  // `params` must be a JSON object (parse_request guarantees it).
+  explicit Params(const Json& params);
+
+  Result<std::string> string(const std::string& key);
+  Result<std::optional<std::string>> optional_string(const std::string& key);
+  Result<std::string> name(const std::string& key);
+  Result<std::optional<std::string>> optional_name(const std::string& key);
+  Result<uint64_t> uint(const std::string& key);
+  Result<std::optional<uint64_t>> optional_uint(const std::string& key);
+  Result<uint64_t> size(const std::string& key);
+  Result<std::optional<uint64_t>> optional_size(const std::string& key);
+  Result<std::optional<bool>> optional_bool(const std::string& key);
+  // An array of names (each validated), `min`..`max` entries, no duplicates.
+  Result<std::vector<std::string>> name_list(const std::string& key, size_t min, size_t max);
+
+  // Refuses the first field that no accessor asked for.
+  Status finish() const;
+
+ private:
+  const Json* find(const std::string& key);
+  const Json& params_;
+  std::vector<std::string> seen_;
+};
+
+}  // namespace ublkvol::daemon

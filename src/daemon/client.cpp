@@ -1,0 +1,149 @@
+#include "ublkvol/daemon/client.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace ublkvol::daemon {
+namespace {
+
+// A hint for the usual reasons a connect fails.
+std::string connect_hint(int err) {
+  switch (err) {
+    case ENOENT:
+    case ECONNREFUSED:
+      return " (is ublk-volumed running?)";
+    case EACCES:
+    case EPERM:
+      return " (run as root or as a member of the ublk-volume group)";
+    default:
+      return "";
+  }
+}
+
+}  // namespace
+
+Result<Client> Client::connect(const std::string& socket_path) {
+  sockaddr_un address{};
+  if (socket_path.empty() || socket_path.size() >= sizeof(address.sun_path)) {
+    return Error(EINVAL, "socket path '" + socket_path + "' is empty or longer than " +
+                             std::to_string(sizeof(address.sun_path) - 1) + " bytes");
+  }
+  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) {
+    return errno_error("cannot create a Unix socket");
+  }
+  address.sun_family = AF_UNIX;
+  std::memcpy(address.sun_path, socket_path.data(), socket_path.size());
+  if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&address), sizeof(address)) != 0) {
+    const int err = errno;
+    return Error(
+        err, "cannot connect to " + socket_path + ": " + std::strerror(err) + connect_hint(err));
+  }
+  return Client(std::move(fd), socket_path);
+}
+
+Status Client::send_raw(std::string_view bytes) {
+  while (!bytes.empty()) {
+    const ssize_t n = ::send(fd_.get(), bytes.data(), bytes.size(), MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      const int err = errno;
+      return Error(err, "cannot send to ublk-volumed at " + path_ + ": " + std::strerror(err));
+    }
+    bytes.remove_prefix(static_cast<size_t>(n));
+  }
+  return ok_status();
+}
+
+Result<std::string> Client::read_line(size_t max_bytes) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout_;
+  size_t scanned = 0;
+  for (;;) {
+    const size_t newline = buffer_.find('\n', scanned);
+    if (newline != std::string::npos) {
+      std::string line = buffer_.substr(0, newline);
+      buffer_.erase(0, newline + 1);
+      return line;
+    }
+    scanned = buffer_.size();
+    if (buffer_.size() > max_bytes) {
+      return Error(EMSGSIZE, "response from ublk-volumed at " + path_ + " exceeds " +
+                                 std::to_string(max_bytes) + " bytes");
+    }
+    int wait_ms = -1;
+    if (timeout_.count() > 0) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) {
+        return Error(ETIMEDOUT, "no response from ublk-volumed at " + path_ + " within " +
+                                    std::to_string(timeout_.count()) + " ms");
+      }
+      wait_ms = static_cast<int>(left.count());
+    }
+    pollfd pfd{fd_.get(), POLLIN, 0};
+    const int ready = ::poll(&pfd, 1, wait_ms);
+    if (ready < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      return errno_error("poll on the ublk-volumed socket");
+    }
+    if (ready == 0) {
+      continue;  // the deadline check above reports the timeout
+    }
+    char chunk[65536];
+    const ssize_t n = ::recv(fd_.get(), chunk, sizeof(chunk), 0);
+    if (n < 0) {
+      if (errno == EINTR || errno == EAGAIN) {
+        continue;
+      }
+      const int err = errno;
+      return Error(err, "cannot read from ublk-volumed at " + path_ + ": " + std::strerror(err));
+    }
+    if (n == 0) {
+      return Error(ECONNRESET, "ublk-volumed at " + path_ + " closed the connection");
+    }
+    buffer_.append(chunk, static_cast<size_t>(n));
+  }
+}
+
+Result<Response> Client::call(std::string_view method, Json params) {
+  const uint64_t id = next_id_++;
+  UBLKVOL_TRY(send_raw(to_line(make_request(id, method, std::move(params)))));
+  auto line = read_line();
+  if (!line.ok()) {
+    return line.error();
+  }
+  auto response = parse_response(*line);
+  if (!response.ok()) {
+    return response.error();
+  }
+  // An error without an id answers the connection, not a request (e.g.
+  // permission_denied right after connecting): it is this call's answer too.
+  const bool connection_error = !response->ok && response->id.is_null();
+  if (!connection_error &&
+      !(response->id.is_number_unsigned() && response->id.get<uint64_t>() == id)) {
+    return Error(EBADMSG, "ublk-volumed answered request " + std::to_string(id) +
+                              " with the response for another id");
+  }
+  return response;
+}
+
+Result<Json> Client::call_result(std::string_view method, Json params) {
+  auto response = call(method, std::move(params));
+  if (!response.ok()) {
+    return response.error();
+  }
+  if (!response->ok) {
+    return Error(errno_for(response->code), response->message);
+  }
+  return std::move(response->result);
+}
+
+}  // namespace ublkvol::daemon
