@@ -1,0 +1,102 @@
+# bash completion for ublk-volume(1).
+# Installed to /usr/share/bash-completion/completions/ublk-volume; also printed by
+# `ublk-volume completion bash` (source <(ublk-volume completion bash)).
+# Store and volume names come from the running daemon (`ublk-volume __names`);
+# when it does not answer, only commands and options are completed.
+
+_ublk_volume_names() {
+  # $1: stores | volumes | snapshots VOLUME
+  local socket_args=()
+  [[ -n "${_ublk_volume_socket:-}" ]] && socket_args=(--socket "$_ublk_volume_socket")
+  ublk-volume "${socket_args[@]}" __names "$@" 2>/dev/null
+}
+
+_ublk_volume() {
+  local cur prev words cword
+  if declare -F _init_completion >/dev/null; then
+    _init_completion || return
+  else
+    cur="${COMP_WORDS[COMP_CWORD]}"
+    prev="${COMP_WORDS[COMP_CWORD-1]}"
+    words=("${COMP_WORDS[@]}")
+    cword=$COMP_CWORD
+  fi
+
+  local global_opts="--socket --json --help --help-all"
+  local groups="store volume snapshot replica stats status version completion"
+
+  # Collect the command words typed so far (skipping options and their values).
+  local i w cmd=() _ublk_volume_socket=""
+  for ((i = 1; i < cword; i++)); do
+    w="${words[i]}"
+    case "$w" in
+      --socket) _ublk_volume_socket="${words[i+1]}"; ((i++)) ;;
+      --socket=*) _ublk_volume_socket="${w#--socket=}" ;;
+      --size|-s|--extent-size|--min-replicas|--queues|--queue-depth|--reason|--timeout|\
+      -i|--interval|-c|--count|-o|--output) ((i++)) ;;
+      -*) ;;
+      *) cmd+=("$w") ;;
+    esac
+  done
+
+  case "$prev" in
+    --socket|-o|--output) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+    --size|-s|--extent-size) COMPREPLY=($(compgen -W "1G 10G 100G 1T" -- "$cur")); return ;;
+    --store) COMPREPLY=($(compgen -W "$(_ublk_volume_names stores)" -- "$cur")); return ;;
+    --min-replicas|--queues|--queue-depth|--reason|--timeout|-i|--interval|-c|--count) return ;;
+  esac
+
+  local group="${cmd[0]:-}" sub="${cmd[1]:-}" nargs=$((${#cmd[@]} - 2))
+  local words_list="" opts="$global_opts"
+  case "$group" in
+    "") words_list="$groups" ;;
+    store)
+      case "$sub" in
+        "") words_list="add list show remove check" ;;
+        add) opts+=" --format --size --extent-size"
+             [[ $nargs -ge 1 ]] && { COMPREPLY=($(compgen -f -- "$cur")); return; } ;;
+        show|remove|check) [[ $nargs -eq 0 ]] && words_list="$(_ublk_volume_names stores)" ;;
+      esac ;;
+    volume)
+      case "$sub" in
+        "") words_list="create list show delete expose unexpose resize" ;;
+        create) opts+=" --size --store --min-replicas" ;;
+        expose) opts+=" --queues --queue-depth"
+                [[ $nargs -eq 0 ]] && words_list="$(_ublk_volume_names volumes)" ;;
+        show|delete|unexpose|resize) [[ $nargs -eq 0 ]] && words_list="$(_ublk_volume_names volumes)" ;;
+      esac ;;
+    snapshot)
+      case "$sub" in
+        "") words_list="create list delete revert clone" ;;
+        *) if [[ $nargs -eq 0 ]]; then
+             words_list="$(_ublk_volume_names volumes)"
+           elif [[ $nargs -eq 1 && "$sub" != create && "$sub" != list ]]; then
+             words_list="$(_ublk_volume_names snapshots "${cmd[2]}")"
+           fi ;;
+      esac ;;
+    replica)
+      case "$sub" in
+        "") words_list="list add remove rebuild fail" ;;
+        add) opts+=" --wait --timeout"
+             [[ $nargs -eq 0 ]] && words_list="$(_ublk_volume_names volumes)"
+             [[ $nargs -eq 1 ]] && words_list="$(_ublk_volume_names stores)" ;;
+        rebuild) opts+=" --wait --timeout"
+                 [[ $nargs -eq 0 ]] && words_list="$(_ublk_volume_names volumes)" ;;
+        fail) opts+=" --reason"
+              [[ $nargs -eq 0 ]] && words_list="$(_ublk_volume_names volumes)" ;;
+        *) [[ $nargs -eq 0 ]] && words_list="$(_ublk_volume_names volumes)" ;;
+      esac ;;
+    stats)
+      opts+=" --interval --count --watch --prometheus --output"
+      [[ ${#cmd[@]} -eq 1 ]] && words_list="$(_ublk_volume_names volumes)" ;;
+    completion) [[ ${#cmd[@]} -eq 1 ]] && words_list="bash" ;;
+  esac
+
+  if [[ "$cur" == -* ]]; then
+    COMPREPLY=($(compgen -W "$opts" -- "$cur"))
+  else
+    COMPREPLY=($(compgen -W "$words_list" -- "$cur"))
+  fi
+}
+
+complete -F _ublk_volume ublk-volume

@@ -1,0 +1,245 @@
+#include "render.h"
+
+#include <algorithm>
+
+#include "size.h"
+#include "table.h"
+
+namespace ublkvol::cli {
+namespace {
+
+// Optional fields: "" / 0 / false when absent or null.
+std::string str(const Json& object, const char* key) {
+  auto it = object.find(key);
+  if (it == object.end() || it->is_null()) return {};
+  if (it->is_string()) return it->get<std::string>();
+  return it->dump();
+}
+uint64_t num(const Json& object, const char* key) {
+  auto it = object.find(key);
+  if (it == object.end() || it->is_null()) return 0;
+  return it->get<uint64_t>();
+}
+double real(const Json& object, const char* key, double missing = -1) {
+  auto it = object.find(key);
+  if (it == object.end() || it->is_null()) return missing;
+  return it->get<double>();
+}
+bool flag(const Json& object, const char* key) {
+  auto it = object.find(key);
+  return it != object.end() && it->is_boolean() && it->get<bool>();
+}
+const Json& array(const Json& object, const char* key) {
+  static const Json kEmpty = Json::array();
+  auto it = object.find(key);
+  if (it == object.end() || !it->is_array()) return kEmpty;
+  return *it;
+}
+std::string size_of(const Json& object, const char* key) {
+  auto it = object.find(key);
+  if (it == object.end() || it->is_null()) return {};
+  return format_size(it->get<uint64_t>());
+}
+std::string join(const Json& names, const char* separator = ", ") {
+  std::string out;
+  for (const auto& n : names) {
+    if (!out.empty()) out += separator;
+    out += n.is_string() ? n.get<std::string>() : str(n, "name");
+  }
+  return out;
+}
+void field(std::ostream& out, const char* key, const std::string& value) {
+  std::string label = std::string(key) + ":";
+  label.resize(std::max<size_t>(label.size() + 1, 14), ' ');
+  out << label << (value.empty() ? "-" : value) << '\n';
+}
+size_t in_sync_count(const Json& volume) {
+  size_t n = 0;
+  for (const auto& r : array(volume, "replicas")) n += str(r, "state") == "in_sync";
+  return n;
+}
+std::string rebuild_summary(const Json& volume) {
+  auto it = volume.find("rebuild");
+  if (it == volume.end() || !it->is_object() || !flag(*it, "active")) return {};
+  return format_fixed(real(*it, "percent", 0), 1) + "%";
+}
+
+}  // namespace
+
+std::string volume_health(const Json& volume) {
+  if (!flag(volume, "online")) return "offline";
+  const auto& replicas = array(volume, "replicas");
+  size_t active = 0;
+  for (const auto& r : replicas) active += str(r, "state") != "removed";
+  return in_sync_count(volume) < active ? "degraded" : "online";
+}
+
+void render_store_list(std::ostream& out, const Json& result) {
+  using A = Table::Align;
+  Table table({{"NAME"},
+               {"SIZE", A::kRight},
+               {"USED", A::kRight},
+               {"FREE", A::kRight},
+               {"USE%", A::kRight},
+               {"STATE"},
+               {"REPLICAS", A::kRight},
+               {"PATH"}});
+  for (const auto& s : array(result, "stores")) {
+    const uint64_t size = num(s, "size_bytes");
+    const uint64_t used = num(s, "used_bytes");
+    table.add_row(
+        {str(s, "name"), size_of(s, "size_bytes"), size_of(s, "used_bytes"),
+         size_of(s, "free_bytes"),
+         size > 0
+             ? format_fixed(100.0 * static_cast<double>(used) / static_cast<double>(size), 0) + "%"
+             : "",
+         str(s, "state"), std::to_string(array(s, "replicas").size()), str(s, "path")});
+  }
+  if (table.rows() == 0) {
+    out << "no stores (add one: ublk-volume store add NAME PATH --format --size 10G)\n";
+    return;
+  }
+  table.print(out);
+}
+
+void render_store(std::ostream& out, const Json& store) {
+  field(out, "Store", str(store, "name"));
+  field(out, "Path", str(store, "path"));
+  field(out, "UUID", str(store, "uuid"));
+  std::string state = str(store, "state");
+  if (!str(store, "error").empty()) state += " (" + str(store, "error") + ")";
+  field(out, "State", state);
+  field(out, "Size", size_of(store, "size_bytes"));
+  field(out, "Used", size_of(store, "used_bytes"));
+  field(out, "Free", size_of(store, "free_bytes"));
+  field(out, "Extent size", size_of(store, "extent_size"));
+  const auto& replicas = array(store, "replicas");
+  if (replicas.empty()) {
+    field(out, "Replicas", "none");
+    return;
+  }
+  out << "Replicas:\n";
+  Table table({{"VOLUME"}, {"REPLICA", Table::Align::kRight}});
+  for (const auto& r : replicas) table.add_row({str(r, "volume"), str(r, "replica")});
+  table.print(out, 2);
+}
+
+void render_store_check(std::ostream& out, const std::string& name, const Json& result) {
+  const auto& problems = array(result, "problems");
+  if (flag(result, "ok")) {
+    out << "store '" << name << "': check passed, no problems found\n";
+    return;
+  }
+  out << "store '" << name << "': check FAILED, " << problems.size() << " problem(s):\n";
+  for (const auto& p : problems)
+    out << "  - " << (p.is_string() ? p.get<std::string>() : p.dump()) << '\n';
+}
+
+void render_volume_list(std::ostream& out, const Json& result) {
+  using A = Table::Align;
+  Table table({{"NAME"},
+               {"SIZE", A::kRight},
+               {"STATE"},
+               {"IN-SYNC", A::kRight},
+               {"MIN", A::kRight},
+               {"REBUILD", A::kRight},
+               {"DEVICE"},
+               {"SNAPSHOTS", A::kRight}});
+  for (const auto& v : array(result, "volumes")) {
+    std::string device;
+    if (auto d = v.find("device"); d != v.end() && d->is_object()) device = str(*d, "path");
+    size_t active = 0;
+    for (const auto& r : array(v, "replicas")) active += str(r, "state") != "removed";
+    table.add_row({str(v, "name"), size_of(v, "size_bytes"), volume_health(v),
+                   std::to_string(in_sync_count(v)) + "/" + std::to_string(active),
+                   str(v, "min_replicas"), rebuild_summary(v), device,
+                   std::to_string(array(v, "snapshots").size())});
+  }
+  if (table.rows() == 0) {
+    out << "no volumes (create one: ublk-volume volume create NAME --size 10G --store S1 S2 S3)\n";
+    return;
+  }
+  table.print(out);
+}
+
+void render_replica_list(std::ostream& out, const Json& replicas) {
+  using A = Table::Align;
+  Table table(
+      {{"INDEX", A::kRight}, {"STORE"}, {"STATE"}, {"GENERATION", A::kRight}, {"LAST-ERROR"}});
+  for (const auto& r : replicas) {
+    table.add_row({str(r, "index"), str(r, "store"), str(r, "state"), str(r, "generation"),
+                   str(r, "last_error")});
+  }
+  table.print(out);
+}
+
+void render_volume(std::ostream& out, const Json& volume) {
+  field(out, "Volume", str(volume, "name"));
+  field(out, "Size", size_of(volume, "size_bytes"));
+  size_t active = 0;
+  for (const auto& r : array(volume, "replicas")) active += str(r, "state") != "removed";
+  field(out, "State",
+        volume_health(volume) + " (" + std::to_string(in_sync_count(volume)) + "/" +
+            std::to_string(active) + " replicas in sync, min " + str(volume, "min_replicas") + ")");
+  field(out, "Generation", str(volume, "generation"));
+  if (auto d = volume.find("device"); d != volume.end() && d->is_object()) {
+    field(out, "Device",
+          str(*d, "path") + " (dev_id " + str(*d, "dev_id") + ", " + str(*d, "queues") +
+              " queue(s) x depth " + str(*d, "queue_depth") + ")");
+  } else {
+    field(out, "Device", "not exposed");
+  }
+  const auto& snapshots = array(volume, "snapshots");
+  field(out, "Snapshots", snapshots.empty() ? "none" : join(snapshots));
+  if (auto rb = volume.find("rebuild"); rb != volume.end() && rb->is_object()) {
+    if (flag(*rb, "active")) {
+      field(out, "Rebuild",
+            format_fixed(real(*rb, "percent", 0), 1) + "% (" + size_of(*rb, "done_bytes") + " of " +
+                size_of(*rb, "total_bytes") + ", " + format_rate(real(*rb, "bytes_per_second", 0)) +
+                ", ETA " + format_duration(real(*rb, "eta_seconds")) + ")");
+    } else if (!str(*rb, "last_error").empty()) {
+      field(out, "Rebuild", "stopped: " + str(*rb, "last_error"));
+    } else {
+      field(out, "Rebuild", "idle");
+    }
+  }
+  out << "Replicas:\n";
+  render_replica_list(out, array(volume, "replicas"));
+  const auto& events = array(volume, "events");
+  if (!events.empty()) {
+    out << "Events:\n";
+    for (const auto& e : events) {
+      out << "  " << str(e, "time");
+      if (e.contains("replica") && !e["replica"].is_null())
+        out << "  replica " << str(e, "replica");
+      out << "  " << str(e, "message") << '\n';
+    }
+  }
+}
+
+void render_snapshot_list(std::ostream& out, const Json& result) {
+  const auto& snapshots = array(result, "snapshots");
+  if (snapshots.empty()) {
+    out << "no snapshots\n";
+    return;
+  }
+  Table table({{"NAME"}});
+  for (const auto& s : snapshots)
+    table.add_row({s.is_string() ? s.get<std::string>() : str(s, "name")});
+  table.print(out);
+}
+
+void render_status(std::ostream& out, const Json& status) {
+  field(out, "Daemon",
+        "ublk-volumed " + str(status, "version") + " (pid " + str(status, "pid") + ", up " +
+            format_duration(real(status, "uptime_seconds")) + ")");
+  field(out, "State dir", str(status, "state_dir"));
+  if (auto u = status.find("ublk"); u != status.end() && u->is_object()) {
+    field(out, "ublk",
+          flag(*u, "available") ? "available" : "NOT available: " + str(*u, "message"));
+  }
+  field(out, "Stores", str(status, "stores"));
+  field(out, "Volumes", str(status, "volumes") + " (" + str(status, "exposed") + " exposed)");
+}
+
+}  // namespace ublkvol::cli

@@ -1,0 +1,35 @@
+// The real ControlClient: the daemon's synchronous client over the socket.
+#include <memory>
+
+#include "ublkvol/daemon/client.h"
+
+#include "control_client.h"
+
+namespace ublkvol::cli {
+namespace {
+
+class SocketClient final : public ControlClient {
+ public:
+  explicit SocketClient(daemon::Client client) : client_(std::move(client)) {
+    // Every method returns promptly (rebuilds run in the background and are
+    // polled), so a long silence means the daemon is stuck: the default
+    // timeout of the client library stands.
+  }
+
+  Result<daemon::Response> call(std::string_view method, const Json& params) override {
+    return client_.call(method, params);
+  }
+
+ private:
+  daemon::Client client_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<ControlClient>> connect_to_daemon(const std::string& socket_path) {
+  auto client = daemon::Client::connect(socket_path);
+  if (!client) return client.error();
+  return std::unique_ptr<ControlClient>(std::make_unique<SocketClient>(std::move(*client)));
+}
+
+}  // namespace ublkvol::cli
