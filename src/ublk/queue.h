@@ -11,6 +11,7 @@
 
 #include <sched.h>
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -49,6 +50,11 @@ struct alignas(64) QueueCounters {
   std::atomic<uint64_t> bytes_read{0};
   std::atomic<uint64_t> bytes_written{0};
   std::atomic<uint64_t> errors{0};
+  // Latency histograms (device.h, kLatencyBuckets), same single-writer rule.
+  std::array<std::atomic<uint64_t>, kLatencyBuckets> read_latency{};
+  std::array<std::atomic<uint64_t>, kLatencyBuckets> write_latency{};
+  std::atomic<uint64_t> read_latency_sum_ns{0};
+  std::atomic<uint64_t> write_latency_sum_ns{0};
 
   void add_to(DeviceStats& stats) const;
 };

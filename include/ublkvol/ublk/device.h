@@ -21,6 +21,7 @@
 // nothing per request.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -33,6 +34,18 @@
 #include "ublkvol/ublk/uapi.h"
 
 namespace ublkvol::ublk {
+
+// Latency histograms of DeviceStats: log2 buckets, bucket i counts requests
+// whose time in the volume (handed over -> completed) was below
+// latency_bucket_upper_ns(i) = 2^(10+i) ns and not below the previous bound;
+// the last bucket also takes everything longer.
+inline constexpr unsigned kLatencyBuckets = 32;
+constexpr uint64_t latency_bucket_upper_ns(unsigned bucket) { return uint64_t{1} << (10 + bucket); }
+
+struct LatencyHistogram {
+  std::array<uint64_t, kLatencyBuckets> buckets{};
+  uint64_t sum_ns = 0;  // total latency of the counted requests
+};
 
 // Requests handed to the volume, summed over the device's queues. Counted by
 // each queue thread without shared writes; a snapshot is approximate while
@@ -48,6 +61,9 @@ struct DeviceStats {
   uint64_t bytes_written = 0;
   // Requests answered with an error (by the volume or by the frontend).
   uint64_t errors = 0;
+  // Time in the volume per request (completed ones; reads / writes incl. FUA).
+  LatencyHistogram read_latency;
+  LatencyHistogram write_latency;
 };
 
 class UblkDevice {

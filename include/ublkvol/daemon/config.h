@@ -1,0 +1,56 @@
+// DaemonConfig: ublk-volumed's configuration file (JSON), its defaults and
+// validation. docs/daemon.md lists every key.
+//
+//   {"state_dir": "/var/lib/ublk-volumed", "queues": 2, "io_deadline_ms": 8000}
+//
+// A missing file means all defaults (the daemon runs without a config file).
+// A present file must be a JSON object whose keys are all known and of the
+// right type: anything else is refused with an error naming the key, so a
+// typo never silently falls back to a default.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "ublkvol/common/result.h"
+
+namespace ublkvol::daemon {
+
+inline constexpr const char* kDefaultConfigPath = "/etc/ublk-volumed/config.json";
+
+struct DaemonConfig {
+  // Where state.json lives (created if missing, mode 0700).
+  std::string state_dir = "/var/lib/ublk-volumed";
+  // The control socket (its directory is created if missing, mode 0755).
+  std::string control_socket = "/run/ublk-volumed/control.sock";
+  // Group that may use the socket besides root; ignored if it does not exist.
+  std::string socket_group = "ublk-volume";
+  // Defaults for volume.expose (per request overridable).
+  unsigned queues = 1;
+  unsigned queue_depth = 128;
+  // A replica request older than this fails the replica.
+  uint64_t io_deadline_ms = 8000;
+  // Rebuild/resync throttle in MiB/s (0 = unthrottled).
+  uint64_t rebuild_mb_per_s = 0;
+  // Default min_replicas of new volumes (capped at their replica count).
+  unsigned min_replicas = 1;
+  // Expose devices with ublk user recovery, so a restarted daemon re-attaches
+  // while applications only see a pause.
+  bool recoverable_devices = true;
+  // Send every write to the replicas with FUA, so a completed write survives
+  // a daemon crash (SIGKILL) without a FLUSH: docs/ublk.md "Write-through".
+  bool write_through = true;
+  // spdlog level: trace, debug, info, warn, error, critical, off.
+  std::string log_level = "info";
+};
+
+// Parses a config document. `origin` names it in messages ("config.json").
+Result<DaemonConfig> parse_config(std::string_view text, const std::string& origin);
+// Loads `path`; a missing file gives the defaults.
+Result<DaemonConfig> load_config(const std::string& path);
+// Checks ranges (queues 1..60, queue_depth 1..4096, io_deadline_ms 100..3600000,
+// min_replicas 1..4, absolute paths, socket path length, log level).
+Status validate_config(const DaemonConfig& config);
+
+}  // namespace ublkvol::daemon

@@ -1,0 +1,86 @@
+// DaemonState: what ublk-volumed must remember across restarts, kept in
+// <state_dir>/state.json:
+//
+//   {"format": "ublk-volumed-state", "version": 1,
+//    "stores":  [{"name": "a", "path": "/dev/nvme0n1", "uuid": "..."}],
+//    "volumes": [{"name": "v", "size_bytes": 1073741824, "stores": ["a", "b"],
+//                 "min_replicas": 1,
+//                 "exposed": {"dev_id": 0, "queues": 2, "queue_depth": 128}}]}
+//
+// Everything else (data, snapshots, replica generations, dirty bitmaps) lives
+// in the stores themselves; this file only says which stores to open, which
+// volumes have replicas where, and which were exposed (so a restart
+// re-attaches to their /dev/ublkbN).
+//
+// Crash safety: save_state() writes state.json.tmp, fsyncs it, renames it
+// over state.json and fsyncs the directory. A crash at any point leaves
+// either the old or the new file under the real name; a leftover .tmp is
+// ignored by load_state() and replaced by the next save. A state.json that is
+// present but unreadable is an error (never silently treated as empty: that
+// would forget every volume).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "ublkvol/common/result.h"
+
+namespace ublkvol::daemon {
+
+inline constexpr const char* kStateFileName = "state.json";
+
+struct StoreRecord {
+  std::string name;
+  std::string path;
+  std::string uuid;  // the daemon's id for the store, random at store.add
+  bool operator==(const StoreRecord&) const = default;
+};
+
+struct ExposeRecord {
+  uint32_t dev_id = 0;
+  unsigned queues = 1;
+  unsigned queue_depth = 128;
+  bool operator==(const ExposeRecord&) const = default;
+};
+
+struct VolumeRecord {
+  std::string name;
+  uint64_t size_bytes = 0;
+  // Stores holding a replica, in the engine's replica order.
+  std::vector<std::string> stores;
+  unsigned min_replicas = 1;
+  std::optional<ExposeRecord> exposed;
+  bool operator==(const VolumeRecord&) const = default;
+};
+
+struct DaemonState {
+  std::vector<StoreRecord> stores;
+  std::vector<VolumeRecord> volumes;
+  bool operator==(const DaemonState&) const = default;
+};
+
+std::string state_to_json(const DaemonState& state);
+// `origin` names the document in messages.
+Result<DaemonState> state_from_json(const std::string& text, const std::string& origin);
+
+// Reads <dir>/state.json; a missing file is an empty state.
+Result<DaemonState> load_state(const std::string& dir);
+
+// The steps of save_state(), for crash tests: a hook returning false stops
+// the save right there, as if the process died (the files stay as they are).
+enum class SaveStep {
+  kTmpHalfWritten,  // half of the new content is in state.json.tmp
+  kTmpWritten,      // all of it, not yet fsynced
+  kTmpSynced,       // fsynced, not yet renamed
+  kRenamed,         // renamed over state.json, directory not yet fsynced
+};
+using SaveHook = std::function<bool(SaveStep)>;
+
+// Writes the state crash-safely (see above). With a hook that stops it, the
+// result is an Error (ECANCELED) naming the step.
+Status save_state(const std::string& dir, const DaemonState& state, const SaveHook& hook = {});
+
+}  // namespace ublkvol::daemon

@@ -1,0 +1,1600 @@
+#include "ublkvol/daemon/service.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <optional>
+#include <random>
+#include <spdlog/spdlog.h>
+#include <sstream>
+#include <thread>
+
+#include "ublkvol/common/version.h"
+#include "ublkvol/dbs/file_device.h"
+#include "ublkvol/dbs/store.h"
+#include "ublkvol/engine/dbs_replica_store.h"
+#include "ublkvol/engine/replicated_volume.h"
+#include "ublkvol/engine/store_thread.h"
+#include "ublkvol/ublk/control.h"
+#include "ublkvol/ublk/device.h"
+#include "ublkvol/ublk/features.h"
+
+#include "frontend_volume.h"
+
+namespace ublkvol::daemon {
+namespace {
+
+using engine::ReplicaState;
+constexpr const char* kMetaSuffix = ".engine-meta";
+
+Error invalid(std::string message) { return Error(EINVAL, std::move(message)); }
+
+std::string named(const std::string& name) { return "'" + name + "'"; }
+
+uint64_t monotonic_ns() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ULL + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+std::string rfc3339(std::chrono::system_clock::time_point when) {
+  const std::time_t t = std::chrono::system_clock::to_time_t(when);
+  std::tm tm{};
+  ::gmtime_r(&t, &tm);
+  char text[32];
+  std::strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return text;
+}
+
+std::string random_uuid() {
+  std::random_device rd;
+  std::array<uint8_t, 16> bytes{};
+  for (auto& b : bytes) {
+    b = static_cast<uint8_t>(rd());
+  }
+  bytes[6] = static_cast<uint8_t>((bytes[6] & 0x0f) | 0x40);
+  bytes[8] = static_cast<uint8_t>((bytes[8] & 0x3f) | 0x80);
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    if (i == 4 || i == 6 || i == 8 || i == 10) {
+      out += '-';
+    }
+    out += kHex[bytes[i] >> 4];
+    out += kHex[bytes[i] & 15];
+  }
+  return out;
+}
+
+const char* state_name(ReplicaState state) {
+  switch (state) {
+    case ReplicaState::kInSync:
+      return "in_sync";
+    case ReplicaState::kRebuilding:
+      return "rebuilding";
+    case ReplicaState::kFailed:
+      return "failed";
+    case ReplicaState::kStale:
+      return "stale";
+    case ReplicaState::kRemoved:
+      return "removed";
+  }
+  return "unknown";
+}
+
+// Who holds /dev/ublkbN open: "mounted on /mnt", "held by pid 12 (fio)", or
+// "" if nobody could be found (e.g. a holder in another mount namespace).
+std::string describe_holder(const std::string& block_path) {
+  struct stat st {};
+  if (::stat(block_path.c_str(), &st) != 0) {
+    return "";
+  }
+  const std::string dev =
+      std::to_string(major(st.st_rdev)) + ":" + std::to_string(minor(st.st_rdev));
+  std::ifstream mountinfo("/proc/self/mountinfo");
+  std::string line;
+  while (std::getline(mountinfo, line)) {
+    std::istringstream fields(line);
+    std::string id;
+    std::string parent;
+    std::string majmin;
+    std::string root;
+    std::string mount_point;
+    fields >> id >> parent >> majmin >> root >> mount_point;
+    if (majmin == dev) {
+      return "mounted on " + mount_point;
+    }
+  }
+  DIR* proc = ::opendir("/proc");
+  if (proc == nullptr) {
+    return "";
+  }
+  std::string found;
+  while (dirent* entry = ::readdir(proc)) {
+    const std::string pid = entry->d_name;
+    if (pid.empty() || !std::all_of(pid.begin(), pid.end(), ::isdigit) ||
+        pid == std::to_string(::getpid())) {
+      continue;
+    }
+    const std::string fd_dir = "/proc/" + pid + "/fd";
+    DIR* fds = ::opendir(fd_dir.c_str());
+    if (fds == nullptr) {
+      continue;
+    }
+    while (dirent* fd = ::readdir(fds)) {
+      char target[256];
+      const std::string link = fd_dir + "/" + fd->d_name;
+      const ssize_t n = ::readlink(link.c_str(), target, sizeof(target) - 1);
+      if (n > 0 && std::string(target, static_cast<size_t>(n)) == block_path) {
+        std::ifstream comm("/proc/" + pid + "/comm");
+        std::string name;
+        std::getline(comm, name);
+        found = "held by pid " + pid + " (" + name + ")";
+        break;
+      }
+    }
+    ::closedir(fds);
+    if (!found.empty()) {
+      break;
+    }
+  }
+  ::closedir(proc);
+  return found;
+}
+
+// The block device is in use if an exclusive open fails with EBUSY (mounted,
+// or opened O_EXCL by someone, e.g. mkfs or a filesystem).
+Result<bool> block_device_in_use(const std::string& block_path) {
+  const int fd = ::open(block_path.c_str(), O_RDONLY | O_EXCL | O_CLOEXEC | O_NONBLOCK);
+  if (fd >= 0) {
+    ::close(fd);
+    return false;
+  }
+  if (errno == EBUSY) {
+    return true;
+  }
+  if (errno == ENOENT || errno == ENXIO || errno == ENODEV) {
+    return false;  // already gone
+  }
+  return errno_error("cannot check whether " + block_path + " is in use");
+}
+
+// Runs `fn` on the store's thread and returns its value.
+template <typename T>
+Result<T> on_thread(engine::StoreThread& thread, const std::function<Result<T>()>& fn) {
+  std::optional<Result<T>> result;
+  Status called = thread.call([&]() -> Status {
+    result.emplace(fn());
+    return ok_status();
+  });
+  if (!called.ok()) {
+    return called.error();
+  }
+  return std::move(*result);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+
+struct StoreEntry {
+  std::string name;
+  std::string path;
+  std::string uuid;
+  std::unique_ptr<dbs::FileDevice> device;
+  std::unique_ptr<dbs::Store> store;
+  std::unique_ptr<engine::StoreThread> thread;
+  // Why the store is not usable ("" = online).
+  std::string error;
+
+  [[nodiscard]] bool online() const { return store && thread && error.empty(); }
+
+  // Runs `fn(store)` on the store thread.
+  Status run(const std::function<Status(dbs::Store&)>& fn) {
+    if (!online()) {
+      return Error(EIO, "store " + named(name) + " is failed: " + error);
+    }
+    return thread->call([&]() { return fn(*store); });
+  }
+
+  void close() {
+    if (thread) {
+      if (store && error.empty()) {
+        Status committed = thread->call([&]() { return store->commit(); });
+        if (!committed.ok()) {
+          spdlog::error("store '{}': final commit failed: {}", name, committed.error().message());
+        }
+      }
+      thread->stop();
+      thread.reset();
+    }
+    store.reset();
+    device.reset();
+  }
+};
+
+struct ReplicaSlot {
+  StoreEntry* store = nullptr;  // nullptr: no replica at this engine index
+  std::unique_ptr<engine::DbsReplicaStore> replica;
+};
+
+struct VolumeEntry {
+  std::string name;
+  uint64_t size_bytes = 0;
+  unsigned min_replicas = 1;
+  // By engine replica index.
+  std::array<ReplicaSlot, engine::kMaxReplicas> slots;
+  // Replicas on stores that were not online at start: kept in the state file
+  // so that nothing is forgotten, reported by volume.show.
+  std::vector<std::string> missing_stores;
+  std::unique_ptr<engine::ReplicatedVolume> engine;
+  std::unique_ptr<FrontendVolume> frontend;
+  std::unique_ptr<ublk::UblkDevice> device;
+  // Persisted intent: exposed as this device (also while the device is not
+  // there because ublk is unavailable).
+  std::optional<ExposeRecord> exposed;
+  std::string error;  // the volume could not be opened
+};
+
+struct Service::Impl {
+  DaemonConfig config;
+  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+  std::vector<std::unique_ptr<StoreEntry>> stores;
+  std::vector<std::unique_ptr<VolumeEntry>> volumes;
+  SaveHook save_hook;
+  bool shut_down = false;
+  unsigned engine_queues = 1;
+
+  // ---- lookup -------------------------------------------------------------
+  StoreEntry* find_store(const std::string& name) {
+    for (auto& s : stores) {
+      if (s->name == name) {
+        return s.get();
+      }
+    }
+    return nullptr;
+  }
+  VolumeEntry* find_volume(const std::string& name) {
+    for (auto& v : volumes) {
+      if (v->name == name) {
+        return v.get();
+      }
+    }
+    return nullptr;
+  }
+  Result<StoreEntry*> store_named(const std::string& name) {
+    StoreEntry* s = find_store(name);
+    if (s == nullptr) {
+      return Error(ENOENT, "store " + named(name) + " does not exist");
+    }
+    return s;
+  }
+  Result<VolumeEntry*> volume_named(const std::string& name) {
+    VolumeEntry* v = find_volume(name);
+    if (v == nullptr) {
+      return Error(ENOENT, "volume " + named(name) + " does not exist");
+    }
+    return v;
+  }
+  Result<VolumeEntry*> open_volume_named(const std::string& name) {
+    auto v = volume_named(name);
+    if (!v.ok()) {
+      return v;
+    }
+    if (!(*v)->engine) {
+      return Error(EIO, "volume " + named(name) + " is not open: " + (*v)->error);
+    }
+    return v;
+  }
+
+  // ---- state --------------------------------------------------------------
+  DaemonState snapshot_state() const {
+    DaemonState state;
+    for (const auto& s : stores) {
+      state.stores.push_back({s->name, s->path, s->uuid});
+    }
+    for (const auto& v : volumes) {
+      VolumeRecord record;
+      record.name = v->name;
+      record.size_bytes = v->size_bytes;
+      record.min_replicas = v->min_replicas;
+      for (const auto& slot : v->slots) {
+        if (slot.store != nullptr) {
+          record.stores.push_back(slot.store->name);
+        }
+      }
+      for (const auto& missing : v->missing_stores) {
+        record.stores.push_back(missing);
+      }
+      record.exposed = v->exposed;
+      state.volumes.push_back(std::move(record));
+    }
+    return state;
+  }
+
+  Status save() {
+    Status saved = save_state(config.state_dir, snapshot_state(), save_hook);
+    if (!saved.ok()) {
+      spdlog::error("saving the state failed: {}", saved.error().message());
+      return Error(EIO, "the change was made but the state file could not be saved: " +
+                            saved.error().message());
+    }
+    return ok_status();
+  }
+
+  // ---- ublk ---------------------------------------------------------------
+  // OK if ublk devices can be created; else an ENODEV error with the
+  // frontend's message (module not loaded, features missing).
+  Status probe_ublk() const {
+    auto control = ublk::ControlDevice::open();
+    if (!control.ok()) {
+      return Error(ENODEV, control.error().message());
+    }
+    auto features = control->get_features();
+    if (!features.ok()) {
+      return Error(ENODEV, features.error().message());
+    }
+    Status needed = ublk::require_features(*features, ublk::kRequiredFeatures, "ublk-volumed");
+    if (needed.ok() && config.recoverable_devices) {
+      needed = ublk::require_features(*features, ublk::kRecoveryFeatures,
+                                      "transparent daemon restart (recoverable_devices)");
+    }
+    if (!needed.ok()) {
+      return Error(ENODEV, needed.error().message());
+    }
+    return ok_status();
+  }
+
+  // ---- stores -------------------------------------------------------------
+  // Opens the device and the store on this thread, checks it, then hands it
+  // to a new store thread.
+  Status open_store(StoreEntry& entry) {
+    dbs::FileDeviceOptions device_options;
+    device_options.queue_depth = 256;
+    auto device = dbs::FileDevice::open(entry.path, device_options);
+    if (!device.ok()) {
+      return device.error().with_context("store " + named(entry.name));
+    }
+    auto store = dbs::Store::open(**device);
+    if (!store.ok()) {
+      return store.error().with_context("store " + named(entry.name) + " (" + entry.path +
+                                        ") is not a usable DBS store");
+    }
+    const std::vector<std::string> problems = (*store)->check();
+    if (!problems.empty()) {
+      std::string text = problems.front();
+      if (problems.size() > 1) {
+        text += " (and " + std::to_string(problems.size() - 1) + " more problems)";
+      }
+      return Error(EUCLEAN, "store " + named(entry.name) + " (" + entry.path +
+                                ") failed its check: " + text);
+    }
+    engine::StoreThreadOptions thread_options;
+    thread_options.name = "store-" + entry.name.substr(0, 8);
+    auto thread = engine::StoreThread::start(thread_options);
+    if (!thread.ok()) {
+      return thread.error();
+    }
+    entry.device = std::move(*device);
+    entry.store = std::move(*store);
+    entry.thread = std::move(*thread);
+    entry.error.clear();
+    return ok_status();
+  }
+
+  Json store_json(StoreEntry& s) {
+    Json out = {{"name", s.name},           {"path", s.path},    {"uuid", s.uuid},
+                {"size_bytes", 0},          {"extent_size", 0},  {"used_bytes", 0},
+                {"free_bytes", 0},          {"state", "online"}, {"error", nullptr},
+                {"replicas", Json::array()}};
+    if (s.online()) {
+      dbs::StoreStats stats;
+      Status got = s.run([&](dbs::Store& store) {
+        stats = store.stats();
+        return store.health();
+      });
+      out["size_bytes"] = s.device->size_bytes();
+      out["extent_size"] = stats.extent_bytes;
+      out["used_bytes"] = (stats.total_extents - stats.free_extents) * stats.extent_bytes;
+      out["free_bytes"] = stats.free_extents * stats.extent_bytes;
+      if (!got.ok()) {
+        out["state"] = "failed";
+        out["error"] = got.error().message();
+      }
+    } else {
+      out["state"] = "failed";
+      out["error"] = s.error;
+    }
+    for (const auto& v : volumes) {
+      for (size_t i = 0; i < v->slots.size(); ++i) {
+        if (v->slots[i].store == &s) {
+          out["replicas"].push_back({{"volume", v->name}, {"replica", i}});
+        }
+      }
+      for (const auto& missing : v->missing_stores) {
+        if (missing == s.name) {
+          out["replicas"].push_back({{"volume", v->name}, {"replica", nullptr}});
+        }
+      }
+    }
+    return out;
+  }
+
+  Result<Json> store_add(Params& p) {
+    auto name = p.name("name");
+    auto path = p.string("path");
+    auto format = p.optional_bool("format");
+    auto size = p.optional_size("size");
+    auto extent = p.optional_size("extent_size");
+    for (const Status& s : {name.ok() ? ok_status() : Status(name.error()),
+                            path.ok() ? ok_status() : Status(path.error()),
+                            format.ok() ? ok_status() : Status(format.error()),
+                            size.ok() ? ok_status() : Status(size.error()),
+                            extent.ok() ? ok_status() : Status(extent.error())}) {
+      UBLKVOL_TRY(s);
+    }
+    UBLKVOL_TRY(p.finish());
+    const bool do_format = format->value_or(false);
+    if (path->empty() || path->front() != '/' || path->find('\0') != std::string::npos) {
+      return invalid("field 'path' must be an absolute path");
+    }
+    if (size->has_value() && !do_format) {
+      return invalid("field 'size' is only allowed with format=true (it creates the file)");
+    }
+    if (extent->has_value() && !do_format) {
+      return invalid("field 'extent_size' is only allowed with format=true");
+    }
+    uint32_t extent_blocks = 256;
+    if (extent->has_value()) {
+      const uint64_t blocks = **extent / 4096;
+      if (blocks < 8 || blocks > 256 || (blocks & (blocks - 1)) != 0) {
+        return invalid("field 'extent_size' must be a power of two between 32768 and 1048576");
+      }
+      extent_blocks = static_cast<uint32_t>(blocks);
+    }
+    if (find_store(*name) != nullptr) {
+      return Error(EEXIST, "store " + named(*name) + " already exists");
+    }
+    for (const auto& s : stores) {
+      if (s->path == *path) {
+        return Error(EEXIST, "path " + *path + " is already store " + named(s->name));
+      }
+    }
+    auto entry = std::make_unique<StoreEntry>();
+    entry->name = *name;
+    entry->path = *path;
+    entry->uuid = random_uuid();
+    if (do_format) {
+      struct stat st {};
+      const bool exists = ::stat(path->c_str(), &st) == 0;
+      if (!exists && !size->has_value()) {
+        return Error(ENOENT, *path + " does not exist (give 'size' to create a file)");
+      }
+      if (exists && !S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
+        return invalid(*path + " is neither a regular file nor a block device");
+      }
+      if (exists && S_ISBLK(st.st_mode) && size->has_value()) {
+        return invalid("field 'size' cannot be used with a block device (" + *path + ")");
+      }
+      if (exists && S_ISREG(st.st_mode) && size->has_value() &&
+          static_cast<uint64_t>(st.st_size) > **size) {
+        return invalid(*path + " is larger (" + std::to_string(st.st_size) +
+                       " bytes) than 'size'; refusing to shrink it");
+      }
+      dbs::FileDeviceOptions options;
+      options.create_size = size->value_or(0);
+      auto device = dbs::FileDevice::open(*path, options);
+      if (!device.ok()) {
+        return device.error().with_context("store " + named(*name));
+      }
+      dbs::FormatOptions format_options;
+      format_options.extent_blocks = extent_blocks;
+      Status formatted = dbs::Store::format(**device, format_options);
+      if (!formatted.ok()) {
+        return formatted.error().with_context("formatting store " + named(*name) + " on " + *path);
+      }
+    }
+    Status opened = open_store(*entry);
+    if (!opened.ok()) {
+      // A device that is not a store is a bad argument, not an I/O failure.
+      const int err = opened.error().errno_value();
+      return Error(err == EIO || err == ENOENT || err == EACCES ? err : EINVAL,
+                   opened.error().message());
+    }
+    spdlog::info("store '{}' added: {}{}", entry->name, entry->path,
+                 do_format ? " (formatted)" : "");
+    StoreEntry& added = *entry;
+    stores.push_back(std::move(entry));
+    UBLKVOL_TRY(save());
+    return store_json(added);
+  }
+
+  Result<Json> store_remove(Params& p) {
+    auto name = p.name("name");
+    UBLKVOL_TRY(p.finish());
+    if (!name.ok()) {
+      return name.error();
+    }
+    auto s = store_named(*name);
+    if (!s.ok()) {
+      return s.error();
+    }
+    std::vector<std::string> users;
+    for (const auto& v : volumes) {
+      bool uses = std::find(v->missing_stores.begin(), v->missing_stores.end(), *name) !=
+                  v->missing_stores.end();
+      for (const auto& slot : v->slots) {
+        uses = uses || slot.store == *s;
+      }
+      if (uses) {
+        users.push_back(v->name);
+      }
+    }
+    if (!users.empty()) {
+      std::string list;
+      for (const auto& u : users) {
+        list += (list.empty() ? "" : ", ") + named(u);
+      }
+      return Error(EBUSY, "store " + named(*name) + " holds replicas of volume(s) " + list +
+                              " (remove those replicas or volumes first)");
+    }
+    (*s)->close();
+    stores.erase(
+        std::find_if(stores.begin(), stores.end(), [&](const auto& e) { return e.get() == *s; }));
+    spdlog::info("store '{}' removed (its content stays on the device)", *name);
+    UBLKVOL_TRY(save());
+    return Json::object();
+  }
+
+  Result<Json> store_check(Params& p) {
+    auto name = p.name("name");
+    UBLKVOL_TRY(p.finish());
+    if (!name.ok()) {
+      return name.error();
+    }
+    auto s = store_named(*name);
+    if (!s.ok()) {
+      return s.error();
+    }
+    std::vector<std::string> problems;
+    if (!(*s)->online()) {
+      problems.push_back((*s)->error);
+    } else {
+      UBLKVOL_TRY((*s)->run([&](dbs::Store& store) {
+        problems = store.check();
+        return ok_status();
+      }));
+    }
+    return Json{{"ok", problems.empty()}, {"problems", problems}};
+  }
+
+  // ---- volumes ------------------------------------------------------------
+  engine::ReplicatedVolumeOptions engine_options(const VolumeEntry& v) const {
+    engine::ReplicatedVolumeOptions options;
+    options.name = v.name;
+    options.queues = engine_queues;
+    options.queue_depth = config.queue_depth;
+    options.min_replicas = v.min_replicas;
+    options.io_deadline = std::chrono::milliseconds(config.io_deadline_ms);
+    options.rebuild_bytes_per_second = config.rebuild_mb_per_s << 20U;
+    return options;
+  }
+
+  // Opens the replica `v.name` in the slot's store and attaches it.
+  Status open_slot(VolumeEntry& v, ReplicaSlot& slot, const std::string& replica_name) {
+    StoreEntry& s = *slot.store;
+    auto replica = on_thread<std::unique_ptr<engine::DbsReplicaStore>>(
+        *s.thread, [&]() { return engine::open_dbs_replica(*s.store, replica_name); });
+    if (!replica.ok()) {
+      return replica.error().with_context("volume " + named(v.name) + " on store " + named(s.name));
+    }
+    slot.replica = std::move(*replica);
+    Status attached = s.thread->attach(*slot.replica);
+    if (!attached.ok()) {
+      close_slot(slot);
+      return attached.error();
+    }
+    return ok_status();
+  }
+
+  // Detaches the slot's replica from its thread and destroys it there.
+  void close_slot(ReplicaSlot& slot) {
+    if (slot.replica && slot.store != nullptr && slot.store->thread) {
+      (void)slot.store->thread->detach(*slot.replica);
+      (void)slot.store->thread->call([&]() {
+        slot.replica.reset();
+        return ok_status();
+      });
+    }
+    slot.replica.reset();
+  }
+
+  // Deletes the DBS volumes of replica `name` from a store (if present).
+  Status delete_replica_data(StoreEntry& s, const std::string& name) {
+    return s.run([&](dbs::Store& store) -> Status {
+      for (const std::string& n : {name, name + kMetaSuffix}) {
+        auto id = store.find_volume(n);
+        if (id.ok()) {
+          UBLKVOL_TRY(store.delete_volume(*id));
+        }
+      }
+      return ok_status();
+    });
+  }
+
+  Status open_engine(VolumeEntry& v) {
+    std::vector<engine::ReplicaBinding> bindings;
+    for (auto& slot : v.slots) {
+      if (slot.store != nullptr) {
+        bindings.push_back({slot.replica.get(), slot.store->thread.get()});
+      }
+    }
+    engine::ReplicatedVolumeOptions options = engine_options(v);
+    options.min_replicas = std::min<unsigned>(v.min_replicas, bindings.size());
+    auto engine = engine::ReplicatedVolume::open(options, std::move(bindings));
+    if (!engine.ok()) {
+      return engine.error();
+    }
+    v.engine = std::move(*engine);
+    v.frontend = std::make_unique<FrontendVolume>(*v.engine, config.write_through);
+    v.error.clear();
+    return ok_status();
+  }
+
+  void close_volume(VolumeEntry& v) {
+    if (v.engine) {
+      Status closed = v.engine->close();
+      if (!closed.ok()) {
+        spdlog::error("volume '{}': close: {}", v.name, closed.error().message());
+      }
+    }
+    v.frontend.reset();
+    v.engine.reset();
+    for (auto& slot : v.slots) {
+      close_slot(slot);
+    }
+  }
+
+  Json volume_json(VolumeEntry& v) {
+    Json out = {{"name", v.name},
+                {"size_bytes", v.size_bytes},
+                {"generation", 0},
+                {"min_replicas", v.min_replicas},
+                {"in_sync", 0},
+                {"online", false},
+                {"device", nullptr},
+                {"replicas", Json::array()},
+                {"rebuild",
+                 {{"active", false},
+                  {"percent", 0},
+                  {"bytes_per_second", 0},
+                  {"eta_seconds", 0},
+                  {"done_bytes", 0},
+                  {"total_bytes", 0},
+                  {"last_error", ""}}},
+                {"events", Json::array()},
+                {"snapshots", Json::array()},
+                {"missing_stores", v.missing_stores},
+                {"error", v.error.empty() ? Json(nullptr) : Json(v.error)}};
+    if (v.device) {
+      const auto& info = v.device->info();
+      out["device"] = {{"path", v.device->block_path()},
+                       {"dev_id", v.device->id()},
+                       {"queues", info.nr_hw_queues},
+                       {"queue_depth", info.queue_depth}};
+    }
+    if (!v.engine) {
+      return out;
+    }
+    const engine::VolumeStatus status = v.engine->status();
+    out["generation"] = status.generation;
+    out["in_sync"] = status.in_sync;
+    out["online"] = status.online;
+    for (size_t i = 0; i < status.replicas.size() && i < v.slots.size(); ++i) {
+      const auto& r = status.replicas[i];
+      if (r.state == ReplicaState::kRemoved || v.slots[i].store == nullptr) {
+        continue;
+      }
+      out["replicas"].push_back({{"index", i},
+                                 {"store", v.slots[i].store->name},
+                                 {"state", state_name(r.state)},
+                                 {"generation", r.generation},
+                                 {"last_error", r.last_error}});
+    }
+    const auto& rb = status.rebuild;
+    out["rebuild"] = {{"active", rb.active},
+                      {"percent", rb.percent},
+                      {"bytes_per_second", rb.bytes_per_second},
+                      {"eta_seconds", rb.eta_seconds},
+                      {"done_bytes", rb.done_bytes},
+                      {"total_bytes", rb.total_bytes},
+                      {"last_error", rb.last_error}};
+    for (const auto& e : status.events) {
+      out["events"].push_back(
+          {{"time", rfc3339(e.when)}, {"replica", e.replica}, {"message", e.message}});
+    }
+    auto snapshots = list_snapshots(v);
+    if (snapshots.ok()) {
+      out["snapshots"] = *snapshots;
+    }
+    return out;
+  }
+
+  // The snapshot names, read from the first in-sync replica's store.
+  Result<std::vector<std::string>> list_snapshots(VolumeEntry& v) {
+    const engine::VolumeStatus status = v.engine->status();
+    for (size_t i = 0; i < status.replicas.size() && i < v.slots.size(); ++i) {
+      ReplicaSlot& slot = v.slots[i];
+      if (status.replicas[i].state != ReplicaState::kInSync || !slot.replica ||
+          slot.store == nullptr || !slot.store->thread) {
+        continue;
+      }
+      std::vector<std::string> names;
+      Status called = slot.store->thread->call([&]() {
+        names = slot.replica->list_snapshots();
+        return ok_status();
+      });
+      if (called.ok()) {
+        return names;
+      }
+    }
+    return Error(EIO, "volume " + named(v.name) + " has no in-sync replica to list snapshots");
+  }
+
+  // Opens a volume whose replicas exist in `slot_stores` (by index), adds it.
+  Result<VolumeEntry*> open_new_volume(const std::string& name, uint64_t size,
+                                       unsigned min_replicas,
+                                       const std::vector<StoreEntry*>& slot_stores) {
+    auto v = std::make_unique<VolumeEntry>();
+    v->name = name;
+    v->size_bytes = size;
+    v->min_replicas = min_replicas;
+    for (size_t i = 0; i < slot_stores.size(); ++i) {
+      v->slots[i].store = slot_stores[i];
+      Status opened = open_slot(*v, v->slots[i], name);
+      if (!opened.ok()) {
+        close_volume(*v);
+        return opened.error();
+      }
+    }
+    Status opened = open_engine(*v);
+    if (!opened.ok()) {
+      close_volume(*v);
+      return opened.error().with_context("volume " + named(name));
+    }
+    VolumeEntry* added = v.get();
+    volumes.push_back(std::move(v));
+    return added;
+  }
+
+  Status check_new_volume_name(const std::string& name) {
+    if (name.size() > std::strlen(kMetaSuffix) &&
+        name.compare(name.size() - std::strlen(kMetaSuffix), std::string::npos, kMetaSuffix) == 0) {
+      return invalid("volume names ending in '" + std::string(kMetaSuffix) + "' are reserved");
+    }
+    if (find_volume(name) != nullptr) {
+      return Error(EEXIST, "volume " + named(name) + " already exists");
+    }
+    return ok_status();
+  }
+
+  Result<Json> volume_create(Params& p) {
+    auto name = p.name("name");
+    auto size = p.size("size");
+    auto store_names = p.name_list("stores", 1, engine::kMaxReplicas);
+    auto min = p.optional_uint("min_replicas");
+    if (!name.ok()) return name.error();
+    if (!size.ok()) return size.error();
+    if (!store_names.ok()) return store_names.error();
+    if (!min.ok()) return min.error();
+    UBLKVOL_TRY(p.finish());
+    UBLKVOL_TRY(check_new_volume_name(*name));
+    const auto count = static_cast<unsigned>(store_names->size());
+    unsigned min_replicas = std::min(config.min_replicas, count);
+    if (min->has_value()) {
+      if (**min < 1 || **min > count) {
+        return invalid("field 'min_replicas' " + std::to_string(**min) +
+                       " must be between 1 and the replica count " + std::to_string(count));
+      }
+      min_replicas = static_cast<unsigned>(**min);
+    }
+    std::vector<StoreEntry*> chosen;
+    for (const auto& store_name : *store_names) {
+      auto s = store_named(store_name);
+      if (!s.ok()) {
+        return s.error();
+      }
+      if (!(*s)->online()) {
+        return invalid("store " + named(store_name) + " is failed: " + (*s)->error);
+      }
+      chosen.push_back(*s);
+    }
+    // Create the replica volumes; undo them all if one fails.
+    std::vector<StoreEntry*> created;
+    auto undo = [&]() {
+      for (StoreEntry* s : created) {
+        (void)delete_replica_data(*s, *name);
+      }
+    };
+    for (StoreEntry* s : chosen) {
+      Status made = s->run([&](dbs::Store& store) {
+        if (store.find_volume(*name).ok() || store.find_volume(*name + kMetaSuffix).ok()) {
+          return Status(Error(EEXIST, "store " + named(s->name) + " already holds a volume " +
+                                          named(*name) + " (left from an earlier volume?)"));
+        }
+        return engine::create_dbs_replica(store, *name, *size);
+      });
+      if (!made.ok()) {
+        undo();
+        const int err = made.error().errno_value();
+        return Error(
+            err == ENOSPC ? EINVAL : err,
+            made.error()
+                .with_context("creating volume " + named(*name) + " on store " + named(s->name))
+                .message());
+      }
+      created.push_back(s);
+    }
+    auto v = open_new_volume(*name, *size, min_replicas, chosen);
+    if (!v.ok()) {
+      undo();
+      return v.error();
+    }
+    spdlog::info("volume '{}' created: {} bytes, {} replicas, min_replicas {}", *name, *size, count,
+                 min_replicas);
+    UBLKVOL_TRY(save());
+    return volume_json(**v);
+  }
+
+  Result<Json> volume_show(Params& p) {
+    auto name = p.name("name");
+    UBLKVOL_TRY(p.finish());
+    if (!name.ok()) {
+      return name.error();
+    }
+    auto v = volume_named(*name);
+    if (!v.ok()) {
+      return v.error();
+    }
+    return volume_json(**v);
+  }
+
+  Result<Json> volume_delete(Params& p) {
+    auto name = p.name("name");
+    UBLKVOL_TRY(p.finish());
+    if (!name.ok()) {
+      return name.error();
+    }
+    auto v = volume_named(*name);
+    if (!v.ok()) {
+      return v.error();
+    }
+    VolumeEntry& volume = **v;
+    if (volume.device || volume.exposed) {
+      return Error(EBUSY, "volume " + named(*name) + " is exposed (unexpose it first)");
+    }
+    std::vector<StoreEntry*> holders;
+    for (auto& slot : volume.slots) {
+      if (slot.store != nullptr) {
+        holders.push_back(slot.store);
+      }
+    }
+    close_volume(volume);
+    std::string problems;
+    for (StoreEntry* s : holders) {
+      Status deleted = delete_replica_data(*s, *name);
+      if (!deleted.ok()) {
+        problems += (problems.empty() ? "" : "; ") + deleted.error().message();
+      }
+    }
+    volumes.erase(std::find_if(volumes.begin(), volumes.end(),
+                               [&](const auto& e) { return e.get() == &volume; }));
+    spdlog::info("volume '{}' deleted", *name);
+    UBLKVOL_TRY(save());
+    if (!problems.empty()) {
+      return Error(EIO, "volume " + named(*name) +
+                            " was removed, but deleting its data failed on: " + problems);
+    }
+    return Json::object();
+  }
+
+  Status create_device(VolumeEntry& v, unsigned queues, unsigned depth, int32_t dev_id) {
+    ublk::DeviceOptions options;
+    options.dev_id = dev_id;
+    options.queues = queues;
+    options.queue_depth = depth;
+    options.recoverable = config.recoverable_devices;
+    auto device = ublk::UblkDevice::create(*v.frontend, options);
+    if (!device.ok()) {
+      return device.error();
+    }
+    v.device = std::move(*device);
+    const auto& info = v.device->info();
+    v.exposed = ExposeRecord{v.device->id(), info.nr_hw_queues, info.queue_depth};
+    return ok_status();
+  }
+
+  Result<Json> volume_expose(Params& p) {
+    auto name = p.name("name");
+    auto queues = p.optional_uint("queues");
+    auto depth = p.optional_uint("queue_depth");
+    if (!name.ok()) return name.error();
+    if (!queues.ok()) return queues.error();
+    if (!depth.ok()) return depth.error();
+    UBLKVOL_TRY(p.finish());
+    auto v = open_volume_named(*name);
+    if (!v.ok()) {
+      return v.error();
+    }
+    VolumeEntry& volume = **v;
+    const uint64_t q = queues->value_or(config.queues);
+    const uint64_t d = depth->value_or(config.queue_depth);
+    if (q < 1 || q > engine_queues) {
+      return invalid("field 'queues' " + std::to_string(q) + " is out of range 1.." +
+                     std::to_string(engine_queues));
+    }
+    if (d < 4 || d > 4096) {
+      return invalid("field 'queue_depth' " + std::to_string(d) + " is out of range 4..4096");
+    }
+    if (volume.device) {
+      return Error(EBUSY, "volume " + named(*name) + " is already exposed as " +
+                              volume.device->block_path());
+    }
+    UBLKVOL_TRY(probe_ublk());
+    UBLKVOL_TRY(create_device(volume, static_cast<unsigned>(q), static_cast<unsigned>(d), -1));
+    spdlog::info("volume '{}' exposed as {}", *name, volume.device->block_path());
+    UBLKVOL_TRY(save());
+    return volume_json(volume);
+  }
+
+  Result<Json> volume_unexpose(Params& p) {
+    auto name = p.name("name");
+    UBLKVOL_TRY(p.finish());
+    if (!name.ok()) {
+      return name.error();
+    }
+    auto v = volume_named(*name);
+    if (!v.ok()) {
+      return v.error();
+    }
+    VolumeEntry& volume = **v;
+    if (!volume.device && !volume.exposed) {
+      return invalid("volume " + named(*name) + " is not exposed");
+    }
+    if (volume.device) {
+      const std::string path = volume.device->block_path();
+      auto in_use = block_device_in_use(path);
+      if (!in_use.ok()) {
+        return in_use.error();
+      }
+      if (*in_use) {
+        const std::string holder = describe_holder(path);
+        return Error(EBUSY, path + " (volume " + named(*name) + ") is in use" +
+                                (holder.empty() ? "" : ": " + holder));
+      }
+      Status stopped = volume.device->stop_and_delete();
+      if (!stopped.ok()) {
+        return stopped.error().with_context("stopping " + path);
+      }
+      volume.device.reset();
+      spdlog::info("volume '{}' unexposed ({} deleted)", *name, path);
+    }
+    volume.exposed.reset();
+    UBLKVOL_TRY(save());
+    return Json::object();
+  }
+
+  Result<Json> volume_resize(Params& p) {
+    auto name = p.name("name");
+    auto size = p.size("size");
+    if (!name.ok()) return name.error();
+    if (!size.ok()) return size.error();
+    UBLKVOL_TRY(p.finish());
+    auto v = volume_named(*name);
+    if (!v.ok()) {
+      return v.error();
+    }
+    if (*size < (*v)->size_bytes) {
+      return invalid("volume " + named(*name) + " is " + std::to_string((*v)->size_bytes) +
+                     " bytes; shrinking to " + std::to_string(*size) + " is not supported");
+    }
+    if (*size == (*v)->size_bytes) {
+      return volume_json(**v);
+    }
+    return Error(ENOTSUP,
+                 "resizing is not supported yet: the replicated engine cannot grow a volume "
+                 "(its dirty bitmaps and rebuild state are sized when it opens)");
+  }
+
+  // ---- snapshots ----------------------------------------------------------
+  Result<Json> snapshot_create(Params& p) {
+    auto volume = p.name("volume");
+    auto name = p.name("name");
+    if (!volume.ok()) return volume.error();
+    if (!name.ok()) return name.error();
+    UBLKVOL_TRY(p.finish());
+    auto v = open_volume_named(*volume);
+    if (!v.ok()) {
+      return v.error();
+    }
+    auto existing = list_snapshots(**v);
+    if (existing.ok() && std::find(existing->begin(), existing->end(), *name) != existing->end()) {
+      return Error(EEXIST, "volume " + named(*volume) + " already has a snapshot " + named(*name));
+    }
+    UBLKVOL_TRY((*v)->engine->create_snapshot(*name));
+    spdlog::info("volume '{}': snapshot '{}' created", *volume, *name);
+    return Json::object();
+  }
+
+  Result<std::pair<VolumeEntry*, std::string>> volume_and_snapshot(Params& p,
+                                                                   const std::string& key) {
+    auto volume = p.name("volume");
+    auto name = p.name(key);
+    if (!volume.ok()) return volume.error();
+    if (!name.ok()) return name.error();
+    auto v = open_volume_named(*volume);
+    if (!v.ok()) {
+      return v.error();
+    }
+    auto existing = list_snapshots(**v);
+    if (!existing.ok()) {
+      return existing.error();
+    }
+    if (std::find(existing->begin(), existing->end(), *name) == existing->end()) {
+      return Error(ENOENT, "volume " + named(*volume) + " has no snapshot " + named(*name));
+    }
+    return std::make_pair(*v, *name);
+  }
+
+  Result<Json> snapshot_list(Params& p) {
+    auto volume = p.name("volume");
+    UBLKVOL_TRY(p.finish());
+    if (!volume.ok()) {
+      return volume.error();
+    }
+    auto v = open_volume_named(*volume);
+    if (!v.ok()) {
+      return v.error();
+    }
+    auto names = list_snapshots(**v);
+    if (!names.ok()) {
+      return names.error();
+    }
+    Json list = Json::array();
+    for (const auto& n : *names) {
+      list.push_back({{"name", n}});
+    }
+    return Json{{"snapshots", list}};
+  }
+
+  Result<Json> snapshot_delete(Params& p) {
+    auto target = volume_and_snapshot(p, "name");
+    UBLKVOL_TRY(p.finish());
+    if (!target.ok()) {
+      return target.error();
+    }
+    UBLKVOL_TRY(target->first->engine->delete_snapshot(target->second));
+    spdlog::info("volume '{}': snapshot '{}' deleted", target->first->name, target->second);
+    return Json::object();
+  }
+
+  Result<Json> snapshot_revert(Params& p) {
+    auto target = volume_and_snapshot(p, "name");
+    UBLKVOL_TRY(p.finish());
+    if (!target.ok()) {
+      return target.error();
+    }
+    if (target->first->device) {
+      return Error(EBUSY, "volume " + named(target->first->name) +
+                              " is exposed (unexpose it before reverting)");
+    }
+    UBLKVOL_TRY(target->first->engine->revert_snapshot(target->second));
+    spdlog::info("volume '{}': reverted to snapshot '{}'", target->first->name, target->second);
+    return Json::object();
+  }
+
+  Result<Json> snapshot_clone(Params& p) {
+    auto clone = p.name("clone");
+    auto target = volume_and_snapshot(p, "snapshot");
+    if (!clone.ok()) return clone.error();
+    UBLKVOL_TRY(p.finish());
+    if (!target.ok()) {
+      return target.error();
+    }
+    UBLKVOL_TRY(check_new_volume_name(*clone));
+    VolumeEntry& origin = *target->first;
+    auto mask = origin.engine->clone_snapshot(target->second, *clone);
+    if (!mask.ok()) {
+      return mask.error();
+    }
+    std::vector<StoreEntry*> stores_of_clone;
+    for (unsigned i = 0; i < engine::kMaxReplicas; ++i) {
+      if ((*mask & (1U << i)) != 0 && origin.slots[i].store != nullptr) {
+        stores_of_clone.push_back(origin.slots[i].store);
+      }
+    }
+    const unsigned min_replicas =
+        std::min<unsigned>(origin.min_replicas, static_cast<unsigned>(stores_of_clone.size()));
+    auto v = open_new_volume(*clone, origin.size_bytes, min_replicas, stores_of_clone);
+    if (!v.ok()) {
+      return v.error();
+    }
+    spdlog::info("volume '{}': snapshot '{}' cloned into volume '{}'", origin.name, target->second,
+                 *clone);
+    UBLKVOL_TRY(save());
+    return volume_json(**v);
+  }
+
+  // ---- replicas -----------------------------------------------------------
+  Result<std::pair<VolumeEntry*, unsigned>> volume_and_index(Params& p) {
+    auto volume = p.name("volume");
+    auto index = p.uint("index");
+    if (!volume.ok()) return volume.error();
+    if (!index.ok()) return index.error();
+    auto v = open_volume_named(*volume);
+    if (!v.ok()) {
+      return v.error();
+    }
+    if (*index >= engine::kMaxReplicas || (*v)->slots[*index].store == nullptr) {
+      return Error(ENOENT,
+                   "volume " + named(*volume) + " has no replica " + std::to_string(*index));
+    }
+    return std::make_pair(*v, static_cast<unsigned>(*index));
+  }
+
+  Result<Json> replica_list(Params& p) {
+    auto volume = p.name("volume");
+    UBLKVOL_TRY(p.finish());
+    if (!volume.ok()) {
+      return volume.error();
+    }
+    auto v = volume_named(*volume);
+    if (!v.ok()) {
+      return v.error();
+    }
+    return Json{{"replicas", volume_json(**v)["replicas"]}};
+  }
+
+  Result<Json> replica_add(Params& p) {
+    auto volume = p.name("volume");
+    auto store = p.name("store");
+    if (!volume.ok()) return volume.error();
+    if (!store.ok()) return store.error();
+    UBLKVOL_TRY(p.finish());
+    auto v = open_volume_named(*volume);
+    if (!v.ok()) {
+      return v.error();
+    }
+    auto s = store_named(*store);
+    if (!s.ok()) {
+      return s.error();
+    }
+    VolumeEntry& vol = **v;
+    for (const auto& slot : vol.slots) {
+      if (slot.store == *s) {
+        return invalid("store " + named(*store) + " already holds a replica of volume " +
+                       named(*volume));
+      }
+    }
+    if (!(*s)->online()) {
+      return invalid("store " + named(*store) + " is failed: " + (*s)->error);
+    }
+    // A free slot must exist (the engine reuses the lowest free index).
+    if (std::none_of(vol.slots.begin(), vol.slots.end(),
+                     [](const ReplicaSlot& slot) { return slot.store == nullptr; })) {
+      return invalid("volume " + named(*volume) + " already has " +
+                     std::to_string(engine::kMaxReplicas) + " replicas");
+    }
+    // Leftovers of an earlier replica of this volume are replaced.
+    UBLKVOL_TRY(delete_replica_data(**s, *volume));
+    Status made = (*s)->run(
+        [&](dbs::Store& st) { return engine::create_dbs_replica(st, *volume, vol.size_bytes); });
+    if (!made.ok()) {
+      return made.error().with_context("creating a replica of " + named(*volume) + " on " +
+                                       named(*store));
+    }
+    ReplicaSlot slot;
+    slot.store = *s;
+    Status opened = open_slot(vol, slot, *volume);
+    if (!opened.ok()) {
+      (void)delete_replica_data(**s, *volume);
+      return opened.error();
+    }
+    auto index = vol.engine->add_replica({slot.replica.get(), (*s)->thread.get()});
+    if (!index.ok()) {
+      close_slot(slot);
+      (void)delete_replica_data(**s, *volume);
+      return index.error();
+    }
+    vol.slots[*index] = std::move(slot);
+    spdlog::info("volume '{}': replica {} added on store '{}' (rebuilding)", *volume, *index,
+                 *store);
+    UBLKVOL_TRY(save());
+    return Json{{"index", *index}};
+  }
+
+  Result<Json> replica_remove(Params& p) {
+    auto target = volume_and_index(p);
+    UBLKVOL_TRY(p.finish());
+    if (!target.ok()) {
+      return target.error();
+    }
+    auto [v, index] = *target;
+    UBLKVOL_TRY(v->engine->remove_replica(index));
+    ReplicaSlot& slot = v->slots[index];
+    StoreEntry* store = slot.store;
+    close_slot(slot);
+    slot.store = nullptr;
+    Status deleted = delete_replica_data(*store, v->name);
+    spdlog::info("volume '{}': replica {} on store '{}' removed", v->name, index, store->name);
+    UBLKVOL_TRY(save());
+    if (!deleted.ok()) {
+      return Error(EIO, "replica removed, but deleting its data on store " + named(store->name) +
+                            " failed: " + deleted.error().message());
+    }
+    return Json::object();
+  }
+
+  Result<Json> replica_rebuild(Params& p) {
+    auto target = volume_and_index(p);
+    UBLKVOL_TRY(p.finish());
+    if (!target.ok()) {
+      return target.error();
+    }
+    auto [v, index] = *target;
+    UBLKVOL_TRY(v->engine->start_rebuild(index));
+    spdlog::info("volume '{}': rebuild of replica {} started", v->name, index);
+    return Json::object();
+  }
+
+  Result<Json> replica_fail(Params& p) {
+    auto target = volume_and_index(p);
+    auto reason = p.optional_string("reason");
+    UBLKVOL_TRY(p.finish());
+    if (!target.ok()) {
+      return target.error();
+    }
+    if (!reason.ok()) {
+      return reason.error();
+    }
+    auto [v, index] = *target;
+    const std::string why = reason->value_or("failed by the operator");
+    if (why.size() > 1024) {
+      return invalid("field 'reason' is longer than 1024 bytes");
+    }
+    UBLKVOL_TRY(v->engine->fail_replica(index, why));
+    spdlog::warn("volume '{}': replica {} failed by the operator: {}", v->name, index, why);
+    return Json::object();
+  }
+
+  // ---- stats / status -------------------------------------------------------
+  static Json histogram_json(const ublk::LatencyHistogram& h) {
+    return {{"buckets", h.buckets}, {"sum_ns", h.sum_ns}};
+  }
+
+  Result<Json> stats(Params& p) {
+    auto only = p.optional_name("volume");
+    UBLKVOL_TRY(p.finish());
+    if (!only.ok()) {
+      return only.error();
+    }
+    if (only->has_value() && find_volume(**only) == nullptr) {
+      return Error(ENOENT, "volume " + named(**only) + " does not exist");
+    }
+    Json bounds = Json::array();
+    for (unsigned i = 0; i < ublk::kLatencyBuckets; ++i) {
+      bounds.push_back(ublk::latency_bucket_upper_ns(i));
+    }
+    Json list = Json::array();
+    for (auto& v : volumes) {
+      if (only->has_value() && v->name != **only) {
+        continue;
+      }
+      const ublk::DeviceStats s = v->device ? v->device->stats() : ublk::DeviceStats{};
+      list.push_back({{"name", v->name},
+                      {"exposed", v->device != nullptr},
+                      {"reads", s.reads},
+                      {"writes", s.writes},
+                      {"flushes", s.flushes},
+                      {"discards", s.discards},
+                      {"write_zeroes", s.write_zeroes},
+                      {"bytes_read", s.bytes_read},
+                      {"bytes_written", s.bytes_written},
+                      {"errors", s.errors},
+                      {"read_latency_ns", histogram_json(s.read_latency)},
+                      {"write_latency_ns", histogram_json(s.write_latency)}});
+    }
+    return Json{
+        {"time_ns", monotonic_ns()}, {"latency_bucket_upper_ns", bounds}, {"volumes", list}};
+  }
+
+  unsigned exposed_count() const {
+    return static_cast<unsigned>(std::count_if(volumes.begin(), volumes.end(),
+                                               [](const auto& v) { return v->device != nullptr; }));
+  }
+
+  Result<Json> daemon_status(Params& p) {
+    UBLKVOL_TRY(p.finish());
+    const Status ublk_ok = probe_ublk();
+    const auto uptime = std::chrono::duration_cast<std::chrono::seconds>(
+        std::chrono::steady_clock::now() - started);
+    return Json{{"version", version_string()},
+                {"pid", ::getpid()},
+                {"uptime_seconds", uptime.count()},
+                {"state_dir", config.state_dir},
+                {"ublk",
+                 {{"available", ublk_ok.ok()},
+                  {"message",
+                   ublk_ok.ok() ? std::string("ublk_drv is loaded") : ublk_ok.error().message()}}},
+                {"stores", stores.size()},
+                {"volumes", volumes.size()},
+                {"exposed", exposed_count()}};
+  }
+
+  Result<Json> list_all(Params& p, bool want_stores) {
+    UBLKVOL_TRY(p.finish());
+    Json list = Json::array();
+    if (want_stores) {
+      for (auto& s : stores) {
+        list.push_back(store_json(*s));
+      }
+      return Json{{"stores", list}};
+    }
+    for (auto& v : volumes) {
+      list.push_back(volume_json(*v));
+    }
+    return Json{{"volumes", list}};
+  }
+
+  Result<Json> store_show(Params& p) {
+    auto name = p.name("name");
+    UBLKVOL_TRY(p.finish());
+    if (!name.ok()) {
+      return name.error();
+    }
+    auto s = store_named(*name);
+    if (!s.ok()) {
+      return s.error();
+    }
+    return store_json(**s);
+  }
+
+  Result<Json> dispatch(const Request& request) {
+    Params p(request.params);
+    const std::string& m = request.method;
+    if (m == "daemon.status") return daemon_status(p);
+    if (m == "store.add") return store_add(p);
+    if (m == "store.list") return list_all(p, true);
+    if (m == "store.show") return store_show(p);
+    if (m == "store.remove") return store_remove(p);
+    if (m == "store.check") return store_check(p);
+    if (m == "volume.create") return volume_create(p);
+    if (m == "volume.list") return list_all(p, false);
+    if (m == "volume.show") return volume_show(p);
+    if (m == "volume.delete") return volume_delete(p);
+    if (m == "volume.expose") return volume_expose(p);
+    if (m == "volume.unexpose") return volume_unexpose(p);
+    if (m == "volume.resize") return volume_resize(p);
+    if (m == "snapshot.create") return snapshot_create(p);
+    if (m == "snapshot.list") return snapshot_list(p);
+    if (m == "snapshot.delete") return snapshot_delete(p);
+    if (m == "snapshot.revert") return snapshot_revert(p);
+    if (m == "snapshot.clone") return snapshot_clone(p);
+    if (m == "replica.list") return replica_list(p);
+    if (m == "replica.add") return replica_add(p);
+    if (m == "replica.remove") return replica_remove(p);
+    if (m == "replica.rebuild") return replica_rebuild(p);
+    if (m == "replica.fail") return replica_fail(p);
+    if (m == "stats") return stats(p);
+    return Error(ENOSYS, "unknown method '" + m.substr(0, 64) + "'");
+  }
+
+  // ---- start / stop ---------------------------------------------------------
+  void load(const DaemonState& state) {
+    for (const auto& record : state.stores) {
+      auto entry = std::make_unique<StoreEntry>();
+      entry->name = record.name;
+      entry->path = record.path;
+      entry->uuid = record.uuid;
+      Status opened = open_store(*entry);
+      if (!opened.ok()) {
+        entry->error = opened.error().message();
+        spdlog::error("{}", entry->error);
+      } else {
+        spdlog::info("store '{}' opened and checked: {}", entry->name, entry->path);
+      }
+      stores.push_back(std::move(entry));
+    }
+    for (const auto& record : state.volumes) {
+      auto v = std::make_unique<VolumeEntry>();
+      v->name = record.name;
+      v->size_bytes = record.size_bytes;
+      v->min_replicas = record.min_replicas;
+      v->exposed = record.exposed;
+      size_t next = 0;
+      for (const auto& store_name : record.stores) {
+        StoreEntry* s = find_store(store_name);
+        if (s == nullptr || !s->online() || next >= v->slots.size()) {
+          v->missing_stores.push_back(store_name);
+          spdlog::error("volume '{}': replica on store '{}' is unavailable{}", v->name, store_name,
+                        s == nullptr ? " (no such store)" : ": " + s->error);
+          continue;
+        }
+        v->slots[next].store = s;
+        Status opened = open_slot(*v, v->slots[next], v->name);
+        if (!opened.ok()) {
+          spdlog::error("{}", opened.error().message());
+          v->slots[next].store = nullptr;
+          v->missing_stores.push_back(store_name);
+          continue;
+        }
+        ++next;
+      }
+      if (next == 0) {
+        v->error = "no replica of the volume is available";
+      } else {
+        Status opened = open_engine(*v);
+        if (!opened.ok()) {
+          v->error = opened.error().message();
+        }
+      }
+      if (!v->error.empty()) {
+        spdlog::error("volume '{}' cannot be opened: {}", v->name, v->error);
+        close_volume(*v);
+      } else {
+        const auto status = v->engine->status();
+        spdlog::info("volume '{}' opened: {} of {} replicas in sync, generation {:#x}", v->name,
+                     status.in_sync, next, status.generation);
+      }
+      volumes.push_back(std::move(v));
+    }
+    // Re-expose: re-attach to devices a previous process left, else create.
+    bool any_exposed = false;
+    for (auto& v : volumes) {
+      any_exposed = any_exposed || (v->exposed && v->engine);
+    }
+    if (!any_exposed) {
+      return;
+    }
+    const Status ublk_ok = probe_ublk();
+    for (auto& v : volumes) {
+      if (!v->exposed || !v->engine) {
+        continue;
+      }
+      if (!ublk_ok.ok()) {
+        spdlog::error("volume '{}' stays unexposed: {}", v->name, ublk_ok.error().message());
+        continue;
+      }
+      reexpose(*v);
+    }
+  }
+
+  void reexpose(VolumeEntry& v) {
+    const ExposeRecord record = *v.exposed;
+    ublk::DeviceOptions options;
+    options.dev_id = static_cast<int32_t>(record.dev_id);
+    options.queues = record.queues;
+    options.queue_depth = record.queue_depth;
+    options.recoverable = true;
+    auto recovered = ublk::UblkDevice::recover(*v.frontend, record.dev_id, options);
+    if (recovered.ok()) {
+      v.device = std::move(*recovered);
+      spdlog::info("volume '{}': re-attached to {} (user recovery)", v.name,
+                   v.device->block_path());
+      return;
+    }
+    spdlog::info("volume '{}': no device {} to re-attach ({}); creating one", v.name, record.dev_id,
+                 recovered.error().message());
+    Status created =
+        create_device(v, record.queues, record.queue_depth, static_cast<int32_t>(record.dev_id));
+    if (!created.ok()) {
+      created = create_device(v, record.queues, record.queue_depth, -1);
+    }
+    if (!created.ok()) {
+      spdlog::error("volume '{}' cannot be exposed: {}", v.name, created.error().message());
+      return;
+    }
+    spdlog::info("volume '{}' exposed as {}", v.name, v.device->block_path());
+    (void)save();
+  }
+
+  ShutdownReport shutdown() {
+    ShutdownReport report;
+    if (shut_down) {
+      return report;
+    }
+    shut_down = true;
+    for (auto& v : volumes) {
+      if (!v->device) {
+        continue;
+      }
+      const std::string path = v->device->block_path();
+      auto in_use = block_device_in_use(path);
+      if (in_use.ok() && *in_use) {
+        const std::string holder = describe_holder(path);
+        Status detached = v->device->detach();
+        const std::string line =
+            v->name + " (" + path + ")" + (holder.empty() ? ": in use" : ": " + holder);
+        if (!detached.ok()) {
+          spdlog::error("volume '{}': detach failed: {}", v->name, detached.error().message());
+        }
+        spdlog::warn("{} is in use: detached, left for the next ublk-volumed to re-attach", line);
+        report.detached.push_back(line);
+      } else {
+        Status stopped = v->device->stop_and_delete();
+        if (!stopped.ok()) {
+          spdlog::error("volume '{}': stopping {} failed: {}", v->name, path,
+                        stopped.error().message());
+        }
+        spdlog::info("volume '{}': {} stopped and deleted", v->name, path);
+        report.stopped.push_back(v->name);
+      }
+      v->device.reset();
+    }
+    for (auto& v : volumes) {
+      close_volume(*v);
+    }
+    for (auto& s : stores) {
+      s->close();
+    }
+    return report;
+  }
+};
+
+// ---------------------------------------------------------------------------
+
+Service::Service(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Service::~Service() { (void)impl_->shutdown(); }
+
+Result<std::unique_ptr<Service>> Service::start(const DaemonConfig& config) {
+  UBLKVOL_TRY(validate_config(config));
+  auto state = load_state(config.state_dir);
+  if (!state.ok()) {
+    return state.error();
+  }
+  auto impl = std::make_unique<Impl>();
+  impl->config = config;
+  const unsigned cpus = std::max(1U, std::thread::hardware_concurrency());
+  impl->engine_queues = std::min(60U, std::max(config.queues, cpus));
+  impl->load(*state);
+  return std::unique_ptr<Service>(new Service(std::move(impl)));
+}
+
+Json Service::handle(const Request& request) {
+  try {
+    auto result = impl_->dispatch(request);
+    if (!result.ok()) {
+      return make_error_response(request.id, result.error());
+    }
+    return make_ok_response(request.id, std::move(*result));
+  } catch (const std::exception& e) {
+    spdlog::error("request '{}' failed with an exception: {}", request.method, e.what());
+    return make_error_response(request.id, ErrorCode::kInternal,
+                               std::string("internal error: ") + e.what());
+  }
+}
+
+Service::ShutdownReport Service::shutdown() { return impl_->shutdown(); }
+
+std::string Service::status_line() const {
+  return std::to_string(impl_->stores.size()) + " stores, " +
+         std::to_string(impl_->volumes.size()) + " volumes, " +
+         std::to_string(impl_->exposed_count()) + " exposed";
+}
+
+void Service::set_save_hook(SaveHook hook) { impl_->save_hook = std::move(hook); }
+
+}  // namespace ublkvol::daemon
