@@ -15,9 +15,16 @@
 //     free is committed, so no crash can expose one volume's data to another.
 //
 // Crash consistency (DESIGN.md guarantee 3): metadata changes of the data path
-// (new extents, block bits, frees) are kept in memory and committed at FLUSH:
-// device flush (data durable) -> checksummed journal commit -> device flush.
-// A write to a block the volume already holds costs no metadata I/O at all.
+// (new extents, block bits, frees) are committed at FLUSH: device flush (data
+// durable) -> checksummed journal commit -> device flush. A write to a block
+// the volume already holds costs no metadata I/O at all.
+// Process crashes (guarantee 5): a request that changes a block mapping (first
+// write to a block, redirect-on-write after a snapshot, discard/write-zeroes)
+// completes only after a journal commit holding the new mapping was written -
+// without a device flush, so a killed process loses no completed write while
+// a power cut still shows old-or-new (the data of such a write goes out FUA,
+// so its record can never be durable before it). Several such requests share
+// one journal write (OpenOptions::journal_mappings, docs/dbs.md).
 // Control operations (create/delete/rename/grow, snapshots, generation) commit
 // before they return. open() rebuilds the last committed state from the
 // newest valid checkpoint plus the valid journal commits after it.
@@ -33,6 +40,7 @@
 // what the last completed write/discard left.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -61,6 +69,17 @@ struct FormatOptions {
 struct OpenOptions {
   // Device requests the data path may have in flight (pre-allocated).
   uint32_t max_device_requests = 1024;
+  // true (default): a write/discard/write-zeroes that changes a block mapping
+  // completes after a journal commit with that mapping is written (no device
+  // flush; batched across requests), and its data is written FUA. A process
+  // killed at any point then loses no completed request. false: mappings
+  // reach the journal only at the next FLUSH (a killed process loses the
+  // completed allocating writes since; power-cut guarantees are the same).
+  bool journal_mappings = true;
+  // How long control operations, check() and close()/~Store wait for device
+  // requests in flight before giving up with ETIMEDOUT ("<device> did not
+  // complete N requests within T s"), so a hung device cannot hang its owner.
+  std::chrono::milliseconds device_timeout{30'000};
 };
 
 struct VolumeInfo {
@@ -97,7 +116,10 @@ struct StoreStats {
   uint64_t pending_free_extents = 0;  // freed, reusable after the next commit
   uint32_t volumes = 0;
   uint32_t layers = 0;
-  uint64_t commits = 0;      // journal commits since open
+  uint64_t commits = 0;  // journal commits since open (both kinds)
+  // Of those, written without a device flush to journal the mappings of
+  // completed requests (OpenOptions::journal_mappings).
+  uint64_t mapping_commits = 0;
   uint64_t checkpoints = 0;  // checkpoints since open
   uint64_t journal_blocks_used = 0;
   uint64_t journal_blocks = 0;
@@ -121,9 +143,15 @@ class Store {
   // nothing is written to it. `device` must outlive the Store.
   static Result<std::unique_ptr<Store>> open(BlockDevice& device, const OpenOptions& options = {});
 
-  // Waits for device requests in flight; callbacks of StoreIos that have not
-  // completed are not run, and uncommitted changes are dropped (as in a power
-  // cut): destroy a store with nothing in flight, after a flush.
+  // Waits (at most OpenOptions::device_timeout) for the device requests in
+  // flight; callbacks of StoreIos that have not completed are not run. Nothing
+  // is written: changes not yet journaled are dropped, as when the process
+  // dies. Returns ETIMEDOUT naming the device and the requests it still holds
+  // if it did not complete them in time; the store's request state is then
+  // kept alive (leaked, logged) so late completions cannot touch freed
+  // memory. Afterwards only the destructor may be called.
+  Status close();
+  // close() if it was not called (an error is logged).
   ~Store();
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;

@@ -61,6 +61,7 @@ struct StoreIo {
   int store_result = 0;
   void* store_layer = nullptr;  // target layer, resolved at submit
   bool store_internal = false;  // the store's own commit waiter
+  bool store_remapped = false;  // changed a block mapping (journaled before completion)
 };
 
 }  // namespace ublkvol::dbs

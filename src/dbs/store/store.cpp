@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstring>
 #include <random>
+#include <spdlog/spdlog.h>
 
 #include "meta_io.h"
 #include "store_impl.h"
@@ -91,15 +92,30 @@ std::vector<std::string> Store::check_device(BlockDevice& device) {
 
 Store::Store(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
-Store::~Store() {
-  if (impl_) {
-    // Let requests in flight finish: the device must not call back into
-    // freed state. Uncommitted changes are dropped, like a power cut.
-    while (impl_->device().in_flight() > 0) {
-      impl_->device().poll(true);
-    }
+Status Store::close() {
+  if (!impl_) {
+    return ok_status();
   }
+  // Let requests in flight finish: the device must not call back into
+  // freed state. Nothing is written: changes not journaled yet are dropped,
+  // as when the process dies.
+  auto quiet = impl_->quiesce();
+  if (!quiet.ok()) {
+    // The device still holds requests that point into the store's state
+    // (request pool, commit buffers): keep it alive rather than let a late
+    // completion write into freed memory. Bounded: one store's state.
+    spdlog::error(
+        "dbs store {}: {}; leaking the store's request state so late completions "
+        "stay safe",
+        impl_->device().name(), quiet.error().message());
+    (void)impl_.release();
+    return quiet;
+  }
+  impl_.reset();
+  return ok_status();
 }
+
+Store::~Store() { (void)close(); }
 
 Result<VolumeId> Store::create_volume(std::string_view name, uint64_t size_bytes) {
   return impl_->create_volume(name, size_bytes);

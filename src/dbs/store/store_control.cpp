@@ -33,8 +33,7 @@ Status Store::Impl::prologue() {
   if (failed_) {
     return Error(EIO, failure_);
   }
-  drain();
-  return ok_status();
+  return drain();
 }
 
 void Store::Impl::begin_collecting_frees() {
@@ -55,7 +54,8 @@ Status Store::Impl::commit_and_discard_freed() {
     }
     const uint64_t extents = end - i;
     // A discard is a hint: a device that cannot discard loses nothing.
-    (void)discard_sync(device_, g_.data_offset(control_freed_[i], 0), extents * g_.extent_bytes());
+    (void)control_io(IoOp::kDiscard, g_.data_offset(control_freed_[i], 0),
+                     extents * g_.extent_bytes(), nullptr);
     i = end;
   }
   control_freed_.clear();
@@ -440,8 +440,9 @@ Status Store::Impl::copy_blocks(uint32_t from_phys, uint32_t to_phys, const uint
       ++end;
     }
     std::span<std::byte> buffer(copy_buffer_.data(), uint64_t{end - b} * kBlockSize);
-    UBLKVOL_TRY(read_sync(device_, g_.data_offset(from_phys, b), buffer));
-    UBLKVOL_TRY(write_sync(device_, g_.data_offset(to_phys, b), buffer));
+    UBLKVOL_TRY(
+        control_io(IoOp::kRead, g_.data_offset(from_phys, b), buffer.size(), buffer.data()));
+    UBLKVOL_TRY(control_io(IoOp::kWrite, g_.data_offset(to_phys, b), buffer.size(), buffer.data()));
     b = end;
   }
   return ok_status();
@@ -578,6 +579,7 @@ StoreStats Store::Impl::stats() const {
   s.volumes = static_cast<uint32_t>(md_->volumes.size());
   s.layers = static_cast<uint32_t>(md_->layers.size());
   s.commits = commits_;
+  s.mapping_commits = mapping_commits_;
   s.checkpoints = checkpoints_;
   s.journal_blocks_used = journal_pos_;
   s.journal_blocks = g_.journal_blocks;
@@ -759,7 +761,10 @@ std::vector<std::string> Store::Impl::check_memory() const {
 std::vector<std::string> Store::Impl::check() {
   std::vector<std::string> problems;
   if (!failed_) {
-    drain();
+    if (auto drained = drain(); !drained.ok()) {
+      problems.push_back(drained.error().message());
+      return problems;
+    }
   }
   const std::string name(device_.name());
   // Superblocks.

@@ -9,7 +9,13 @@
 //     durable (pending -> committing -> free), and not before a device
 //     discard of them has completed;
 //   - an extent is never freed while a device request against it is in
-//     flight (ExtentEntry::inflight).
+//     flight (ExtentEntry::inflight);
+//   - journal_mappings: a request that changed a mapping completes only
+//     after a journal commit captured after the change was written; the
+//     data of a write that sets new block bits goes out FUA, so any image in
+//     which that (unflushed) journal commit survived also holds the data.
+#include <poll.h>
+
 #include <algorithm>
 #include <bit>
 #include <cerrno>
@@ -17,6 +23,7 @@
 #include <spdlog/spdlog.h>
 #include <string>
 #include <system_error>
+#include <thread>
 
 #include "store_impl.h"
 
@@ -48,6 +55,21 @@ bool is_data_write(StoreOp op) {
 
 bool block_bit(const uint64_t (&mask)[4], uint32_t b) {
   return ((mask[b >> 6] >> (b & 63)) & 1) != 0;
+}
+
+// Whether `entry` holds every block of [first, first + count).
+bool holds_all(const ExtentEntry& entry, uint32_t first, uint32_t count) {
+  for (uint32_t b = first; b < first + count;) {
+    const uint32_t word = b >> 6;
+    const uint32_t lo = b & 63;
+    const uint32_t n = std::min(64 - lo, first + count - b);
+    const uint64_t want = (n == 64 ? ~uint64_t{0} : ((uint64_t{1} << n) - 1)) << lo;
+    if ((entry.bits[word] & want) != want) {
+      return false;
+    }
+    b += n;
+  }
+  return true;
 }
 
 // Calls fn(begin, end) for each run of set bits of `mask` inside
@@ -104,6 +126,8 @@ const char* to_string(StoreOp op) {
 
 Store::Impl::Impl(BlockDevice& device, LoadedStore loaded, const OpenOptions& options)
     : device_(device),
+      journal_mappings_(options.journal_mappings),
+      device_timeout_(options.device_timeout),
       g_(loaded.geometry),
       md_(std::move(loaded.metadata)),
       epoch_(loaded.epoch),
@@ -151,6 +175,12 @@ Store::Impl::Impl(BlockDevice& device, LoadedStore loaded, const OpenOptions& op
   flush_request_.op = IoOp::kFlush;
   flush_request_.on_complete = &on_commit_flush;
   flush_request_.user_data = this;
+  control_request_.user_data = this;
+  control_request_.on_complete = [](IoRequest& request, int result) {
+    auto* impl = static_cast<Store::Impl*>(request.user_data);
+    impl->control_request_result_ = result;
+    impl->control_request_busy_ = false;
+  };
   chain_.resize(16);
 }
 
@@ -232,6 +262,7 @@ void Store::Impl::submit(StoreIo& io) {
   io.store_result = 0;
   io.store_layer = nullptr;
   io.store_internal = false;
+  io.store_remapped = false;
   start_io(io);
 }
 
@@ -337,6 +368,17 @@ void Store::Impl::maybe_finish(StoreIo& io) {
     maybe_start_commit();
     return;
   }
+  if (io.store_remapped && journal_mappings_ && io.store_result == 0) {
+    // The new mapping must be on the device (not necessarily durable)
+    // before the request completes, or a killed process would lose it.
+    if (failed_) {
+      complete(io, -EIO);
+      return;
+    }
+    map_waiters_.push_back(io);
+    maybe_start_commit();
+    return;
+  }
   complete(io, io.store_result);
 }
 
@@ -409,6 +451,7 @@ bool Store::Impl::issue_write(StoreIo& io, Layer& head) {
       return false;
     }
     ExtentEntry* entry = head.map.find(logical);
+    bool sets_new_bits = true;
     if (entry == nullptr) {
       // First write to this logical extent in this layer: a fresh extent.
       // Its allocation reaches the journal with the first completed block.
@@ -420,7 +463,15 @@ bool Store::Impl::issue_write(StoreIo& io, Layer& head) {
         return true;
       }
       entry = head.map.insert(logical, phys);
+    } else {
+      sets_new_bits = !holds_all(*entry, first, count);
     }
+    // A write that will set new block bits is journaled before it completes,
+    // without a device flush: FUA keeps its data ahead of that record on the
+    // medium (else a power cut could keep the record and not the data, and
+    // expose whatever the block held before - another volume's old data).
+    // Overwrites of held blocks stay plain writes with no metadata I/O.
+    sub->request.fua = journal_mappings_ && sets_new_bits;
     ++entry->inflight;
     sub->parent = &io;
     sub->entry = entry;
@@ -501,11 +552,13 @@ bool Store::Impl::issue_zero(StoreIo& io, Layer& head) {
       if (cleared > 0) {
         head.mapped_blocks -= cleared;
         md_->mark_extent(head, logical, entry);
+        io.store_remapped = true;
       }
       if (frees_extent) {
         const uint32_t phys = entry->phys;
         head.map.erase(logical);
         md_->mark_extent(head, logical, nullptr);
+        io.store_remapped = true;
         // The extent becomes reusable only once this discard completed and
         // the removal is committed (sub_done -> pending_frees_).
         ++limbo_extents_;
@@ -559,6 +612,7 @@ bool Store::Impl::issue_zero(StoreIo& io, Layer& head) {
         sub->request.offset = g_.data_offset(entry->phys, b);
         sub->request.length = uint64_t{end - b} * kBlock;
         sub->request.buffer = zeros_.data();
+        sub->request.fua = journal_mappings_;  // sets bits: see issue_write
         ++io.store_pending;
         device_.submit(sub->request);
       });
@@ -584,6 +638,7 @@ void Store::Impl::sub_done(SubIo& sub, int result) {
       if (added > 0) {
         sub.layer->mapped_blocks += added;
         md_->mark_extent(*sub.layer, sub.logical, &entry);
+        io.store_remapped = true;
       }
     }
     if (entry.inflight == 0 && entry.empty()) {
@@ -659,28 +714,48 @@ unsigned Store::Impl::poll(bool wait) {
 // ---------------------------------------------------------------------------
 
 void Store::Impl::maybe_start_commit() {
-  if (phase_ != CommitPhase::kIdle || flush_waiters_.empty()) {
+  if (phase_ != CommitPhase::kIdle || (flush_waiters_.empty() && map_waiters_.empty())) {
     return;
   }
   if (failed_) {
     while (StoreIo* io = flush_waiters_.pop_front()) {
       complete(*io, -EIO);
     }
+    while (StoreIo* io = map_waiters_.pop_front()) {
+      complete(*io, -EIO);
+    }
     return;
   }
+  // One commit serves every waiter: a flushed one if any FLUSH / FUA /
+  // control operation waits, else a journal write of the mappings only.
+  commit_durable_ = !flush_waiters_.empty();
   commit_waiters_ = flush_waiters_;
   flush_waiters_ = IoQueue{};
+  while (StoreIo* io = map_waiters_.pop_front()) {
+    commit_waiters_.push_back(*io);
+  }
   // Capture now: only writes completed so far, all of which the data flush
-  // submitted next covers.
+  // submitted next covers (mapping-only commits: whose data was FUA).
   body_.clear();
   commit_full_ = false;
-  if (md_->has_changes()) {
-    if (!md_->capture_delta(body_) ||
+  if (force_checkpoint_ || md_->has_changes()) {
+    if (force_checkpoint_ || !md_->capture_delta(body_) ||
         journal_pos_ + blocks_for_body(body_.size()) > g_.journal_blocks) {
       body_.clear();
       md_->serialize_full(body_);
       commit_full_ = true;
+      // A checkpoint starts a new epoch; journal commits of that epoch may
+      // only follow a durable checkpoint, so it is always a flushed commit.
+      commit_durable_ = true;
     }
+  }
+  if (!commit_durable_) {
+    if (body_.empty()) {
+      finish_commit(0);  // an earlier commit already wrote these changes
+      return;
+    }
+    write_metadata();
+    return;
   }
   committing_frees_.swap(pending_frees_);
   pending_frees_.clear();
@@ -702,61 +777,73 @@ void Store::Impl::commit_step(int result) {
       finish_commit(0);
       return;
     }
-    const uint64_t seq = seq_ + 1;
-    uint64_t start;
-    if (commit_full_) {
-      const int area = 1 - active_checkpoint_;
-      frame_body(g_, MetaType::kCheckpoint, epoch_ + 1, seq, body_, meta_buffer_);
-      start = g_.checkpoint_start[area];
-      if (meta_buffer_.size() / kBlock > g_.checkpoint_blocks) {
-        // Limits are enforced at create: a bug if reached.
-        fail("checkpoint of " + std::to_string(meta_buffer_.size() / kBlock) +
-                 " blocks exceeds the checkpoint area of " + std::to_string(g_.checkpoint_blocks) +
-                 " blocks; writing it",
-             -EFBIG);
-        finish_commit(-EFBIG);
-        return;
-      }
-    } else {
-      frame_body(g_, MetaType::kJournal, epoch_, seq, body_, meta_buffer_);
-      start = g_.journal_start + journal_pos_;
-    }
-    commit_blocks_ = meta_buffer_.size() / kBlock;
-    commit_start_block_ = start;
-    constexpr uint64_t kPiece = 256;  // blocks per request
-    const uint64_t pieces = (commit_blocks_ + kPiece - 1) / kPiece;
-    if (meta_requests_.size() < pieces) {
-      meta_requests_.resize(pieces);
-    }
-    phase_ = CommitPhase::kMetaWrite;
-    meta_pending_ = static_cast<uint32_t>(pieces);
-    meta_error_ = 0;
-    for (uint64_t i = 0; i < pieces; ++i) {
-      IoRequest& request = meta_requests_[i];
-      const uint64_t n = std::min(kPiece, commit_blocks_ - i * kPiece);
-      request = IoRequest{};
-      request.op = IoOp::kWrite;
-      request.offset = (start + i * kPiece) * kBlock;
-      request.length = n * kBlock;
-      request.buffer = meta_buffer_.data() + i * kPiece * kBlock;
-      request.on_complete = &on_meta_write;
-      request.user_data = this;
-      device_.submit(request);
-    }
+    write_metadata();
     return;
   }
   if (phase_ == CommitPhase::kMetaFlush) {
-    ++seq_;
-    if (commit_full_) {
-      ++epoch_;
-      active_checkpoint_ = 1 - active_checkpoint_;
-      journal_pos_ = 0;
-      ++checkpoints_;
-    } else {
-      journal_pos_ += commit_blocks_;
-      ++commits_;
-    }
+    advance_journal();
     finish_commit(0);
+  }
+}
+
+void Store::Impl::advance_journal() {
+  ++seq_;
+  if (commit_full_) {
+    ++epoch_;
+    active_checkpoint_ = 1 - active_checkpoint_;
+    journal_pos_ = 0;
+    ++checkpoints_;
+    force_checkpoint_ = false;
+  } else {
+    journal_pos_ += commit_blocks_;
+    ++commits_;
+    if (!commit_durable_) {
+      ++mapping_commits_;
+    }
+  }
+}
+
+void Store::Impl::write_metadata() {
+  const uint64_t seq = seq_ + 1;
+  uint64_t start;
+  if (commit_full_) {
+    const int area = 1 - active_checkpoint_;
+    frame_body(g_, MetaType::kCheckpoint, epoch_ + 1, seq, body_, meta_buffer_);
+    start = g_.checkpoint_start[area];
+    if (meta_buffer_.size() / kBlock > g_.checkpoint_blocks) {
+      // Limits are enforced at create: a bug if reached.
+      fail("checkpoint of " + std::to_string(meta_buffer_.size() / kBlock) +
+               " blocks exceeds the checkpoint area of " + std::to_string(g_.checkpoint_blocks) +
+               " blocks; writing it",
+           -EFBIG);
+      finish_commit(-EFBIG);
+      return;
+    }
+  } else {
+    frame_body(g_, MetaType::kJournal, epoch_, seq, body_, meta_buffer_);
+    start = g_.journal_start + journal_pos_;
+  }
+  commit_blocks_ = meta_buffer_.size() / kBlock;
+  commit_start_block_ = start;
+  constexpr uint64_t kPiece = 256;  // blocks per request
+  const uint64_t pieces = (commit_blocks_ + kPiece - 1) / kPiece;
+  if (meta_requests_.size() < pieces) {
+    meta_requests_.resize(pieces);
+  }
+  phase_ = CommitPhase::kMetaWrite;
+  meta_pending_ = static_cast<uint32_t>(pieces);
+  meta_error_ = 0;
+  for (uint64_t i = 0; i < pieces; ++i) {
+    IoRequest& request = meta_requests_[i];
+    const uint64_t n = std::min(kPiece, commit_blocks_ - i * kPiece);
+    request = IoRequest{};
+    request.op = IoOp::kWrite;
+    request.offset = (start + i * kPiece) * kBlock;
+    request.length = n * kBlock;
+    request.buffer = meta_buffer_.data() + i * kPiece * kBlock;
+    request.on_complete = &on_meta_write;
+    request.user_data = this;
+    device_.submit(request);
   }
 }
 
@@ -778,6 +865,13 @@ void Store::Impl::meta_write_done(int result) {
     finish_commit(meta_error_);
     return;
   }
+  if (!commit_durable_) {
+    // Mapping-only commit: on the device now (it survives a killed process)
+    // but not durable; the next flushed commit's data flush covers it.
+    advance_journal();
+    finish_commit(0);
+    return;
+  }
   phase_ = CommitPhase::kMetaFlush;
   device_.submit(flush_request_);
 }
@@ -789,7 +883,7 @@ void Store::Impl::finish_commit(int result) {
     // commit: stop accepting changes (fail() was called with the cause);
     // reopening recovers.
     result = -EIO;
-  } else {
+  } else if (commit_durable_) {
     for (uint32_t phys : committing_frees_) {
       free_bits_[phys >> 6] |= uint64_t{1} << (phys & 63);
       ++free_count_;
@@ -842,17 +936,22 @@ Status Store::Impl::commit_sync() {
   if (failed_) {
     return Error(EIO, failure_);
   }
-  StoreIo io;
+  if (control_commit_busy_) {
+    // An earlier commit_sync() timed out; its waiter is still queued.
+    UBLKVOL_TRY(wait_device([&] { return !control_commit_busy_; }, "an earlier metadata commit"));
+  }
+  StoreIo& io = control_commit_;
+  io = StoreIo{};
   io.op = StoreOp::kFlush;
-  bool done = false;
-  io.user_data = &done;
-  io.on_complete = [](StoreIo& completed, int) { *static_cast<bool*>(completed.user_data) = true; };
+  io.user_data = this;
+  io.on_complete = [](StoreIo& completed, int) {
+    static_cast<Store::Impl*>(completed.user_data)->control_commit_busy_ = false;
+  };
   io.store_internal = true;
+  control_commit_busy_ = true;
   flush_waiters_.push_back(io);
   maybe_start_commit();
-  while (!done) {
-    device_.poll(true);
-  }
+  UBLKVOL_TRY(wait_device([&] { return !control_commit_busy_; }, "a metadata commit"));
   if (io.store_result != 0) {
     return Error(-io.store_result,
                  failed_ ? failure_ : std::string(device_.name()) + ": metadata commit failed");
@@ -860,15 +959,84 @@ Status Store::Impl::commit_sync() {
   return ok_status();
 }
 
-void Store::Impl::drain() {
-  while (subs_in_use_ > 0 || !parked_.empty() || phase_ != CommitPhase::kIdle ||
-         !flush_waiters_.empty()) {
-    if (phase_ == CommitPhase::kIdle && !flush_waiters_.empty()) {
-      maybe_start_commit();
-      continue;
-    }
-    device_.poll(true);
+Status Store::Impl::drain() {
+  return wait_device(
+      [&] {
+        if (phase_ == CommitPhase::kIdle && (!flush_waiters_.empty() || !map_waiters_.empty())) {
+          maybe_start_commit();
+        }
+        return subs_in_use_ == 0 && parked_.empty() && phase_ == CommitPhase::kIdle &&
+               flush_waiters_.empty() && map_waiters_.empty();
+      },
+      "the data path to drain");
+}
+
+Status Store::Impl::quiesce() {
+  return wait_device([&] { return device_.in_flight() == 0; }, "closing the store");
+}
+
+void Store::Impl::poll_device_for(std::chrono::milliseconds tick) {
+  if (device_.poll(false) > 0) {
+    return;
   }
+  const int fd = device_.completion_fd();
+  if (fd >= 0) {
+    pollfd pfd{fd, POLLIN, 0};
+    (void)::poll(&pfd, 1, static_cast<int>(tick.count()));
+    return;
+  }
+  // Devices without a completion fd make progress inside poll(): a memory
+  // device completes at once, a fault device returns at once when only
+  // hung requests are left - do not spin on those.
+  if (device_.poll(true) == 0) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
+template <typename Done>
+Status Store::Impl::wait_device(Done&& done, const char* waiting_for) {
+  using Clock = std::chrono::steady_clock;
+  const auto deadline = Clock::now() + device_timeout_;
+  while (!done()) {
+    const auto now = Clock::now();
+    if (now >= deadline) {
+      const double seconds = std::chrono::duration<double>(device_timeout_).count();
+      char when[32];
+      std::snprintf(when, sizeof(when), "%g", seconds);
+      return Error(ETIMEDOUT, std::string(device_.name()) + " did not complete " +
+                                  std::to_string(device_.in_flight()) + " requests within " + when +
+                                  " s (waiting for " + waiting_for + ")");
+    }
+    poll_device_for(std::min<std::chrono::milliseconds>(
+        std::chrono::milliseconds(50),
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now) +
+            std::chrono::milliseconds(1)));
+  }
+  return ok_status();
+}
+
+Status Store::Impl::control_io(IoOp op, uint64_t offset, uint64_t length, std::byte* buffer) {
+  if (control_request_busy_) {
+    UBLKVOL_TRY(
+        wait_device([&] { return !control_request_busy_; }, "an earlier control-path request"));
+  }
+  IoRequest& request = control_request_;
+  request.op = op;
+  request.fua = false;
+  request.offset = offset;
+  request.length = length;
+  request.buffer = buffer;
+  control_request_busy_ = true;
+  control_request_result_ = 0;
+  device_.submit(request);
+  UBLKVOL_TRY(wait_device([&] { return !control_request_busy_; }, "a control-path request"));
+  if (control_request_result_ < 0) {
+    return Error(-control_request_result_, std::string(device_.name()) + ": " + to_string(op) +
+                                               " of " + std::to_string(length) +
+                                               " bytes at offset " + std::to_string(offset) +
+                                               " failed");
+  }
+  return ok_status();
 }
 
 }  // namespace ublkvol::dbs

@@ -3,6 +3,7 @@
 // by one thread.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -97,6 +98,9 @@ class Store::Impl {
   Result<VolumeId> clone_snapshot(SnapshotId snapshot, std::string_view name);
   Status rename_snapshot(SnapshotId snapshot, std::string_view name);
   Status commit_sync();
+  // Waits (bounded by device_timeout) until nothing of the store is in the
+  // device; the error names the device and what it still holds.
+  Status quiesce();
 
   // Queries
   [[nodiscard]] const detail::Metadata& metadata() const { return *md_; }
@@ -144,6 +148,10 @@ class Store::Impl {
   // Commit machine
   void maybe_start_commit();
   void finish_commit(int result);
+  // Frames body_ and writes it (journal commit or checkpoint).
+  void write_metadata();
+  // Accounts a written commit (seq, journal position or new epoch).
+  void advance_journal();
 
   // Control helpers
   Status prologue();
@@ -152,11 +160,25 @@ class Store::Impl {
   // Adds a new volume `name` whose head layer is `head` (id and size set),
   // marks both for the journal and commits.
   Result<VolumeId> add_volume(std::string_view name, std::unique_ptr<detail::Layer> head);
-  void drain();
+  // Runs the data path and commits until nothing is in flight (bounded).
+  Status drain();
+  // Drives the device until done() or device_timeout passes without done();
+  // the error says "<device> did not complete N requests within T s
+  // (<waiting_for>)". Never blocks in the device for longer than a tick, so
+  // a device that never completes cannot hang the caller.
+  template <typename Done>
+  Status wait_device(Done&& done, const char* waiting_for);
+  // One bounded step of wait_device(): polls, and if nothing completed,
+  // sleeps on the device's completion fd (or briefly) for at most `tick`.
+  void poll_device_for(std::chrono::milliseconds tick);
   Status merge_into_child(detail::Layer& snapshot, detail::Layer& child);
   Status collect_garbage();
   std::vector<detail::Layer*> children_of(const detail::Layer& layer) const;
   Status copy_blocks(uint32_t from_phys, uint32_t to_phys, const uint64_t (&mask)[4]);
+  // One device request of the control path (merge copies, discards of
+  // freed extents), bounded by device_timeout. The request is a member so
+  // that a timed-out one stays valid until the device completes it.
+  Status control_io(IoOp op, uint64_t offset, uint64_t length, std::byte* buffer);
   // Commits, then passes a discard of every extent freed since
   // begin_collecting_frees() down to the device (after the commit: before
   // it, a crash would bring back mappings onto discarded data).
@@ -164,6 +186,13 @@ class Store::Impl {
   Status commit_and_discard_freed();
 
   BlockDevice& device_;
+  const bool journal_mappings_;
+  const std::chrono::milliseconds device_timeout_;
+  // The first commit after open writes a checkpoint (new epoch): journal
+  // commits written without a flush by an earlier process may sit beyond the
+  // recovered end of the journal (one lost in a power cut, the next one
+  // not); a new epoch makes sure they can never be mistaken for ours.
+  bool force_checkpoint_ = true;
   detail::Geometry g_;
   std::unique_ptr<detail::Metadata> md_;
   uint64_t epoch_ = 0;
@@ -195,6 +224,8 @@ class Store::Impl {
   detail::IoQueue parked_;     // waiting for device requests
   detail::IoQueue completed_;  // callbacks to run at the next poll()
   detail::IoQueue flush_waiters_;
+  // Completed requests that changed mappings, waiting for a journal commit.
+  detail::IoQueue map_waiters_;
   detail::IoQueue commit_waiters_;
   unsigned in_flight_ = 0;
 
@@ -202,6 +233,9 @@ class Store::Impl {
   enum class CommitPhase { kIdle, kDataFlush, kMetaWrite, kMetaFlush };
   CommitPhase phase_ = CommitPhase::kIdle;
   bool commit_full_ = false;
+  // Device-flushed commit (FLUSH, FUA, checkpoint, control op) or a
+  // mapping-only journal write without flushes.
+  bool commit_durable_ = false;
   std::vector<std::byte> body_;
   detail::AlignedBuffer meta_buffer_;
   std::vector<IoRequest> meta_requests_;
@@ -212,6 +246,14 @@ class Store::Impl {
   IoRequest flush_request_;
   uint64_t commits_ = 0;
   uint64_t checkpoints_ = 0;
+  uint64_t mapping_commits_ = 0;
+  // commit_sync()'s waiter and control_io()'s request: members, since after
+  // a timeout they stay queued in the store or the device.
+  StoreIo control_commit_;
+  bool control_commit_busy_ = false;
+  IoRequest control_request_;
+  bool control_request_busy_ = false;
+  int control_request_result_ = 0;
 
   detail::AlignedBuffer zeros_;  // one extent of zeros for zero-writes
   detail::AlignedBuffer copy_buffer_;

@@ -15,8 +15,15 @@
 //     a deleted volume or an older write shows up as a mismatch;
 //   - checks that every visible snapshot is exactly what it was at creation,
 //     that acknowledged volumes/snapshots exist and deleted ones don't;
-//   - on some images, keeps using the recovered store (write, commit,
-//     reopen) to prove recovery left a usable journal.
+//   - on some images, keeps using the recovered store (write, reopen as a
+//     killed process would, commit, reopen) to prove recovery left a usable
+//     journal - also when unflushed journal commits of the crashed run sit
+//     beyond the recovered end of the journal.
+// Process crashes (OpenOptions::journal_mappings): during the workload, at
+// random points with nothing in flight, the image of everything completed so
+// far (a killed process: the device keeps every completed write, nothing
+// more is written) must open, check clean, and read back exactly the model -
+// every completed request, flushed or not - and every snapshot.
 //
 // Default: fixed seeds, >= 10,000 images, count printed. Soak mode:
 // UBLKVOL_CRASH_SOAK=<seeds> runs that many extra seeds with more images.
@@ -133,8 +140,58 @@ class Harness {
     create_volume();
     for (int step = 0; step < steps && !::testing::Test::HasFatalFailure(); ++step) {
       one_step();
+      if (rand(8) == 0 && !::testing::Test::HasFailure()) {
+        verify_process_crash();
+      }
     }
     store_.reset();
+  }
+
+  // The image a process killed now leaves (every completed write on the
+  // device, nothing in flight) must hold exactly the model.
+  void verify_process_crash() {
+    const size_t epoch = crash_->epochs() - 1;
+    CrashDevice::CrashSpec spec{epoch, crash_->log().size(), {}};
+    for (size_t index : crash_->pending_entries(epoch)) {
+      spec.applied.push_back({index, {}});
+    }
+    std::vector<std::byte> image;
+    auto built = crash_->build_image(spec, image);
+    ASSERT_TRUE(built.ok()) << built.error().to_string();
+    MemoryDevice device(std::move(image));
+    auto opened = Store::open(device);
+    ASSERT_TRUE(opened.ok()) << "killed-process image does not open: "
+                             << opened.error().to_string();
+    for (const auto& problem : (*opened)->check()) {
+      ADD_FAILURE() << "check of a killed-process image: " << problem;
+    }
+    for (const auto& [v, volume] : model_.volumes) {
+      Buffer buffer(volume.blocks.size() * kBlock);
+      ASSERT_TRUE((*opened)->read(v, 0, buffer.span()).ok()) << "volume " << v << " is missing";
+      for (uint64_t b = 0; b < volume.blocks.size(); ++b) {
+        BlockTag tag;
+        ASSERT_TRUE(testing::decode_block(buffer.block(b), tag))
+            << "killed process: volume " << v << " block " << b << " is torn or garbage";
+        ASSERT_EQ(tag, volume.blocks[b])
+            << "killed process lost a completed request: volume " << v << " block " << b
+            << " holds " << testing::describe(tag) << ", completed "
+            << testing::describe(volume.blocks[b]) << " (seed " << seed_ << ")";
+      }
+    }
+    for (const auto& [s, v] : model_.snapshots) {
+      auto info = (*opened)->snapshot_info(s);
+      ASSERT_TRUE(info.ok()) << "killed process lost snapshot " << s;
+      const auto& frozen = frozen_.at(s);
+      Buffer buffer(info->size_bytes);
+      ASSERT_TRUE((*opened)->read_snapshot(s, 0, buffer.span()).ok());
+      for (uint64_t b = 0; b < info->size_bytes / kBlock; ++b) {
+        BlockTag tag;
+        ASSERT_TRUE(testing::decode_block(buffer.block(b), tag));
+        ASSERT_EQ(tag, b < frozen.size() ? frozen[b] : BlockTag{})
+            << "killed process: snapshot " << s << " block " << b << " changed";
+      }
+    }
+    ++process_crash_images_;
   }
 
   size_t verify_images(int random_per_epoch) {
@@ -178,6 +235,7 @@ class Harness {
   }
 
   [[nodiscard]] size_t epochs() const { return crash_->epochs(); }
+  [[nodiscard]] size_t process_crash_images() const { return process_crash_images_; }
   [[nodiscard]] uint64_t storm_requests() const { return storm_requests_; }
   [[nodiscard]] uint64_t storm_acks() const { return storm_acks_; }
   [[nodiscard]] unsigned max_in_flight() const { return max_in_flight_; }
@@ -695,14 +753,34 @@ class Harness {
       }
     }
     if (continue_use && !store.list_volumes().empty()) {
-      // The recovered store keeps working: write, commit, reopen, read back.
+      // The recovered store keeps working: write (fresh blocks: journaled
+      // without a flush, while commits of the crashed run may still sit
+      // beyond the recovered end of the journal), die as a killed process,
+      // reopen, read back; then commit, reopen, read back.
       const VolumeId v = store.list_volumes().front().id;
+      const uint64_t fresh = store.volume_info(v)->size_bytes / kBlock - 2;
       Buffer buffer(2 * kBlock);
+      Buffer tail(2 * kBlock);
       fill_block(buffer.block(0), BlockTag{v, 3, 1'000'000});
       fill_block(buffer.block(1), BlockTag{v, 4, 1'000'000});
+      fill_block(tail.block(0), BlockTag{v, fresh, 1'000'000});
+      fill_block(tail.block(1), BlockTag{v, fresh + 1, 1'000'000});
+      ASSERT_TRUE(store.discard(v, fresh * kBlock, 2 * kBlock).ok());
+      ASSERT_TRUE(store.write(v, fresh * kBlock, tail.span()).ok());
       ASSERT_TRUE(store.write(v, 3 * kBlock, buffer.span()).ok());
-      ASSERT_TRUE(store.commit().ok());
       opened->reset();
+      auto killed = Store::open(device);
+      ASSERT_TRUE(killed.ok()) << killed.error().to_string();
+      Buffer check_tail(2 * kBlock);
+      ASSERT_TRUE((*killed)->read(v, fresh * kBlock, check_tail.span()).ok());
+      EXPECT_EQ(std::memcmp(check_tail.data(), tail.data(), 2 * kBlock), 0)
+          << "a completed write after recovery was lost by a killed process";
+      for (const auto& problem : (*killed)->check()) {
+        ADD_FAILURE() << "check after recovery and a killed process: " << problem;
+      }
+      ASSERT_TRUE((*killed)->write(v, 3 * kBlock, buffer.span()).ok());
+      ASSERT_TRUE((*killed)->commit().ok());
+      killed->reset();
       auto again = Store::open(device);
       ASSERT_TRUE(again.ok()) << again.error().to_string();
       Buffer check(2 * kBlock);
@@ -731,12 +809,13 @@ class Harness {
   uint64_t storm_requests_ = 0;
   uint64_t storm_acks_ = 0;
   unsigned max_in_flight_ = 0;
+  size_t process_crash_images_ = 0;
   int next_name_ = 0;
 };
 
 TEST(DbsCrash, RandomWorkloadsSurviveEveryCrashImage) {
   std::vector<uint64_t> seeds = {1, 2, 3, 4, 5, 6, 7, 8};
-  int steps = 220;
+  int steps = 260;
   int random_per_epoch = 8;
   if (const char* soak = std::getenv("UBLKVOL_CRASH_SOAK")) {
     const int extra = std::max(1, std::atoi(soak));
@@ -748,20 +827,25 @@ TEST(DbsCrash, RandomWorkloadsSurviveEveryCrashImage) {
   }
   const auto start = std::chrono::steady_clock::now();
   size_t total = 0;
+  size_t killed = 0;
   for (uint64_t seed : seeds) {
     Harness harness(seed);
     harness.run_workload(steps);
     ASSERT_FALSE(::testing::Test::HasFailure()) << "workload of seed " << seed << " failed";
     const size_t images = harness.verify_images(random_per_epoch);
     ASSERT_FALSE(::testing::Test::HasFailure());
-    std::printf("seed %llu: %zu epochs, %zu crash images verified\n",
-                static_cast<unsigned long long>(seed), harness.epochs(), images);
+    std::printf("seed %llu: %zu epochs, %zu crash images verified, %zu killed-process images\n",
+                static_cast<unsigned long long>(seed), harness.epochs(), images,
+                harness.process_crash_images());
     total += images;
+    killed += harness.process_crash_images();
   }
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  std::printf("crash images verified: %zu in %.1f s\n", total, seconds);
+  std::printf("crash images verified: %zu (+ %zu killed-process images) in %.1f s\n", total, killed,
+              seconds);
   EXPECT_GE(total, 10000u);
+  EXPECT_GE(killed, 100u);
 }
 
 // Async storms (async_storm()): up to 64 requests in flight through
@@ -806,11 +890,13 @@ TEST(DbsCrash, AsyncStormsSurviveEveryCrashImage) {
     ASSERT_FALSE(::testing::Test::HasFailure());
     std::printf(
         "async seed %llu (%s, %u device requests): %llu async requests, max %u in flight, "
-        "%llu FLUSHes acknowledged mid-storm, %zu epochs, %zu crash images verified\n",
+        "%llu FLUSHes acknowledged mid-storm, %zu epochs, %zu crash images verified, %zu "
+        "killed-process images\n",
         static_cast<unsigned long long>(run.seed),
         run.file ? ("io_uring file in " + file_directory).c_str() : "memory", run.pool,
         static_cast<unsigned long long>(harness.storm_requests()), harness.max_in_flight(),
-        static_cast<unsigned long long>(harness.storm_acks()), harness.epochs(), images);
+        static_cast<unsigned long long>(harness.storm_acks()), harness.epochs(), images,
+        harness.process_crash_images());
     total += images;
   }
   const double seconds =

@@ -208,10 +208,12 @@ TEST_F(CorruptionTest, InvalidGeometryIsRefused) {
 }
 
 TEST_F(CorruptionTest, CorruptedCheckpointIsRefused) {
-  // Fresh store: only checkpoint A exists. Damage one byte of it.
+  // Area A holds the format's empty checkpoint, area B the one the first
+  // commit after open wrote. Damage one byte of each.
   auto loaded = detail::load_store(*device_, false, nullptr);
   ASSERT_TRUE(loaded.ok());
   device_->bytes()[loaded->geometry.checkpoint_start[0] * kBlockSize + 200] ^= std::byte{0x40};
+  device_->bytes()[loaded->geometry.checkpoint_start[1] * kBlockSize + 200] ^= std::byte{0x40};
   expect_refused(*device_, device_->bytes(), "no valid metadata checkpoint");
 }
 

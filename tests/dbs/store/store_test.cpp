@@ -135,10 +135,25 @@ TEST_F(StoreTest, WriteReadAndPersistAcrossReopen) {
   expect_clean();
 }
 
-TEST_F(StoreTest, UncommittedMappingsAreNotPersisted) {
+TEST_F(StoreTest, CompletedAllocatingWritesSurviveReopenWithoutFlush) {
+  // Reopening a MemoryDevice without a flush is what a killed process
+  // leaves: every completed write is on the device, none is durable.
   VolumeId v = create("a");
   write_tag(v, 3, 1);
-  reopen();  // no flush: the allocation never reached the journal
+  ASSERT_GE(store_->stats().mapping_commits, 1u);
+  reopen();  // no flush: the allocation was journaled before completing
+  expect_tag(v, 3, 1);
+  expect_clean();
+}
+
+TEST_F(StoreTest, WithoutMappingJournalUncommittedMappingsAreNotPersisted) {
+  OpenOptions options;
+  options.journal_mappings = false;
+  reopen(options);
+  VolumeId v = create("a");
+  write_tag(v, 3, 1);
+  EXPECT_EQ(store_->stats().mapping_commits, 0u);
+  reopen(options);  // no flush: the allocation never reached the journal
   expect_tag(v, 3, 0);
   expect_clean();
 }
@@ -199,8 +214,9 @@ TEST_F(StoreTest, SnapshotKeepsOldContentAndWritesRedirectPerBlock) {
   const uint64_t free_before = store_->stats().free_extents;
   const auto writes_before = device_->counters().bytes_written;
   write_tag(v, 3, 2);
-  // One 4 KiB data write plus nothing else until commit: no extent copy.
-  EXPECT_EQ(device_->counters().bytes_written - writes_before, kBlock);
+  // One 4 KiB data write plus the one-block journal commit of its mapping:
+  // no extent copy.
+  EXPECT_EQ(device_->counters().bytes_written - writes_before, 2 * kBlock);
   EXPECT_EQ(store_->stats().free_extents, free_before - 1);
   for (uint64_t b = 0; b < 16; ++b) {
     expect_tag(v, b, b == 3 ? 2 : 1);
@@ -372,7 +388,7 @@ TEST_F(StoreTest, RevertDropsWritesSinceSnapshot) {
   write_tag(v, 1, 3);
   reopen();
   expect_tag(v, 0, 1);
-  expect_tag(v, 1, 0 + 1);  // write after revert was never committed
+  expect_tag(v, 1, 3);  // completed (journaled) though never flushed
   expect_tag(v, 100, 0);
   // Revert to a snapshot of another volume is refused.
   VolumeId other = create("other");
