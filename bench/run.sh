@@ -22,7 +22,8 @@
 #   --size SIZE          volume and baseline size, e.g. 256M, 2G (default 1G)
 #   --backend B          null | memory | replicated (default replicated)
 #   --replicas N         replicated: replicas, 1..3 (default 1)
-#   --no-write-through   replicated: ublkvol-serve --no-write-through
+#   --write-through      replicated: every write with FUA (ublkvol-serve --write-through);
+#                        default write-back (durable at FLUSH), the block-device contract
 #   --queues N           ublk queues of the target (default: CPUs of the machine under test)
 #   --workloads LIST     comma-separated names or globs (e.g. 'randread-*,ext4-filecreate');
 #                        default: every job file under bench/fio/raw and bench/fio/ext4
@@ -76,10 +77,10 @@ size_bytes() {
 
 mode="" command=matrix report_dir=""
 runtime="" repeat="" size="" quick=0
-backend=replicated replicas=1 write_through=1 queues="" workloads_arg="" no_ext4=0
+backend=replicated replicas=1 write_through=0 queues="" workloads_arg="" no_ext4=0
 baseline="" store_dir="" with_inproc=0 out="" build="$ROOT/build/release" mem=3G timeout_s=""
 
-need_arg() { [[ $# -ge 2 && -n "$2" ]] || die_usage "$1 needs a value"; }
+need_arg() { [[ $# -ge 2 && -n "$2" && "$2" != --* ]] || die_usage "$1 needs a value"; }
 case "${1:-}" in
   inproc) command=inproc; shift ;;
   report)
@@ -101,6 +102,7 @@ while [[ $# -gt 0 ]]; do
     --size) need_arg "$@"; size=$2; shift 2 ;;
     --backend) need_arg "$@"; backend=$2; shift 2 ;;
     --replicas) need_arg "$@"; replicas=$2; shift 2 ;;
+    --write-through) write_through=1; shift ;;
     --no-write-through) write_through=0; shift ;;
     --queues) need_arg "$@"; queues=$2; shift 2 ;;
     --workloads) need_arg "$@"; workloads_arg=$2; shift 2 ;;
@@ -254,29 +256,33 @@ if [[ -z "$mode" ]]; then
 fi
 serve=$build/src/ublk/ublkvol-serve
 [[ -x "$serve" ]] || die_usage "$serve missing: build the target ublkvol-serve"
-out=${out:-$(default_out "$backend")}
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
-rm -rf "$out/raw"
 
 env_settings=(
   "BENCH_WORKLOADS=${workloads[*]}" "BENCH_BACKEND=$backend" "BENCH_REPLICAS=$replicas"
   "BENCH_SIZE=$size_b" "BENCH_RUNTIME=$runtime" "BENCH_REPEAT=$repeat"
   "BENCH_WRITE_THROUGH=$write_through")
 [[ -n "$queues" ]] && env_settings+=("BENCH_QUEUES=$queues")
-start_s=$(date +%s)
-log "$mode run: ${#workloads[@]} workloads x $repeat repeats x (target, baseline), ${runtime}s each; backend $backend -> $out"
 
 if [[ "$mode" == native ]]; then
   [[ -c /dev/ublk-control ]] || die_usage "--native needs the ublk_drv module (/dev/ublk-control missing); use --vm"
   ((EUID == 0)) || die_usage "--native needs root (ublk devices, mkfs, mount)"
   [[ -n "$baseline" ]] || die_usage "--native needs --baseline DEVICE_OR_FILE (the device under the target)"
+else
+  [[ -z "$store_dir" ]] || die_usage "--store-dir is for --native (the VM keeps stores on tmpfs)"
+fi
+out=${out:-$(default_out "$backend")}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+rm -rf "$out/raw"
+start_s=$(date +%s)
+log "$mode run: ${#workloads[@]} workloads x $repeat repeats x (target, baseline), ${runtime}s each; backend $backend -> $out"
+
+if [[ "$mode" == native ]]; then
   env_settings+=("BENCH_BASELINE=$baseline" "BENCH_STORE_DIR=${store_dir:-/dev/shm}")
   PATH="$build/src/ublk:$PATH" env "${env_settings[@]}" BENCH_OUT="$out" \
     BENCH_FIO_DIR="$ROOT/bench/fio" BENCH_MODE=native bash "$ROOT/bench/lib/matrix.sh" ||
     die "the matrix failed"
 else
-  [[ -z "$store_dir" ]] || die_usage "--store-dir is for --native (the VM keeps stores on tmpfs)"
   [[ -n "$baseline" ]] && env_settings+=("BENCH_BASELINE=$baseline")
   env_settings+=("BENCH_STORE_DIR=/dev/shm")
   # Boot + fills + mkfs, then each run costs its runtime plus fio's start-up

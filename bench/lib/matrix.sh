@@ -20,7 +20,7 @@
 #   BENCH_NJOBS      jobs of the "-jN" and metadata workloads
 #   BENCH_NRFILES    files per job of the metadata workloads
 #   BENCH_QUEUES, BENCH_DEPTH   ublk queues and tags per queue of the target
-#   BENCH_WRITE_THROUGH         replicated: 1 (default) or 0 (--no-write-through)
+#   BENCH_WRITE_THROUGH         replicated: 0 write-back (default), 1 write-through (every write FUA)
 set -uo pipefail
 
 die() {
@@ -43,7 +43,7 @@ NJOBS=${BENCH_NJOBS:-$(nproc)}
 NRFILES=${BENCH_NRFILES:-500}
 QUEUES=${BENCH_QUEUES:-$(nproc)}
 DEPTH=${BENCH_DEPTH:-128}
-WRITE_THROUGH=${BENCH_WRITE_THROUGH:-1}
+WRITE_THROUGH=${BENCH_WRITE_THROUGH:-0}
 read -ra WORKLOADS <<<"${BENCH_WORKLOADS:?}"
 SIZE_MIB=$((SIZE / 1048576))
 [ "$SIZE_MIB" -ge 16 ] || die "BENCH_SIZE $SIZE is below 16 MiB"
@@ -93,8 +93,15 @@ start_target() {
         args+=(--replica-file "$STORE_DIR/bench-replica$i.dbs")
         CLEANUP+=("rm -f '$STORE_DIR/bench-replica$i.dbs'")
       done
-      [ "$WRITE_THROUGH" = 1 ] || args+=(--no-write-through)
-      TARGET_DESC="ublkvol-serve --backend replicated, $REPLICAS replica(s): DBS store files in $STORE_DIR, write-through=$WRITE_THROUGH"
+      # Say the mode explicitly where the server has both flags (its default
+      # moved from write-through to write-back); older servers only know
+      # --no-write-through and default to write-through.
+      if ublkvol-serve --help 2>&1 | grep -qE '(^|[ ,])--write-through'; then
+        if [ "$WRITE_THROUGH" = 1 ]; then args+=(--write-through); else args+=(--no-write-through); fi
+      else
+        [ "$WRITE_THROUGH" = 1 ] || args+=(--no-write-through)
+      fi
+      TARGET_DESC="ublkvol-serve --backend replicated, $REPLICAS replica(s): DBS store files in $STORE_DIR, $([ "$WRITE_THROUGH" = 1 ] && echo write-through || echo write-back)"
       ;;
     *) die "unknown backend '$BACKEND'" ;;
   esac
