@@ -34,6 +34,8 @@ PACKAGES=(
   fio gnuplot-nox
   # VM test bed (scripts/vm): emulator, initramfs contents, kernel fetch
   qemu-system-x86 busybox-static cpio xz-utils e2fsprogs util-linux kmod
+  # systemd VM test bed (scripts/vm/systemd): root image builder, qcow2 overlays
+  mmdebstrap qemu-utils
   apt-utils dpkg-dev ca-certificates debian-archive-keyring gpgv
 )
 
