@@ -3,12 +3,13 @@
 # `ublk-volume completion bash` (source <(ublk-volume completion bash)).
 # Store and volume names come from the running daemon (`ublk-volume __names`);
 # when it does not answer, only commands and options are completed.
+# shellcheck disable=SC2207  # COMPREPLY=($(compgen ...)) is the idiom: words have no spaces
 
 _ublk_volume_names() {
   # $1: stores | volumes | snapshots VOLUME
   local socket_args=()
   [[ -n "${_ublk_volume_socket:-}" ]] && socket_args=(--socket "$_ublk_volume_socket")
-  ublk-volume "${socket_args[@]}" __names "$@" 2>/dev/null
+  ublk-volume "${socket_args[@]}" __names "$@" 2>/dev/null || true
 }
 
 _ublk_volume() {
@@ -97,6 +98,7 @@ _ublk_volume() {
   else
     COMPREPLY=($(compgen -W "$words_list" -- "$cur"))
   fi
+  return 0
 }
 
 complete -F _ublk_volume ublk-volume

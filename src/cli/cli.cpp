@@ -156,7 +156,8 @@ ExitCode wait_for_replica(Session& s, const std::string& volume, uint64_t index,
     if (!v) return s.status();
     try {
       const Json* replica = nullptr;
-      for (const auto& r : v->value("replicas", Json::array())) {
+      const Json replicas = v->value("replicas", Json::array());  // outlives `replica`
+      for (const auto& r : replicas) {
         if (r.value("index", uint64_t{~0ULL}) == index) replica = &r;
       }
       if (replica == nullptr) {
@@ -441,7 +442,8 @@ void add_volume_commands(CLI::App& app, CommandTree& tree) {
       ->delimiter(',');
   c->add_option("--min-replicas", create->min_replicas,
                 "Replicas that must stay in sync for the volume to stay online "
-                "(default: the daemon's config)");
+                "(default: the daemon's config)")
+      ->check(CLI::PositiveNumber);
 
   tree.add(volume, "list", "List volumes with state, replicas and device",
            "  ublk-volume volume list\n", [](Session& s) {
@@ -486,9 +488,11 @@ void add_volume_commands(CLI::App& app, CommandTree& tree) {
                  return s.done(*r, "exposed volume '" + expose->name + "' as " + path);
                });
   c->add_option("name", expose->name, "Volume name")->required();
-  c->add_option("--queues", expose->queues, "Hardware queues (default: the daemon's config)");
+  c->add_option("--queues", expose->queues, "Hardware queues (default: the daemon's config)")
+      ->check(CLI::PositiveNumber);
   c->add_option("--queue-depth", expose->queue_depth,
-                "Requests in flight per queue (default: the daemon's config)");
+                "Requests in flight per queue (default: the daemon's config)")
+      ->check(CLI::PositiveNumber);
 
   c = tree.add(volume, "unexpose", "Remove a volume's block device (refused while it is in use)",
                "  umount /mnt/vol0 && ublk-volume volume unexpose vol0\n", [name](Session& s) {
@@ -632,7 +636,9 @@ void add_replica_commands(CLI::App& app, CommandTree& tree) {
                           : s.status();
                });
   c->add_option("volume", a->volume, "Volume name")->required();
-  c->add_option("index", a->index, "Replica index (see replica list)")->required();
+  c->add_option("index", a->index, "Replica index (see replica list)")
+      ->required()
+      ->check(CLI::NonNegativeNumber);
 
   c = tree.add(replica, "rebuild", "Resync a failed or stale replica (only what changed)",
                "  ublk-volume replica rebuild vol0 1 --wait\n", [a](Session& s) {
@@ -645,7 +651,9 @@ void add_replica_commands(CLI::App& app, CommandTree& tree) {
                                        ")");
                });
   c->add_option("volume", a->volume, "Volume name")->required();
-  c->add_option("index", a->index, "Replica index (see replica list)")->required();
+  c->add_option("index", a->index, "Replica index (see replica list)")
+      ->required()
+      ->check(CLI::NonNegativeNumber);
   add_wait(c);
 
   c = tree.add(replica, "fail", "Take a replica out of service (e.g. before replacing its disk)",
@@ -658,7 +666,9 @@ void add_replica_commands(CLI::App& app, CommandTree& tree) {
                           : s.status();
                });
   c->add_option("volume", a->volume, "Volume name")->required();
-  c->add_option("index", a->index, "Replica index (see replica list)")->required();
+  c->add_option("index", a->index, "Replica index (see replica list)")
+      ->required()
+      ->check(CLI::NonNegativeNumber);
   c->add_option("--reason", a->reason, "Why (kept in the volume's events)");
 }
 
@@ -697,6 +707,7 @@ int run_cli(int argc, const char* const* argv, const CliEnvironment& env) {
   c->add_option("volume", stats->volume, "Only this volume");
   c->add_option("-i,--interval", stats->interval, "Seconds between samples")->capture_default_str();
   c->add_option("-c,--count", stats->count, "Number of reports (0 with --watch: forever)")
+      ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   c->add_flag("-w,--watch", stats->watch, "Keep reporting (until Ctrl-C, or --count reports)");
   c->add_flag("--prometheus", stats->prometheus,

@@ -18,8 +18,10 @@ Error bad_field(const std::string& where, const std::string& what) {
 Result<uint64_t> read_uint(const Json& object, const std::string& key, const std::string& where) {
   auto it = object.find(key);
   if (it == object.end()) return bad_field(where, "missing '" + key + "'");
-  if (!it->is_number_unsigned())
+  // Unsigned on the wire; a non-negative signed JSON integer is the same number.
+  if (!it->is_number_integer() || (!it->is_number_unsigned() && it->get<int64_t>() < 0)) {
     return bad_field(where, "'" + key + "' is not an unsigned integer");
+  }
   return it->get<uint64_t>();
 }
 
@@ -37,7 +39,9 @@ Result<LatencyHistogram> read_histogram(const Json& volume, const std::string& k
     return bad_field(where, "'" + key + ".buckets' is not an array");
   }
   for (const auto& c : *counts) {
-    if (!c.is_number_unsigned()) return bad_field(where, "'" + key + ".buckets' holds a non-count");
+    if (!c.is_number_integer() || (!c.is_number_unsigned() && c.get<int64_t>() < 0)) {
+      return bad_field(where, "'" + key + ".buckets' holds a non-count");
+    }
     histogram.counts.push_back(c.get<uint64_t>());
   }
   if (histogram.counts.size() != bounds.size()) {
@@ -240,6 +244,18 @@ std::string number(double value) {
   return s.str();
 }
 
+// Exact decimal seconds for an integral nanosecond bound: 1024 ->
+// "0.000001024" (no rounding, so bucket labels stay distinct and stable).
+std::string seconds_from_ns(double ns) {
+  const auto value = static_cast<uint64_t>(ns);
+  std::string fraction = std::to_string(value % 1'000'000'000);
+  fraction.insert(0, 9 - fraction.size(), '0');
+  while (!fraction.empty() && fraction.back() == '0') fraction.pop_back();
+  std::string text = std::to_string(value / 1'000'000'000);
+  if (!fraction.empty()) text += "." + fraction;
+  return text;
+}
+
 }  // namespace
 
 std::string prometheus_text(const StatsSample& sample) {
@@ -301,7 +317,7 @@ std::string prometheus_text(const StatsSample& sample) {
         cumulative += h.counts[i];
         const bool last = i + 1 == h.counts.size();
         out << prefix << "_bucket{" << volume << ",le=\""
-            << (last ? std::string("+Inf") : number(h.upper_bounds_ns[i] / 1e9)) << "\"} "
+            << (last ? std::string("+Inf") : seconds_from_ns(h.upper_bounds_ns[i])) << "\"} "
             << cumulative << '\n';
       }
       if (h.counts.empty()) out << prefix << "_bucket{" << volume << ",le=\"+Inf\"} 0\n";
