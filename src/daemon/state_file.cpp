@@ -86,13 +86,17 @@ Result<DaemonState> state_from_json(const std::string& text, const std::string& 
     for (const auto& s : doc.at("stores")) {
       StoreRecord record{s.at("name").get<std::string>(), s.at("path").get<std::string>(),
                          s.at("uuid").get<std::string>()};
-      UBLKVOL_TRY(validate_name(record.name, "store name"));
+      if (Status valid = validate_name(record.name, "store name"); !valid.ok()) {
+        return valid.error().with_context(origin);
+      }
       state.stores.push_back(std::move(record));
     }
     for (const auto& v : doc.at("volumes")) {
       VolumeRecord record;
       record.name = v.at("name").get<std::string>();
-      UBLKVOL_TRY(validate_name(record.name, "volume name"));
+      if (Status valid = validate_name(record.name, "volume name"); !valid.ok()) {
+        return valid.error().with_context(origin);
+      }
       record.size_bytes = v.at("size_bytes").get<uint64_t>();
       record.stores = v.at("stores").get<std::vector<std::string>>();
       record.min_replicas = v.at("min_replicas").get<unsigned>();
