@@ -121,13 +121,14 @@ class CountingReplicaStore final : public engine::ReplicaStore {
   ReplicaCounters& counters_;
 };
 
-// Write-through: every write goes to the replicas with FUA, so it completes
-// only once DBS committed its block mapping. Without it, a write to a block
-// the volume never held is in the file but its mapping lives only in DBS's
-// memory until the next FLUSH: a killed server takes that mapping with it,
-// and after --recover the block reads as zeros although the write completed
-// - a power cut, where ublk recovery promises a pause. (Overwrites of mapped
-// blocks need no metadata and survive a kill either way.)
+// Write-through (--write-through, off by default): every write goes to the
+// replicas with FUA, so it completes only once it is durable - each write
+// costs a DBS commit with two device flushes. Not needed for ublk recovery:
+// DBS journals the mapping of an allocating write (first write to a block,
+// redirect after a snapshot) before completing it, without a flush
+// (dbs::OpenOptions::journal_mappings), so a killed server loses no
+// completed write; durability against power loss comes from FLUSH, as the
+// device advertises (volatile cache + FUA).
 class WriteThroughQueue final : public engine::VolumeQueue {
  public:
   explicit WriteThroughQueue(std::unique_ptr<engine::VolumeQueue> inner)
@@ -173,7 +174,7 @@ struct ReplicatedBackend::Impl {
   // Stable addresses: counters and devices are referenced by the layers above.
   std::vector<std::unique_ptr<Replica>> replicas;
   std::unique_ptr<engine::ReplicatedVolume> volume;
-  bool write_through = true;
+  bool write_through = false;
   bool closed = false;
 
   // Destruction order matters: the engine first, then the threads that own

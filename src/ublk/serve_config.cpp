@@ -190,7 +190,7 @@ Result<ServeConfig> config_from_record(const RecoveryRecord& record, const Serve
     }
     c.volume_name = *name;
     const std::string* write_through = get("write_through");
-    c.write_through = write_through == nullptr || *write_through != "0";
+    c.write_through = write_through != nullptr && *write_through == "1";
     for (uint64_t i = 0; i < *count; ++i) {
       const std::string key = "replica_file." + std::to_string(i);
       const std::string* path = get(key.c_str());

@@ -35,10 +35,11 @@ struct ServeConfig {
   std::vector<std::string> replica_files;
   uint64_t store_size_bytes = 0;
   std::string volume_name = "ublkvol";
-  // Replicated only: every write is sent with FUA, so a completed write
-  // survives a killed server (see replicated_backend.cpp). Off: writes are
-  // durable - and survive a kill - only after the next FLUSH.
-  bool write_through = true;
+  // Replicated only: every write is sent with FUA (durable on completion;
+  // slow). Off (default): write-back - a completed write survives a killed
+  // server anyway (DBS journals new mappings before completing a write) and
+  // is durable against power loss after the next FLUSH.
+  bool write_through = false;
   DeviceOptions device;
 };
 

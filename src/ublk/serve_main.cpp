@@ -345,9 +345,10 @@ int main(int argc, char** argv) {
   app.add_option("--store-size", args.store_size,
                  "replicated: size of newly created store files (0: volume + max(64M, 1/8))")
       ->capture_default_str();
-  app.add_flag("!--no-write-through", args.config.write_through,
-               "replicated: do not send every write with FUA (faster; then writes survive a "
-               "killed server only once flushed)");
+  app.add_flag("--write-through,!--no-write-through", args.config.write_through,
+               "replicated: send every write with FUA (durable on completion, slow). Default "
+               "write-back: completed writes survive a killed server anyway, and power loss "
+               "after a FLUSH");
   app.add_option("--volume-name", args.config.volume_name,
                  "replicated: the volume's name inside each store")
       ->capture_default_str();

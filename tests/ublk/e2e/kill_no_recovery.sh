@@ -17,7 +17,7 @@ wait_until 60 writes_flowing || fail "fio did not get going"
 step "SIGKILL the server under I/O"
 start=$(now)
 kill -9 "$SRV"
-wait "$SRV" 2>/dev/null
+wait_exit 30 "$SRV" "ublkvol-serve after SIGKILL" 2>/dev/null
 SRV=""
 fio_ended() { ! kill -0 "$FIO" 2>/dev/null; }
 wait_until 5 fio_ended || fail "fio still running 5 s after the kill"

@@ -5,8 +5,14 @@ set -u
 STATE=/tmp/ublk-e2e
 mkdir -p "$STATE"
 SRV=""
+DEV_ID=""
+echo "(start)" >"$STATE/step"
 
-step() { echo "=== $*"; }
+# step: prints the step and records it, so a hang report can say where.
+step() {
+  echo "=== $*"
+  echo "$*" >"$STATE/step"
+}
 ok() { echo "ok: $*"; }
 fail() {
   echo "FAIL: $*"
@@ -20,6 +26,80 @@ now() { cut -d' ' -f1 /proc/uptime; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
 # less_than A B -> success if A < B (decimals)
 less_than() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a < b) }'; }
+
+# --- Hangs never go silent -------------------------------------------------
+# Every wait on something that could hang (a server that does not exit, fio
+# on a stuck device, ublkctl) is bounded; on expiry hang_report prints the
+# current step and what the server and fio threads are blocked on, and the
+# test fails. A watchdog bounds the whole script below run.sh's VM timeout.
+
+# running PID : the process exists and is not a zombie (kill -0 succeeds on
+# an exited child until it is waited for).
+running() {
+  st=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)
+  [ -n "$st" ] && [ "$st" != Z ]
+}
+
+# hang_report WHAT : where the test is and what its processes wait on.
+hang_report() {
+  echo "HANG: $1 (step: $(cat "$STATE/step"))"
+  for p in $(pidof ublkvol-serve) $(pidof fio); do
+    for t in /proc/"$p"/task/*; do
+      echo "  pid $p tid ${t##*/} $(cat "$t/comm" 2>/dev/null)" \
+        "state $(sed 's/.*) //' "$t/stat" 2>/dev/null | cut -d' ' -f1)" \
+        "wchan $(cat "$t/wchan" 2>/dev/null)"
+      [ -r "$t/stack" ] && sed 's/^/      /' "$t/stack" 2>/dev/null | head -8
+    done
+  done
+  if [ -n "$DEV_ID" ]; then
+    timeout 5 ublkvol-ublkctl info --id "$DEV_ID" 2>&1 | sed 's/^/  ublkctl: /'
+  fi
+  dmesg 2>/dev/null | tail -15 | sed 's/^/  dmesg: /'
+}
+
+# wait_exit SECONDS PID WHAT : waits for PID (a child) to exit and returns
+# its exit status; fails with a hang report if it is still running after
+# SECONDS.
+wait_exit() {
+  wstart=$(now)
+  while running "$2"; do
+    if ! less_than "$(elapsed "$wstart")" "$1"; then
+      hang_report "$3 (pid $2) still running after $1 s"
+      kill -9 "$2" 2>/dev/null
+      fail "$3 did not exit within $1 s (step: $(cat "$STATE/step"))"
+    fi
+    sleep 0.02
+  done
+  wait "$2"
+}
+
+# bounded SECONDS WHAT CMD... : runs CMD (a program or a function that sets
+# no variables) and returns its status; fails with a hang report if it runs
+# longer than SECONDS.
+bounded() {
+  blimit=$1
+  bwhat=$2
+  shift 2
+  "$@" &
+  wait_exit "$blimit" $! "$bwhat"
+}
+
+# The whole script: a watchdog fails the test with a report before run.sh
+# (TIMEOUT 400 s for these tests) would kill the VM with no word on where.
+E2E_WATCHDOG_S=${E2E_WATCHDOG_S:-340}
+watchdog() {
+  wd_start=$(now)
+  while less_than "$(elapsed "$wd_start")" "$E2E_WATCHDOG_S"; do
+    sleep 1
+  done
+  hang_report "watchdog: the test is still running after $E2E_WATCHDOG_S s"
+  echo "FAIL: watchdog expired (step: $(cat "$STATE/step"))"
+  for p in $(pidof ublkvol-serve) $(pidof fio); do kill -9 "$p" 2>/dev/null; done
+  kill -9 "$1" 2>/dev/null
+}
+watchdog $$ &
+WATCHDOG=$!
+trap 'kill "$WATCHDOG" 2>/dev/null' EXIT
 
 # wait_until TIMEOUT_S CMD... : polls CMD every 20 ms until it succeeds.
 wait_until() {
@@ -47,7 +127,7 @@ start_server() {
 # stop_server: SIGTERM, wait; the server stops and deletes the device.
 stop_server() {
   kill -TERM "$SRV"
-  wait "$SRV"
+  wait_exit 60 "$SRV" "ublkvol-serve after SIGTERM"
   rc=$?
   [ "$rc" -eq 0 ] || fail "server exited with $rc on SIGTERM"
   SRV=""
@@ -85,7 +165,7 @@ stat() {
 
 # count_nonzero_bytes DEV OFFSET_MIB LENGTH_MIB
 count_nonzero_bytes() {
-  dd if="$1" bs=1M skip="$2" count="$3" iflag=direct 2>/dev/null | tr -d '\000' | wc -c
+  timeout 60 dd if="$1" bs=1M skip="$2" count="$3" iflag=direct 2>/dev/null | tr -d '\000' | wc -c
 }
 
 no_ublk_devices() {
@@ -112,7 +192,7 @@ replica_stat() {
 
 # device_sha256 DEV: checksum of the whole device (O_DIRECT reads).
 device_sha256() {
-  dd if="$1" bs=1M iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1
+  timeout 120 dd if="$1" bs=1M iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1
 }
 
 # --- Recovery under load: shared by recovery.sh and replicated_recovery.sh ---
@@ -137,7 +217,7 @@ detach_and_reattach() {
   step "graceful restart: SIGHUP detaches, a new server re-attaches"
   wait_until 120 writes_flowing || fail "no writes reached the server"
   kill -HUP "$SRV"
-  wait "$SRV"
+  wait_exit 60 "$SRV" "ublkvol-serve after SIGHUP"
   rc=$?
   [ "$rc" -eq 0 ] || fail "server exit $rc on SIGHUP"
   start=$(now)
@@ -155,11 +235,12 @@ kill_and_reattach() {
   cycle=1
   while [ $cycle -le "$1" ]; do
     wait_until 120 writes_flowing || fail "cycle $cycle: no writes reached the server"
-    kill -0 "$FIO" 2>/dev/null || fail "fio ended before cycle $cycle: $(cat "$STATE/fio")"
+    running "$FIO" || fail "fio ended before cycle $cycle: $(cat "$STATE/fio")"
     kill -9 "$SRV"
-    wait "$SRV" 2>/dev/null
+    wait_exit 30 "$SRV" "ublkvol-serve after SIGKILL (cycle $cycle)" 2>/dev/null
     start=$(now)
-    state=$(ublkvol-ublkctl info --id "$DEV_ID")
+    state=$(timeout 10 ublkvol-ublkctl info --id "$DEV_ID") ||
+      { hang_report "ublkctl info after SIGKILL (cycle $cycle)"; fail "ublkctl info failed or hung"; }
     start_server --recover --state-file "$2"
     grep -q '"recovered":true' "$STATE/ready" || fail "cycle $cycle: server did not re-attach"
     echo "cycle $cycle: killed, re-attached in $(elapsed "$start") s (state after kill: $state)"
@@ -171,7 +252,7 @@ kill_and_reattach() {
 # finish_backlog_fio CYCLES : fio must end with exit 0 and 0 errors.
 finish_backlog_fio() {
   step "let fio finish"
-  wait "$FIO"
+  wait_exit 240 "$FIO" "fio (verify_backlog)"
   fio_rc=$?
   cat "$STATE/fio"
   [ "$fio_rc" -eq 0 ] || fail "fio exit $fio_rc"

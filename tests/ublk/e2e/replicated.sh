@@ -20,9 +20,9 @@ check_replicas() {
 }
 
 step "create 3 replicas (new store files) and serve them"
-# --no-write-through: FUA reaches the replicas only where the kernel sent it,
-# so the forwarding checks below are exact. (The default, write-through,
-# serves the ext4 part and the recovery test.)
+# Write-back (the default; --no-write-through spells it out): FUA reaches the
+# replicas only where the kernel sent it, so the forwarding checks below are
+# exact. The ext4 part runs its first server with --write-through.
 start_server --backend replicated --size 256M $REPLICAS --queues 2 --depth 64 --no-write-through
 echo "device $DEV"
 for f in $FILES; do [ -s "$f" ] || fail "$f was not created"; done
@@ -105,7 +105,7 @@ ok "3 replicas agree (DBS check clean) and equal the device content ($sum)"
 
 step "ext4 on the replicated volume, across a server restart"
 # No --size: the existing replica files say how big the volume is.
-start_server --backend replicated $REPLICAS --queues 2 --depth 64
+start_server --backend replicated $REPLICAS --queues 2 --depth 64 --write-through
 [ "$(blockdev --getsize64 "$DEV")" = "$((256 << 20))" ] || fail "reopened volume has another size"
 [ "$(device_sha256 "$DEV")" = "$sum" ] || fail "content changed across the restart"
 MNT=/tmp/mnt
