@@ -2,11 +2,10 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-#include <gtest/gtest.h>
-
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <gtest/gtest.h>
 #include <sstream>
 #include <string>
 
@@ -125,15 +124,15 @@ TEST(StateFile, RoundTripAndMissingIsEmpty) {
 // A crash at every step of a save leaves either the old or the new state
 // readable under the real name, and the next save still works.
 TEST(StateFile, CrashAtEveryStepLeavesOldOrNew) {
-  const SaveStep steps[] = {SaveStep::kTmpHalfWritten, SaveStep::kTmpWritten,
-                            SaveStep::kTmpSynced, SaveStep::kRenamed};
+  const SaveStep steps[] = {SaveStep::kTmpHalfWritten, SaveStep::kTmpWritten, SaveStep::kTmpSynced,
+                            SaveStep::kRenamed};
   for (const SaveStep crash_at : steps) {
     TempDir dir;
     const DaemonState old_state = sample_state(1);
     const DaemonState new_state = sample_state(2);
     ASSERT_TRUE(save_state(dir.path(), old_state).ok());
-    const Status crashed = save_state(dir.path(), new_state,
-                                      [&](SaveStep step) { return step != crash_at; });
+    const Status crashed =
+        save_state(dir.path(), new_state, [&](SaveStep step) { return step != crash_at; });
     ASSERT_FALSE(crashed.ok());
     EXPECT_EQ(crashed.error().errno_value(), ECANCELED);
     const auto loaded = load_state(dir.path());
@@ -160,16 +159,18 @@ TEST(StateFile, DamagedFileIsRefusedNotForgotten) {
   ASSERT_TRUE(save_state(dir.path(), sample_state(1)).ok());
   const std::string path = dir.path() + "/state.json";
   const std::string good = read_text(path);
-  for (const std::string& damaged :
-       {good.substr(0, good.size() / 2), std::string("{}"),
-        std::string(R"({"format":"ublk-volumed-state","version":9})"),
-        std::string(R"({"format":"ublk-volumed-state","version":1,"stores":[{"name":"a/b","path":"p","uuid":"u"}],"volumes":[]})"),
-        std::string(R"({"format":"ublk-volumed-state","version":1,"stores":[],"volumes":[{"name":"v"}]})")}) {
+  for (
+      const std::string& damaged :
+      {good.substr(0, good.size() / 2), std::string("{}"),
+       std::string(R"({"format":"ublk-volumed-state","version":9})"),
+       std::string(
+           R"({"format":"ublk-volumed-state","version":1,"stores":[{"name":"a/b","path":"p","uuid":"u"}],"volumes":[]})"),
+       std::string(
+           R"({"format":"ublk-volumed-state","version":1,"stores":[],"volumes":[{"name":"v"}]})")}) {
     std::ofstream(path, std::ios::trunc) << damaged;
     const auto loaded = load_state(dir.path());
     ASSERT_FALSE(loaded.ok()) << damaged;
-    EXPECT_NE(loaded.error().message().find(path), std::string::npos)
-        << loaded.error().message();
+    EXPECT_NE(loaded.error().message().find(path), std::string::npos) << loaded.error().message();
   }
 }
 

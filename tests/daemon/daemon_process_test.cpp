@@ -13,12 +13,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <gtest/gtest.h>
-
 #include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <gtest/gtest.h>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -121,8 +120,7 @@ class DaemonTest : public ::testing::Test {
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
     const std::string log = dir_ + "/daemon.log";
-    posix_spawn_file_actions_addopen(&actions, 2, log.c_str(), O_WRONLY | O_CREAT | O_APPEND,
-                                     0644);
+    posix_spawn_file_actions_addopen(&actions, 2, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
     ASSERT_EQ(::posix_spawn(&pid_, argv[0], &actions, nullptr, argv.data(), envp.data()), 0);
     posix_spawn_file_actions_destroy(&actions);
     std::string notes;
@@ -254,8 +252,7 @@ TEST_F(DaemonTest, EveryMethodHappyPath) {
 
   // Same size: nothing to do; growing: not supported (documented).
   EXPECT_EQ(ok("volume.resize", {{"name", "v0"}, {"size", 32 * kMiB}})["size_bytes"], 32 * kMiB);
-  refused("volume.resize", {{"name", "v0"}, {"size", 64 * kMiB}}, "unavailable",
-          "not supported");
+  refused("volume.resize", {{"name", "v0"}, {"size", 64 * kMiB}}, "unavailable", "not supported");
   if (!status["ublk"]["available"].get<bool>()) {
     refused("volume.expose", {{"name", "v0"}}, "unavailable", "ublk_drv");
   }
@@ -290,12 +287,12 @@ TEST_F(DaemonTest, ErrorClasses) {
           "not a multiple of 4096");
   refused("volume.create", {{"name", "w"}, {"size", 0}, {"stores", {"a"}}}, "invalid_argument",
           "greater than 0");
-  refused("volume.create", {{"name", "w"}, {"size", 4096.5}, {"stores", {"a"}}},
-          "invalid_argument", "number with a fraction");
+  refused("volume.create", {{"name", "w"}, {"size", 4096.5}, {"stores", {"a"}}}, "invalid_argument",
+          "number with a fraction");
   refused("volume.resize", {{"name", "v"}, {"size", 4096}}, "invalid_argument", "shrinking");
   // names
-  refused("volume.create", {{"name", "a/b"}, {"size", 4096}, {"stores", {"a"}}},
-          "invalid_argument", "contains '/'");
+  refused("volume.create", {{"name", "a/b"}, {"size", 4096}, {"stores", {"a"}}}, "invalid_argument",
+          "contains '/'");
   refused("volume.create", {{"name", "a\nb"}, {"size", 4096}, {"stores", {"a"}}},
           "invalid_argument", "\\x0a");
   refused("volume.create", {{"name", "../etc"}, {"size", 4096}, {"stores", {"a"}}},
@@ -311,15 +308,15 @@ TEST_F(DaemonTest, ErrorClasses) {
           "volume 'v' already exists");
   refused("volume.create", {{"name", "w"}, {"size", 4096}, {"stores", {"a", "a"}}},
           "invalid_argument", "twice");
-  refused("store.add", {{"name", "a"}, {"path", dir_ + "/other"}, {"format", true},
-                        {"size", 64 * kMiB}},
+  refused("store.add",
+          {{"name", "a"}, {"path", dir_ + "/other"}, {"format", true}, {"size", 64 * kMiB}},
           "already_exists", "store 'a' already exists");
   refused("store.add", {{"name", "a2"}, {"path", dir_ + "/store-a"}}, "already_exists",
           "already store 'a'");
   ok("snapshot.create", {{"volume", "v"}, {"name", "s"}});
   refused("snapshot.create", {{"volume", "v"}, {"name", "s"}}, "already_exists", "'s'");
-  refused("snapshot.clone", {{"volume", "v"}, {"snapshot", "s"}, {"clone", "v"}},
-          "already_exists", "volume 'v' already exists");
+  refused("snapshot.clone", {{"volume", "v"}, {"snapshot", "s"}, {"clone", "v"}}, "already_exists",
+          "volume 'v' already exists");
   // missing objects
   refused("volume.show", {{"name", "nope"}}, "not_found", "volume 'nope' does not exist");
   refused("store.show", {{"name", "nope"}}, "not_found", "store 'nope' does not exist");
@@ -329,8 +326,8 @@ TEST_F(DaemonTest, ErrorClasses) {
   refused("replica.fail", {{"volume", "v"}, {"index", 3}}, "not_found", "no replica 3");
   refused("stats", {{"volume", "nope"}}, "not_found", "nope");
   refused("store.add", {{"name", "x"}, {"path", dir_ + "/missing"}}, "not_found", "missing");
-  refused("store.add", {{"name", "x"}, {"path", dir_ + "/missing"}, {"format", true}},
-          "not_found", "give 'size'");
+  refused("store.add", {{"name", "x"}, {"path", dir_ + "/missing"}, {"format", true}}, "not_found",
+          "give 'size'");
   refused("volume.show", Json::object(), "invalid_argument", "missing field 'name'");
   // busy / other refusals
   refused("store.remove", {{"name", "a"}}, "busy", "holds replicas of volume(s) 'v'");
@@ -455,8 +452,7 @@ TEST_F(DaemonTest, OtherUsersArePermissionDenied) {
       _exit(4);
     }
     auto response = c->call("daemon.status");
-    _exit(response.ok() && !response->ok && response->code == ErrorCode::kPermissionDenied ? 0
-                                                                                           : 5);
+    _exit(response.ok() && !response->ok && response->code == ErrorCode::kPermissionDenied ? 0 : 5);
   }
   int status = 0;
   ::waitpid(child, &status, 0);
@@ -469,8 +465,8 @@ TEST_F(DaemonTest, OtherUsersArePermissionDenied) {
 TEST_F(DaemonTest, RestartKeepsStoresVolumesSnapshots) {
   start();
   add_stores({"a", "b", "c"});
-  ok("volume.create", {{"name", "v"}, {"size", 16 * kMiB}, {"stores", {"a", "b", "c"}},
-                       {"min_replicas", 2}});
+  ok("volume.create",
+     {{"name", "v"}, {"size", 16 * kMiB}, {"stores", {"a", "b", "c"}}, {"min_replicas", 2}});
   ok("snapshot.create", {{"volume", "v"}, {"name", "s1"}});
   ok("snapshot.clone", {{"volume", "v"}, {"snapshot", "s1"}, {"clone", "c"}});
   const Json stores_before = ok("store.list");
@@ -505,8 +501,8 @@ TEST_F(DaemonTest, RestartKeepsStoresVolumesSnapshots) {
 
 TEST_F(DaemonTest, RefusesBadConfigAndSecondInstance) {
   std::ofstream(dir_ + "/bad.json") << R"({"queues":"many"})";
-  const std::string cmd = std::string(UBLKVOL_DAEMON_PATH) + " --config " + dir_ +
-                          "/bad.json 2>" + dir_ + "/bad.err";
+  const std::string cmd =
+      std::string(UBLKVOL_DAEMON_PATH) + " --config " + dir_ + "/bad.json 2>" + dir_ + "/bad.err";
   const int status = std::system(cmd.c_str());
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 2);

@@ -3,7 +3,6 @@
 #include "ublkvol/daemon/protocol.h"
 
 #include <gtest/gtest.h>
-
 #include <string>
 
 namespace ublkvol::daemon {
@@ -34,8 +33,7 @@ TEST(Protocol, EnvelopeTable) {
       {R"({"v":1,"id":1,"method":""})", "invalid_argument", "'method'"},
       {R"({"v":1,"id":1,"method":7})", "invalid_argument", "'method'"},
       {R"({"v":1,"id":1,"method":"stats","params":[]})", "invalid_argument", "'params'"},
-      {R"({"v":1,"id":1,"method":"stats","extra":1})", "invalid_argument",
-       "unknown field 'extra'"},
+      {R"({"v":1,"id":1,"method":"stats","extra":1})", "invalid_argument", "unknown field 'extra'"},
   };
   for (const auto& c : cases) {
     const ParsedRequest parsed = parse_request(c.line);
@@ -67,8 +65,8 @@ TEST(Protocol, DeepNestingDoesNotCrash) {
   ASSERT_TRUE(parsed.request.has_value());
   Params p(parsed.request->params);
   EXPECT_FALSE(p.finish().ok());  // unknown field 'a'
-  std::string deep_v = R"({"id":1,"method":"x","v":)" + std::string(100000, '[') +
-                       std::string(100000, ']') + "}";
+  std::string deep_v =
+      R"({"id":1,"method":"x","v":)" + std::string(100000, '[') + std::string(100000, ']') + "}";
   EXPECT_TRUE(parse_request(deep_v).error.has_value());
 }
 
@@ -129,8 +127,7 @@ TEST(Protocol, ParamsTypesAndUnknownFields) {
   EXPECT_NE(wrong.error().message().find("field 'str' must be an unsigned integer, not string"),
             std::string::npos);
   EXPECT_FALSE(p.optional_uint("absent")->has_value());
-  EXPECT_NE(p.name("missing").error().message().find("missing field 'missing'"),
-            std::string::npos);
+  EXPECT_NE(p.name("missing").error().message().find("missing field 'missing'"), std::string::npos);
   EXPECT_TRUE(p.finish().ok());
 
   Params q(params);
@@ -162,8 +159,8 @@ TEST(Protocol, ResponsesRoundTrip) {
   EXPECT_EQ(err->message, "in use");
   EXPECT_FALSE(parse_response("{}").ok());
   // Invalid UTF-8 in a message is replaced, never thrown.
-  const std::string line = to_line(make_error_response(nullptr, ErrorCode::kInvalidArgument,
-                                                       std::string("bad \xff\xfe name")));
+  const std::string line = to_line(
+      make_error_response(nullptr, ErrorCode::kInvalidArgument, std::string("bad \xff\xfe name")));
   EXPECT_TRUE(parse_response(line).ok());
 }
 
