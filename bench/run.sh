@@ -16,7 +16,8 @@
 #   --native        run on this host (needs root and the ublk_drv module); the
 #                   default when /dev/ublk-control exists. Needs --baseline.
 # Options:
-#   --quick              short runs: --runtime 2 --repeat 2 --size 256M (<= 10 min in the VM)
+#   --quick              short runs: --runtime 2 --repeat 2 --size 256M, 8 MiB ext4 files,
+#                        200 files per metadata job (<= 10 min in the VM)
 #   --runtime S          seconds per timed fio run (default 10)
 #   --repeat N           runs per workload and side, interleaved (default 3)
 #   --size SIZE          volume and baseline size, e.g. 256M, 2G (default 1G)
@@ -262,6 +263,9 @@ env_settings=(
   "BENCH_SIZE=$size_b" "BENCH_RUNTIME=$runtime" "BENCH_REPEAT=$repeat"
   "BENCH_WRITE_THROUGH=$write_through")
 [[ -n "$queues" ]] && env_settings+=("BENCH_QUEUES=$queues")
+# --quick: smaller ext4 files and fewer metadata files (fio's untimed layout
+# dominates the wall time under TCG).
+((quick)) && env_settings+=("BENCH_FILE_MIB=8" "BENCH_NRFILES=200")
 
 if [[ "$mode" == native ]]; then
   [[ -c /dev/ublk-control ]] || die_usage "--native needs the ublk_drv module (/dev/ublk-control missing); use --vm"

@@ -19,6 +19,7 @@
 #   BENCH_REPEAT     repeats per workload and side
 #   BENCH_NJOBS      jobs of the "-jN" and metadata workloads
 #   BENCH_NRFILES    files per job of the metadata workloads
+#   BENCH_FILE_MIB   MiB per file of the ext4 data workloads (4 files; default SIZE / 8)
 #   BENCH_QUEUES, BENCH_DEPTH   ublk queues and tags per queue of the target
 #   BENCH_WRITE_THROUGH         replicated: 0 write-back (default), 1 write-through (every write FUA)
 set -uo pipefail
@@ -41,12 +42,14 @@ RAMP=${BENCH_RAMP:-0}
 REPEAT=${BENCH_REPEAT:-2}
 NJOBS=${BENCH_NJOBS:-$(nproc)}
 NRFILES=${BENCH_NRFILES:-500}
+FILE_MIB=${BENCH_FILE_MIB:-0}
 QUEUES=${BENCH_QUEUES:-$(nproc)}
 DEPTH=${BENCH_DEPTH:-128}
 WRITE_THROUGH=${BENCH_WRITE_THROUGH:-0}
 read -ra WORKLOADS <<<"${BENCH_WORKLOADS:?}"
 SIZE_MIB=$((SIZE / 1048576))
 [ "$SIZE_MIB" -ge 16 ] || die "BENCH_SIZE $SIZE is below 16 MiB"
+[ "$FILE_MIB" -gt 0 ] || FILE_MIB=$((SIZE_MIB / 8))
 
 mkdir -p "$OUT/raw" "$OUT/work" || die "cannot create $OUT"
 WORK=$OUT/work
@@ -169,22 +172,48 @@ base_block_for_ext4() {
   fi
 }
 
-busy_jiffies() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
-proc_jiffies() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# CPU time. Precise figures where the kernel has them: /proc/schedstat's
+# per-CPU run time (ns; needs kernel.sched_schedstats=1, set below) for the
+# whole machine and /proc/<pid>/task/*/schedstat (ns on CPU per thread) for
+# the server. Tick-sampled /proc/stat jiffies are the fallback: under TCG on a
+# loaded host the guest loses ticks, so they undercount.
+CPU_SOURCE=jiffies
+if [ -w /proc/sys/kernel/sched_schedstats ] && echo 1 >/proc/sys/kernel/sched_schedstats &&
+  [ -r /proc/schedstat ]; then
+  CPU_SOURCE=schedstat
+fi
+busy_cpu() {
+  if [ "$CPU_SOURCE" = schedstat ]; then
+    awk '/^cpu[0-9]/ { s += $8 } END { printf "%.0f\n", s }' /proc/schedstat
+  else
+    awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat
+  fi
+}
+server_cpu() {
+  if [ "$CPU_SOURCE" = schedstat ]; then
+    cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ s += $1 } END { printf "%.0f\n", s }'
+  else
+    awk '{ print $14 + $15 }' "/proc/$1/stat"
+  fi
+}
 
 # run_fio SIDE REP JOBFILE OUTDIR ENV...: one fio run, its JSON and CPU use.
 run_fio() {
   local side=$1 rep=$2 job=$3 dir=$4
   shift 4
   local b0 b1 s0=0 s1=0
-  [ "$side" = target ] && s0=$(proc_jiffies "$SERVER_PID")
-  b0=$(busy_jiffies)
+  [ "$side" = target ] && s0=$(server_cpu "$SERVER_PID")
+  b0=$(busy_cpu)
   env "$@" RUNTIME="$RUNTIME" RAMP="$RAMP" NJOBS="$NJOBS" NRFILES="$NRFILES" \
     fio --output-format=json --output="$dir/$side-$rep.json" "$job" >"$dir/$side-$rep.log" 2>&1 ||
     { cat "$dir/$side-$rep.log" >&2; die "fio $job on the $side failed"; }
-  b1=$(busy_jiffies)
-  [ "$side" = target ] && s1=$(proc_jiffies "$SERVER_PID")
-  echo "busy_jiffies=$((b1 - b0)) server_jiffies=$((s1 - s0)) hz=$HZ" >"$dir/$side-$rep.cpu"
+  b1=$(busy_cpu)
+  [ "$side" = target ] && s1=$(server_cpu "$SERVER_PID")
+  if [ "$CPU_SOURCE" = schedstat ]; then
+    echo "busy_ns=$((b1 - b0)) server_ns=$((s1 - s0))" >"$dir/$side-$rep.cpu"
+  else
+    echo "busy_jiffies=$((b1 - b0)) server_jiffies=$((s1 - s0)) hz=$HZ" >"$dir/$side-$rep.cpu"
+  fi
   rm -f "$dir/$side-$rep.log"
 }
 
@@ -238,6 +267,8 @@ write_meta() {
     echo "repeat=$REPEAT"
     echo "njobs=$NJOBS"
     echo "nrfiles=$NRFILES"
+    echo "ext4_file_mib=$FILE_MIB"
+    echo "cpu_source=$CPU_SOURCE"
     echo "order=interleaved: per workload target,baseline repeated $REPEAT times"
     [ -n "${BENCH_EXTRA_META:-}" ] && printf '%s\n' "$BENCH_EXTRA_META"
   } >"$OUT/meta.env"
@@ -276,14 +307,19 @@ for w in "${WORKLOADS[@]}"; do
         setup_ext4
         mnt=$MNT_T
         [ "$side" = baseline ] && mnt=$MNT_B
-        sub=$mnt/$name-$rep
+        # Data workloads keep their files across repeats (fio lays them out
+        # once per side; the layout is the slow part under TCG); creating,
+        # deleting and sequential writing start from an empty directory.
+        case "$name" in
+          *seqwrite* | *file*) sub=$mnt/$name-$rep ;;
+          *) sub=$mnt/$name ;;
+        esac
         mkdir -p "$sub"
         # Start every file workload from a cold page cache.
         sync
         echo 3 >/proc/sys/vm/drop_caches
-        run_fio "$side" "$rep" "$job" "$dir" DIRECTORY="$sub" \
-          FILESIZE=$(((SIZE_MIB / 8) * 1048576))
-        rm -rf "$sub"
+        run_fio "$side" "$rep" "$job" "$dir" DIRECTORY="$sub" FILESIZE=$((FILE_MIB * 1048576))
+        [ "$sub" = "$mnt/$name" ] && [ "$rep" -lt "$REPEAT" ] || rm -rf "$sub"
       fi
     done
   done

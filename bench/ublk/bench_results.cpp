@@ -281,6 +281,15 @@ Result<CpuUse> parse_cpu_use(const std::string& text) {
     }
     values[word.substr(0, eq)] = d;
   }
+  // Nanoseconds (schedstat) when the kernel had them, else jiffies.
+  if (values.count("busy_ns") != 0 || values.count("server_ns") != 0) {
+    for (const char* key : {"busy_ns", "server_ns"}) {
+      if (values.count(key) == 0) {
+        return Error(EINVAL, std::string("missing ") + key);
+      }
+    }
+    return CpuUse{values["busy_ns"] / 1e9, values["server_ns"] / 1e9};
+  }
   for (const char* key : {"busy_jiffies", "server_jiffies", "hz"}) {
     if (values.count(key) == 0) {
       return Error(EINVAL, std::string("missing ") + key);

@@ -6,7 +6,7 @@
 //   meta.env                          KEY=VALUE lines: environment, backend, ...
 //   workloads.list                    "<name> <group> <description>" in run order
 //   raw/<workload>/<side>-<rep>.json  fio --output-format=json, side = target|baseline
-//   raw/<workload>/<side>-<rep>.cpu   busy_jiffies=, server_jiffies=, hz=
+//   raw/<workload>/<side>-<rep>.cpu   busy_ns= server_ns= (or busy_jiffies= server_jiffies= hz=)
 //   inproc/<bench>.json               optional: in-process benchmark output (--json)
 //
 // Figures per run: IOPS, MiB/s, completion latency p50/p99 (the worse of read
@@ -90,7 +90,8 @@ struct RunResults {
 
 // Parses one fio --output-format=json document.
 Result<FioRun> parse_fio_json(const nlohmann::json& doc);
-// Parses "busy_jiffies=.. server_jiffies=.. hz=.." (whitespace or newlines).
+// Parses "busy_ns=.. server_ns=.." or "busy_jiffies=.. server_jiffies=.. hz=.."
+// (whitespace or newlines).
 Result<CpuUse> parse_cpu_use(const std::string& text);
 // KEY=VALUE lines; '#' comments and blank lines skipped.
 std::map<std::string, std::string> parse_env_lines(const std::string& text);

@@ -99,6 +99,11 @@ TEST(BenchResults, CpuUseFile) {
   ASSERT_TRUE(cpu);
   EXPECT_DOUBLE_EQ(cpu->busy_s, 2.5);
   EXPECT_DOUBLE_EQ(cpu->server_s, 0.4);
+  cpu = parse_cpu_use("busy_ns=3000000000 server_ns=500000000");
+  ASSERT_TRUE(cpu);
+  EXPECT_DOUBLE_EQ(cpu->busy_s, 3.0);
+  EXPECT_DOUBLE_EQ(cpu->server_s, 0.5);
+  EXPECT_FALSE(parse_cpu_use("busy_ns=1"));              // server_ns missing
   EXPECT_FALSE(parse_cpu_use("busy_jiffies=1 hz=100"));  // server_jiffies missing
   EXPECT_FALSE(parse_cpu_use("busy_jiffies=x server_jiffies=0 hz=100"));
   EXPECT_FALSE(parse_cpu_use("busy_jiffies=1 server_jiffies=0 hz=0"));
