@@ -9,6 +9,9 @@
 
 step "memory-backed null_blk device for store c"
 if [ ! -d /sys/module/null_blk ]; then
+  # vm-load-module loads dependencies but passes no parameters: configfs
+  # first, then null_blk without its default (non memory-backed) device.
+  vm-load-module configfs || fail "cannot load configfs"
   insmod /lib/modules/ublkvol/null_blk.ko nr_devices=0 || fail "cannot load null_blk"
 fi
 [ -d /sys/kernel/config/nullb ] || mount -t configfs none /sys/kernel/config ||

@@ -3,7 +3,9 @@
 # random writes with crc32c verify_backlog while the daemon is SIGKILLed and
 # restarted 3 times (it re-attaches with ublk user recovery); fio ends with 0
 # errors; a SIGTERM stops the device (not in use) and a new daemon re-exposes
-# the volume with the same content.
+# the volume with the same content; a mounted device is refused by unexpose
+# (busy, naming the mount), detached at SIGTERM and re-attached by the next
+# daemon with the filesystem intact.
 . /opt/test/files/daemon_lib.sh
 
 CYCLES=3
@@ -86,6 +88,27 @@ DEV=$(echo "$out" | json_get path)
 [ -b "$DEV" ] || fail "v0 not re-exposed after restart: $out"
 [ "$(device_sha256 "$DEV")" = "$sum" ] || fail "content changed across the clean restart"
 rpc store.check '{"name":"a"}' | grep -q '"ok":true' || fail "store a check failed"
-stop_daemon
 ok "v0 re-exposed as $DEV with the same content"
+
+step "in use at SIGTERM: a mounted device is detached and re-attached by the next daemon"
+mkfs.ext4 -q -F "$DEV" || fail "mkfs.ext4 $DEV"
+mkdir -p /mnt/v0
+mount "$DEV" /mnt/v0 || fail "mount $DEV"
+echo hello >/mnt/v0/f && sync
+rpc volume.unexpose '{"name":"v0"}' 2>"$STATE/unexpose" && fail "unexpose of a mounted device succeeded"
+grep -q "busy: .*mounted on /mnt/v0" "$STATE/unexpose" || fail "unexpose: $(cat "$STATE/unexpose")"
+stop_daemon
+grep -q "left for recovery: v0 ($DEV): mounted on /mnt/v0" "$DAEMON_LOG" ||
+  fail "the mounted device was not reported as detached"
+[ -b "$DEV" ] || fail "$DEV disappeared although it was mounted"
+start_daemon
+[ "$(grep -c "re-attached to $DEV" "$DAEMON_LOG")" -eq $((CYCLES + 1)) ] ||
+  fail "the new daemon did not re-attach to $DEV"
+grep -q hello /mnt/v0/f || fail "file lost across the detach"
+echo more >/mnt/v0/g && sync || fail "writes fail after the re-attach"
+umount /mnt/v0 || fail "umount"
+rpc volume.unexpose '{"name":"v0"}' >/dev/null || fail "unexpose after umount"
+wait_until 10 no_ublk_devices || fail "device still present after unexpose"
+stop_daemon
+ok "mounted device survived a daemon stop/start; unexposed after umount"
 echo "PASS"
