@@ -31,6 +31,9 @@ for dep in libc6 libstdc++6 liburing2 kmod; do
   [[ ", $depends," == *", $dep"[\ ,]* ]] || fail "Depends lacks $dep: $depends"
 done
 [[ "$(field Recommends)" == *systemd* ]] || fail "Recommends lacks systemd"
+[[ "$(field Description)" != *";"* ]] || fail "Description has list separators: $(field Description)"
+# Stripped binaries (the Release build keeps -g): a sanity bound on the size.
+[[ "$(field Installed-Size)" -lt 20000 ]] || fail "Installed-Size $(field Installed-Size) KiB: binaries not stripped?"
 
 expect_file() {  # path mode
   local line
@@ -47,7 +50,7 @@ expect_file /usr/share/bash-completion/completions/ublk-volume -rw-r--r--
 expect_file /etc/ublk-volumed/config.json -rw-r--r--
 expect_file /usr/share/doc/ublk-volumed/copyright -rw-r--r--
 # Nothing outside the expected trees (no build paths, no test binaries).
-bad="$(awk '{print $6}' "$work/contents" | grep -vE '^\./(usr/bin|usr/lib/systemd|usr/lib/modules-load\.d|usr/lib/sysusers\.d|usr/share/bash-completion|usr/share/doc/ublk-volumed|etc/ublk-volumed|usr/?$|usr/lib/?$|usr/share/?$|etc/?$|$)' || true)"
+bad="$(awk '{print $6}' "$work/contents" | grep -vE '^\./(usr/bin|usr/lib/systemd|usr/lib/modules-load\.d|usr/lib/sysusers\.d|usr/share/bash-completion|usr/share/doc/ublk-volumed|etc/ublk-volumed|usr/?$|usr/lib/?$|usr/share/?$|usr/share/doc/?$|etc/?$|$)' || true)"
 [[ -z "$bad" ]] || fail "unexpected paths in the package: $bad"
 
 mkdir "$work/control" "$work/root"
