@@ -22,8 +22,11 @@ echo 1 >"$NB/memory_backed"
 echo 4096 >"$NB/blocksize"
 echo 160 >"$NB/size"
 echo 1 >"$NB/power" || fail "cannot power on the null_blk device"
-NBDEV=/dev/nullb$(cat "$NB/index")
-wait_until 10 test -b "$NBDEV" || fail "$NBDEV did not appear"
+# Since Linux 6.2 a configfs-made null_blk disk is named after its directory.
+nb_present() { [ -b /dev/storec ] || [ -b "/dev/nullb$(cat "$NB/index")" ]; }
+wait_until 10 nb_present || fail "no block device for $NB: $(ls /dev | tr '\n' ' ')"
+NBDEV=/dev/storec
+[ -b "$NBDEV" ] || NBDEV=/dev/nullb$(cat "$NB/index")
 ok "store c on $NBDEV"
 
 step "start ublk-volumed, stores a, b (files) and c (null_blk), a 3-replica volume"
