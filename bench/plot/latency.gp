@@ -11,6 +11,7 @@ set style fill solid 0.8 border -1
 set logscale y
 set ylabel "latency (µs, log scale)"
 set xtics rotate by -40 scale 0 noenhanced
+set rmargin 8
 set grid ytics
 set key top left
 plot data using 3:xtic(2) title "target p50" lc rgb "#3b75af", \

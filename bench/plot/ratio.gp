@@ -12,6 +12,7 @@ set boxwidth 0.7
 set yrange [0:*]
 set ylabel "IOPS ratio (target / baseline)"
 set xtics rotate by -40 scale 0 noenhanced
+set rmargin 8
 set grid ytics
 set key off
 set arrow from graph 0, first 1 to graph 1, first 1 nohead dt 2 lc rgb "#444444"
