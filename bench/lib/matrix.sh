@@ -172,11 +172,10 @@ base_block_for_ext4() {
   fi
 }
 
-# CPU time. Precise figures where the kernel has them: /proc/schedstat's
-# per-CPU run time (ns; needs kernel.sched_schedstats=1, set below) for the
-# whole machine and /proc/<pid>/task/*/schedstat (ns on CPU per thread) for
-# the server. Tick-sampled /proc/stat jiffies are the fallback: under TCG on a
-# loaded host the guest loses ticks, so they undercount.
+# CPU time of the whole machine: /proc/schedstat's per-CPU run time (ns;
+# needs kernel.sched_schedstats=1, set below) where the kernel has it;
+# tick-sampled /proc/stat jiffies are the fallback (under TCG on a loaded host
+# the guest loses ticks, so they undercount).
 CPU_SOURCE=jiffies
 if [ -w /proc/sys/kernel/sched_schedstats ] && echo 1 >/proc/sys/kernel/sched_schedstats &&
   [ -r /proc/schedstat ]; then
@@ -189,9 +188,12 @@ busy_cpu() {
     awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat
   fi
 }
+# The server's utime + stime (clock ticks) include its exited threads (io_uring
+# io-wq workers come and go; summing /proc/<pid>/task/*/schedstat loses them)
+# and add up to its precise run time; in ns when the machine figure is.
 server_cpu() {
   if [ "$CPU_SOURCE" = schedstat ]; then
-    cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ s += $1 } END { printf "%.0f\n", s }'
+    awk -v hz="$HZ" '{ printf "%.0f\n", ($14 + $15) * 1e9 / hz }' "/proc/$1/stat"
   else
     awk '{ print $14 + $15 }' "/proc/$1/stat"
   fi
