@@ -116,7 +116,7 @@ JSON
       --ioengine=io_uring --direct=1 --iodepth=16 --verify=crc32c --verify_fatal=1 \
       --do_verify=1 --output-format=terse --terse-version=3 >"$work/fio1.out" 2>&1 &
   local fio_pid=$!
-  run ublk-volume stats demo --interval 2
+  run ublk-volume stats demo --interval 2 --count 3
   local fio_status=0
   wait "$fio_pid" || fio_status=$?
   check equals "$fio_status" 0 "fio with verification exited 0 ($(tail -1 "$work/fio1.out" | cut -d';' -f1-5))"
@@ -142,13 +142,17 @@ JSON
   check equals "$(replica_states)" "in_sync in_sync in_sync" "3 replicas in sync after the rebuild"
   run ublk-volume volume show demo
   echo '$ ublk-volume stats --prometheus demo | grep _total'
-  ublk-volume stats --prometheus demo | grep -E '^ublkvol_volume_[a-z_]*_total'
+  ublk-volume stats --prometheus demo | grep -E '^ublkvol_volume_[a-z_]*_total' | tee "$work/prom"
+  # fio wrote 12288 x 4 KiB + 512 x 64 KiB through ext4 (plus ext4's own writes).
+  writes_total="$(grep '^ublkvol_volume_writes_total' "$work/prom" | cut -d' ' -f2)"
+  check test "${writes_total:-0}" -ge 12800 "the daemon counted $writes_total writes (fio: 12800)"
+  check grep -q '^ublkvol_volume_errors_total{volume="demo"} 0$' "$work/prom" "no I/O errors counted"
 
   if [[ "$CHECK" == 1 ]]; then
     say "check: the replicas hold the same bytes (DBS read directly, daemon stopped)"
-    sha_device="$(sha256sum <"$dev" | cut -d' ' -f1)"
-    umount "$work/mnt"
+    umount "$work/mnt"   # first: unmounting writes the superblock and journal
     mounted=""
+    sha_device="$(sha256sum <"$dev" | cut -d' ' -f1)"
     run ublk-volume volume unexpose demo
     kill -TERM "$daemon_pid"
     wait "$daemon_pid" || die "ublk-volumed exited with status $? on SIGTERM"

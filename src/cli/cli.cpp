@@ -181,7 +181,7 @@ ExitCode wait_for_replica(Session& s, const std::string& volume, uint64_t index,
         } else {
           reporter.update({100, -1, 0});
           reporter.finish("done, replica in sync (generation " +
-                          replica->value("generation", Json()).dump() + ")");
+                          format_generation(replica->value("generation", Json())) + ")");
         }
         return ExitCode::kOk;
       }

@@ -1,6 +1,7 @@
 #include "render.h"
 
 #include <algorithm>
+#include <cstdio>
 
 #include "size.h"
 #include "table.h"
@@ -65,6 +66,17 @@ std::string rebuild_summary(const Json& volume) {
 }
 
 }  // namespace
+
+std::string format_generation(const Json& value) {
+  if (!value.is_number_unsigned() && !(value.is_number_integer() && value.get<int64_t>() >= 0)) {
+    return value.is_null() ? std::string() : value.dump();
+  }
+  const auto generation = value.get<uint64_t>();
+  if (generation == 0) return "-";  // no generation (a failed replica)
+  char buffer[24];
+  std::snprintf(buffer, sizeof(buffer), "%016llx", static_cast<unsigned long long>(generation));
+  return buffer;
+}
 
 std::string volume_health(const Json& volume) {
   if (!flag(volume, "online")) return "offline";
@@ -167,8 +179,8 @@ void render_replica_list(std::ostream& out, const Json& replicas) {
   Table table(
       {{"INDEX", A::kRight}, {"STORE"}, {"STATE"}, {"GENERATION", A::kRight}, {"LAST-ERROR"}});
   for (const auto& r : replicas) {
-    table.add_row({str(r, "index"), str(r, "store"), str(r, "state"), str(r, "generation"),
-                   str(r, "last_error")});
+    table.add_row({str(r, "index"), str(r, "store"), str(r, "state"),
+                   format_generation(r.value("generation", Json())), str(r, "last_error")});
   }
   table.print(out);
 }
@@ -181,7 +193,7 @@ void render_volume(std::ostream& out, const Json& volume) {
   field(out, "State",
         volume_health(volume) + " (" + std::to_string(in_sync_count(volume)) + "/" +
             std::to_string(active) + " replicas in sync, min " + str(volume, "min_replicas") + ")");
-  field(out, "Generation", str(volume, "generation"));
+  field(out, "Generation", format_generation(volume.value("generation", Json())));
   if (auto d = volume.find("device"); d != volume.end() && d->is_object()) {
     field(out, "Device",
           str(*d, "path") + " (dev_id " + str(*d, "dev_id") + ", " + str(*d, "queues") +
@@ -210,8 +222,14 @@ void render_volume(std::ostream& out, const Json& volume) {
     out << "Events:\n";
     for (const auto& e : events) {
       out << "  " << str(e, "time");
-      if (e.contains("replica") && !e["replica"].is_null())
-        out << "  replica " << str(e, "replica");
+      // replica -1 is the volume itself.
+      const Json replica = e.value("replica", Json());
+      if (replica.is_number_unsigned() ||
+          (replica.is_number_integer() && replica.get<int64_t>() >= 0)) {
+        out << "  replica " << replica.dump();
+      } else {
+        out << "  volume";
+      }
       out << "  " << str(e, "message") << '\n';
     }
   }

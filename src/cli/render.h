@@ -22,6 +22,10 @@ void render_replica_list(std::ostream& out, const Json& replicas);  // array
 void render_snapshot_list(std::ostream& out, const Json& result);   // snapshot.list
 void render_status(std::ostream& out, const Json& status);          // daemon.status
 
+// A generation id (random 64-bit, docs/engine.md) as 16 hex digits, as the
+// daemon's events print it; 0 (none) as "-".
+std::string format_generation(const Json& value);
+
 // "online", "degraded" (online but a replica is not in sync), "offline".
 std::string volume_health(const Json& volume);
 

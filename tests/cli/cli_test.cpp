@@ -448,7 +448,7 @@ TEST(Cli, RebuildWaitShowsProgressUntilInSync) {
             "rebuild v replica 1  [###---------------------------]   12.5%  50.0M/s  ETA 9s\n"
             "rebuild v replica 1  [##################------------]   60.0%  50.0M/s  ETA 9s\n"
             "rebuild v replica 1  [##############################]  100.0%  -  ETA 0s\n"
-            "rebuild v replica 1: done, replica in sync (generation 5)\n");
+            "rebuild v replica 1: done, replica in sync (generation 0000000000000005)\n");
   EXPECT_EQ(d.sleeps, (std::vector<double>{0.5, 0.5, 0.5}));
 }
 

@@ -98,7 +98,8 @@ Json sample_volume() {
     "rebuild": {"active": true, "percent": 42.5, "bytes_per_second": 104857600,
                 "eta_seconds": 30, "done_bytes": 4563402752, "total_bytes": 10737418240,
                 "last_error": ""},
-    "events": [{"time": "2026-11-21T22:10:03Z", "replica": 1, "message": "failed by operator"}],
+    "events": [{"time": "2026-11-21T22:10:03Z", "replica": 1, "message": "failed by operator"},
+               {"time": "2026-11-21T22:10:04Z", "replica": -1, "message": "2 of 3 replicas in sync"}],
     "snapshots": ["a", "b"]})");
 }
 
@@ -109,17 +110,18 @@ TEST(Render, VolumeShow) {
             "Volume:       vol0\n"
             "Size:         10.0G\n"
             "State:        degraded (2/3 replicas in sync, min 2)\n"
-            "Generation:   1234\n"
+            "Generation:   00000000000004d2\n"
             "Device:       /dev/ublkb0 (dev_id 0, 2 queue(s) x depth 128)\n"
             "Snapshots:    a, b\n"
             "Rebuild:      42.5% (4.2G of 10.0G, 100.0M/s, ETA 30s)\n"
             "Replicas:\n"
-            "INDEX  STORE  STATE       GENERATION  LAST-ERROR\n"
-            "    0  s0     in_sync           1234  -\n"
-            "    1  s1     rebuilding        1200  -\n"
-            "    2  s2     in_sync           1234  -\n"
+            "INDEX  STORE  STATE             GENERATION  LAST-ERROR\n"
+            "    0  s0     in_sync     00000000000004d2  -\n"
+            "    1  s1     rebuilding  00000000000004b0  -\n"
+            "    2  s2     in_sync     00000000000004d2  -\n"
             "Events:\n"
-            "  2026-11-21T22:10:03Z  replica 1  failed by operator\n");
+            "  2026-11-21T22:10:03Z  replica 1  failed by operator\n"
+            "  2026-11-21T22:10:04Z  volume  2 of 3 replicas in sync\n");
 }
 
 TEST(Render, VolumeListAndHealth) {
