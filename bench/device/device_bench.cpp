@@ -9,6 +9,7 @@
 // --sweep also measures the FileDevice option variants (registered file on /
 // off, registered buffers) so their effect can be reported.
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -41,6 +42,7 @@ struct Config {
   bool sweep = false;
   bool json = false;
   bool keep_file = false;
+  bool skip_fio = false;
   unsigned rounds = 3;
 };
 
@@ -89,19 +91,47 @@ void on_complete(IoRequest& request, int result) {
   }
 }
 
+// One timed run. CPU time and context switches count every thread of the
+// process doing the I/O, io_uring's io-wq workers included (for fio: its
+// whole process with its startup, from RUSAGE_CHILDREN: fio's own usr_cpu
+// counts only the job thread). On a loaded machine
+// IOPS swing with the CPU share the run gets; CPU per I/O shows the cost.
+struct RunResult {
+  double iops = 0;
+  double cpu_us_per_io = 0;
+  double ctx_per_io = 0;
+};
+
+struct Usage {
+  double cpu_s;
+  double switches;
+};
+
+Usage process_usage(int who = RUSAGE_SELF) {
+  rusage usage{};
+  ::getrusage(who, &usage);
+  auto seconds = [](const timeval& tv) {
+    return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) * 1e-6;
+  };
+  return {seconds(usage.ru_utime) + seconds(usage.ru_stime),
+          static_cast<double>(usage.ru_nvcsw + usage.ru_nivcsw)};
+}
+
 struct Variant {
   std::string name;
   bool register_file;
   bool register_buffers;
   bool single_issuer = true;
+  unsigned wait_batch = 0;
 };
 
-// Runs one timed workload through FileDevice; returns IOPS.
-double run_device(const Config& config, IoOp op, const Variant& variant) {
+// Runs one timed workload through FileDevice.
+RunResult run_device(const Config& config, IoOp op, const Variant& variant) {
   FileDeviceOptions options;
   options.queue_depth = config.queue_depth;
   options.register_file = variant.register_file;
   options.single_issuer = variant.single_issuer;
+  options.wait_batch = variant.wait_batch;
   auto opened = FileDevice::open(config.file, options);
   if (!opened.ok()) {
     std::cerr << "device_bench: " << opened.error().to_string() << "\n";
@@ -132,6 +162,7 @@ double run_device(const Config& config, IoOp op, const Variant& variant) {
     loop.start(requests[i]);
   }
   device.kick();
+  const Usage usage_before = process_usage();
   auto start = Clock::now();
   auto deadline = start + std::chrono::duration<double>(config.runtime_s);
   uint64_t polls = 0;
@@ -142,6 +173,7 @@ double run_device(const Config& config, IoOp op, const Variant& variant) {
     }
   }
   double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+  const Usage usage_after = process_usage();
   uint64_t completed = loop.completed;
   loop.stopping = true;
   while (device.in_flight() > 0) {
@@ -152,17 +184,20 @@ double run_device(const Config& config, IoOp op, const Variant& variant) {
     std::cerr << variant.name << ": polls " << polls << " submit calls " << c.submit_calls
               << " sqes " << c.sqes_submitted << " ("
               << static_cast<double>(c.sqes_submitted) / static_cast<double>(c.submit_calls)
-              << " per call)\n";
+              << " per call), waits " << c.waits << "\n";
   }
   if (loop.errors != 0) {
     std::cerr << "device_bench: " << loop.errors << " I/O errors\n";
     std::exit(1);
   }
-  return static_cast<double>(completed) / elapsed;
+  const auto ios = static_cast<double>(std::max<uint64_t>(completed, 1));
+  return {static_cast<double>(completed) / elapsed,
+          (usage_after.cpu_s - usage_before.cpu_s) * 1e6 / ios,
+          (usage_after.switches - usage_before.switches) / ios};
 }
 
-// Runs fio on the same file; returns IOPS (or -1 if fio is missing/failed).
-double run_fio(const Config& config, IoOp op) {
+// Runs fio on the same file (iops -1 if fio is missing/failed).
+RunResult run_fio(const Config& config, IoOp op) {
   std::string rw = op == IoOp::kRead ? "randread" : "randwrite";
   std::string output = config.file + ".fio.json";
   std::string command = "fio --name=baseline --filename=" + config.file +
@@ -173,14 +208,16 @@ double run_fio(const Config& config, IoOp op) {
                         " --time_based --norandommap --randrepeat=0 --output-format=json"
                         " --output=" +
                         output + " >/dev/null 2>&1";
+  const Usage before = process_usage(RUSAGE_CHILDREN);
   int rc = std::system(command.c_str());
+  const Usage after = process_usage(RUSAGE_CHILDREN);
   if (rc != 0) {
     std::cerr << "device_bench: fio failed (exit " << rc << "): " << command << "\n";
-    return -1;
+    return {-1, 0, 0};
   }
   FILE* f = std::fopen(output.c_str(), "r");
   if (f == nullptr) {
-    return -1;
+    return {-1, 0, 0};
   }
   std::string text;
   char chunk[4096];
@@ -193,10 +230,16 @@ double run_fio(const Config& config, IoOp op) {
   auto parsed = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (parsed.is_discarded()) {
     std::cerr << "device_bench: cannot parse fio output\n";
-    return -1;
+    return {-1, 0, 0};
   }
   const char* side = op == IoOp::kRead ? "read" : "write";
-  return parsed["jobs"][0][side]["iops"].get<double>();
+  const auto& job = parsed["jobs"][0];
+  RunResult result;
+  result.iops = job[side]["iops"].get<double>();
+  const double ios = std::max(1.0, job[side]["total_ios"].get<double>());
+  result.cpu_us_per_io = (after.cpu_s - before.cpu_s) * 1e6 / ios;
+  result.ctx_per_io = (after.switches - before.switches) / ios;
+  return result;
 }
 
 // Fills the file once so both engines read real data (tmpfs holes would
@@ -236,6 +279,7 @@ int main(int argc, char** argv) {
   app.add_flag("--sweep", config.sweep, "Also measure registered file/buffer variants");
   app.add_flag("--json", config.json, "Print JSON instead of a table");
   app.add_flag("--keep-file", config.keep_file, "Do not delete the file afterwards");
+  app.add_flag("--skip-fio", config.skip_fio, "Only the device runs (for profiling)");
   app.add_option("--rounds", config.rounds,
                  "Alternate fio and device runs this many times; report medians")
       ->check(CLI::Range(1, 100));
@@ -247,22 +291,38 @@ int main(int argc, char** argv) {
     variants.push_back({"plain fd", false, false});
     variants.push_back({"registered file+buffers", true, true});
     variants.push_back({"no SINGLE_ISSUER/DEFER_TASKRUN", true, false, false});
+    variants.push_back({"wait batch 8", true, false, true, 8});
+    variants.push_back({"wait batch 16", true, false, true, 16});
   }
   nlohmann::json results = nlohmann::json::array();
   // fio and the device runs alternate, round after round, so that load from
   // anything else on the machine hits both alike; medians are reported.
   for (IoOp op : {IoOp::kRead, IoOp::kWrite}) {
-    std::vector<double> fio_runs;
-    std::vector<std::vector<double>> device_runs(variants.size());
+    std::vector<RunResult> fio_runs;
+    std::vector<std::vector<RunResult>> device_runs(variants.size());
     for (unsigned round = 0; round < config.rounds; ++round) {
-      fio_runs.push_back(run_fio(config, op));
+      fio_runs.push_back(config.skip_fio ? RunResult{} : run_fio(config, op));
       for (size_t v = 0; v < variants.size(); ++v) {
         device_runs[v].push_back(run_device(config, op, variants[v]));
       }
     }
-    double fio_iops = median(fio_runs);
+    auto median_of = [](const std::vector<RunResult>& runs, double RunResult::*field) {
+      std::vector<double> values;
+      for (const auto& run : runs) {
+        values.push_back(run.*field);
+      }
+      return median(values);
+    };
+    auto iops_list = [](const std::vector<RunResult>& runs) {
+      std::vector<double> values;
+      for (const auto& run : runs) {
+        values.push_back(run.iops);
+      }
+      return values;
+    };
+    double fio_iops = median_of(fio_runs, &RunResult::iops);
     for (size_t v = 0; v < variants.size(); ++v) {
-      double iops = median(device_runs[v]);
+      double iops = median_of(device_runs[v], &RunResult::iops);
       results.push_back(
           {{"workload", std::string("4k rand") + (op == IoOp::kRead ? "read" : "write")},
            {"variant", variants[v].name},
@@ -270,8 +330,12 @@ int main(int argc, char** argv) {
            {"rounds", config.rounds},
            {"device_iops", iops},
            {"fio_iops", fio_iops},
-           {"device_runs", device_runs[v]},
-           {"fio_runs", fio_runs},
+           {"device_runs", iops_list(device_runs[v])},
+           {"fio_runs", iops_list(fio_runs)},
+           {"device_cpu_us_per_io", median_of(device_runs[v], &RunResult::cpu_us_per_io)},
+           {"fio_cpu_us_per_io", median_of(fio_runs, &RunResult::cpu_us_per_io)},
+           {"device_ctx_per_io", median_of(device_runs[v], &RunResult::ctx_per_io)},
+           {"fio_ctx_per_io", median_of(fio_runs, &RunResult::ctx_per_io)},
            {"ratio", fio_iops > 0 ? iops / fio_iops : 0.0}});
     }
   }
@@ -287,15 +351,20 @@ int main(int argc, char** argv) {
     std::cout << out.dump(2) << "\n";
     return 0;
   }
-  std::printf("file %s, %llu MiB, QD %u, %.1f s per run, median of %u alternating rounds\n",
-              config.file.c_str(), static_cast<unsigned long long>(config.size_mib),
-              config.queue_depth, config.runtime_s, config.rounds);
-  std::printf("%-14s %-28s %12s %12s %7s\n", "workload", "variant", "device IOPS", "fio IOPS",
-              "ratio");
+  std::printf(
+      "file %s, %llu MiB, QD %u, %.1f s per run, median of %u alternating rounds\n"
+      "(CPU and context switches: all threads of the process, io_uring workers included)\n",
+      config.file.c_str(), static_cast<unsigned long long>(config.size_mib), config.queue_depth,
+      config.runtime_s, config.rounds);
+  std::printf("%-14s %-30s %11s %11s %6s %17s %15s\n", "workload", "variant", "device IOPS",
+              "fio IOPS", "ratio", "CPU us/IO dev/fio", "ctxsw/IO d/f");
   for (const auto& row : results) {
-    std::printf("%-14s %-28s %12.0f %12.0f %7.3f\n", row["workload"].get<std::string>().c_str(),
+    std::printf("%-14s %-30s %11.0f %11.0f %6.3f %8.2f/%-8.2f %7.2f/%-7.2f\n",
+                row["workload"].get<std::string>().c_str(),
                 row["variant"].get<std::string>().c_str(), row["device_iops"].get<double>(),
-                row["fio_iops"].get<double>(), row["ratio"].get<double>());
+                row["fio_iops"].get<double>(), row["ratio"].get<double>(),
+                row["device_cpu_us_per_io"].get<double>(), row["fio_cpu_us_per_io"].get<double>(),
+                row["device_ctx_per_io"].get<double>(), row["fio_ctx_per_io"].get<double>());
   }
   return 0;
 }

@@ -113,6 +113,16 @@ struct FileDeviceOptions {
   // measurements, and kernels older than 6.1 (also chosen automatically
   // there).
   bool single_issuer = true;
+  // Batched waiting (Linux >= 6.12, IORING_FEAT_MIN_TIMEOUT; ignored before):
+  // poll(wait=true) sleeps until min(wait_batch, requests in the kernel)
+  // completions are ready, or - once `wait_batch_usec` have passed - until at
+  // least one is. So a deep queue wakes its owner once per batch instead of
+  // once per completion (each wake-up is a context switch), while a lone
+  // request is still returned as soon as it completes and no completion
+  // waits more than `wait_batch_usec` longer than it would otherwise.
+  // 0 or 1 = wake for every completion.
+  unsigned wait_batch = 0;
+  unsigned wait_batch_usec = 50;
 };
 
 class FileDevice final : public BlockDevice {
@@ -155,6 +165,7 @@ class FileDevice final : public BlockDevice {
   // Ops issued to the kernel, for tests and benchmarks.
   struct Counters {
     uint64_t submit_calls = 0;      // io_uring_enter calls (submit and/or wait)
+    uint64_t waits = 0;             // of which slept for completions
     uint64_t sqes_submitted = 0;    // SQEs handed over
     uint64_t short_transfers = 0;   // reads/writes resubmitted for a remainder
     uint64_t fixed_buffer_ios = 0;  // reads/writes that used a registered buffer
@@ -192,6 +203,9 @@ class FileDevice final : public BlockDevice {
   void finish(IoRequest& request, int result);
   [[nodiscard]] int ring_fd_for_sqe() const { return options_.register_file ? 0 : fd_.get(); }
   [[nodiscard]] bool kernel_has_completions_to_post() const;
+  // poll(wait) with something in the ring and nothing ready: submits what
+  // is prepared and sleeps (batched, see FileDeviceOptions::wait_batch).
+  int submit_and_wait();
   void rearm_completion_fd();
 
   std::string path_;
@@ -202,6 +216,7 @@ class FileDevice final : public BlockDevice {
   bool ring_initialised_ = false;
   bool ring_enabled_ = false;        // R_DISABLED rings start disabled
   bool ring_single_issuer_ = false;  // what setup_ring() actually got
+  bool ring_min_timeout_ = false;    // kernel supports batched waits
   pthread_t owner_{};                // thread the ring is bound to, once enabled
   bool is_block_device_ = false;
   bool uring_discard_supported_ = true;

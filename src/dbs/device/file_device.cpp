@@ -26,6 +26,12 @@
 #define BLOCK_URING_CMD_DISCARD _IO(0x12, 0)
 #endif
 
+// Batched-wait timeout (include/uapi/linux/io_uring.h, Linux 6.12): the
+// `pad` member of io_uring_getevents_arg became `min_wait_usec`.
+#ifndef IORING_FEAT_MIN_TIMEOUT
+#define IORING_FEAT_MIN_TIMEOUT (1U << 15)
+#endif
+
 namespace ublkvol::dbs {
 
 namespace {
@@ -172,6 +178,7 @@ Status FileDevice::setup_ring() {
   }
   ring_initialised_ = true;
   ring_single_issuer_ = (params.flags & IORING_SETUP_SINGLE_ISSUER) != 0;
+  ring_min_timeout_ = (params.features & IORING_FEAT_MIN_TIMEOUT) != 0;
   ring_enabled_ = !ring_single_issuer_;
   if (options_.register_file) {
     int fd = fd_.get();
@@ -503,15 +510,19 @@ unsigned FileDevice::poll(bool wait) {
   bind_to_current_thread();
   fill_ring();
   unsigned completed = complete_local();
+  bool entered = false;
   if (in_ring_ > 0) {
     // One io_uring_enter both submits what is prepared and collects
     // completions (with DEFER_TASKRUN they are only posted when we ask).
     int rc = 0;
     if (wait && completed == 0 && io_uring_cq_ready(&ring_) == 0) {
-      rc = io_uring_submit_and_wait(&ring_, 1);
+      rc = submit_and_wait();
+      entered = true;
       counters_.submit_calls++;
+      counters_.waits++;
     } else if (unsubmitted_ > 0 || kernel_has_completions_to_post()) {
       rc = io_uring_submit_and_get_events(&ring_);
+      entered = true;
       counters_.submit_calls++;
     }
     if (rc > 0) {
@@ -523,10 +534,44 @@ unsigned FileDevice::poll(bool wait) {
   // Invalid requests submitted by the callbacks complete right away; valid
   // ones wait for the next kick()/poll() so they go out in one batch.
   completed += complete_local();
-  if (event_fd_) {
+  // A poll that saw no completion and did not enter the kernel found no
+  // trace of activity since the last rearm (every completion shows up in
+  // the CQ or as the TASKRUN flag, both checked above), so the eventfd is
+  // still as that rearm left it: skip the read(2). An owner that polls in a
+  // loop before sleeping (a store thread's spin) then makes no syscalls.
+  if (event_fd_ && (completed > 0 || entered)) {
     rearm_completion_fd();
   }
   return completed;
+}
+
+int FileDevice::submit_and_wait() {
+  const unsigned batch = std::min(in_ring_, options_.wait_batch);
+  if (batch <= 1 || !ring_min_timeout_) {
+    return io_uring_submit_and_wait(&ring_, 1);
+  }
+  // liburing 2.3 cannot pass min_wait_usec, so this is its submit-and-wait
+  // done by hand: publish the prepared SQEs (the kernel reads the SQ tail),
+  // then one io_uring_enter that submits them and waits for the batch.
+  io_uring_sq& sq = ring_.sq;
+  if (sq.sqe_head != sq.sqe_tail) {
+    sq.sqe_head = sq.sqe_tail;
+    __atomic_store_n(sq.ktail, sq.sqe_tail, __ATOMIC_RELEASE);
+  }
+  const unsigned to_submit = sq.sqe_tail - __atomic_load_n(sq.khead, __ATOMIC_ACQUIRE);
+  // The min timeout ends the wait even with nothing ready unless a longer
+  // overall timeout is set; an hour stands for "no limit" (-ETIME then just
+  // returns to the caller's loop).
+  __kernel_timespec forever{3600, 0};
+  io_uring_getevents_arg arg{};
+  arg.sigmask = 0;
+  arg.sigmask_sz = _NSIG / 8;
+  arg.pad = options_.wait_batch_usec;  // min_wait_usec
+  arg.ts = reinterpret_cast<uint64_t>(&forever);
+  int rc = io_uring_enter2(static_cast<unsigned>(ring_.ring_fd), to_submit, batch,
+                           IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG,
+                           reinterpret_cast<sigset_t*>(&arg), sizeof(arg));
+  return rc == -ETIME ? 0 : rc;
 }
 
 void FileDevice::rearm_completion_fd() {
