@@ -83,6 +83,36 @@ Aligned aligned(size_t bytes) {
   return p;
 }
 
+// CPU seconds and context switches of this process (RUSAGE_SELF: every
+// thread, io_uring's io-wq workers included) or of the finished children
+// (RUSAGE_CHILDREN: fio, whole process with its startup). On a loaded
+// machine IOPS follow the CPU share a run gets; CPU per I/O is the cost.
+struct Usage {
+  double cpu_s = 0;
+  double switches = 0;
+};
+
+Usage usage_of(int who) {
+  rusage usage{};
+  ::getrusage(who, &usage);
+  auto seconds = [](const timeval& tv) {
+    return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) * 1e-6;
+  };
+  return {seconds(usage.ru_utime) + seconds(usage.ru_stime),
+          static_cast<double>(usage.ru_nvcsw + usage.ru_nivcsw)};
+}
+
+// One timed run: IOPS and CPU microseconds per I/O.
+struct RunResult {
+  double iops = 0;
+  double cpu_us_per_io = 0;
+};
+
+RunResult run_result(double ios, double seconds, const Usage& before, const Usage& after) {
+  ios = std::max(ios, 1.0);
+  return {ios / seconds, (after.cpu_s - before.cpu_s) * 1e6 / ios};
+}
+
 uint64_t rss_bytes() {
   malloc_trim(0);  // count what the process holds, not what malloc caches
   std::ifstream statm("/proc/self/statm");
@@ -102,7 +132,8 @@ class RandomRunner {
     }
   }
 
-  double run(double seconds) {
+  RunResult run(double seconds) {
+    const Usage usage_before = usage_of(RUSAGE_SELF);
     deadline_ = Clock::now() +
                 std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
     const auto start = Clock::now();
@@ -114,10 +145,11 @@ class RandomRunner {
       store_.poll(true);
     }
     const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+    const Usage usage_after = usage_of(RUSAGE_SELF);
     if (errors_ > 0) {
       die(std::to_string(errors_) + " I/O errors during the benchmark");
     }
-    return static_cast<double>(completed_) / elapsed;
+    return run_result(static_cast<double>(completed_), elapsed, usage_before, usage_after);
   }
 
  private:
@@ -167,8 +199,8 @@ class RandomRunner {
   uint64_t rng_ = 0x9E3779B97F4A7C15ULL;
 };
 
-double run_fio(const std::string& file, uint64_t offset, uint64_t size_bytes, bool write,
-               const Config& config) {
+RunResult run_fio(const std::string& file, uint64_t offset, uint64_t size_bytes, bool write,
+                  const Config& config) {
   const std::string output = file + ".fio.json";
   const std::string command =
       "fio --name=baseline --filename=" + file + " --offset=" + std::to_string(offset) +
@@ -178,17 +210,21 @@ double run_fio(const std::string& file, uint64_t offset, uint64_t size_bytes, bo
       " --runtime=" + std::to_string(static_cast<int>(config.runtime_s)) +
       " --time_based --norandommap --randrepeat=0 --output-format=json --output=" + output +
       " >/dev/null 2>&1";
+  const Usage before = usage_of(RUSAGE_CHILDREN);
   if (std::system(command.c_str()) != 0) {
     std::cerr << "dbs_bench: fio failed: " << command << "\n";
-    return -1;
+    return {-1, 0};
   }
+  const Usage after = usage_of(RUSAGE_CHILDREN);
   std::ifstream in(output);
   auto parsed = nlohmann::json::parse(in, nullptr, false);
   ::unlink(output.c_str());
   if (parsed.is_discarded()) {
-    return -1;
+    return {-1, 0};
   }
-  return parsed["jobs"][0][write ? "write" : "read"]["iops"].get<double>();
+  const auto& side = parsed["jobs"][0][write ? "write" : "read"];
+  return run_result(side["total_ios"].get<double>(), side["runtime"].get<double>() / 1e3, before,
+                    after);
 }
 
 std::unique_ptr<FileDevice> open_file(const std::string& path, uint64_t create_size) {
@@ -201,6 +237,14 @@ std::unique_ptr<FileDevice> open_file(const std::string& path, uint64_t create_s
 double median(std::vector<double> values) {
   std::sort(values.begin(), values.end());
   return values.empty() ? 0 : values[values.size() / 2];
+}
+
+std::vector<double> field_of(const std::vector<RunResult>& runs, double RunResult::*field) {
+  std::vector<double> values;
+  for (const auto& run : runs) {
+    values.push_back(run.*field);
+  }
+  return values;
 }
 
 nlohmann::json bench_dir(const std::string& dir, const Config& config) {
@@ -235,7 +279,7 @@ nlohmann::json bench_dir(const std::string& dir, const Config& config) {
       std::memcpy(&sb, block.get(), sizeof(sb));
     }
     const uint64_t data_offset = sb.data_start * kBlock;
-    std::vector<double> dbs_read, dbs_write, fio_read, fio_write;
+    std::vector<RunResult> dbs_read, dbs_write, fio_read, fio_write;
     for (int round = 0; round < config.rounds; ++round) {
       dbs_read.push_back(RandomRunner(*store, volume, StoreOp::kRead, blocks, config.queue_depth)
                              .run(config.runtime_s));
@@ -248,24 +292,28 @@ nlohmann::json bench_dir(const std::string& dir, const Config& config) {
         fio_write.push_back(run_fio(file, data_offset, volume_bytes, true, config));
       }
     }
-    row["dbs_randread_iops"] = median(dbs_read);
-    row["dbs_randwrite_iops"] = median(dbs_write);
-    row["dbs_randread_runs"] = dbs_read;
-    row["dbs_randwrite_runs"] = dbs_write;
+    auto record = [&](const std::string& name, const std::vector<RunResult>& runs) {
+      row[name + "_iops"] = median(field_of(runs, &RunResult::iops));
+      row[name + "_runs"] = field_of(runs, &RunResult::iops);
+      row[name + "_cpu_us_per_io"] = median(field_of(runs, &RunResult::cpu_us_per_io));
+    };
+    record("dbs_randread", dbs_read);
+    record("dbs_randwrite", dbs_write);
     if (!config.skip_fio) {
-      row["fio_randread_iops"] = median(fio_read);
-      row["fio_randwrite_iops"] = median(fio_write);
-      row["fio_randread_runs"] = fio_read;
-      row["fio_randwrite_runs"] = fio_write;
-      row["read_ratio"] = median(dbs_read) / median(fio_read);
-      row["write_ratio"] = median(dbs_write) / median(fio_write);
+      record("fio_randread", fio_read);
+      record("fio_randwrite", fio_write);
+      row["read_ratio"] =
+          row["dbs_randread_iops"].get<double>() / row["fio_randread_iops"].get<double>();
+      row["write_ratio"] =
+          row["dbs_randwrite_iops"].get<double>() / row["fio_randwrite_iops"].get<double>();
     }
     must(store->commit(), "commit");
     // Allocating writes: a fresh thin volume, random first writes.
     const VolumeId thin = must(store->create_volume("thin", volume_bytes), "create thin");
     row["dbs_alloc_write_iops"] =
         RandomRunner(*store, thin, StoreOp::kWrite, blocks, config.queue_depth)
-            .run(config.runtime_s / 2);
+            .run(config.runtime_s / 2)
+            .iops;
     row["alloc_extents_allocated"] =
         must(store->volume_info(thin), "info").allocated_bytes / store->stats().extent_bytes;
     must(store->commit(), "commit");
@@ -274,7 +322,8 @@ nlohmann::json bench_dir(const std::string& dir, const Config& config) {
     must(store->create_snapshot(volume, "snap"), "snapshot");
     row["dbs_write_after_snapshot_iops"] =
         RandomRunner(*store, volume, StoreOp::kWrite, blocks, config.queue_depth)
-            .run(config.runtime_s / 2);
+            .run(config.runtime_s / 2)
+            .iops;
     must(store->commit(), "commit");
     row["check_problems"] = store->check().size();
   }
@@ -420,21 +469,28 @@ int main(int argc, char** argv) {
   }
   std::printf("4 KiB random I/O, QD %u, %.0f s per run, median of %d alternating rounds\n",
               config.queue_depth, config.runtime_s, config.rounds);
-  std::printf("%-10s %-34s %12s %12s %7s\n", "dir", "workload", "DBS IOPS", "fio IOPS", "ratio");
+  std::printf(
+      "(CPU: microseconds per I/O, all threads incl. io_uring workers; fio: its whole\n"
+      " process with startup)\n");
+  std::printf("%-10s %-34s %12s %12s %7s %17s\n", "dir", "workload", "DBS IOPS", "fio IOPS",
+              "ratio", "CPU us/IO DBS/fio");
   for (const auto& row : result["io"]) {
     const std::string dir = row["dir"];
-    auto line = [&](const char* name, const char* dbs, const char* fio, const char* ratio) {
-      std::printf("%-10s %-34s %12.0f", dir.c_str(), name, row[dbs].get<double>());
-      if (fio != nullptr && row.contains(fio)) {
-        std::printf(" %12.0f %7.2f\n", row[fio].get<double>(), row[ratio].get<double>());
+    auto line = [&](const char* name, const std::string& dbs, const std::string& fio,
+                    const char* ratio) {
+      std::printf("%-10s %-34s %12.0f", dir.c_str(), name, row[dbs + "_iops"].get<double>());
+      if (!fio.empty() && row.contains(fio + "_iops")) {
+        std::printf(" %12.0f %7.2f %8.2f/%-8.2f\n", row[fio + "_iops"].get<double>(),
+                    row[ratio].get<double>(), row[dbs + "_cpu_us_per_io"].get<double>(),
+                    row[fio + "_cpu_us_per_io"].get<double>());
       } else {
         std::printf(" %12s %7s\n", "-", "-");
       }
     };
-    line("randread (mapped)", "dbs_randread_iops", "fio_randread_iops", "read_ratio");
-    line("randwrite (mapped, in place)", "dbs_randwrite_iops", "fio_randwrite_iops", "write_ratio");
-    line("randwrite (allocating, thin)", "dbs_alloc_write_iops", nullptr, nullptr);
-    line("randwrite (first after snapshot)", "dbs_write_after_snapshot_iops", nullptr, nullptr);
+    line("randread (mapped)", "dbs_randread", "fio_randread", "read_ratio");
+    line("randwrite (mapped, in place)", "dbs_randwrite", "fio_randwrite", "write_ratio");
+    line("randwrite (allocating, thin)", "dbs_alloc_write", "", nullptr);
+    line("randwrite (first after snapshot)", "dbs_write_after_snapshot", "", nullptr);
   }
   if (result.contains("metadata")) {
     const auto& m = result["metadata"];
