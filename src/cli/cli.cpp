@@ -215,7 +215,7 @@ ExitCode wait_for_replica(Session& s, const std::string& volume, uint64_t index,
 struct StatsOptions {
   std::string volume;
   double interval = 1.0;
-  uint64_t count = 1;
+  uint64_t count = 0;  // 0: one report, or until Ctrl-C with --watch
   bool watch = false;
   bool prometheus = false;
   std::string output;
@@ -271,10 +271,11 @@ ExitCode run_stats(Session& s, const StatsOptions& o) {
     return ExitCode::kUsage;
   }
   const bool forever = o.watch && o.count == 0;
+  const uint64_t reports = o.count == 0 ? 1 : o.count;
   if (o.prometheus) {
     // Cumulative values: Prometheus computes rates itself. With --watch the
     // file (or stdout) is refreshed every interval.
-    for (uint64_t i = 0; forever || i < std::max<uint64_t>(o.count, 1); ++i) {
+    for (uint64_t i = 0; forever || i < reports; ++i) {
       if (i > 0) s.env().sleep(o.interval);
       auto sample = sample_stats(s, o);
       if (!sample) return s.status();
@@ -290,7 +291,7 @@ ExitCode run_stats(Session& s, const StatsOptions& o) {
   }
   auto before = sample_stats(s, o);
   if (!before) return s.status();
-  for (uint64_t i = 0; forever || i < std::max<uint64_t>(o.count, 1); ++i) {
+  for (uint64_t i = 0; forever || i < reports; ++i) {
     s.env().sleep(o.interval);
     auto after = sample_stats(s, o);
     if (!after) return s.status();
@@ -672,6 +673,36 @@ void add_replica_commands(CLI::App& app, CommandTree& tree) {
   c->add_option("--reason", a->reason, "Why (kept in the volume's events)");
 }
 
+// After a parse error: if a command word names no command at its level,
+// say which word and what the choices are (CLI11 only says "A subcommand is
+// required").
+std::string unknown_command(const CLI::App& app, int argc, const char* const* argv) {
+  const CLI::App* level = &app;
+  for (int i = 1; i < argc; ++i) {
+    const std::string word = argv[i];
+    if (word.starts_with("-")) {
+      if (word == "--socket") ++i;  // skip its value
+      continue;
+    }
+    auto visible =
+        level->get_subcommands([](const CLI::App* sub) { return !sub->get_group().empty(); });
+    if (visible.empty()) return {};  // a leaf's positional argument
+    const CLI::App* next = nullptr;
+    std::string choices;
+    for (const CLI::App* sub : visible) {
+      if (sub->get_name() == word) next = sub;
+      choices += (choices.empty() ? "" : ", ") + sub->get_name();
+    }
+    if (next == nullptr) {
+      const std::string where =
+          level == &app ? std::string(kProgram) : std::string(kProgram) + " " + level->get_name();
+      return "unknown command '" + word + "' for '" + where + "' (one of: " + choices + ")";
+    }
+    level = next;
+  }
+  return {};
+}
+
 }  // namespace
 
 int run_cli(int argc, const char* const* argv, const CliEnvironment& env) {
@@ -706,10 +737,10 @@ int run_cli(int argc, const char* const* argv, const CliEnvironment& env) {
       [stats](Session& s) { return run_stats(s, *stats); });
   c->add_option("volume", stats->volume, "Only this volume");
   c->add_option("-i,--interval", stats->interval, "Seconds between samples")->capture_default_str();
-  c->add_option("-c,--count", stats->count, "Number of reports (0 with --watch: forever)")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
-  c->add_flag("-w,--watch", stats->watch, "Keep reporting (until Ctrl-C, or --count reports)");
+  c->add_option("-c,--count", stats->count,
+                "Number of reports (default: 1; with --watch: until Ctrl-C)")
+      ->check(CLI::NonNegativeNumber);
+  c->add_flag("-w,--watch", stats->watch, "Keep reporting until Ctrl-C (or --count reports)");
   c->add_flag("--prometheus", stats->prometheus,
               "Cumulative counters and histograms in Prometheus text format");
   c->add_option("-o,--output", stats->output,
@@ -808,6 +839,10 @@ int run_cli(int argc, const char* const* argv, const CliEnvironment& env) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
+    if (const std::string unknown = unknown_command(app, argc, argv); !unknown.empty()) {
+      env.err << kProgram << ": " << unknown << '\n';
+      return to_int(ExitCode::kUsage);
+    }
     const int status = app.exit(e, env.out, env.err);
     return status == 0 ? to_int(ExitCode::kOk) : to_int(ExitCode::kUsage);
   }

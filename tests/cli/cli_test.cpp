@@ -389,6 +389,32 @@ TEST(Cli, StatsCountWatchAndJson) {
   EXPECT_EQ(reports, 3);
 }
 
+TEST(Cli, StatsWatchKeepsReportingUntilItCannot) {
+  FakeDaemon d;
+  for (uint64_t i = 0; i < 5; ++i) d.ok("stats", stats_sample(i * 1'000'000'000, i * 10, 0));
+  // The daemon goes away after 5 samples: --watch reported 4 intervals, then
+  // stops with the daemon's error.
+  d.error("stats", ErrorCode::kNotFound, "volume 'vol0' does not exist");
+  auto r = run(d, {"stats", "vol0", "--watch", "-i", "0.5"});
+  EXPECT_EQ(r.status, kNotFound);
+  EXPECT_EQ(d.sleeps, (std::vector<double>(5, 0.5)));
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 4 * 2 + 3) << r.out;  // 4 tables
+}
+
+TEST(Cli, UnknownCommandsAreNamed) {
+  FakeDaemon d;
+  auto r = run(d, {"frob"});
+  EXPECT_EQ(r.status, kUsage);
+  EXPECT_EQ(r.err,
+            "ublk-volume: unknown command 'frob' for 'ublk-volume' (one of: store, volume, "
+            "snapshot, replica, stats, status, version, completion)\n");
+  r = run(d, {"--socket", "/x", "volume", "grow", "v"});
+  EXPECT_EQ(r.status, kUsage);
+  EXPECT_EQ(r.err,
+            "ublk-volume: unknown command 'grow' for 'ublk-volume volume' (one of: create, list, "
+            "show, delete, expose, unexpose, resize)\n");
+}
+
 TEST(Cli, StatsLeavesOutVolumesThatAreNotExposed) {
   FakeDaemon d;
   d.ok("stats", stats_sample(0, 0, 0, false));
