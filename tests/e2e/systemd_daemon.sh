@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # ublk-volumed under systemd (guest side of the systemd_daemon e2e test; runs in the
 # systemd bed, scripts/vm/systemd/run.sh). Installs the daemon and the CLI where the real
 # unit file's ExecStart expects them, the unit (packaging/systemd, configured by CMake),
@@ -12,6 +13,7 @@
 #                                            device deleted, no errors in the journal
 # Binaries: ublk-volumed, ublk-volume. Files: systemd_lib.sh, ublk-volumed.service,
 # config.json, ublk-volumed.modules.conf, ublk-volumed.sysusers.conf.
+# shellcheck disable=SC1091  # tests/e2e/systemd_lib.sh, installed by run.sh --file
 . /opt/test/files/systemd_lib.sh
 
 UNIT=ublk-volumed.service

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Helpers of the systemd bed's guest tests (tests/e2e/systemd_*.sh; bash, run by
 # scripts/vm/systemd/run.sh inside ublkvol-bed.service). Sourced from
 # /opt/test/files/systemd_lib.sh.
