@@ -116,7 +116,16 @@ JSON
       --ioengine=io_uring --direct=1 --iodepth=16 --verify=crc32c --verify_fatal=1 \
       --do_verify=1 --output-format=terse --terse-version=3 >"$work/fio1.out" 2>&1 &
   local fio_pid=$!
-  run ublk-volume stats demo --interval 2 --count 3
+  # fio first lays out its file (page cache); sample once its direct writes reach
+  # the volume (bounded: at most 60 s, then sample anyway).
+  writes() { ublk-volume stats --prometheus demo | grep '^ublkvol_volume_writes_total' | cut -d' ' -f2; }
+  local start_writes waited=0
+  start_writes="$(writes)"
+  while kill -0 "$fio_pid" 2>/dev/null && (($(writes) < start_writes + 500 && waited < 600)); do
+    sleep 0.1
+    waited=$((waited + 1))
+  done
+  run ublk-volume stats demo --interval 2 --count 2
   local fio_status=0
   wait "$fio_pid" || fio_status=$?
   check equals "$fio_status" 0 "fio with verification exited 0 ($(tail -1 "$work/fio1.out" | cut -d';' -f1-5))"

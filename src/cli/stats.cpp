@@ -186,12 +186,17 @@ void print_rates_table(std::ostream& out, const std::vector<VolumeRates>& rates)
                {"flush/s", A::kRight},
                {"errors", A::kRight}});
   auto latency = [](double ns) { return ns < 0 ? std::string("-") : format_latency_ns(ns); };
+  // Requests per second: a few requests in an interval still show (0.5, not 0).
+  auto per_second = [](double v) {
+    if (v == 0) return std::string("0");
+    return format_fixed(v, v < 10 ? 1 : 0);
+  };
   for (const auto& r : rates) {
-    table.add_row({r.name, format_fixed(r.read_iops, 0), format_fixed(r.write_iops, 0),
+    table.add_row({r.name, per_second(r.read_iops), per_second(r.write_iops),
                    format_fixed(r.read_bytes_per_second / 1e6, 1),
                    format_fixed(r.write_bytes_per_second / 1e6, 1), latency(r.read_p50_ns),
                    latency(r.read_p99_ns), latency(r.write_p50_ns), latency(r.write_p99_ns),
-                   format_fixed(r.flush_per_second, 0), std::to_string(r.errors)});
+                   per_second(r.flush_per_second), std::to_string(r.errors)});
   }
   table.print(out);
 }

@@ -197,3 +197,21 @@ TEST(Stats, PrometheusText) {
 
 }  // namespace
 }  // namespace ublkvol::cli
+
+namespace ublkvol::cli {
+namespace {
+
+TEST(Stats, FewRequestsStillShow) {
+  VolumeRates r;
+  r.name = "v";
+  r.read_iops = 0.5;
+  r.write_iops = 12.4;
+  std::ostringstream out;
+  print_rates_table(out, {r});
+  EXPECT_EQ(out.str(),
+            "VOLUME  r/s  w/s  rMB/s  wMB/s  r_p50  r_p99  w_p50  w_p99  flush/s  errors\n"
+            "v       0.5   12    0.0    0.0      -      -      -      -        0       0\n");
+}
+
+}  // namespace
+}  // namespace ublkvol::cli
