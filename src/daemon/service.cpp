@@ -360,10 +360,20 @@ struct Service::Impl {
   // ---- stores -------------------------------------------------------------
   // Opens the device and the store on this thread, checks it, then hands it
   // to a new store thread.
-  Status open_store(StoreEntry& entry) {
-    dbs::FileDeviceOptions device_options;
-    device_options.queue_depth = 256;
-    auto device = dbs::FileDevice::open(entry.path, device_options);
+  // `opened`: the device if the caller has it open already (store.add just
+  // formatted it). Block devices are opened O_EXCL, and the kernel drops that
+  // claim only when the io_uring that registered the fd is torn down -
+  // asynchronously - so a close and re-open right after can fail with EBUSY.
+  static dbs::FileDeviceOptions device_options() {
+    dbs::FileDeviceOptions options;
+    options.queue_depth = 256;
+    return options;
+  }
+
+  Status open_store(StoreEntry& entry, std::unique_ptr<dbs::FileDevice> opened = nullptr) {
+    Result<std::unique_ptr<dbs::FileDevice>> device =
+        opened ? Result<std::unique_ptr<dbs::FileDevice>>(std::move(opened))
+               : dbs::FileDevice::open(entry.path, device_options());
     if (!device.ok()) {
       return device.error().with_context("store " + named(entry.name));
     }
@@ -476,6 +486,7 @@ struct Service::Impl {
     entry->name = *name;
     entry->path = *path;
     entry->uuid = random_uuid();
+    std::unique_ptr<dbs::FileDevice> formatted_device;
     if (do_format) {
       struct stat st {};
       const bool exists = ::stat(path->c_str(), &st) == 0;
@@ -493,7 +504,7 @@ struct Service::Impl {
         return invalid(*path + " is larger (" + std::to_string(st.st_size) +
                        " bytes) than 'size'; refusing to shrink it");
       }
-      dbs::FileDeviceOptions options;
+      dbs::FileDeviceOptions options = device_options();
       options.create_size = size->value_or(0);
       auto device = dbs::FileDevice::open(*path, options);
       if (!device.ok()) {
@@ -505,8 +516,9 @@ struct Service::Impl {
       if (!formatted.ok()) {
         return formatted.error().with_context("formatting store " + named(*name) + " on " + *path);
       }
+      formatted_device = std::move(*device);
     }
-    Status opened = open_store(*entry);
+    Status opened = open_store(*entry, std::move(formatted_device));
     if (!opened.ok()) {
       // A device that is not a store is a bad argument, not an I/O failure.
       const int err = opened.error().errno_value();
