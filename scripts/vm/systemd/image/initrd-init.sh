@@ -13,6 +13,7 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 
 token=""
+# shellcheck disable=SC2013  # the command line is one line of words
 for arg in $(cat /proc/cmdline); do
   case "$arg" in ublkvol.token=*) token="${arg#ublkvol.token=}" ;; esac
 done
