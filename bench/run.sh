@@ -261,8 +261,6 @@ mapfile -t workloads < <(select_workloads)
 if [[ -z "$mode" ]]; then
   if [[ -c /dev/ublk-control ]]; then mode=native; else mode=vm; fi
 fi
-serve=$build/src/ublk/ublkvol-serve
-[[ -x "$serve" ]] || die_usage "$serve missing: build the target ublkvol-serve"
 
 env_settings=(
   "BENCH_WORKLOADS=${workloads[*]}" "BENCH_BACKEND=$backend" "BENCH_REPLICAS=$replicas"
@@ -280,6 +278,8 @@ if [[ "$mode" == native ]]; then
 else
   [[ -z "$store_dir" ]] || die_usage "--store-dir is for --native (the VM keeps stores on tmpfs)"
 fi
+serve=$build/src/ublk/ublkvol-serve
+[[ -x "$serve" ]] || die_usage "$serve missing: build the target ublkvol-serve"
 out=${out:-$(default_out "$backend")}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
