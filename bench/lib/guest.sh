@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # The VM side of bench/run.sh --vm (run by scripts/vm/run.sh as the guest
 # test): runs bench/lib/matrix.sh, then prints the run directory as a base64
 # gzip tar between two marker lines on the console, the only way out of the

@@ -321,7 +321,7 @@ for w in "${WORKLOADS[@]}"; do
         sync
         echo 3 >/proc/sys/vm/drop_caches
         run_fio "$side" "$rep" "$job" "$dir" DIRECTORY="$sub" FILESIZE=$((FILE_MIB * 1048576))
-        [ "$sub" = "$mnt/$name" ] && [ "$rep" -lt "$REPEAT" ] || rm -rf "$sub"
+        if [ "$sub" != "$mnt/$name" ] || [ "$rep" -ge "$REPEAT" ]; then rm -rf "$sub"; fi
       fi
     done
   done
