@@ -220,6 +220,7 @@ RunResult run_fio(const std::string& file, uint64_t offset, uint64_t size_bytes,
   auto parsed = nlohmann::json::parse(in, nullptr, false);
   ::unlink(output.c_str());
   if (parsed.is_discarded()) {
+    std::cerr << "dbs_bench: cannot parse fio's output " << output << "\n";
     return {-1, 0};
   }
   const auto& side = parsed["jobs"][0][write ? "write" : "read"];
@@ -248,7 +249,8 @@ std::vector<double> field_of(const std::vector<RunResult>& runs, double RunResul
 }
 
 nlohmann::json bench_dir(const std::string& dir, const Config& config) {
-  const std::string file = dir + "/dbs_bench.img";
+  // Per process: two benchmark runs on one machine must not share a file.
+  const std::string file = dir + "/dbs_bench_" + std::to_string(::getpid()) + ".img";
   ::unlink(file.c_str());
   const uint64_t volume_bytes = config.volume_mib * kMiB;
   const uint64_t file_bytes = 2 * volume_bytes + 128 * kMiB;
@@ -336,7 +338,8 @@ double seconds_since(Clock::time_point start) {
 }
 
 nlohmann::json bench_metadata(const Config& config) {
-  const std::string file = config.meta_dir + "/dbs_bench_meta.img";
+  const std::string file =
+      config.meta_dir + "/dbs_bench_meta_" + std::to_string(::getpid()) + ".img";
   ::unlink(file.c_str());
   const uint64_t extents = config.meta_extents;
   const uint64_t volume_bytes = extents * kMiB;

@@ -35,7 +35,7 @@ using ublkvol::dbs::IoRequest;
 using Clock = std::chrono::steady_clock;
 
 struct Config {
-  std::string file = "/dev/shm/ublkvol-device-bench";
+  std::string file;  // default: /dev/shm/ublkvol-device-bench-<pid>
   uint64_t size_mib = 512;
   double runtime_s = 5;
   unsigned queue_depth = 32;
@@ -271,7 +271,9 @@ void prepare_file(const Config& config) {
 int main(int argc, char** argv) {
   Config config;
   CLI::App app{"4 KiB random I/O through FileDevice vs fio on the same file"};
-  app.add_option("--file", config.file, "File to benchmark on (created, filled)");
+  app.add_option(
+      "--file", config.file,
+      "File to benchmark on (created, filled; default /dev/shm/ublkvol-device-bench-PID)");
   app.add_option("--size-mib", config.size_mib, "File size in MiB")->check(CLI::Range(1, 1 << 20));
   app.add_option("--runtime", config.runtime_s, "Seconds per measurement")
       ->check(CLI::Range(0.1, 3600.0));
@@ -284,6 +286,10 @@ int main(int argc, char** argv) {
                  "Alternate fio and device runs this many times; report medians")
       ->check(CLI::Range(1, 100));
   CLI11_PARSE(app, argc, argv);
+  if (config.file.empty()) {
+    // Per process: two runs on one machine must not share a file.
+    config.file = "/dev/shm/ublkvol-device-bench-" + std::to_string(::getpid());
+  }
 
   prepare_file(config);
   std::vector<Variant> variants = {{"default (registered file)", true, false}};
