@@ -2,6 +2,8 @@
 // fio io_uring O_DIRECT on the same files as the baseline, in the same run.
 //
 //   engine_bench [--dir /dev/shm] [--size 512M] [--runtime 2] [--rebuild-size 1G] [--json]
+//                [--rounds 3] [--only randread,randwrite,null,qd1,rebuild]
+//                [--replicas 1 2 3]
 //
 // Scenarios (4 KiB random, QD 32 unless said otherwise):
 //   randread   fio on replica file 0, then the engine with R = 1, 2, 3 replicas
@@ -11,6 +13,10 @@
 //              I/O per replica, latency p50/p99 (QD 32, and writes at QD 1)
 //   rebuild    full rebuild of a replica of --rebuild-size, idle and under a
 //              4 KiB random-write load (QD 32)
+// randread/randwrite alternate fio and the engine for --rounds rounds and
+// report medians; "cpu us/io" there is CPU time per I/O per replica file
+// (fio: its whole process, io_uring workers included; engine: all threads of
+// this process), the figure that stays comparable on a loaded machine.
 // Prints a table, or JSON with --json.
 #include <fcntl.h>
 #include <poll.h>
@@ -55,9 +61,9 @@ T value_or_exit(Result<T> result, const char* what) {
   return std::move(result).value();
 }
 
-double cpu_seconds() {
+double cpu_seconds(int who = RUSAGE_SELF) {
   rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
+  getrusage(who, &ru);
   return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
          static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
@@ -136,12 +142,15 @@ struct Result {
   double p50_us = 0;
   double p99_us = 0;
   double cpu_us_per_io_per_replica = 0;
-  double ratio = 0;  // against the fio baseline
+  double ratio = 0;               // against the fio baseline
+  std::vector<double> runs = {};  // IOPS of each round
 };
 
-// fio baseline: returns total IOPS over the jobs.
+// fio baseline: returns total IOPS over the jobs. `cpu_us_per_io`: CPU time
+// of the whole fio process (its io_uring workers and startup included) per
+// I/O of all jobs.
 double run_fio(const std::vector<std::string>& files, const std::string& rw, unsigned iodepth,
-               double runtime, double* p50_us, double* p99_us) {
+               double runtime, double* p50_us, double* p99_us, double* cpu_us_per_io = nullptr) {
   std::string cmd = "fio --output-format=json --ioengine=io_uring --direct=1 --bs=4k --rw=" + rw +
                     " --iodepth=" + std::to_string(iodepth) +
                     " --time_based --runtime=" + std::to_string(runtime) +
@@ -150,6 +159,7 @@ double run_fio(const std::vector<std::string>& files, const std::string& rw, uns
     cmd += " --name=j" + std::to_string(i) + " --filename=" + files[i];
   }
   cmd += " 2>/dev/null";
+  const double cpu_before = cpu_seconds(RUSAGE_CHILDREN);
   FILE* p = popen(cmd.c_str(), "r");
   if (p == nullptr) {
     return 0;
@@ -161,19 +171,25 @@ double run_fio(const std::vector<std::string>& files, const std::string& rw, uns
     out.append(buf, n);
   }
   pclose(p);
+  const double cpu = cpu_seconds(RUSAGE_CHILDREN) - cpu_before;
   auto j = nlohmann::json::parse(out, nullptr, false);
   if (j.is_discarded()) {
     std::fprintf(stderr, "fio output not parseable\n");
     return 0;
   }
   double iops = 0;
+  double ios = 0;
   const char* dir = rw == "randread" ? "read" : "write";
   for (auto& job : j["jobs"]) {
     iops += job[dir]["iops"].get<double>();
+    ios += job[dir]["total_ios"].get<double>();
     if (p50_us != nullptr) {
       *p50_us = job[dir]["clat_ns"]["percentile"]["50.000000"].get<double>() / 1000.0;
       *p99_us = job[dir]["clat_ns"]["percentile"]["99.000000"].get<double>() / 1000.0;
     }
+  }
+  if (cpu_us_per_io != nullptr) {
+    *cpu_us_per_io = cpu * 1e6 / std::max(ios, 1.0);
   }
   return iops;
 }
@@ -191,6 +207,10 @@ struct Replicas {
     }
   }
 };
+
+// StoreThreadOptions::spin_before_sleep for every store thread the
+// benchmark starts (--store-spin-us; several values = one engine row each).
+std::chrono::microseconds g_store_spin{0};
 
 std::unique_ptr<Replicas> file_replicas(const std::vector<std::string>& files, unsigned r,
                                         bool format) {
@@ -218,6 +238,7 @@ std::unique_ptr<Replicas> file_replicas(const std::vector<std::string>& files, u
     }
     StoreThreadOptions to;
     to.name = "store" + std::to_string(i);
+    to.spin_before_sleep = g_store_spin;
     auto thread = StoreThread::start(to);
     (void)(*thread)->attach(**store);
     reps->bindings.push_back({store->get(), thread->get()});
@@ -232,7 +253,8 @@ std::unique_ptr<Replicas> null_replicas(unsigned r, uint64_t size) {
   auto reps = std::make_unique<Replicas>();
   for (unsigned i = 0; i < r; ++i) {
     reps->nulls.push_back(std::make_unique<NullReplicaStore>(size));
-    auto thread = StoreThread::start({"null" + std::to_string(i), std::chrono::microseconds(200)});
+    auto thread = StoreThread::start(
+        {"null" + std::to_string(i), std::chrono::microseconds(200), g_store_spin});
     (void)(*thread)->attach(*reps->nulls.back());
     reps->bindings.push_back({reps->nulls.back().get(), thread->get()});
     reps->threads.push_back(std::move(thread.value()));
@@ -343,6 +365,34 @@ Result engine_row(std::string scenario, std::string what, unsigned replicas, con
   return res;
 }
 
+// Figures of one scenario over several rounds; a row reports their medians.
+struct Samples {
+  std::vector<double> iops, p50, p99, cpu;
+  void add(double i, double a, double b, double c) {
+    iops.push_back(i);
+    p50.push_back(a);
+    p99.push_back(b);
+    cpu.push_back(c);
+  }
+  static double median(std::vector<double> v) {
+    if (v.empty()) {
+      return 0;
+    }
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  }
+  [[nodiscard]] Result row(std::string scenario, std::string what, unsigned replicas) const {
+    Result res{std::move(scenario), std::move(what), replicas};
+    res.iops = median(iops);
+    res.mb_per_s = res.iops * 4096 / 1e6;
+    res.p50_us = median(p50);
+    res.p99_us = median(p99);
+    res.cpu_us_per_io_per_replica = median(cpu);
+    res.runs = iops;
+    return res;
+  }
+};
+
 void fill_files(const std::vector<std::string>& files, uint64_t size) {
   const size_t chunk = 1U << 20U;
   std::vector<char> buf(chunk);
@@ -385,7 +435,35 @@ int main(int argc, char** argv) {
   app.add_option("--runtime", runtime, "seconds per scenario");
   app.add_flag("--json", json, "print JSON");
   app.add_flag("--no-fio", skip_fio, "skip the fio baselines");
+  unsigned rounds = 3;
+  std::string only_list;
+  std::vector<unsigned> replica_counts = {1, 2, 3};
+  app.add_option("--rounds", rounds, "alternating fio/engine rounds (medians reported)")
+      ->check(CLI::Range(1, 100));
+  app.add_option("--only", only_list,
+                 "comma-separated scenarios: randread,randwrite,null,qd1,rebuild (default all)");
+  app.add_option("--replicas", replica_counts, "replica counts to run (default 1 2 3)")
+      ->check(CLI::Range(1, 3));
+  std::vector<unsigned> store_spins = {0};
+  app.add_option("--store-spin-us", store_spins,
+                 "store threads' spin before sleeping, us (several: one engine row each)");
   CLI11_PARSE(app, argc, argv);
+  std::vector<std::string> only;
+  for (size_t pos = 0; pos < only_list.size();) {
+    size_t comma = only_list.find(',', pos);
+    if (comma == std::string::npos) {
+      comma = only_list.size();
+    }
+    only.push_back(only_list.substr(pos, comma - pos));
+    pos = comma + 1;
+  }
+  for (const std::string& scenario : only) {
+    if (scenario != "randread" && scenario != "randwrite" && scenario != "null" &&
+        scenario != "qd1" && scenario != "rebuild") {
+      std::fprintf(stderr, "engine_bench: unknown scenario '%s' in --only\n", scenario.c_str());
+      return 2;
+    }
+  }
   spdlog::set_level(getenv("BENCH_DEBUG") ? spdlog::level::info : spdlog::level::warn);
   const uint64_t size = parse_size(size_s);
   const uint64_t rebuild_size = parse_size(rebuild_size_s);
@@ -396,62 +474,111 @@ int main(int argc, char** argv) {
   fill_files(files, size);
   std::vector<Result> results;
 
-  // ---- random read ----
-  double fio_read = 0;
-  if (!skip_fio) {
-    Result f{"randread", "fio 1 file", 1};
-    fio_read = run_fio({files[0]}, "randread", 32, runtime, &f.p50_us, &f.p99_us);
-    f.iops = fio_read;
-    f.mb_per_s = fio_read * 4096 / 1e6;
-    f.ratio = 1;
-    results.push_back(f);
-  }
-  for (unsigned r = 1; r <= 3; ++r) {
+  auto engine_label = [&](unsigned spin_us) {
+    return store_spins.size() == 1 ? std::string("engine")
+                                   : "engine, store spin " + std::to_string(spin_us) + " us";
+  };
+  auto wanted = [&](const std::string& scenario) {
+    return only.empty() || std::find(only.begin(), only.end(), scenario) != only.end();
+  };
+  // One engine run on file replicas (fresh volume over the first r files).
+  auto engine_file_run = [&](unsigned r, VolumeOp op, unsigned spin_us) {
+    g_store_spin = std::chrono::microseconds(spin_us);
     auto reps = file_replicas(files, r, true);
     ReplicatedVolumeOptions o;
     o.name = "bench";
     auto vol = value_or_exit(ReplicatedVolume::open(o, reps->bindings), "open volume");
     auto q = value_or_exit(vol->open_queue(0), "open queue");
-    LoadResult lr = run_load(*vol, *q, VolumeOp::kRead, 32, runtime);
-    Result res = engine_row("randread", "engine", r, lr);
-    res.mb_per_s = res.iops * 4096 / 1e6;
-    res.ratio = fio_read > 0 ? res.iops / fio_read : 0;
-    results.push_back(res);
+    LoadResult lr = run_load(*vol, *q, op, 32, runtime);
     q.reset();
     (void)vol->close();
-  }
+    return lr;
+  };
+  // Rounds alternate fio and the engine, so load from elsewhere on the
+  // machine hits both alike; every figure is the median over the rounds.
+  // CPU is per I/O per replica file written or read (fio: its whole
+  // process, io_uring workers included; engine: every thread of this one).
 
-  // ---- random write ----
-  std::array<double, 4> fio_write{};
-  for (unsigned r = 1; r <= 3; ++r) {
+  // ---- random read ----
+  if (wanted("randread")) {
+    Samples fio;
+    std::array<std::vector<Samples>, 4> engine;
+    for (unsigned round = 0; round < rounds; ++round) {
+      if (!skip_fio) {
+        double p50 = 0, p99 = 0, cpu = 0;
+        double iops = run_fio({files[0]}, "randread", 32, runtime, &p50, &p99, &cpu);
+        fio.add(iops, p50, p99, cpu);
+      }
+      for (unsigned r : replica_counts) {
+        engine[r].resize(store_spins.size());
+        for (size_t v = 0; v < store_spins.size(); ++v) {
+          LoadResult lr = engine_file_run(r, VolumeOp::kRead, store_spins[v]);
+          engine[r][v].add(static_cast<double>(lr.ios) / lr.seconds, lr.p50_us, lr.p99_us,
+                           lr.cpu * 1e6 / static_cast<double>(std::max<uint64_t>(lr.ios, 1)));
+        }
+      }
+    }
+    double fio_read = 0;
     if (!skip_fio) {
-      Result f{"randwrite", "fio " + std::to_string(r) + " file(s), QD32 each", r};
-      std::vector<std::string> fs(files.begin(), files.begin() + r);
-      double total = run_fio(fs, "randwrite", 32, runtime, &f.p50_us, &f.p99_us);
-      // The engine writes every I/O to r files: compare with one file's share.
-      fio_write[r] = total / r;
-      f.iops = fio_write[r];
-      f.mb_per_s = f.iops * 4096 / 1e6;
+      Result f = fio.row("randread", "fio 1 file", 1);
+      fio_read = f.iops;
       f.ratio = 1;
       results.push_back(f);
     }
-    auto reps = file_replicas(files, r, true);
-    ReplicatedVolumeOptions o;
-    o.name = "bench";
-    auto vol = value_or_exit(ReplicatedVolume::open(o, reps->bindings), "open volume");
-    auto q = value_or_exit(vol->open_queue(0), "open queue");
-    LoadResult lr = run_load(*vol, *q, VolumeOp::kWrite, 32, runtime);
-    Result res = engine_row("randwrite", "engine", r, lr);
-    res.mb_per_s = res.iops * 4096 / 1e6;
-    res.ratio = fio_write[r] > 0 ? res.iops / fio_write[r] : 0;
-    results.push_back(res);
-    q.reset();
-    (void)vol->close();
+    for (unsigned r : replica_counts) {
+      for (size_t v = 0; v < store_spins.size(); ++v) {
+        Result res = engine[r][v].row("randread", engine_label(store_spins[v]), r);
+        res.ratio = fio_read > 0 ? res.iops / fio_read : 0;
+        results.push_back(res);
+      }
+    }
+  }
+
+  // ---- random write ----
+  if (wanted("randwrite")) {
+    std::array<Samples, 4> fio;
+    std::array<std::vector<Samples>, 4> engine;
+    for (unsigned round = 0; round < rounds; ++round) {
+      for (unsigned r : replica_counts) {
+        if (!skip_fio) {
+          std::vector<std::string> fs(files.begin(), files.begin() + r);
+          double p50 = 0, p99 = 0, cpu = 0;
+          double total = run_fio(fs, "randwrite", 32, runtime, &p50, &p99, &cpu);
+          // The engine writes every I/O to r files: compare with one file's share.
+          fio[r].add(total / r, p50, p99, cpu);
+        }
+        engine[r].resize(store_spins.size());
+        for (size_t v = 0; v < store_spins.size(); ++v) {
+          LoadResult lr = engine_file_run(r, VolumeOp::kWrite, store_spins[v]);
+          engine[r][v].add(static_cast<double>(lr.ios) / lr.seconds, lr.p50_us, lr.p99_us,
+                           lr.cpu * 1e6 / static_cast<double>(std::max<uint64_t>(lr.ios, 1)) / r);
+        }
+      }
+    }
+    for (unsigned r : replica_counts) {
+      double fio_write = 0;
+      if (!skip_fio) {
+        Result f = fio[r].row("randwrite", "fio " + std::to_string(r) + " file(s), QD32 each", r);
+        fio_write = f.iops;
+        f.ratio = 1;
+        results.push_back(f);
+      }
+      for (size_t v = 0; v < store_spins.size(); ++v) {
+        Result res = engine[r][v].row("randwrite", engine_label(store_spins[v]), r);
+        res.ratio = fio_write > 0 ? res.iops / fio_write : 0;
+        results.push_back(res);
+      }
+    }
   }
 
   // ---- null replicas: the engine's own cost ----
+  // The remaining scenarios run with the first --store-spin-us value.
+  g_store_spin = std::chrono::microseconds(store_spins.front());
   for (VolumeOp op : {VolumeOp::kRead, VolumeOp::kWrite}) {
-    for (unsigned r = 1; r <= 3; ++r) {
+    if (!wanted("null")) {
+      break;
+    }
+    for (unsigned r : replica_counts) {
       auto reps = null_replicas(r, 1ULL << 30U);
       ReplicatedVolumeOptions o;
       o.name = "null";
@@ -471,7 +598,10 @@ int main(int argc, char** argv) {
   }
 
   // ---- null replicas at QD 1: the engine's latency without queueing ----
-  for (unsigned r = 1; r <= 3; ++r) {
+  for (unsigned r : replica_counts) {
+    if (!wanted("qd1")) {
+      break;
+    }
     auto reps = null_replicas(r, 1ULL << 30U);
     ReplicatedVolumeOptions o;
     o.name = "null";
@@ -486,7 +616,7 @@ int main(int argc, char** argv) {
   }
 
   // ---- rebuild ----
-  {
+  if (wanted("rebuild")) {
     std::vector<std::string> rf = {dir + "/engine_bench_rb0_" + std::to_string(getpid()),
                                    dir + "/engine_bench_rb1_" + std::to_string(getpid())};
     fill_files({rf[0]}, rebuild_size + (2U << 20U));
@@ -546,6 +676,7 @@ int main(int argc, char** argv) {
     j["size_bytes"] = size;
     j["rebuild_size_bytes"] = rebuild_size;
     j["runtime_s"] = runtime;
+    j["rounds"] = rounds;
     for (const Result& r : results) {
       j["results"].push_back({{"scenario", r.scenario},
                               {"what", r.what},
@@ -555,7 +686,8 @@ int main(int argc, char** argv) {
                               {"p50_us", r.p50_us},
                               {"p99_us", r.p99_us},
                               {"cpu_us_per_io_per_replica", r.cpu_us_per_io_per_replica},
-                              {"ratio_vs_fio", r.ratio}});
+                              {"ratio_vs_fio", r.ratio},
+                              {"iops_runs", r.runs}});
     }
     std::printf("%s\n", j.dump(2).c_str());
   } else {

@@ -12,7 +12,9 @@
 //     written once per channel whose completion ring was empty before the
 //     batch (the queue drains until empty, so a non-empty ring already has a
 //     pending wake-up).
-// When idle the thread sleeps in poll(2) on its doorbell plus the stores'
+// When idle the thread first keeps polling for `spin_before_sleep` (rings
+// and device completion queues are shared memory, so this costs no
+// syscalls), then sleeps in poll(2) on its doorbell plus the stores'
 // completion fds. Stores without a completion fd and with requests in flight
 // (e.g. a fault-injecting wrapper holding delayed requests) are polled every
 // `idle_poll_interval`.
@@ -40,6 +42,11 @@ struct StoreChannel;
 struct StoreThreadOptions {
   std::string name = "store";
   std::chrono::microseconds idle_poll_interval{200};
+  // How long an idle thread keeps polling before it sleeps. A completion or
+  // request arriving within it is picked up without the sleep/wake-up pair
+  // (two context switches, plus the waker's eventfd write); longer idle
+  // periods cost this much CPU each. 0: sleep at once.
+  std::chrono::microseconds spin_before_sleep{0};
 };
 
 class StoreThread {

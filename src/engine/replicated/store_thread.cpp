@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -30,6 +31,12 @@ void drain_fd(int fd) {
   uint64_t value = 0;
   ssize_t n = ::read(fd, &value, sizeof(value));
   (void)n;
+}
+// Spin-wait hint: lets a hyperthread sibling run and saves power.
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
 }
 }  // namespace
 
@@ -104,6 +111,8 @@ struct StoreThread::Impl {
   void loop() {
     pthread_setname_np(pthread_self(), options.name.substr(0, 15).c_str());
     std::vector<pollfd> fds;
+    const bool spins = options.spin_before_sleep.count() > 0;
+    auto last_work = std::chrono::steady_clock::now();
     while (!stop.load(std::memory_order_acquire)) {
       if (killed.load(std::memory_order_acquire)) {
         break;
@@ -137,6 +146,13 @@ struct StoreThread::Impl {
       }
       flush_notifications();
       if (work > 0) {
+        if (spins) {
+          last_work = std::chrono::steady_clock::now();
+        }
+        continue;
+      }
+      if (spins && std::chrono::steady_clock::now() - last_work < options.spin_before_sleep) {
+        cpu_relax();
         continue;
       }
       // Idle: announce sleep, re-check, then block.
