@@ -115,7 +115,19 @@ Result<std::string> Client::read_line(size_t max_bytes) {
 
 Result<Response> Client::call(std::string_view method, Json params) {
   const uint64_t id = next_id_++;
-  UBLKVOL_TRY(send_raw(to_line(make_request(id, method, std::move(params)))));
+  Status sent = send_raw(to_line(make_request(id, method, std::move(params))));
+  if (!sent.ok()) {
+    // The daemon may have answered the connection and closed it before our
+    // request went out (permission_denied): that answer is the one to show.
+    auto early = read_line();
+    if (early.ok()) {
+      auto response = parse_response(*early);
+      if (response.ok() && !response->ok && response->id.is_null()) {
+        return response;
+      }
+    }
+    return sent.error();
+  }
   auto line = read_line();
   if (!line.ok()) {
     return line.error();

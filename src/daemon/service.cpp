@@ -405,10 +405,10 @@ struct Service::Impl {
   }
 
   Json store_json(StoreEntry& s) {
-    Json out = {{"name", s.name},           {"path", s.path},    {"uuid", s.uuid},
-                {"size_bytes", 0},          {"extent_size", 0},  {"used_bytes", 0},
-                {"free_bytes", 0},          {"state", "online"}, {"error", nullptr},
-                {"replicas", Json::array()}};
+    Json out = {{"name", s.name},   {"path", s.path},    {"uuid", s.uuid},
+                {"size_bytes", 0},  {"extent_size", 0},  {"used_bytes", 0},
+                {"free_bytes", 0},  {"state", "online"}, {"error", nullptr},
+                {"read_errors", 0}, {"write_errors", 0}, {"replicas", Json::array()}};
     if (s.online()) {
       dbs::StoreStats stats;
       Status got = s.run([&](dbs::Store& store) {
@@ -419,6 +419,10 @@ struct Service::Impl {
       out["extent_size"] = stats.extent_bytes;
       out["used_bytes"] = (stats.total_extents - stats.free_extents) * stats.extent_bytes;
       out["free_bytes"] = stats.free_extents * stats.extent_bytes;
+      // Data-path device errors since the store was opened (the store stays
+      // usable; the engine fails the replicas that saw them).
+      out["read_errors"] = stats.read_errors;
+      out["write_errors"] = stats.write_errors;
       if (!got.ok()) {
         out["state"] = "failed";
         out["error"] = got.error().message();

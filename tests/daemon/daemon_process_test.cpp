@@ -194,6 +194,7 @@ TEST_F(DaemonTest, EveryMethodHappyPath) {
   EXPECT_EQ(store["size_bytes"], 96 * kMiB);
   EXPECT_EQ(store["extent_size"], kMiB);
   EXPECT_GT(store["free_bytes"].get<uint64_t>(), 0u);
+  EXPECT_EQ(store["write_errors"], 0);
   EXPECT_EQ(ok("store.list")["stores"].size(), 4u);
   Json check = ok("store.check", {{"name", "a"}});
   EXPECT_EQ(check["ok"], true);

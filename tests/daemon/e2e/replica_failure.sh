@@ -57,7 +57,8 @@ echo "$out" | grep -o '"message":"[^"]*replica 2[^"]*"' | tail -3
 kill -0 "$FIO" 2>/dev/null || fail "fio ended early: $(cat "$STATE/fio")"
 finish_backlog_fio 0
 out=$(rpc store.show '{"name":"c"}')
-echo "store c: $(echo "$out" | json_first state), error: $(echo "$out" | json_first error)"
+echo "store c: $(echo "$out" | json_first state), write errors: $(echo "$out" | json_first write_errors)"
+[ "$(echo "$out" | json_first write_errors)" -gt 0 ] || fail "store c counted no write errors: $out"
 
 step "the volume still serves; SIGTERM stops the daemon"
 dd if="$DEV" of=/dev/null bs=1M count=16 iflag=direct 2>/dev/null || fail "reads fail after the store failure"
