@@ -34,8 +34,12 @@ NULL_PID=$!
 ublkvol-serve --backend memory --size $SIZE --backing-file $FILE --queues 2 --depth 128 \
     --id 1 --ready-file $S/r1 &
 MEM_PID=$!
+# dbs1 is write-through: say so where the server has the flag (its default
+# became write-back); older servers are write-through by default.
+WT=""
+ublkvol-serve --help 2>&1 | grep -qE '(^|[ ,])--write-through' && WT=--write-through
 ublkvol-serve --backend replicated --size $SIZE --replica-file $DBS_FILE --queues 2 --depth 128 \
-    --id 2 --ready-file $S/r2 &
+    --id 2 $WT --ready-file $S/r2 &
 DBS_PID=$!
 ublkvol-serve --backend replicated --size $SIZE --replica-file $DBS_FILE.wb --queues 2 \
     --depth 128 --id 3 --no-write-through --ready-file $S/r3 &

@@ -7,6 +7,10 @@
 # per I/O and the ratios against the tmpfs file.
 #
 #   bench/ublk/ublk_bench.sh [--build-dir build/release] [--runtime 5] [--json]
+#
+# The full fio matrix (raw + ext4, target vs baseline, interleaved repeats,
+# plots) is bench/run.sh (docs/performance.md); this script stays for its
+# all-backends-in-one-VM table (docs/ublk.md).
 set -eu
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BUILD=$ROOT/build/release
@@ -17,7 +21,7 @@ while [ $# -gt 0 ]; do
     --build-dir) BUILD=$2; shift 2 ;;
     --runtime) RUNTIME=$2; shift 2 ;;
     --json) JSON=--json; shift ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "ublk_bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
