@@ -37,7 +37,8 @@
 #   --out DIR            run directory (default <build-dir>/bench-results/<UTC time>-<backend>)
 #   --build-dir DIR      build with ublkvol-serve, bench_report, the in-process
 #                        benchmarks (default build/release)
-#   --mem SIZE           VM memory (default 3G)
+#   --mem SIZE           VM memory (default: 3G, more when the volume, its replicas and
+#                        the RAM-disk baseline need it: everything lives in guest RAM)
 #   --timeout S          VM wall-clock limit (default: estimated from the matrix)
 #   -h, --help           this text
 #
@@ -79,7 +80,7 @@ size_bytes() {
 mode="" command=matrix report_dir=""
 runtime="" repeat="" size="" quick=0
 backend=replicated replicas=1 write_through=0 queues="" workloads_arg="" no_ext4=0
-baseline="" store_dir="" with_inproc=0 out="" build="$ROOT/build/release" mem=3G timeout_s=""
+baseline="" store_dir="" with_inproc=0 out="" build="$ROOT/build/release" mem="" timeout_s=""
 
 need_arg() { [[ $# -ge 2 && -n "$2" && "$2" != --* ]] || die_usage "$1 needs a value"; }
 case "${1:-}" in
@@ -138,7 +139,7 @@ esac
 [[ "$replicas" =~ ^[1-3]$ ]] || die_usage "--replicas '$replicas' must be 1, 2 or 3"
 [[ -z "$queues" || "$queues" =~ ^[1-9][0-9]*$ ]] || die_usage "--queues '$queues' is not a positive number"
 [[ -z "$timeout_s" || "$timeout_s" =~ ^[1-9][0-9]*$ ]] || die_usage "--timeout '$timeout_s' is not a positive number of seconds"
-[[ "$mem" =~ ^[1-9][0-9]*[MG]$ ]] || die_usage "--mem '$mem' is not a size like 3G"
+[[ -z "$mem" || "$mem" =~ ^[1-9][0-9]*[MG]$ ]] || die_usage "--mem '$mem' is not a size like 3G"
 [[ -d "$build" ]] || die_usage "--build-dir $build: no such directory (build first: cmake --preset release && cmake --build build/release)"
 build=$(cd "$build" && pwd)
 report_bin=$build/bench/ublk/bench_report
@@ -297,6 +298,16 @@ else
   env_settings+=("BENCH_STORE_DIR=/dev/shm")
   # Boot + fills + mkfs, then each run costs its runtime plus fio's start-up
   # under TCG (a few seconds); metadata jobs are not time-based.
+  # The guest keeps everything in RAM: replica store files (volume + metadata)
+  # or the memory backend's file in tmpfs, plus the brd baseline.
+  if [[ -z "$mem" ]]; then
+    copies=2
+    [[ "$backend" == replicated ]] && copies=$((replicas + 1))
+    [[ "$backend" == null ]] && copies=0
+    mem_mib=$((size_b * copies * 5 / 4 / 1048576 + 1024))
+    ((mem_mib >= 3072)) || mem_mib=3072
+    mem=${mem_mib}M
+  fi
   runs=$((${#workloads[@]} * repeat * 2))
   timeout_s=${timeout_s:-$((300 + runs * (runtime + 15)))}
   vm_args=(--binary "$serve" --file "$ROOT/bench/fio:/opt/test/files/fio"
