@@ -66,12 +66,14 @@ class DaemonTest : public ::testing::Test {
     fs::create_directories(dir_);
     socket_ = (dir_ / "control.sock").string();
     {
-      std::ofstream config(dir_ / "config.json");
-      config << Json{
-          {"state_dir", (dir_ / "state").string()},
-          {"control_socket", socket_},
-          {"log_level",
-           "info"}}.dump();
+      // The packaged default config (every key; the daemon refuses unknown
+      // keys and wrong types, so this also checks that file), with private
+      // paths.
+      Json config = Json::parse(read_file(UBLKVOL_PACKAGED_CONFIG));
+      ASSERT_TRUE(config.is_object());
+      config["state_dir"] = (dir_ / "state").string();
+      config["control_socket"] = socket_;
+      std::ofstream(dir_ / "config.json") << config.dump();
     }
     daemon_ = ::fork();
     if (daemon_ == 0) {

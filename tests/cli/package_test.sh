@@ -3,9 +3,10 @@
 # directory and checks it: files and their modes, Depends (from
 # dpkg-shlibdeps), conffiles, maintainer scripts, the unit's paths and
 # directives, and that the packaged CLI and completion run.
-# Usage: package_test.sh BUILD_DIR
+# Usage: package_test.sh BUILD_DIR SOURCE_DIR
 set -euo pipefail
 build="$(cd "$1" && pwd)"
+source_dir="$(cd "$2" && pwd)"
 work="$(mktemp -d "${TMPDIR:-/tmp}/ublkvol-package-test.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
@@ -82,8 +83,9 @@ if command -v systemd-analyze >/dev/null; then
 fi
 grep -qx ublk_drv "$work/root/usr/lib/modules-load.d/ublk-volumed.conf" || fail "modules-load snippet"
 grep -qx 'g ublk-volume - -' "$work/root/usr/lib/sysusers.d/ublk-volumed.conf" || fail "sysusers snippet"
-python3 -c 'import json,sys; json.load(open(sys.argv[1]))' "$work/root/etc/ublk-volumed/config.json" ||
-  fail "config.json is not JSON"
+# The packaged config is packaging/config.json (cli_daemon_test runs the daemon on it).
+cmp "$work/root/etc/ublk-volumed/config.json" "$source_dir/packaging/config.json" ||
+  fail "packaged config.json differs from packaging/config.json"
 
 # The packaged binaries run (their libraries are what Depends names) and the
 # installed completion script is the one the CLI prints.
