@@ -866,6 +866,12 @@ void QueueState::handle(ReplicaIo& sub) {
   advance(s);
 }
 
+// Phases in which the slot's sub-requests read into a buffer.
+static bool reads_into_buffer(const Slot& s) {
+  return (s.phase == Phase::kData && s.vop == VolumeOp::kRead) || s.phase == Phase::kRepairRead ||
+         s.phase == Phase::kCopyRead || s.phase == Phase::kVerifyRead;
+}
+
 // Drops the expectation of answers from `lost` replicas (dropped, dead or
 // overdue) and moves the request on.
 void QueueState::lose(Slot& s, uint32_t lost) {
@@ -1269,6 +1275,21 @@ void QueueState::on_state_change() {
   for (Slot* s = fifo_head; s != nullptr;) {
     Slot* next = s->fifo_next;
     uint32_t lost = s->sent & ~write_mask;
+    if (lost != 0 && reads_into_buffer(*s)) {
+      // A read's sub-request at a dropped replica whose store thread still
+      // runs will still be issued and land in the buffer: retrying the read
+      // elsewhere now would have two replicas write it, the late one
+      // possibly after the request completed. Wait for its answer (handled
+      // as usual); a hung replica is still cut off by the deadline tick,
+      // and one whose thread died never answers, so it is let go now.
+      uint32_t dead = 0;
+      for (unsigned r = 0; r < vol->nreplicas; ++r) {
+        if ((lost & bit(r)) != 0 && vol->thread_exited(r)) {
+          dead |= bit(r);
+        }
+      }
+      lost = dead;
+    }
     if (lost != 0) {
       lose(*s, lost);
     } else if (s->phase == Phase::kData && s->kind == SlotKind::kUser &&
