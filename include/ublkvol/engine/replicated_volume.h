@@ -87,6 +87,15 @@ struct ReplicatedVolumeOptions {
   uint64_t rebuild_persist_bytes = 64ULL << 20U;
   // Start rebuilds of stale replicas found at open().
   bool auto_rebuild = true;
+  // Activity-log style clearing of the dirty-region bitmaps: while every
+  // replica is in sync and no rebuild runs, a background thread runs
+  // checkpoint() this often if anything was written since the bitmaps were
+  // last empty. Without it the bitmaps only shrink at close() and after a
+  // rebuild, so a replica returning after a short outage of a long-running
+  // volume resyncs everything written since open(). Each clear pauses
+  // mutating I/O for one drain + flush + bitmap commit on every replica
+  // (docs/engine.md "Dirty-bitmap clearing" has the figures). 0 = off.
+  std::chrono::milliseconds dirty_clear_interval{10000};
 };
 
 struct RebuildProgress {
@@ -129,6 +138,12 @@ struct VolumeStatus {
   std::vector<ReplicaStatus> replicas;
   std::vector<VolumeEvent> events;
   RebuildProgress rebuild;
+  // Checkpoints (dirty bitmaps cleared) since open(): explicit, after a
+  // rebuild and periodic (dirty_clear_interval) ones alike.
+  uint64_t checkpoints = 0;
+  // How long the last checkpoint held mutating I/O back (drain, flush all,
+  // clear every bitmap), microseconds.
+  uint64_t last_checkpoint_pause_us = 0;
 };
 
 struct VerifyReport {
@@ -212,6 +227,9 @@ class ReplicatedVolume : public Volume {
 
   // With every replica in sync: drain, flush all, clear the dirty bitmaps.
   Status checkpoint();
+  // Blocks until status().checkpoints >= `count` or `timeout` passed; true
+  // in the first case (lets a caller wait for a periodic clear).
+  bool wait_checkpoints(uint64_t count, std::chrono::milliseconds timeout);
 
   // Clean shutdown: stops rebuilds, checkpoints if all replicas are in sync,
   // stops the monitor. Queues must be closed first.

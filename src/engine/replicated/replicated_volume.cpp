@@ -347,6 +347,17 @@ struct ReplicatedVolume::Impl {
   RebuildProgress progress;  // under `mutex`
   bool closed = false;
 
+  // Periodic dirty-bitmap clearing (options.dirty_clear_interval). Its own
+  // thread, not the monitor: a checkpoint drains in-flight writes, and a
+  // write stuck at a hung replica only completes once the monitor's
+  // deadline tick fails that replica.
+  std::thread dirty_clear_thread;
+  mutable std::mutex checkpoint_mutex;  // the fields below
+  std::condition_variable checkpoint_cv;
+  bool dirty_clear_stop = false;
+  uint64_t checkpoints = 0;
+  uint64_t last_checkpoint_pause_us = 0;
+
   [[nodiscard]] ReplicaState replica_state(unsigned r) const {
     return static_cast<ReplicaState>(state[r].load(std::memory_order_seq_cst));
   }
@@ -465,6 +476,9 @@ struct ReplicatedVolume::Impl {
   Status run_job(const Job& job);
   Status start_job(const Job& job);
   Status checkpoint_locked();
+  void dirty_clear_loop();
+  void dirty_clear_round(uint64_t& clean_seq);
+  void stop_dirty_clear();
   Status with_barrier(const std::function<Status()>& fn);
   uint32_t region_bytes() const { return static_cast<uint32_t>(region_size); }
   // Indices holding a replica (any state but kRemoved).
@@ -1609,7 +1623,15 @@ Status ReplicatedVolume::Impl::checkpoint_locked() {
   if (mask_of(ReplicaState::kInSync) != present_mask()) {
     return Error(EAGAIN, "volume " + options.name + ": checkpoint needs every replica in sync");
   }
-  return with_barrier([&]() -> Status {
+  // Why clearing is safe: the barrier waits for every earlier mutating
+  // request (all queues) to complete on every replica, the flush makes them
+  // durable everywhere, and no replica may have left meanwhile (checked
+  // under meta_mutex, which failure handling takes too). Requests ordered
+  // after the barrier wait for its release, i.e. until every bitmap is
+  // cleared; the stores then mark (and commit) their regions again before
+  // issuing them. So a cleared bit never covers a write some replica lacks.
+  auto started = std::chrono::steady_clock::now();
+  Status outcome = with_barrier([&]() -> Status {
     // Flush every replica (data durable) before the bitmaps forget.
     QueueState& q = *queues[control_queue];
     VolumeIo flush;
@@ -1639,6 +1661,95 @@ Status ReplicatedVolume::Impl::checkpoint_locked() {
     }
     return ok_status();
   });
+  if (outcome.ok()) {
+    auto pause = std::chrono::duration_cast<std::chrono::microseconds>(
+        std::chrono::steady_clock::now() - started);
+    std::lock_guard lock(checkpoint_mutex);
+    ++checkpoints;
+    last_checkpoint_pause_us = static_cast<uint64_t>(pause.count());
+    checkpoint_cv.notify_all();
+  }
+  return outcome;
+}
+
+void ReplicatedVolume::Impl::dirty_clear_loop() {
+  pthread_setname_np(pthread_self(), "vol-dirtyclear");
+  // next_seq when every bitmap was last known empty: no mutating request
+  // was ordered since, so there is nothing to clear (UINT64_MAX: unknown).
+  uint64_t clean_seq = UINT64_MAX;
+  std::unique_lock lock(checkpoint_mutex);
+  for (;;) {
+    checkpoint_cv.wait_for(lock, options.dirty_clear_interval, [&] { return dirty_clear_stop; });
+    if (dirty_clear_stop) {
+      return;
+    }
+    lock.unlock();
+    dirty_clear_round(clean_seq);
+    lock.lock();
+  }
+}
+
+void ReplicatedVolume::Impl::dirty_clear_round(uint64_t& clean_seq) {
+  // A replica out of the write set resyncs from these bits; a rebuild
+  // checkpoints itself when it is done.
+  if (mask_of(ReplicaState::kInSync) != present_mask()) {
+    return;
+  }
+  {
+    std::lock_guard lock(rebuild_mutex);
+    if (rebuild_running) {
+      return;
+    }
+  }
+  const uint64_t seq = next_seq.load(std::memory_order_seq_cst);
+  if (seq == clean_seq) {
+    return;
+  }
+  bool any_dirty = false;
+  {
+    std::lock_guard meta_lock(meta_mutex);  // bindings stay put
+    for (unsigned r = 0; r < nreplicas && !any_dirty; ++r) {
+      if ((present_mask() & bit(r)) == 0) {
+        continue;
+      }
+      Result<std::vector<uint8_t>> bits = read_dirty(r);
+      if (!bits.ok()) {
+        return;  // the monitor deals with a dead store thread
+      }
+      any_dirty = std::any_of(bits->begin(), bits->end(), [](uint8_t b) { return b != 0; });
+    }
+  }
+  if (!any_dirty) {
+    clean_seq = seq;
+    return;
+  }
+  // An operator's control call (snapshot, verify, membership change) holds
+  // the control queue: skip this round rather than queue behind it.
+  std::unique_lock control_lock(control_mutex, std::try_to_lock);
+  if (!control_lock.owns_lock()) {
+    return;
+  }
+  Status st = checkpoint_locked();
+  if (st.ok()) {
+    // Requests ordered after `seq` may have marked bits the checkpoint
+    // cleared; next_seq has moved past `seq` then, so the next round looks.
+    clean_seq = seq;
+    spdlog::debug("volume {}: dirty bitmaps cleared", options.name);
+  } else if (st.error().errno_value() != EAGAIN) {
+    spdlog::warn("volume {}: periodic dirty-bitmap clear: {}", options.name,
+                 st.error().to_string());
+  }
+}
+
+void ReplicatedVolume::Impl::stop_dirty_clear() {
+  {
+    std::lock_guard lock(checkpoint_mutex);
+    dirty_clear_stop = true;
+  }
+  checkpoint_cv.notify_all();
+  if (dirty_clear_thread.joinable()) {
+    dirty_clear_thread.join();
+  }
 }
 
 Status ReplicatedVolume::Impl::start_job(const Job& job) {
@@ -1951,6 +2062,7 @@ ReplicatedVolume::ReplicatedVolume(std::unique_ptr<Impl> impl) : impl_(std::move
 
 ReplicatedVolume::~ReplicatedVolume() {
   Impl& v = *impl_;
+  v.stop_dirty_clear();
   {
     std::lock_guard lock(v.rebuild_mutex);
     v.rebuild_stop = true;
@@ -2157,6 +2269,9 @@ Result<std::unique_ptr<ReplicatedVolume>> ReplicatedVolume::open(
   }
   Impl* raw = impl.get();
   v.monitor = std::thread([raw] { raw->monitor_loop(); });
+  if (options.dirty_clear_interval.count() > 0) {
+    v.dirty_clear_thread = std::thread([raw] { raw->dirty_clear_loop(); });
+  }
   auto volume = std::unique_ptr<ReplicatedVolume>(new ReplicatedVolume(std::move(impl)));
   if (options.auto_rebuild) {
     for (const Impl::Job& job : jobs) {
@@ -2188,6 +2303,9 @@ VolumeStatus ReplicatedVolume::status() const {
   st.online = st.in_sync >= st.min_replicas;
   st.events = v.events;
   st.rebuild = v.progress;
+  std::lock_guard checkpoint_lock(v.checkpoint_mutex);
+  st.checkpoints = v.checkpoints;
+  st.last_checkpoint_pause_us = v.last_checkpoint_pause_us;
   return st;
 }
 
@@ -2694,8 +2812,15 @@ Status ReplicatedVolume::checkpoint() {
   return v.checkpoint_locked();
 }
 
+bool ReplicatedVolume::wait_checkpoints(uint64_t count, std::chrono::milliseconds timeout) {
+  Impl& v = *impl_;
+  std::unique_lock lock(v.checkpoint_mutex);
+  return v.checkpoint_cv.wait_for(lock, timeout, [&] { return v.checkpoints >= count; });
+}
+
 Status ReplicatedVolume::close() {
   Impl& v = *impl_;
+  v.stop_dirty_clear();
   {
     std::lock_guard lock(v.rebuild_mutex);
     v.rebuild_stop = true;
