@@ -77,14 +77,24 @@ struct Cluster {
     }
   }
 
-  // Stops threads and drops stores (the memory devices survive), as a
-  // process crash would.
+  // Stops threads and drops stores (the memory devices' content survives),
+  // as a process crash would.
   void stop() {
     for (Replica& r : replicas) {
       if (r.thread) {
         r.thread->stop();
       }
       r.thread.reset();
+      // A thread killed by kill_for_testing() leaves requests queued in the
+      // memory device, linked through requests owned by the store, the fault
+      // wrapper and the (gone) volume. Executing them would call into freed
+      // objects, and a restarted store polling the same device would do just
+      // that. Drop them as a crash does - never executed - by moving the
+      // content into a fresh device; the old one is destroyed without
+      // touching its queue. Safe to read in_flight(): the thread was joined.
+      if (r.memory && r.memory->in_flight() != 0) {
+        r.memory = std::make_unique<dbs::MemoryDevice>(r.memory->release_image());
+      }
       r.store.reset();
       r.fault.reset();
     }
