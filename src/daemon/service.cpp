@@ -43,6 +43,14 @@ Error invalid(std::string message) { return Error(EINVAL, std::move(message)); }
 
 std::string named(const std::string& name) { return "'" + name + "'"; }
 
+std::string list_names(const std::vector<std::string>& names) {
+  std::string list;
+  for (const auto& n : names) {
+    list += (list.empty() ? "" : ", ") + named(n);
+  }
+  return list;
+}
+
 uint64_t monotonic_ns() {
   timespec ts{};
   ::clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -1029,9 +1037,114 @@ struct Service::Impl {
     if (*size == (*v)->size_bytes) {
       return volume_json(**v);
     }
-    return Error(ENOTSUP,
-                 "resizing is not supported yet: the replicated engine cannot grow a volume "
-                 "(its dirty bitmaps and rebuild state are sized when it opens)");
+    VolumeEntry& volume = **v;
+    if (volume.exposed || volume.device) {
+      const std::string path = volume.device ? volume.device->block_path() : "a ublk device";
+      return Error(EBUSY, "volume " + named(*name) + " is exposed as " + path +
+                              ": unexpose it, resize, expose it again (changing the size of a "
+                              "live ublk device needs UBLK_U_CMD_UPDATE_SIZE, Linux 6.14+)");
+    }
+    if (!volume.engine) {
+      return Error(EIO, "volume " + named(*name) + " is not open: " + volume.error);
+    }
+    if (!volume.missing_stores.empty()) {
+      // Their replicas would keep the old size (and a different dirty-region
+      // size), so the engine could not open them with the others later.
+      return Error(ENODEV, "volume " + named(*name) + " has replicas on unavailable store(s) " +
+                               list_names(volume.missing_stores) +
+                               "; bring them back or remove those replicas before resizing");
+    }
+    if (volume.engine->status().rebuild.active) {
+      return Error(EBUSY, "volume " + named(*name) +
+                              " is rebuilding a replica; resize after the rebuild completes");
+    }
+    return grow_volume(volume, *size);
+  }
+
+  // Grows a volume that is not exposed: closes its engine and replicas, grows
+  // every replica's DBS volume (new range reads as zeros, the dirty bitmap is
+  // resized by DBS), reopens. DbsReplicaStore and the engine take the size
+  // (and dirty-region size) from the DBS volume when they open, so nothing of
+  // theirs needs changing. Each grow commits in DBS before the next; the
+  // state file gets the new size once all replicas have it. If a grow fails
+  // part-way, the grown replicas stay grown (DBS never shrinks) and the
+  // engine cannot open replicas of different dirty-region sizes: the error
+  // says so, and repeating the resize grows the rest (growing a replica to
+  // its current size changes nothing).
+  Result<Json> grow_volume(VolumeEntry& volume, uint64_t new_size) {
+    const uint64_t old_size = volume.size_bytes;
+    close_volume(volume);
+    std::optional<Error> failed;
+    for (auto& slot : volume.slots) {
+      if (slot.store == nullptr) {
+        continue;
+      }
+      Status grown = slot.store->run([&](dbs::Store& store) -> Status {
+        auto id = store.find_volume(volume.name);
+        if (!id.ok()) {
+          return id.error();
+        }
+        auto info = store.volume_info(*id);
+        if (!info.ok()) {
+          return info.error();
+        }
+        if (info->size_bytes == new_size) {
+          return ok_status();  // grown by an earlier, interrupted resize
+        }
+        return store.grow_volume(*id, new_size);
+      });
+      if (!grown.ok()) {
+        failed = grown.error().with_context("growing volume " + named(volume.name) + " on store " +
+                                            named(slot.store->name));
+        break;
+      }
+    }
+    if (!failed) {
+      volume.size_bytes = new_size;
+    }
+    Status reopened = reopen_volume(volume);
+    if (failed) {
+      spdlog::error("volume '{}': resize to {} bytes failed: {}", volume.name, new_size,
+                    failed->message());
+      return Error(failed->errno_value(),
+                   failed->message() +
+                       (reopened.ok() ? ""
+                                      : "; the volume is now closed (" +
+                                            reopened.error().message() + "): repeat the resize"));
+    }
+    if (!reopened.ok()) {
+      return reopened.error().with_context("volume " + named(volume.name) + " grown to " +
+                                           std::to_string(new_size) +
+                                           " bytes but could not be reopened");
+    }
+    const uint64_t engine_size = volume.engine->info().size_bytes;
+    if (engine_size != new_size) {
+      return Error(EIO, "volume " + named(volume.name) + " grown to " + std::to_string(new_size) +
+                            " bytes but its engine opened with " + std::to_string(engine_size));
+    }
+    UBLKVOL_TRY(save());
+    spdlog::info("volume '{}' grown from {} to {} bytes", volume.name, old_size, new_size);
+    return volume_json(volume);
+  }
+
+  // Opens the replicas and the engine of a closed volume (its slots keep
+  // their stores). On failure the volume stays closed with `error` set.
+  Status reopen_volume(VolumeEntry& volume) {
+    Status opened = ok_status();
+    for (auto& slot : volume.slots) {
+      if (slot.store != nullptr && opened.ok()) {
+        opened = open_slot(volume, slot, volume.name);
+      }
+    }
+    if (opened.ok()) {
+      opened = open_engine(volume);
+    }
+    if (!opened.ok()) {
+      close_volume(volume);
+      volume.error = opened.error().message();
+      spdlog::error("volume '{}' cannot be reopened: {}", volume.name, volume.error);
+    }
+    return opened;
   }
 
   // ---- snapshots ----------------------------------------------------------

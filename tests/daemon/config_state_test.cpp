@@ -46,14 +46,14 @@ TEST(Config, DefaultsWhenMissing) {
   EXPECT_EQ(config->io_deadline_ms, 8000u);
   EXPECT_EQ(config->min_replicas, 1u);
   EXPECT_TRUE(config->recoverable_devices);
-  EXPECT_TRUE(config->write_through);
+  EXPECT_FALSE(config->write_through);  // write-back: DBS journals mappings
 }
 
 TEST(Config, ParsesEveryKey) {
   const auto config = parse_config(
       R"({"state_dir":"/s","control_socket":"/r/c.sock","socket_group":"g","queues":2,
           "queue_depth":64,"io_deadline_ms":500,"rebuild_mb_per_s":100,"min_replicas":2,
-          "recoverable_devices":false,"write_through":false,"log_level":"debug"})",
+          "recoverable_devices":false,"write_through":true,"log_level":"debug"})",
       "c.json");
   ASSERT_TRUE(config.ok()) << config.error().message();
   EXPECT_EQ(config->state_dir, "/s");
@@ -63,7 +63,7 @@ TEST(Config, ParsesEveryKey) {
   EXPECT_EQ(config->rebuild_mb_per_s, 100u);
   EXPECT_EQ(config->min_replicas, 2u);
   EXPECT_FALSE(config->recoverable_devices);
-  EXPECT_FALSE(config->write_through);
+  EXPECT_TRUE(config->write_through);
   EXPECT_EQ(config->log_level, "debug");
 }
 

@@ -5,7 +5,9 @@
 # errors; a SIGTERM stops the device (not in use) and a new daemon re-exposes
 # the volume with the same content; a mounted device is refused by unexpose
 # (busy, naming the mount), detached at SIGTERM and re-attached by the next
-# daemon with the filesystem intact.
+# daemon with the filesystem intact; volume.resize is refused while exposed,
+# and after unexpose/resize/expose the device has the new size, the old
+# content and a zeroed tail.
 . /opt/test/files/daemon_lib.sh
 
 CYCLES=3
@@ -107,8 +109,28 @@ start_daemon
 grep -q hello /mnt/v0/f || fail "file lost across the detach"
 echo more >/mnt/v0/g && sync || fail "writes fail after the re-attach"
 umount /mnt/v0 || fail "umount"
+ok "mounted device survived a daemon stop/start"
+
+step "resize: refused while exposed; unexpose, grow 96 -> 128 MiB, expose: old data, zero tail"
+rpc volume.resize '{"name":"v0","size":134217728}' 2>"$STATE/resize" &&
+  fail "resize of an exposed volume succeeded"
+grep -q "busy: .*unexpose it" "$STATE/resize" || fail "resize while exposed: $(cat "$STATE/resize")"
+sum=$(device_sha256 "$DEV")
 rpc volume.unexpose '{"name":"v0"}' >/dev/null || fail "unexpose after umount"
 wait_until 10 no_ublk_devices || fail "device still present after unexpose"
+out=$(rpc volume.resize '{"name":"v0","size":134217728}') || fail "volume.resize"
+echo "$out" | grep -q '"size_bytes":134217728' || fail "resize answered $out"
+out=$(rpc volume.expose '{"name":"v0"}') || fail "volume.expose after resize"
+DEV=$(echo "$out" | json_get path)
+[ "$(blockdev --getsize64 "$DEV")" = 134217728 ] ||
+  fail "$DEV is $(blockdev --getsize64 "$DEV") bytes after the resize"
+head_sum=$(timeout 120 dd if="$DEV" bs=1M count=96 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
+[ "$head_sum" = "$sum" ] || fail "the first 96 MiB changed across the resize"
+tail_nonzero=$(timeout 60 dd if="$DEV" bs=1M skip=96 iflag=direct 2>/dev/null | tr -d '\0' | wc -c)
+[ "$tail_nonzero" -eq 0 ] || fail "the new 32 MiB hold $tail_nonzero non-zero bytes"
+e2fsck -fn "$DEV" >"$STATE/fsck" 2>&1 || fail "e2fsck after resize: $(cat "$STATE/fsck")"
+rpc volume.unexpose '{"name":"v0"}' >/dev/null || fail "unexpose after the resize"
+wait_until 10 no_ublk_devices || fail "device still present after unexpose"
 stop_daemon
-ok "mounted device survived a daemon stop/start; unexposed after umount"
+ok "resized to 128 MiB: old content intact, new tail zeros, filesystem clean"
 echo "PASS"
