@@ -131,6 +131,9 @@ int run(int argc, char** argv) {
   const SystemdNotifier notifier = SystemdNotifier::from_environment();
   spdlog::info("ublk-volumed {} starting (pid {}, state dir {})", version_string(), ::getpid(),
                config->state_dir);
+  spdlog::info("writes: {}", config->write_through
+                                 ? "write-through (every write FUA)"
+                                 : "write-back (stores journal mappings before a write completes)");
   (void)notifier.notify("STATUS=opening stores and volumes");
   auto service = Service::start(*config);
   if (!service.ok()) {

@@ -185,6 +185,7 @@ TEST_F(DaemonTest, EveryMethodHappyPath) {
   start();
   Json status = ok("daemon.status");
   EXPECT_EQ(status["stores"], 0);
+  EXPECT_NE(log_text().find("writes: write-back"), std::string::npos) << log_text();
   EXPECT_EQ(status["pid"], pid_);
   EXPECT_TRUE(status["ublk"]["message"].is_string());
 

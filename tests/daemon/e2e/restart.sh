@@ -23,6 +23,8 @@ out=$(rpc volume.expose '{"name":"v0","queues":2,"queue_depth":64}') || fail "vo
 DEV=$(echo "$out" | json_get path)
 [ -b "$DEV" ] || fail "volume.expose gave no block device: $out"
 ok "v0 exposed as $DEV"
+# The default (no config file) is write-back: what the SIGKILL cycles prove.
+grep -q "writes: write-back" "$DAEMON_LOG" || fail "the daemon does not run write-back"
 [ "$(replica_states v0)" = "in_sync in_sync in_sync" ] || fail "replicas: $(replica_states v0)"
 
 step "stats agree with fio (4 KiB random writes then reads, 4096 each)"
