@@ -475,7 +475,10 @@ struct ReplicatedVolume::Impl {
   void rebuild_loop();
   Status run_job(const Job& job);
   Status start_job(const Job& job);
-  Status checkpoint_locked();
+  // `quiet_seq` (optional) gets the sequence number up to which every
+  // mutating request is covered by this checkpoint if none was ordered
+  // after its barrier, else UINT64_MAX.
+  Status checkpoint_locked(uint64_t* quiet_seq = nullptr);
   void dirty_clear_loop();
   void dirty_clear_round(uint64_t& clean_seq);
   void stop_dirty_clear();
@@ -1619,7 +1622,7 @@ Status ReplicatedVolume::Impl::with_barrier(const std::function<Status()>& fn) {
   return st;
 }
 
-Status ReplicatedVolume::Impl::checkpoint_locked() {
+Status ReplicatedVolume::Impl::checkpoint_locked(uint64_t* quiet_seq) {
   if (mask_of(ReplicaState::kInSync) != present_mask()) {
     return Error(EAGAIN, "volume " + options.name + ": checkpoint needs every replica in sync");
   }
@@ -1631,6 +1634,13 @@ Status ReplicatedVolume::Impl::checkpoint_locked() {
   // cleared; the stores then mark (and commit) their regions again before
   // issuing them. So a cleared bit never covers a write some replica lacks.
   auto started = std::chrono::steady_clock::now();
+  if (quiet_seq != nullptr) {
+    *quiet_seq = UINT64_MAX;
+  }
+  // The barrier takes the next sequence number; if next_seq is still one
+  // past this once the bitmaps are cleared, no request was ordered between
+  // (they completed before the barrier) or after it (none waits to mark).
+  const uint64_t seq_before = next_seq.load(std::memory_order_seq_cst);
   Status outcome = with_barrier([&]() -> Status {
     // Flush every replica (data durable) before the bitmaps forget.
     QueueState& q = *queues[control_queue];
@@ -1659,6 +1669,9 @@ Status ReplicatedVolume::Impl::checkpoint_locked() {
         return st.error().with_context("volume " + options.name + ": checkpoint");
       }
     }
+    if (quiet_seq != nullptr && next_seq.load(std::memory_order_seq_cst) == seq_before + 1) {
+      *quiet_seq = seq_before + 1;
+    }
     return ok_status();
   });
   if (outcome.ok()) {
@@ -1674,8 +1687,10 @@ Status ReplicatedVolume::Impl::checkpoint_locked() {
 
 void ReplicatedVolume::Impl::dirty_clear_loop() {
   pthread_setname_np(pthread_self(), "vol-dirtyclear");
-  // next_seq when every bitmap was last known empty: no mutating request
-  // was ordered since, so there is nothing to clear (UINT64_MAX: unknown).
+  // next_seq right after a checkpoint that covered every mutating request
+  // ordered so far: while next_seq stays there, nothing is dirty
+  // (UINT64_MAX: unknown). Not "the bitmaps read empty": a request that has
+  // its sequence number may not have marked its region yet.
   uint64_t clean_seq = UINT64_MAX;
   std::unique_lock lock(checkpoint_mutex);
   for (;;) {
@@ -1701,26 +1716,9 @@ void ReplicatedVolume::Impl::dirty_clear_round(uint64_t& clean_seq) {
       return;
     }
   }
-  const uint64_t seq = next_seq.load(std::memory_order_seq_cst);
-  if (seq == clean_seq) {
-    return;
-  }
-  bool any_dirty = false;
-  {
-    std::lock_guard meta_lock(meta_mutex);  // bindings stay put
-    for (unsigned r = 0; r < nreplicas && !any_dirty; ++r) {
-      if ((present_mask() & bit(r)) == 0) {
-        continue;
-      }
-      Result<std::vector<uint8_t>> bits = read_dirty(r);
-      if (!bits.ok()) {
-        return;  // the monitor deals with a dead store thread
-      }
-      any_dirty = std::any_of(bits->begin(), bits->end(), [](uint8_t b) { return b != 0; });
-    }
-  }
-  if (!any_dirty) {
-    clean_seq = seq;
+  // Nothing was written since the last clear that covered every request
+  // (reads take no sequence number): nothing is dirty.
+  if (next_seq.load(std::memory_order_seq_cst) == clean_seq) {
     return;
   }
   // An operator's control call (snapshot, verify, membership change) holds
@@ -1729,11 +1727,12 @@ void ReplicatedVolume::Impl::dirty_clear_round(uint64_t& clean_seq) {
   if (!control_lock.owns_lock()) {
     return;
   }
-  Status st = checkpoint_locked();
+  uint64_t quiet = UINT64_MAX;
+  Status st = checkpoint_locked(&quiet);
   if (st.ok()) {
-    // Requests ordered after `seq` may have marked bits the checkpoint
-    // cleared; next_seq has moved past `seq` then, so the next round looks.
-    clean_seq = seq;
+    // Under a steady write load `quiet` stays unknown and the next round
+    // clears again; once the volume goes idle one more clear records it.
+    clean_seq = quiet;
     spdlog::debug("volume {}: dirty bitmaps cleared", options.name);
   } else if (st.error().errno_value() != EAGAIN) {
     spdlog::warn("volume {}: periodic dirty-bitmap clear: {}", options.name,
