@@ -1044,7 +1044,12 @@ struct Service::Impl {
                               ": unexpose it, resize, expose it again (changing the size of a "
                               "live ublk device needs UBLK_U_CMD_UPDATE_SIZE, Linux 6.14+)");
     }
-    if (!volume.engine) {
+    // A volume left closed (a resize that failed or crashed part-way leaves
+    // replicas of different sizes, which the engine refuses to open) may be
+    // resized again: that grows the remaining replicas and reopens it.
+    if (!volume.engine &&
+        std::none_of(volume.slots.begin(), volume.slots.end(),
+                     [](const ReplicaSlot& slot) { return slot.store != nullptr; })) {
       return Error(EIO, "volume " + named(*name) + " is not open: " + volume.error);
     }
     if (!volume.missing_stores.empty()) {
@@ -1054,7 +1059,7 @@ struct Service::Impl {
                                list_names(volume.missing_stores) +
                                "; bring them back or remove those replicas before resizing");
     }
-    if (volume.engine->status().rebuild.active) {
+    if (volume.engine && volume.engine->status().rebuild.active) {
       return Error(EBUSY, "volume " + named(*name) +
                               " is rebuilding a replica; resize after the rebuild completes");
     }

@@ -25,6 +25,8 @@
 
 #include "ublkvol/common/unique_fd.h"
 #include "ublkvol/daemon/client.h"
+#include "ublkvol/dbs/file_device.h"
+#include "ublkvol/dbs/store.h"
 
 extern char** environ;
 
@@ -545,6 +547,50 @@ TEST_F(DaemonTest, ResizeGrowsAndSurvivesRestarts) {
   for (const char* store : {"a", "b", "c"}) {
     EXPECT_EQ(ok("store.check", {{"name", store}})["ok"], true) << store;
   }
+}
+
+// A resize interrupted after growing some replicas (here: one replica's DBS
+// volume grown behind the daemon's back while it is stopped) is finished by
+// repeating it: the grown replica is skipped, the others grow, and the
+// volume is open with the new size and every replica in sync.
+TEST_F(DaemonTest, RepeatedResizeFinishesAnInterruptedOne) {
+  constexpr uint64_t kBig = uint64_t{256} << 30;  // thin: nothing is written
+  start();
+  add_stores({"a", "b"});
+  ok("volume.create", {{"name", "v"}, {"size", 8 * kMiB}, {"stores", {"a", "b"}}});
+  EXPECT_EQ(stop(), 0);
+  {
+    auto device = dbs::FileDevice::open(dir_ + "/store-b");
+    ASSERT_TRUE(device.ok()) << device.error().message();
+    auto store = dbs::Store::open(**device);
+    ASSERT_TRUE(store.ok()) << store.error().message();
+    auto id = (*store)->find_volume("v");
+    ASSERT_TRUE(id.ok()) << id.error().message();
+    Status grown = (*store)->grow_volume(*id, kBig);
+    ASSERT_TRUE(grown.ok()) << grown.error().message();
+    ASSERT_TRUE((*store)->close().ok());
+  }
+  start();
+  // Its replicas now have different dirty-region sizes (4 MiB up to 128 GiB,
+  // 8 MiB above): the engine refuses to open them together.
+  const Json closed = ok("volume.show", {{"name", "v"}});
+  EXPECT_EQ(closed["size_bytes"], 8 * kMiB);  // the state's size
+  EXPECT_EQ(closed["online"], false);
+  ASSERT_TRUE(closed["error"].is_string()) << closed.dump();
+  EXPECT_NE(closed["error"].get<std::string>().find("dirty-region sizes"), std::string::npos)
+      << closed.dump();
+  Json grown = ok("volume.resize", {{"name", "v"}, {"size", kBig}});
+  EXPECT_EQ(grown["size_bytes"], kBig);
+  EXPECT_EQ(grown["in_sync"], 2);
+  EXPECT_EQ(grown["online"], true);
+  EXPECT_TRUE(grown["error"].is_null()) << grown.dump();
+  EXPECT_EQ(stop(), 0);
+  start();
+  const Json after = ok("volume.show", {{"name", "v"}});
+  EXPECT_EQ(after["size_bytes"], kBig);
+  EXPECT_EQ(after["in_sync"], 2);
+  EXPECT_EQ(ok("store.check", {{"name", "a"}})["ok"], true);
+  EXPECT_EQ(ok("store.check", {{"name", "b"}})["ok"], true);
 }
 
 TEST_F(DaemonTest, RefusesBadConfigAndSecondInstance) {
