@@ -202,11 +202,15 @@ TEST(DbsReplicas, PeriodicDirtyClearLimitsResyncToRegionsWrittenWhileOut) {
       ASSERT_EQ(testing::run_io(**q, VolumeOp::kWrite, off, kChunk, buf.get()), 0);
     }
   }
-  // 2. Wait until a periodic clear emptied every bitmap (each checkpoint
-  //    completing wakes us; a clear that raced the last writes is followed
-  //    by another one, since those writes set bits again).
-  while (!all_bitmaps_clear(cluster)) {
+  // 2. Wait until a periodic clear emptied every bitmap. The count is read
+  //    before the bitmaps: a clear completing in between ends the wait at
+  //    once, and bits still set after it mean a write ordered after its
+  //    barrier, so another clear follows.
+  for (;;) {
     uint64_t seen = volume->status().checkpoints;
+    if (all_bitmaps_clear(cluster)) {
+      break;
+    }
     ASSERT_TRUE(volume->wait_checkpoints(seen + 1, std::chrono::seconds(60)))
         << "no periodic checkpoint within 60 s";
   }
