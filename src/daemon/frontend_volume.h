@@ -18,27 +18,9 @@
 #include <utility>
 
 #include "ublkvol/engine/volume.h"
+#include "ublkvol/engine/write_through_queue.h"
 
 namespace ublkvol::daemon {
-
-class WriteThroughQueue final : public engine::VolumeQueue {
- public:
-  explicit WriteThroughQueue(std::unique_ptr<engine::VolumeQueue> inner)
-      : inner_(std::move(inner)) {}
-  void submit(engine::VolumeIo& io) override {
-    if (io.op == engine::VolumeOp::kWrite) {
-      io.fua = true;
-    }
-    inner_->submit(io);
-  }
-  void kick() override { inner_->kick(); }
-  unsigned reap() override { return inner_->reap(); }
-  [[nodiscard]] int wake_fd() const override { return inner_->wake_fd(); }
-  [[nodiscard]] unsigned in_flight() const override { return inner_->in_flight(); }
-
- private:
-  std::unique_ptr<engine::VolumeQueue> inner_;
-};
 
 class FrontendVolume final : public engine::Volume {
  public:
@@ -51,7 +33,7 @@ class FrontendVolume final : public engine::Volume {
       return queue;
     }
     return std::unique_ptr<engine::VolumeQueue>(
-        std::make_unique<WriteThroughQueue>(std::move(*queue)));
+        std::make_unique<engine::WriteThroughQueue>(std::move(*queue)));
   }
 
  private:

@@ -13,6 +13,7 @@
 #include "ublkvol/engine/dbs_replica_store.h"
 #include "ublkvol/engine/replica_store.h"
 #include "ublkvol/engine/store_thread.h"
+#include "ublkvol/engine/write_through_queue.h"
 
 namespace ublkvol::ublk {
 namespace {
@@ -119,33 +120,6 @@ class CountingReplicaStore final : public engine::ReplicaStore {
  private:
   engine::ReplicaStore& inner_;
   ReplicaCounters& counters_;
-};
-
-// Write-through (--write-through, off by default): every write goes to the
-// replicas with FUA, so it completes only once it is durable - each write
-// costs a DBS commit with two device flushes. Not needed for ublk recovery:
-// DBS journals the mapping of an allocating write (first write to a block,
-// redirect after a snapshot) before completing it, without a flush
-// (dbs::OpenOptions::journal_mappings), so a killed server loses no
-// completed write; durability against power loss comes from FLUSH, as the
-// device advertises (volatile cache + FUA).
-class WriteThroughQueue final : public engine::VolumeQueue {
- public:
-  explicit WriteThroughQueue(std::unique_ptr<engine::VolumeQueue> inner)
-      : inner_(std::move(inner)) {}
-  void submit(engine::VolumeIo& io) override {
-    if (io.op == engine::VolumeOp::kWrite) {
-      io.fua = true;
-    }
-    inner_->submit(io);
-  }
-  void kick() override { inner_->kick(); }
-  unsigned reap() override { return inner_->reap(); }
-  [[nodiscard]] int wake_fd() const override { return inner_->wake_fd(); }
-  [[nodiscard]] unsigned in_flight() const override { return inner_->in_flight(); }
-
- private:
-  std::unique_ptr<engine::VolumeQueue> inner_;
 };
 
 // Store file size for a new replica: the volume plus room for DBS metadata
@@ -387,7 +361,7 @@ Result<std::unique_ptr<engine::VolumeQueue>> ReplicatedBackend::open_queue(unsig
     return queue;
   }
   return std::unique_ptr<engine::VolumeQueue>(
-      std::make_unique<WriteThroughQueue>(std::move(*queue)));
+      std::make_unique<engine::WriteThroughQueue>(std::move(*queue)));
 }
 
 engine::VolumeStatus ReplicatedBackend::status() const { return impl_->volume->status(); }
