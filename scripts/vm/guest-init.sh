@@ -16,6 +16,9 @@ exec </dev/console >/dev/console 2>&1
 
 # shellcheck disable=SC1091  # written by run.sh into the initramfs
 . /opt/test/env
+# Tells run.sh the kernel booted and our init runs (a crash before this line is a boot
+# failure, which run.sh retries once).
+echo "@@ublkvol-vm-init token=$UBLKVOL_VM_TOKEN@@"
 
 finish() {
   echo
