@@ -31,11 +31,15 @@
 #include "ublkvol/dbs/format.h"
 #include "ublkvol/dbs/store.h"
 
+#include "../common/process_usage.h"
+
 namespace {
 
 using namespace ublkvol;
 using namespace ublkvol::dbs;
 using Clock = std::chrono::steady_clock;
+using ublkvol::bench::process_usage;
+using ublkvol::bench::Usage;
 
 constexpr uint64_t kBlock = 4096;
 constexpr uint64_t kMiB = 1 << 20;
@@ -83,25 +87,6 @@ Aligned aligned(size_t bytes) {
   return p;
 }
 
-// CPU seconds and context switches of this process (RUSAGE_SELF: every
-// thread, io_uring's io-wq workers included) or of the finished children
-// (RUSAGE_CHILDREN: fio, whole process with its startup). On a loaded
-// machine IOPS follow the CPU share a run gets; CPU per I/O is the cost.
-struct Usage {
-  double cpu_s = 0;
-  double switches = 0;
-};
-
-Usage usage_of(int who) {
-  rusage usage{};
-  ::getrusage(who, &usage);
-  auto seconds = [](const timeval& tv) {
-    return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) * 1e-6;
-  };
-  return {seconds(usage.ru_utime) + seconds(usage.ru_stime),
-          static_cast<double>(usage.ru_nvcsw + usage.ru_nivcsw)};
-}
-
 // One timed run: IOPS and CPU microseconds per I/O.
 struct RunResult {
   double iops = 0;
@@ -133,7 +118,7 @@ class RandomRunner {
   }
 
   RunResult run(double seconds) {
-    const Usage usage_before = usage_of(RUSAGE_SELF);
+    const Usage usage_before = process_usage(RUSAGE_SELF);
     deadline_ = Clock::now() +
                 std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
     const auto start = Clock::now();
@@ -145,7 +130,7 @@ class RandomRunner {
       store_.poll(true);
     }
     const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
-    const Usage usage_after = usage_of(RUSAGE_SELF);
+    const Usage usage_after = process_usage(RUSAGE_SELF);
     if (errors_ > 0) {
       die(std::to_string(errors_) + " I/O errors during the benchmark");
     }
@@ -210,12 +195,12 @@ RunResult run_fio(const std::string& file, uint64_t offset, uint64_t size_bytes,
       " --runtime=" + std::to_string(static_cast<int>(config.runtime_s)) +
       " --time_based --norandommap --randrepeat=0 --output-format=json --output=" + output +
       " >/dev/null 2>&1";
-  const Usage before = usage_of(RUSAGE_CHILDREN);
+  const Usage before = process_usage(RUSAGE_CHILDREN);
   if (std::system(command.c_str()) != 0) {
     std::cerr << "dbs_bench: fio failed: " << command << "\n";
     return {-1, 0};
   }
-  const Usage after = usage_of(RUSAGE_CHILDREN);
+  const Usage after = process_usage(RUSAGE_CHILDREN);
   std::ifstream in(output);
   auto parsed = nlohmann::json::parse(in, nullptr, false);
   ::unlink(output.c_str());

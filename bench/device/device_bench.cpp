@@ -26,8 +26,12 @@
 
 #include "ublkvol/dbs/file_device.h"
 
+#include "../common/process_usage.h"
+
 namespace {
 
+using ublkvol::bench::process_usage;
+using ublkvol::bench::Usage;
 using ublkvol::dbs::FileDevice;
 using ublkvol::dbs::FileDeviceOptions;
 using ublkvol::dbs::IoOp;
@@ -101,21 +105,6 @@ struct RunResult {
   double cpu_us_per_io = 0;
   double ctx_per_io = 0;
 };
-
-struct Usage {
-  double cpu_s;
-  double switches;
-};
-
-Usage process_usage(int who = RUSAGE_SELF) {
-  rusage usage{};
-  ::getrusage(who, &usage);
-  auto seconds = [](const timeval& tv) {
-    return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) * 1e-6;
-  };
-  return {seconds(usage.ru_utime) + seconds(usage.ru_stime),
-          static_cast<double>(usage.ru_nvcsw + usage.ru_nivcsw)};
-}
 
 struct Variant {
   std::string name;

@@ -45,6 +45,8 @@
 #include "ublkvol/engine/replicated_volume.h"
 #include "ublkvol/engine/store_thread.h"
 
+#include "../common/process_usage.h"
+
 namespace ublkvol::engine {
 namespace {
 
@@ -61,12 +63,7 @@ T value_or_exit(Result<T> result, const char* what) {
   return std::move(result).value();
 }
 
-double cpu_seconds(int who = RUSAGE_SELF) {
-  rusage ru{};
-  getrusage(who, &ru);
-  return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
-         static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
-}
+double cpu_seconds(int who = RUSAGE_SELF) { return ublkvol::bench::process_usage(who).cpu_s; }
 
 uint64_t parse_size(const std::string& s) {
   char* end = nullptr;

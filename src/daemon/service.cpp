@@ -86,20 +86,10 @@ std::string random_uuid() {
   return out;
 }
 
+// The protocol spells states with underscores (docs/control-protocol.md); only
+// "in-sync" differs from the engine's own names.
 const char* state_name(ReplicaState state) {
-  switch (state) {
-    case ReplicaState::kInSync:
-      return "in_sync";
-    case ReplicaState::kRebuilding:
-      return "rebuilding";
-    case ReplicaState::kFailed:
-      return "failed";
-    case ReplicaState::kStale:
-      return "stale";
-    case ReplicaState::kRemoved:
-      return "removed";
-  }
-  return "unknown";
+  return state == ReplicaState::kInSync ? "in_sync" : engine::to_string(state);
 }
 
 // Who holds /dev/ublkbN open: "mounted on /mnt", "held by pid 12 (fio)", or
