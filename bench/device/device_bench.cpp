@@ -7,7 +7,8 @@
 //                [--sweep] [--json]
 //
 // --sweep also measures the FileDevice option variants (registered file on /
-// off, registered buffers) so their effect can be reported.
+// off, registered buffers, SINGLE_ISSUER, wait and submit batching) so their
+// effect can be reported.
 #include <fcntl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -112,6 +113,7 @@ struct Variant {
   bool register_buffers;
   bool single_issuer = true;
   unsigned wait_batch = 0;
+  unsigned submit_batch = FileDeviceOptions{}.submit_batch;
 };
 
 // Runs one timed workload through FileDevice.
@@ -121,6 +123,7 @@ RunResult run_device(const Config& config, IoOp op, const Variant& variant) {
   options.register_file = variant.register_file;
   options.single_issuer = variant.single_issuer;
   options.wait_batch = variant.wait_batch;
+  options.submit_batch = variant.submit_batch;
   auto opened = FileDevice::open(config.file, options);
   if (!opened.ok()) {
     std::cerr << "device_bench: " << opened.error().to_string() << "\n";
@@ -288,6 +291,8 @@ int main(int argc, char** argv) {
     variants.push_back({"no SINGLE_ISSUER/DEFER_TASKRUN", true, false, false});
     variants.push_back({"wait batch 8", true, false, true, 8});
     variants.push_back({"wait batch 16", true, false, true, 16});
+    variants.push_back({"submit batch 4", true, false, true, 0, 4});
+    variants.push_back({"submit at poll only", true, false, true, 0, 0});
   }
   nlohmann::json results = nlohmann::json::array();
   // fio and the device runs alternate, round after round, so that load from

@@ -78,7 +78,8 @@ class BlockDevice {
   // Smallest I/O unit, in bytes. 4096 for every device DBS uses.
   [[nodiscard]] virtual uint32_t block_size() const = 0;
 
-  // Queues `request`. It reaches the device at the next kick() or poll().
+  // Queues `request`. It reaches the device at the latest at the next kick()
+  // or poll() (a device may send it sooner, e.g. FileDevice's submit_batch).
   // Invalid requests (unaligned, out of range) complete with -EINVAL.
   virtual void submit(IoRequest& request) = 0;
   // Sends every queued request to the device in one batch.

@@ -52,8 +52,7 @@ FileDevice::~FileDevice() {
   // The kernel may still be reading/writing the callers' buffers: wait for it
   // to let go before the ring disappears. Only the owning thread may enter a
   // single-issuer ring; from elsewhere, ring teardown cancels what is left.
-  bool may_enter = ring_enabled_ && (!ring_single_issuer_ || pthread_equal(owner_, pthread_self()));
-  if (may_enter) {
+  if (caller_may_enter()) {
     if (unsubmitted_ > 0) {
       io_uring_submit(&ring_);
     }
@@ -251,6 +250,10 @@ void FileDevice::bind_to_current_thread() {
   owner_ = self;
 }
 
+bool FileDevice::caller_may_enter() const {
+  return ring_enabled_ && (!ring_single_issuer_ || pthread_equal(owner_, pthread_self()));
+}
+
 int FileDevice::completion_fd() const {
   if (!event_fd_) {
     UniqueFd fd(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
@@ -310,8 +313,15 @@ void FileDevice::submit(IoRequest& request) {
     return;
   }
   request.device_result = 0;  // bytes transferred so far
-  // SQEs are written in kick()/poll(), on the thread that owns the ring.
+  // SQEs are written on the thread that owns the ring: here if that is the
+  // caller and submit_batch asks for early submission, else in kick()/poll().
   detail::queue_push(waiting_head_, waiting_tail_, request);
+  if (options_.submit_batch != 0 && caller_may_enter()) {
+    fill_ring();
+    if (unsubmitted_ >= options_.submit_batch) {
+      submit_prepared();
+    }
+  }
 }
 
 void FileDevice::prepare(IoRequest& request) {

@@ -309,6 +309,54 @@ TEST_P(FileDeviceTest, BatchedWaitCompletesEverything) {
   }
 }
 
+// submit_batch: the owning thread's submit() enters the kernel once that
+// many requests are prepared; 0 leaves everything for kick()/poll(); another
+// thread's submit() never enters a ring it does not own.
+TEST_P(FileDeviceTest, SubmitBatchSendsEarlyOnlyFromTheOwner) {
+  for (unsigned submit_batch : {0u, 1u, 4u}) {
+    SCOPED_TRACE("submit_batch " + std::to_string(submit_batch));
+    FileDeviceOptions options = options_with_size();
+    options.submit_batch = submit_batch;
+    auto device = open_or_die(temp_.path(), options);
+    ASSERT_NE(device, nullptr);
+    AlignedBuffer data(10 * 4096);
+    data.fill_pattern(submit_batch);
+    std::vector<Completion> done(10);
+    std::vector<IoRequest> requests(10);
+    // Not yet owned by any thread: queued until the first kick()/poll().
+    requests[0] = make_request(IoOp::kWrite, 0, 4096, data.data(), &done[0]);
+    device->submit(requests[0]);
+    EXPECT_EQ(device->counters().sqes_submitted, 0u);
+    drain(*device);  // binds the ring to this thread
+    ASSERT_EQ(done[0].result, 0);
+    const uint64_t calls_before = device->counters().submit_calls;
+    for (size_t i = 1; i < 9; ++i) {
+      requests[i] = make_request(IoOp::kWrite, i * 4096, 4096, data.data() + i * 4096, &done[i]);
+      device->submit(requests[i]);
+    }
+    if (submit_batch == 0) {
+      EXPECT_EQ(device->counters().sqes_submitted, 1u);
+      EXPECT_EQ(device->counters().submit_calls, calls_before);
+    } else {
+      EXPECT_EQ(device->counters().sqes_submitted, 9u);
+      EXPECT_EQ(device->counters().submit_calls, calls_before + 8 / submit_batch);
+    }
+    // From a thread that does not own the ring: queued, not entered.
+    requests[9] = make_request(IoOp::kWrite, 9 * 4096, 4096, data.data() + 9 * 4096, &done[9]);
+    std::thread other([&] { device->submit(requests[9]); });
+    other.join();
+    EXPECT_EQ(device->counters().sqes_submitted, submit_batch == 0 ? 1u : 9u);
+    drain(*device);
+    EXPECT_EQ(device->counters().sqes_submitted, 10u);
+    AlignedBuffer back(10 * 4096);
+    ASSERT_TRUE(read_sync(*device, 0, back.span()).ok());
+    for (size_t i = 0; i < 10; ++i) {
+      ASSERT_EQ(done[i].result, 0) << i;
+    }
+    EXPECT_EQ(std::memcmp(back.data(), data.data(), back.size()), 0);
+  }
+}
+
 TEST_P(FileDeviceTest, RegisteredBuffersAreUsed) {
   auto device = open_or_die(temp_.path(), options_with_size());
   ASSERT_NE(device, nullptr);
