@@ -56,6 +56,7 @@ struct Config {
   bool skip_fio = false;
   bool skip_meta = false;
   bool json = false;
+  unsigned submit_batch = FileDeviceOptions{}.submit_batch;
 };
 
 [[noreturn]] void die(const std::string& what) {
@@ -213,8 +214,10 @@ RunResult run_fio(const std::string& file, uint64_t offset, uint64_t size_bytes,
                     after);
 }
 
-std::unique_ptr<FileDevice> open_file(const std::string& path, uint64_t create_size) {
+std::unique_ptr<FileDevice> open_file(const std::string& path, uint64_t create_size,
+                                      unsigned submit_batch = FileDeviceOptions{}.submit_batch) {
   FileDeviceOptions options;
+  options.submit_batch = submit_batch;
   options.queue_depth = 128;
   options.create_size = create_size;
   return must(FileDevice::open(path, options), "open file");
@@ -243,7 +246,7 @@ nlohmann::json bench_dir(const std::string& dir, const Config& config) {
   row["dir"] = dir;
   row["volume_bytes"] = volume_bytes;
   {
-    auto device = open_file(file, file_bytes);
+    auto device = open_file(file, file_bytes, config.submit_batch);
     FormatOptions format;
     must(Store::format(*device, format), "format");
     auto store = must(Store::open(*device), "open store");
@@ -438,6 +441,8 @@ int main(int argc, char** argv) {
   app.add_option("--qd", config.queue_depth, "Queue depth");
   app.add_option("--meta-extents", config.meta_extents, "Extents to map for the memory figure");
   app.add_flag("--skip-fio", config.skip_fio, "Do not run fio");
+  app.add_option("--submit-batch", config.submit_batch,
+                 "FileDeviceOptions::submit_batch for the IOPS runs (0 = submit at poll only)");
   app.add_flag("--skip-meta", config.skip_meta, "Skip the 1M-extent metadata part");
   app.add_flag("--json", config.json, "Print JSON instead of a table");
   CLI11_PARSE(app, argc, argv);

@@ -291,7 +291,7 @@ int main(int argc, char** argv) {
     variants.push_back({"no SINGLE_ISSUER/DEFER_TASKRUN", true, false, false});
     variants.push_back({"wait batch 8", true, false, true, 8});
     variants.push_back({"wait batch 16", true, false, true, 16});
-    variants.push_back({"submit batch 4", true, false, true, 0, 4});
+    variants.push_back({"submit batch 1", true, false, true, 0, 1});
     variants.push_back({"submit at poll only", true, false, true, 0, 0});
   }
   nlohmann::json results = nlohmann::json::array();

@@ -208,6 +208,8 @@ struct Replicas {
 // StoreThreadOptions::spin_before_sleep for every store thread the
 // benchmark starts (--store-spin-us; several values = one engine row each).
 std::chrono::microseconds g_store_spin{0};
+// FileDeviceOptions::submit_batch for every replica file (--submit-batch).
+unsigned g_submit_batch = dbs::FileDeviceOptions{}.submit_batch;
 
 std::unique_ptr<Replicas> file_replicas(const std::vector<std::string>& files, unsigned r,
                                         bool format) {
@@ -215,6 +217,7 @@ std::unique_ptr<Replicas> file_replicas(const std::vector<std::string>& files, u
   for (unsigned i = 0; i < r; ++i) {
     dbs::FileDeviceOptions fo;
     fo.queue_depth = 256;
+    fo.submit_batch = g_submit_batch;
     auto dev = dbs::FileDevice::open(files[i], fo);
     if (!dev.ok()) {
       std::fprintf(stderr, "%s\n", dev.error().to_string().c_str());
@@ -450,6 +453,10 @@ int main(int argc, char** argv) {
   app.add_option("--dirty-clear-ms", dirty_clear_ms,
                  "ReplicatedVolumeOptions::dirty_clear_interval in ms (0 = off; default: the "
                  "engine's)");
+  std::vector<unsigned> submit_batches = {g_submit_batch};
+  app.add_option("--submit-batch", submit_batches,
+                 "FileDeviceOptions::submit_batch of the replica files (0 = submit at poll "
+                 "only; several: one engine row each)");
   CLI11_PARSE(app, argc, argv);
   std::vector<std::string> only;
   for (size_t pos = 0; pos < only_list.size();) {
@@ -477,16 +484,34 @@ int main(int argc, char** argv) {
   fill_files(files, size);
   std::vector<Result> results;
 
-  auto engine_label = [&](unsigned spin_us) {
-    return store_spins.size() == 1 ? std::string("engine")
-                                   : "engine, store spin " + std::to_string(spin_us) + " us";
+  // Engine variants: every --store-spin-us x --submit-batch pair, one row each.
+  struct Variant {
+    unsigned spin_us;
+    unsigned submit_batch;
+  };
+  std::vector<Variant> variants;
+  for (unsigned spin_us : store_spins) {
+    for (unsigned batch : submit_batches) {
+      variants.push_back({spin_us, batch});
+    }
+  }
+  auto engine_label = [&](const Variant& v) {
+    std::string label = "engine";
+    if (store_spins.size() > 1) {
+      label += ", store spin " + std::to_string(v.spin_us) + " us";
+    }
+    if (submit_batches.size() > 1) {
+      label += ", submit batch " + std::to_string(v.submit_batch);
+    }
+    return label;
   };
   auto wanted = [&](const std::string& scenario) {
     return only.empty() || std::find(only.begin(), only.end(), scenario) != only.end();
   };
   // One engine run on file replicas (fresh volume over the first r files).
-  auto engine_file_run = [&](unsigned r, VolumeOp op, unsigned spin_us) {
-    g_store_spin = std::chrono::microseconds(spin_us);
+  auto engine_file_run = [&](unsigned r, VolumeOp op, const Variant& variant) {
+    g_store_spin = std::chrono::microseconds(variant.spin_us);
+    g_submit_batch = variant.submit_batch;
     auto reps = file_replicas(files, r, true);
     ReplicatedVolumeOptions o;
     o.name = "bench";
@@ -522,9 +547,9 @@ int main(int argc, char** argv) {
         fio.add(iops, p50, p99, cpu);
       }
       for (unsigned r : replica_counts) {
-        engine[r].resize(store_spins.size());
-        for (size_t v = 0; v < store_spins.size(); ++v) {
-          LoadResult lr = engine_file_run(r, VolumeOp::kRead, store_spins[v]);
+        engine[r].resize(variants.size());
+        for (size_t v = 0; v < variants.size(); ++v) {
+          LoadResult lr = engine_file_run(r, VolumeOp::kRead, variants[v]);
           engine[r][v].add(static_cast<double>(lr.ios) / lr.seconds, lr.p50_us, lr.p99_us,
                            lr.cpu * 1e6 / static_cast<double>(std::max<uint64_t>(lr.ios, 1)));
         }
@@ -538,8 +563,8 @@ int main(int argc, char** argv) {
       results.push_back(f);
     }
     for (unsigned r : replica_counts) {
-      for (size_t v = 0; v < store_spins.size(); ++v) {
-        Result res = engine[r][v].row("randread", engine_label(store_spins[v]), r);
+      for (size_t v = 0; v < variants.size(); ++v) {
+        Result res = engine[r][v].row("randread", engine_label(variants[v]), r);
         res.ratio = fio_read > 0 ? res.iops / fio_read : 0;
         results.push_back(res);
       }
@@ -559,9 +584,9 @@ int main(int argc, char** argv) {
           // The engine writes every I/O to r files: compare with one file's share.
           fio[r].add(total / r, p50, p99, cpu);
         }
-        engine[r].resize(store_spins.size());
-        for (size_t v = 0; v < store_spins.size(); ++v) {
-          LoadResult lr = engine_file_run(r, VolumeOp::kWrite, store_spins[v]);
+        engine[r].resize(variants.size());
+        for (size_t v = 0; v < variants.size(); ++v) {
+          LoadResult lr = engine_file_run(r, VolumeOp::kWrite, variants[v]);
           engine[r][v].add(static_cast<double>(lr.ios) / lr.seconds, lr.p50_us, lr.p99_us,
                            lr.cpu * 1e6 / static_cast<double>(std::max<uint64_t>(lr.ios, 1)) / r);
         }
@@ -575,8 +600,8 @@ int main(int argc, char** argv) {
         f.ratio = 1;
         results.push_back(f);
       }
-      for (size_t v = 0; v < store_spins.size(); ++v) {
-        Result res = engine[r][v].row("randwrite", engine_label(store_spins[v]), r);
+      for (size_t v = 0; v < variants.size(); ++v) {
+        Result res = engine[r][v].row("randwrite", engine_label(variants[v]), r);
         res.ratio = fio_write > 0 ? res.iops / fio_write : 0;
         results.push_back(res);
       }
@@ -586,6 +611,7 @@ int main(int argc, char** argv) {
   // ---- null replicas: the engine's own cost ----
   // The remaining scenarios run with the first --store-spin-us value.
   g_store_spin = std::chrono::microseconds(store_spins.front());
+  g_submit_batch = submit_batches.front();
   for (VolumeOp op : {VolumeOp::kRead, VolumeOp::kWrite}) {
     if (!wanted("null")) {
       break;

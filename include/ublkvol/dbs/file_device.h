@@ -11,11 +11,11 @@
 //   - kick() sends everything prepared with ONE io_uring_submit. poll()
 //     submits what is pending and collects completions in the same
 //     io_uring_enter (submit-and-wait / submit-and-get-events), then runs the
-//     callbacks. With `submit_batch` = N > 0 (default 1, like fio), submit()
-//     on the owning thread also enters the kernel once N requests are
-//     prepared, so a callback's resubmission reaches the device before the
-//     next callbacks run; with 0, requests that callbacks submit go out with
-//     the next kick() or poll() (one syscall per completion batch). An owner
+//     callbacks. With `submit_batch` = N > 0 (default 4), submit() on the
+//     owning thread also enters the kernel once N requests are prepared, so
+//     requests that completion callbacks submit reach the device in small
+//     groups while the rest of the callbacks run; with 0 they all go out
+//     with the next kick() or poll() (one syscall per completion batch). An owner
 //     that is about to sleep (e.g. on completion_fd()) must kick() first, as
 //     block_device.h says.
 //   - The ring is set up like fio's: COOP_TASKRUN (no IPIs to run
@@ -130,13 +130,19 @@ struct FileDeviceOptions {
   // are waiting for an io_uring_enter, instead of only at the next kick() or
   // poll(); 0 = only there. Only the thread that owns the ring submits early
   // (any other caller's requests wait for its kick()/poll()).
-  // 1 (the default) is what fio does with its default iodepth_batch_submit=1:
-  // one io_uring_enter per request, so a completion's replacement reaches the
-  // device at once instead of waiting for the rest of the completion batch's
-  // callbacks. On a virtio disk (ext4 file, 4 KiB QD32, device_bench) this
-  // raised IOPS from ~0.75x to ~0.95x of fio's, for ~1.5 us more CPU per I/O;
-  // on tmpfs it was neutral. See docs/performance.md.
-  unsigned submit_batch = 1;
+  // Why: a disk that completes requests in bursts (a virtio disk completes
+  // most of a QD32 window at once) sits idle while its owner runs the burst's
+  // callbacks if their resubmissions are held back for one io_uring_enter;
+  // sending them in small groups overlaps that CPU work with the device's.
+  // fio does it per request (iodepth_batch_submit=1). Measured on an ext4
+  // file on virtio (4 KiB QD32, ratio to fio's IOPS, randread / randwrite):
+  // 0 -> 0.81 / 0.65, 1 -> 0.95 / 0.75-0.87, 4 -> 0.96 / 0.88-0.90 (dbs_bench);
+  // the same through the replicated engine (engine_bench, 1 replica): 0.80 /
+  // 0.65, 0.98 / 0.77, 0.92 / 0.77. Each enter costs CPU: +1.5 us per I/O at
+  // 1, +0.5 us at 4; on tmpfs, where the CPU is the limit, 4 cost the
+  // engine's 1-replica randread 0.5 us per I/O (0.98x -> 0.76x of fio in
+  // one run). See docs/performance.md.
+  unsigned submit_batch = 4;
 };
 
 class FileDevice final : public BlockDevice {
