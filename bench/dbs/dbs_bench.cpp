@@ -236,6 +236,45 @@ std::vector<double> field_of(const std::vector<RunResult>& runs, double RunResul
   return values;
 }
 
+// Random 4 KiB first writes into a fresh thin volume, then random first
+// writes after a snapshot of a fully written volume (redirect-on-write), on a
+// new store file opened with `order`. Figures go to `row` under `suffix`.
+void bench_allocating(const std::string& dir, const Config& config,
+                      OpenOptions::MappingDataOrder order, const std::string& suffix,
+                      nlohmann::json& row) {
+  const std::string file = dir + "/dbs_bench_alloc_" + std::to_string(::getpid()) + ".img";
+  ::unlink(file.c_str());
+  const uint64_t volume_bytes = config.volume_mib * kMiB;
+  const uint64_t blocks = volume_bytes / kBlock;
+  {
+    auto device = open_file(file, 3 * volume_bytes + 128 * kMiB, config.submit_batch);
+    must(Store::format(*device, FormatOptions{}), "format");
+    OpenOptions open_options;
+    open_options.mapping_data_order = order;
+    auto store = must(Store::open(*device, open_options), "open store");
+    const VolumeId thin = must(store->create_volume("thin", volume_bytes), "create thin");
+    row["dbs_alloc_write" + suffix + "_iops"] =
+        RandomRunner(*store, thin, StoreOp::kWrite, blocks, config.queue_depth)
+            .run(config.runtime_s / 2)
+            .iops;
+    row["alloc_extents_allocated" + suffix] =
+        must(store->volume_info(thin), "info").allocated_bytes / store->stats().extent_bytes;
+    const VolumeId full = must(store->create_volume("full", volume_bytes), "create volume");
+    Aligned chunk = aligned(kMiB);
+    for (uint64_t offset = 0; offset < volume_bytes; offset += kMiB) {
+      must(store->write(full, offset, {chunk.get(), kMiB}), "fill");
+    }
+    must(store->create_snapshot(full, "snap"), "snapshot");
+    row["dbs_write_after_snapshot" + suffix + "_iops"] =
+        RandomRunner(*store, full, StoreOp::kWrite, blocks, config.queue_depth)
+            .run(config.runtime_s / 2)
+            .iops;
+    must(store->commit(), "commit");
+    row["check_problems" + suffix] = store->check().size();
+  }
+  ::unlink(file.c_str());
+}
+
 nlohmann::json bench_dir(const std::string& dir, const Config& config) {
   // Per process: two benchmark runs on one machine must not share a file.
   const std::string file = dir + "/dbs_bench_" + std::to_string(::getpid()) + ".img";
@@ -298,26 +337,14 @@ nlohmann::json bench_dir(const std::string& dir, const Config& config) {
           row["dbs_randwrite_iops"].get<double>() / row["fio_randwrite_iops"].get<double>();
     }
     must(store->commit(), "commit");
-    // Allocating writes: a fresh thin volume, random first writes.
-    const VolumeId thin = must(store->create_volume("thin", volume_bytes), "create thin");
-    row["dbs_alloc_write_iops"] =
-        RandomRunner(*store, thin, StoreOp::kWrite, blocks, config.queue_depth)
-            .run(config.runtime_s / 2)
-            .iops;
-    row["alloc_extents_allocated"] =
-        must(store->volume_info(thin), "info").allocated_bytes / store->stats().extent_bytes;
-    must(store->commit(), "commit");
-    must(store->delete_volume(thin), "delete thin");
-    // First writes after a snapshot: redirect-on-write into the new head.
-    must(store->create_snapshot(volume, "snap"), "snapshot");
-    row["dbs_write_after_snapshot_iops"] =
-        RandomRunner(*store, volume, StoreOp::kWrite, blocks, config.queue_depth)
-            .run(config.runtime_s / 2)
-            .iops;
-    must(store->commit(), "commit");
     row["check_problems"] = store->check().size();
   }
   ::unlink(file.c_str());
+  // Allocating writes and first writes after a snapshot, once per way of
+  // ordering their data before the journal record that maps them; each on a
+  // fresh store, so neither inherits the other's freed or discarded extents.
+  bench_allocating(dir, config, OpenOptions::MappingDataOrder::kFlushBeforeRecord, "", row);
+  bench_allocating(dir, config, OpenOptions::MappingDataOrder::kFuaData, "_fua", row);
   return row;
 }
 
@@ -484,6 +511,8 @@ int main(int argc, char** argv) {
     line("randwrite (mapped, in place)", "dbs_randwrite", "fio_randwrite", "write_ratio");
     line("randwrite (allocating, thin)", "dbs_alloc_write", "", nullptr);
     line("randwrite (first after snapshot)", "dbs_write_after_snapshot", "", nullptr);
+    line("  the same, FUA data: allocating", "dbs_alloc_write_fua", "", nullptr);
+    line("  the same, FUA data: after snapshot", "dbs_write_after_snapshot_fua", "", nullptr);
   }
   if (result.contains("metadata")) {
     const auto& m = result["metadata"];

@@ -21,10 +21,11 @@
 // Process crashes (guarantee 5): a request that changes a block mapping (first
 // write to a block, redirect-on-write after a snapshot, discard/write-zeroes)
 // completes only after a journal commit holding the new mapping was written -
-// without a device flush, so a killed process loses no completed write while
-// a power cut still shows old-or-new (the data of such a write goes out FUA,
-// so its record can never be durable before it). Several such requests share
-// one journal write (OpenOptions::journal_mappings, docs/dbs.md).
+// with no device flush after it, so a killed process loses no completed write
+// while a power cut still shows old-or-new (the data of such a write is made
+// durable first - a device flush ahead of the record, or FUA - so its record
+// can never be durable before it). Several such requests share one journal
+// write and its flush (OpenOptions::journal_mappings, docs/dbs.md).
 // Control operations (create/delete/rename/grow, snapshots, generation) commit
 // before they return. open() rebuilds the last committed state from the
 // newest valid checkpoint plus the valid journal commits after it.
@@ -70,12 +71,28 @@ struct OpenOptions {
   // Device requests the data path may have in flight (pre-allocated).
   uint32_t max_device_requests = 1024;
   // true (default): a write/discard/write-zeroes that changes a block mapping
-  // completes after a journal commit with that mapping is written (no device
-  // flush; batched across requests), and its data is written FUA. A process
+  // completes after a journal commit with that mapping is written (batched
+  // across requests; no flush after it), and its data is durable before
+  // that record is written (mapping_data_order). A process
   // killed at any point then loses no completed request. false: mappings
   // reach the journal only at the next FLUSH (a killed process loses the
   // completed allocating writes since; power-cut guarantees are the same).
   bool journal_mappings = true;
+  // journal_mappings only: how the data of a write that sets new block bits
+  // is kept ahead, on the medium, of the journal record that maps it (a power
+  // cut must never keep the record without the data: the blocks would show
+  // whatever they held before, possibly another volume's old data).
+  enum class MappingDataOrder {
+    // A device flush before each mapping commit's journal write; the data
+    // writes themselves go out plain. One flush per group commit (all the
+    // allocating writes completed by then share it).
+    kFlushBeforeRecord,
+    // Each such data write is FUA; the journal write follows without a
+    // flush. One FUA write per allocating write - on a filesystem, one
+    // filesystem journal commit each when the write fills a hole.
+    kFuaData,
+  };
+  MappingDataOrder mapping_data_order = MappingDataOrder::kFlushBeforeRecord;
   // How long control operations, check() and close()/~Store wait for device
   // requests in flight before giving up with ETIMEDOUT ("<device> did not
   // complete N requests within T s"), so a hung device cannot hang its owner.
@@ -117,8 +134,8 @@ struct StoreStats {
   uint32_t volumes = 0;
   uint32_t layers = 0;
   uint64_t commits = 0;  // journal commits since open (both kinds)
-  // Of those, written without a device flush to journal the mappings of
-  // completed requests (OpenOptions::journal_mappings).
+  // Of those, written with no device flush after them to journal the
+  // mappings of completed requests (OpenOptions::journal_mappings).
   uint64_t mapping_commits = 0;
   uint64_t checkpoints = 0;  // checkpoints since open
   uint64_t journal_blocks_used = 0;

@@ -12,8 +12,10 @@
 //     flight (ExtentEntry::inflight);
 //   - journal_mappings: a request that changed a mapping completes only
 //     after a journal commit captured after the change was written; the
-//     data of a write that sets new block bits goes out FUA, so any image in
-//     which that (unflushed) journal commit survived also holds the data.
+//     data of a write that sets new block bits is durable before that
+//     (unflushed) journal commit is written - by a device flush ahead of the
+//     commit, or FUA (MappingDataOrder) - so any image in which the commit
+//     survived also holds the data.
 #include <poll.h>
 
 #include <algorithm>
@@ -127,6 +129,8 @@ const char* to_string(StoreOp op) {
 Store::Impl::Impl(BlockDevice& device, LoadedStore loaded, const OpenOptions& options)
     : device_(device),
       journal_mappings_(options.journal_mappings),
+      fua_new_data_(options.journal_mappings &&
+                    options.mapping_data_order == OpenOptions::MappingDataOrder::kFuaData),
       device_timeout_(options.device_timeout),
       g_(loaded.geometry),
       md_(std::move(loaded.metadata)),
@@ -466,12 +470,13 @@ bool Store::Impl::issue_write(StoreIo& io, Layer& head) {
     } else {
       sets_new_bits = !holds_all(*entry, first, count);
     }
-    // A write that will set new block bits is journaled before it completes,
-    // without a device flush: FUA keeps its data ahead of that record on the
-    // medium (else a power cut could keep the record and not the data, and
-    // expose whatever the block held before - another volume's old data).
+    // A write that will set new block bits is journaled before it completes.
+    // Its data must reach the medium ahead of that record (else a power cut
+    // could keep the record and not the data, and expose whatever the block
+    // held before - another volume's old data): either FUA here, or the
+    // device flush the mapping commit issues before its journal write.
     // Overwrites of held blocks stay plain writes with no metadata I/O.
-    sub->request.fua = journal_mappings_ && sets_new_bits;
+    sub->request.fua = fua_new_data_ && sets_new_bits;
     ++entry->inflight;
     sub->parent = &io;
     sub->entry = entry;
@@ -612,7 +617,7 @@ bool Store::Impl::issue_zero(StoreIo& io, Layer& head) {
         sub->request.offset = g_.data_offset(entry->phys, b);
         sub->request.length = uint64_t{end - b} * kBlock;
         sub->request.buffer = zeros_.data();
-        sub->request.fua = journal_mappings_;  // sets bits: see issue_write
+        sub->request.fua = fua_new_data_;  // sets bits: see issue_write
         ++io.store_pending;
         device_.submit(sub->request);
       });
@@ -735,7 +740,8 @@ void Store::Impl::maybe_start_commit() {
     commit_waiters_.push_back(*io);
   }
   // Capture now: only writes completed so far, all of which the data flush
-  // submitted next covers (mapping-only commits: whose data was FUA).
+  // submitted next covers (mapping-only commits with kFuaData: whose data
+  // was FUA, so they skip that flush).
   body_.clear();
   commit_full_ = false;
   if (force_checkpoint_ || md_->has_changes()) {
@@ -752,6 +758,14 @@ void Store::Impl::maybe_start_commit() {
   if (!commit_durable_) {
     if (body_.empty()) {
       finish_commit(0);  // an earlier commit already wrote these changes
+      return;
+    }
+    if (!fua_new_data_) {
+      // Mapping commit, flush first: the data of every write it captured
+      // completed before the capture, so this flush makes it durable before
+      // the record can be. No flush after the record (see meta_write_done).
+      phase_ = CommitPhase::kDataFlush;
+      device_.submit(flush_request_);
       return;
     }
     write_metadata();

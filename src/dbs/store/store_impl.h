@@ -187,6 +187,9 @@ class Store::Impl {
 
   BlockDevice& device_;
   const bool journal_mappings_;
+  // journal_mappings_ with MappingDataOrder::kFuaData: allocating data
+  // writes are FUA. Otherwise a mapping commit flushes before its record.
+  const bool fua_new_data_;
   const std::chrono::milliseconds device_timeout_;
   // The first commit after open writes a checkpoint (new epoch): journal
   // commits written without a flush by an earlier process may sit beyond the

@@ -24,6 +24,8 @@
 // far (a killed process: the device keeps every completed write, nothing
 // more is written) must open, check clean, and read back exactly the model -
 // every completed request, flushed or not - and every snapshot.
+// Half the seeds run each OpenOptions::MappingDataOrder (a flush before each
+// mapping record, or FUA data writes).
 //
 // Default: fixed seeds, >= 10,000 images, count printed. Soak mode:
 // UBLKVOL_CRASH_SOAK=<seeds> runs that many extra seeds with more images.
@@ -98,7 +100,13 @@ struct HarnessOptions {
   // directory (real asynchronous completion order) instead of a
   // MemoryDevice; crash images are built from the CrashDevice log as always.
   std::string file_directory;
+  // How allocating writes' data is kept ahead of their journal record.
+  OpenOptions::MappingDataOrder mapping_data_order = OpenOptions{}.mapping_data_order;
 };
+
+const char* order_name(OpenOptions::MappingDataOrder order) {
+  return order == OpenOptions::MappingDataOrder::kFuaData ? "FUA data" : "flush before record";
+}
 
 class Harness {
  public:
@@ -132,6 +140,7 @@ class Harness {
     }
     OpenOptions open_options;
     open_options.max_device_requests = options_.max_device_requests;
+    open_options.mapping_data_order = options_.mapping_data_order;
     auto opened = Store::open(*crash_, open_options);
     ASSERT_TRUE(opened.ok()) << opened.error().to_string();
     store_ = std::move(*opened);
@@ -829,14 +838,20 @@ TEST(DbsCrash, RandomWorkloadsSurviveEveryCrashImage) {
   size_t total = 0;
   size_t killed = 0;
   for (uint64_t seed : seeds) {
-    Harness harness(seed);
+    // Both ways of ordering allocating writes' data before their mapping
+    // record: odd seeds the default (a flush before the record), even FUA.
+    HarnessOptions options;
+    options.mapping_data_order = seed % 2 == 0 ? OpenOptions::MappingDataOrder::kFuaData
+                                               : OpenOptions::MappingDataOrder::kFlushBeforeRecord;
+    Harness harness(seed, options);
     harness.run_workload(steps);
     ASSERT_FALSE(::testing::Test::HasFailure()) << "workload of seed " << seed << " failed";
     const size_t images = harness.verify_images(random_per_epoch);
     ASSERT_FALSE(::testing::Test::HasFailure());
-    std::printf("seed %llu: %zu epochs, %zu crash images verified, %zu killed-process images\n",
-                static_cast<unsigned long long>(seed), harness.epochs(), images,
-                harness.process_crash_images());
+    std::printf(
+        "seed %llu (%s): %zu epochs, %zu crash images verified, %zu killed-process images\n",
+        static_cast<unsigned long long>(seed), order_name(options.mapping_data_order),
+        harness.epochs(), images, harness.process_crash_images());
     total += images;
     killed += harness.process_crash_images();
   }
@@ -879,6 +894,9 @@ TEST(DbsCrash, AsyncStormsSurviveEveryCrashImage) {
     HarnessOptions options;
     options.storm_percent = 35;
     options.max_device_requests = run.pool;
+    options.mapping_data_order = run.seed % 2 == 0
+                                     ? OpenOptions::MappingDataOrder::kFuaData
+                                     : OpenOptions::MappingDataOrder::kFlushBeforeRecord;
     if (run.file) {
       options.file_directory = file_directory;
     }
@@ -889,11 +907,12 @@ TEST(DbsCrash, AsyncStormsSurviveEveryCrashImage) {
     const size_t images = harness.verify_images(random_per_epoch);
     ASSERT_FALSE(::testing::Test::HasFailure());
     std::printf(
-        "async seed %llu (%s, %u device requests): %llu async requests, max %u in flight, "
-        "%llu FLUSHes acknowledged mid-storm, %zu epochs, %zu crash images verified, %zu "
-        "killed-process images\n",
+        "async seed %llu (%s, %u device requests, %s): %llu async requests, max %u in "
+        "flight, %llu FLUSHes acknowledged mid-storm, %zu epochs, %zu crash images verified, "
+        "%zu killed-process images\n",
         static_cast<unsigned long long>(run.seed),
         run.file ? ("io_uring file in " + file_directory).c_str() : "memory", run.pool,
+        order_name(options.mapping_data_order),
         static_cast<unsigned long long>(harness.storm_requests()), harness.max_in_flight(),
         static_cast<unsigned long long>(harness.storm_acks()), harness.epochs(), images,
         harness.process_crash_images());
