@@ -400,16 +400,21 @@ nlohmann::json bench_metadata(const Config& config) {
         store->submit(io);
       }
     } writer{store.get(), big, 0, extents, 0, std::vector<StoreIo>(32), aligned(kBlock)};
+    const auto map_start = Clock::now();
     for (auto& io : writer.ios) {
       writer.issue(io);
     }
     while (store->in_flight() > 0) {
       store->poll(true);
     }
+    // Every write allocated an extent; with journal_mappings each completed
+    // after a (batched) mapping commit, so this is the allocating path's rate.
+    row["map_extents_s"] = seconds_since(map_start);
   }
+  // The mappings are in the journal already: this commit only flushes.
   const auto commit_start = Clock::now();
   must(store->commit(), "commit");
-  row["commit_of_1m_extents_s"] = seconds_since(commit_start);
+  row["commit_after_mapping_s"] = seconds_since(commit_start);
   const StoreStats stats = store->stats();
   row["mapped_extents"] = stats.mapped_extents;
   row["metadata_memory_bytes"] = stats.metadata_memory_bytes;
@@ -523,8 +528,10 @@ int main(int argc, char** argv) {
                 m["metadata_mb_per_tb"].get<double>());
     std::printf("  process RSS growth                    %10.1f MB per TB\n",
                 m["rss_mb_per_tb"].get<double>());
-    std::printf("  commit of the 1M new extents          %10.3f s\n",
-                m["commit_of_1m_extents_s"].get<double>());
+    std::printf("  mapping them (one 4 KiB write each)   %10.3f s\n",
+                m["map_extents_s"].get<double>());
+    std::printf("  FLUSH after that (mappings journaled) %10.3f s\n",
+                m["commit_after_mapping_s"].get<double>());
     std::printf("  open time with %llu snapshots          %10.3f s\n",
                 static_cast<unsigned long long>(m["snapshots"].get<uint64_t>()),
                 m["open_time_s"].get<double>());

@@ -134,14 +134,10 @@ struct FileDeviceOptions {
   // most of a QD32 window at once) sits idle while its owner runs the burst's
   // callbacks if their resubmissions are held back for one io_uring_enter;
   // sending them in small groups overlaps that CPU work with the device's.
-  // fio does it per request (iodepth_batch_submit=1). Measured on an ext4
-  // file on virtio (4 KiB QD32, ratio to fio's IOPS, randread / randwrite):
-  // 0 -> 0.81 / 0.65, 1 -> 0.95 / 0.75-0.87, 4 -> 0.96 / 0.88-0.90 (dbs_bench);
-  // the same through the replicated engine (engine_bench, 1 replica): 0.80 /
-  // 0.65, 0.98 / 0.77, 0.92 / 0.77. Each enter costs CPU: +1.5 us per I/O at
-  // 1, +0.5 us at 4; on tmpfs, where the CPU is the limit, 4 cost the
-  // engine's 1-replica randread 0.5 us per I/O (0.98x -> 0.76x of fio in
-  // one run). See docs/performance.md.
+  // fio does it per request (iodepth_batch_submit=1). On an ext4 file on
+  // virtio (4 KiB QD32) 0 gave 0.65-0.84x of fio's IOPS, 4 gave 0.77-1.00x;
+  // every enter costs CPU (+0.5 us per I/O at 4, +1.2-1.7 us at 1), which
+  // is why it is not 1. docs/performance.md has the measurements.
   unsigned submit_batch = 4;
 };
 
