@@ -20,10 +20,11 @@ done
 
 cd "$ROOT"
 [[ -f build/fuzz/build.ninja ]] || cmake --preset fuzz
-cmake --build --preset fuzz --target dbs_open_fuzz
+cmake --build --preset fuzz --target dbs_open_fuzz control_request_fuzz
 
 # target binary : committed corpus directory
-targets=("dbs_open_fuzz:tests/fuzz/corpus/dbs_open")
+targets=("dbs_open_fuzz:tests/fuzz/corpus/dbs_open"
+         "control_request_fuzz:tests/fuzz/corpus/control_request")
 artifacts="$ROOT/build/fuzz/artifacts"
 mkdir -p "$artifacts"
 for entry in "${targets[@]}"; do

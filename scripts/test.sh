@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # The one test command: builds if needed, runs every unit test and every VM
-# end-to-end test through ctest, prints ctest's summary, and exits non-zero
-# on any failure.
+# end-to-end test through ctest, prints ctest's summary, then (full release
+# run only) fuzzes each libFuzzer target briefly, and exits non-zero on any
+# failure.
 #
 # Usage: scripts/test.sh [--preset release|debug|asan|tsan] [extra ctest args]
 #   --preset asan   ASan+UBSan build, unit and crash tests only
 #   --preset tsan   TSan build, unit and threaded (tsan) tests only
 #   e.g. scripts/test.sh -L unit        only unit tests
 #        scripts/test.sh -R vm_smoke    one test by name
+# The full run (release preset, no ctest arguments) ends with
+# scripts/fuzz.sh --seconds ${UBLKVOL_FUZZ_SECONDS:-30}; UBLKVOL_FUZZ_SECONDS=0
+# skips it.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,3 +34,10 @@ cmake --build --preset "$PRESET"
 # Unit tests run two at a time; each VM test declares PROCESSORS 2 in CMake
 # (a VM uses both cores), so ctest runs VMs one at a time.
 ctest --preset "$PRESET" -j2 "$@"
+
+# ctest replays the committed fuzz corpora in every build; the full run also
+# fuzzes each target for a short while (clang `fuzz` preset, ASan+UBSan).
+FUZZ_SECONDS="${UBLKVOL_FUZZ_SECONDS:-30}"
+if [[ "$PRESET" == release && $# -eq 0 && "$FUZZ_SECONDS" != 0 ]]; then
+  "$ROOT/scripts/fuzz.sh" --seconds "$FUZZ_SECONDS"
+fi
