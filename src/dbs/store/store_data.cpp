@@ -498,7 +498,12 @@ bool Store::Impl::issue_write(StoreIo& io, Layer& head) {
 
 bool Store::Impl::issue_zero(StoreIo& io, Layer& head) {
   while (io.store_cursor < io.length) {
-    const auto [logical, first, count] = next_slice(io, g_.extent_blocks);
+    // Plain variables, not a structured binding: the lambdas below capture
+    // them, which clang 14 (the fuzz build) does not allow for bindings.
+    const ExtentSlice slice = next_slice(io, g_.extent_blocks);
+    const uint32_t logical = slice.logical;
+    const uint32_t first = slice.first;
+    const uint32_t count = slice.count;
     load_chain(head, logical);
     ExtentEntry* entry = chain_[0];
     // Blocks a parent layer holds must read as zeros without touching the
