@@ -236,6 +236,14 @@ std::vector<double> field_of(const std::vector<RunResult>& runs, double RunResul
   return values;
 }
 
+// Maps every block of `volume` with 1 MiB writes.
+void fill_volume(Store& store, VolumeId volume, uint64_t volume_bytes) {
+  Aligned chunk = aligned(kMiB);
+  for (uint64_t offset = 0; offset < volume_bytes; offset += kMiB) {
+    must(store.write(volume, offset, {chunk.get(), kMiB}), "fill");
+  }
+}
+
 // Random 4 KiB first writes into a fresh thin volume, then random first
 // writes after a snapshot of a fully written volume (redirect-on-write), on a
 // new store file opened with `order`. Figures go to `row` under `suffix`.
@@ -260,10 +268,7 @@ void bench_allocating(const std::string& dir, const Config& config,
     row["alloc_extents_allocated" + suffix] =
         must(store->volume_info(thin), "info").allocated_bytes / store->stats().extent_bytes;
     const VolumeId full = must(store->create_volume("full", volume_bytes), "create volume");
-    Aligned chunk = aligned(kMiB);
-    for (uint64_t offset = 0; offset < volume_bytes; offset += kMiB) {
-      must(store->write(full, offset, {chunk.get(), kMiB}), "fill");
-    }
+    fill_volume(*store, full, volume_bytes);
     must(store->create_snapshot(full, "snap"), "snapshot");
     row["dbs_write_after_snapshot" + suffix + "_iops"] =
         RandomRunner(*store, full, StoreOp::kWrite, blocks, config.queue_depth)
@@ -290,11 +295,8 @@ nlohmann::json bench_dir(const std::string& dir, const Config& config) {
     must(Store::format(*device, format), "format");
     auto store = must(Store::open(*device), "open store");
     const VolumeId volume = must(store->create_volume("mapped", volume_bytes), "create volume");
-    // Map every block (1 MiB writes), commit.
-    Aligned chunk = aligned(kMiB);
-    for (uint64_t offset = 0; offset < volume_bytes; offset += kMiB) {
-      must(store->write(volume, offset, {chunk.get(), kMiB}), "fill");
-    }
+    // Map every block, commit.
+    fill_volume(*store, volume, volume_bytes);
     must(store->commit(), "commit");
     const uint64_t blocks = volume_bytes / kBlock;
     // The volume's extents were allocated in order from physical extent 0:

@@ -104,6 +104,14 @@ struct HarnessOptions {
   OpenOptions::MappingDataOrder mapping_data_order = OpenOptions{}.mapping_data_order;
 };
 
+// Both ways of ordering allocating writes' data before their mapping record
+// run in every test: odd seeds the default (a flush before the record), even
+// seeds FUA data.
+OpenOptions::MappingDataOrder order_for_seed(uint64_t seed) {
+  return seed % 2 == 0 ? OpenOptions::MappingDataOrder::kFuaData
+                       : OpenOptions::MappingDataOrder::kFlushBeforeRecord;
+}
+
 const char* order_name(OpenOptions::MappingDataOrder order) {
   return order == OpenOptions::MappingDataOrder::kFuaData ? "FUA data" : "flush before record";
 }
@@ -838,11 +846,8 @@ TEST(DbsCrash, RandomWorkloadsSurviveEveryCrashImage) {
   size_t total = 0;
   size_t killed = 0;
   for (uint64_t seed : seeds) {
-    // Both ways of ordering allocating writes' data before their mapping
-    // record: odd seeds the default (a flush before the record), even FUA.
     HarnessOptions options;
-    options.mapping_data_order = seed % 2 == 0 ? OpenOptions::MappingDataOrder::kFuaData
-                                               : OpenOptions::MappingDataOrder::kFlushBeforeRecord;
+    options.mapping_data_order = order_for_seed(seed);
     Harness harness(seed, options);
     harness.run_workload(steps);
     ASSERT_FALSE(::testing::Test::HasFailure()) << "workload of seed " << seed << " failed";
@@ -894,9 +899,7 @@ TEST(DbsCrash, AsyncStormsSurviveEveryCrashImage) {
     HarnessOptions options;
     options.storm_percent = 35;
     options.max_device_requests = run.pool;
-    options.mapping_data_order = run.seed % 2 == 0
-                                     ? OpenOptions::MappingDataOrder::kFuaData
-                                     : OpenOptions::MappingDataOrder::kFlushBeforeRecord;
+    options.mapping_data_order = order_for_seed(run.seed);
     if (run.file) {
       options.file_directory = file_directory;
     }

@@ -87,6 +87,20 @@ struct DbsCluster {
   }
 };
 
+// verify() finds no mismatch, the volume closes, and every replica holds
+// exactly what replica 0 holds; `c0` gets that content for further checks.
+void expect_verified_and_identical(ReplicatedVolume& volume, DbsCluster& cluster,
+                                   std::vector<std::byte>& c0) {
+  auto report = volume.verify();
+  ASSERT_TRUE(report.ok());
+  EXPECT_TRUE(report->mismatches.empty());
+  EXPECT_TRUE(volume.close().ok());
+  c0 = cluster.content(0);
+  for (unsigned r = 1; r < 3; ++r) {
+    EXPECT_EQ(std::memcmp(c0.data(), cluster.content(r).data(), kSize), 0) << "replica " << r;
+  }
+}
+
 TEST(DbsReplicas, ConcurrentWorkloadSnapshotsAndResync) {
   DbsCluster cluster;
   cluster.create(3);
@@ -124,14 +138,8 @@ TEST(DbsReplicas, ConcurrentWorkloadSnapshotsAndResync) {
   ASSERT_TRUE(rb.ok()) << rb.error().to_string();
   EXPECT_EQ(volume->status().in_sync, 3U);
   EXPECT_LT(volume->status().rebuild.total_bytes, kSize) << "expected a dirty-region resync";
-  auto report = volume->verify();
-  ASSERT_TRUE(report.ok());
-  EXPECT_TRUE(report->mismatches.empty());
-  EXPECT_TRUE(volume->close().ok());
-  auto c0 = cluster.content(0);
-  for (unsigned r = 1; r < 3; ++r) {
-    EXPECT_EQ(std::memcmp(c0.data(), cluster.content(r).data(), kSize), 0) << r;
-  }
+  std::vector<std::byte> c0;
+  ASSERT_NO_FATAL_FAILURE(expect_verified_and_identical(*volume, cluster, c0));
   auto model = w.per_block();
   unsigned bad = 0;
   for (uint64_t b = 0; b < kSize / 4096; ++b) {
@@ -237,14 +245,8 @@ TEST(DbsReplicas, PeriodicDirtyClearLimitsResyncToRegionsWrittenWhileOut) {
   EXPECT_EQ(st.in_sync, 3U);
   EXPECT_EQ(st.rebuild.total_bytes, written.size() * region);
   EXPECT_EQ(st.rebuild.done_bytes, written.size() * region);
-  auto report = volume->verify();
-  ASSERT_TRUE(report.ok());
-  EXPECT_TRUE(report->mismatches.empty());
-  EXPECT_TRUE(volume->close().ok());
-  auto c0 = cluster.content(0);
-  for (unsigned r = 1; r < 3; ++r) {
-    EXPECT_EQ(std::memcmp(c0.data(), cluster.content(r).data(), kSize), 0) << "replica " << r;
-  }
+  std::vector<std::byte> c0;
+  ASSERT_NO_FATAL_FAILURE(expect_verified_and_identical(*volume, cluster, c0));
   for (uint64_t b = 0; b < kSize / 4096; ++b) {
     bool rewritten = std::any_of(written.begin(), written.end(),
                                  [&](uint64_t r) { return b == (r * region + 4096) / 4096; });
