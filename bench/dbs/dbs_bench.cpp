@@ -17,6 +17,7 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -193,7 +194,8 @@ RunResult run_fio(const std::string& file, uint64_t offset, uint64_t size_bytes,
       " --ioengine=io_uring --direct=1 --rw=" + (write ? "randwrite" : "randread") +
       " --bs=4k --iodepth=" + std::to_string(config.queue_depth) +
       " --size=" + std::to_string(size_bytes) +
-      " --runtime=" + std::to_string(static_cast<int>(config.runtime_s)) +
+      // Milliseconds: a whole-second cast made --runtime 0.5 ask fio for 0 s.
+      " --runtime=" + std::to_string(std::llround(config.runtime_s * 1000)) + "ms" +
       " --time_based --norandommap --randrepeat=0 --output-format=json --output=" + output +
       " >/dev/null 2>&1";
   const Usage before = process_usage(RUSAGE_CHILDREN);
