@@ -143,9 +143,12 @@ struct StoreStats {
   // In-memory metadata: extent maps, free map, tables.
   uint64_t metadata_memory_bytes = 0;
   uint64_t mapped_extents = 0;  // map entries over all layers
-  // Device errors on the data path since open (each failed its StoreIo with
-  // the device's errno; the store stays usable). Logged at the 1st, 2nd,
-  // 4th, ... error of each kind.
+  // Device errors since open. A failed data read, write, discard or
+  // write-zeroes fails its StoreIo with the device's errno and the store
+  // stays usable (logged at the 1st, 2nd, 4th, ... error of each kind).
+  // write_errors also counts failed metadata writes and device flushes: each
+  // of those fails the store (see health()), so a store that failed on a
+  // dying disk never reports 0 write errors.
   uint64_t read_errors = 0;
   uint64_t write_errors = 0;
 };

@@ -784,6 +784,7 @@ void Store::Impl::maybe_start_commit() {
 
 void Store::Impl::commit_step(int result) {
   if (result < 0) {
+    ++write_errors_;  // a device error like a failed data write; fail() logs it
     fail(phase_ == CommitPhase::kDataFlush
              ? "device flush of data before metadata commit " + std::to_string(seq_ + 1)
              : "device flush after writing metadata commit " + std::to_string(seq_ + 1),
@@ -867,8 +868,11 @@ void Store::Impl::write_metadata() {
 }
 
 void Store::Impl::meta_write_done(int result) {
-  if (result < 0 && meta_error_ == 0) {
-    meta_error_ = result;
+  if (result < 0) {
+    ++write_errors_;  // each failed piece; fail() below logs the first
+    if (meta_error_ == 0) {
+      meta_error_ = result;
+    }
   }
   if (--meta_pending_ > 0) {
     return;

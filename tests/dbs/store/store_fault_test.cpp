@@ -319,8 +319,10 @@ TEST_P(StoreCommitFaultTest, FailedCommitStepFailsTheStoreAndKeepsAcknowledgedDa
   }
   EXPECT_EQ(store_->stats().checkpoints, checkpoints_before);
 
-  // Failed state: named, queryable, and refusing changes.
+  // Failed state: named, queryable, counted, and refusing changes.
   ASSERT_TRUE(store_->failed());
+  EXPECT_EQ(store_->stats().write_errors, 1u) << "the failed commit step was not counted";
+  EXPECT_EQ(store_->stats().read_errors, 0u);
   const Status health = store_->health();
   ASSERT_FALSE(health.ok());
   EXPECT_EQ(health.error().errno_value(), EIO);
@@ -414,6 +416,7 @@ TEST_F(StoreFaultTest, MappingJournalWriteFailsTheStoreAndTheWrite) {
   ASSERT_FALSE(status.ok()) << "an allocating write whose mapping was not journaled completed";
   EXPECT_EQ(status.error().errno_value(), EIO);
   ASSERT_TRUE(store_->failed());
+  EXPECT_EQ(store_->stats().write_errors, 1u);
   EXPECT_NE(store_->health().error().message().find("write of journal commit"), std::string::npos)
       << store_->health().error().message();
   auto reopened = reopen_on_disk();
