@@ -33,6 +33,7 @@
 #include "ublkvol/dbs/store.h"
 
 #include "../common/process_usage.h"
+#include "../common/stale_scratch.h"
 
 namespace {
 
@@ -40,6 +41,7 @@ using namespace ublkvol;
 using namespace ublkvol::dbs;
 using Clock = std::chrono::steady_clock;
 using ublkvol::bench::process_usage;
+using ublkvol::bench::remove_stale_scratch;
 using ublkvol::bench::Usage;
 
 constexpr uint64_t kBlock = 4096;
@@ -325,7 +327,16 @@ nlohmann::json bench_dir(const std::string& dir, const Config& config) {
         fio_write.push_back(run_fio(file, data_offset, volume_bytes, true, config));
       }
     }
-    auto record = [&](const std::string& name, const std::vector<RunResult>& runs) {
+    // A failed fio run (iops < 0, reported on stderr) is left out and
+    // counted; with none left the row has no fio figure and no ratio.
+    auto record = [&](const std::string& name, std::vector<RunResult> runs) {
+      const auto failed = std::erase_if(runs, [](const RunResult& r) { return r.iops < 0; });
+      if (failed != 0) {
+        row[name + "_failed_runs"] = failed;
+      }
+      if (runs.empty()) {
+        return;
+      }
       row[name + "_iops"] = median(field_of(runs, &RunResult::iops));
       row[name + "_runs"] = field_of(runs, &RunResult::iops);
       row[name + "_cpu_us_per_io"] = median(field_of(runs, &RunResult::cpu_us_per_io));
@@ -335,10 +346,13 @@ nlohmann::json bench_dir(const std::string& dir, const Config& config) {
     if (!config.skip_fio) {
       record("fio_randread", fio_read);
       record("fio_randwrite", fio_write);
-      row["read_ratio"] =
-          row["dbs_randread_iops"].get<double>() / row["fio_randread_iops"].get<double>();
-      row["write_ratio"] =
-          row["dbs_randwrite_iops"].get<double>() / row["fio_randwrite_iops"].get<double>();
+      auto ratio = [&](const std::string& dbs, const std::string& fio, const char* name) {
+        if (row.contains(fio + "_iops")) {
+          row[name] = row[dbs + "_iops"].get<double>() / row[fio + "_iops"].get<double>();
+        }
+      };
+      ratio("dbs_randread", "fio_randread", "read_ratio");
+      ratio("dbs_randwrite", "fio_randwrite", "write_ratio");
     }
     must(store->commit(), "commit");
     row["check_problems"] = store->check().size();
@@ -466,6 +480,17 @@ nlohmann::json bench_metadata(const Config& config) {
 
 }  // namespace
 
+// Whether a fio baseline run failed: the comparison is incomplete, so the
+// benchmark exits 1 (after printing what it has).
+bool fio_failed(const nlohmann::json& result) {
+  for (const auto& row : result["io"]) {
+    if (row.contains("fio_randread_failed_runs") || row.contains("fio_randwrite_failed_runs")) {
+      return true;
+    }
+  }
+  return false;
+}
+
 int main(int argc, char** argv) {
   Config config;
   CLI::App app{"Direct Block Store benchmark (vs fio on the same file)"};
@@ -487,6 +512,10 @@ int main(int argc, char** argv) {
   result["queue_depth"] = config.queue_depth;
   result["runtime_s"] = config.runtime_s;
   for (const auto& dir : config.dirs) {
+    remove_stale_scratch(dir, "dbs_bench_", "dbs_bench");
+  }
+  remove_stale_scratch(config.meta_dir, "dbs_bench_", "dbs_bench");
+  for (const auto& dir : config.dirs) {
     result["io"].push_back(bench_dir(dir, config));
   }
   if (!config.skip_meta) {
@@ -494,9 +523,9 @@ int main(int argc, char** argv) {
   }
   if (config.json) {
     std::cout << result.dump(2) << "\n";
-    return 0;
+    return fio_failed(result) ? 1 : 0;
   }
-  std::printf("4 KiB random I/O, QD %u, %.0f s per run, median of %d alternating rounds\n",
+  std::printf("4 KiB random I/O, QD %u, %g s per run, median of %d alternating rounds\n",
               config.queue_depth, config.runtime_s, config.rounds);
   std::printf(
       "(CPU: microseconds per I/O, all threads incl. io_uring workers; fio: its whole\n"
@@ -544,5 +573,5 @@ int main(int argc, char** argv) {
     std::printf("  snapshot create, 1 GiB volume         %10.3f ms (median of 10)\n",
                 m["snapshot_create_1gib_ms"].get<double>());
   }
-  return 0;
+  return fio_failed(result) ? 1 : 0;
 }

@@ -46,6 +46,7 @@
 #include "ublkvol/engine/store_thread.h"
 
 #include "../common/process_usage.h"
+#include "../common/stale_scratch.h"
 
 namespace ublkvol::engine {
 namespace {
@@ -477,6 +478,7 @@ int main(int argc, char** argv) {
   spdlog::set_level(getenv("BENCH_DEBUG") ? spdlog::level::info : spdlog::level::warn);
   const uint64_t size = parse_size(size_s);
   const uint64_t rebuild_size = parse_size(rebuild_size_s);
+  ublkvol::bench::remove_stale_scratch(dir, "engine_bench_", "engine_bench");
   std::vector<std::string> files;
   for (int i = 0; i < 3; ++i) {
     files.push_back(dir + "/engine_bench_r" + std::to_string(i) + "_" + std::to_string(getpid()));
