@@ -80,6 +80,10 @@ Result<DaemonConfig> parse_config(std::string_view text, const std::string& orig
       UBLKVOL_TRY(read_bool(value, key, origin, config.recoverable_devices));
     } else if (key == "write_through") {
       UBLKVOL_TRY(read_bool(value, key, origin, config.write_through));
+    } else if (key == "store_data_order") {
+      UBLKVOL_TRY(read_string(value, key, origin, config.store_data_order));
+    } else if (key == "store_submit_batch") {
+      UBLKVOL_TRY(read_uint(value, key, origin, config.store_submit_batch));
     } else if (key == "log_level") {
       UBLKVOL_TRY(read_string(value, key, origin, config.log_level));
     } else {
@@ -137,6 +141,14 @@ Status validate_config(const DaemonConfig& config) {
   if (config.rebuild_mb_per_s > (uint64_t{1} << 30)) {
     return Error(EINVAL, "rebuild_mb_per_s " + std::to_string(config.rebuild_mb_per_s) +
                              " is out of range 0..1073741824");
+  }
+  if (config.store_data_order != "flush" && config.store_data_order != "fua") {
+    return Error(EINVAL,
+                 "store_data_order '" + config.store_data_order + "' is not one of flush, fua");
+  }
+  if (config.store_submit_batch > 256) {
+    return Error(EINVAL, "store_submit_batch " + std::to_string(config.store_submit_batch) +
+                             " is out of range 0..256 (the store device's queue depth)");
   }
   static constexpr const char* kLevels[] = {"trace", "debug",    "info", "warn",
                                             "error", "critical", "off"};

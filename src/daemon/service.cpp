@@ -362,9 +362,18 @@ struct Service::Impl {
   // formatted it). Block devices are opened O_EXCL, and the kernel drops that
   // claim only when the io_uring that registered the fd is torn down -
   // asynchronously - so a close and re-open right after can fail with EBUSY.
-  static dbs::FileDeviceOptions device_options() {
+  dbs::FileDeviceOptions device_options() const {
     dbs::FileDeviceOptions options;
     options.queue_depth = 256;
+    options.submit_batch = config.store_submit_batch;
+    return options;
+  }
+
+  dbs::OpenOptions store_open_options() const {
+    dbs::OpenOptions options;
+    options.mapping_data_order = config.store_data_order == "fua"
+                                     ? dbs::OpenOptions::MappingDataOrder::kFuaData
+                                     : dbs::OpenOptions::MappingDataOrder::kFlushBeforeRecord;
     return options;
   }
 
@@ -375,7 +384,7 @@ struct Service::Impl {
     if (!device.ok()) {
       return device.error().with_context("store " + named(entry.name));
     }
-    auto store = dbs::Store::open(**device);
+    auto store = dbs::Store::open(**device, store_open_options());
     if (!store.ok()) {
       return store.error().with_context("store " + named(entry.name) + " (" + entry.path +
                                         ") is not a usable DBS store");
@@ -1691,6 +1700,15 @@ Result<std::unique_ptr<Service>> Service::start(const DaemonConfig& config) {
   }
   auto impl = std::make_unique<Impl>();
   impl->config = config;
+  // Said once, from the options every store is opened with.
+  const dbs::OpenOptions open_options = impl->store_open_options();
+  spdlog::info(
+      "stores: the data of new mappings is made durable before their journal record by {}; "
+      "device submit batch {}",
+      open_options.mapping_data_order == dbs::OpenOptions::MappingDataOrder::kFuaData
+          ? "FUA data writes (store_data_order fua)"
+          : "one device flush per commit (store_data_order flush)",
+      impl->device_options().submit_batch);
   const unsigned cpus = std::max(1U, std::thread::hardware_concurrency());
   impl->engine_queues = std::min(60U, std::max(config.queues, cpus));
   impl->load(*state);

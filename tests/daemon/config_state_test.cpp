@@ -47,13 +47,16 @@ TEST(Config, DefaultsWhenMissing) {
   EXPECT_EQ(config->min_replicas, 1u);
   EXPECT_TRUE(config->recoverable_devices);
   EXPECT_FALSE(config->write_through);  // write-back: DBS journals mappings
+  EXPECT_EQ(config->store_data_order, "flush");
+  EXPECT_EQ(config->store_submit_batch, 4u);
 }
 
 TEST(Config, ParsesEveryKey) {
   const auto config = parse_config(
       R"({"state_dir":"/s","control_socket":"/r/c.sock","socket_group":"g","queues":2,
           "queue_depth":64,"io_deadline_ms":500,"rebuild_mb_per_s":100,"min_replicas":2,
-          "recoverable_devices":false,"write_through":true,"log_level":"debug"})",
+          "recoverable_devices":false,"write_through":true,"log_level":"debug",
+          "store_data_order":"fua","store_submit_batch":0})",
       "c.json");
   ASSERT_TRUE(config.ok()) << config.error().message();
   EXPECT_EQ(config->state_dir, "/s");
@@ -65,6 +68,8 @@ TEST(Config, ParsesEveryKey) {
   EXPECT_FALSE(config->recoverable_devices);
   EXPECT_TRUE(config->write_through);
   EXPECT_EQ(config->log_level, "debug");
+  EXPECT_EQ(config->store_data_order, "fua");
+  EXPECT_EQ(config->store_submit_batch, 0u);
 }
 
 TEST(Config, RefusalsNameTheKey) {
@@ -81,6 +86,9 @@ TEST(Config, RefusalsNameTheKey) {
       {R"({"state_dir":"relative"})", "must be an absolute path"},
       {R"({"log_level":"loud"})", "log_level 'loud'"},
       {R"({"min_replicas":9})", "min_replicas 9"},
+      {R"({"store_data_order":"FUA"})", "store_data_order 'FUA' is not one of flush, fua"},
+      {R"({"store_data_order":1})", "key 'store_data_order' must be a string"},
+      {R"({"store_submit_batch":257})", "store_submit_batch 257 is out of range 0..256"},
       {R"({"queues":99999999999})", "too large"},
       {R"([1])", "must be a JSON object"},
       {R"({"a":)", "not valid JSON"},

@@ -188,6 +188,10 @@ TEST_F(DaemonTest, EveryMethodHappyPath) {
   Json status = ok("daemon.status");
   EXPECT_EQ(status["stores"], 0);
   EXPECT_NE(log_text().find("writes: write-back"), std::string::npos) << log_text();
+  EXPECT_NE(log_text().find("one device flush per commit (store_data_order flush); device "
+                            "submit batch 4"),
+            std::string::npos)
+      << log_text();
   EXPECT_EQ(status["pid"], pid_);
   EXPECT_TRUE(status["ublk"]["message"].is_string());
 
@@ -610,6 +614,24 @@ TEST_F(DaemonTest, RefusesBadConfigAndSecondInstance) {
   ASSERT_TRUE(WIFEXITED(second_status));
   EXPECT_EQ(WEXITSTATUS(second_status), 1);
   EXPECT_TRUE(ok("daemon.status")["pid"] == pid_);  // the first one is unharmed
+  EXPECT_EQ(stop(), 0);
+}
+
+// The store tuning keys reach the options every store is opened with (the
+// startup line is printed from them), and stores still open and serve
+// control requests with them.
+TEST_F(DaemonTest, StoreTuningFromConfig) {
+  std::ofstream(dir_ + "/config.json", std::ios::trunc)
+      << R"({"state_dir":")" << dir_ << R"(/state","control_socket":")" << socket_
+      << R"(","store_data_order":"fua","store_submit_batch":0})";
+  start();
+  EXPECT_NE(log_text().find("FUA data writes (store_data_order fua); device submit batch 0"),
+            std::string::npos)
+      << log_text();
+  add_stores({"a"});
+  ok("volume.create", {{"name", "v"}, {"size", 16 * kMiB}, {"stores", {"a"}}});
+  EXPECT_EQ(ok("store.show", {{"name", "a"}})["state"], "online");
+  EXPECT_EQ(ok("store.check", {{"name", "a"}})["ok"], true);
   EXPECT_EQ(stop(), 0);
 }
 

@@ -47,6 +47,17 @@ struct DaemonConfig {
   // applications that never flush, at ~40% of sequential write throughput
   // (docs/daemon.md "Write-back and write-through").
   bool write_through = false;
+  // How each store makes the data of a newly mapped block durable before the
+  // journal record that maps it (dbs::OpenOptions::mapping_data_order):
+  // "flush" (default) - one device flush per group commit; "fua" - every
+  // such data write FUA. "fua" can be cheaper on a raw device with a
+  // volatile cache and native FUA; on a file or a device without a volatile
+  // cache "flush" costs nothing. docs/dbs.md "Power-cut ordering".
+  std::string store_data_order = "flush";
+  // dbs::FileDeviceOptions::submit_batch of every store device: the store
+  // thread enters the kernel once this many requests are prepared (0 = only
+  // when it polls). 4 suits virtio/NVMe disks (docs/performance.md).
+  unsigned store_submit_batch = 4;
   // spdlog level: trace, debug, info, warn, error, critical, off.
   std::string log_level = "info";
 };
@@ -56,7 +67,8 @@ Result<DaemonConfig> parse_config(std::string_view text, const std::string& orig
 // Loads `path`; a missing file gives the defaults.
 Result<DaemonConfig> load_config(const std::string& path);
 // Checks ranges (queues 1..60, queue_depth 1..4096, io_deadline_ms 100..3600000,
-// min_replicas 1..4, absolute paths, socket path length, log level).
+// min_replicas 1..4, store_submit_batch 0..256, absolute paths, socket path
+// length, log level, store_data_order flush|fua).
 Status validate_config(const DaemonConfig& config);
 
 }  // namespace ublkvol::daemon
