@@ -106,12 +106,14 @@ if [ -n "$E2E_WATCHDOG_S" ]; then
 fi
 
 # wait_until TIMEOUT_S CMD... : polls CMD every 20 ms until it succeeds.
+# Its variables have names of their own: scripts time steps with `start`
+# around wait_until calls, and a shared name would reset their clock.
 wait_until() {
-  limit=$1
+  wu_limit=$1
   shift
-  start=$(now)
+  wu_start=$(now)
   while ! "$@"; do
-    less_than "$(elapsed "$start")" "$limit" || return 1
+    less_than "$(elapsed "$wu_start")" "$wu_limit" || return 1
     sleep 0.02
   done
 }
