@@ -71,9 +71,10 @@ finish_verify_fio() {
   FIO=""
   cat "$STATE/fio"
   [[ $rc -eq 0 ]] || fail "fio exit status $rc"
-  # terse v3: field 5 is the job's error code; 6-... are read then write figures.
-  err=$(cut -d';' -f5 "$STATE/fio" | head -n1)
-  [[ "$err" == 0 ]] || fail "fio reported error $err"
+  # terse v3: field 5 is the job's error code; 6-... are read then write figures. The
+  # file also holds fio's stderr: take the result line ("3;fio-...").
+  err=$(grep '^3;' "$STATE/fio" | head -n1 | cut -d';' -f5)
+  [[ "$err" == 0 ]] || fail "fio reported error '$err' (no terse result line?)"
   ok "fio finished: exit 0, 0 errors, every written block verified (crc32c)"
 }
 

@@ -38,8 +38,8 @@ fio --name=count --filename="$DEV" --ioengine=io_uring --direct=1 --rw=randread 
     --iodepth=16 --size=16M --norandommap --randrepeat=0 --output-format=terse \
     >"$STATE/fio-count-r" 2>&1 || fail "fio read: $(cat "$STATE/fio-count-r")"
 # terse v3: field 6 read KiB, 7 read bw, 8 read IOPS, ...; 47 write KiB, 49 write IOPS
-fio_w_kib=$(cut -d';' -f47 "$STATE/fio-count-w")
-fio_r_kib=$(cut -d';' -f6 "$STATE/fio-count-r")
+fio_w_kib=$(terse_line "$STATE/fio-count-w" | cut -d';' -f47)
+fio_r_kib=$(terse_line "$STATE/fio-count-r" | cut -d';' -f6)
 dw=$(($(volume_stat v0 writes) - w0))
 dr=$(($(volume_stat v0 reads) - r0))
 dbw=$(($(volume_stat v0 bytes_written) - bw0))

@@ -255,6 +255,11 @@ kill_and_reattach() {
   done
 }
 
+# terse_line FILE : fio's terse v3 result line ("3;fio-...;job;...") in FILE,
+# which also holds fio's stderr: a notice printed before the result must
+# not be read as the result.
+terse_line() { grep '^3;' "$1" | head -1; }
+
 # finish_backlog_fio CYCLES : fio must end with exit 0 and 0 errors.
 finish_backlog_fio() {
   step "let fio finish"
@@ -263,8 +268,8 @@ finish_backlog_fio() {
   cat "$STATE/fio"
   [ "$fio_rc" -eq 0 ] || fail "fio exit $fio_rc"
   # terse v3: field 5 is the job's error code
-  err=$(cut -d';' -f5 "$STATE/fio" | head -1)
-  [ "$err" = "0" ] || fail "fio reported error $err"
+  err=$(terse_line "$STATE/fio" | cut -d';' -f5)
+  [ "$err" = "0" ] || fail "fio reported error '$err' (no terse result line?)"
   ok "fio finished with 0 errors across $1 kill/restart cycles"
 }
 
