@@ -59,9 +59,14 @@ ok "stats within 10% of fio; write histogram holds $hist_sum requests"
 
 step "fio verify writes; SIGKILL + restart the daemon $CYCLES times"
 start_backlog_fio 48M 3
+# Each kill waits for 1500 writes beyond what the daemon had counted when the
+# cycle began: the first daemon already counted the 4096 writes above, and a
+# bare "more than 1500" would let cycle 1 kill it before fio wrote anything.
+writes_flowing() { [ "$(volume_stat v0 writes)" -gt $((writes_base + 1500)) ]; }
 cycle=1
 while [ $cycle -le $CYCLES ]; do
-  writes_flowing() { [ "$(volume_stat v0 writes)" -gt 1500 ]; }
+  writes_base=$(volume_stat v0 writes)
+  [ -n "$writes_base" ] || fail "cycle $cycle: the daemon's stats give no write count"
   wait_until 180 writes_flowing || fail "cycle $cycle: no writes reached the daemon"
   kill -0 "$FIO" 2>/dev/null || fail "fio ended before cycle $cycle: $(cat "$STATE/fio")"
   kill -9 "$DAEMON"
