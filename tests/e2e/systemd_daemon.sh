@@ -96,7 +96,7 @@ killed_at=$(journal_cursor)
 kill_unit_and_wait_restart "$UNIT"
 [[ "$(ublk-volume --json volume show v0 | json_first path)" == "$DEV" ]] ||
   fail "after the restart v0 is not on $DEV: $(ublk-volume --json volume show v0)"
-journalctl -q --no-pager -u "$UNIT" --after-cursor="$killed_at" | grep -q "re-attached to $DEV" ||
+wait_until 30 journal_has "$killed_at" "$UNIT" "re-attached to $DEV" ||
   fail "the restarted daemon did not log re-attaching to $DEV"
 ok "the restarted daemon re-attached to $DEV (ublk user recovery)"
 echo "journal around the kill (warnings and worse):"
@@ -112,9 +112,13 @@ ok "replicas in sync $(elapsed "$start") s after fio ended"
 
 stop_unit_cleanly "$UNIT"
 wait_until 10 no_ublk_devices || fail "ublk devices left after stop: $(ls /dev/ublk*)"
-journalctl -q --no-pager -u "$UNIT" --after-cursor="$restarted_at" | grep -q "v0.*stopped and deleted" ||
+wait_until 30 journal_has "$restarted_at" "$UNIT" "v0.*stopped and deleted" ||
   fail "the daemon did not log stopping and deleting v0's device"
 ok "the device (not in use) was stopped and deleted"
+# The daemon's last line: once it is in the journal, everything it logged is (one stream,
+# in order), so the error check below sees the whole run.
+wait_until 30 journal_has "$restarted_at" "$UNIT" "stopped: [0-9]* device(s) deleted" ||
+  fail "the daemon's final 'stopped: ...' line is not in the journal"
 errors=$(journal_errors_since "$restarted_at" "$UNIT")
 [[ -z "$errors" ]] || fail "errors in the journal after the restart: $errors"
 ok "no errors in $UNIT's journal after the restart"

@@ -44,6 +44,14 @@ journal_errors_since() {
   journalctl -q --no-pager -o short-monotonic -p err -u "$2" --after-cursor="$1"
 }
 
+# journal_has CURSOR UNIT PATTERN: a message of UNIT after CURSOR matches PATTERN (grep).
+# journald reads a service's stdout stream on its own schedule, so a line the daemon
+# wrote before it sent READY=1 or exited can reach the journal after systemctl reports
+# the state change: wait for it (wait_until 30 journal_has ...), don't grep once.
+journal_has() {
+  journalctl -q --no-pager -u "$2" --after-cursor="$1" | grep -q -- "$3"
+}
+
 # writes_completed DEV: write requests the block layer completed on DEV (/sys/block stat).
 writes_completed() { awk '{ print $5 }' "/sys/block/${1##*/}/stat"; }
 
