@@ -18,6 +18,10 @@ for arg in $(cat /proc/cmdline); do
   case "$arg" in ublkvol.token=*) token="${arg#ublkvol.token=}" ;; esac
 done
 
+# Tells run.sh the kernel booted and userspace runs: a crash before this line is a boot
+# failure (an emulator fault under multi-threaded TCG), which run.sh retries once.
+echo "@@ublkvol-vm-init token=$token@@"
+
 die() {
   echo "initrd: error: $*"
   echo "@@ublkvol-vm-exit token=$token stage=setup status=125@@"
