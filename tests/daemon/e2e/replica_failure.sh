@@ -2,9 +2,15 @@
 # b are /dev/shm files, store c is a memory-backed null_blk device; mid-run,
 # null_blk's configfs `badblocks` makes every sector of c fail with EIO. The
 # volume must stay online on a and b, volume.show must report c's replica as
-# failed (with the error event), store.show must report c failed, and fio
-# (crc32c verify_backlog) must finish with 0 errors. A SIGTERM then stops
-# the daemon cleanly.
+# failed, store.show must count write errors on c, and fio (crc32c
+# verify_backlog) must finish with 0 errors. A SIGTERM then stops the daemon
+# cleanly.
+# Which request meets the bad blocks first is up to timing: a data write, a
+# journal commit (both count as write errors), or one of fio's verify reads
+# (read errors do not fail a replica: the engine repairs the block by
+# rewriting it on c, and that write fails and counts). So c's write errors
+# can be as few as 1, and its store may stay "online": data errors fail the
+# replica, only a failed metadata write or flush fails the store.
 . /opt/test/files/daemon_lib.sh
 
 step "memory-backed null_blk device for store c"
@@ -53,7 +59,7 @@ ok "replica on c failed after $(elapsed "$start") s"
 out=$(rpc volume.show '{"name":"v0"}')
 echo "$out" | grep -q '"online":true' || fail "volume went offline: $out"
 echo "$out" | grep -q '"in_sync":2' || fail "volume does not have 2 in-sync replicas: $out"
-echo "$out" | grep -o '"message":"[^"]*replica 2[^"]*"' | tail -3
+echo "$out" | grep -o '{[^{}]*"store":"c"[^{}]*}' | head -1
 kill -0 "$FIO" 2>/dev/null || fail "fio ended early: $(cat "$STATE/fio")"
 finish_backlog_fio 0
 out=$(rpc store.show '{"name":"c"}')
