@@ -80,14 +80,14 @@ inline void remove_stale_scratch(const std::string& dir, std::string_view prefix
       // st_blocks: what the (often sparse) file really held.
       bytes += sized ? static_cast<uint64_t>(st.st_blocks) * 512 : 0;
     } else if (ec) {
-      std::fprintf(stderr, "%s: cannot remove stale scratch file %s: %s\n", program,
-                   entry.path().c_str(), ec.message().c_str());
+      (void)std::fprintf(stderr, "%s: cannot remove stale scratch file %s: %s\n", program,
+                         entry.path().c_str(), ec.message().c_str());
     }
   }
   if (removed != 0) {
-    std::fprintf(stderr, "%s: removed %llu scratch file(s) (%.1f GB) left in %s by killed runs\n",
-                 program, static_cast<unsigned long long>(removed),
-                 static_cast<double>(bytes) / 1e9, dir.c_str());
+    (void)std::fprintf(
+        stderr, "%s: removed %llu scratch file(s) (%.1f GB) left in %s by killed runs\n", program,
+        static_cast<unsigned long long>(removed), static_cast<double>(bytes) / 1e9, dir.c_str());
   }
 }
 

@@ -1025,7 +1025,7 @@ Status Store::Impl::wait_device(Done&& done, const char* waiting_for) {
     if (now >= deadline) {
       const double seconds = std::chrono::duration<double>(device_timeout_).count();
       char when[32];
-      std::snprintf(when, sizeof(when), "%g", seconds);
+      (void)std::snprintf(when, sizeof(when), "%g", seconds);
       return Error(ETIMEDOUT, std::string(device_.name()) + " did not complete " +
                                   std::to_string(device_.in_flight()) + " requests within " + when +
                                   " s (waiting for " + waiting_for + ")");
