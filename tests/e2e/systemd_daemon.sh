@@ -111,7 +111,7 @@ wait_until 240 all_in_sync || fail "replicas did not get back in sync: $(replica
 ok "replicas in sync $(elapsed "$start") s after fio ended"
 
 stop_unit_cleanly "$UNIT"
-wait_until 10 no_ublk_devices || fail "ublk devices left after stop: $(ls /dev/ublk*)"
+wait_until 60 no_ublk_devices || fail "ublk devices left after stop: $(ls /dev/ublk*)"
 wait_until 30 journal_has "$restarted_at" "$UNIT" "v0.*stopped and deleted" ||
   fail "the daemon did not log stopping and deleting v0's device"
 ok "the device (not in use) was stopped and deleted"

@@ -102,8 +102,11 @@ kill_unit_and_wait_restart() {
   step "systemctl kill -s KILL $unit (main PID $pid, $restarts restarts so far)"
   start=$(now)
   systemctl kill -s KILL "$unit" || fail "systemctl kill failed"
-  wait_until 90 unit_running "$unit" $((restarts + 1)) ||
-    fail "$unit was not restarted and running within 90 s:" \
+  # Usually seconds; 29 s were seen on a loaded 2-core host (stores re-opened, the device
+  # re-attached once the kernel quiesced it). The bound only catches a restart that never
+  # comes.
+  wait_until 240 unit_running "$unit" $((restarts + 1)) ||
+    fail "$unit was not restarted and running within 240 s:" \
       "$(systemctl status --no-pager "$unit" 2>&1 | head -n 20)"
   [[ "$(unit_prop "$unit" MainPID)" != "$pid" ]] || fail "$unit still has the killed main PID $pid"
   ok "systemd restarted $unit (NRestarts $((restarts + 1)), main PID $(unit_prop "$unit" MainPID)) and it is READY again $(elapsed "$start") s after the kill"

@@ -30,7 +30,7 @@ echo 160 >"$NB/size"
 echo 1 >"$NB/power" || fail "cannot power on the null_blk device"
 # Since Linux 6.2 a configfs-made null_blk disk is named after its directory.
 nb_present() { [ -b /dev/storec ] || [ -b "/dev/nullb$(cat "$NB/index")" ]; }
-wait_until 10 nb_present || fail "no block device for $NB: $(ls /dev | tr '\n' ' ')"
+wait_until 60 nb_present || fail "no block device for $NB: $(ls /dev | tr '\n' ' ')"
 NBDEV=/dev/storec
 [ -b "$NBDEV" ] || NBDEV=/dev/nullb$(cat "$NB/index")
 ok "store c on $NBDEV"
@@ -54,7 +54,7 @@ wait_until 180 writes_flowing || fail "no writes reached the daemon"
 echo "+0-1000000" >"$NB/badblocks" || fail "cannot set badblocks"
 start=$(now)
 c_failed() { [ "$(replica_states v0)" = "in_sync in_sync failed" ]; }
-wait_until 60 c_failed || fail "replica on c not reported failed: $(replica_states v0)"
+wait_until 120 c_failed || fail "replica on c not reported failed: $(replica_states v0)"
 ok "replica on c failed after $(elapsed "$start") s"
 out=$(rpc volume.show '{"name":"v0"}')
 echo "$out" | grep -q '"online":true' || fail "volume went offline: $out"

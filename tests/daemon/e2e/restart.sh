@@ -90,7 +90,7 @@ ok "replicas in sync after $(elapsed "$start") s"
 sum=$(device_sha256 "$DEV")
 stop_daemon
 grep -q "v0.*stopped and deleted" "$DAEMON_LOG" || fail "device not reported deleted"
-wait_until 10 no_ublk_devices || fail "device still present after SIGTERM"
+wait_until 60 no_ublk_devices || fail "device still present after SIGTERM"
 start_daemon
 out=$(rpc volume.show '{"name":"v0"}')
 DEV=$(echo "$out" | json_get path)
@@ -124,7 +124,7 @@ rpc volume.resize '{"name":"v0","size":134217728}' 2>"$STATE/resize" &&
 grep -q "busy: .*unexpose it" "$STATE/resize" || fail "resize while exposed: $(cat "$STATE/resize")"
 sum=$(device_sha256 "$DEV")
 rpc volume.unexpose '{"name":"v0"}' >/dev/null || fail "unexpose after umount"
-wait_until 10 no_ublk_devices || fail "device still present after unexpose"
+wait_until 60 no_ublk_devices || fail "device still present after unexpose"
 out=$(rpc volume.resize '{"name":"v0","size":134217728}') || fail "volume.resize"
 echo "$out" | grep -q '"size_bytes":134217728' || fail "resize answered $out"
 out=$(rpc volume.expose '{"name":"v0"}') || fail "volume.expose after resize"
@@ -137,7 +137,7 @@ tail_nonzero=$(timeout 60 dd if="$DEV" bs=1M skip=96 iflag=direct 2>/dev/null | 
 [ "$tail_nonzero" -eq 0 ] || fail "the new 32 MiB hold $tail_nonzero non-zero bytes"
 e2fsck -fn "$DEV" >"$STATE/fsck" 2>&1 || fail "e2fsck after resize: $(cat "$STATE/fsck")"
 rpc volume.unexpose '{"name":"v0"}' >/dev/null || fail "unexpose after the resize"
-wait_until 10 no_ublk_devices || fail "device still present after unexpose"
+wait_until 60 no_ublk_devices || fail "device still present after unexpose"
 stop_daemon
 ok "resized to 128 MiB: old content intact, new tail zeros, filesystem clean"
 echo "PASS"

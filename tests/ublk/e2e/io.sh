@@ -54,6 +54,6 @@ echo "flushes seen by the backend: $flushes (fio issued 256 fsyncs); FUA writes:
 ok "every fsync reached the backend as FLUSH, every O_SYNC write as FUA"
 
 stop_server
-wait_until 10 no_ublk_devices || fail "device still present after stop"
+wait_until 60 no_ublk_devices || fail "device still present after stop"
 ok "stopped and deleted"
 echo "PASS"

@@ -17,7 +17,7 @@ wait_until 60 writes_flowing || fail "fio did not get going"
 step "SIGKILL the server under I/O"
 start=$(now)
 kill -9 "$SRV"
-wait_exit 30 "$SRV" "ublkvol-serve after SIGKILL" 2>/dev/null
+wait_exit 120 "$SRV" "ublkvol-serve after SIGKILL" 2>/dev/null
 SRV=""
 # The 5 s count from the server's exit: the kernel fails the device's I/O
 # once the dead server's files are released, which is part of the exit.
@@ -37,6 +37,6 @@ ok "I/O failed within 5 s of the server's exit (${took} s)"
 step "remove the device"
 ublkvol-ublkctl list
 ublkvol-ublkctl del --id "$DEV_ID" --wait || fail "del failed"
-wait_until 10 no_ublk_devices || fail "device still present"
+wait_until 60 no_ublk_devices || fail "device still present"
 ok "device removed"
 echo "PASS"

@@ -26,5 +26,5 @@ finish_backlog_fio "$CYCLES"
 
 stop_server
 [ ! -e "$RECORD" ] || fail "recovery record left behind after stop"
-wait_until 10 no_ublk_devices || fail "device still present"
+wait_until 60 no_ublk_devices || fail "device still present"
 echo "PASS"

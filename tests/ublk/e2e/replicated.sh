@@ -95,7 +95,7 @@ ok "every fsync reached all 3 replicas as FLUSH (and their files), every O_SYNC 
 step "stop; the replica files agree and hold what the device showed"
 sum=$(device_sha256 "$DEV")
 stop_server
-wait_until 10 no_ublk_devices || fail "device still present after stop"
+wait_until 60 no_ublk_devices || fail "device still present after stop"
 check_replicas
 for f in $FILES; do
   fsum=$(ublkvol-replica-check --replica-file "$f" --dump | sha256sum | cut -d' ' -f1)

@@ -39,11 +39,11 @@ all_in_sync() {
   [ "$(replica_stat 0 state) $(replica_stat 1 state) $(replica_stat 2 state)" = \
     "in-sync in-sync in-sync" ]
 }
-wait_until 120 all_in_sync || fail "replicas did not all get back in sync"
+wait_until 300 all_in_sync || fail "replicas did not all get back in sync"
 sum=$(device_sha256 "$DEV")
 stop_server
 [ ! -e "$RECORD" ] || fail "recovery record left behind after stop"
-wait_until 10 no_ublk_devices || fail "device still present"
+wait_until 60 no_ublk_devices || fail "device still present"
 ublkvol-replica-check $REPLICAS >"$STATE/check" 2>&1
 rc=$?
 cat "$STATE/check"
