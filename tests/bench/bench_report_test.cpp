@@ -18,7 +18,6 @@ using ublkvol::bench::load_run;
 using ublkvol::bench::median;
 using ublkvol::bench::parse_cpu_use;
 using ublkvol::bench::parse_fio_json;
-using ublkvol::bench::RunResults;
 
 const fs::path kFixture = UBLKVOL_BENCH_FIXTURE_DIR;
 
@@ -175,14 +174,14 @@ TEST(BenchResults, JsonMarkdownAndPlotData) {
   EXPECT_TRUE(doc["inproc"].contains("device"));
 
   char ratio[32];
-  std::snprintf(ratio, sizeof ratio, "| %.2f (%.2f–%.2f) |", w.iops_ratio, w.iops_ratio_min,
-                w.iops_ratio_max);
+  (void)std::snprintf(ratio, sizeof ratio, "| %.2f (%.2f–%.2f) |", w.iops_ratio, w.iops_ratio_min,
+                      w.iops_ratio_max);
   const std::string md = ublkvol::bench::to_markdown(*results);
   EXPECT_NE(md.find("| randrw70-4k-qd32 |"), std::string::npos) << md;
   EXPECT_NE(md.find(ratio), std::string::npos) << "no '" << ratio << "' in\n" << md;
   EXPECT_NE(md.find("### device"), std::string::npos) << md;
 
-  std::snprintf(ratio, sizeof ratio, "0 randrw70-4k-qd32 %.4f ", w.iops_ratio);
+  (void)std::snprintf(ratio, sizeof ratio, "0 randrw70-4k-qd32 %.4f ", w.iops_ratio);
   EXPECT_NE(ublkvol::bench::ratio_plot_data(*results).find(ratio), std::string::npos)
       << ublkvol::bench::ratio_plot_data(*results);
 }

@@ -98,7 +98,9 @@ TEST(Cli, UsageErrorsExit2WithoutTalkingToTheDaemon) {
   for (const auto& args : bad) {
     auto r = run(d, args);
     std::string joined;
-    for (const auto& a : args) joined += a + " ";
+    for (const auto& a : args) {
+      joined += a + " ";
+    }
     EXPECT_EQ(r.status, kUsage) << joined << "\n" << r.err << r.out;
     EXPECT_FALSE(r.err.empty()) << joined;
   }
@@ -299,9 +301,10 @@ TEST(Cli, UnreachableDaemonExits3NamingTheSocket) {
                         "cannot connect to /tmp/nowhere.sock"))
       << r.err;
 
-  ::setenv("UBLK_VOLUME_SOCKET", "/tmp/from-env.sock", 1);
+  // The environment is only touched from this (the test's only) thread.
+  ::setenv("UBLK_VOLUME_SOCKET", "/tmp/from-env.sock", 1);  // NOLINT(concurrency-mt-unsafe)
   r = run(d, {"status"});
-  ::unsetenv("UBLK_VOLUME_SOCKET");
+  ::unsetenv("UBLK_VOLUME_SOCKET");  // NOLINT(concurrency-mt-unsafe)
   EXPECT_EQ(r.status, kUnreachable);
   EXPECT_NE(r.err.find("/tmp/from-env.sock"), std::string::npos) << r.err;
 
@@ -373,7 +376,9 @@ TEST(Cli, StatsSamplesTwiceAndDiffs) {
 
 TEST(Cli, StatsCountWatchAndJson) {
   FakeDaemon d;
-  for (uint64_t i = 0; i < 4; ++i) d.ok("stats", stats_sample(i * 1'000'000'000, i * 10, 0));
+  for (uint64_t i = 0; i < 4; ++i) {
+    d.ok("stats", stats_sample(i * 1'000'000'000, i * 10, 0));
+  }
   auto r = run(d, {"stats", "vol0", "--count", "3", "--json"});
   EXPECT_EQ(r.status, kOk) << r.err;
   EXPECT_EQ(d.calls.size(), 4u);
@@ -391,7 +396,9 @@ TEST(Cli, StatsCountWatchAndJson) {
 
 TEST(Cli, StatsWatchKeepsReportingUntilItCannot) {
   FakeDaemon d;
-  for (uint64_t i = 0; i < 5; ++i) d.ok("stats", stats_sample(i * 1'000'000'000, i * 10, 0));
+  for (uint64_t i = 0; i < 5; ++i) {
+    d.ok("stats", stats_sample(i * 1'000'000'000, i * 10, 0));
+  }
   // The daemon goes away after 5 samples: --watch reported 4 intervals, then
   // stops with the daemon's error.
   d.error("stats", ErrorCode::kNotFound, "volume 'vol0' does not exist");
@@ -520,7 +527,9 @@ TEST(Cli, CompletionScriptKnowsEveryCommand) {
   std::regex entry(R"(^  ([a-z]+) {2,})");
   for (const char* group : {"", "store", "volume", "snapshot", "replica"}) {
     std::vector<std::string> args;
-    if (*group) args.push_back(group);
+    if (*group) {
+      args.push_back(group);
+    }
     args.push_back("--help");
     auto help = run(d, args);
     const std::string text = help.out.substr(help.out.find("Subcommands:"));
@@ -529,7 +538,9 @@ TEST(Cli, CompletionScriptKnowsEveryCommand) {
     int found = 0;
     while (std::getline(lines, line)) {
       std::smatch m;
-      if (!std::regex_search(line, m, entry)) continue;
+      if (!std::regex_search(line, m, entry)) {
+        continue;
+      }
       ++found;
       EXPECT_TRUE(std::regex_search(script.out, std::regex("[\" ]" + m[1].str() + "[\" ]")))
           << "'" << m[1] << "' (" << group << ") is missing from the completion script";

@@ -41,9 +41,14 @@ Output run_program(const std::string& program, const std::vector<std::string>& a
   if (pid == 0) {
     FILE* o = std::freopen(out.c_str(), "w", stdout);
     FILE* e = std::freopen(err.c_str(), "w", stderr);
-    if (o == nullptr || e == nullptr) ::_exit(127);
+    if (o == nullptr || e == nullptr) {
+      ::_exit(127);
+    }
     std::vector<char*> argv{const_cast<char*>(program.c_str())};
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.reserve(args.size() + 2);
+    for (const auto& a : args) {
+      argv.push_back(const_cast<char*>(a.c_str()));
+    }
     argv.push_back(nullptr);
     ::unsetenv("UBLK_VOLUME_SOCKET");
     ::execv(program.c_str(), argv.data());
@@ -78,7 +83,9 @@ class DaemonTest : public ::testing::Test {
     daemon_ = ::fork();
     if (daemon_ == 0) {
       const std::string log = (dir_ / "daemon.log").string();
-      if (std::freopen(log.c_str(), "w", stderr) == nullptr) ::_exit(127);
+      if (std::freopen(log.c_str(), "w", stderr) == nullptr) {
+        ::_exit(127);
+      }
       const std::string config = (dir_ / "config.json").string();
       ::execl(UBLKVOL_DAEMON_BINARY, UBLKVOL_DAEMON_BINARY, "--config", config.c_str(),
               static_cast<char*>(nullptr));
@@ -88,7 +95,9 @@ class DaemonTest : public ::testing::Test {
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
     for (;;) {
       auto client = ublkvol::daemon::Client::connect(socket_);
-      if (client.ok() && client->call("daemon.status").ok()) break;
+      if (client.ok() && client->call("daemon.status").ok()) {
+        break;
+      }
       int status = 0;
       ASSERT_EQ(::waitpid(daemon_, &status, WNOHANG), 0)
           << "ublk-volumed exited: " << read_file(dir_ / "daemon.log");
@@ -172,7 +181,9 @@ TEST_F(DaemonTest, StoresVolumesSnapshotsAndTheirErrors) {
   Json v = cli_json({"volume", "show", "v"});
   EXPECT_EQ(v["size_bytes"], 32u << 20);
   ASSERT_EQ(v["replicas"].size(), 3u);
-  for (const auto& replica : v["replicas"]) EXPECT_EQ(replica["state"], "in_sync") << v.dump();
+  for (const auto& replica : v["replicas"]) {
+    EXPECT_EQ(replica["state"], "in_sync") << v.dump();
+  }
   EXPECT_TRUE(v["device"].is_null());
   r = cli({"volume", "show", "v"});
   EXPECT_EQ(r.status, 0);

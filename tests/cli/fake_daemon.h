@@ -52,7 +52,9 @@ class FakeClient final : public ControlClient {
       return Error(ECONNRESET, "fake daemon has no answer for " + std::string(method));
     }
     daemon::Response r = it->second.front();
-    if (it->second.size() > 1) it->second.pop_front();
+    if (it->second.size() > 1) {
+      it->second.pop_front();
+    }
     return r;
   }
 
@@ -83,7 +85,10 @@ inline Run run(FakeDaemon& daemon, std::vector<std::string> args, bool tty = fal
   };
   args.insert(args.begin(), "ublk-volume");
   std::vector<const char*> argv;
-  for (const auto& a : args) argv.push_back(a.c_str());
+  argv.reserve(args.size());
+  for (const auto& a : args) {
+    argv.push_back(a.c_str());
+  }
   Run r;
   r.status = run_cli(static_cast<int>(argv.size()), argv.data(), env);
   r.out = out.str();

@@ -59,14 +59,18 @@ TEST(Progress, BarPercentRateEta) {
 TEST(Progress, PlainModePrintsEachTenPercentOnce) {
   std::ostringstream out;
   ProgressReporter reporter(out, /*tty=*/false, "rebuild v replica 1");
-  for (double p : {0.0, 1.0, 5.0, 10.0, 12.0, 55.0, 56.0, 100.0}) reporter.update({p, -1, -1});
+  for (double p : {0.0, 1.0, 5.0, 10.0, 12.0, 55.0, 56.0, 100.0}) {
+    reporter.update({p, -1, -1});
+  }
   reporter.finish("done");
   const std::string text = out.str();
   EXPECT_EQ(text.find('\r'), std::string::npos);
   std::istringstream lines(text);
   std::string line;
   std::vector<std::string> all;
-  while (std::getline(lines, line)) all.push_back(line);
+  while (std::getline(lines, line)) {
+    all.push_back(line);
+  }
   ASSERT_EQ(all.size(), 5u) << text;  // 0%, 10%, 55%, 100%, done
   EXPECT_NE(all[0].find("0.0%"), std::string::npos);
   EXPECT_NE(all[1].find("10.0%"), std::string::npos);

@@ -13,14 +13,20 @@ namespace {
 // buckets, bucket i < 2^(10+i) ns.
 Json bounds() {
   Json b = Json::array();
-  for (int i = 0; i < 32; ++i) b.push_back(uint64_t{1} << (10 + i));
+  for (int i = 0; i < 32; ++i) {
+    b.push_back(uint64_t{1} << (10 + i));
+  }
   return b;
 }
 
 Json histogram(std::initializer_list<std::pair<int, uint64_t>> counts, uint64_t sum_ns = 0) {
   Json buckets = Json::array();
-  for (int i = 0; i < 32; ++i) buckets.push_back(0);
-  for (auto [bucket, count] : counts) buckets[bucket] = count;
+  for (int i = 0; i < 32; ++i) {
+    buckets.push_back(0);
+  }
+  for (auto [bucket, count] : counts) {
+    buckets[bucket] = count;
+  }
   return {{"buckets", buckets}, {"sum_ns", sum_ns}};
 }
 
@@ -84,7 +90,9 @@ TEST(Stats, QuantileInterpolatesInsideTheBucketOfTheDifference) {
 TEST(Stats, QuantileAcrossBuckets) {
   // 90 requests < 1024 ns, 10 in [1 ms, 2 ms): p50 in bucket 0, p99 in the slow one.
   LatencyHistogram zero, h;
-  for (int i = 0; i < 32; ++i) h.upper_bounds_ns.push_back(double(uint64_t{1} << (10 + i)));
+  for (int i = 0; i < 32; ++i) {
+    h.upper_bounds_ns.push_back(double(uint64_t{1} << (10 + i)));
+  }
   zero.upper_bounds_ns = h.upper_bounds_ns;
   zero.counts.assign(32, 0);
   h.counts.assign(32, 0);
@@ -189,7 +197,9 @@ TEST(Stats, PrometheusText) {
   std::string line;
   while (std::getline(lines, line)) {
     ASSERT_FALSE(line.empty());
-    if (line[0] == '#') continue;
+    if (line[0] == '#') {
+      continue;
+    }
     EXPECT_TRUE(line.starts_with("ublkvol_volume_")) << line;
     EXPECT_NE(line.find("} "), std::string::npos) << line;
   }

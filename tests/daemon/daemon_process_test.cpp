@@ -28,8 +28,6 @@
 #include "ublkvol/dbs/file_device.h"
 #include "ublkvol/dbs/store.h"
 
-extern char** environ;
-
 namespace ublkvol::daemon {
 namespace {
 
@@ -57,7 +55,8 @@ class DaemonTest : public ::testing::Test {
     notify_.reset(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
     sockaddr_un address{};
     address.sun_family = AF_UNIX;
-    std::strcpy(address.sun_path, notify_path_.c_str());
+    ASSERT_LT(notify_path_.size(), sizeof(address.sun_path));
+    std::memcpy(address.sun_path, notify_path_.c_str(), notify_path_.size() + 1);
     ASSERT_EQ(::bind(notify_.get(), reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
   }
 
@@ -104,6 +103,7 @@ class DaemonTest : public ::testing::Test {
     std::vector<std::string> args = {UBLKVOL_DAEMON_PATH, "--config", dir_ + "/config.json"};
     args.insert(args.end(), extra.begin(), extra.end());
     std::vector<char*> argv;
+    argv.reserve(args.size() + 1);
     for (auto& a : args) {
       argv.push_back(a.data());
     }
@@ -115,6 +115,7 @@ class DaemonTest : public ::testing::Test {
       }
     }
     std::vector<char*> envp;
+    envp.reserve(env_strings.size() + 1);
     for (auto& e : env_strings) {
       envp.push_back(e.data());
     }
@@ -151,7 +152,7 @@ class DaemonTest : public ::testing::Test {
     return response.ok() ? *response : Response{};
   }
 
-  Json ok(const std::string& method, Json params = Json::object()) {
+  Json ok(const std::string& method, const Json& params = Json::object()) {
     const Response r = call(method, params);
     EXPECT_TRUE(r.ok) << method << " " << params.dump() << " -> " << to_string(r.code) << ": "
                       << r.message;
@@ -601,7 +602,7 @@ TEST_F(DaemonTest, RefusesBadConfigAndSecondInstance) {
   std::ofstream(dir_ + "/bad.json") << R"({"queues":"many"})";
   const std::string cmd =
       std::string(UBLKVOL_DAEMON_PATH) + " --config " + dir_ + "/bad.json 2>" + dir_ + "/bad.err";
-  const int status = std::system(cmd.c_str());
+  const int status = std::system(cmd.c_str());  // NOLINT(concurrency-mt-unsafe): one thread
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 2);
   const std::string text = read_text(dir_ + "/bad.err");
@@ -610,7 +611,8 @@ TEST_F(DaemonTest, RefusesBadConfigAndSecondInstance) {
   start();
   const std::string second = std::string(UBLKVOL_DAEMON_PATH) + " --config " + dir_ +
                              "/config.json 2>" + dir_ + "/second.err";
-  const int second_status = std::system(second.c_str());
+  const int second_status =
+      std::system(second.c_str());  // NOLINT(concurrency-mt-unsafe): one thread
   ASSERT_TRUE(WIFEXITED(second_status));
   EXPECT_EQ(WEXITSTATUS(second_status), 1);
   EXPECT_TRUE(ok("daemon.status")["pid"] == pid_);  // the first one is unharmed

@@ -8,11 +8,12 @@
 // arguments.
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <string>
 
 #include "ublkvol/daemon/client.h"
 
-int main(int argc, char** argv) {
+int main(int argc, char** argv) try {
   using namespace ublkvol::daemon;
   std::string socket = kDefaultSocketPath;
   int arg = 1;
@@ -21,7 +22,7 @@ int main(int argc, char** argv) {
     arg += 2;
   }
   if (arg >= argc || arg + 2 < argc) {
-    std::fprintf(stderr, "usage: ublkvol-daemon-rpc [--socket PATH] METHOD [JSON_PARAMS]\n");
+    (void)std::fprintf(stderr, "usage: ublkvol-daemon-rpc [--socket PATH] METHOD [JSON_PARAMS]\n");
     return 2;
   }
   const std::string method = argv[arg];
@@ -29,25 +30,30 @@ int main(int argc, char** argv) {
   if (arg + 1 < argc) {
     params = Json::parse(argv[arg + 1], nullptr, false);
     if (params.is_discarded()) {
-      std::fprintf(stderr, "ublkvol-daemon-rpc: params are not valid JSON\n");
+      (void)std::fprintf(stderr, "ublkvol-daemon-rpc: params are not valid JSON\n");
       return 2;
     }
   }
   auto client = Client::connect(socket);
   if (!client.ok()) {
-    std::fprintf(stderr, "ublkvol-daemon-rpc: %s\n", client.error().message().c_str());
+    (void)std::fprintf(stderr, "ublkvol-daemon-rpc: %s\n", client.error().message().c_str());
     return 2;
   }
   auto response = client->call(method, params);
   if (!response.ok()) {
-    std::fprintf(stderr, "ublkvol-daemon-rpc: %s\n", response.error().message().c_str());
+    (void)std::fprintf(stderr, "ublkvol-daemon-rpc: %s\n", response.error().message().c_str());
     return 2;
   }
   if (!response->ok) {
-    std::fprintf(stderr, "%s: %s\n", std::string(to_string(response->code)).c_str(),
-                 response->message.c_str());
+    (void)std::fprintf(stderr, "%s: %s\n", std::string(to_string(response->code)).c_str(),
+                       response->message.c_str());
     return 1;
   }
-  std::printf("%s", to_line(response->result).c_str());
+  (void)std::printf("%s", to_line(response->result).c_str());
   return 0;
+} catch (const std::exception& e) {
+  // Out of memory or a JSON library error: still "transport failure" for
+  // the calling test, with the cause.
+  (void)std::fprintf(stderr, "ublkvol-daemon-rpc: %s\n", e.what());
+  return 2;
 }

@@ -61,7 +61,7 @@ using testing::kSector;
 
 constexpr uint64_t kMiB = 1 << 20;
 constexpr uint64_t kDeviceBytes = 8 * kMiB;
-constexpr uint64_t kVolumeBytes = 512 * 1024;  // 128 blocks = 8 extents of 16 blocks
+constexpr uint64_t kVolumeBytes = uint64_t{512} * 1024;  // 128 blocks = 8 extents of 16 blocks
 
 struct VolumeModel {
   std::vector<BlockTag> blocks;
@@ -834,6 +834,7 @@ TEST(DbsCrash, RandomWorkloadsSurviveEveryCrashImage) {
   std::vector<uint64_t> seeds = {1, 2, 3, 4, 5, 6, 7, 8};
   int steps = 260;
   int random_per_epoch = 8;
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): read before any thread starts
   if (const char* soak = std::getenv("UBLKVOL_CRASH_SOAK")) {
     const int extra = std::max(1, std::atoi(soak));
     for (int i = 0; i < extra; ++i) {
@@ -884,6 +885,7 @@ TEST(DbsCrash, AsyncStormsSurviveEveryCrashImage) {
                            {14, 1024, false}, {15, 16, true},    {16, 1024, true}};
   int steps = 70;
   int random_per_epoch = 8;
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): read before any thread starts
   if (const char* soak = std::getenv("UBLKVOL_CRASH_SOAK")) {
     const int extra = std::max(1, std::atoi(soak));
     for (int i = 0; i < extra; ++i) {

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <gtest/gtest.h>
 #include <string>
+#include <system_error>
 
 #include "ublkvol/common/unique_fd.h"
 #include "ublkvol/dbs/file_device.h"
@@ -21,6 +22,11 @@
 
 namespace ublkvol::dbs {
 namespace {
+
+// strerror() text without strerror's shared buffer (tests run threads).
+std::string errno_text(int errno_value) {
+  return std::error_code(errno_value, std::generic_category()).message();
+}
 
 using testing::AlignedBuffer;
 using testing::TempPath;
@@ -35,12 +41,12 @@ class LoopDevice {
   bool attach(const std::string& backing, uint32_t block_size, std::string* why) {
     UniqueFd control(::open("/dev/loop-control", O_RDWR | O_CLOEXEC));
     if (!control) {
-      *why = std::string("/dev/loop-control: ") + std::strerror(errno);
+      *why = std::string("/dev/loop-control: ") + errno_text(errno);
       return false;
     }
     UniqueFd backing_fd(::open(backing.c_str(), O_RDWR | O_CLOEXEC));
     if (!backing_fd) {
-      *why = backing + ": " + std::strerror(errno);
+      *why = backing + ": " + errno_text(errno);
       return false;
     }
     // Another process may grab the free device between GET_FREE and
@@ -48,7 +54,7 @@ class LoopDevice {
     for (int attempt = 0; attempt < 10; ++attempt) {
       int index = ::ioctl(control.get(), LOOP_CTL_GET_FREE);
       if (index < 0) {
-        *why = std::string("LOOP_CTL_GET_FREE: ") + std::strerror(errno);
+        *why = std::string("LOOP_CTL_GET_FREE: ") + errno_text(errno);
         return false;
       }
       std::string path = "/dev/loop" + std::to_string(index);
@@ -66,7 +72,7 @@ class LoopDevice {
         return true;
       }
       if (errno != EBUSY) {
-        *why = path + ": LOOP_CONFIGURE: " + std::strerror(errno);
+        *why = path + ": LOOP_CONFIGURE: " + errno_text(errno);
         return false;
       }
     }
@@ -134,8 +140,8 @@ TEST_F(BlockDeviceFileTest, FullOperationSet) {
   }
 
   ASSERT_TRUE(write_zeroes_sync(device, 0, 8192).ok());
-  ASSERT_TRUE(read_sync(device, 0, back.span().first(3 * 4096)).ok());
-  for (uint64_t i = 0; i < 3 * 4096; ++i) {
+  ASSERT_TRUE(read_sync(device, 0, back.span().first(size_t{3} * 4096)).ok());
+  for (uint64_t i = 0; i < uint64_t{3} * 4096; ++i) {
     ASSERT_EQ(back[i], i < 8192 ? std::byte{0} : AlignedBuffer::pattern_byte(5, i)) << i;
   }
 }

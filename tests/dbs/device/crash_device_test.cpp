@@ -177,7 +177,7 @@ TEST_F(CrashDeviceTest, AnyOrderOfPendingWrites) {
       image({.epoch = 1, .applied = {{.entry = 2, .block_sector_masks = {0x81}}, {.entry = 1}}});
   EXPECT_EQ(mixed[0], static_cast<std::byte>('C'));
   EXPECT_EQ(mixed[512], static_cast<std::byte>('A'));
-  EXPECT_EQ(mixed[7 * 512], static_cast<std::byte>('C'));
+  EXPECT_EQ(mixed[size_t{7} * 512], static_cast<std::byte>('C'));
   EXPECT_EQ(block_value(mixed, 1), 'B');
 }
 

@@ -100,6 +100,7 @@ std::vector<bool> coin_pattern(uint64_t seed) {
   rule.probability = 0.3;
   fault.add_rule(rule);
   std::vector<bool> failed;
+  failed.reserve(1000);
   for (int i = 0; i < 1000; ++i) {
     failed.push_back(!flush_sync(fault).ok());
   }

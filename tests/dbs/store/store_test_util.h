@@ -49,7 +49,8 @@ struct BlockTag {
   uint64_t block = 0;
   uint64_t seq = 0;
   bool operator==(const BlockTag&) const = default;
-  auto operator<=>(const BlockTag&) const = default;
+  // clang-tidy 14 sees the literal 0 of the defaulted <=> comparison.
+  auto operator<=>(const BlockTag&) const = default;  // NOLINT(modernize-use-nullptr)
 };
 
 inline constexpr uint64_t kTagMagic = 0x5441474B4C4255ULL;
