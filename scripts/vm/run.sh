@@ -325,36 +325,8 @@ done
   echo "run.sh: $qemu ${qemu_args[*]}"
 } | tee "$log"
 
-# One boot. QEMU's multi-threaded TCG occasionally crashes the guest kernel while it
-# boots (seen: an int3 Oops in sched_clock_cpu during early initcalls, i.e. code
-# patching racing the emulator's translation cache) - before our /init ran, so before
-# the test could have done anything. Such a boot is retried once; the failed attempt's
-# console stays in $log.boot1. A crash after /init started is never retried.
-boot_once() {
-  boot_started=$SECONDS
-  # timeout(1) runs QEMU in its own process group and SIGKILLs it 5 s after SIGTERM if it
-  # does not exit; the trap above also stops it if we are interrupted.
-  timeout -k 5 "$timeout_s" "$qemu" "${qemu_args[@]}" </dev/null >>"$log" 2>&1 &
-  qemu_pid=$!
-  # Stream the console while QEMU runs (tail stops when QEMU's timeout wrapper exits).
-  tail -n +3 -s 0.2 --pid="$qemu_pid" -f "$log" &
-  tail_pid=$!
-  set +e
-  wait "$qemu_pid"
-  qemu_status=$?
-  set -e
-  qemu_pid=""
-  wait "$tail_pid" 2>/dev/null || true
-  elapsed=$((SECONDS - boot_started))
-}
-boot_once
-if ! tr -d '\r' <"$log" | grep -q "@@ublkvol-vm-init token=$token@@" &&
-   [[ $qemu_status != 124 && $qemu_status != 137 ]] && grep -qE 'Kernel panic|Oops:' "$log"; then
-  echo "run.sh: the guest kernel crashed while booting, before /init ran (emulator fault: $(tr -d '\r' <"$log" | grep -m1 -E 'Kernel panic|Oops:')); booting again, first attempt's console in $log.boot1" >&2
-  mv -f "$log" "$log.boot1"
-  head -n 2 "$log.boot1" >"$log"
-  boot_once
-fi
+# One boot, retried once if the guest kernel crashed before /init ran (lib.sh).
+ublkvol_vm_boot "$log" "$token" 2
 
 # ---------------------------------------------------------------------------------------
 # Verdict.

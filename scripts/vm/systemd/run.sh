@@ -246,36 +246,15 @@ done
   echo "run.sh: $qemu ${qemu_args[*]}"
 } | tee "$log"
 
-# One boot. As in scripts/vm/run.sh: QEMU's multi-threaded TCG occasionally crashes the
-# guest kernel while it boots (an int3 Oops in sched_clock_cpu during early initcalls),
-# before the initramfs' /init printed its marker - so before anything of the bed or the
-# test ran. Such a boot is retried once on a fresh overlay; the failed attempt's console
-# stays in $log.boot1. A crash after /init started is never retried.
-boot_once() {
-  boot_started=$SECONDS
-  timeout -k 5 "$timeout_s" "$qemu" "${qemu_args[@]}" </dev/null >>"$log" 2>&1 &
-  qemu_pid=$!
-  tail -n +4 -s 0.2 --pid="$qemu_pid" -f "$log" &
-  tail_pid=$!
-  set +e
-  wait "$qemu_pid"
-  qemu_status=$?
-  set -e
-  qemu_pid=""
-  wait "$tail_pid" 2>/dev/null || true
-  elapsed=$((SECONDS - boot_started))
-}
-boot_once
-if ! tr -d '\r' <"$log" | grep -q "@@ublkvol-vm-init token=$token@@" &&
-   [[ $qemu_status != 124 && $qemu_status != 137 ]] && grep -qE 'Kernel panic|Oops:' "$log"; then
-  echo "run.sh: the guest kernel crashed while booting, before /init ran (emulator fault: $(tr -d '\r' <"$log" | grep -m1 -E 'Kernel panic|Oops:')); booting again, first attempt's console in $log.boot1" >&2
-  mv -f "$log" "$log.boot1"
-  head -n 3 "$log.boot1" >"$log"
+# One boot, retried once if the guest kernel crashed before the initramfs' /init ran
+# (lib.sh); the retry gets a fresh overlay of the image.
+# shellcheck disable=SC2317  # called through ublkvol_vm_boot
+fresh_overlay() {
   rm -f "$work/root.qcow2"
   qemu-img create -q -f qcow2 -F raw -b "$image_dir/rootfs.img" "$work/root.qcow2" ||
     ublkvol_vm_die "qemu-img could not create the overlay on $image_dir/rootfs.img"
-  boot_once
-fi
+}
+ublkvol_vm_boot "$log" "$token" 3 fresh_overlay
 
 # ---------------------------------------------------------------------------------------
 # Verdict (the same rules as scripts/vm/run.sh).
