@@ -21,6 +21,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -64,6 +65,7 @@ struct Config {
 
 [[noreturn]] void die(const std::string& what) {
   std::cerr << "dbs_bench: " << what << "\n";
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): single-threaded benchmark
   std::exit(1);
 }
 
@@ -201,6 +203,7 @@ RunResult run_fio(const std::string& file, uint64_t offset, uint64_t size_bytes,
       " --time_based --norandommap --randrepeat=0 --output-format=json --output=" + output +
       " >/dev/null 2>&1";
   const Usage before = process_usage(RUSAGE_CHILDREN);
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): fio runs from the single-threaded benchmark
   if (std::system(command.c_str()) != 0) {
     std::cerr << "dbs_bench: fio failed: " << command << "\n";
     return {-1, 0};
@@ -234,6 +237,7 @@ double median(std::vector<double> values) {
 
 std::vector<double> field_of(const std::vector<RunResult>& runs, double RunResult::*field) {
   std::vector<double> values;
+  values.reserve(runs.size());
   for (const auto& run : runs) {
     values.push_back(run.*field);
   }
@@ -307,7 +311,7 @@ nlohmann::json bench_dir(const std::string& dir, const Config& config) {
     // fio runs on exactly those bytes of the file (so it cannot damage the
     // store's metadata and the runs can alternate, round by round, to even
     // out load from other processes). Medians are reported.
-    format::Superblock sb;
+    format::Superblock sb{};
     {
       Aligned block = aligned(kBlock);
       must(read_sync(*device, 0, {block.get(), kBlock}), "read superblock");
@@ -491,7 +495,7 @@ bool fio_failed(const nlohmann::json& result) {
   return false;
 }
 
-int main(int argc, char** argv) {
+int main(int argc, char** argv) try {
   Config config;
   CLI::App app{"Direct Block Store benchmark (vs fio on the same file)"};
   app.add_option("--dirs", config.dirs, "Directories for the store files (tmpfs, disk)");
@@ -574,4 +578,9 @@ int main(int argc, char** argv) {
                 m["snapshot_create_1gib_ms"].get<double>());
   }
   return fio_failed(result) ? 1 : 0;
+} catch (const std::exception& e) {
+  // Nothing should throw this far; if something does, say what instead of
+  // letting std::terminate abort without a word.
+  (void)std::fprintf(stderr, "dbs_bench: error: %s\n", e.what());
+  return 1;
 }

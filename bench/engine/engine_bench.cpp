@@ -31,6 +31,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -58,7 +59,8 @@ using Clock = std::chrono::steady_clock;
 template <typename T>
 T value_or_exit(Result<T> result, const char* what) {
   if (!result.ok()) {
-    std::fprintf(stderr, "engine_bench: %s: %s\n", what, result.error().to_string().c_str());
+    (void)std::fprintf(stderr, "engine_bench: %s: %s\n", what, result.error().to_string().c_str());
+    // NOLINTNEXTLINE(concurrency-mt-unsafe): fatal exit; no two threads reach it at once
     std::exit(1);
   }
   return std::move(result).value();
@@ -172,7 +174,7 @@ double run_fio(const std::vector<std::string>& files, const std::string& rw, uns
   const double cpu = cpu_seconds(RUSAGE_CHILDREN) - cpu_before;
   auto j = nlohmann::json::parse(out, nullptr, false);
   if (j.is_discarded()) {
-    std::fprintf(stderr, "fio output not parseable\n");
+    (void)std::fprintf(stderr, "fio output not parseable\n");
     return 0;
   }
   double iops = 0;
@@ -221,20 +223,23 @@ std::unique_ptr<Replicas> file_replicas(const std::vector<std::string>& files, u
     fo.submit_batch = g_submit_batch;
     auto dev = dbs::FileDevice::open(files[i], fo);
     if (!dev.ok()) {
-      std::fprintf(stderr, "%s\n", dev.error().to_string().c_str());
+      (void)std::fprintf(stderr, "%s\n", dev.error().to_string().c_str());
+      // NOLINTNEXTLINE(concurrency-mt-unsafe): fatal exit; no two threads reach it at once
       std::exit(1);
     }
     if (format) {
       RawReplicaFormatOptions opts;
       opts.zero_data = false;  // files hold identical pre-filled data
       if (Status st = format_raw_replica(**dev, opts); !st.ok()) {
-        std::fprintf(stderr, "%s\n", st.error().to_string().c_str());
+        (void)std::fprintf(stderr, "%s\n", st.error().to_string().c_str());
+        // NOLINTNEXTLINE(concurrency-mt-unsafe): fatal exit; no two threads reach it at once
         std::exit(1);
       }
     }
     auto store = open_raw_replica(**dev);
     if (!store.ok()) {
-      std::fprintf(stderr, "%s\n", store.error().to_string().c_str());
+      (void)std::fprintf(stderr, "%s\n", store.error().to_string().c_str());
+      // NOLINTNEXTLINE(concurrency-mt-unsafe): fatal exit; no two threads reach it at once
       std::exit(1);
     }
     StoreThreadOptions to;
@@ -296,7 +301,8 @@ LoadResult run_load(Volume& volume, VolumeQueue& q, VolumeOp op, unsigned qd, do
     auto& o = *static_cast<Op*>(io.user_data);
     o.busy = false;
     if (result != 0) {
-      std::fprintf(stderr, "I/O failed: %d\n", result);
+      (void)std::fprintf(stderr, "I/O failed: %d\n", result);
+      // NOLINTNEXTLINE(concurrency-mt-unsafe): fatal exit; no two threads reach it at once
       std::exit(1);
     }
     if (o.lat->size() < o.lat->capacity()) {
@@ -406,11 +412,13 @@ void fill_files(const std::vector<std::string>& files, uint64_t size) {
     int fd = ::open(f.c_str(), O_CREAT | O_TRUNC | O_WRONLY, 0600);
     if (fd < 0) {
       std::perror(f.c_str());
+      // NOLINTNEXTLINE(concurrency-mt-unsafe): fatal exit; no two threads reach it at once
       std::exit(1);
     }
     for (uint64_t off = 0; off < size; off += chunk) {
       if (::pwrite(fd, buf.data(), chunk, static_cast<off_t>(off)) != static_cast<ssize_t>(chunk)) {
         std::perror("pwrite");
+        // NOLINTNEXTLINE(concurrency-mt-unsafe): fatal exit; no two threads reach it at once
         std::exit(1);
       }
     }
@@ -421,7 +429,7 @@ void fill_files(const std::vector<std::string>& files, uint64_t size) {
 }  // namespace
 }  // namespace ublkvol::engine
 
-int main(int argc, char** argv) {
+int main(int argc, char** argv) try {
   using namespace ublkvol::engine;
   CLI::App app{"replicated engine benchmark (in-process) with an fio baseline"};
   std::string dir = "/dev/shm";
@@ -471,15 +479,18 @@ int main(int argc, char** argv) {
   for (const std::string& scenario : only) {
     if (scenario != "randread" && scenario != "randwrite" && scenario != "null" &&
         scenario != "qd1" && scenario != "rebuild") {
-      std::fprintf(stderr, "engine_bench: unknown scenario '%s' in --only\n", scenario.c_str());
+      (void)std::fprintf(stderr, "engine_bench: unknown scenario '%s' in --only\n",
+                         scenario.c_str());
       return 2;
     }
   }
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): nothing in this program calls setenv
   spdlog::set_level(getenv("BENCH_DEBUG") ? spdlog::level::info : spdlog::level::warn);
   const uint64_t size = parse_size(size_s);
   const uint64_t rebuild_size = parse_size(rebuild_size_s);
   ublkvol::bench::remove_stale_scratch(dir, "engine_bench_", "engine_bench");
   std::vector<std::string> files;
+  files.reserve(3);
   for (int i = 0; i < 3; ++i) {
     files.push_back(dir + "/engine_bench_r" + std::to_string(i) + "_" + std::to_string(getpid()));
   }
@@ -523,11 +534,12 @@ int main(int argc, char** argv) {
     auto vol = value_or_exit(ReplicatedVolume::open(o, reps->bindings), "open volume");
     auto q = value_or_exit(vol->open_queue(0), "open queue");
     LoadResult lr = run_load(*vol, *q, op, 32, runtime);
+    // NOLINTNEXTLINE(concurrency-mt-unsafe): nothing in this program calls setenv
     if (getenv("BENCH_DEBUG") != nullptr) {
       VolumeStatus st = vol->status();
-      std::fprintf(stderr, "engine_bench: %llu checkpoint(s), last paused I/O for %llu us\n",
-                   static_cast<unsigned long long>(st.checkpoints),
-                   static_cast<unsigned long long>(st.last_checkpoint_pause_us));
+      (void)std::fprintf(stderr, "engine_bench: %llu checkpoint(s), last paused I/O for %llu us\n",
+                         static_cast<unsigned long long>(st.checkpoints),
+                         static_cast<unsigned long long>(st.last_checkpoint_pause_us));
     }
     q.reset();
     (void)vol->close();
@@ -740,4 +752,9 @@ int main(int argc, char** argv) {
     }
   }
   return 0;
+} catch (const std::exception& e) {
+  // Nothing should throw this far; if something does, say what instead of
+  // letting std::terminate abort without a word.
+  (void)std::fprintf(stderr, "engine_bench: error: %s\n", e.what());
+  return 1;
 }

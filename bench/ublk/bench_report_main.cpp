@@ -4,6 +4,7 @@
 // PNGs with bench/plot/*.gp.
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <exception>
 #include <fstream>
 
 #include "bench_results.h"
@@ -15,7 +16,7 @@ bool write_file(const std::filesystem::path& path, const std::string& text) {
   out << text;
   out.close();
   if (!out) {
-    std::fprintf(stderr, "bench_report: cannot write %s\n", path.c_str());
+    (void)std::fprintf(stderr, "bench_report: cannot write %s\n", path.c_str());
     return false;
   }
   return true;
@@ -23,7 +24,7 @@ bool write_file(const std::filesystem::path& path, const std::string& text) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int main(int argc, char** argv) try {
   CLI::App app{"Results of a bench/run.sh run: results.json, results.md, plot data"};
   std::string dir;
   std::string out_dir;
@@ -36,7 +37,7 @@ int main(int argc, char** argv) {
 
   auto results = ublkvol::bench::load_run(dir);
   if (!results) {
-    std::fprintf(stderr, "bench_report: %s\n", results.error().to_string().c_str());
+    (void)std::fprintf(stderr, "bench_report: %s\n", results.error().to_string().c_str());
     return 1;
   }
   const std::filesystem::path out(out_dir);
@@ -49,6 +50,11 @@ int main(int argc, char** argv) {
       !write_file(out / "plot-latency.dat", ublkvol::bench::latency_plot_data(*results))) {
     return 1;
   }
-  std::fputs(markdown.c_str(), stdout);
+  (void)std::fputs(markdown.c_str(), stdout);
   return 0;
+} catch (const std::exception& e) {
+  // Nothing should throw this far; if something does, say what instead of
+  // letting std::terminate abort without a word.
+  (void)std::fprintf(stderr, "bench_report: error: %s\n", e.what());
+  return 1;
 }

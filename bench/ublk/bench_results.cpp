@@ -45,14 +45,14 @@ double ratio(double target, double baseline) { return baseline > 0 ? target / ba
 // value with `decimals` digits after the point.
 std::string fixed(double value, int decimals) {
   char buf[64];
-  std::snprintf(buf, sizeof buf, "%.*f", decimals, value);
+  (void)std::snprintf(buf, sizeof buf, "%.*f", decimals, value);
   return buf;
 }
 
 // value with 3 significant digits.
 std::string sig3(double value) {
   char buf[64];
-  std::snprintf(buf, sizeof buf, "%.3g", value);
+  (void)std::snprintf(buf, sizeof buf, "%.3g", value);
   return buf;
 }
 

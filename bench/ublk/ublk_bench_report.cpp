@@ -7,6 +7,7 @@
 // VM is emulated (TCG), so absolute values are 10-20x off.
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <exception>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -59,7 +60,7 @@ double number(const std::map<std::string, std::string>& f, const char* key) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int main(int argc, char** argv) try {
   CLI::App app{"Report of the ublk frontend benchmark (bench/ublk/ublk_bench.sh)"};
   std::string log_path;
   bool json = false;
@@ -69,7 +70,7 @@ int main(int argc, char** argv) {
 
   std::ifstream in(log_path);
   if (!in) {
-    std::fprintf(stderr, "ublk_bench_report: cannot read %s\n", log_path.c_str());
+    (void)std::fprintf(stderr, "ublk_bench_report: cannot read %s\n", log_path.c_str());
     return 1;
   }
   std::vector<Sample> samples;
@@ -100,7 +101,8 @@ int main(int argc, char** argv) {
     samples.push_back(s);
   }
   if (!done || samples.empty()) {
-    std::fprintf(stderr, "ublk_bench_report: %s has no complete benchmark run\n", log_path.c_str());
+    (void)std::fprintf(stderr, "ublk_bench_report: %s has no complete benchmark run\n",
+                       log_path.c_str());
     return 1;
   }
 
@@ -146,4 +148,9 @@ int main(int argc, char** argv) {
                 s.direct ? "" : "  (buffered)");
   }
   return 0;
+} catch (const std::exception& e) {
+  // Nothing should throw this far; if something does, say what instead of
+  // letting std::terminate abort without a word.
+  (void)std::fprintf(stderr, "ublk_bench_report: error: %s\n", e.what());
+  return 1;
 }
