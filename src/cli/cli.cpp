@@ -119,7 +119,9 @@ struct CommandTree {
   CLI::App* add(CLI::App* parent, const std::string& name, const std::string& description,
                 const std::string& examples, Handler handler) {
     CLI::App* command = parent->add_subcommand(name, description);
-    if (!examples.empty()) command->footer("Examples:\n" + examples);
+    if (!examples.empty()) {
+      command->footer("Examples:\n" + examples);
+    }
     handlers.emplace_back(command, std::move(handler));
     return command;
   }
@@ -139,7 +141,9 @@ std::optional<uint64_t> size_argument(Session& s, const std::string& text, const
 
 std::string join(const std::vector<std::string>& items) {
   std::string out;
-  for (const auto& item : items) out += (out.empty() ? "" : ", ") + item;
+  for (const auto& item : items) {
+    out += (out.empty() ? "" : ", ") + item;
+  }
   return out;
 }
 
@@ -153,15 +157,21 @@ ExitCode wait_for_replica(Session& s, const std::string& volume, uint64_t index,
   double waited = 0;
   for (;;) {
     auto v = s.call("volume.show", {{"name", volume}});
-    if (!v) return s.status();
+    if (!v) {
+      return s.status();
+    }
     try {
       const Json* replica = nullptr;
       const Json replicas = v->value("replicas", Json::array());  // outlives `replica`
       for (const auto& r : replicas) {
-        if (r.value("index", uint64_t{~0ULL}) == index) replica = &r;
+        if (r.value("index", uint64_t{~0ULL}) == index) {
+          replica = &r;
+        }
       }
       if (replica == nullptr) {
-        if (!s.json()) reporter.finish("failed: the replica is gone from the volume");
+        if (!s.json()) {
+          reporter.finish("failed: the replica is gone from the volume");
+        }
         return ExitCode::kFailed;
       }
       const std::string state = replica->value("state", "");
@@ -186,9 +196,13 @@ ExitCode wait_for_replica(Session& s, const std::string& volume, uint64_t index,
         return ExitCode::kOk;
       }
       if (state == "failed" || state == "removed") {
-        if (s.json()) s.env().out << replica->dump(2) << '\n';
+        if (s.json()) {
+          s.env().out << replica->dump(2) << '\n';
+        }
         s.env().err << kProgram << ": " << label << " " << state << ": " << last_error() << '\n';
-        if (!s.json()) reporter.finish(state);
+        if (!s.json()) {
+          reporter.finish(state);
+        }
         return ExitCode::kFailed;
       }
       if (!s.json() && rebuild.value("active", false)) {
@@ -223,9 +237,13 @@ struct StatsOptions {
 
 std::optional<StatsSample> sample_stats(Session& s, const StatsOptions& o) {
   Json params = Json::object();
-  if (!o.volume.empty()) params["volume"] = o.volume;
+  if (!o.volume.empty()) {
+    params["volume"] = o.volume;
+  }
   auto result = s.call("stats", params);
-  if (!result) return std::nullopt;
+  if (!result) {
+    return std::nullopt;
+  }
   auto sample = parse_stats(*result);
   if (!sample) {
     s.env().err << kProgram << ": " << sample.error().message() << '\n';
@@ -244,7 +262,7 @@ bool write_atomically(Session& s, const std::string& path, const std::string& te
     file.flush();
     if (!file) {
       s.env().err << kProgram << ": --output: cannot write " << tmp << '\n';
-      std::remove(tmp.c_str());
+      (void)std::remove(tmp.c_str());  // best effort: the failure is already reported
       return false;
     }
   }
@@ -254,7 +272,7 @@ bool write_atomically(Session& s, const std::string& path, const std::string& te
   }
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
     s.env().err << kProgram << ": --output: cannot rename " << tmp << " to " << path << '\n';
-    std::remove(tmp.c_str());
+    (void)std::remove(tmp.c_str());  // best effort: the failure is already reported
     return false;
   }
   return true;
@@ -276,9 +294,13 @@ ExitCode run_stats(Session& s, const StatsOptions& o) {
     // Cumulative values: Prometheus computes rates itself. With --watch the
     // file (or stdout) is refreshed every interval.
     for (uint64_t i = 0; forever || i < reports; ++i) {
-      if (i > 0) s.env().sleep(o.interval);
+      if (i > 0) {
+        s.env().sleep(o.interval);
+      }
       auto sample = sample_stats(s, o);
-      if (!sample) return s.status();
+      if (!sample) {
+        return s.status();
+      }
       const std::string text = prometheus_text(*sample);
       if (o.output.empty()) {
         s.env().out << text;
@@ -290,11 +312,15 @@ ExitCode run_stats(Session& s, const StatsOptions& o) {
     return ExitCode::kOk;
   }
   auto before = sample_stats(s, o);
-  if (!before) return s.status();
+  if (!before) {
+    return s.status();
+  }
   for (uint64_t i = 0; forever || i < reports; ++i) {
     s.env().sleep(o.interval);
     auto after = sample_stats(s, o);
-    if (!after) return s.status();
+    if (!after) {
+      return s.status();
+    }
     auto rates = compute_rates(*before, *after);
     // Without a volume name, volumes that are not exposed (all zeros) are
     // left out of the report.
@@ -304,7 +330,9 @@ ExitCode run_stats(Session& s, const StatsOptions& o) {
     if (s.json()) {
       s.env().out << rates_to_json(rates, after->time_ns).dump() << '\n';
     } else {
-      if (i > 0) s.env().out << '\n';
+      if (i > 0) {
+        s.env().out << '\n';
+      }
       if (rates.empty()) {
         s.env().out << (o.volume.empty() ? "no exposed volumes\n" : "volume is not exposed\n");
       } else {
@@ -341,23 +369,31 @@ void add_store_commands(CLI::App& app, CommandTree& tree) {
       "  ublk-volume store add s1 /srv/s1.img --format --size 20G   # new file-backed store\n",
       [add](Session& s) {
         Json params = {{"name", add->name}, {"path", add->path}};
-        if (add->format) params["format"] = true;
+        if (add->format) {
+          params["format"] = true;
+        }
         if (!add->size.empty()) {
           if (!add->format) {
             s.env().err << kProgram << ": --size creates a new store file and needs --format\n";
             return ExitCode::kUsage;
           }
           auto size = size_argument(s, add->size, "--size");
-          if (!size) return ExitCode::kUsage;
+          if (!size) {
+            return ExitCode::kUsage;
+          }
           params["size"] = *size;
         }
         if (!add->extent_size.empty()) {
           auto extent = size_argument(s, add->extent_size, "--extent-size");
-          if (!extent) return ExitCode::kUsage;
+          if (!extent) {
+            return ExitCode::kUsage;
+          }
           params["extent_size"] = *extent;
         }
         auto r = s.call("store.add", params);
-        if (!r) return s.status();
+        if (!r) {
+          return s.status();
+        }
         return s.done(*r, "added store '" + add->name + "' (" + add->path + ", " +
                               format_size(r->value("size_bytes", uint64_t{0})) + ")");
       });
@@ -395,11 +431,15 @@ void add_store_commands(CLI::App& app, CommandTree& tree) {
   c = tree.add(store, "check", "Check a store's metadata (exit status 1 if problems are found)",
                "  ublk-volume store check s0\n", [name](Session& s) {
                  auto r = s.call("store.check", {{"name", *name}});
-                 if (!r) return s.status();
+                 if (!r) {
+                   return s.status();
+                 }
                  const ExitCode printed = s.print(*r, [&](std::ostream& out, const Json& result) {
                    render_store_check(out, *name, result);
                  });
-                 if (printed != ExitCode::kOk) return printed;
+                 if (printed != ExitCode::kOk) {
+                   return printed;
+                 }
                  return r->value("ok", false) ? ExitCode::kOk : ExitCode::kFailed;
                });
   c->add_option("name", *name, "Store name")->required();
@@ -426,11 +466,17 @@ void add_volume_commands(CLI::App& app, CommandTree& tree) {
       "  ublk-volume volume create db --size 1.5T --store s0,s1 --min-replicas 1\n",
       [create](Session& s) {
         auto size = size_argument(s, create->size, "--size");
-        if (!size) return ExitCode::kUsage;
+        if (!size) {
+          return ExitCode::kUsage;
+        }
         Json params = {{"name", create->name}, {"size", *size}, {"stores", create->stores}};
-        if (create->min_replicas > 0) params["min_replicas"] = create->min_replicas;
+        if (create->min_replicas > 0) {
+          params["min_replicas"] = create->min_replicas;
+        }
         auto r = s.call("volume.create", params);
-        if (!r) return s.status();
+        if (!r) {
+          return s.status();
+        }
         return s.done(*r, "created volume '" + create->name + "' (" + format_size(*size) + ", " +
                               std::to_string(create->stores.size()) + " replica(s) on " +
                               join(create->stores) + ")");
@@ -478,10 +524,16 @@ void add_volume_commands(CLI::App& app, CommandTree& tree) {
                "  ublk-volume volume expose vol0 --queues 4 --queue-depth 128\n",
                [expose](Session& s) {
                  Json params = {{"name", expose->name}};
-                 if (expose->queues > 0) params["queues"] = expose->queues;
-                 if (expose->queue_depth > 0) params["queue_depth"] = expose->queue_depth;
+                 if (expose->queues > 0) {
+                   params["queues"] = expose->queues;
+                 }
+                 if (expose->queue_depth > 0) {
+                   params["queue_depth"] = expose->queue_depth;
+                 }
                  auto r = s.call("volume.expose", params);
-                 if (!r) return s.status();
+                 if (!r) {
+                   return s.status();
+                 }
                  std::string path = "?";
                  if (auto d = r->find("device"); d != r->end() && d->is_object()) {
                    path = d->value("path", "?");
@@ -509,9 +561,13 @@ void add_volume_commands(CLI::App& app, CommandTree& tree) {
   c = tree.add(volume, "resize", "Grow a volume (shrinking is refused)",
                "  ublk-volume volume resize vol0 20G\n", [resize](Session& s) {
                  auto size = size_argument(s, resize->size, "SIZE");
-                 if (!size) return ExitCode::kUsage;
+                 if (!size) {
+                   return ExitCode::kUsage;
+                 }
                  auto r = s.call("volume.resize", {{"name", resize->name}, {"size", *size}});
-                 if (!r) return s.status();
+                 if (!r) {
+                   return s.status();
+                 }
                  return s.done(*r,
                                "resized volume '" + resize->name + "' to " + format_size(*size));
                });
@@ -607,7 +663,9 @@ void add_replica_commands(CLI::App& app, CommandTree& tree) {
   CLI::App* c = tree.add(replica, "list", "List a volume's replicas and their states",
                          "  ublk-volume replica list vol0\n", [a](Session& s) {
                            auto r = s.call("replica.list", {{"volume", a->volume}});
-                           if (!r) return s.status();
+                           if (!r) {
+                             return s.status();
+                           }
                            return s.print(*r, [](std::ostream& out, const Json& result) {
                              render_replica_list(out, result.at("replicas"));
                            });
@@ -617,9 +675,13 @@ void add_replica_commands(CLI::App& app, CommandTree& tree) {
   c = tree.add(replica, "add", "Add a replica on a store; it rebuilds online",
                "  ublk-volume replica add vol0 s3 --wait\n", [a](Session& s) {
                  auto r = s.call("replica.add", {{"volume", a->volume}, {"store", a->store}});
-                 if (!r) return s.status();
+                 if (!r) {
+                   return s.status();
+                 }
                  const uint64_t index = r->value("index", uint64_t{0});
-                 if (a->wait) return wait_for_replica(s, a->volume, index, a->timeout);
+                 if (a->wait) {
+                   return wait_for_replica(s, a->volume, index, a->timeout);
+                 }
                  return s.done(*r, "added replica " + std::to_string(index) + " of volume '" +
                                        a->volume + "' on store '" + a->store +
                                        "' (rebuilding; follow it with: ublk-volume volume show " +
@@ -644,8 +706,12 @@ void add_replica_commands(CLI::App& app, CommandTree& tree) {
   c = tree.add(replica, "rebuild", "Resync a failed or stale replica (only what changed)",
                "  ublk-volume replica rebuild vol0 1 --wait\n", [a](Session& s) {
                  auto r = s.call("replica.rebuild", {{"volume", a->volume}, {"index", a->index}});
-                 if (!r) return s.status();
-                 if (a->wait) return wait_for_replica(s, a->volume, a->index, a->timeout);
+                 if (!r) {
+                   return s.status();
+                 }
+                 if (a->wait) {
+                   return wait_for_replica(s, a->volume, a->index, a->timeout);
+                 }
                  return s.done(*r, "rebuilding replica " + std::to_string(a->index) +
                                        " of volume '" + a->volume +
                                        "' (follow it with: ublk-volume volume show " + a->volume +
@@ -660,7 +726,9 @@ void add_replica_commands(CLI::App& app, CommandTree& tree) {
   c = tree.add(replica, "fail", "Take a replica out of service (e.g. before replacing its disk)",
                "  ublk-volume replica fail vol0 1 --reason 'disk replacement'\n", [a](Session& s) {
                  Json params = {{"volume", a->volume}, {"index", a->index}};
-                 if (!a->reason.empty()) params["reason"] = a->reason;
+                 if (!a->reason.empty()) {
+                   params["reason"] = a->reason;
+                 }
                  auto r = s.call("replica.fail", params);
                  return r ? s.done(*r, "failed replica " + std::to_string(a->index) +
                                            " of volume '" + a->volume + "'")
@@ -681,22 +749,34 @@ std::string unknown_command(const CLI::App& app, int argc, const char* const* ar
   for (int i = 1; i < argc; ++i) {
     const std::string word = argv[i];
     if (word.starts_with("-")) {
-      if (word == "--socket") ++i;  // skip its value
+      if (word == "--socket") {
+        ++i;  // skip its value
+      }
       continue;
     }
     auto visible =
         level->get_subcommands([](const CLI::App* sub) { return !sub->get_group().empty(); });
-    if (visible.empty()) return {};  // a leaf's positional argument
+    if (visible.empty()) {
+      return {};  // a leaf's positional argument
+    }
     const CLI::App* next = nullptr;
     std::string choices;
     for (const CLI::App* sub : visible) {
-      if (sub->get_name() == word) next = sub;
+      if (sub->get_name() == word) {
+        next = sub;
+      }
       choices += (choices.empty() ? "" : ", ") + sub->get_name();
     }
     if (next == nullptr) {
       const std::string where =
           level == &app ? std::string(kProgram) : std::string(kProgram) + " " + level->get_name();
-      return "unknown command '" + word + "' for '" + where + "' (one of: " + choices + ")";
+      return std::string("unknown command '")
+          .append(word)
+          .append("' for '")
+          .append(where)
+          .append("' (one of: ")
+          .append(choices)
+          .append(")");
     }
     level = next;
   }
@@ -792,7 +872,7 @@ int run_cli(int argc, const char* const* argv, const CliEnvironment& env) {
   c = tree.add(&app, "completion", "Print the shell completion script",
                "  ublk-volume completion bash > /etc/bash_completion.d/ublk-volume\n"
                "  source <(ublk-volume completion bash)\n",
-               [&env, &shell](Session&) {
+               [&env](Session&) {
                  env.out << kBashCompletionScript;
                  return ExitCode::kOk;
                });
@@ -816,7 +896,9 @@ int run_cli(int argc, const char* const* argv, const CliEnvironment& env) {
     } else {
       return ExitCode::kUsage;
     }
-    if (!r) return s.status();
+    if (!r) {
+      return s.status();
+    }
     for (const auto& item : r->value(key, Json::array())) {
       if (item.is_string()) {
         s.env().out << item.get<std::string>() << '\n';
@@ -850,7 +932,9 @@ int run_cli(int argc, const char* const* argv, const CliEnvironment& env) {
   Session session(env, options);
   // The deepest parsed command is the one to run (groups require one).
   for (auto& [command, handler] : tree.handlers) {
-    if (command->parsed()) return to_int(handler(session));
+    if (command->parsed()) {
+      return to_int(handler(session));
+    }
   }
   env.err << kProgram << ": no command given (try --help)\n";
   return to_int(ExitCode::kUsage);

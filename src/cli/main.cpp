@@ -12,7 +12,7 @@
 int main(int argc, char** argv) {
   // A closed pipe (`ublk-volume stats --watch | head`) ends the program with
   // EPIPE on write instead of killing it mid-line.
-  std::signal(SIGPIPE, SIG_IGN);
+  (void)std::signal(SIGPIPE, SIG_IGN);
   const ublkvol::cli::CliEnvironment env{
       .out = std::cout,
       .err = std::cerr,

@@ -28,7 +28,9 @@ void ProgressReporter::update(const Progress& progress) {
   if (tty_) {
     // Redraw in place; pad with spaces when the new line is shorter.
     out_ << '\r' << line;
-    if (line.size() < last_width_) out_ << std::string(last_width_ - line.size(), ' ');
+    if (line.size() < last_width_) {
+      out_ << std::string(last_width_ - line.size(), ' ');
+    }
     last_width_ = line.size();
     out_.flush();
     return;
@@ -42,7 +44,9 @@ void ProgressReporter::update(const Progress& progress) {
 }
 
 void ProgressReporter::finish(const std::string& message) {
-  if (tty_ && last_width_ > 0) out_ << '\n';
+  if (tty_ && last_width_ > 0) {
+    out_ << '\n';
+  }
   out_ << label_ << ": " << message << '\n';
   out_.flush();
 }

@@ -12,18 +12,26 @@ namespace {
 // Optional fields: "" / 0 / false when absent or null.
 std::string str(const Json& object, const char* key) {
   auto it = object.find(key);
-  if (it == object.end() || it->is_null()) return {};
-  if (it->is_string()) return it->get<std::string>();
+  if (it == object.end() || it->is_null()) {
+    return {};
+  }
+  if (it->is_string()) {
+    return it->get<std::string>();
+  }
   return it->dump();
 }
 uint64_t num(const Json& object, const char* key) {
   auto it = object.find(key);
-  if (it == object.end() || it->is_null()) return 0;
+  if (it == object.end() || it->is_null()) {
+    return 0;
+  }
   return it->get<uint64_t>();
 }
 double real(const Json& object, const char* key, double missing = -1) {
   auto it = object.find(key);
-  if (it == object.end() || it->is_null()) return missing;
+  if (it == object.end() || it->is_null()) {
+    return missing;
+  }
   return it->get<double>();
 }
 bool flag(const Json& object, const char* key) {
@@ -33,18 +41,24 @@ bool flag(const Json& object, const char* key) {
 const Json& array(const Json& object, const char* key) {
   static const Json kEmpty = Json::array();
   auto it = object.find(key);
-  if (it == object.end() || !it->is_array()) return kEmpty;
+  if (it == object.end() || !it->is_array()) {
+    return kEmpty;
+  }
   return *it;
 }
 std::string size_of(const Json& object, const char* key) {
   auto it = object.find(key);
-  if (it == object.end() || it->is_null()) return {};
+  if (it == object.end() || it->is_null()) {
+    return {};
+  }
   return format_size(it->get<uint64_t>());
 }
 std::string join(const Json& names, const char* separator = ", ") {
   std::string out;
   for (const auto& n : names) {
-    if (!out.empty()) out += separator;
+    if (!out.empty()) {
+      out += separator;
+    }
     out += n.is_string() ? n.get<std::string>() : str(n, "name");
   }
   return out;
@@ -56,12 +70,16 @@ void field(std::ostream& out, const char* key, const std::string& value) {
 }
 size_t in_sync_count(const Json& volume) {
   size_t n = 0;
-  for (const auto& r : array(volume, "replicas")) n += str(r, "state") == "in_sync";
+  for (const auto& r : array(volume, "replicas")) {
+    n += str(r, "state") == "in_sync";
+  }
   return n;
 }
 std::string rebuild_summary(const Json& volume) {
   auto it = volume.find("rebuild");
-  if (it == volume.end() || !it->is_object() || !flag(*it, "active")) return {};
+  if (it == volume.end() || !it->is_object() || !flag(*it, "active")) {
+    return {};
+  }
   return format_fixed(real(*it, "percent", 0), 1) + "%";
 }
 
@@ -72,17 +90,24 @@ std::string format_generation(const Json& value) {
     return value.is_null() ? std::string() : value.dump();
   }
   const auto generation = value.get<uint64_t>();
-  if (generation == 0) return "-";  // no generation (a failed replica)
+  if (generation == 0) {
+    return "-";  // no generation (a failed replica)
+  }
   char buffer[24];
-  std::snprintf(buffer, sizeof(buffer), "%016llx", static_cast<unsigned long long>(generation));
+  (void)std::snprintf(buffer, sizeof(buffer), "%016llx",
+                      static_cast<unsigned long long>(generation));
   return buffer;
 }
 
 std::string volume_health(const Json& volume) {
-  if (!flag(volume, "online")) return "offline";
+  if (!flag(volume, "online")) {
+    return "offline";
+  }
   const auto& replicas = array(volume, "replicas");
   size_t active = 0;
-  for (const auto& r : replicas) active += str(r, "state") != "removed";
+  for (const auto& r : replicas) {
+    active += str(r, "state") != "removed";
+  }
   return in_sync_count(volume) < active ? "degraded" : "online";
 }
 
@@ -119,7 +144,9 @@ void render_store(std::ostream& out, const Json& store) {
   field(out, "Path", str(store, "path"));
   field(out, "UUID", str(store, "uuid"));
   std::string state = str(store, "state");
-  if (!str(store, "error").empty()) state += " (" + str(store, "error") + ")";
+  if (!str(store, "error").empty()) {
+    state += " (" + str(store, "error") + ")";
+  }
   field(out, "State", state);
   field(out, "Size", size_of(store, "size_bytes"));
   field(out, "Used", size_of(store, "used_bytes"));
@@ -132,7 +159,9 @@ void render_store(std::ostream& out, const Json& store) {
   }
   out << "Replicas:\n";
   Table table({{"VOLUME"}, {"REPLICA", Table::Align::kRight}});
-  for (const auto& r : replicas) table.add_row({str(r, "volume"), str(r, "replica")});
+  for (const auto& r : replicas) {
+    table.add_row({str(r, "volume"), str(r, "replica")});
+  }
   table.print(out, 2);
 }
 
@@ -143,8 +172,9 @@ void render_store_check(std::ostream& out, const std::string& name, const Json& 
     return;
   }
   out << "store '" << name << "': check FAILED, " << problems.size() << " problem(s):\n";
-  for (const auto& p : problems)
+  for (const auto& p : problems) {
     out << "  - " << (p.is_string() ? p.get<std::string>() : p.dump()) << '\n';
+  }
 }
 
 void render_volume_list(std::ostream& out, const Json& result) {
@@ -159,9 +189,13 @@ void render_volume_list(std::ostream& out, const Json& result) {
                {"SNAPSHOTS", A::kRight}});
   for (const auto& v : array(result, "volumes")) {
     std::string device;
-    if (auto d = v.find("device"); d != v.end() && d->is_object()) device = str(*d, "path");
+    if (auto d = v.find("device"); d != v.end() && d->is_object()) {
+      device = str(*d, "path");
+    }
     size_t active = 0;
-    for (const auto& r : array(v, "replicas")) active += str(r, "state") != "removed";
+    for (const auto& r : array(v, "replicas")) {
+      active += str(r, "state") != "removed";
+    }
     table.add_row({str(v, "name"), size_of(v, "size_bytes"), volume_health(v),
                    std::to_string(in_sync_count(v)) + "/" + std::to_string(active),
                    str(v, "min_replicas"), rebuild_summary(v), device,
@@ -189,7 +223,9 @@ void render_volume(std::ostream& out, const Json& volume) {
   field(out, "Volume", str(volume, "name"));
   field(out, "Size", size_of(volume, "size_bytes"));
   size_t active = 0;
-  for (const auto& r : array(volume, "replicas")) active += str(r, "state") != "removed";
+  for (const auto& r : array(volume, "replicas")) {
+    active += str(r, "state") != "removed";
+  }
   field(out, "State",
         volume_health(volume) + " (" + std::to_string(in_sync_count(volume)) + "/" +
             std::to_string(active) + " replicas in sync, min " + str(volume, "min_replicas") + ")");
@@ -242,8 +278,9 @@ void render_snapshot_list(std::ostream& out, const Json& result) {
     return;
   }
   Table table({{"NAME"}});
-  for (const auto& s : snapshots)
+  for (const auto& s : snapshots) {
     table.add_row({s.is_string() ? s.get<std::string>() : str(s, "name")});
+  }
   table.print(out);
 }
 

@@ -8,7 +8,7 @@ namespace ublkvol::cli {
 namespace {
 
 // 128-bit intermediate values make overflow checks simple (GCC/Clang extension).
-__extension__ typedef unsigned __int128 u128;
+__extension__ using u128 = unsigned __int128;
 
 Error size_error(std::string_view text, std::string_view argument, const std::string& problem) {
   return Error(EINVAL, std::string(argument) + " '" + std::string(text) + "': " + problem);
@@ -17,7 +17,9 @@ Error size_error(std::string_view text, std::string_view argument, const std::st
 // Multiplier for a unit suffix, or 0 if the suffix is unknown. Accepted:
 // "", "B", and K/M/G/T/P (any case) optionally followed by "iB", "ib" or "B".
 uint64_t unit_multiplier(std::string_view unit) {
-  if (unit.empty() || unit == "B" || unit == "b") return 1;
+  if (unit.empty() || unit == "B" || unit == "b") {
+    return 1;
+  }
   const char letter = static_cast<char>(std::toupper(static_cast<unsigned char>(unit[0])));
   const std::string_view rest = unit.substr(1);
   if (!(rest.empty() || rest == "B" || rest == "b" || rest == "iB" || rest == "ib")) {
@@ -42,10 +44,15 @@ uint64_t unit_multiplier(std::string_view unit) {
 }  // namespace
 
 Result<uint64_t> parse_size(std::string_view text, std::string_view argument, SizeRules rules) {
-  if (text.empty()) return size_error(text, argument, "empty size");
-  if (text.front() == '-') return size_error(text, argument, "a size cannot be negative");
-  if (text.front() == '+')
+  if (text.empty()) {
+    return size_error(text, argument, "empty size");
+  }
+  if (text.front() == '-') {
+    return size_error(text, argument, "a size cannot be negative");
+  }
+  if (text.front() == '+') {
     return size_error(text, argument, "no sign allowed, write just the number");
+  }
 
   // Digits, optionally one '.' and more digits; everything after is the unit.
   size_t pos = 0;
@@ -53,8 +60,12 @@ Result<uint64_t> parse_size(std::string_view text, std::string_view argument, Si
   bool too_big = false;
   while (pos < text.size() && std::isdigit(static_cast<unsigned char>(text[pos]))) {
     whole = whole * 10 + static_cast<unsigned>(text[pos] - '0');
-    if (whole > std::numeric_limits<uint64_t>::max()) too_big = true;
-    if (too_big) whole = u128{std::numeric_limits<uint64_t>::max()} + 1;  // saturate
+    if (whole > std::numeric_limits<uint64_t>::max()) {
+      too_big = true;
+    }
+    if (too_big) {
+      whole = u128{std::numeric_limits<uint64_t>::max()} + 1;  // saturate
+    }
     ++pos;
   }
   const size_t whole_digits = pos;
@@ -73,7 +84,9 @@ Result<uint64_t> parse_size(std::string_view text, std::string_view argument, Si
       ++fraction_digits;
       ++pos;
     }
-    if (fraction_digits == 0) return size_error(text, argument, "a '.' must be followed by digits");
+    if (fraction_digits == 0) {
+      return size_error(text, argument, "a '.' must be followed by digits");
+    }
   }
   if (whole_digits == 0 && fraction_digits == 0) {
     return size_error(text, argument,
@@ -91,7 +104,9 @@ Result<uint64_t> parse_size(std::string_view text, std::string_view argument, Si
                       "unknown unit '" + std::string(unit) +
                           "' (use K, M, G, T or P, optionally followed by iB or B)");
   }
-  if (too_big) return size_error(text, argument, "too large (the limit is 2^64-1 bytes)");
+  if (too_big) {
+    return size_error(text, argument, "too large (the limit is 2^64-1 bytes)");
+  }
 
   const u128 fraction_bytes_scaled = fraction * multiplier;  // fraction <= 10^18, fits
   if (fraction_bytes_scaled % fraction_scale != 0) {
@@ -115,7 +130,9 @@ Result<uint64_t> parse_size(std::string_view text, std::string_view argument, Si
 
 std::string format_size(uint64_t bytes) {
   static constexpr const char* kUnits[] = {"K", "M", "G", "T", "P", "E"};
-  if (bytes < 1024) return std::to_string(bytes) + "B";
+  if (bytes < 1024) {
+    return std::to_string(bytes) + "B";
+  }
   double value = static_cast<double>(bytes) / 1024.0;
   size_t unit = 0;
   // Switch unit once the rounded value would print as 1024.0.
@@ -124,7 +141,7 @@ std::string format_size(uint64_t bytes) {
     ++unit;
   }
   char buffer[32];
-  std::snprintf(buffer, sizeof(buffer), "%.1f%s", value, kUnits[unit]);
+  (void)std::snprintf(buffer, sizeof(buffer), "%.1f%s", value, kUnits[unit]);
   return buffer;
 }
 

@@ -28,7 +28,9 @@ class SocketClient final : public ControlClient {
 
 Result<std::unique_ptr<ControlClient>> connect_to_daemon(const std::string& socket_path) {
   auto client = daemon::Client::connect(socket_path);
-  if (!client) return client.error();
+  if (!client) {
+    return client.error();
+  }
   return std::unique_ptr<ControlClient>(std::make_unique<SocketClient>(std::move(*client)));
 }
 

@@ -17,7 +17,9 @@ Error bad_field(const std::string& where, const std::string& what) {
 
 Result<uint64_t> read_uint(const Json& object, const std::string& key, const std::string& where) {
   auto it = object.find(key);
-  if (it == object.end()) return bad_field(where, "missing '" + key + "'");
+  if (it == object.end()) {
+    return bad_field(where, "missing '" + key + "'");
+  }
   // Unsigned on the wire; a non-negative signed JSON integer is the same number.
   if (!it->is_number_integer() || (!it->is_number_unsigned() && it->get<int64_t>() < 0)) {
     return bad_field(where, "'" + key + "' is not an unsigned integer");
@@ -29,8 +31,9 @@ Result<LatencyHistogram> read_histogram(const Json& volume, const std::string& k
                                         const std::vector<double>& bounds,
                                         const std::string& where) {
   auto it = volume.find(key);
-  if (it == volume.end() || !it->is_object())
+  if (it == volume.end() || !it->is_object()) {
     return bad_field(where, "missing object '" + key + "'");
+  }
   const Json& h = *it;
   LatencyHistogram histogram;
   histogram.upper_bounds_ns = bounds;
@@ -61,9 +64,13 @@ uint64_t delta(uint64_t before, uint64_t after) { return after >= before ? after
 
 Result<StatsSample> parse_stats(const Json& result) {
   StatsSample sample;
-  if (!result.is_object()) return bad_field("result", "not an object");
+  if (!result.is_object()) {
+    return bad_field("result", "not an object");
+  }
   auto time = read_uint(result, "time_ns", "result");
-  if (!time) return time.error();
+  if (!time) {
+    return time.error();
+  }
   sample.time_ns = *time;
   auto bounds_json = result.find("latency_bucket_upper_ns");
   if (bounds_json == result.end() || !bounds_json->is_array()) {
@@ -71,7 +78,9 @@ Result<StatsSample> parse_stats(const Json& result) {
   }
   std::vector<double> bounds;
   for (const auto& b : *bounds_json) {
-    if (!b.is_number()) return bad_field("result", "'latency_bucket_upper_ns' holds a non-number");
+    if (!b.is_number()) {
+      return bad_field("result", "'latency_bucket_upper_ns' holds a non-number");
+    }
     bounds.push_back(b.get<double>());
   }
   auto volumes = result.find("volumes");
@@ -95,13 +104,19 @@ Result<StatsSample> parse_stats(const Json& result) {
           Field{"discards", &c.discards}, Field{"bytes_read", &c.bytes_read},
           Field{"bytes_written", &c.bytes_written}, Field{"errors", &c.errors}}) {
       auto value = read_uint(v, f.key, where);
-      if (!value) return value.error();
+      if (!value) {
+        return value.error();
+      }
       *f.value = *value;
     }
     auto read_h = read_histogram(v, "read_latency_ns", bounds, where);
-    if (!read_h) return read_h.error();
+    if (!read_h) {
+      return read_h.error();
+    }
     auto write_h = read_histogram(v, "write_latency_ns", bounds, where);
-    if (!write_h) return write_h.error();
+    if (!write_h) {
+      return write_h.error();
+    }
     c.read_latency = std::move(*read_h);
     c.write_latency = std::move(*write_h);
     sample.volumes.push_back(std::move(c));
@@ -118,13 +133,17 @@ double histogram_quantile(const LatencyHistogram& before, const LatencyHistogram
     counts[i] = comparable ? delta(before.counts[i], after.counts[i]) : after.counts[i];
     total += counts[i];
   }
-  if (total == 0) return -1;
+  if (total == 0) {
+    return -1;
+  }
   // Rank of the request we want (1-based): the smallest one with at least q of
   // all requests at or below it.
   const double rank = q * static_cast<double>(total);
   uint64_t seen = 0;
   for (size_t i = 0; i < counts.size(); ++i) {
-    if (counts[i] == 0) continue;
+    if (counts[i] == 0) {
+      continue;
+    }
     if (static_cast<double>(seen + counts[i]) >= rank) {
       const double lower = i == 0 ? 0.0 : after.upper_bounds_ns[i - 1];
       // The last bucket also holds everything above its bound; its bound is
@@ -140,7 +159,9 @@ double histogram_quantile(const LatencyHistogram& before, const LatencyHistogram
 
 std::vector<VolumeRates> compute_rates(const StatsSample& before, const StatsSample& after) {
   std::map<std::string, const VolumeCounters*> previous;
-  for (const auto& v : before.volumes) previous[v.name] = &v;
+  for (const auto& v : before.volumes) {
+    previous[v.name] = &v;
+  }
   const VolumeCounters zero;
   const double seconds = after.time_ns > before.time_ns
                              ? static_cast<double>(after.time_ns - before.time_ns) / 1e9
@@ -188,7 +209,9 @@ void print_rates_table(std::ostream& out, const std::vector<VolumeRates>& rates)
   auto latency = [](double ns) { return ns < 0 ? std::string("-") : format_latency_ns(ns); };
   // Requests per second: a few requests in an interval still show (0.5, not 0).
   auto per_second = [](double v) {
-    if (v == 0) return std::string("0");
+    if (v == 0) {
+      return std::string("0");
+    }
     return format_fixed(v, v < 10 ? 1 : 0);
   };
   for (const auto& r : rates) {
@@ -242,7 +265,9 @@ std::string label(const std::string& value) {
 }
 
 std::string number(double value) {
-  if (std::isinf(value)) return value > 0 ? "+Inf" : "-Inf";
+  if (std::isinf(value)) {
+    return value > 0 ? "+Inf" : "-Inf";
+  }
   std::ostringstream s;
   s.precision(12);
   s << value;
@@ -255,9 +280,13 @@ std::string seconds_from_ns(double ns) {
   const auto value = static_cast<uint64_t>(ns);
   std::string fraction = std::to_string(value % 1'000'000'000);
   fraction.insert(0, 9 - fraction.size(), '0');
-  while (!fraction.empty() && fraction.back() == '0') fraction.pop_back();
+  while (!fraction.empty() && fraction.back() == '0') {
+    fraction.pop_back();
+  }
   std::string text = std::to_string(value / 1'000'000'000);
-  if (!fraction.empty()) text += "." + fraction;
+  if (!fraction.empty()) {
+    text += "." + fraction;
+  }
   return text;
 }
 
@@ -325,9 +354,12 @@ std::string prometheus_text(const StatsSample& sample) {
             << (last ? std::string("+Inf") : seconds_from_ns(h.upper_bounds_ns[i])) << "\"} "
             << cumulative << '\n';
       }
-      if (h.counts.empty()) out << prefix << "_bucket{" << volume << ",le=\"+Inf\"} 0\n";
-      if (h.sum_ns >= 0)
+      if (h.counts.empty()) {
+        out << prefix << "_bucket{" << volume << ",le=\"+Inf\"} 0\n";
+      }
+      if (h.sum_ns >= 0) {
         out << prefix << "_sum{" << volume << "} " << number(h.sum_ns / 1e9) << '\n';
+      }
       out << prefix << "_count{" << volume << "} " << cumulative << '\n';
     }
   }
