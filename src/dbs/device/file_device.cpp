@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <system_error>
 
 #include "request_queue.h"
 
@@ -221,10 +222,10 @@ void FileDevice::bind_to_current_thread() {
       return;
     }
     if (in_ring_ > 0) {
-      std::fprintf(stderr,
-                   "FATAL: %s: FileDevice used from a second thread while it has %u requests "
-                   "in the kernel (a BlockDevice has one owning thread)\n",
-                   path_.c_str(), in_ring_);
+      (void)std::fprintf(stderr,
+                         "FATAL: %s: FileDevice used from a second thread while it has %u requests "
+                         "in the kernel (a BlockDevice has one owning thread)\n",
+                         path_.c_str(), in_ring_);
       std::abort();
     }
     // Idle and moved to a new owner: a single-issuer ring stays bound to its
@@ -232,8 +233,8 @@ void FileDevice::bind_to_current_thread() {
     teardown_ring();
     Status status = setup_ring();
     if (!status.ok()) {
-      std::fprintf(stderr, "FATAL: %s: rebuilding the io_uring for a new thread: %s\n",
-                   path_.c_str(), status.error().to_string().c_str());
+      (void)std::fprintf(stderr, "FATAL: %s: rebuilding the io_uring for a new thread: %s\n",
+                         path_.c_str(), status.error().to_string().c_str());
       std::abort();
     }
     counters_.ring_rebuilds++;
@@ -242,8 +243,8 @@ void FileDevice::bind_to_current_thread() {
   long rc =
       ::syscall(__NR_io_uring_register, ring_.ring_fd, IORING_REGISTER_ENABLE_RINGS, nullptr, 0);
   if (rc < 0) {
-    std::fprintf(stderr, "FATAL: %s: IORING_REGISTER_ENABLE_RINGS: %s\n", path_.c_str(),
-                 std::strerror(errno));
+    (void)std::fprintf(stderr, "FATAL: %s: IORING_REGISTER_ENABLE_RINGS: %s\n", path_.c_str(),
+                       std::error_code(errno, std::generic_category()).message().c_str());
     std::abort();
   }
   ring_enabled_ = true;

@@ -59,7 +59,7 @@ void frame_body(const Geometry& g, MetaType type, uint64_t epoch, uint64_t seq,
 
 Result<MetaHeader> check_meta_block(const Geometry& g, std::span<const std::byte> block,
                                     MetaType type) {
-  MetaHeader h;
+  MetaHeader h{};
   std::memcpy(&h, block.data(), sizeof(h));
   if (h.magic != kMetaMagic) {
     return Error(EINVAL, "no metadata block magic");
@@ -166,7 +166,7 @@ Result<Geometry> load_geometry(BlockDevice& device, std::vector<std::string>& no
     return Error(EINVAL,
                  name + ": block size " + std::to_string(device.block_size()) + " is not 4096");
   }
-  if (device.size_bytes() < 2 * kBlockSize) {
+  if (device.size_bytes() < uint64_t{2} * kBlockSize) {
     return Error(EINVAL, name + ": device of " + std::to_string(device.size_bytes()) +
                              " bytes is too small to hold a store (truncated?)");
   }

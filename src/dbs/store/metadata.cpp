@@ -231,7 +231,7 @@ Result<Geometry> decode_superblock(std::span<const std::byte> block, uint32_t co
   if (block.size() < kBlockSize) {
     return Error(EINVAL, where + ": short block");
   }
-  Superblock sb;
+  Superblock sb{};
   std::memcpy(&sb, block.data(), sizeof(sb));
   if (sb.magic != kSuperblockMagic) {
     return Error(EINVAL, where + ": bad magic (not a DBS store)");
@@ -322,7 +322,7 @@ Status Metadata::apply(std::span<const std::byte> body) {
     if (body.size() - at < sizeof(RecordHeader)) {
       return Error(EINVAL, "truncated record header at body offset " + std::to_string(at));
     }
-    RecordHeader header;
+    RecordHeader header{};
     std::memcpy(&header, body.data() + at, sizeof(header));
     at += sizeof(header);
     if (body.size() - at < header.length) {
@@ -353,7 +353,7 @@ Status Metadata::apply_record(RecordType type, std::span<const std::byte> body) 
   const Geometry& g = geometry_;
   switch (type) {
     case RecordType::kIds: {
-      IdsRecord r;
+      IdsRecord r{};
       UBLKVOL_TRY(load(r));
       if (r.next_volume_id == 0 || r.next_layer_id == 0) {
         return Error(EINVAL, "id record with a zero next id");
@@ -363,7 +363,7 @@ Status Metadata::apply_record(RecordType type, std::span<const std::byte> body) 
       return ok_status();
     }
     case RecordType::kVolume: {
-      VolumeRecord r;
+      VolumeRecord r{};
       UBLKVOL_TRY(load(r));
       if (r.id == 0 || r.head_layer == 0) {
         return Error(EINVAL, "volume record with id 0 or no head layer");
@@ -392,7 +392,7 @@ Status Metadata::apply_record(RecordType type, std::span<const std::byte> body) 
       return ok_status();
     }
     case RecordType::kVolumeDelete: {
-      DeleteRecord r;
+      DeleteRecord r{};
       UBLKVOL_TRY(load(r));
       // Idempotent: a volume created and deleted between two commits is
       // deleted without ever having been written.
@@ -400,7 +400,7 @@ Status Metadata::apply_record(RecordType type, std::span<const std::byte> body) 
       return ok_status();
     }
     case RecordType::kLayer: {
-      LayerRecord r;
+      LayerRecord r{};
       UBLKVOL_TRY(load(r));
       if (r.id == 0 || r.id == r.parent) {
         return Error(EINVAL, "layer record with id 0 or itself as parent");
@@ -428,13 +428,13 @@ Status Metadata::apply_record(RecordType type, std::span<const std::byte> body) 
       return ok_status();
     }
     case RecordType::kLayerDelete: {
-      DeleteRecord r;
+      DeleteRecord r{};
       UBLKVOL_TRY(load(r));
       layers.erase(r.id);  // idempotent, as for volumes
       return ok_status();
     }
     case RecordType::kExtent: {
-      ExtentRecord r;
+      ExtentRecord r{};
       UBLKVOL_TRY(load(r));
       Layer* l = layer(r.layer);
       if (l == nullptr) {
@@ -474,7 +474,7 @@ Status Metadata::apply_record(RecordType type, std::span<const std::byte> body) 
       return ok_status();
     }
     case RecordType::kDirtyChunk: {
-      DirtyChunkRecord r;
+      DirtyChunkRecord r{};
       UBLKVOL_TRY(load(r));
       Volume* v = volume(r.volume);
       if (v == nullptr) {
@@ -742,7 +742,7 @@ void Metadata::serialize_full(std::vector<std::byte>& body) {
   }
   for (auto& [id, v] : volumes) {
     append_record(body, RecordType::kVolume, volume_record(*v));
-    for (uint32_t c = 0; c * (kDirtyChunkBits / 64) < v->dirty_bits.size(); ++c) {
+    for (uint32_t c = 0; size_t{c} * (kDirtyChunkBits / 64) < v->dirty_bits.size(); ++c) {
       append_record(body, RecordType::kDirtyChunk, dirty_chunk_record(*v, c));
     }
     v->record_dirty = false;

@@ -52,7 +52,7 @@ Status Store::format(BlockDevice& device, const FormatOptions& options) {
 
   // Invalidate the old superblocks first: a crash mid-format leaves a device
   // that is refused, not a mix of two stores.
-  AlignedBuffer zero(kBlockSize * 2);
+  AlignedBuffer zero(size_t{kBlockSize} * 2);
   std::memset(zero.data(), 0, zero.size());
   UBLKVOL_TRY(write_sync(device, 0, zero.span()));
   UBLKVOL_TRY(flush_sync(device));
@@ -71,7 +71,7 @@ Status Store::format(BlockDevice& device, const FormatOptions& options) {
   UBLKVOL_TRY(write_sync(device, g.journal_start * kBlockSize, zero.span().first(kBlockSize)));
   UBLKVOL_TRY(flush_sync(device));
 
-  AlignedBuffer superblocks(kBlockSize * 2);
+  AlignedBuffer superblocks(size_t{kBlockSize} * 2);
   encode_superblock(g, 0, superblocks.span().first(kBlockSize));
   encode_superblock(g, 1, superblocks.span().subspan(kBlockSize, kBlockSize));
   UBLKVOL_TRY(write_sync(device, 0, superblocks.span()));

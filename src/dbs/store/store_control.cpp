@@ -224,7 +224,7 @@ Status Store::Impl::grow_volume(VolumeId id, uint64_t new_size) {
   } else {
     volume.dirty_bits.resize((dirty_regions(new_size, shift) + 63) / 64, 0);
   }
-  for (uint32_t c = 0; c * (kDirtyChunkBits / 64) < volume.dirty_bits.size(); ++c) {
+  for (uint32_t c = 0; size_t{c} * (kDirtyChunkBits / 64) < volume.dirty_bits.size(); ++c) {
     md_->mark_dirty_chunk(volume, c);
   }
   volume.size_bytes = new_size;
@@ -773,7 +773,8 @@ std::vector<std::string> Store::Impl::check() {
     problems.push_back(name + ": cannot read the superblocks: " + read.error().to_string());
   } else {
     for (uint32_t copy = 0; copy < 2; ++copy) {
-      auto decoded = decode_superblock({buffer.data() + copy * kBlockSize, kBlockSize}, copy);
+      auto decoded =
+          decode_superblock({buffer.data() + size_t{copy} * kBlockSize, kBlockSize}, copy);
       if (!decoded.ok()) {
         problems.push_back(decoded.error().message());
       } else if (decoded->store_id != g_.store_id || decoded->extent_count != g_.extent_count ||
