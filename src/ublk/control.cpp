@@ -5,6 +5,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <system_error>
 #include <utility>
 
 namespace ublkvol::ublk {
@@ -113,7 +114,7 @@ Error describe_control_failure(uint32_t op, uint32_t dev_id, int negative_errno)
       cause = "interrupted while waiting for the device's queues";
       break;
     default:
-      cause = std::strerror(err);
+      cause = std::error_code(err, std::generic_category()).message();
   }
   return Error(err, what + ": " + cause);
 }

@@ -72,7 +72,7 @@ std::string describe_features(uint64_t flags) {
   }
   if (unknown != 0) {
     char hex[32];
-    std::snprintf(hex, sizeof(hex), "0x%llx", static_cast<unsigned long long>(unknown));
+    (void)std::snprintf(hex, sizeof(hex), "0x%llx", static_cast<unsigned long long>(unknown));
     if (!out.empty()) {
       out += '|';
     }

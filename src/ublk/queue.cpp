@@ -13,6 +13,7 @@
 #include <cstring>
 #include <ctime>
 #include <spdlog/spdlog.h>
+#include <system_error>
 #include <vector>
 
 #include "ublkvol/ublk/uapi.h"
@@ -178,6 +179,7 @@ struct QueueRunner::Impl {
     return static_cast<const uapi::IoDesc*>(descriptors.base());
   }
 
+  // NOLINTNEXTLINE(readability-make-member-function-const): takes an SQE from its ring
   io_uring_sqe* next_sqe() {
     io_uring_sqe* sqe = io_uring_get_sqe(ring->get());
     if (sqe == nullptr) {
@@ -230,14 +232,14 @@ struct QueueRunner::Impl {
       const int rc = pthread_setaffinity_np(pthread_self(), sizeof(setup.cpus), &setup.cpus);
       if (rc != 0) {
         spdlog::warn("{}: cannot pin the queue thread to its CPUs ({}); running unpinned", where(),
-                     std::strerror(rc));
+                     std::error_code(rc, std::generic_category()).message());
       }
     }
     if (setup.io_flusher && ::prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) != 0) {
       spdlog::warn(
           "{}: PR_SET_IO_FLUSHER refused ({}): memory reclaim may wait on this thread; "
           "grant CAP_SYS_RESOURCE",
-          where(), std::strerror(errno));
+          where(), std::error_code(errno, std::generic_category()).message());
     }
 
     auto opened = volume.open_queue(setup.queue_id);

@@ -117,7 +117,9 @@ Result<RecoveryRecord> load_recovery_record(const std::string& path) {
   }
   for (const auto& [key, value] : backend->items()) {
     if (!value.is_string()) {
-      return Error(EINVAL, what + ": backend field '" + key + "' is not a string");
+      return Error(
+          EINVAL,
+          std::string(what).append(": backend field '").append(key).append("' is not a string"));
     }
     record.backend[key] = value.get<std::string>();
   }

@@ -15,8 +15,10 @@
 // itself would still show up here as different bytes.
 #include <unistd.h>
 
+#include <cinttypes>
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <memory>
 #include <string>
 #include <vector>
@@ -51,7 +53,7 @@ Buffer make_buffer() {
 }
 
 int usage_error(const std::string& message) {
-  std::fprintf(stderr, "ublkvol-replica-check: error: %s\n", message.c_str());
+  (void)std::fprintf(stderr, "ublkvol-replica-check: error: %s\n", message.c_str());
   return kExitUsage;
 }
 
@@ -92,12 +94,12 @@ int run(const std::vector<std::string>& files, const std::string& volume_name, b
     }
     r.store = std::move(*store);
     for (const std::string& problem : r.store->check()) {
-      std::fprintf(stderr, "%s: DBS check: %s\n", file.c_str(), problem.c_str());
+      (void)std::fprintf(stderr, "%s: DBS check: %s\n", file.c_str(), problem.c_str());
       status = kExitDiffer;
     }
     auto volume = r.store->find_volume(volume_name);
     if (!volume) {
-      return usage_error(file + ": no volume '" + volume_name + "'");
+      return usage_error(std::string(file).append(": no volume '").append(volume_name).append("'"));
     }
     r.volume = *volume;
     auto info = r.store->volume_info(r.volume);
@@ -106,15 +108,17 @@ int run(const std::vector<std::string>& files, const std::string& volume_name, b
     }
     r.info = *info;
     if (!replicas.empty() && r.info.size_bytes != replicas[0].info.size_bytes) {
-      std::fprintf(stderr, "%s: volume size %llu differs from %s's %llu\n", file.c_str(),
-                   static_cast<unsigned long long>(r.info.size_bytes), replicas[0].file.c_str(),
-                   static_cast<unsigned long long>(replicas[0].info.size_bytes));
+      (void)std::fprintf(stderr, "%s: volume size %llu differs from %s's %llu\n", file.c_str(),
+                         static_cast<unsigned long long>(r.info.size_bytes),
+                         replicas[0].file.c_str(),
+                         static_cast<unsigned long long>(replicas[0].info.size_bytes));
       return kExitDiffer;
     }
     if (!replicas.empty() && r.info.generation != replicas[0].info.generation) {
-      std::fprintf(stderr, "%s: generation %#llx differs from %s's %#llx\n", file.c_str(),
-                   static_cast<unsigned long long>(r.info.generation), replicas[0].file.c_str(),
-                   static_cast<unsigned long long>(replicas[0].info.generation));
+      (void)std::fprintf(stderr, "%s: generation %#llx differs from %s's %#llx\n", file.c_str(),
+                         static_cast<unsigned long long>(r.info.generation),
+                         replicas[0].file.c_str(),
+                         static_cast<unsigned long long>(replicas[0].info.generation));
       status = kExitDiffer;
     }
     replicas.push_back(std::move(r));
@@ -152,25 +156,24 @@ int run(const std::vector<std::string>& files, const std::string& volume_name, b
         if (std::memcmp(buffers[0].get() + b, buffers[i].get() + b, 4096) != 0) {
           differing_bytes += 4096;
           if (++reported <= 16) {
-            std::fprintf(stderr, "%s and %s differ in block at byte %llu\n",
-                         replicas[0].file.c_str(), replicas[i].file.c_str(),
-                         static_cast<unsigned long long>(offset + b));
+            (void)std::fprintf(stderr, "%s and %s differ in block at byte %" PRIu64 "\n",
+                               replicas[0].file.c_str(), replicas[i].file.c_str(), offset + b);
           }
         }
       }
     }
   }
   if (differing_bytes != 0) {
-    std::fprintf(stderr, "replicas differ in %llu bytes\n",
-                 static_cast<unsigned long long>(differing_bytes));
+    (void)std::fprintf(stderr, "replicas differ in %llu bytes\n",
+                       static_cast<unsigned long long>(differing_bytes));
     status = kExitDiffer;
   }
   FILE* out = dump ? stderr : stdout;
-  std::fprintf(out,
-               "%s: %zu replica(s), volume '%s', %llu bytes, generation %#llx, crc32c %#010x\n",
-               status == 0 ? (replicas.size() > 1 ? "agree" : "ok") : "MISMATCH", replicas.size(),
-               volume_name.c_str(), static_cast<unsigned long long>(size),
-               static_cast<unsigned long long>(replicas[0].info.generation), crc);
+  (void)std::fprintf(
+      out, "%s: %zu replica(s), volume '%s', %llu bytes, generation %#llx, crc32c %#010x\n",
+      status == 0 ? (replicas.size() > 1 ? "agree" : "ok") : "MISMATCH", replicas.size(),
+      volume_name.c_str(), static_cast<unsigned long long>(size),
+      static_cast<unsigned long long>(replicas[0].info.generation), crc);
   return status;
 }
 
@@ -179,7 +182,7 @@ int run(const std::vector<std::string>& files, const std::string& volume_name, b
 
 // Three options, parsed by hand (CLI11's split() trips GCC 12's
 // -Wnull-dereference in this translation unit).
-int main(int argc, char** argv) {
+int main(int argc, char** argv) try {
   std::vector<std::string> files;
   std::string volume_name = "ublkvol";
   bool dump = false;
@@ -198,10 +201,15 @@ int main(int argc, char** argv) {
           "writes the single replica's volume content to stdout.\n");
       return 0;
     } else {
-      std::fprintf(stderr, "ublkvol-replica-check: error: unknown or incomplete option '%s'\n",
-                   arg.c_str());
+      (void)std::fprintf(
+          stderr, "ublkvol-replica-check: error: unknown or incomplete option '%s'\n", arg.c_str());
       return 2;
     }
   }
   return ublkvol::ublk::run(files, volume_name, dump);
+} catch (const std::exception& e) {
+  // Nothing should throw this far; if something does, say what instead of
+  // letting std::terminate abort without a word.
+  (void)std::fprintf(stderr, "ublkvol-replica-check: error: %s\n", e.what());
+  return ublkvol::ublk::kExitUsage;
 }

@@ -218,8 +218,11 @@ Result<std::unique_ptr<ReplicatedBackend>> ReplicatedBackend::open(const ServeCo
             slash == std::string::npos ? "." : (slash == 0 ? "/" : file.substr(0, slash));
         struct stat dir_st {};
         if (::stat(dir.c_str(), &dir_st) != 0 || !S_ISDIR(dir_st.st_mode)) {
-          return Error(EINVAL, "replica file " + file + " cannot be created: directory " + dir +
-                                   " does not exist");
+          return Error(EINVAL, std::string("replica file ")
+                                   .append(file)
+                                   .append(" cannot be created: directory ")
+                                   .append(dir)
+                                   .append(" does not exist"));
         }
       }
       impl->replicas.push_back(std::move(replica));

@@ -22,9 +22,11 @@
 #include <CLI/CLI.hpp>
 #include <cerrno>
 #include <cstdio>
+#include <exception>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 #include <string>
+#include <system_error>
 
 #include "ublkvol/ublk/control.h"
 #include "ublkvol/ublk/device.h"
@@ -41,7 +43,7 @@ constexpr int kExitFailure = 1;
 constexpr int kExitUsage = 2;
 
 int fail(const Error& error) {
-  std::fprintf(stderr, "ublkvol-serve: error: %s\n", error.message().c_str());
+  (void)std::fprintf(stderr, "ublkvol-serve: error: %s\n", error.message().c_str());
   return error.errno_value() == EINVAL || error.errno_value() == ERANGE ? kExitUsage : kExitFailure;
 }
 
@@ -245,7 +247,7 @@ int serve(Args& args) {
       continue;
     }
     if (n < 0) {
-      spdlog::error("poll failed: {}", std::strerror(errno));
+      spdlog::error("poll failed: {}", std::error_code(errno, std::generic_category()).message());
       break;
     }
     if ((fds[1].revents & POLLIN) != 0) {
@@ -330,7 +332,7 @@ int serve(Args& args) {
 }  // namespace
 }  // namespace ublkvol::ublk
 
-int main(int argc, char** argv) {
+int main(int argc, char** argv) try {
   using ublkvol::ublk::Args;
   Args args;
   CLI::App app{"Serve a null, memory or replicated volume as /dev/ublkbN (tests and benchmarks)"};
@@ -380,4 +382,9 @@ int main(int argc, char** argv) {
   }
   spdlog::set_pattern("ublkvol-serve[%P]: %l: %v");
   return ublkvol::ublk::serve(args);
+} catch (const std::exception& e) {
+  // Nothing should throw this far; if something does, say what instead of
+  // letting std::terminate abort without a word.
+  (void)std::fprintf(stderr, "ublkvol-serve: error: %s\n", e.what());
+  return ublkvol::ublk::kExitFailure;
 }

@@ -9,6 +9,7 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdio>
+#include <exception>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -20,7 +21,7 @@ namespace ublkvol::ublk {
 namespace {
 
 int fail(const Error& error) {
-  std::fprintf(stderr, "ublkvol-ublkctl: error: %s\n", error.message().c_str());
+  (void)std::fprintf(stderr, "ublkvol-ublkctl: error: %s\n", error.message().c_str());
   return 1;
 }
 
@@ -64,6 +65,7 @@ std::vector<uint32_t> device_ids() {
   if (dir == nullptr) {
     return ids;
   }
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): this DIR stream is never shared between threads
   while (dirent* e = ::readdir(dir)) {
     unsigned id = 0;
     if (std::sscanf(e->d_name, "ublkc%u", &id) == 1) {
@@ -78,7 +80,7 @@ std::vector<uint32_t> device_ids() {
 }  // namespace
 }  // namespace ublkvol::ublk
 
-int main(int argc, char** argv) {
+int main(int argc, char** argv) try {
   using namespace ublkvol::ublk;  // NOLINT(google-build-using-namespace): tool main
   CLI::App app{"Inspect and remove ublk devices"};
   app.require_subcommand(1);
@@ -154,4 +156,9 @@ int main(int argc, char** argv) {
     return fail(s.error());
   }
   return 0;
+} catch (const std::exception& e) {
+  // Nothing should throw this far; if something does, say what instead of
+  // letting std::terminate abort without a word.
+  (void)std::fprintf(stderr, "ublkvol-ublkctl: error: %s\n", e.what());
+  return 1;
 }
