@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <system_error>
 
 namespace ublkvol::daemon {
 namespace {
@@ -40,8 +41,9 @@ Result<Client> Client::connect(const std::string& socket_path) {
   std::memcpy(address.sun_path, socket_path.data(), socket_path.size());
   if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&address), sizeof(address)) != 0) {
     const int err = errno;
-    return Error(
-        err, "cannot connect to " + socket_path + ": " + std::strerror(err) + connect_hint(err));
+    return Error(err, "cannot connect to " + socket_path + ": " +
+                          std::error_code(err, std::generic_category()).message() +
+                          connect_hint(err));
   }
   return Client(std::move(fd), socket_path);
 }
@@ -54,7 +56,8 @@ Status Client::send_raw(std::string_view bytes) {
         continue;
       }
       const int err = errno;
-      return Error(err, "cannot send to ublk-volumed at " + path_ + ": " + std::strerror(err));
+      return Error(err, "cannot send to ublk-volumed at " + path_ + ": " +
+                            std::error_code(err, std::generic_category()).message());
     }
     bytes.remove_prefix(static_cast<size_t>(n));
   }
@@ -104,7 +107,8 @@ Result<std::string> Client::read_line(size_t max_bytes) {
         continue;
       }
       const int err = errno;
-      return Error(err, "cannot read from ublk-volumed at " + path_ + ": " + std::strerror(err));
+      return Error(err, "cannot read from ublk-volumed at " + path_ + ": " +
+                            std::error_code(err, std::generic_category()).message());
     }
     if (n == 0) {
       return Error(ECONNRESET, "ublk-volumed at " + path_ + " closed the connection");

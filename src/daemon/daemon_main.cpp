@@ -18,8 +18,10 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <exception>
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
+#include <system_error>
 
 #include "ublkvol/common/unique_fd.h"
 #include "ublkvol/common/version.h"
@@ -36,7 +38,7 @@ constexpr int kExitConfig = 2;
 
 int fail(int code, const std::string& message) {
   spdlog::critical("{}", message);
-  std::fprintf(stderr, "ublk-volumed: error: %s\n", message.c_str());
+  (void)std::fprintf(stderr, "ublk-volumed: error: %s\n", message.c_str());
   return code;
 }
 
@@ -111,7 +113,7 @@ int run(int argc, char** argv) {
     sigaddset(&signals, sig);
   }
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  ::signal(SIGPIPE, SIG_IGN);
+  (void)::signal(SIGPIPE, SIG_IGN);
   UniqueFd signal_fd(::signalfd(-1, &signals, SFD_CLOEXEC | SFD_NONBLOCK));
   if (!signal_fd) {
     return fail(kExitFailure, "cannot create a signalfd");
@@ -124,7 +126,8 @@ int run(int argc, char** argv) {
   const std::string lock_path = config->state_dir + "/lock";
   UniqueFd lock(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
   if (!lock || ::flock(lock.get(), LOCK_EX | LOCK_NB) != 0) {
-    return fail(kExitFailure, "cannot lock " + lock_path + ": " + std::strerror(errno) +
+    return fail(kExitFailure, "cannot lock " + lock_path + ": " +
+                                  std::error_code(errno, std::generic_category()).message() +
                                   " (is another ublk-volumed using this state dir?)");
   }
 
@@ -203,4 +206,13 @@ int run(int argc, char** argv) {
 }  // namespace
 }  // namespace ublkvol::daemon
 
-int main(int argc, char** argv) { return ublkvol::daemon::run(argc, argv); }
+int main(int argc, char** argv) {
+  try {
+    return ublkvol::daemon::run(argc, argv);
+  } catch (const std::exception& e) {
+    // Nothing should throw this far; if something does, say what and exit
+    // with the documented failure code instead of a bare std::terminate.
+    (void)std::fprintf(stderr, "ublk-volumed: error: %s\n", e.what());
+    return ublkvol::daemon::kExitFailure;
+  }
+}

@@ -461,7 +461,8 @@ Result<std::vector<std::string>> Params::name_list(const std::string& key, size_
     std::string name = entry.get<std::string>();
     UBLKVOL_TRY(validate_name(name, "entry of '" + key + "'"));
     if (std::find(names.begin(), names.end(), name) != names.end()) {
-      return invalid("field '" + key + "' names '" + name + "' twice");
+      return invalid(
+          std::string("field '").append(key).append("' names '").append(name).append("' twice"));
     }
     names.push_back(std::move(name));
   }

@@ -12,11 +12,14 @@ namespace ublkvol::daemon {
 
 SystemdNotifier SystemdNotifier::from_environment() {
   SystemdNotifier notifier;
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): read at startup; the daemon never calls setenv
   if (const char* path = std::getenv("NOTIFY_SOCKET"); path != nullptr && *path != '\0') {
     notifier.socket_path_ = path;
     notifier.fd_.reset(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
   }
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): read at startup; the daemon never calls setenv
   const char* usec = std::getenv("WATCHDOG_USEC");
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): read at startup; the daemon never calls setenv
   const char* pid = std::getenv("WATCHDOG_PID");
   const bool for_us = pid == nullptr || std::strtoll(pid, nullptr, 10) == ::getpid();
   if (usec != nullptr && for_us) {

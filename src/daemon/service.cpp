@@ -10,8 +10,10 @@
 #include <array>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <exception>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -62,7 +64,8 @@ std::string rfc3339(std::chrono::system_clock::time_point when) {
   std::tm tm{};
   ::gmtime_r(&t, &tm);
   char text[32];
-  std::strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  // 21 bytes for any year up to 9999: the count returned cannot be 0.
+  (void)std::strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%SZ", &tm);
   return text;
 }
 
@@ -120,6 +123,7 @@ std::string describe_holder(const std::string& block_path) {
     return "";
   }
   std::string found;
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): this DIR stream is never shared between threads
   while (dirent* entry = ::readdir(proc)) {
     const std::string pid = entry->d_name;
     if (pid.empty() || !std::all_of(pid.begin(), pid.end(), ::isdigit) ||
@@ -131,6 +135,7 @@ std::string describe_holder(const std::string& block_path) {
     if (fds == nullptr) {
       continue;
     }
+    // NOLINTNEXTLINE(concurrency-mt-unsafe): this DIR stream is never shared between threads
     while (dirent* fd = ::readdir(fds)) {
       char target[256];
       const std::string link = fd_dir + "/" + fd->d_name;
@@ -139,7 +144,7 @@ std::string describe_holder(const std::string& block_path) {
         std::ifstream comm("/proc/" + pid + "/comm");
         std::string name;
         std::getline(comm, name);
-        found = "held by pid " + pid + " (" + name + ")";
+        found.assign("held by pid ").append(pid).append(" (").append(name).append(")");
         break;
       }
     }
@@ -200,6 +205,8 @@ struct StoreEntry {
   [[nodiscard]] bool online() const { return store && thread && error.empty(); }
 
   // Runs `fn(store)` on the store thread.
+  // Not const: it hands the store this entry owns to `fn` for modification.
+  // NOLINTNEXTLINE(readability-make-member-function-const): see above
   Status run(const std::function<Status(dbs::Store&)>& fn) {
     if (!online()) {
       return Error(EIO, "store " + named(name) + " is failed: " + error);
@@ -322,7 +329,7 @@ struct Service::Impl {
     return state;
   }
 
-  Status save() {
+  Status save() const {
     Status saved = save_state(config.state_dir, snapshot_state(), save_hook);
     if (!saved.ok()) {
       spdlog::error("saving the state failed: {}", saved.error().message());
@@ -377,7 +384,7 @@ struct Service::Impl {
     return options;
   }
 
-  Status open_store(StoreEntry& entry, std::unique_ptr<dbs::FileDevice> opened = nullptr) {
+  Status open_store(StoreEntry& entry, std::unique_ptr<dbs::FileDevice> opened = nullptr) const {
     Result<std::unique_ptr<dbs::FileDevice>> device =
         opened ? Result<std::unique_ptr<dbs::FileDevice>>(std::move(opened))
                : dbs::FileDevice::open(entry.path, device_options());
@@ -818,10 +825,18 @@ struct Service::Impl {
     auto size = p.size("size");
     auto store_names = p.name_list("stores", 1, engine::kMaxReplicas);
     auto min = p.optional_uint("min_replicas");
-    if (!name.ok()) return name.error();
-    if (!size.ok()) return size.error();
-    if (!store_names.ok()) return store_names.error();
-    if (!min.ok()) return min.error();
+    if (!name.ok()) {
+      return name.error();
+    }
+    if (!size.ok()) {
+      return size.error();
+    }
+    if (!store_names.ok()) {
+      return store_names.error();
+    }
+    if (!min.ok()) {
+      return min.error();
+    }
     UBLKVOL_TRY(p.finish());
     UBLKVOL_TRY(check_new_volume_name(*name));
     const auto count = static_cast<unsigned>(store_names->size());
@@ -933,6 +948,7 @@ struct Service::Impl {
     return Json::object();
   }
 
+  // NOLINTNEXTLINE(readability-make-member-function-const): exposes a volume this service owns
   Status create_device(VolumeEntry& v, unsigned queues, unsigned depth, int32_t dev_id) {
     ublk::DeviceOptions options;
     options.dev_id = dev_id;
@@ -953,9 +969,15 @@ struct Service::Impl {
     auto name = p.name("name");
     auto queues = p.optional_uint("queues");
     auto depth = p.optional_uint("queue_depth");
-    if (!name.ok()) return name.error();
-    if (!queues.ok()) return queues.error();
-    if (!depth.ok()) return depth.error();
+    if (!name.ok()) {
+      return name.error();
+    }
+    if (!queues.ok()) {
+      return queues.error();
+    }
+    if (!depth.ok()) {
+      return depth.error();
+    }
     UBLKVOL_TRY(p.finish());
     auto v = open_volume_named(*name);
     if (!v.ok()) {
@@ -1022,8 +1044,12 @@ struct Service::Impl {
   Result<Json> volume_resize(Params& p) {
     auto name = p.name("name");
     auto size = p.size("size");
-    if (!name.ok()) return name.error();
-    if (!size.ok()) return size.error();
+    if (!name.ok()) {
+      return name.error();
+    }
+    if (!size.ok()) {
+      return size.error();
+    }
     UBLKVOL_TRY(p.finish());
     auto v = volume_named(*name);
     if (!v.ok()) {
@@ -1155,8 +1181,12 @@ struct Service::Impl {
   Result<Json> snapshot_create(Params& p) {
     auto volume = p.name("volume");
     auto name = p.name("name");
-    if (!volume.ok()) return volume.error();
-    if (!name.ok()) return name.error();
+    if (!volume.ok()) {
+      return volume.error();
+    }
+    if (!name.ok()) {
+      return name.error();
+    }
     UBLKVOL_TRY(p.finish());
     auto v = open_volume_named(*volume);
     if (!v.ok()) {
@@ -1175,8 +1205,12 @@ struct Service::Impl {
                                                                    const std::string& key) {
     auto volume = p.name("volume");
     auto name = p.name(key);
-    if (!volume.ok()) return volume.error();
-    if (!name.ok()) return name.error();
+    if (!volume.ok()) {
+      return volume.error();
+    }
+    if (!name.ok()) {
+      return name.error();
+    }
     auto v = open_volume_named(*volume);
     if (!v.ok()) {
       return v.error();
@@ -1241,7 +1275,9 @@ struct Service::Impl {
   Result<Json> snapshot_clone(Params& p) {
     auto clone = p.name("clone");
     auto target = volume_and_snapshot(p, "snapshot");
-    if (!clone.ok()) return clone.error();
+    if (!clone.ok()) {
+      return clone.error();
+    }
     UBLKVOL_TRY(p.finish());
     if (!target.ok()) {
       return target.error();
@@ -1274,8 +1310,12 @@ struct Service::Impl {
   Result<std::pair<VolumeEntry*, unsigned>> volume_and_index(Params& p) {
     auto volume = p.name("volume");
     auto index = p.uint("index");
-    if (!volume.ok()) return volume.error();
-    if (!index.ok()) return index.error();
+    if (!volume.ok()) {
+      return volume.error();
+    }
+    if (!index.ok()) {
+      return index.error();
+    }
     auto v = open_volume_named(*volume);
     if (!v.ok()) {
       return v.error();
@@ -1303,8 +1343,12 @@ struct Service::Impl {
   Result<Json> replica_add(Params& p) {
     auto volume = p.name("volume");
     auto store = p.name("store");
-    if (!volume.ok()) return volume.error();
-    if (!store.ok()) return store.error();
+    if (!volume.ok()) {
+      return volume.error();
+    }
+    if (!store.ok()) {
+      return store.error();
+    }
     UBLKVOL_TRY(p.finish());
     auto v = open_volume_named(*volume);
     if (!v.ok()) {
@@ -1507,30 +1551,78 @@ struct Service::Impl {
   Result<Json> dispatch(const Request& request) {
     Params p(request.params);
     const std::string& m = request.method;
-    if (m == "daemon.status") return daemon_status(p);
-    if (m == "store.add") return store_add(p);
-    if (m == "store.list") return list_all(p, true);
-    if (m == "store.show") return store_show(p);
-    if (m == "store.remove") return store_remove(p);
-    if (m == "store.check") return store_check(p);
-    if (m == "volume.create") return volume_create(p);
-    if (m == "volume.list") return list_all(p, false);
-    if (m == "volume.show") return volume_show(p);
-    if (m == "volume.delete") return volume_delete(p);
-    if (m == "volume.expose") return volume_expose(p);
-    if (m == "volume.unexpose") return volume_unexpose(p);
-    if (m == "volume.resize") return volume_resize(p);
-    if (m == "snapshot.create") return snapshot_create(p);
-    if (m == "snapshot.list") return snapshot_list(p);
-    if (m == "snapshot.delete") return snapshot_delete(p);
-    if (m == "snapshot.revert") return snapshot_revert(p);
-    if (m == "snapshot.clone") return snapshot_clone(p);
-    if (m == "replica.list") return replica_list(p);
-    if (m == "replica.add") return replica_add(p);
-    if (m == "replica.remove") return replica_remove(p);
-    if (m == "replica.rebuild") return replica_rebuild(p);
-    if (m == "replica.fail") return replica_fail(p);
-    if (m == "stats") return stats(p);
+    if (m == "daemon.status") {
+      return daemon_status(p);
+    }
+    if (m == "store.add") {
+      return store_add(p);
+    }
+    if (m == "store.list") {
+      return list_all(p, true);
+    }
+    if (m == "store.show") {
+      return store_show(p);
+    }
+    if (m == "store.remove") {
+      return store_remove(p);
+    }
+    if (m == "store.check") {
+      return store_check(p);
+    }
+    if (m == "volume.create") {
+      return volume_create(p);
+    }
+    if (m == "volume.list") {
+      return list_all(p, false);
+    }
+    if (m == "volume.show") {
+      return volume_show(p);
+    }
+    if (m == "volume.delete") {
+      return volume_delete(p);
+    }
+    if (m == "volume.expose") {
+      return volume_expose(p);
+    }
+    if (m == "volume.unexpose") {
+      return volume_unexpose(p);
+    }
+    if (m == "volume.resize") {
+      return volume_resize(p);
+    }
+    if (m == "snapshot.create") {
+      return snapshot_create(p);
+    }
+    if (m == "snapshot.list") {
+      return snapshot_list(p);
+    }
+    if (m == "snapshot.delete") {
+      return snapshot_delete(p);
+    }
+    if (m == "snapshot.revert") {
+      return snapshot_revert(p);
+    }
+    if (m == "snapshot.clone") {
+      return snapshot_clone(p);
+    }
+    if (m == "replica.list") {
+      return replica_list(p);
+    }
+    if (m == "replica.add") {
+      return replica_add(p);
+    }
+    if (m == "replica.remove") {
+      return replica_remove(p);
+    }
+    if (m == "replica.rebuild") {
+      return replica_rebuild(p);
+    }
+    if (m == "replica.fail") {
+      return replica_fail(p);
+    }
+    if (m == "stats") {
+      return stats(p);
+    }
     return Error(ENOSYS, "unknown method '" + m.substr(0, 64) + "'");
   }
 
@@ -1690,7 +1782,15 @@ struct Service::Impl {
 
 Service::Service(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
-Service::~Service() { (void)impl_->shutdown(); }
+Service::~Service() {
+  // A destructor must not throw (that would be std::terminate): an exception
+  // from shutdown is reported instead, and the members are destroyed as usual.
+  try {
+    (void)impl_->shutdown();
+  } catch (const std::exception& e) {
+    (void)std::fprintf(stderr, "ublk-volumed: error: shutdown: %s\n", e.what());
+  }
+}
 
 Result<std::unique_ptr<Service>> Service::start(const DaemonConfig& config) {
   UBLKVOL_TRY(validate_config(config));

@@ -86,6 +86,7 @@ struct Request {
 // The outcome of parsing one request line. On failure `error` is set and
 // `id` holds the request's id if it could be read (else null), so the error
 // response still carries it.
+// NOLINTNEXTLINE(bugprone-exception-escape): false positive in nlohmann::json's noexcept move ctor
 struct ParsedRequest {
   Json id;
   std::optional<Request> request;
@@ -111,6 +112,7 @@ Json make_request(const Json& id, std::string_view method, Json params);
 std::string to_line(const Json& message);
 
 // A response as a client sees it.
+// NOLINTNEXTLINE(bugprone-exception-escape): false positive in nlohmann::json's noexcept move ctor
 struct Response {
   Json id;
   bool ok = false;
