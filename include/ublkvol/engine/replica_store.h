@@ -78,7 +78,7 @@ struct ReplicaIo {
   void* engine_tag = nullptr;
   // Store-private.
   ReplicaIo* store_next = nullptr;
-  alignas(16) std::byte store_scratch[kReplicaIoStoreScratchBytes];
+  alignas(16) std::byte store_scratch[kReplicaIoStoreScratchBytes]{};
 };
 
 // Generation ids are random non-zero 64-bit values (DRBD-style UUIDs): two

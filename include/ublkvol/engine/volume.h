@@ -63,7 +63,7 @@ struct VolumeIo {
   VolumeCallback on_complete = nullptr;
   void* user_data = nullptr;
   // Backend-private; untouched by submitters.
-  alignas(16) std::byte scratch[kVolumeIoScratchBytes];
+  alignas(16) std::byte scratch[kVolumeIoScratchBytes]{};
 };
 
 // What a volume promises; the ublk frontend turns this into device params.

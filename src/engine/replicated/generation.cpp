@@ -27,7 +27,7 @@ int lineage_index(const ReplicaMeta& m, uint64_t id) {
 
 std::string hex(uint64_t v) {
   char buf[20];
-  std::snprintf(buf, sizeof(buf), "%016" PRIx64, v);
+  (void)std::snprintf(buf, sizeof(buf), "%016" PRIx64, v);
   return buf;
 }
 

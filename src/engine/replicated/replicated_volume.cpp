@@ -24,6 +24,7 @@
 #include <new>
 #include <random>
 #include <spdlog/spdlog.h>
+#include <system_error>
 #include <thread>
 
 #include "ublkvol/common/crc32c.h"
@@ -35,11 +36,6 @@
 namespace ublkvol::engine {
 
 using detail::InternalOp;
-using detail::kBuckets;
-using detail::kBucketShift;
-using detail::kSeqPending;
-using detail::Phase;
-using detail::Slot;
 using detail::SlotKind;
 using detail::StoreChannel;
 
@@ -144,7 +140,7 @@ AlignedBytes aligned_bytes(size_t size) {
 
 std::string hex(uint64_t v) {
   char buf[20];
-  std::snprintf(buf, sizeof(buf), "%016" PRIx64, v);
+  (void)std::snprintf(buf, sizeof(buf), "%016" PRIx64, v);
   return buf;
 }
 
@@ -686,10 +682,9 @@ void QueueState::submit(VolumeIo& io) {
   if (io.op != VolumeOp::kFlush) {
     if (io.length == 0 || io.offset % info.block_size != 0 || io.length % info.block_size != 0 ||
         io.offset > info.size_bytes || io.length > info.size_bytes - io.offset ||
-        io.length > info.max_io_bytes) {
-      err = -EINVAL;
-    } else if ((io.op == VolumeOp::kRead || io.op == VolumeOp::kWrite) &&
-               (io.buffer == nullptr || reinterpret_cast<uintptr_t>(io.buffer) % 4096 != 0)) {
+        io.length > info.max_io_bytes ||
+        ((io.op == VolumeOp::kRead || io.op == VolumeOp::kWrite) &&
+         (io.buffer == nullptr || reinterpret_cast<uintptr_t>(io.buffer) % 4096 != 0))) {
       err = -EINVAL;
     }
   }
@@ -805,6 +800,7 @@ void QueueState::send_all(Slot& s, uint32_t targets, ReplicaOp op, uint64_t offs
   }
 }
 
+// NOLINTNEXTLINE(readability-make-member-function-const): clears the flags of channels it owns
 void QueueState::kick() {
   for (unsigned i = 0; i < kMaxReplicas; ++i) {
     StoreChannel* c = channel(i);
@@ -875,7 +871,8 @@ void QueueState::handle(ReplicaIo& sub) {
       // Same for the other reads: retried elsewhere / reported.
     } else if (!vol->report_failure(r, FailKind::kIoError, result)) {
       spdlog::error("volume {}: {} on the last in-sync replica {} failed: {} (kept in service)",
-                    vol->options.name, to_string(sub.op), r, std::strerror(-result));
+                    vol->options.name, to_string(sub.op), r,
+                    std::error_code(-result, std::generic_category()).message());
     }
   } else {
     s.acked |= bit(r);
@@ -1158,6 +1155,7 @@ void QueueState::maybe_free(Slot& s) {
 
 // ---- ordering (docs/engine.md, "Ordering overlapping writes") ----
 
+// NOLINTNEXTLINE(readability-make-member-function-const): writes the ordering table it owns
 void QueueState::publish(Slot& s, uint64_t b, uint64_t e) {
   s.b = b;
   s.e = e;
@@ -1548,7 +1546,8 @@ void ReplicatedVolume::Impl::handle_failures() {
       newly |= bit(r);
       auto kind = static_cast<FailKind>(fail_kind[r].load(std::memory_order_relaxed));
       int err = fail_errno[r].load(std::memory_order_relaxed);
-      std::string why = std::string(to_string(kind)) + " (" + std::strerror(-err) + ")";
+      std::string why = std::string(to_string(kind)) + " (" +
+                        std::error_code(-err, std::generic_category()).message() + ")";
       {
         std::lock_guard lock(mutex);
         last_error[r] = why;
@@ -1925,7 +1924,7 @@ Status ReplicatedVolume::Impl::run_job(const Job& job) {
       q.run_until_done(op);
       if (op.result != 0) {
         return fail(std::string("copy at byte ") + std::to_string(off) + " failed (" +
-                    std::strerror(-op.result) + ")");
+                    std::error_code(-op.result, std::generic_category()).message() + ")");
       }
       done += op.length;
       since_persist += op.length;
@@ -2429,9 +2428,12 @@ Status ReplicatedVolume::Impl::fence(unsigned r, const std::string& what) {
       return ok_status();
     }
     if (std::chrono::steady_clock::now() > limit) {
-      return Error(ETIMEDOUT, what + ": queue(s)" + waiting +
-                                  " still hold requests for it or did not reap (keep reaping "
-                                  "on wake_fd; a hung store keeps its requests)");
+      return Error(ETIMEDOUT,
+                   std::string(what)
+                       .append(": queue(s)")
+                       .append(waiting)
+                       .append(" still hold requests for it or did not reap (keep reaping "
+                               "on wake_fd; a hung store keeps its requests)"));
     }
     // Control path: queues answer within a reap or a monitor tick.
     pollfd p{monitor_fd.get(), 0, 0};
@@ -2732,9 +2734,15 @@ Result<uint32_t> ReplicatedVolume::clone_snapshot(const std::string& snapshot,
     Status st = v.replicas[r].thread->call(
         [&]() -> Status { return store->clone_snapshot(snapshot, clone, meta); });
     if (!st.ok()) {
-      return st.error().with_context("volume " + v.options.name + ": clone " + clone + " of " +
-                                     snapshot + " (made on replica mask " + std::to_string(done) +
-                                     ")");
+      return st.error().with_context(std::string("volume ")
+                                         .append(v.options.name)
+                                         .append(": clone ")
+                                         .append(clone)
+                                         .append(" of ")
+                                         .append(snapshot)
+                                         .append(" (made on replica mask ")
+                                         .append(std::to_string(done))
+                                         .append(")"));
     }
     done |= bit(r);
   }
