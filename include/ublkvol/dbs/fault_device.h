@@ -112,7 +112,7 @@ class FaultDevice final : public BlockDevice {
  private:
   struct Slot;
   struct ActiveRule {
-    RuleId id;
+    RuleId id = 0;
     FaultRule rule;
     uint64_t seen = 0;
     uint64_t hits = 0;
