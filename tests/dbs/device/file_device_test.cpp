@@ -27,6 +27,8 @@ using testing::make_request;
 using testing::TempPath;
 
 constexpr uint64_t kFileSize = 8 << 20;
+// Block-sized buffers and offsets are computed in size_t, never in int.
+constexpr size_t kBlock = 4096;
 
 std::unique_ptr<FileDevice> open_or_die(const std::string& path, FileDeviceOptions options) {
   auto device = FileDevice::open(path, options);
@@ -77,10 +79,10 @@ TEST_P(FileDeviceTest, OpenCreatesFileWithGeometry) {
 TEST_P(FileDeviceTest, ReadAfterWrite) {
   auto device = open_or_die(temp_.path(), options_with_size());
   ASSERT_NE(device, nullptr);
-  AlignedBuffer data(16 * 4096);
+  AlignedBuffer data(16 * kBlock);
   data.fill_pattern(42);
   ASSERT_TRUE(write_sync(*device, 1 << 20, data.span()).ok());
-  AlignedBuffer back(16 * 4096);
+  AlignedBuffer back(16 * kBlock);
   ASSERT_TRUE(read_sync(*device, 1 << 20, back.span()).ok());
   EXPECT_TRUE(back.has_pattern(42));
 
@@ -153,7 +155,7 @@ TEST_P(FileDeviceTest, FuaAndFlushComplete) {
   ASSERT_TRUE(write_sync(*device, 0, data.span(), /*fua=*/true).ok());
   ASSERT_TRUE(write_sync(*device, 4096, data.span()).ok());
   ASSERT_TRUE(flush_sync(*device).ok());
-  AlignedBuffer back(2 * 4096);
+  AlignedBuffer back(2 * kBlock);
   ASSERT_TRUE(read_sync(*device, 0, back.span()).ok());
   EXPECT_EQ(std::memcmp(back.data(), data.data(), 4096), 0);
   EXPECT_EQ(std::memcmp(back.data() + 4096, data.data(), 4096), 0);
@@ -185,11 +187,11 @@ TEST_P(FileDeviceTest, DiscardReadsZerosAndFreesSpace) {
 TEST_P(FileDeviceTest, WriteZeroesReadsZeros) {
   auto device = open_or_die(temp_.path(), options_with_size());
   ASSERT_NE(device, nullptr);
-  AlignedBuffer data(8 * 4096);
+  AlignedBuffer data(8 * kBlock);
   data.fill(std::byte{0x11});
   ASSERT_TRUE(write_sync(*device, 0, data.span()).ok());
-  ASSERT_TRUE(write_zeroes_sync(*device, 2 * 4096, 3 * 4096).ok());
-  AlignedBuffer back(8 * 4096);
+  ASSERT_TRUE(write_zeroes_sync(*device, 2 * kBlock, 3 * kBlock).ok());
+  AlignedBuffer back(8 * kBlock);
   ASSERT_TRUE(read_sync(*device, 0, back.span()).ok());
   for (size_t i = 0; i < back.size(); ++i) {
     size_t block = i / 4096;
@@ -206,7 +208,7 @@ TEST_P(FileDeviceTest, WriteZeroesReadsZeros) {
 TEST_P(FileDeviceTest, InvalidRequestsFailWithEinval) {
   auto device = open_or_die(temp_.path(), options_with_size());
   ASSERT_NE(device, nullptr);
-  AlignedBuffer buf(2 * 4096);
+  AlignedBuffer buf(2 * kBlock);
   struct Case {
     const char* what;
     IoOp op;
@@ -265,7 +267,7 @@ TEST_P(FileDeviceTest, CompletionFdStaysAccurateAcrossIdlePolls) {
   AlignedBuffer buf(4096);
   for (int round = 0; round < 3; ++round) {
     Completion done;
-    IoRequest request = make_request(IoOp::kRead, 4096 * round, 4096, buf.data(), &done);
+    IoRequest request = make_request(IoOp::kRead, kBlock * round, 4096, buf.data(), &done);
     device->submit(request);
     device->kick();
     pollfd pfd{fd, POLLIN, 0};
@@ -319,7 +321,7 @@ TEST_P(FileDeviceTest, SubmitBatchSendsEarlyOnlyFromTheOwner) {
     options.submit_batch = submit_batch;
     auto device = open_or_die(temp_.path(), options);
     ASSERT_NE(device, nullptr);
-    AlignedBuffer data(10 * 4096);
+    AlignedBuffer data(10 * kBlock);
     data.fill_pattern(submit_batch);
     std::vector<Completion> done(10);
     std::vector<IoRequest> requests(10);
@@ -342,13 +344,13 @@ TEST_P(FileDeviceTest, SubmitBatchSendsEarlyOnlyFromTheOwner) {
       EXPECT_EQ(device->counters().submit_calls, calls_before + 8 / submit_batch);
     }
     // From a thread that does not own the ring: queued, not entered.
-    requests[9] = make_request(IoOp::kWrite, 9 * 4096, 4096, data.data() + 9 * 4096, &done[9]);
+    requests[9] = make_request(IoOp::kWrite, 9 * kBlock, 4096, data.data() + 9 * kBlock, &done[9]);
     std::thread other([&] { device->submit(requests[9]); });
     other.join();
     EXPECT_EQ(device->counters().sqes_submitted, submit_batch == 0 ? 1u : 9u);
     drain(*device);
     EXPECT_EQ(device->counters().sqes_submitted, 10u);
-    AlignedBuffer back(10 * 4096);
+    AlignedBuffer back(10 * kBlock);
     ASSERT_TRUE(read_sync(*device, 0, back.span()).ok());
     for (size_t i = 0; i < 10; ++i) {
       ASSERT_EQ(done[i].result, 0) << i;
@@ -360,16 +362,16 @@ TEST_P(FileDeviceTest, SubmitBatchSendsEarlyOnlyFromTheOwner) {
 TEST_P(FileDeviceTest, RegisteredBuffersAreUsed) {
   auto device = open_or_die(temp_.path(), options_with_size());
   ASSERT_NE(device, nullptr);
-  AlignedBuffer pool(8 * 4096);
+  AlignedBuffer pool(8 * kBlock);
   std::vector<std::span<std::byte>> regions = {pool.span()};
   ASSERT_TRUE(device->register_buffers(regions).ok());
   pool.fill_pattern(9);
-  ASSERT_TRUE(write_sync(*device, 4096, pool.span().subspan(0, 2 * 4096)).ok());
-  AlignedBuffer outside(2 * 4096);
+  ASSERT_TRUE(write_sync(*device, 4096, pool.span().subspan(0, 2 * kBlock)).ok());
+  AlignedBuffer outside(2 * kBlock);
   ASSERT_TRUE(read_sync(*device, 4096, outside.span()).ok());
-  EXPECT_EQ(std::memcmp(outside.data(), pool.data(), 2 * 4096), 0);
-  ASSERT_TRUE(read_sync(*device, 4096, pool.span().subspan(4 * 4096, 2 * 4096)).ok());
-  EXPECT_EQ(std::memcmp(pool.data() + 4 * 4096, pool.data(), 2 * 4096), 0);
+  EXPECT_EQ(std::memcmp(outside.data(), pool.data(), 2 * kBlock), 0);
+  ASSERT_TRUE(read_sync(*device, 4096, pool.span().subspan(4 * kBlock, 2 * kBlock)).ok());
+  EXPECT_EQ(std::memcmp(pool.data() + 4 * kBlock, pool.data(), 2 * kBlock), 0);
   EXPECT_EQ(device->counters().fixed_buffer_ios, 2u);
 }
 

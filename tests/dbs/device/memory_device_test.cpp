@@ -16,6 +16,8 @@ using testing::Completion;
 using testing::make_request;
 
 constexpr uint64_t kSize = 1 << 20;
+// Block-sized buffers and offsets are computed in size_t, never in int.
+constexpr size_t kBlock = 4096;
 
 TEST(IoOpTest, Names) {
   EXPECT_STREQ(to_string(IoOp::kRead), "read");
@@ -58,11 +60,11 @@ TEST(MemoryDeviceTest, CreateRejectsBadSizes) {
 
 TEST(MemoryDeviceTest, WriteThenReadRoundTrips) {
   MemoryDevice device(kSize);
-  AlignedBuffer data(3 * 4096);
+  AlignedBuffer data(3 * kBlock);
   data.fill_pattern(7);
   ASSERT_TRUE(write_sync(device, 8192, data.span()).ok());
 
-  AlignedBuffer back(3 * 4096);
+  AlignedBuffer back(3 * kBlock);
   ASSERT_TRUE(read_sync(device, 8192, back.span()).ok());
   EXPECT_TRUE(back.has_pattern(7));
   // Raw bytes reflect the write at the right place, neighbours untouched.
@@ -109,7 +111,7 @@ TEST(MemoryDeviceTest, CompletesOnlyInPollInSubmissionOrder) {
 
 TEST(MemoryDeviceTest, InvalidRequestsFailWithEinvalAndTouchNothing) {
   MemoryDevice device(kSize);
-  AlignedBuffer buf(2 * 4096);
+  AlignedBuffer buf(2 * kBlock);
   buf.fill(std::byte{0xAB});
   struct Case {
     const char* what;
@@ -124,7 +126,7 @@ TEST(MemoryDeviceTest, InvalidRequestsFailWithEinvalAndTouchNothing) {
       {"zero length", IoOp::kWrite, 0, 0, buf.data()},
       {"unaligned buffer", IoOp::kWrite, 0, 4096, buf.data() + 512},
       {"null buffer", IoOp::kRead, 0, 4096, nullptr},
-      {"past end", IoOp::kWrite, kSize - 4096, 2 * 4096, buf.data()},
+      {"past end", IoOp::kWrite, kSize - 4096, 2 * kBlock, buf.data()},
       {"offset past end", IoOp::kDiscard, kSize + 4096, 4096, nullptr},
       {"offset+length overflows", IoOp::kWriteZeroes, 4096, ~uint64_t{0} - 4095, nullptr},
       {"unaligned discard", IoOp::kDiscard, 0, 512, nullptr},
@@ -151,12 +153,12 @@ TEST(MemoryDeviceTest, InvalidRequestsFailWithEinvalAndTouchNothing) {
 
 TEST(MemoryDeviceTest, DiscardAndWriteZeroesZeroTheRange) {
   MemoryDevice device(kSize);
-  AlignedBuffer data(4 * 4096);
+  AlignedBuffer data(4 * kBlock);
   data.fill(std::byte{0x5A});
   ASSERT_TRUE(write_sync(device, 0, data.span()).ok());
   ASSERT_TRUE(discard_sync(device, 4096, 4096).ok());
-  ASSERT_TRUE(write_zeroes_sync(device, 3 * 4096, 4096).ok());
-  AlignedBuffer back(4 * 4096);
+  ASSERT_TRUE(write_zeroes_sync(device, 3 * kBlock, 4096).ok());
+  AlignedBuffer back(4 * kBlock);
   ASSERT_TRUE(read_sync(device, 0, back.span()).ok());
   for (size_t i = 0; i < back.size(); ++i) {
     size_t block = i / 4096;
@@ -184,7 +186,7 @@ TEST(MemoryDeviceTest, SyncHelpersReportFailuresWithContext) {
 // A callback that submits another request: the new one must run in the next
 // poll, not extend the current one.
 struct Chain {
-  MemoryDevice* device;
+  MemoryDevice* device{};
   IoRequest next;
   Completion next_done;
   bool submitted_next = false;

@@ -82,9 +82,9 @@ class CorruptionTest : public ::testing::Test {
   }
 
   void rewrite_superblocks(const std::function<void(Superblock&)>& change) {
-    for (uint32_t copy = 0; copy < 2; ++copy) {
+    for (size_t copy = 0; copy < 2; ++copy) {
       std::byte* block = device_->bytes().data() + copy * kBlockSize;
-      Superblock sb;
+      Superblock sb{};
       std::memcpy(&sb, block, sizeof(sb));
       change(sb);
       sb.crc = 0;

@@ -65,7 +65,7 @@ std::unique_ptr<FileDevice> open_file(const std::string& path, uint64_t create_s
   options.queue_depth = 64;
   auto file = FileDevice::open(path, options);
   if (!file.ok()) {
-    std::fprintf(stderr, "%s\n", file.error().to_string().c_str());
+    (void)std::fprintf(stderr, "%s\n", file.error().to_string().c_str());
     return nullptr;
   }
   return std::move(*file);
@@ -93,7 +93,7 @@ bool run_child_workload(Store& store, VolumeId volume, uint64_t seed, VolumeMode
         fill_block(buffer.block(b), BlockTag{volume, block + b, seq});
       }
       if (auto s = store.write(volume, block * kBlock, buffer.span()); !s.ok()) {
-        std::fprintf(stderr, "child: %s\n", s.error().to_string().c_str());
+        (void)std::fprintf(stderr, "child: %s\n", s.error().to_string().c_str());
         return false;
       }
       for (uint64_t b = 0; b < count; ++b) {
@@ -103,7 +103,7 @@ bool run_child_workload(Store& store, VolumeId volume, uint64_t seed, VolumeMode
       auto s = dice < 85 ? store.discard(volume, block * kBlock, count * kBlock)
                          : store.write_zeroes(volume, block * kBlock, count * kBlock);
       if (!s.ok()) {
-        std::fprintf(stderr, "child: %s\n", s.error().to_string().c_str());
+        (void)std::fprintf(stderr, "child: %s\n", s.error().to_string().c_str());
         return false;
       }
       for (uint64_t b = 0; b < count; ++b) {
@@ -146,7 +146,7 @@ bool run_child_workload(Store& store, VolumeId volume, uint64_t seed, VolumeMode
   }
   for (const Op& op : ops) {
     if (op.result != 0) {
-      std::fprintf(stderr, "child: async write failed: %d\n", op.result);
+      (void)std::fprintf(stderr, "child: async write failed: %d\n", op.result);
       return false;
     }
   }
@@ -205,7 +205,7 @@ VolumeModel run_killed_child(const std::string& path, const Prepared& p, bool jo
                              uint64_t seed) {
   int fds[2];
   EXPECT_EQ(::pipe(fds), 0);
-  std::fflush(nullptr);
+  (void)std::fflush(nullptr);  // only so the child does not repeat buffered output
   const pid_t pid = ::fork();
   if (pid == 0) {
     ::close(fds[0]);
@@ -215,7 +215,7 @@ VolumeModel run_killed_child(const std::string& path, const Prepared& p, bool jo
       options.journal_mappings = journal_mappings;
       auto store = Store::open(*file, options);
       if (!store.ok()) {
-        std::fprintf(stderr, "child: %s\n", store.error().to_string().c_str());
+        (void)std::fprintf(stderr, "child: %s\n", store.error().to_string().c_str());
       } else {
         VolumeModel model = p.model;
         code = 3;
@@ -224,7 +224,7 @@ VolumeModel run_killed_child(const std::string& path, const Prepared& p, bool jo
           if (::write(fds[1], model.data(), bytes) == static_cast<ssize_t>(bytes)) {
             // Every request has completed and nothing is in flight: the
             // process dies here, with the store object still alive.
-            ::raise(SIGKILL);
+            (void)::raise(SIGKILL);  // if it returns, exit code 4 below tells the parent
           }
           code = 4;
         }

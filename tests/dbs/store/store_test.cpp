@@ -102,7 +102,7 @@ TEST_F(StoreTest, FormatRejectsBadExtentSizeAndTinyDevice) {
   auto status = Store::format(device, options);
   ASSERT_FALSE(status.ok());
   EXPECT_NE(status.error().message().find("power of two"), std::string::npos);
-  MemoryDevice tiny(64 * 1024);
+  MemoryDevice tiny(uint64_t{64} * 1024);
   status = Store::format(tiny, FormatOptions{});
   ASSERT_FALSE(status.ok());
   EXPECT_NE(status.error().message().find("too small"), std::string::npos);
@@ -243,33 +243,32 @@ TEST_F(StoreTest, SnapshotKeepsOldContentAndWritesRedirectPerBlock) {
 TEST_F(StoreTest, DeepSnapshotChainReadsFallThrough) {
   VolumeId v = create("v");
   std::vector<SnapshotId> snaps;
-  constexpr int kDepth = 24;
-  for (int i = 0; i < kDepth; ++i) {
-    write_tag(v, static_cast<uint64_t>(i), static_cast<uint64_t>(i + 1));
-    write_tag(v, 100, static_cast<uint64_t>(i + 1));  // rewritten in every layer
+  constexpr uint64_t kDepth = 24;
+  for (uint64_t i = 0; i < kDepth; ++i) {
+    write_tag(v, i, i + 1);
+    write_tag(v, 100, i + 1);  // rewritten in every layer
     auto s = store_->create_snapshot(v, "s" + std::to_string(i));
     ASSERT_TRUE(s.ok());
     snaps.push_back(*s);
   }
   reopen();
-  for (int i = 0; i < kDepth; ++i) {
-    expect_tag(v, static_cast<uint64_t>(i), static_cast<uint64_t>(i + 1));
+  for (uint64_t i = 0; i < kDepth; ++i) {
+    expect_tag(v, i, i + 1);
   }
   expect_tag(v, 100, kDepth);
-  for (int s = 0; s < kDepth; ++s) {
-    for (int i = 0; i < kDepth; ++i) {
-      expect_tag(v, static_cast<uint64_t>(i), i <= s ? static_cast<uint64_t>(i + 1) : 0, v,
-                 snaps[static_cast<size_t>(s)]);
+  for (uint64_t s = 0; s < kDepth; ++s) {
+    for (uint64_t i = 0; i < kDepth; ++i) {
+      expect_tag(v, i, i <= s ? i + 1 : 0, v, snaps[s]);
     }
-    expect_tag(v, 100, static_cast<uint64_t>(s + 1), v, snaps[static_cast<size_t>(s)]);
+    expect_tag(v, 100, s + 1, v, snaps[s]);
   }
   // A multi-block read crossing layers in one request.
   Buffer buffer(kDepth * kBlock);
   ASSERT_TRUE(store_->read(v, 0, buffer.span()).ok());
-  for (int i = 0; i < kDepth; ++i) {
+  for (uint64_t i = 0; i < kDepth; ++i) {
     BlockTag tag;
-    ASSERT_TRUE(decode_block(buffer.block(static_cast<size_t>(i)), tag));
-    EXPECT_EQ(tag, (BlockTag{v, static_cast<uint64_t>(i), static_cast<uint64_t>(i + 1)}));
+    ASSERT_TRUE(decode_block(buffer.block(i), tag));
+    EXPECT_EQ(tag, (BlockTag{v, i, i + 1}));
   }
   expect_clean();
 }
@@ -326,7 +325,7 @@ TEST_F(StoreTest, DeleteSnapshotMergesIntoChild) {
   expect_tag(v, 40, 2);
   const uint64_t used_after = store_->stats().total_extents - store_->stats().free_extents;
   EXPECT_LT(used_after, used_before);
-  EXPECT_EQ(store_->volume_info(v)->allocated_bytes, 3 * 16 * kBlock);
+  EXPECT_EQ(store_->volume_info(v)->allocated_bytes, uint64_t{3} * 16 * kBlock);
   reopen();
   for (uint64_t b = 0; b < 32; ++b) {
     expect_tag(v, b, b == 0 ? 3 : (b == 16 || b == 17) ? 2 : 1);
@@ -477,7 +476,7 @@ TEST_F(StoreTest, SpaceAccountingPerVolumeAndSnapshot) {
   VolumeId v = create("v");
   write_tag(v, 0, 1, 20);  // 2 extents, 20 blocks
   auto info = store_->volume_info(v);
-  EXPECT_EQ(info->allocated_bytes, 2 * 16 * kBlock);
+  EXPECT_EQ(info->allocated_bytes, uint64_t{2} * 16 * kBlock);
   EXPECT_EQ(info->mapped_bytes, 20 * kBlock);
   auto s = store_->create_snapshot(v, "s");
   info = store_->volume_info(v);
@@ -585,11 +584,12 @@ TEST_F(StoreTest, AsyncManyInFlightWithSmallRequestPool) {
     int result = 1;
   };
   std::vector<Op> ops(kIos);
-  Buffer data(kIos * 4 * kBlock);
+  Buffer data(size_t{kIos} * 4 * kBlock);
   for (int i = 0; i < kIos; ++i) {
     for (int b = 0; b < 4; ++b) {
       const uint64_t block = static_cast<uint64_t>(i) * 5 + static_cast<uint64_t>(b);
-      fill_block(data.block(static_cast<size_t>(i * 4 + b)), BlockTag{v, block, 9});
+      fill_block(data.block(static_cast<size_t>(i) * 4 + static_cast<size_t>(b)),
+                 BlockTag{v, block, 9});
     }
     StoreIo& io = ops[static_cast<size_t>(i)].io;
     io.op = StoreOp::kWrite;

@@ -204,7 +204,7 @@ TEST(DbsReplicas, PeriodicDirtyClearLimitsResyncToRegionsWrittenWhileOut) {
     constexpr uint32_t kChunk = 1U << 20U;
     auto buf = testing::make_buffer(kChunk);
     for (uint64_t off = 0; off < kSize; off += kChunk) {
-      for (uint32_t b = 0; b < kChunk / 4096; ++b) {
+      for (size_t b = 0; b < kChunk / 4096; ++b) {
         testing::fill_block(buf.get() + b * 4096, 1, off / 4096 + b);
       }
       ASSERT_EQ(testing::run_io(**q, VolumeOp::kWrite, off, kChunk, buf.get()), 0);
@@ -259,8 +259,8 @@ TEST(DbsReplicas, PeriodicDirtyClearLimitsResyncToRegionsWrittenWhileOut) {
 void write_pattern(ReplicatedVolume& volume, uint64_t id, uint32_t blocks) {
   auto q = volume.open_queue(0);
   ASSERT_TRUE(q.ok());
-  auto buf = testing::make_buffer(blocks * 4096);
-  for (uint32_t b = 0; b < blocks; ++b) {
+  auto buf = testing::make_buffer(size_t{blocks} * 4096);
+  for (size_t b = 0; b < blocks; ++b) {
     testing::fill_block(buf.get() + b * 4096, id, b);
   }
   ASSERT_EQ(testing::run_io(**q, VolumeOp::kWrite, 0, blocks * 4096, buf.get()), 0);
@@ -269,7 +269,7 @@ void write_pattern(ReplicatedVolume& volume, uint64_t id, uint32_t blocks) {
 // Every block of [0, blocks) in `content` holds writer `id`.
 void expect_pattern(const std::vector<std::byte>& content, uint64_t id, uint32_t blocks,
                     const std::string& what) {
-  for (uint32_t b = 0; b < blocks; ++b) {
+  for (size_t b = 0; b < blocks; ++b) {
     ASSERT_EQ(testing::block_id(content.data() + b * 4096, b), id) << what << " block " << b;
   }
 }

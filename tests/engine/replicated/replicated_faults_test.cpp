@@ -22,6 +22,8 @@ using testing::open_volume;
 using testing::run_io;
 
 constexpr uint64_t kSize = 8U << 20U;
+// Offsets and lengths in blocks are multiplied in 64 bits, never in int.
+constexpr uint64_t kBlock = 4096;
 
 // Opens a volume over all replicas but the last (which then joins as a new
 // disk), writes every block of kSize with writer `id`'s pattern, closes it.
@@ -34,7 +36,7 @@ void fill_without_last_replica(Cluster& cluster, uint64_t id) {
   auto buf = make_buffer(1 << 20);
   for (uint64_t off = 0; off < kSize; off += 1 << 20) {
     for (uint32_t i = 0; i < 256; ++i) {
-      testing::fill_block(buf.get() + i * 4096, id, off / 4096 + i);
+      testing::fill_block(buf.get() + i * kBlock, id, off / 4096 + i);
     }
     ASSERT_EQ(run_io(**q, VolumeOp::kWrite, off, 1 << 20, buf.get()), 0);
   }
@@ -191,30 +193,30 @@ TEST(ReplicatedFaults, ReadErrorIsRetriedAndRepaired) {
   ASSERT_TRUE(q.ok());
   auto buf = make_buffer(16384);
   for (uint32_t b = 0; b < 4; ++b) {
-    testing::fill_block(buf.get() + b * 4096, 99, 40 + b);
+    testing::fill_block(buf.get() + b * kBlock, 99, 40 + b);
   }
-  ASSERT_EQ(run_io(**q, VolumeOp::kWrite, 40 * 4096, 16384, buf.get()), 0);
+  ASSERT_EQ(run_io(**q, VolumeOp::kWrite, 40 * kBlock, 16384, buf.get()), 0);
   // Corrupt replica 0's copy behind the engine's back and make its reads of
   // that range fail once (a media error).
-  std::memset(cluster.replicas[0].memory->bytes().data() + cluster.data_offset + 41 * 4096, 0,
+  std::memset(cluster.replicas[0].memory->bytes().data() + cluster.data_offset + 41 * kBlock, 0,
               4096);
   dbs::FaultDevice::RuleId rule = 0;
   cluster.fault(0, [&](dbs::FaultDevice& f) {
     dbs::FaultRule r;
     r.ops = dbs::op_bit(dbs::IoOp::kRead);
-    r.offset = cluster.data_offset + 40 * 4096;
+    r.offset = cluster.data_offset + 40 * kBlock;
     r.length = 16384;
     r.max_hits = 1;
     rule = f.add_rule(r);
   });
   auto rd = make_buffer(16384);
-  ASSERT_EQ(run_io(**q, VolumeOp::kRead, 40 * 4096, 16384, rd.get()), 0);
+  ASSERT_EQ(run_io(**q, VolumeOp::kRead, 40 * kBlock, 16384, rd.get()), 0);
   EXPECT_EQ(std::memcmp(rd.get(), buf.get(), 16384), 0);
   uint64_t hits = 0;
   cluster.fault(0, [&](dbs::FaultDevice& f) { hits = f.rule_hits(rule); });
   EXPECT_EQ(hits, 1U) << "the read must have gone to replica 0 first";
   // Replica 0 was rewritten from replica 1 and stays in sync.
-  EXPECT_EQ(std::memcmp(cluster.data(0, 40 * 4096), buf.get(), 16384), 0);
+  EXPECT_EQ(std::memcmp(cluster.data(0, 40 * kBlock), buf.get(), 16384), 0);
   EXPECT_EQ(volume->status().in_sync, 2U);
   q->reset();
   EXPECT_TRUE(volume->close().ok());
@@ -327,13 +329,13 @@ TEST(ReplicatedFaults, NewestReplicaChosenByGenerationAfterCrash) {
     ASSERT_TRUE(volume);
     auto q = volume->open_queue(0);
     testing::fill_block(buf.get(), 10, 7);
-    ASSERT_EQ(run_io(**q, VolumeOp::kWrite, 7 * 4096, 4096, buf.get()), 0);
+    ASSERT_EQ(run_io(**q, VolumeOp::kWrite, 7 * kBlock, 4096, buf.get()), 0);
     ASSERT_TRUE(volume->fail_replica(0, "test").ok());
     testing::fill_block(buf.get(), 11, 7);
-    ASSERT_EQ(run_io(**q, VolumeOp::kWrite, 7 * 4096, 4096, buf.get(), true), 0);
+    ASSERT_EQ(run_io(**q, VolumeOp::kWrite, 7 * kBlock, 4096, buf.get(), true), 0);
     ASSERT_TRUE(volume->fail_replica(1, "test").ok());
     testing::fill_block(buf.get(), 12, 7);
-    ASSERT_EQ(run_io(**q, VolumeOp::kWrite, 7 * 4096, 4096, buf.get(), true), 0);
+    ASSERT_EQ(run_io(**q, VolumeOp::kWrite, 7 * kBlock, 4096, buf.get(), true), 0);
     q->reset();
     // crash: no close
   }
@@ -349,7 +351,7 @@ TEST(ReplicatedFaults, NewestReplicaChosenByGenerationAfterCrash) {
   EXPECT_EQ(st.replicas[2].state, ReplicaState::kInSync);
   auto q = volume->open_queue(0);
   auto rd = make_buffer(4096);
-  ASSERT_EQ(run_io(**q, VolumeOp::kRead, 7 * 4096, 4096, rd.get()), 0);
+  ASSERT_EQ(run_io(**q, VolumeOp::kRead, 7 * kBlock, 4096, rd.get()), 0);
   EXPECT_EQ(testing::block_id(rd.get(), 7), 12U);
   q->reset();
   ASSERT_TRUE(volume->start_rebuild(0).ok());
@@ -359,7 +361,7 @@ TEST(ReplicatedFaults, NewestReplicaChosenByGenerationAfterCrash) {
   EXPECT_EQ(volume->status().in_sync, 3U);
   EXPECT_TRUE(volume->close().ok());
   for (unsigned r = 0; r < 3; ++r) {
-    EXPECT_EQ(testing::block_id(cluster.data(r, 7 * 4096), 7), 12U) << r;
+    EXPECT_EQ(testing::block_id(cluster.data(r, 7 * kBlock), 7), 12U) << r;
   }
 }
 
