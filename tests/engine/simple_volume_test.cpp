@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <gtest/gtest.h>
 #include <string>
 #include <vector>
@@ -225,10 +226,10 @@ TEST(MemoryVolumeTest, ReadsBackWritesAndZerosElsewhere) {
   ASSERT_TRUE(v.ok());
   auto q = (*v)->open_queue(0);
   ASSERT_TRUE(q.ok());
-  AlignedBuffer w(64 * 1024);
+  AlignedBuffer w(size_t{64} * 1024);
   w.fill(0xab);
   ASSERT_EQ(run_io(**q, VolumeOp::kWrite, kMiB - 8192, 64 * 1024, w.data()), 0);
-  AlignedBuffer r(64 * 1024);
+  AlignedBuffer r(size_t{64} * 1024);
   r.fill(0x11);
   ASSERT_EQ(run_io(**q, VolumeOp::kRead, kMiB - 8192, 64 * 1024, r.data()), 0);
   EXPECT_TRUE(r.all(0xab));
@@ -275,8 +276,10 @@ class TempDir {
     path_ = buf.data();
   }
   ~TempDir() {
-    std::string cmd = "rm -rf '" + path_ + "'";
-    EXPECT_EQ(std::system(cmd.c_str()), 0);
+    // std::filesystem instead of system("rm -rf"): no shell, no quoting.
+    std::error_code error;
+    std::filesystem::remove_all(path_, error);
+    EXPECT_FALSE(error) << "removing " << path_ << ": " << error.message();
   }
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;

@@ -120,6 +120,7 @@ class AsyncVolume final : public engine::Volume {
         // Some latency, so that requests really are in flight in the backend.
         std::this_thread::sleep_for(std::chrono::microseconds(200));
         std::vector<std::pair<VolumeIo*, int>> results;
+        results.reserve(batch.size());
         for (VolumeIo* io : batch) {
           results.emplace_back(io, volume_.execute(*io));
         }
@@ -223,7 +224,7 @@ TEST(UblkDeviceVm, ServesAnAsyncVolumeOnTwoQueues) {
   ASSERT_TRUE(device.ok()) << device.error().to_string();
   const unsigned queues = (*device)->info().nr_hw_queues;
 
-  constexpr size_t kChunk = 16 * 1024;
+  constexpr size_t kChunk = size_t{16} * 1024;
   std::atomic<int> bad{0};
   auto writer = [&](unsigned cpu) {
     pin_to_cpu(cpu);
@@ -260,7 +261,7 @@ TEST(UblkDeviceVm, ServesAnAsyncVolumeOnTwoQueues) {
   const DeviceStats stats = (*device)->stats();
   EXPECT_EQ(stats.writes, volume.writes.load());
   EXPECT_EQ(stats.reads, volume.reads.load());
-  EXPECT_EQ(stats.bytes_written, 2U * 256U * kChunk);
+  EXPECT_EQ(stats.bytes_written, uint64_t{2} * 256U * kChunk);
   EXPECT_GE(stats.flushes, 2U);
   EXPECT_EQ(stats.errors, 0U);
   if (queues == 2 && std::thread::hardware_concurrency() >= 2) {
@@ -286,7 +287,7 @@ TEST(UblkDeviceVm, DetachedDevicePausesIoUntilRecovered) {
   const std::string path = (*device)->block_path();
   UniqueFd fd = open_direct(path);
   ASSERT_TRUE(fd.valid());
-  Buffer b(64 * 1024);
+  Buffer b(size_t{64} * 1024);
   fill(b, 1 << 20, 7);
   ASSERT_EQ(::pwrite(fd.get(), b.data, b.size, 1 << 20), static_cast<ssize_t>(b.size));
 
@@ -305,7 +306,7 @@ TEST(UblkDeviceVm, DetachedDevicePausesIoUntilRecovered) {
 
   // A read issued while no server is attached waits...
   auto pending = std::async(std::launch::async, [&] {
-    Buffer r(64 * 1024);
+    Buffer r(size_t{64} * 1024);
     const ssize_t n = ::pread(fd.get(), r.data, r.size, 1 << 20);
     return n == static_cast<ssize_t>(r.size) && matches(r, 1 << 20, 7);
   });

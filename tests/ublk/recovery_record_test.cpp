@@ -2,6 +2,7 @@
 
 #include <stdlib.h>
 
+#include <filesystem>
 #include <fstream>
 #include <gtest/gtest.h>
 #include <string>
@@ -20,8 +21,10 @@ class RecoveryRecordTest : public ::testing::Test {
     dir_ = buf.data();
   }
   void TearDown() override {
-    const std::string cmd = "rm -rf '" + dir_ + "'";
-    ASSERT_EQ(std::system(cmd.c_str()), 0);
+    // std::filesystem instead of system("rm -rf"): no shell, no quoting.
+    std::error_code error;
+    std::filesystem::remove_all(dir_, error);
+    ASSERT_FALSE(error) << "removing " << dir_ << ": " << error.message();
   }
   std::string path(const char* name) const { return dir_ + "/" + name; }
   void write(const std::string& p, const std::string& text) const { std::ofstream(p) << text; }

@@ -21,6 +21,8 @@ using testing::open_volume;
 using testing::run_io;
 
 constexpr uint64_t kSize = 8U << 20U;
+// Offsets and lengths in blocks are multiplied in 64 bits, never in int.
+constexpr uint64_t kBlock = 4096;
 
 TEST(ReplicatedVolume, WriteReadFlushDiscardReachEveryReplica) {
   Cluster cluster;
@@ -33,25 +35,25 @@ TEST(ReplicatedVolume, WriteReadFlushDiscardReachEveryReplica) {
   ASSERT_TRUE(q.ok());
   auto buf = make_buffer(64 << 10);
   for (uint32_t b = 0; b < 16; ++b) {
-    testing::fill_block(buf.get() + b * 4096, 7, 100 + b);
+    testing::fill_block(buf.get() + b * kBlock, 7, 100 + b);
   }
-  EXPECT_EQ(run_io(**q, VolumeOp::kWrite, 100 * 4096, 64 << 10, buf.get()), 0);
-  EXPECT_EQ(run_io(**q, VolumeOp::kWrite, 100 * 4096, 4096, buf.get(), /*fua=*/true), 0);
+  EXPECT_EQ(run_io(**q, VolumeOp::kWrite, 100 * kBlock, 64 << 10, buf.get()), 0);
+  EXPECT_EQ(run_io(**q, VolumeOp::kWrite, 100 * kBlock, 4096, buf.get(), /*fua=*/true), 0);
   EXPECT_EQ(run_io(**q, VolumeOp::kFlush, 0, 0, nullptr), 0);
   auto rd = make_buffer(64 << 10);
   std::memset(rd.get(), 0xAB, 64 << 10);
-  EXPECT_EQ(run_io(**q, VolumeOp::kRead, 100 * 4096, 64 << 10, rd.get()), 0);
+  EXPECT_EQ(run_io(**q, VolumeOp::kRead, 100 * kBlock, 64 << 10, rd.get()), 0);
   EXPECT_EQ(std::memcmp(rd.get(), buf.get(), 64 << 10), 0);
   for (unsigned r = 0; r < 3; ++r) {
-    EXPECT_EQ(std::memcmp(cluster.data(r, 100 * 4096), buf.get(), 64 << 10), 0) << r;
+    EXPECT_EQ(std::memcmp(cluster.data(r, 100 * kBlock), buf.get(), 64 << 10), 0) << r;
   }
-  EXPECT_EQ(run_io(**q, VolumeOp::kWriteZeroes, 104 * 4096, 8192, nullptr), 0);
-  EXPECT_EQ(run_io(**q, VolumeOp::kDiscard, 108 * 4096, 4096, nullptr), 0);
+  EXPECT_EQ(run_io(**q, VolumeOp::kWriteZeroes, 104 * kBlock, 8192, nullptr), 0);
+  EXPECT_EQ(run_io(**q, VolumeOp::kDiscard, 108 * kBlock, 4096, nullptr), 0);
   for (unsigned r = 0; r < 3; ++r) {
-    EXPECT_EQ(testing::block_id(cluster.data(r, 104 * 4096), 104), 0U);
-    EXPECT_EQ(testing::block_id(cluster.data(r, 105 * 4096), 105), 0U);
-    EXPECT_EQ(testing::block_id(cluster.data(r, 108 * 4096), 108), 0U);
-    EXPECT_EQ(testing::block_id(cluster.data(r, 106 * 4096), 106), 7U);
+    EXPECT_EQ(testing::block_id(cluster.data(r, 104 * kBlock), 104), 0U);
+    EXPECT_EQ(testing::block_id(cluster.data(r, 105 * kBlock), 105), 0U);
+    EXPECT_EQ(testing::block_id(cluster.data(r, 108 * kBlock), 108), 0U);
+    EXPECT_EQ(testing::block_id(cluster.data(r, 106 * kBlock), 106), 7U);
   }
   // Every replica saw the flush and the FUA write.
   for (unsigned r = 0; r < 3; ++r) {
