@@ -205,8 +205,7 @@ struct StoreEntry {
   [[nodiscard]] bool online() const { return store && thread && error.empty(); }
 
   // Runs `fn(store)` on the store thread.
-  // Not const: it hands the store this entry owns to `fn` for modification.
-  // NOLINTNEXTLINE(readability-make-member-function-const): see above
+  // NOLINTNEXTLINE(readability-make-member-function-const): hands the store it owns to fn
   Status run(const std::function<Status(dbs::Store&)>& fn) {
     if (!online()) {
       return Error(EIO, "store " + named(name) + " is failed: " + error);
