@@ -1,11 +1,13 @@
 // ublk-volume (the real binary) against a real ublk-volumed on a temporary
 // socket with file-backed stores: what an operator sees, end to end, on a
 // host without ublk_drv (expose then fails with "unavailable", exit 6).
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <gtest/gtest.h>
@@ -33,25 +35,34 @@ struct Output {
   std::string out, err;
 };
 
-// Runs `program args...` with stdout/stderr to files (no pipe deadlocks).
+// Runs `program args...` with stdout/stderr to files (no pipe deadlocks) and
+// without UBLK_VOLUME_SOCKET in its environment. Everything the child needs is
+// built before fork(): between fork and exec it only opens, dup2()s and execs
+// (async-signal-safe), since other threads of this test may hold locks.
 Output run_program(const std::string& program, const std::vector<std::string>& args,
                    const fs::path& dir) {
   const fs::path out = dir / "cmd.out", err = dir / "cmd.err";
+  std::vector<char*> argv{const_cast<char*>(program.c_str())};
+  argv.reserve(args.size() + 2);
+  for (const auto& a : args) {
+    argv.push_back(const_cast<char*>(a.c_str()));
+  }
+  argv.push_back(nullptr);
+  std::vector<char*> envp;
+  for (char** e = environ; *e != nullptr; ++e) {
+    if (std::strncmp(*e, "UBLK_VOLUME_SOCKET=", 19) != 0) {
+      envp.push_back(*e);
+    }
+  }
+  envp.push_back(nullptr);
   const pid_t pid = ::fork();
   if (pid == 0) {
-    FILE* o = std::freopen(out.c_str(), "w", stdout);
-    FILE* e = std::freopen(err.c_str(), "w", stderr);
-    if (o == nullptr || e == nullptr) {
+    const int o = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    const int e = ::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (o < 0 || e < 0 || ::dup2(o, STDOUT_FILENO) < 0 || ::dup2(e, STDERR_FILENO) < 0) {
       ::_exit(127);
     }
-    std::vector<char*> argv{const_cast<char*>(program.c_str())};
-    argv.reserve(args.size() + 2);
-    for (const auto& a : args) {
-      argv.push_back(const_cast<char*>(a.c_str()));
-    }
-    argv.push_back(nullptr);
-    ::unsetenv("UBLK_VOLUME_SOCKET");
-    ::execv(program.c_str(), argv.data());
+    ::execve(program.c_str(), argv.data(), envp.data());
     ::_exit(127);
   }
   int status = 0;
