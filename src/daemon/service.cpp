@@ -21,7 +21,9 @@
 #include <random>
 #include <spdlog/spdlog.h>
 #include <sstream>
+#include <string_view>
 #include <thread>
+#include <utility>
 
 #include "ublkvol/common/version.h"
 #include "ublkvol/dbs/file_device.h"
@@ -1547,82 +1549,33 @@ struct Service::Impl {
     return store_json(**s);
   }
 
+  Result<Json> store_list(Params& p) { return list_all(p, true); }
+  Result<Json> volume_list(Params& p) { return list_all(p, false); }
+
   Result<Json> dispatch(const Request& request) {
+    // Every method of docs/control-protocol.md and its handler.
+    using Handler = Result<Json> (Impl::*)(Params&);
+    static constexpr std::pair<std::string_view, Handler> kMethods[] = {
+        {"daemon.status", &Impl::daemon_status},     {"store.add", &Impl::store_add},
+        {"store.list", &Impl::store_list},           {"store.show", &Impl::store_show},
+        {"store.remove", &Impl::store_remove},       {"store.check", &Impl::store_check},
+        {"volume.create", &Impl::volume_create},     {"volume.list", &Impl::volume_list},
+        {"volume.show", &Impl::volume_show},         {"volume.delete", &Impl::volume_delete},
+        {"volume.expose", &Impl::volume_expose},     {"volume.unexpose", &Impl::volume_unexpose},
+        {"volume.resize", &Impl::volume_resize},     {"snapshot.create", &Impl::snapshot_create},
+        {"snapshot.list", &Impl::snapshot_list},     {"snapshot.delete", &Impl::snapshot_delete},
+        {"snapshot.revert", &Impl::snapshot_revert}, {"snapshot.clone", &Impl::snapshot_clone},
+        {"replica.list", &Impl::replica_list},       {"replica.add", &Impl::replica_add},
+        {"replica.remove", &Impl::replica_remove},   {"replica.rebuild", &Impl::replica_rebuild},
+        {"replica.fail", &Impl::replica_fail},       {"stats", &Impl::stats},
+    };
     Params p(request.params);
-    const std::string& m = request.method;
-    if (m == "daemon.status") {
-      return daemon_status(p);
+    for (const auto& [name, handler] : kMethods) {
+      if (request.method == name) {
+        return (this->*handler)(p);
+      }
     }
-    if (m == "store.add") {
-      return store_add(p);
-    }
-    if (m == "store.list") {
-      return list_all(p, true);
-    }
-    if (m == "store.show") {
-      return store_show(p);
-    }
-    if (m == "store.remove") {
-      return store_remove(p);
-    }
-    if (m == "store.check") {
-      return store_check(p);
-    }
-    if (m == "volume.create") {
-      return volume_create(p);
-    }
-    if (m == "volume.list") {
-      return list_all(p, false);
-    }
-    if (m == "volume.show") {
-      return volume_show(p);
-    }
-    if (m == "volume.delete") {
-      return volume_delete(p);
-    }
-    if (m == "volume.expose") {
-      return volume_expose(p);
-    }
-    if (m == "volume.unexpose") {
-      return volume_unexpose(p);
-    }
-    if (m == "volume.resize") {
-      return volume_resize(p);
-    }
-    if (m == "snapshot.create") {
-      return snapshot_create(p);
-    }
-    if (m == "snapshot.list") {
-      return snapshot_list(p);
-    }
-    if (m == "snapshot.delete") {
-      return snapshot_delete(p);
-    }
-    if (m == "snapshot.revert") {
-      return snapshot_revert(p);
-    }
-    if (m == "snapshot.clone") {
-      return snapshot_clone(p);
-    }
-    if (m == "replica.list") {
-      return replica_list(p);
-    }
-    if (m == "replica.add") {
-      return replica_add(p);
-    }
-    if (m == "replica.remove") {
-      return replica_remove(p);
-    }
-    if (m == "replica.rebuild") {
-      return replica_rebuild(p);
-    }
-    if (m == "replica.fail") {
-      return replica_fail(p);
-    }
-    if (m == "stats") {
-      return stats(p);
-    }
-    return Error(ENOSYS, "unknown method '" + m.substr(0, 64) + "'");
+    return Error(ENOSYS, "unknown method '" + request.method.substr(0, 64) + "'");
   }
 
   // ---- start / stop ---------------------------------------------------------
