@@ -147,8 +147,9 @@ struct StoreStats {
   // write-zeroes fails its StoreIo with the device's errno and the store
   // stays usable (logged at the 1st, 2nd, 4th, ... error of each kind).
   // write_errors also counts failed metadata writes and device flushes: each
-  // of those fails the store (see health()), so a store that failed on a
-  // dying disk never reports 0 write errors.
+  // of those fails the store (see health()), so a store failed by one never
+  // reports 0 write errors. (A failed snapshot-merge copy also fails the
+  // store; it is reported by that control operation, not counted here.)
   uint64_t read_errors = 0;
   uint64_t write_errors = 0;
 };
