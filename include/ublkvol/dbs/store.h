@@ -49,6 +49,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "ublkvol/common/result.h"
@@ -195,6 +196,12 @@ class Store {
   [[nodiscard]] std::vector<VolumeInfo> list_volumes() const;
   [[nodiscard]] Result<VolumeInfo> volume_info(VolumeId volume) const;
   [[nodiscard]] Result<VolumeId> find_volume(std::string_view name) const;
+  // Byte ranges of the volume that hold data in its head or any snapshot
+  // under it (what a read does not answer with zeros), sorted and merged,
+  // at 4 KiB granularity (src/dbs/store/store_query.cpp; the engine's thin
+  // rebuild copies only these).
+  [[nodiscard]] Result<std::vector<std::pair<uint64_t, uint64_t>>> mapped_ranges(
+      VolumeId volume) const;
 
   // ---- Engine state per volume (persisted at the next commit; call
   // commit() to make it durable at once) ----

@@ -65,6 +65,12 @@ class DbsReplicaStore final : public ReplicaStore {
   Status clone_snapshot(std::string_view snapshot, std::string_view clone,
                         const ReplicaMeta& clone_meta) override;
   [[nodiscard]] std::vector<std::string> list_snapshots() const override;
+  Status delete_clone(std::string_view clone) override;
+  Status mark_all_dirty() override;
+  // The blocks mapped in the volume's head or the snapshots under it
+  // (dbs::Store::mapped_ranges); free space = the store's free extents.
+  [[nodiscard]] Result<std::vector<std::pair<uint64_t, uint64_t>>> mapped_ranges() const override;
+  [[nodiscard]] Result<Space> space() const override;
 
   struct Impl;
 

@@ -31,6 +31,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "ublkvol/common/result.h"
@@ -148,6 +149,30 @@ class ReplicaStore {
                                 const ReplicaMeta& clone_meta);
   // Lists snapshot names (empty for stores without snapshots).
   [[nodiscard]] virtual std::vector<std::string> list_snapshots() const { return {}; }
+  // Deletes a replica made by clone_snapshot() (undo of a clone that did not
+  // reach every replica).
+  virtual Status delete_clone(std::string_view clone);
+  // Marks every region dirty, durably. Before a revert: a crash between the
+  // replicas' reverts leaves replicas with equal generations but different
+  // data, and open() then copies the union of their bitmaps - everything.
+  virtual Status mark_all_dirty();
+
+  // ---- space (thin provisioning; docs/engine.md "Thin rebuild") ----
+  // Byte ranges [offset, offset + length) of the replica's address space
+  // that hold data (any layer of a DBS volume's chain), sorted, merged.
+  // Everything else reads as zeros. Stores that cannot tell answer the
+  // whole range.
+  [[nodiscard]] virtual Result<std::vector<std::pair<uint64_t, uint64_t>>> mapped_ranges() const {
+    return std::vector<std::pair<uint64_t, uint64_t>>{{0, size_bytes()}};
+  }
+  struct Space {
+    // Bytes the store can still allocate; UINT64_MAX: not thin (a raw
+    // replica owns its whole range).
+    uint64_t free_bytes = UINT64_MAX;
+    // Allocation unit: writing one byte of a unit allocates all of it.
+    uint64_t unit_bytes = 4096;
+  };
+  [[nodiscard]] virtual Result<Space> space() const { return Space{}; }
 };
 
 }  // namespace ublkvol::engine

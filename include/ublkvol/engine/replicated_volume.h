@@ -96,6 +96,12 @@ struct ReplicatedVolumeOptions {
   // mutating I/O for one drain + flush + bitmap commit on every replica
   // (docs/engine.md "Dirty-bitmap clearing" has the figures). 0 = off.
   std::chrono::milliseconds dirty_clear_interval{10000};
+  // Scheduled scrub: a background verify every `scrub_interval` (0 = off;
+  // the first one an interval after open()), throttled, repairing from
+  // the majority if `scrub_repair`. Results in status().verify.
+  std::chrono::milliseconds scrub_interval{0};
+  uint64_t scrub_bytes_per_second = 0;
+  bool scrub_repair = false;
 };
 
 struct RebuildProgress {
@@ -127,6 +133,31 @@ struct VolumeEvent {
   std::string message;
 };
 
+// A verify run in progress and the last finished one (verify(); docs/engine.md
+// "Verify, repair and scrub").
+struct VerifyStatus {
+  bool active = false;
+  bool repair = false;  // of the running one
+  uint64_t done_bytes = 0;
+  uint64_t total_bytes = 0;
+  double percent = 0;
+  double bytes_per_second = 0;
+  uint64_t mismatched_bytes = 0;  // found so far
+  uint64_t repaired_bytes = 0;
+  // Last finished run (runs == 0: none yet).
+  uint64_t runs = 0;
+  std::chrono::system_clock::time_point last_finished{};
+  bool last_repair = false;
+  uint64_t last_bytes = 0;  // compared
+  uint64_t last_mismatched_bytes = 0;
+  uint64_t last_repaired_bytes = 0;
+  uint64_t last_unrepaired_bytes = 0;  // differing, no majority (or repair failed)
+  double last_seconds = 0;
+  std::string last_error;  // empty: completed
+  // The first (up to 64) mismatching ranges of the last run, by offset.
+  std::vector<std::pair<uint64_t, uint64_t>> last_mismatches;
+};
+
 struct VolumeStatus {
   std::string name;
   uint64_t size_bytes = 0;
@@ -144,13 +175,30 @@ struct VolumeStatus {
   // How long the last checkpoint held mutating I/O back (drain, flush all,
   // clear every bitmap), microseconds.
   uint64_t last_checkpoint_pause_us = 0;
+  VerifyStatus verify;
+};
+
+struct VerifyOptions {
+  // Rewrite differing blocks on the replicas that disagree with a strict
+  // majority of the in-sync replicas (never guesses: with two replicas, or
+  // a 2:2 split, the range is reported as unrepaired).
+  bool repair = false;
+  // Throttle (0 = unthrottled).
+  uint64_t bytes_per_second = 0;
 };
 
 struct VerifyReport {
   uint64_t bytes_compared = 0;
   uint32_t replicas_compared = 0;  // bitmask
-  // Ranges (offset, length) where in-sync replicas differ.
+  // Ranges (offset, length) where in-sync replicas differ, by offset.
   std::vector<std::pair<uint64_t, uint64_t>> mismatches;
+  // With repair: ranges rewritten from the majority (and compared equal
+  // afterwards), and ranges left differing (no majority, or still
+  // differing after the rewrite).
+  std::vector<std::pair<uint64_t, uint64_t>> repaired;
+  std::vector<std::pair<uint64_t, uint64_t>> unrepaired;
+  // Stopped early by cancel_verify() or close().
+  bool cancelled = false;
 };
 
 class ReplicatedVolume : public Volume {
@@ -171,7 +219,11 @@ class ReplicatedVolume : public Volume {
   [[nodiscard]] VolumeStatus status() const;
 
   // Takes a replica out of service (operator action, also used by tests).
-  Status fail_replica(unsigned replica, const std::string& reason);
+  // Like remove_replica(), refused (EBUSY, naming in-sync and min_replicas)
+  // when an in-sync replica's loss would leave fewer than min_replicas in
+  // sync - the volume would go offline - unless `force`. The last in-sync
+  // replica is never failed, forced or not.
+  Status fail_replica(unsigned replica, const std::string& reason, bool force = false);
   // Brings a failed or stale replica back: dirty-region resync if its
   // generation allows, else a full rebuild. Returns once it started.
   Status start_rebuild(unsigned replica);
@@ -221,9 +273,22 @@ class ReplicatedVolume : public Volume {
   // made so far (named in the error) for the operator to delete.
   Result<uint32_t> clone_snapshot(const std::string& snapshot, const std::string& clone);
 
-  // Compares in-sync replicas chunk by chunk (CRC32C), ordered against
-  // concurrent writes, and reports ranges that differ.
-  Result<VerifyReport> verify();
+  // Compares in-sync replicas chunk by chunk, each chunk ordered against
+  // concurrent writes, and reports ranges that differ; with
+  // options.repair rewrites them from the majority (ordered too). Progress
+  // and the last result are in status().verify. One run at a time (EBUSY);
+  // other control calls interleave between chunks.
+  Result<VerifyReport> verify(const VerifyOptions& options = {});
+  // Makes a running verify stop at its next chunk (its report says
+  // cancelled). No-op if none runs.
+  void cancel_verify();
+  // verify() on the volume's background thread (the one the scheduled
+  // scrub uses); returns once queued. EBUSY (with the progress) while a
+  // verify runs or is queued. Follow it in status().verify.
+  Status start_verify(const VerifyOptions& options);
+  // Blocks until status().verify.runs >= `runs` or `timeout` passed; true in
+  // the first case.
+  bool wait_verify(uint64_t runs, std::chrono::milliseconds timeout);
 
   // With every replica in sync: drain, flush all, clear the dirty bitmaps.
   Status checkpoint();
@@ -239,6 +304,7 @@ class ReplicatedVolume : public Volume {
 
  private:
   explicit ReplicatedVolume(std::unique_ptr<Impl> impl);
+  void start_verify_thread();
   std::unique_ptr<Impl> impl_;
 };
 

@@ -398,4 +398,50 @@ std::vector<std::string> DbsReplicaStore::list_snapshots() const {
   return names;
 }
 
+Status DbsReplicaStore::delete_clone(std::string_view clone) {
+  dbs::Store& store = *impl_->store;
+  std::string clone_name(clone);
+  Status result = ok_status();
+  for (const std::string& n : {clone_name, meta_volume_name(clone_name)}) {
+    auto id = store.find_volume(n);
+    if (!id.ok()) {
+      continue;  // not made (or already deleted)
+    }
+    Status st = store.delete_volume(*id);
+    if (!st.ok() && result.ok()) {
+      result = st.error().with_context(impl_->display + ": deleting clone " + n);
+    }
+  }
+  return result;
+}
+
+Status DbsReplicaStore::mark_all_dirty() {
+  Impl& s = *impl_;
+  while (s.commit_in_flight) {
+    s.store->poll(true);
+  }
+  UBLKVOL_TRY(s.store->mark_dirty(s.volume, 0, s.size));
+  Status st = s.store->commit();
+  if (!st.ok()) {
+    return st.error().with_context(s.display + ": marking every region dirty");
+  }
+  std::fill(s.marked.begin(), s.marked.end(), 1);
+  std::fill(s.committed.begin(), s.committed.end(), 1);
+  return ok_status();
+}
+
+Result<std::vector<std::pair<uint64_t, uint64_t>>> DbsReplicaStore::mapped_ranges() const {
+  return impl_->store->mapped_ranges(impl_->volume);
+}
+
+Result<ReplicaStore::Space> DbsReplicaStore::space() const {
+  dbs::StoreStats st = impl_->store->stats();
+  Space sp;
+  // Extents freed but not yet committed become allocatable at the next
+  // commit, long before a rebuild could need them.
+  sp.free_bytes = (st.free_extents + st.pending_free_extents) * st.extent_bytes;
+  sp.unit_bytes = st.extent_bytes;
+  return sp;
+}
+
 }  // namespace ublkvol::engine

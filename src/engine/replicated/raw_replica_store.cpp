@@ -44,6 +44,14 @@ Status ReplicaStore::clone_snapshot(std::string_view /*snapshot*/, std::string_v
   return Error(ENOTSUP, std::string(name()) + ": snapshots are not supported");
 }
 
+Status ReplicaStore::delete_clone(std::string_view /*clone*/) {
+  return Error(ENOTSUP, std::string(name()) + ": snapshots are not supported");
+}
+
+Status ReplicaStore::mark_all_dirty() {
+  return Error(ENOTSUP, std::string(name()) + ": marking every region dirty is not supported");
+}
+
 namespace {
 
 constexpr uint64_t kBlock = 4096;

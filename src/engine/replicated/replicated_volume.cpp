@@ -17,11 +17,13 @@
 #include <cerrno>
 #include <cinttypes>
 #include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <mutex>
 #include <new>
+#include <optional>
 #include <random>
 #include <spdlog/spdlog.h>
 #include <system_error>
@@ -32,6 +34,8 @@
 #include "ublkvol/engine/store_thread.h"
 
 #include "controller.h"
+#include "thin_rebuild.h"
+#include "verify_compare.h"
 
 namespace ublkvol::engine {
 
@@ -354,6 +358,29 @@ struct ReplicatedVolume::Impl {
   uint64_t checkpoints = 0;
   uint64_t last_checkpoint_pause_us = 0;
 
+  // Verify runs (one at a time); verify_status under `mutex`.
+  std::mutex verify_run_mutex;
+  std::atomic<bool> verify_cancel{false};
+  std::mutex verify_sleep_mutex;  // throttle sleep, woken by cancel_verify()
+  std::condition_variable verify_cv;
+  VerifyStatus verify_status;
+  // Background verifies (start_verify(), scheduled scrub): one thread.
+  std::thread verify_thread;
+  std::mutex verify_bg_mutex;  // the three fields below
+  std::condition_variable verify_bg_cv;
+  std::optional<VerifyOptions> verify_request;
+  bool verify_bg_stop = false;
+  void stop_verify_thread() {
+    {
+      std::lock_guard lock(verify_bg_mutex);
+      verify_bg_stop = true;
+    }
+    verify_bg_cv.notify_all();
+    if (verify_thread.joinable()) {
+      verify_thread.join();
+    }
+  }
+
   [[nodiscard]] ReplicaState replica_state(unsigned r) const {
     return static_cast<ReplicaState>(state[r].load(std::memory_order_seq_cst));
   }
@@ -490,6 +517,59 @@ struct ReplicatedVolume::Impl {
     }
     return m;
   }
+
+  // ---- snapshot helpers (under meta_mutex) ----
+  [[nodiscard]] std::string replica_name(unsigned r) const {
+    std::lock_guard lock(mutex);
+    return "replica " + std::to_string(r) + " (" + names[r] + ")";
+  }
+  // Runs fn(store) on replica r's store thread.
+  template <typename F>
+  Status on_store(unsigned r, F&& fn) {
+    ReplicaStore* store = replicas[r].store;
+    return replicas[r].thread->call([&]() -> Status { return fn(*store); });
+  }
+  // Best-effort undo on the replicas in `mask` (logged when it fails).
+  template <typename F>
+  void undo_on(uint32_t mask, F&& fn) {
+    for (unsigned r = 0; r < nreplicas; ++r) {
+      if ((mask & bit(r)) == 0) {
+        continue;
+      }
+      Status st = on_store(r, fn);
+      if (!st.ok()) {
+        spdlog::error("volume {}: undo on {} failed: {}", options.name, replica_name(r),
+                      st.error().to_string());
+      }
+    }
+  }
+  // The replicas of `mask` whose store lists `snapshot`.
+  uint32_t holders_of(const std::string& snapshot, uint32_t mask) {
+    uint32_t holders = 0;
+    for (unsigned r = 0; r < nreplicas; ++r) {
+      if ((mask & bit(r)) == 0) {
+        continue;
+      }
+      bool has = false;
+      (void)on_store(r, [&](ReplicaStore& s) -> Status {
+        auto listed = s.list_snapshots();
+        has = std::find(listed.begin(), listed.end(), snapshot) != listed.end();
+        return ok_status();
+      });
+      holders |= has ? bit(r) : 0U;
+    }
+    return holders;
+  }
+  Status refuse_if_lacking(const std::string& snapshot, uint32_t targets, const std::string& what);
+
+  // ---- thin rebuild (docs/engine.md "Thin rebuild"; bindings stable) ----
+  // Union of what one replica of `sources` and every replica of `targets`
+  // hold; the whole volume if a store cannot tell.
+  detail::Ranges mapped_ranges_of(uint32_t sources, uint32_t targets);
+  // ENOSPC (naming both numbers) if `target`'s store cannot hold what a
+  // full copy writes to it.
+  Status check_space(const ReplicaBinding& target, const std::string& what);
+  Status refuse_while_rebuilding(const std::string& what);
 
   // ---- membership (docs/engine.md "Membership changes") ----
   Status fence(unsigned r, const std::string& what);
@@ -776,7 +856,8 @@ void QueueState::send(Slot& s, unsigned r, ReplicaOp op, uint64_t offset, uint64
   sub.offset = offset;
   sub.length = static_cast<uint32_t>(length);
   sub.buffer = buffer;
-  sub.untracked = s.kind == SlotKind::kCopy && op == ReplicaOp::kWrite;
+  sub.untracked =
+      s.kind == SlotKind::kCopy && (op == ReplicaOp::kWrite || op == ReplicaOp::kWriteZeroes);
   sub.result = 0;
   sub.engine_tag = &s;
   s.pending |= bit(r);
@@ -960,7 +1041,11 @@ void QueueState::advance(Slot& s) {
       }
       s.phase = Phase::kCopyWrite;
       s.acked = s.errors = 0;
-      send_all(s, targets, ReplicaOp::kWrite, s.op->offset, s.op->length, s.op->buffer, false);
+      // Thin: zeros (unmapped on the source) go out as write-zeroes, which
+      // allocate nothing on a thin target. (Internal queue: not the data path.)
+      ReplicaOp wop = detail::all_zero(s.op->buffer, s.op->length) ? ReplicaOp::kWriteZeroes
+                                                                   : ReplicaOp::kWrite;
+      send_all(s, targets, wop, s.op->offset, s.op->length, s.op->buffer, false);
       return;
     }
     case Phase::kCopyWrite:
@@ -1842,9 +1927,13 @@ Status ReplicatedVolume::Impl::run_job(const Job& job) {
                                          : "resuming at byte " + std::to_string(job.full_from)) +
                 ")");
   // 2. Drain writes dispatched before the targets joined, then take the
-  //    union of every replica's dirty bitmap (regions that may differ).
+  //    union of every replica's dirty bitmap (regions that may differ) and,
+  //    for the whole-range part, what is mapped on the source or a target
+  //    (thin rebuild: a range mapped on neither reads as zeros on both, and
+  //    every later write reaches the targets too).
   std::vector<uint8_t> dirty;
-  if (job.full_from > 0) {
+  detail::Ranges mapped{{0, size}};
+  {
     QueueState& q = *queues[rebuild_queue];
     InternalOp barrier;
     barrier.kind = SlotKind::kBarrier;
@@ -1853,7 +1942,10 @@ Status ReplicatedVolume::Impl::run_job(const Job& job) {
     }
     q.run_until_done(barrier);
     std::lock_guard meta_lock(meta_mutex);  // bindings stay put
-    for (unsigned r = 0; r < nreplicas; ++r) {
+    if (job.full_from < size) {
+      mapped = mapped_ranges_of(mask_of(ReplicaState::kInSync), job.targets);
+    }
+    for (unsigned r = 0; r < nreplicas && job.full_from > 0; ++r) {
       if (replica_state(r) == ReplicaState::kRemoved || thread_exited(r)) {
         continue;
       }
@@ -1886,8 +1978,11 @@ Status ReplicatedVolume::Impl::run_job(const Job& job) {
     }
   }
   if (full_from < size) {
-    ranges.emplace_back(full_from, size - full_from);
-    total += size - full_from;
+    for (auto [b, len] :
+         detail::align_and_clip(mapped, options.rebuild_chunk_bytes, full_from, size)) {
+      ranges.emplace_back(b, len);
+      total += len;
+    }
   }
   uint64_t start_ns = now_ns();
   {
@@ -2060,6 +2155,8 @@ ReplicatedVolume::ReplicatedVolume(std::unique_ptr<Impl> impl) : impl_(std::move
 
 ReplicatedVolume::~ReplicatedVolume() {
   Impl& v = *impl_;
+  cancel_verify();
+  v.stop_verify_thread();
   v.stop_dirty_clear();
   {
     std::lock_guard lock(v.rebuild_mutex);
@@ -2271,6 +2368,9 @@ Result<std::unique_ptr<ReplicatedVolume>> ReplicatedVolume::open(
     v.dirty_clear_thread = std::thread([raw] { raw->dirty_clear_loop(); });
   }
   auto volume = std::unique_ptr<ReplicatedVolume>(new ReplicatedVolume(std::move(impl)));
+  if (options.scrub_interval.count() > 0) {
+    volume->start_verify_thread();
+  }
   if (options.auto_rebuild) {
     for (const Impl::Job& job : jobs) {
       UBLKVOL_TRY(raw->start_job(job));
@@ -2301,16 +2401,28 @@ VolumeStatus ReplicatedVolume::status() const {
   st.online = st.in_sync >= st.min_replicas;
   st.events = v.events;
   st.rebuild = v.progress;
+  st.verify = v.verify_status;
   std::lock_guard checkpoint_lock(v.checkpoint_mutex);
   st.checkpoints = v.checkpoints;
   st.last_checkpoint_pause_us = v.last_checkpoint_pause_us;
   return st;
 }
 
-Status ReplicatedVolume::fail_replica(unsigned replica, const std::string& reason) {
+Status ReplicatedVolume::fail_replica(unsigned replica, const std::string& reason, bool force) {
   Impl& v = *impl_;
   if (replica >= v.nreplicas || v.replica_state(replica) == ReplicaState::kRemoved) {
     return Error(EINVAL, "volume " + v.options.name + ": no replica " + std::to_string(replica));
+  }
+  if (!force && v.replica_state(replica) == ReplicaState::kInSync) {
+    auto in_sync = static_cast<unsigned>(std::popcount(v.mask_of(ReplicaState::kInSync)));
+    if (in_sync - 1 < v.options.min_replicas) {
+      return Error(EBUSY, "volume " + v.options.name + ": failing replica " +
+                              std::to_string(replica) + " would leave " +
+                              std::to_string(in_sync - 1) + " of " + std::to_string(in_sync) +
+                              " in-sync replica(s), below min_replicas " +
+                              std::to_string(v.options.min_replicas) +
+                              " (the volume would go offline; force to do it anyway)");
+    }
   }
   if (!v.report_failure(replica, FailKind::kOperator, -ECANCELED)) {
     return Error(EBUSY, "volume " + v.options.name + ": replica " + std::to_string(replica) +
@@ -2381,6 +2493,7 @@ Status ReplicatedVolume::Impl::start_rebuild_locked(unsigned replica) {
     job.full_from = dst_meta->rebuild_watermark;
   } else {
     job.full_from = 0;
+    UBLKVOL_TRY(v.check_space(v.replicas[replica], what));
   }
   v.set_state(replica, ReplicaState::kStale);
   return v.start_job(job);
@@ -2558,6 +2671,7 @@ Result<unsigned> ReplicatedVolume::add_replica(ReplicaBinding replica) {
     return Error(ESHUTDOWN, what + ": the volume is closed");
   }
   UBLKVOL_TRY(v.check_new_binding(replica, -1, what));
+  UBLKVOL_TRY(v.check_space(replica, what));
   unsigned r = 0;
   while (r < v.nreplicas && v.replica_state(r) != ReplicaState::kRemoved) {
     ++r;
@@ -2606,6 +2720,7 @@ Status ReplicatedVolume::replace_replica(unsigned replica, ReplicaBinding bindin
                             "; only a failed or stale replica is replaced (fail it first)");
   }
   UBLKVOL_TRY(v.check_new_binding(binding, static_cast<int>(replica), what));
+  UBLKVOL_TRY(v.check_space(binding, what));
   UBLKVOL_TRY(v.take_out(replica, what));
   UBLKVOL_TRY(v.fence(replica, what));
   std::string old_name;
@@ -2647,31 +2762,190 @@ void ReplicatedVolume::set_rebuild_rate(uint64_t bytes_per_second) {
   impl_->rebuild_rate.store(bytes_per_second);
 }
 
+namespace {
+Result<detail::Ranges> mapped_of(const ReplicaBinding& b) {
+  detail::Ranges out;
+  Status st = b.thread->call([&]() -> Status {
+    auto r = b.store->mapped_ranges();
+    if (!r.ok()) {
+      return r.error();
+    }
+    out = std::move(*r);
+    return ok_status();
+  });
+  if (!st.ok()) {
+    return st.error();
+  }
+  return out;
+}
+}  // namespace
+
+detail::Ranges ReplicatedVolume::Impl::mapped_ranges_of(uint32_t sources, uint32_t targets) {
+  detail::Ranges whole{{0, info.size_bytes}};
+  detail::Ranges out;
+  bool have_source = false;
+  for (unsigned r = 0; r < nreplicas; ++r) {
+    if ((sources & bit(r)) == 0 || thread_exited(r)) {
+      continue;
+    }
+    auto m = mapped_of(replicas[r]);
+    if (!m.ok()) {
+      return whole;
+    }
+    out = std::move(*m);
+    have_source = true;
+    break;
+  }
+  if (!have_source) {
+    return whole;
+  }
+  for (unsigned t = 0; t < nreplicas; ++t) {
+    if ((targets & bit(t)) == 0) {
+      continue;
+    }
+    auto m = mapped_of(replicas[t]);
+    if (!m.ok()) {
+      return whole;
+    }
+    out = detail::range_union(out, *m);
+  }
+  return out;
+}
+
+Status ReplicatedVolume::Impl::check_space(const ReplicaBinding& target, const std::string& what) {
+  ReplicaStore::Space space;
+  detail::Ranges held;
+  Status st = target.thread->call([&]() -> Status {
+    auto sp = target.store->space();
+    if (!sp.ok()) {
+      return sp.error();
+    }
+    space = *sp;
+    auto m = target.store->mapped_ranges();
+    if (m.ok()) {
+      held = std::move(*m);
+    }
+    return ok_status();
+  });
+  if (!st.ok() || space.free_bytes == UINT64_MAX) {
+    return ok_status();  // not thin, or unknown: the copy finds out
+  }
+  int src = -1;
+  for (unsigned r = 0; r < nreplicas; ++r) {
+    if (replica_state(r) == ReplicaState::kInSync && !thread_exited(r)) {
+      src = static_cast<int>(r);
+      break;
+    }
+  }
+  if (src < 0) {
+    return ok_status();  // start_rebuild refuses it
+  }
+  auto mapped = mapped_of(replicas[static_cast<unsigned>(src)]);
+  if (!mapped.ok()) {
+    return ok_status();
+  }
+  // What the copy writes: whole chunks around the mapped blocks.
+  detail::Ranges copied =
+      detail::align_and_clip(*mapped, options.rebuild_chunk_bytes, 0, info.size_bytes);
+  const uint64_t unit = std::max<uint64_t>(space.unit_bytes, 1);
+  const uint64_t needed = detail::units_to_allocate(copied, held, unit) * unit;
+  if (needed <= space.free_bytes) {
+    return ok_status();
+  }
+  return Error(ENOSPC, what + ": the target store (" + std::string(target.store->name()) +
+                           ") has " + std::to_string(space.free_bytes) +
+                           " bytes free, the copy needs " + std::to_string(needed) + " bytes (" +
+                           std::to_string(detail::range_bytes(*mapped)) +
+                           " bytes of data mapped on replica " + std::to_string(src) +
+                           "); nothing was written");
+}
+
+// EBUSY naming the replica(s) being rebuilt and the progress while a
+// rebuild runs or is queued.
+Status ReplicatedVolume::Impl::refuse_while_rebuilding(const std::string& what) {
+  uint32_t who = mask_of(ReplicaState::kRebuilding);
+  bool running = false;
+  {
+    std::lock_guard lock(rebuild_mutex);
+    running = rebuild_running;
+    for (const Job& j : jobs) {
+      who |= j.targets;
+    }
+  }
+  if (who == 0 && !running) {
+    return ok_status();
+  }
+  RebuildProgress p;
+  {
+    std::lock_guard lock(mutex);
+    p = progress;
+  }
+  who |= p.active ? p.targets : 0U;
+  std::string list;
+  for (unsigned r = 0; r < nreplicas; ++r) {
+    if ((who & bit(r)) != 0) {
+      list += (list.empty() ? "" : ", ") + replica_name(r);
+    }
+  }
+  if (list.empty()) {
+    list = "a replica";
+  }
+  char pct[32];
+  (void)std::snprintf(pct, sizeof(pct), "%.1f", p.percent);
+  return Error(EBUSY, what + " refused: " + list + " is rebuilding (" +
+                          std::to_string(p.done_bytes) + " of " + std::to_string(p.total_bytes) +
+                          " bytes copied, " + pct +
+                          "%); retry once every replica is in sync (or fail that replica first)");
+}
+
+// Revert and clone need the snapshot on every target: a replica added or
+// rebuilt after the snapshot was taken lacks it (rebuilds copy the head
+// only), and a half-applied revert would leave replicas that differ.
+Status ReplicatedVolume::Impl::refuse_if_lacking(const std::string& snapshot, uint32_t targets,
+                                                 const std::string& what) {
+  const uint32_t lacking = targets & ~holders_of(snapshot, targets);
+  if (lacking == 0) {
+    return ok_status();
+  }
+  std::string list;
+  for (unsigned r = 0; r < nreplicas; ++r) {
+    if ((lacking & bit(r)) != 0) {
+      list += (list.empty() ? "" : ", ") + replica_name(r);
+    }
+  }
+  return Error(ENOENT, what + " refused, nothing changed: " + list + " has no snapshot " +
+                           snapshot +
+                           " (added or rebuilt after it was taken); remove or replace that "
+                           "replica first, or use a snapshot taken since");
+}
+
+// Snapshot operations (docs/engine.md "Snapshots"): all-or-nothing across
+// every replica the volume writes to; refused while a rebuild runs or is
+// queued (a rebuilding replica's data is not consistent, and a replica that
+// finishes rebuilding after a snapshot would lack it); revert and clone
+// refused up front when an in-sync replica lacks the snapshot.
 Status ReplicatedVolume::create_snapshot(const std::string& snapshot) {
   Impl& v = *impl_;
   std::lock_guard control_lock(v.control_mutex);
+  const std::string what = "volume " + v.options.name + ": snapshot create " + snapshot;
   return v.with_barrier([&]() -> Status {
-    // Every in-sync replica at the same point: nothing is in flight.
-    std::vector<unsigned> done;
+    // Nothing is in flight; meta_mutex keeps rebuilds from starting.
+    std::lock_guard meta_lock(v.meta_mutex);
+    UBLKVOL_TRY(v.refuse_while_rebuilding(what));
+    uint32_t done = 0;
     for (unsigned r = 0; r < v.nreplicas; ++r) {
       if (v.replica_state(r) != ReplicaState::kInSync) {
         continue;
       }
-      ReplicaStore* store = v.replicas[r].store;
-      Status st =
-          v.replicas[r].thread->call([&]() -> Status { return store->create_snapshot(snapshot); });
+      Status st = v.on_store(r, [&](ReplicaStore& s) { return s.create_snapshot(snapshot); });
       if (!st.ok()) {
-        for (unsigned d : done) {
-          ReplicaStore* ds = v.replicas[d].store;
-          (void)v.replicas[d].thread->call(
-              [&]() -> Status { return ds->delete_snapshot(snapshot); });
-        }
-        return st.error().with_context("volume " + v.options.name + ": snapshot " + snapshot);
+        v.undo_on(done, [&](ReplicaStore& s) { return s.delete_snapshot(snapshot); });
+        return st.error().with_context(what + ": on " + v.replica_name(r) +
+                                       " (undone on the others)");
       }
-      done.push_back(r);
+      done |= bit(r);
     }
-    v.event(-1,
-            "snapshot " + snapshot + " created on " + std::to_string(done.size()) + " replica(s)");
+    v.event(-1, "snapshot " + snapshot + " created on replica mask " + std::to_string(done));
     return ok_status();
   });
 }
@@ -2679,31 +2953,108 @@ Status ReplicatedVolume::create_snapshot(const std::string& snapshot) {
 Status ReplicatedVolume::delete_snapshot(const std::string& snapshot) {
   Impl& v = *impl_;
   std::lock_guard control_lock(v.control_mutex);
+  std::lock_guard meta_lock(v.meta_mutex);
+  const std::string what = "volume " + v.options.name + ": snapshot delete " + snapshot;
+  UBLKVOL_TRY(v.refuse_while_rebuilding(what));
+  const uint32_t holders = v.holders_of(snapshot, v.mask_of(ReplicaState::kInSync));
+  if (holders == 0) {
+    return Error(ENOENT, what + ": no in-sync replica has it");
+  }
+  // A delete cannot be undone (the snapshot merges into its child); one
+  // that fails part-way leaves the snapshot on some replicas, and repeating
+  // the delete finishes it (replicas without it are skipped).
+  uint32_t done = 0;
   for (unsigned r = 0; r < v.nreplicas; ++r) {
-    if (v.replica_state(r) != ReplicaState::kInSync) {
+    if ((holders & bit(r)) == 0) {
       continue;
     }
-    ReplicaStore* store = v.replicas[r].store;
-    UBLKVOL_TRY(
-        v.replicas[r].thread->call([&]() -> Status { return store->delete_snapshot(snapshot); }));
+    Status st = v.on_store(r, [&](ReplicaStore& s) { return s.delete_snapshot(snapshot); });
+    if (!st.ok()) {
+      return st.error().with_context(what + ": on " + v.replica_name(r) + " (deleted on mask " +
+                                     std::to_string(done) + "; repeat the delete to finish)");
+    }
+    done |= bit(r);
   }
-  v.event(-1, "snapshot " + snapshot + " deleted");
+  v.event(-1, "snapshot " + snapshot + " deleted on replica mask " + std::to_string(done));
   return ok_status();
 }
 
 Status ReplicatedVolume::revert_snapshot(const std::string& snapshot) {
   Impl& v = *impl_;
   std::lock_guard control_lock(v.control_mutex);
+  const std::string what = "volume " + v.options.name + ": revert to snapshot " + snapshot;
   return v.with_barrier([&]() -> Status {
+    std::lock_guard meta_lock(v.meta_mutex);
+    UBLKVOL_TRY(v.refuse_while_rebuilding(what));
+    const uint32_t targets = v.mask_of(ReplicaState::kInSync);
+    UBLKVOL_TRY(v.refuse_if_lacking(snapshot, targets, what));
+    // A crash between two replicas' reverts must not leave equal
+    // generations over different data: every region is marked dirty
+    // first, so open() copies the whole volume from one of them.
     for (unsigned r = 0; r < v.nreplicas; ++r) {
-      if (v.replica_state(r) != ReplicaState::kInSync) {
+      if ((targets & bit(r)) == 0) {
         continue;
       }
-      ReplicaStore* store = v.replicas[r].store;
-      UBLKVOL_TRY(
-          v.replicas[r].thread->call([&]() -> Status { return store->revert_snapshot(snapshot); }));
+      Status st = v.on_store(r, [](ReplicaStore& s) { return s.mark_all_dirty(); });
+      if (!st.ok()) {
+        return st.error().with_context(what + ": on " + v.replica_name(r) + ", nothing reverted");
+      }
     }
-    v.event(-1, "reverted to snapshot " + snapshot);
+    uint32_t done = 0;
+    Status failed = ok_status();
+    for (unsigned r = 0; r < v.nreplicas; ++r) {
+      if ((targets & bit(r)) == 0) {
+        continue;
+      }
+      Status st = v.on_store(r, [&](ReplicaStore& s) { return s.revert_snapshot(snapshot); });
+      if (!st.ok()) {
+        if (done == 0) {
+          return st.error().with_context(what + ": on " + v.replica_name(r) + ", nothing reverted");
+        }
+        failed = st.error().with_context(what + ": on " + v.replica_name(r));
+        break;
+      }
+      done |= bit(r);
+    }
+    // The reverted replicas start a new generation whose bitmap base is
+    // the revert: a replica that was out (or failed to revert) holds data
+    // the bitmaps do not describe and rebuilds fully when it returns.
+    const uint64_t g = v.new_generation();
+    for (unsigned r = 0; r < v.nreplicas; ++r) {
+      if ((done & bit(r)) == 0) {
+        continue;
+      }
+      Status st = v.on_store(r, [&](ReplicaStore& s) -> Status {
+        ReplicaMeta m = s.meta();
+        std::copy_backward(m.history.begin(), m.history.end() - 1, m.history.end());
+        m.history[0] = m.generation;
+        m.generation = g;
+        UBLKVOL_TRY(s.write_meta(m));
+        return s.clear_dirty();  // bitmap_base = g; nothing in flight, all durable
+      });
+      if (!st.ok() && failed.ok()) {
+        failed = st.error().with_context(what + ": new generation on " + v.replica_name(r));
+      }
+    }
+    {
+      std::lock_guard lock(v.mutex);
+      v.generation = g;
+    }
+    if (!failed.ok()) {
+      // Replicas that did not revert leave the write set (they rebuild from
+      // the reverted ones); the volume never serves two versions.
+      for (unsigned r = 0; r < v.nreplicas; ++r) {
+        if ((targets & bit(r)) != 0 && (done & bit(r)) == 0) {
+          (void)v.report_failure(r, FailKind::kOperator, -EIO);
+        }
+      }
+      v.event(-1, "reverted to snapshot " + snapshot + " on replica mask " + std::to_string(done) +
+                      " only; the others were taken out: " + failed.error().message());
+      return Error(failed.error().errno_value(),
+                   failed.error().message() + " (reverted on replica mask " + std::to_string(done) +
+                       "; the others were taken out of sync)");
+    }
+    v.event(-1, "reverted to snapshot " + snapshot + " on replica mask " + std::to_string(done));
     return ok_status();
   });
 }
@@ -2713,104 +3064,340 @@ Result<uint32_t> ReplicatedVolume::clone_snapshot(const std::string& snapshot,
   Impl& v = *impl_;
   std::lock_guard control_lock(v.control_mutex);
   std::lock_guard membership_lock(v.membership_mutex);  // bindings stay put
+  std::lock_guard meta_lock(v.meta_mutex);
+  const std::string what =
+      "volume " + v.options.name + ": clone " + clone + " of snapshot " + snapshot;
+  UBLKVOL_TRY(v.refuse_while_rebuilding(what));
+  const uint32_t targets = v.mask_of(ReplicaState::kInSync);
+  if (targets == 0) {
+    return Error(EIO, what + ": no in-sync replica to clone from");
+  }
+  UBLKVOL_TRY(v.refuse_if_lacking(snapshot, targets, what));
   // One new volume: its own id, one generation shared by every replica of
   // the clone, empty bitmaps relative to it (snapshots are immutable, so
   // every replica's snapshot holds the same bytes - create_snapshot took
   // them at one point).
   ReplicaMeta meta;
   meta.fresh = false;
-  {
-    std::lock_guard meta_lock(v.meta_mutex);  // guards the rng
-    meta.volume_uuid = v.new_generation();
-    meta.generation = v.new_generation();
-  }
+  meta.volume_uuid = v.new_generation();
+  meta.generation = v.new_generation();
   meta.bitmap_base = meta.generation;
   uint32_t done = 0;
   for (unsigned r = 0; r < v.nreplicas; ++r) {
-    if (v.replica_state(r) != ReplicaState::kInSync) {
+    if ((targets & bit(r)) == 0) {
       continue;
     }
-    ReplicaStore* store = v.replicas[r].store;
-    Status st = v.replicas[r].thread->call(
-        [&]() -> Status { return store->clone_snapshot(snapshot, clone, meta); });
+    Status st = v.on_store(r, [&](ReplicaStore& s) {
+      Status made = s.clone_snapshot(snapshot, clone, meta);
+      if (!made.ok()) {
+        (void)s.delete_clone(clone);  // whatever part of it was made
+      }
+      return made;
+    });
     if (!st.ok()) {
-      return st.error().with_context(std::string("volume ")
-                                         .append(v.options.name)
-                                         .append(": clone ")
-                                         .append(clone)
-                                         .append(" of ")
-                                         .append(snapshot)
-                                         .append(" (made on replica mask ")
-                                         .append(std::to_string(done))
-                                         .append(")"));
+      v.undo_on(done, [&](ReplicaStore& s) { return s.delete_clone(clone); });
+      return st.error().with_context(what + ": on " + v.replica_name(r) +
+                                     " (the clones made on the others were deleted)");
     }
     done |= bit(r);
-  }
-  if (done == 0) {
-    return Error(EIO, "volume " + v.options.name + ": no in-sync replica to clone from");
   }
   v.event(-1, "snapshot " + snapshot + " cloned to " + clone + " on replica mask " +
                   std::to_string(done));
   return done;
 }
 
-Result<VerifyReport> ReplicatedVolume::verify() {
+namespace {
+void add_range(std::vector<std::pair<uint64_t, uint64_t>>& list, uint64_t offset, uint64_t length) {
+  if (!list.empty() && list.back().first + list.back().second == offset) {
+    list.back().second += length;
+  } else {
+    list.emplace_back(offset, length);
+  }
+}
+}  // namespace
+
+// Verify / repair / scrub (docs/engine.md "Verify, repair and scrub"). The
+// control queue is taken per chunk, so snapshots and membership changes
+// interleave with a long (throttled) scrub instead of waiting for it.
+Result<VerifyReport> ReplicatedVolume::verify(const VerifyOptions& options) {
   Impl& v = *impl_;
-  std::lock_guard control_lock(v.control_mutex);
-  QueueState& q = *v.queues[v.control_queue];
+  std::unique_lock run_lock(v.verify_run_mutex, std::try_to_lock);
+  if (!run_lock.owns_lock()) {
+    VerifyStatus now;
+    {
+      std::lock_guard lock(v.mutex);
+      now = v.verify_status;
+    }
+    return Error(EBUSY, "volume " + v.options.name + ": a verify is already running (" +
+                            std::to_string(now.done_bytes) + " of " +
+                            std::to_string(now.total_bytes) + " bytes)");
+  }
+  if (v.closed) {
+    return Error(ESHUTDOWN, "volume " + v.options.name + " is closed");
+  }
+  v.verify_cancel.store(false);
+  const uint64_t size = v.info.size_bytes;
   const uint64_t chunk = 1U << 20U;
   std::array<AlignedBytes, kMaxReplicas> buffers;
-  InternalOp op;
-  for (unsigned r = 0; r < v.nreplicas; ++r) {
+  std::array<std::byte*, kMaxReplicas> views{};
+  for (unsigned r = 0; r < kMaxReplicas; ++r) {
     buffers[r] = aligned_bytes(chunk);
-    op.buffers[r] = buffers[r].get();
+    views[r] = buffers[r].get();
+  }
+  AlignedBytes copy_buffer = aligned_bytes(chunk);
+  {
+    std::lock_guard lock(v.mutex);
+    VerifyStatus& st = v.verify_status;
+    st.active = true;
+    st.repair = options.repair;
+    st.done_bytes = st.mismatched_bytes = st.repaired_bytes = 0;
+    st.total_bytes = size;
+    st.percent = st.bytes_per_second = 0;
   }
   VerifyReport report;
-  for (uint64_t off = 0; off < v.info.size_bytes; off += chunk) {
-    op.kind = SlotKind::kVerify;
-    op.offset = off;
-    op.length = std::min(chunk, v.info.size_bytes - off);
+  std::string error;
+  const uint64_t start_ns = now_ns();
+  std::vector<detail::BlockVerdict> verdicts;
+  // One ordered op on the control queue (caller holds control_mutex).
+  auto run_op = [&](InternalOp& op) -> Status {
+    QueueState& q = *v.queues[v.control_queue];
     if (q.submit_op(op) != 0) {
       return Error(EBUSY, "volume " + v.options.name + ": control queue busy");
     }
     q.run_until_done(op);
-    report.replicas_compared |= op.read_mask;
-    if (std::popcount(op.read_mask) < 2) {
-      report.bytes_compared += op.length;
-      continue;
+    return ok_status();
+  };
+  auto verify_op = [&](uint64_t offset, uint64_t length) -> Result<uint32_t> {
+    InternalOp op;
+    op.kind = SlotKind::kVerify;
+    op.offset = offset;
+    op.length = length;
+    op.buffers = views;
+    UBLKVOL_TRY(run_op(op));
+    return op.read_mask;
+  };
+  for (uint64_t off = 0; off < size && error.empty(); off += chunk) {
+    if (v.verify_cancel.load()) {
+      report.cancelled = true;
+      break;
     }
-    // Compare block by block so mismatches are reported precisely.
-    for (uint64_t b = 0; b < op.length; b += 4096) {
-      uint32_t ref = 0;
-      bool have = false;
-      bool differ = false;
-      for (unsigned r = 0; r < v.nreplicas; ++r) {
-        if ((op.read_mask & bit(r)) == 0) {
+    const uint64_t len = std::min(chunk, size - off);
+    uint64_t mismatched = 0;
+    uint64_t repaired = 0;
+    {
+      std::lock_guard control_lock(v.control_mutex);
+      auto mask = verify_op(off, len);
+      if (!mask.ok()) {
+        error = mask.error().to_string();
+        break;
+      }
+      report.replicas_compared |= *mask;
+      verdicts.clear();
+      detail::compare_chunk(views, *mask, off, len, verdicts);
+      bool wrote = false;
+      for (const detail::BlockVerdict& d : verdicts) {
+        add_range(report.mismatches, d.offset, d.length);
+        mismatched += d.length;
+        if (!options.repair) {
           continue;
         }
-        uint32_t c = crc32c(op.buffers[r] + b, 4096);
-        if (!have) {
-          ref = c;
-          have = true;
-        } else if (c != ref) {
-          differ = true;
+        if (!d.decided) {
+          add_range(report.unrepaired, d.offset, d.length);
+          v.event(-1, "verify: replicas mask " + std::to_string(d.bad_mask) + " differ at byte " +
+                          std::to_string(d.offset) + " (+" + std::to_string(d.length) +
+                          ") with no majority; not repaired");
+          continue;
+        }
+        // Rewrite the minority from a majority replica: an ordered copy, so
+        // a write in between is applied before it reads or after it wrote.
+        InternalOp copy;
+        copy.kind = SlotKind::kCopy;
+        copy.offset = d.offset;
+        copy.length = d.length;
+        copy.dst_mask = d.bad_mask;
+        copy.buffer = copy_buffer.get();
+        Status st = run_op(copy);
+        wrote = true;
+        std::vector<detail::BlockVerdict> again;
+        if (st.ok() && copy.result == 0) {
+          auto recheck = verify_op(d.offset, d.length);
+          if (recheck.ok()) {
+            // The re-read landed at the start of the buffers.
+            detail::compare_chunk(views, *recheck, d.offset, d.length, again);
+          }
+        }
+        if (st.ok() && copy.result == 0 && again.empty()) {
+          add_range(report.repaired, d.offset, d.length);
+          repaired += d.length;
+          v.event(-1, "verify: repaired byte " + std::to_string(d.offset) + " (+" +
+                          std::to_string(d.length) + ") on replica mask " +
+                          std::to_string(d.bad_mask) + " from the majority");
+        } else {
+          add_range(report.unrepaired, d.offset, d.length);
         }
       }
-      if (differ) {
-        uint64_t at = off + b;
-        if (!report.mismatches.empty() &&
-            report.mismatches.back().first + report.mismatches.back().second == at) {
-          report.mismatches.back().second += 4096;
-        } else {
-          report.mismatches.emplace_back(at, 4096);
-        }
+      if (wrote) {
+        // Repair copies are not dirty-marked: make them durable now.
+        QueueState& q = *v.queues[v.control_queue];
+        VolumeIo flush;
+        flush.op = VolumeOp::kFlush;
+        int flush_result = 1;
+        flush.user_data = &flush_result;
+        flush.on_complete = [](VolumeIo& io, int result) {
+          *static_cast<int*>(io.user_data) = result;
+        };
+        q.submit(flush);
+        q.kick();
+        q.run_until_idle();
       }
     }
-    report.bytes_compared += op.length;
+    report.bytes_compared += len;
+    const uint64_t elapsed = now_ns() - start_ns;
+    {
+      std::lock_guard lock(v.mutex);
+      VerifyStatus& st = v.verify_status;
+      st.done_bytes = report.bytes_compared;
+      st.percent = 100.0 * static_cast<double>(st.done_bytes) / static_cast<double>(size);
+      st.bytes_per_second =
+          elapsed > 0 ? static_cast<double>(st.done_bytes) * 1e9 / static_cast<double>(elapsed) : 0;
+      st.mismatched_bytes += mismatched;
+      st.repaired_bytes += repaired;
+    }
+    if (options.bytes_per_second > 0) {
+      const uint64_t due_ns = report.bytes_compared * 1000000000ULL / options.bytes_per_second;
+      if (due_ns > elapsed) {
+        std::unique_lock lock(v.verify_sleep_mutex);
+        v.verify_cv.wait_for(lock, std::chrono::nanoseconds(due_ns - elapsed),
+                             [&] { return v.verify_cancel.load(); });
+      }
+    }
   }
-  v.event(-1, "verify: " + std::to_string(report.bytes_compared) + " bytes compared, " +
-                  std::to_string(report.mismatches.size()) + " mismatching range(s)");
+  auto total = [](const std::vector<std::pair<uint64_t, uint64_t>>& list) {
+    uint64_t n = 0;
+    for (const auto& [o, l] : list) {
+      n += l;
+    }
+    return n;
+  };
+  {
+    std::lock_guard lock(v.mutex);
+    VerifyStatus& st = v.verify_status;
+    st.active = false;
+    ++st.runs;
+    st.last_finished = std::chrono::system_clock::now();
+    st.last_repair = options.repair;
+    st.last_bytes = report.bytes_compared;
+    st.last_mismatched_bytes = total(report.mismatches);
+    st.last_repaired_bytes = total(report.repaired);
+    st.last_unrepaired_bytes = total(report.unrepaired);
+    st.last_seconds = static_cast<double>(now_ns() - start_ns) / 1e9;
+    st.last_error = !error.empty() ? error : report.cancelled ? "cancelled" : "";
+    st.last_mismatches.assign(
+        report.mismatches.begin(),
+        report.mismatches.begin() +
+            static_cast<std::ptrdiff_t>(std::min<size_t>(report.mismatches.size(), 64)));
+  }
+  {
+    // Under the lock, so wait_verify() cannot miss it.
+    std::lock_guard lock(v.verify_bg_mutex);
+    v.verify_bg_cv.notify_all();
+  }
+  v.event(-1, std::string(options.repair ? "verify+repair: " : "verify: ") +
+                  std::to_string(report.bytes_compared) + " bytes compared, " +
+                  std::to_string(report.mismatches.size()) + " mismatching range(s), " +
+                  std::to_string(report.repaired.size()) + " repaired, " +
+                  std::to_string(report.unrepaired.size()) + " unrepaired" +
+                  (report.cancelled ? " (cancelled)" : "") +
+                  (error.empty() ? "" : " (stopped: " + error + ")"));
+  if (!error.empty()) {
+    return Error(EIO, "volume " + v.options.name + ": verify stopped at byte " +
+                          std::to_string(report.bytes_compared) + ": " + error);
+  }
   return report;
+}
+
+void ReplicatedVolume::start_verify_thread() {
+  Impl& v = *impl_;
+  if (v.verify_thread.joinable()) {
+    return;
+  }
+  v.verify_thread = std::thread([this] {
+    pthread_setname_np(pthread_self(), "vol-verify");
+    Impl& w = *impl_;
+    const auto interval = w.options.scrub_interval;
+    auto next = std::chrono::steady_clock::now() + interval;
+    std::unique_lock lock(w.verify_bg_mutex);
+    for (;;) {
+      auto wake = [&] { return w.verify_bg_stop || w.verify_request.has_value(); };
+      if (interval.count() > 0) {
+        w.verify_bg_cv.wait_until(lock, next, wake);
+      } else {
+        w.verify_bg_cv.wait(lock, wake);
+      }
+      if (w.verify_bg_stop) {
+        return;
+      }
+      VerifyOptions run;
+      if (w.verify_request) {
+        run = *w.verify_request;
+        w.verify_request.reset();
+      } else if (interval.count() > 0 && std::chrono::steady_clock::now() >= next) {
+        run.repair = w.options.scrub_repair;
+        run.bytes_per_second = w.options.scrub_bytes_per_second;
+      } else {
+        continue;
+      }
+      lock.unlock();
+      Result<VerifyReport> report = verify(run);
+      if (!report.ok()) {
+        spdlog::warn("volume {}: background verify: {}", w.options.name,
+                     report.error().to_string());
+      }
+      lock.lock();
+      next = std::chrono::steady_clock::now() + interval;
+    }
+  });
+}
+
+Status ReplicatedVolume::start_verify(const VerifyOptions& options) {
+  Impl& v = *impl_;
+  if (v.closed) {
+    return Error(ESHUTDOWN, "volume " + v.options.name + " is closed");
+  }
+  VerifyStatus now;
+  {
+    std::lock_guard lock(v.mutex);
+    now = v.verify_status;
+  }
+  {
+    std::lock_guard lock(v.verify_bg_mutex);
+    if (now.active || v.verify_request) {
+      return Error(EBUSY, "volume " + v.options.name + ": a verify is already " +
+                              (now.active ? "running (" + std::to_string(now.done_bytes) + " of " +
+                                                std::to_string(now.total_bytes) + " bytes)"
+                                          : std::string("queued")));
+    }
+    v.verify_request = options;
+  }
+  start_verify_thread();
+  v.verify_bg_cv.notify_all();
+  return ok_status();
+}
+
+bool ReplicatedVolume::wait_verify(uint64_t runs, std::chrono::milliseconds timeout) {
+  Impl& v = *impl_;
+  std::unique_lock lock(v.verify_bg_mutex);
+  return v.verify_bg_cv.wait_for(lock, timeout, [&] {
+    std::lock_guard status_lock(v.mutex);
+    return v.verify_status.runs >= runs;
+  });
+}
+
+void ReplicatedVolume::cancel_verify() {
+  Impl& v = *impl_;
+  v.verify_cancel.store(true);
+  std::lock_guard lock(v.verify_sleep_mutex);
+  v.verify_cv.notify_all();
 }
 
 Status ReplicatedVolume::checkpoint() {
@@ -2827,6 +3414,13 @@ bool ReplicatedVolume::wait_checkpoints(uint64_t count, std::chrono::millisecond
 
 Status ReplicatedVolume::close() {
   Impl& v = *impl_;
+  cancel_verify();
+  v.stop_verify_thread();
+  {
+    // A verify running on another thread stops at its next chunk.
+    std::lock_guard run_lock(v.verify_run_mutex);
+    v.closed = true;
+  }
   v.stop_dirty_clear();
   {
     std::lock_guard lock(v.rebuild_mutex);

@@ -235,7 +235,19 @@ TEST(ReplicatedFaults, BelowMinReplicasFailsIo) {
   auto buf = make_buffer(4096);
   testing::fill_block(buf.get(), 5, 0);
   EXPECT_EQ(run_io(**q, VolumeOp::kWrite, 0, 4096, buf.get()), 0);
-  ASSERT_TRUE(volume->fail_replica(1, "test").ok());
+  // An operator's fail that would take the volume offline is refused, like
+  // remove_replica (issue 12 item 9), and names the numbers...
+  Status refused = volume->fail_replica(1, "test");
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().errno_value(), EBUSY);
+  EXPECT_NE(refused.error().message().find("below min_replicas 2"), std::string::npos)
+      << refused.error().message();
+  EXPECT_NE(refused.error().message().find("leave 1 of 2 in-sync"), std::string::npos)
+      << refused.error().message();
+  EXPECT_EQ(volume->status().in_sync, 2U);
+  EXPECT_EQ(run_io(**q, VolumeOp::kWrite, 0, 4096, buf.get()), 0);
+  // ...unless forced.
+  ASSERT_TRUE(volume->fail_replica(1, "test", true).ok());
   EXPECT_EQ(run_io(**q, VolumeOp::kWrite, 0, 4096, buf.get()), -EIO);
   EXPECT_EQ(run_io(**q, VolumeOp::kRead, 0, 4096, buf.get()), -EIO);
   VolumeStatus st = volume->status();
@@ -243,6 +255,7 @@ TEST(ReplicatedFaults, BelowMinReplicasFailsIo) {
   EXPECT_EQ(st.in_sync, 1U);
   // The last in-sync replica is never dropped.
   EXPECT_FALSE(volume->fail_replica(0, "test").ok());
+  EXPECT_FALSE(volume->fail_replica(0, "test", true).ok());
   q->reset();
 }
 
