@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <cerrno>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -30,6 +32,8 @@ constexpr double kPollSeconds = 0.5;
 struct GlobalOptions {
   std::string socket = daemon::kDefaultSocketPath;
   bool json = false;
+  // Seconds to wait for the daemon to accept and to answer (0 = forever).
+  double timeout = 60;
 };
 
 // One invocation's connection to the daemon, opened on first use. Every
@@ -43,14 +47,15 @@ class Session {
     if (!client_) {
       auto client = env_.connect(options_.socket);
       if (!client) {
-        unreachable(client.error().message());
+        unreachable(client.error());
         return std::nullopt;
       }
       client_ = std::move(*client);
+      client_->set_timeout(std::chrono::milliseconds(std::llround(options_.timeout * 1000)));
     }
     auto response = client_->call(method, params);
     if (!response) {
-      unreachable(response.error().message());
+      unreachable(response.error());
       client_.reset();
       return std::nullopt;
     }
@@ -98,9 +103,19 @@ class Session {
   [[nodiscard]] const CliEnvironment& env() const { return env_; }
 
  private:
-  void unreachable(const std::string& why) {
+  void unreachable(const Error& why) {
+    if (why.errno_value() == ETIMEDOUT) {
+      // Connected (or connecting) but no answer: a stuck or stopped daemon,
+      // not a missing one.
+      status_ = ExitCode::kTimeout;
+      env_.err << kProgram << ": " << why.message()
+               << "\n  (check the daemon: systemctl status ublk-volumed; wait longer: "
+                  "--timeout SECONDS, 0 = forever)\n";
+      return;
+    }
     status_ = ExitCode::kUnreachable;
-    env_.err << kProgram << ": cannot talk to ublk-volumed at " << options_.socket << ": " << why
+    env_.err << kProgram << ": cannot talk to ublk-volumed at " << options_.socket << ": "
+             << why.message()
              << "\n  (is the service running? systemctl status ublk-volumed; another socket: "
                 "--socket PATH or UBLK_VOLUME_SOCKET)\n";
   }
@@ -798,6 +813,13 @@ int run_cli(int argc, const char* const* argv, const CliEnvironment& env) {
       ->capture_default_str();
   app.add_flag("--json", options.json,
                "Print the daemon's result as JSON (for scripts; errors as {\"ok\":false,...})");
+  app.add_option("--timeout", options.timeout,
+                 "Seconds to wait for the daemon to answer one request (0 = forever); "
+                 "--wait commands poll, so this bounds each poll, not the wait. Put it before "
+                 "the command for `replica add/rebuild`, whose own --timeout bounds the wait")
+      ->envname("UBLK_VOLUME_TIMEOUT")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
 
   CommandTree tree;
   add_store_commands(app, tree);
@@ -915,7 +937,8 @@ int run_cli(int argc, const char* const* argv, const CliEnvironment& env) {
       std::string(
           "Every command has --help with examples, e.g. ublk-volume volume create --help.\n"
           "Sizes: binary units K M G T P (10G = 10 GiB), optional iB/B suffix, 1.5T allowed.\n"
-          "Environment: UBLK_VOLUME_SOCKET overrides the default socket.\n\n") +
+          "Environment: UBLK_VOLUME_SOCKET overrides the default socket, UBLK_VOLUME_TIMEOUT\n"
+          "the default --timeout.\n\n") +
       exit_code_help());
 
   try {

@@ -36,6 +36,7 @@
 #include "ublkvol/ublk/features.h"
 
 #include "frontend_volume.h"
+#include "store_paths.h"
 
 namespace ublkvol::daemon {
 namespace {
@@ -476,9 +477,6 @@ struct Service::Impl {
     }
     UBLKVOL_TRY(p.finish());
     const bool do_format = format->value_or(false);
-    if (path->empty() || path->front() != '/' || path->find('\0') != std::string::npos) {
-      return invalid("field 'path' must be an absolute path");
-    }
     if (size->has_value() && !do_format) {
       return invalid("field 'size' is only allowed with format=true (it creates the file)");
     }
@@ -496,19 +494,31 @@ struct Service::Impl {
     if (find_store(*name) != nullptr) {
       return Error(EEXIST, "store " + named(*name) + " already exists");
     }
+    if (do_format && size->has_value()) {
+      UBLKVOL_TRY(validate_new_store_size(**size));
+    }
+    // Only paths this client may name (store_paths.h); `open_path` is what
+    // to open from here on.
+    auto admitted =
+        admit_store_path(p.peer(), *path, config.store_dirs, do_format && size->has_value());
+    if (!admitted.ok()) {
+      return admitted.error();
+    }
+    CreatedFileGuard remove_on_failure(*admitted);
+    const std::string& open_path = admitted->open_path;
     for (const auto& s : stores) {
-      if (s->path == *path) {
+      if (s->path == *path || s->path == admitted->record_path) {
         return Error(EEXIST, "path " + *path + " is already store " + named(s->name));
       }
     }
     auto entry = std::make_unique<StoreEntry>();
     entry->name = *name;
-    entry->path = *path;
+    entry->path = open_path;  // the record path once opened
     entry->uuid = random_uuid();
     std::unique_ptr<dbs::FileDevice> formatted_device;
     if (do_format) {
       struct stat st {};
-      const bool exists = ::stat(path->c_str(), &st) == 0;
+      const bool exists = !admitted->missing && ::stat(open_path.c_str(), &st) == 0;
       if (!exists && !size->has_value()) {
         return Error(ENOENT, *path + " does not exist (give 'size' to create a file)");
       }
@@ -518,14 +528,16 @@ struct Service::Impl {
       if (exists && S_ISBLK(st.st_mode) && size->has_value()) {
         return invalid("field 'size' cannot be used with a block device (" + *path + ")");
       }
-      if (exists && S_ISREG(st.st_mode) && size->has_value() &&
-          static_cast<uint64_t>(st.st_size) > **size) {
-        return invalid(*path + " is larger (" + std::to_string(st.st_size) +
-                       " bytes) than 'size'; refusing to shrink it");
+      if (exists && size->has_value() && static_cast<uint64_t>(st.st_size) != **size) {
+        // 'size' creates a file; it never extends or shrinks an existing one.
+        return invalid(*path + " already exists with " + std::to_string(st.st_size) +
+                       " bytes; 'size' (" + std::to_string(**size) +
+                       ") is only for creating a new file (omit it to format the file at its "
+                       "size)");
       }
       dbs::FileDeviceOptions options = device_options();
       options.create_size = size->value_or(0);
-      auto device = dbs::FileDevice::open(*path, options);
+      auto device = dbs::FileDevice::open(open_path, options);
       if (!device.ok()) {
         return device.error().with_context("store " + named(*name));
       }
@@ -544,6 +556,8 @@ struct Service::Impl {
       return Error(err == EIO || err == ENOENT || err == EACCES ? err : EINVAL,
                    opened.error().message());
     }
+    entry->path = admitted->record_path;
+    remove_on_failure.keep();
     spdlog::info("store '{}' added: {}{}", entry->name, entry->path,
                  do_format ? " (formatted)" : "");
     StoreEntry& added = *entry;
@@ -1569,7 +1583,8 @@ struct Service::Impl {
         {"replica.remove", &Impl::replica_remove},   {"replica.rebuild", &Impl::replica_rebuild},
         {"replica.fail", &Impl::replica_fail},       {"stats", &Impl::stats},
     };
-    Params p(request.params);
+    Params p(request.params, request.peer);
+    UBLKVOL_TRY(validate_dbs_names(request.method, request.params));
     for (const auto& [name, handler] : kMethods) {
       if (request.method == name) {
         return (this->*handler)(p);

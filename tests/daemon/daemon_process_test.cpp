@@ -309,7 +309,7 @@ TEST_F(DaemonTest, ErrorClasses) {
   refused("volume.create", {{"name", "../etc"}, {"size", 4096}, {"stores", {"a"}}},
           "invalid_argument", "must not start");
   refused("volume.create", {{"name", std::string(65, 'x')}, {"size", 4096}, {"stores", {"a"}}},
-          "invalid_argument", "longer than 64");
+          "invalid_argument", "volume names have at most 51 characters");
   refused("volume.create", {{"name", "m.engine-meta"}, {"size", 4096}, {"stores", {"a"}}},
           "invalid_argument", "reserved");
   refused("store.add", {{"name", "z"}, {"path", "relative/path"}}, "invalid_argument",
