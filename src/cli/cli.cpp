@@ -375,6 +375,7 @@ void add_store_commands(CLI::App& app, CommandTree& tree) {
   struct AddArgs {
     std::string name, path, size, extent_size;
     bool format = false;
+    bool force = false;
   };
   auto add = std::make_shared<AddArgs>();
   CLI::App* c = tree.add(
@@ -386,6 +387,13 @@ void add_store_commands(CLI::App& app, CommandTree& tree) {
         Json params = {{"name", add->name}, {"path", add->path}};
         if (add->format) {
           params["format"] = true;
+        }
+        if (add->force) {
+          if (!add->format) {
+            s.env().err << kProgram << ": --force only applies to --format\n";
+            return ExitCode::kUsage;
+          }
+          params["force"] = true;
         }
         if (!add->size.empty()) {
           if (!add->format) {
@@ -415,6 +423,9 @@ void add_store_commands(CLI::App& app, CommandTree& tree) {
   c->add_option("name", add->name, "Store name (letters, digits, . _ -)")->required();
   c->add_option("path", add->path, "Block device or file")->required();
   c->add_flag("--format", add->format, "Write a new, empty store (destroys what PATH holds)");
+  c->add_flag("--force", add->force,
+              "With --format: format even if PATH holds a DBS store or a filesystem (never a "
+              "live store or a device in use)");
   c->add_option("--size", add->size,
                 "Create PATH as a file of this size if it does not exist (with --format), "
                 "e.g. 20G");
@@ -458,6 +469,27 @@ void add_store_commands(CLI::App& app, CommandTree& tree) {
                  return r->value("ok", false) ? ExitCode::kOk : ExitCode::kFailed;
                });
   c->add_option("name", *name, "Store name")->required();
+
+  auto gc_dry_run = std::make_shared<bool>(false);
+  c = tree.add(store, "gc",
+               "Delete orphan volumes: DBS volumes on the store that no volume owns (left by an "
+               "interrupted operation or another daemon)",
+               "  ublk-volume store gc s0 --dry-run    # list them\n"
+               "  ublk-volume store gc s0              # delete them\n",
+               [name, gc_dry_run](Session& s) {
+                 Json params = {{"name", *name}};
+                 if (*gc_dry_run) {
+                   params["dry_run"] = true;
+                 }
+                 auto r = s.call("store.gc", params);
+                 return r ? s.print(*r,
+                                    [&](std::ostream& out, const Json& result) {
+                                      render_store_gc(out, *name, result);
+                                    })
+                          : s.status();
+               });
+  c->add_option("name", *name, "Store name")->required();
+  c->add_flag("--dry-run", *gc_dry_run, "Only list the orphans");
 }
 
 void add_volume_commands(CLI::App& app, CommandTree& tree) {
@@ -505,6 +537,33 @@ void add_volume_commands(CLI::App& app, CommandTree& tree) {
   c->add_option("--min-replicas", create->min_replicas,
                 "Replicas that must stay in sync for the volume to stay online "
                 "(default: the daemon's config)")
+      ->check(CLI::PositiveNumber);
+
+  auto adopt = std::make_shared<CreateArgs>();
+  c = tree.add(volume, "import",
+               "Adopt orphan replicas (DBS volumes of this name that no volume owns, see "
+               "'ublk-volume status') as a volume",
+               "  ublk-volume volume import vol0 --store s0 s1\n", [adopt](Session& s) {
+                 Json params = {{"name", adopt->name}, {"stores", adopt->stores}};
+                 if (adopt->min_replicas > 0) {
+                   params["min_replicas"] = adopt->min_replicas;
+                 }
+                 auto r = s.call("volume.import", params);
+                 if (!r) {
+                   return s.status();
+                 }
+                 return s.done(*r, "imported volume '" + adopt->name + "' (" +
+                                       format_size(r->value("size_bytes", uint64_t{0})) + ", " +
+                                       std::to_string(adopt->stores.size()) + " replica(s) on " +
+                                       join(adopt->stores) + ")");
+               });
+  c->add_option("name", adopt->name, "Name of the orphan replicas (becomes the volume name)")
+      ->required();
+  c->add_option("--store", adopt->stores, "Stores holding the replicas (1 to 4)")
+      ->required()
+      ->delimiter(',');
+  c->add_option("--min-replicas", adopt->min_replicas,
+                "Replicas that must stay in sync (default: the daemon's config)")
       ->check(CLI::PositiveNumber);
 
   tree.add(volume, "list", "List volumes with state, replicas and device",

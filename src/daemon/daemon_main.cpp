@@ -198,6 +198,22 @@ int run(int argc, char** argv) {
     });
   }
 
+  // Stores deleted, replaced or failed under the daemon are noticed here.
+  UniqueFd store_check_timer(::timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
+  itimerspec check_spec{};
+  check_spec.it_interval.tv_sec = Service::kStoreCheckIntervalMs / 1000;
+  check_spec.it_interval.tv_nsec = (Service::kStoreCheckIntervalMs % 1000) * 1'000'000L;
+  check_spec.it_value = check_spec.it_interval;
+  if (!store_check_timer ||
+      ::timerfd_settime(store_check_timer.get(), 0, &check_spec, nullptr) != 0) {
+    return fail(kExitFailure, "cannot arm the store check timer");
+  }
+  (void)(*server)->watch(store_check_timer.get(), [&] {
+    uint64_t expirations = 0;
+    (void)::read(store_check_timer.get(), &expirations, sizeof(expirations));
+    (*service)->check_stores();
+  });
+
   const std::string status = (*service)->status_line();
   spdlog::info("ready: {}; control socket {}", status, config->control_socket);
   (void)notifier.notify("READY=1\nSTATUS=" + status);
