@@ -99,6 +99,14 @@ struct OpenOptions {
   // requests in flight before giving up with ETIMEDOUT ("<device> did not
   // complete N requests within T s"), so a hung device cannot hang its owner.
   std::chrono::milliseconds device_timeout{30'000};
+  // Operator escape hatch, off by default. A journal damaged in the middle
+  // (a later commit exists after an invalid one) makes open refuse with
+  // EUCLEAN; with this set, open instead recovers the state before the
+  // damaged commit, drops it and every later commit, logs that at error
+  // level and says so in open_notes() ("journal truncated at corruption:
+  // ..."). The first commit after open starts a new epoch, which makes the
+  // loss permanent: copy the device first if the dropped commits matter.
+  bool truncate_journal_at_corruption = false;
 };
 
 struct VolumeInfo {

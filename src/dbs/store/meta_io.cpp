@@ -267,10 +267,23 @@ Status refuse_if_later_commit(BlockDevice& device, const Geometry& g, uint64_t p
   return ok_status();
 }
 
+// The replay ends here: `found` is refuse_if_later_commit()'s verdict. With
+// the operator's escape hatch a corruption ends the journal too, recorded in
+// `loaded`.
+Status end_of_journal(Status found, bool truncate_at_corruption, LoadedStore& loaded) {
+  if (found.ok() || !truncate_at_corruption || found.error().errno_value() != EUCLEAN) {
+    return found;
+  }
+  loaded.journal_truncated = found.error().message();
+  loaded.notes.push_back("journal truncated at corruption (truncate_journal_at_corruption): " +
+                         found.error().message());
+  return ok_status();
+}
+
 }  // namespace
 
 Result<LoadedStore> load_store(BlockDevice& device, bool validate,
-                               std::vector<std::string>* problems) {
+                               std::vector<std::string>* problems, bool truncate_at_corruption) {
   const std::string name(device.name());
   LoadedStore loaded;
   auto geometry = load_geometry(device, loaded.notes, loaded.bad_superblock_copy);
@@ -339,8 +352,9 @@ Result<LoadedStore> load_store(BlockDevice& device, bool validate,
         return run.error().with_context(name + ": cannot read journal block " +
                                         std::to_string(pos));
       }
-      UBLKVOL_TRY(
-          refuse_if_later_commit(device, g, pos, loaded.epoch, loaded.seq, run.error().message()));
+      UBLKVOL_TRY(end_of_journal(
+          refuse_if_later_commit(device, g, pos, loaded.epoch, loaded.seq, run.error().message()),
+          truncate_at_corruption, loaded));
       break;  // end of the journal (or a torn, never-acknowledged commit)
     }
     if (run->header.epoch != loaded.epoch || run->header.seq != loaded.seq + 1) {
@@ -354,10 +368,11 @@ Result<LoadedStore> load_store(BlockDevice& device, bool validate,
                               "to roll back to epoch " +
                               std::to_string(loaded.epoch));
       }
-      UBLKVOL_TRY(refuse_if_later_commit(device, g, pos, loaded.epoch, loaded.seq,
-                                         "holds commit " + std::to_string(run->header.seq) +
-                                             " of epoch " + std::to_string(run->header.epoch) +
-                                             " instead"));
+      UBLKVOL_TRY(end_of_journal(
+          refuse_if_later_commit(device, g, pos, loaded.epoch, loaded.seq,
+                                 "holds commit " + std::to_string(run->header.seq) + " of epoch " +
+                                     std::to_string(run->header.epoch) + " instead"),
+          truncate_at_corruption, loaded));
       break;
     }
     auto status = metadata->apply(run->body);

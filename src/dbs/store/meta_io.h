@@ -96,12 +96,18 @@ struct LoadedStore {
   // The superblock copy (0 or 1) that failed validation while the other one
   // was good, or -1. Store::open rewrites it from the good one.
   int bad_superblock_copy = -1;
+  // load_store(truncate_at_corruption): why the journal was cut short ("" if
+  // it was not).
+  std::string journal_truncated;
 };
 
 // Reads the superblocks, the newest valid checkpoint and the valid journal
 // commits after it. Never writes. `validate` also runs link_and_validate()
-// and fails on any problem.
+// and fails on any problem. A journal damaged in the middle is refused
+// (EUCLEAN) unless `truncate_at_corruption`: then the replay ends before the
+// damaged commit and `journal_truncated` says why.
 Result<LoadedStore> load_store(BlockDevice& device, bool validate,
-                               std::vector<std::string>* problems);
+                               std::vector<std::string>* problems,
+                               bool truncate_at_corruption = false);
 
 }  // namespace ublkvol::dbs::detail

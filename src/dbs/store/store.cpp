@@ -104,9 +104,16 @@ std::string rewrite_superblock_copy(BlockDevice& device, const Geometry& g, uint
 }  // namespace
 
 Result<std::unique_ptr<Store>> Store::open(BlockDevice& device, const OpenOptions& options) {
-  auto loaded = load_store(device, /*validate=*/true, nullptr);
+  auto loaded =
+      load_store(device, /*validate=*/true, nullptr, options.truncate_journal_at_corruption);
   if (!loaded.ok()) {
     return loaded.error();
+  }
+  if (!loaded->journal_truncated.empty()) {
+    spdlog::error(
+        "dbs store {}: opened with truncate_journal_at_corruption: every journal commit from the "
+        "damaged one on is dropped for good at the first commit: {}",
+        device.name(), loaded->journal_truncated);
   }
   const int bad_copy = loaded->bad_superblock_copy;
   std::string repaired;

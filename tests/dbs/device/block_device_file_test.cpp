@@ -118,6 +118,16 @@ TEST_F(BlockDeviceFileTest, FullOperationSet) {
   ASSERT_FALSE(second.ok());
   EXPECT_EQ(second.error().errno_value(), EBUSY);
   EXPECT_NE(second.error().message().find("cannot open exclusively"), std::string::npos);
+  // ... naming the holder: this process (O_EXCL and the flock of the first open).
+  EXPECT_NE(second.error().message().find("this process (pid " + std::to_string(::getpid())),
+            std::string::npos)
+      << second.error().message();
+  // A read-only open (an offline check) is refused too while the writer holds it.
+  FileDeviceOptions read_only;
+  read_only.read_only = true;
+  auto reader = FileDevice::open(loop.path(), read_only);
+  ASSERT_FALSE(reader.ok());
+  EXPECT_EQ(reader.error().errno_value(), EBUSY);
 
   constexpr uint64_t kBytes = 2 << 20;
   AlignedBuffer data(kBytes);

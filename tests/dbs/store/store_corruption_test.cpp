@@ -332,6 +332,52 @@ TEST_F(CorruptionTest, BitFlipInMiddleJournalCommitIsRefused) {
   expect_check_finds(needle);
 }
 
+// The operator's escape hatch: OpenOptions::truncate_journal_at_corruption
+// opens the state before the damaged commit (what a refused open protects),
+// says so in the open notes, and only then can the store be used again.
+TEST_F(CorruptionTest, TruncateJournalAtCorruptionOpensTheStateBeforeTheDamagedCommit) {
+  {
+    auto store = Store::open(*device_);
+    ASSERT_TRUE(store.ok());
+    for (int i = 0; i < 4; ++i) {
+      ASSERT_TRUE((*store)->create_volume("y" + std::to_string(i), 4 * kMiB).ok());
+    }
+  }
+  auto loaded = detail::load_store(*device_, false, nullptr);
+  ASSERT_TRUE(loaded.ok());
+  // y0 went into the checkpoint (first commit after open); the journal holds
+  // the epoch-start record, y1, y2, y3. Damage y2.
+  const detail::Geometry& g = loaded->geometry;
+  uint64_t pos = 0;
+  for (int i = 0; i < 2; ++i) {
+    auto run = detail::read_run(*device_, g, g.journal_start + pos,
+                                g.journal_start + g.journal_blocks, MetaType::kJournal);
+    ASSERT_TRUE(run.ok());
+    pos += run->header.count;
+  }
+  device_->bytes()[(g.journal_start + pos) * kBlockSize + 100] ^= std::byte{0x01};
+  expect_refused(*device_, device_->bytes(), "is corrupted");
+  OpenOptions options;
+  options.truncate_journal_at_corruption = true;
+  auto store = Store::open(*device_, options);
+  ASSERT_TRUE(store.ok()) << store.error().to_string();
+  EXPECT_TRUE((*store)->find_volume("y1").ok());
+  EXPECT_FALSE((*store)->find_volume("y2").ok());
+  EXPECT_FALSE((*store)->find_volume("y3").ok());
+  bool noted = false;
+  for (const std::string& note : (*store)->open_notes()) {
+    noted |= note.find("journal truncated") != std::string::npos;
+  }
+  EXPECT_TRUE(noted);
+  EXPECT_TRUE((*store)->check().empty());
+  ASSERT_TRUE((*store)->create_volume("after", 4 * kMiB).ok());
+  store->reset();
+  auto reopened = Store::open(*device_);
+  ASSERT_TRUE(reopened.ok()) << reopened.error().to_string();
+  EXPECT_TRUE((*reopened)->find_volume("after").ok());
+  EXPECT_FALSE((*reopened)->find_volume("y3").ok());
+}
+
 TEST_F(CorruptionTest, ExtentMappedTwiceIsFound) {
   append_commit(std::pair{RecordType::kExtent, extent_of(head_layer(), 10, phys_of(0))});
   expect_refused(*device_, device_->bytes(), "mapped twice");
