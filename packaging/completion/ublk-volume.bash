@@ -53,15 +53,18 @@ _ublk_volume() {
     "") words_list="$groups" ;;
     store)
       case "$sub" in
-        "") words_list="add list show remove check" ;;
-        add) opts+=" --format --size --extent-size"
+        "") words_list="add list show remove check gc" ;;
+        add) opts+=" --format --force --size --extent-size"
              [[ $nargs -ge 1 ]] && { COMPREPLY=($(compgen -f -- "$cur")); return; } ;;
         show|remove|check) [[ $nargs -eq 0 ]] && words_list="$(_ublk_volume_names stores)" ;;
+        gc) opts+=" --dry-run"
+            [[ $nargs -eq 0 ]] && words_list="$(_ublk_volume_names stores)" ;;
       esac ;;
     volume)
       case "$sub" in
-        "") words_list="create list show delete expose unexpose resize" ;;
+        "") words_list="create import list show delete expose unexpose resize" ;;
         create) opts+=" --size --store --min-replicas" ;;
+        import) opts+=" --store --min-replicas" ;;
         expose) opts+=" --queues --queue-depth"
                 [[ $nargs -eq 0 ]] && words_list="$(_ublk_volume_names volumes)" ;;
         show|delete|unexpose|resize) [[ $nargs -eq 0 ]] && words_list="$(_ublk_volume_names volumes)" ;;

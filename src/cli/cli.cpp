@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <cerrno>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -30,6 +32,8 @@ constexpr double kPollSeconds = 0.5;
 struct GlobalOptions {
   std::string socket = daemon::kDefaultSocketPath;
   bool json = false;
+  // Seconds to wait for the daemon to accept and to answer (0 = forever).
+  double timeout = 60;
 };
 
 // One invocation's connection to the daemon, opened on first use. Every
@@ -43,14 +47,15 @@ class Session {
     if (!client_) {
       auto client = env_.connect(options_.socket);
       if (!client) {
-        unreachable(client.error().message());
+        unreachable(client.error());
         return std::nullopt;
       }
       client_ = std::move(*client);
+      client_->set_timeout(std::chrono::milliseconds(std::llround(options_.timeout * 1000)));
     }
     auto response = client_->call(method, params);
     if (!response) {
-      unreachable(response.error().message());
+      unreachable(response.error());
       client_.reset();
       return std::nullopt;
     }
@@ -98,9 +103,19 @@ class Session {
   [[nodiscard]] const CliEnvironment& env() const { return env_; }
 
  private:
-  void unreachable(const std::string& why) {
+  void unreachable(const Error& why) {
+    if (why.errno_value() == ETIMEDOUT) {
+      // Connected (or connecting) but no answer: a stuck or stopped daemon,
+      // not a missing one.
+      status_ = ExitCode::kTimeout;
+      env_.err << kProgram << ": " << why.message()
+               << "\n  (check the daemon: systemctl status ublk-volumed; wait longer: "
+                  "--timeout SECONDS, 0 = forever)\n";
+      return;
+    }
     status_ = ExitCode::kUnreachable;
-    env_.err << kProgram << ": cannot talk to ublk-volumed at " << options_.socket << ": " << why
+    env_.err << kProgram << ": cannot talk to ublk-volumed at " << options_.socket << ": "
+             << why.message()
              << "\n  (is the service running? systemctl status ublk-volumed; another socket: "
                 "--socket PATH or UBLK_VOLUME_SOCKET)\n";
   }
@@ -407,6 +422,7 @@ void add_store_commands(CLI::App& app, CommandTree& tree) {
   struct AddArgs {
     std::string name, path, size, extent_size;
     bool format = false;
+    bool force = false;
   };
   auto add = std::make_shared<AddArgs>();
   CLI::App* c = tree.add(
@@ -418,6 +434,13 @@ void add_store_commands(CLI::App& app, CommandTree& tree) {
         Json params = {{"name", add->name}, {"path", add->path}};
         if (add->format) {
           params["format"] = true;
+        }
+        if (add->force) {
+          if (!add->format) {
+            s.env().err << kProgram << ": --force only applies to --format\n";
+            return ExitCode::kUsage;
+          }
+          params["force"] = true;
         }
         if (!add->size.empty()) {
           if (!add->format) {
@@ -447,6 +470,9 @@ void add_store_commands(CLI::App& app, CommandTree& tree) {
   c->add_option("name", add->name, "Store name (letters, digits, . _ -)")->required();
   c->add_option("path", add->path, "Block device or file")->required();
   c->add_flag("--format", add->format, "Write a new, empty store (destroys what PATH holds)");
+  c->add_flag("--force", add->force,
+              "With --format: format even if PATH holds a DBS store or a filesystem (never a "
+              "live store or a device in use)");
   c->add_option("--size", add->size,
                 "Create PATH as a file of this size if it does not exist (with --format), "
                 "e.g. 20G");
@@ -490,6 +516,27 @@ void add_store_commands(CLI::App& app, CommandTree& tree) {
                  return r->value("ok", false) ? ExitCode::kOk : ExitCode::kFailed;
                });
   c->add_option("name", *name, "Store name")->required();
+
+  auto gc_dry_run = std::make_shared<bool>(false);
+  c = tree.add(store, "gc",
+               "Delete orphan volumes: DBS volumes on the store that no volume owns (left by an "
+               "interrupted operation or another daemon)",
+               "  ublk-volume store gc s0 --dry-run    # list them\n"
+               "  ublk-volume store gc s0              # delete them\n",
+               [name, gc_dry_run](Session& s) {
+                 Json params = {{"name", *name}};
+                 if (*gc_dry_run) {
+                   params["dry_run"] = true;
+                 }
+                 auto r = s.call("store.gc", params);
+                 return r ? s.print(*r,
+                                    [&](std::ostream& out, const Json& result) {
+                                      render_store_gc(out, *name, result);
+                                    })
+                          : s.status();
+               });
+  c->add_option("name", *name, "Store name")->required();
+  c->add_flag("--dry-run", *gc_dry_run, "Only list the orphans");
 }
 
 void add_volume_commands(CLI::App& app, CommandTree& tree) {
@@ -537,6 +584,33 @@ void add_volume_commands(CLI::App& app, CommandTree& tree) {
   c->add_option("--min-replicas", create->min_replicas,
                 "Replicas that must stay in sync for the volume to stay online "
                 "(default: the daemon's config)")
+      ->check(CLI::PositiveNumber);
+
+  auto adopt = std::make_shared<CreateArgs>();
+  c = tree.add(volume, "import",
+               "Adopt orphan replicas (DBS volumes of this name that no volume owns, see "
+               "'ublk-volume status') as a volume",
+               "  ublk-volume volume import vol0 --store s0 s1\n", [adopt](Session& s) {
+                 Json params = {{"name", adopt->name}, {"stores", adopt->stores}};
+                 if (adopt->min_replicas > 0) {
+                   params["min_replicas"] = adopt->min_replicas;
+                 }
+                 auto r = s.call("volume.import", params);
+                 if (!r) {
+                   return s.status();
+                 }
+                 return s.done(*r, "imported volume '" + adopt->name + "' (" +
+                                       format_size(r->value("size_bytes", uint64_t{0})) + ", " +
+                                       std::to_string(adopt->stores.size()) + " replica(s) on " +
+                                       join(adopt->stores) + ")");
+               });
+  c->add_option("name", adopt->name, "Name of the orphan replicas (becomes the volume name)")
+      ->required();
+  c->add_option("--store", adopt->stores, "Stores holding the replicas (1 to 4)")
+      ->required()
+      ->delimiter(',');
+  c->add_option("--min-replicas", adopt->min_replicas,
+                "Replicas that must stay in sync (default: the daemon's config)")
       ->check(CLI::PositiveNumber);
 
   tree.add(volume, "list", "List volumes with state, replicas and device",
@@ -892,6 +966,13 @@ int run_cli(int argc, const char* const* argv, const CliEnvironment& env) {
       ->capture_default_str();
   app.add_flag("--json", options.json,
                "Print the daemon's result as JSON (for scripts; errors as {\"ok\":false,...})");
+  app.add_option("--timeout", options.timeout,
+                 "Seconds to wait for the daemon to answer one request (0 = forever); "
+                 "--wait commands poll, so this bounds each poll, not the wait. Put it before "
+                 "the command for `replica add/rebuild`, whose own --timeout bounds the wait")
+      ->envname("UBLK_VOLUME_TIMEOUT")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
 
   CommandTree tree;
   add_store_commands(app, tree);
@@ -1009,7 +1090,8 @@ int run_cli(int argc, const char* const* argv, const CliEnvironment& env) {
       std::string(
           "Every command has --help with examples, e.g. ublk-volume volume create --help.\n"
           "Sizes: binary units K M G T P (10G = 10 GiB), optional iB/B suffix, 1.5T allowed.\n"
-          "Environment: UBLK_VOLUME_SOCKET overrides the default socket.\n\n") +
+          "Environment: UBLK_VOLUME_SOCKET overrides the default socket, UBLK_VOLUME_TIMEOUT\n"
+          "the default --timeout.\n\n") +
       exit_code_help());
 
   try {

@@ -6,6 +6,7 @@
 // output and exit status can be checked without a daemon.
 #pragma once
 
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <string>
@@ -26,6 +27,10 @@ class ControlClient {
   // daemon could not be reached or the connection broke (exit status 3); a
   // refusal by the daemon comes back as a Response with ok == false.
   virtual Result<daemon::Response> call(std::string_view method, const Json& params) = 0;
+
+  // How long call() waits while the daemon sends nothing (0 = forever); a
+  // silence that long is an Error with ETIMEDOUT (exit status 7).
+  virtual void set_timeout(std::chrono::milliseconds /*timeout*/) {}
 };
 
 // Connects to the daemon's socket. Called only by commands that need the

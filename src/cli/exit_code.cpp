@@ -35,7 +35,8 @@ const char* exit_code_help() {
          "  3  cannot talk to the daemon (not running, no socket, permission denied)\n"
          "  4  not found (store, volume, snapshot or replica)\n"
          "  5  conflict (name taken, object busy: exposed, mounted, holds replicas)\n"
-         "  6  unavailable on this host (e.g. ublk_drv is not loaded)\n";
+         "  6  unavailable on this host (e.g. ublk_drv is not loaded)\n"
+         "  7  the daemon did not answer within --timeout seconds\n";
 }
 
 }  // namespace ublkvol::cli

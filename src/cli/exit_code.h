@@ -12,6 +12,8 @@
 //      holds replicas)
 //   6  unavailable on this host: the daemon lacks a facility (ublk_drv not
 //      loaded, feature not supported by the kernel)
+//   7  the daemon did not answer within --timeout seconds (stuck, stopped,
+//      or overloaded): connected, but no response
 //
 // docs/operations.md repeats this table; `ublk-volume --help` prints it.
 #pragma once
@@ -28,6 +30,7 @@ enum class ExitCode : int {
   kNotFound = 4,
   kConflict = 5,
   kUnavailable = 6,
+  kTimeout = 7,
 };
 
 inline int to_int(ExitCode code) { return static_cast<int>(code); }

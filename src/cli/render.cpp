@@ -75,6 +75,16 @@ size_t in_sync_count(const Json& volume) {
   }
   return n;
 }
+// Replicas the volume has: those the engine reports (not removed) plus those
+// on stores that are not available (missing_stores): a missing replica
+// counts, or "2/2 in sync" would hide it.
+size_t replica_count(const Json& volume) {
+  size_t n = array(volume, "missing_stores").size();
+  for (const auto& r : array(volume, "replicas")) {
+    n += str(r, "state") != "removed";
+  }
+  return n;
+}
 std::string rebuild_summary(const Json& volume) {
   auto it = volume.find("rebuild");
   if (it == volume.end() || !it->is_object() || !flag(*it, "active")) {
@@ -103,12 +113,7 @@ std::string volume_health(const Json& volume) {
   if (!flag(volume, "online")) {
     return "offline";
   }
-  const auto& replicas = array(volume, "replicas");
-  size_t active = 0;
-  for (const auto& r : replicas) {
-    active += str(r, "state") != "removed";
-  }
-  return in_sync_count(volume) < active ? "degraded" : "online";
+  return in_sync_count(volume) < replica_count(volume) ? "degraded" : "online";
 }
 
 void render_store_list(std::ostream& out, const Json& result) {
@@ -152,6 +157,19 @@ void render_store(std::ostream& out, const Json& store) {
   field(out, "Used", size_of(store, "used_bytes"));
   field(out, "Free", size_of(store, "free_bytes"));
   field(out, "Extent size", size_of(store, "extent_size"));
+  const auto& orphans = array(store, "orphans");
+  if (!orphans.empty()) {
+    std::string list;
+    for (const auto& o : orphans) {
+      list += (list.empty() ? "" : ", ") + str(o, "volume") + " (" + size_of(o, "size_bytes") + ")";
+    }
+    field(out, "Orphans",
+          list +
+              ": no volume owns them (adopt: ublk-volume volume import NAME "
+              "--store " +
+              str(store, "name") + " ...; delete: ublk-volume store gc " + str(store, "name") +
+              ")");
+  }
   const auto& replicas = array(store, "replicas");
   if (replicas.empty()) {
     field(out, "Replicas", "none");
@@ -192,12 +210,8 @@ void render_volume_list(std::ostream& out, const Json& result) {
     if (auto d = v.find("device"); d != v.end() && d->is_object()) {
       device = str(*d, "path");
     }
-    size_t active = 0;
-    for (const auto& r : array(v, "replicas")) {
-      active += str(r, "state") != "removed";
-    }
     table.add_row({str(v, "name"), size_of(v, "size_bytes"), volume_health(v),
-                   std::to_string(in_sync_count(v)) + "/" + std::to_string(active),
+                   std::to_string(in_sync_count(v)) + "/" + std::to_string(replica_count(v)),
                    str(v, "min_replicas"), rebuild_summary(v), device,
                    std::to_string(array(v, "snapshots").size())});
   }
@@ -254,13 +268,18 @@ void render_verify(std::ostream& out, const Json& verify) {
 void render_volume(std::ostream& out, const Json& volume) {
   field(out, "Volume", str(volume, "name"));
   field(out, "Size", size_of(volume, "size_bytes"));
-  size_t active = 0;
-  for (const auto& r : array(volume, "replicas")) {
-    active += str(r, "state") != "removed";
-  }
+  const auto& missing = array(volume, "missing_stores");
   field(out, "State",
         volume_health(volume) + " (" + std::to_string(in_sync_count(volume)) + "/" +
-            std::to_string(active) + " replicas in sync, min " + str(volume, "min_replicas") + ")");
+            std::to_string(replica_count(volume)) + " replicas in sync, min " +
+            str(volume, "min_replicas") + ")");
+  if (!str(volume, "error").empty()) {
+    field(out, "Error", str(volume, "error"));
+  }
+  if (!missing.empty()) {
+    field(out, "Missing",
+          "replica(s) on unavailable store(s) " + join(missing) + " (see ublk-volume store show)");
+  }
   field(out, "Generation", format_generation(volume.value("generation", Json())));
   if (auto d = volume.find("device"); d != volume.end() && d->is_object()) {
     field(out, "Device",
@@ -287,7 +306,15 @@ void render_volume(std::ostream& out, const Json& volume) {
     render_verify(out, *vf);
   }
   out << "Replicas:\n";
-  render_replica_list(out, array(volume, "replicas"));
+  Json replicas = array(volume, "replicas");
+  for (const auto& store : missing) {
+    replicas.push_back({{"index", "-"},
+                        {"store", store},
+                        {"state", "missing"},
+                        {"generation", nullptr},
+                        {"last_error", "store unavailable"}});
+  }
+  render_replica_list(out, replicas);
   const auto& events = array(volume, "events");
   if (!events.empty()) {
     out << "Events:\n";
@@ -330,6 +357,35 @@ void render_status(std::ostream& out, const Json& status) {
   }
   field(out, "Stores", str(status, "stores"));
   field(out, "Volumes", str(status, "volumes") + " (" + str(status, "exposed") + " exposed)");
+  const auto& orphans = array(status, "orphans");
+  if (!orphans.empty()) {
+    std::string list;
+    for (const auto& o : orphans) {
+      list += (list.empty() ? "" : ", ") + str(o, "store") + "/" + str(o, "volume");
+    }
+    out << "WARNING: " << orphans.size()
+        << " orphan volume(s) no volume owns, left by an interrupted operation: " << list
+        << "\n  adopt: ublk-volume volume import NAME --store S...; delete: ublk-volume store gc "
+           "STORE\n";
+  }
+  if (num(status, "pending_intents") > 0) {
+    out << "WARNING: " << num(status, "pending_intents")
+        << " interrupted operation(s) still recorded in intents.json (the state could not be "
+           "saved); the next start finishes or undoes them\n";
+  }
+}
+
+void render_store_gc(std::ostream& out, const std::string& name, const Json& result) {
+  const auto& orphans = array(result, "orphans");
+  if (orphans.empty()) {
+    out << "store '" << name << "': no orphan volumes\n";
+    return;
+  }
+  out << "store '" << name << "': " << (flag(result, "removed") ? "deleted" : "would delete") << " "
+      << orphans.size() << " orphan volume(s):\n";
+  for (const auto& o : orphans) {
+    out << "  " << str(o, "volume") << " (" << size_of(o, "size_bytes") << ")\n";
+  }
 }
 
 }  // namespace ublkvol::cli

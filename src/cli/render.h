@@ -22,6 +22,7 @@ void render_verify(std::ostream& out, const Json& verify);          // volume.sh
 void render_replica_list(std::ostream& out, const Json& replicas);  // array
 void render_snapshot_list(std::ostream& out, const Json& result);   // snapshot.list
 void render_status(std::ostream& out, const Json& status);          // daemon.status
+void render_store_gc(std::ostream& out, const std::string& name, const Json& result);  // store.gc
 
 // A generation id (random 64-bit, docs/engine.md) as 16 hex digits, as the
 // daemon's events print it; 0 (none) as "-".

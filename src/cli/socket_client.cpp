@@ -10,15 +10,15 @@ namespace {
 
 class SocketClient final : public ControlClient {
  public:
-  explicit SocketClient(daemon::Client client) : client_(std::move(client)) {
-    // Every method returns promptly (rebuilds run in the background and are
-    // polled), so a long silence means the daemon is stuck: the default
-    // timeout of the client library stands.
-  }
+  explicit SocketClient(daemon::Client client) : client_(std::move(client)) {}
 
   Result<daemon::Response> call(std::string_view method, const Json& params) override {
     return client_.call(method, params);
   }
+
+  // Every method returns promptly (rebuilds run in the background and are
+  // polled), so a long silence means the daemon is stuck (--timeout).
+  void set_timeout(std::chrono::milliseconds timeout) override { client_.set_timeout(timeout); }
 
  private:
   daemon::Client client_;

@@ -1,5 +1,6 @@
 #include "ublkvol/daemon/client.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -25,27 +26,57 @@ std::string connect_hint(int err) {
   }
 }
 
+std::string seconds_text(std::chrono::milliseconds timeout) {
+  const auto ms = timeout.count();
+  if (ms % 1000 == 0) {
+    return std::to_string(ms / 1000) + " s";
+  }
+  return std::to_string(ms) + " ms";
+}
+
 }  // namespace
 
-Result<Client> Client::connect(const std::string& socket_path) {
+Result<Client> Client::connect(const std::string& socket_path, std::chrono::milliseconds timeout) {
   sockaddr_un address{};
   if (socket_path.empty() || socket_path.size() >= sizeof(address.sun_path)) {
     return Error(EINVAL, "socket path '" + socket_path + "' is empty or longer than " +
                              std::to_string(sizeof(address.sun_path) - 1) + " bytes");
   }
-  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  // Non-blocking, so that a full listen backlog (EAGAIN) is retried until
+  // the deadline instead of blocking forever; blocking again afterwards.
+  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (!fd) {
     return errno_error("cannot create a Unix socket");
   }
   address.sun_family = AF_UNIX;
   std::memcpy(address.sun_path, socket_path.data(), socket_path.size());
-  if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&address), sizeof(address)) != 0) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&address), sizeof(address)) != 0) {
     const int err = errno;
+    if (err == EINTR) {
+      continue;
+    }
+    if (err == EAGAIN && (timeout.count() == 0 || std::chrono::steady_clock::now() < deadline)) {
+      // Nothing to poll for: the backlog has no readiness event.
+      ::poll(nullptr, 0, 20);
+      continue;
+    }
+    if (err == EAGAIN) {
+      return Error(ETIMEDOUT, "ublk-volumed at " + socket_path + " did not accept within " +
+                                  seconds_text(timeout) +
+                                  " (the daemon is stopped or overloaded; --timeout SECONDS)");
+    }
     return Error(err, "cannot connect to " + socket_path + ": " +
                           std::error_code(err, std::generic_category()).message() +
                           connect_hint(err));
   }
-  return Client(std::move(fd), socket_path);
+  const int flags = ::fcntl(fd.get(), F_GETFL);
+  if (flags < 0 || ::fcntl(fd.get(), F_SETFL, flags & ~O_NONBLOCK) != 0) {
+    return errno_error("cannot make the control socket blocking");
+  }
+  Client client(std::move(fd), socket_path);
+  client.set_timeout(timeout);
+  return client;
 }
 
 Status Client::send_raw(std::string_view bytes) {
@@ -65,7 +96,7 @@ Status Client::send_raw(std::string_view bytes) {
 }
 
 Result<std::string> Client::read_line(size_t max_bytes) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout_;
+  auto deadline = std::chrono::steady_clock::now() + timeout_;
   size_t scanned = 0;
   for (;;) {
     const size_t newline = buffer_.find('\n', scanned);
@@ -84,8 +115,9 @@ Result<std::string> Client::read_line(size_t max_bytes) {
       const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
           deadline - std::chrono::steady_clock::now());
       if (left.count() <= 0) {
-        return Error(ETIMEDOUT, "no response from ublk-volumed at " + path_ + " within " +
-                                    std::to_string(timeout_.count()) + " ms");
+        return Error(ETIMEDOUT, "ublk-volumed at " + path_ + " did not answer within " +
+                                    seconds_text(timeout_) +
+                                    " (the daemon is stuck, stopped or busy; --timeout SECONDS)");
       }
       wait_ms = static_cast<int>(left.count());
     }
@@ -114,6 +146,7 @@ Result<std::string> Client::read_line(size_t max_bytes) {
       return Error(ECONNRESET, "ublk-volumed at " + path_ + " closed the connection");
     }
     buffer_.append(chunk, static_cast<size_t>(n));
+    deadline = std::chrono::steady_clock::now() + timeout_;  // it is answering
   }
 }
 

@@ -7,6 +7,9 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <utility>
+
+#include "ublkvol/daemon/protocol.h"
 
 namespace ublkvol::daemon {
 namespace {
@@ -48,13 +51,56 @@ Status read_bool(const Json& value, const std::string& key, const std::string& o
   return ok_status();
 }
 
+Status read_string_list(const Json& value, const std::string& key, const std::string& origin,
+                        std::vector<std::string>& out) {
+  if (!value.is_array()) {
+    return invalid(origin,
+                   "key '" + key + "' must be an array of strings, not " + value.type_name());
+  }
+  out.clear();
+  for (const Json& entry : value) {
+    if (!entry.is_string()) {
+      return invalid(origin, "key '" + key + "' must hold strings, not " + entry.type_name());
+    }
+    out.push_back(entry.get<std::string>());
+  }
+  return ok_status();
+}
+
+// An absolute path without '.' or '..' components and without control
+// characters (what store_dirs entries must be).
+bool plain_absolute_path(const std::string& path) {
+  if (path.empty() || path.front() != '/') {
+    return false;
+  }
+  for (const char c : path) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+      return false;
+    }
+  }
+  size_t start = 1;
+  while (start <= path.size()) {
+    size_t end = path.find('/', start);
+    if (end == std::string::npos) {
+      end = path.size();
+    }
+    const std::string_view part(path.data() + start, end - start);
+    if (part == "." || part == "..") {
+      return false;
+    }
+    start = end + 1;
+  }
+  return true;
+}
+
 }  // namespace
 
 Result<DaemonConfig> parse_config(std::string_view text, const std::string& origin) {
-  const Json doc = Json::parse(text.begin(), text.end(), nullptr, false);
-  if (doc.is_discarded()) {
-    return invalid(origin, "not valid JSON");
+  auto parsed = parse_json_unique_keys(text);
+  if (!parsed.ok()) {
+    return invalid(origin, parsed.error().message());
   }
+  const Json& doc = *parsed;
   if (!doc.is_object()) {
     return invalid(origin, std::string("must be a JSON object, not ") + doc.type_name());
   }
@@ -92,6 +138,18 @@ Result<DaemonConfig> parse_config(std::string_view text, const std::string& orig
       UBLKVOL_TRY(read_uint(value, key, origin, config.store_submit_batch));
     } else if (key == "log_level") {
       UBLKVOL_TRY(read_string(value, key, origin, config.log_level));
+    } else if (key == "store_dirs") {
+      UBLKVOL_TRY(read_string_list(value, key, origin, config.store_dirs));
+    } else if (key == "max_connections") {
+      UBLKVOL_TRY(read_uint(value, key, origin, config.max_connections));
+    } else if (key == "root_reserved_connections") {
+      UBLKVOL_TRY(read_uint(value, key, origin, config.root_reserved_connections));
+    } else if (key == "max_connections_per_uid") {
+      UBLKVOL_TRY(read_uint(value, key, origin, config.max_connections_per_uid));
+    } else if (key == "request_timeout_ms") {
+      UBLKVOL_TRY(read_uint(value, key, origin, config.request_timeout_ms));
+    } else if (key == "idle_timeout_ms") {
+      UBLKVOL_TRY(read_uint(value, key, origin, config.idle_timeout_ms));
     } else {
       return invalid(origin, "unknown key '" + key + "'");
     }
@@ -103,9 +161,15 @@ Result<DaemonConfig> parse_config(std::string_view text, const std::string& orig
   return config;
 }
 
-Result<DaemonConfig> load_config(const std::string& path) {
+Result<DaemonConfig> load_config(const std::string& path, bool must_exist) {
   std::ifstream in(path);
   if (!in) {
+    if (errno == ENOENT && must_exist) {
+      return Error(ENOENT, "config file " + path +
+                               " does not exist (--config names a file that must exist; without "
+                               "--config a missing " +
+                               kDefaultConfigPath + " means all defaults)");
+    }
     if (errno == ENOENT) {
       DaemonConfig defaults;
       UBLKVOL_TRY(validate_config(defaults));
@@ -170,6 +234,31 @@ Status validate_config(const DaemonConfig& config) {
   if (!level_ok) {
     return Error(EINVAL, "log_level '" + config.log_level +
                              "' is not one of trace, debug, info, warn, error, critical, off");
+  }
+  for (const std::string& dir : config.store_dirs) {
+    if (!plain_absolute_path(dir)) {
+      return Error(EINVAL, "store_dirs entry '" + dir +
+                               "' must be an absolute path without '.' or '..' components");
+    }
+  }
+  if (config.max_connections < 1 || config.max_connections > 65536) {
+    return Error(EINVAL, "max_connections " + std::to_string(config.max_connections) +
+                             " is out of range 1..65536");
+  }
+  if (config.root_reserved_connections >= config.max_connections) {
+    return Error(
+        EINVAL, "root_reserved_connections " + std::to_string(config.root_reserved_connections) +
+                    " must be less than max_connections " + std::to_string(config.max_connections));
+  }
+  if (config.max_connections_per_uid < 1) {
+    return Error(EINVAL, "max_connections_per_uid must be at least 1");
+  }
+  for (const auto& [key, value] : {std::pair{"request_timeout_ms", config.request_timeout_ms},
+                                   std::pair{"idle_timeout_ms", config.idle_timeout_ms}}) {
+    if (value < 100 || value > 86'400'000) {
+      return Error(EINVAL, std::string(key) + " " + std::to_string(value) +
+                               " is out of range 100..86400000");
+    }
   }
   return ok_status();
 }

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <map>
 #include <optional>
@@ -70,8 +71,15 @@ bool in_group(uid_t uid, gid_t gid, gid_t group) {
 }  // namespace
 
 struct ControlServer::Impl {
+  using Clock = std::chrono::steady_clock;
+
   struct Connection {
     UniqueFd fd;
+    Peer peer;
+    // When the current partial request line began (in non-empty), when the
+    // connection last had nothing to do, when output last made progress.
+    Clock::time_point line_started;
+    Clock::time_point last_activity;
     std::string in;
     std::string out;
     size_t scanned = 0;  // bytes of `in` known to hold no newline
@@ -86,6 +94,7 @@ struct ControlServer::Impl {
   bool socket_file_ours = false;
   std::optional<gid_t> group;
   std::map<int, std::unique_ptr<Connection>> connections;
+  std::map<uint32_t, size_t> connections_per_uid;
   std::map<int, std::function<void()>> watched;
   bool stopping = false;
 
@@ -124,18 +133,99 @@ struct ControlServer::Impl {
 
   void drop(int fd) {
     (void)::epoll_ctl(epoll.get(), EPOLL_CTL_DEL, fd, nullptr);
-    connections.erase(fd);  // closes it
+    auto it = connections.find(fd);
+    if (it == connections.end()) {
+      return;
+    }
+    auto count = connections_per_uid.find(it->second->peer.uid);
+    if (count != connections_per_uid.end() && --count->second == 0) {
+      connections_per_uid.erase(count);
+    }
+    connections.erase(it);  // closes it
   }
+
+  static bool privileged(uint32_t uid) { return uid == 0 || uid == ::geteuid(); }
 
   bool peer_allowed(int fd, ucred& cred) const {
     socklen_t len = sizeof(cred);
     if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
       return false;
     }
-    if (cred.uid == 0 || cred.uid == ::geteuid()) {
+    if (privileged(cred.uid)) {
       return true;
     }
     return group.has_value() && in_group(cred.uid, cred.gid, *group);
+  }
+
+  // Why a new connection of `uid` cannot be served now ("" = it can).
+  std::string over_limit(uint32_t uid) const {
+    if (connections.size() >= options.max_connections) {
+      return std::to_string(connections.size()) + " connections are open (max_connections " +
+             std::to_string(options.max_connections) + ")";
+    }
+    if (privileged(uid)) {
+      return "";
+    }
+    const size_t reserved = std::min(options.root_reserved_connections, options.max_connections);
+    if (connections.size() >= options.max_connections - reserved) {
+      return "the last " + std::to_string(reserved) +
+             " connection slots are kept for root (root_reserved_connections)";
+    }
+    const auto count = connections_per_uid.find(uid);
+    if (count != connections_per_uid.end() && count->second >= options.max_connections_per_uid) {
+      return "uid " + std::to_string(uid) + " already has " + std::to_string(count->second) +
+             " connections (max_connections_per_uid " +
+             std::to_string(options.max_connections_per_uid) + ")";
+    }
+    return "";
+  }
+
+  // The moment `c` is closed unless something happens first.
+  Clock::time_point deadline(const Connection& c) const {
+    if (c.out.empty() && !c.in.empty() && !c.close_after_flush) {
+      return c.line_started + std::chrono::milliseconds(options.request_timeout_ms);
+    }
+    return c.last_activity + std::chrono::milliseconds(options.idle_timeout_ms);
+  }
+
+  // Closes every connection whose deadline passed, telling it why first
+  // (best effort: a client that does not read misses it). Returns the
+  // milliseconds until the next deadline (-1: none), for epoll_wait.
+  int expire_connections() {
+    const Clock::time_point now = Clock::now();
+    std::optional<Clock::time_point> next;
+    std::vector<int> expired;
+    for (const auto& [fd, c] : connections) {
+      const Clock::time_point due = deadline(*c);
+      if (due <= now) {
+        expired.push_back(fd);
+      } else if (!next || due < *next) {
+        next = due;
+      }
+    }
+    for (const int fd : expired) {
+      Connection& c = *connections.at(fd);
+      std::string why;
+      if (!c.out.empty()) {
+        why = "answers not read within idle_timeout_ms " + std::to_string(options.idle_timeout_ms) +
+              "; closing the connection";
+      } else if (!c.in.empty() && !c.close_after_flush) {
+        why = "request line not complete within request_timeout_ms " +
+              std::to_string(options.request_timeout_ms) + "; closing the connection";
+      } else {
+        why = "connection idle for idle_timeout_ms " + std::to_string(options.idle_timeout_ms) +
+              "; closing it";
+      }
+      spdlog::info("control socket: pid {} uid {}: {}", c.peer.pid, c.peer.uid, why);
+      const std::string line = to_line(make_error_response(nullptr, ErrorCode::kBadRequest, why));
+      (void)::send(fd, line.data(), line.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+      drop(fd);
+    }
+    if (!next) {
+      return -1;
+    }
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(*next - now).count();
+    return static_cast<int>(std::clamp<int64_t>(left, 1, 60'000));
   }
 
   void accept_all() {
@@ -162,9 +252,12 @@ struct ControlServer::Impl {
         (void)::send(fd.get(), line.data(), line.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
         continue;  // closed
       }
-      if (connections.size() >= options.max_connections) {
-        spdlog::warn("control socket: {} connections open; refusing one more", connections.size());
-        continue;
+      if (const std::string why = over_limit(cred.uid); !why.empty()) {
+        spdlog::warn("control socket: refused pid {} uid {}: {}", cred.pid, cred.uid, why);
+        const std::string line = to_line(make_error_response(
+            nullptr, ErrorCode::kBusy, "too many connections: " + why + "; try again later"));
+        (void)::send(fd.get(), line.data(), line.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+        continue;  // closed
       }
       const int raw = fd.get();
       if (!add(raw, EPOLLIN | EPOLLRDHUP).ok()) {
@@ -172,6 +265,9 @@ struct ControlServer::Impl {
       }
       auto c = std::make_unique<Connection>();
       c->fd = std::move(fd);
+      c->peer = Peer{cred.uid, cred.gid, cred.pid};
+      c->last_activity = Clock::now();
+      ++connections_per_uid[cred.uid];
       connections.emplace(raw, std::move(c));
     }
   }
@@ -191,6 +287,7 @@ struct ControlServer::Impl {
         return false;  // EPIPE, ECONNRESET: the client left
       }
       c.out.erase(0, static_cast<size_t>(n));
+      c.last_activity = Clock::now();
     }
     update_events(c);
     return !c.close_after_flush;
@@ -230,6 +327,7 @@ struct ControlServer::Impl {
         ParsedRequest parsed = parse_request(line);
         Json response;
         if (parsed.request) {
+          parsed.request->peer = c.peer;
           response = handler(*parsed.request);
         } else {
           response = make_error_response(parsed.id, *parsed.error);
@@ -238,6 +336,9 @@ struct ControlServer::Impl {
       }
       c.in.erase(0, newline + 1);
       c.scanned = 0;
+      // The next line's deadline starts with its first byte (already here
+      // if the client pipelined), the idle time with the answer.
+      c.line_started = c.last_activity = Clock::now();
     }
   }
 
@@ -275,6 +376,9 @@ struct ControlServer::Impl {
         if (n == 0) {
           eof = true;
           break;
+        }
+        if (c.in.empty()) {
+          c.line_started = Clock::now();
         }
         c.in.append(buffer, static_cast<size_t>(n));
         process_lines(c);
@@ -412,7 +516,9 @@ Status ControlServer::run() {
   Impl& s = *impl_;
   std::array<epoll_event, 64> events{};
   while (!s.stopping) {
-    const int n = ::epoll_wait(s.epoll.get(), events.data(), static_cast<int>(events.size()), -1);
+    const int timeout_ms = s.expire_connections();
+    const int n =
+        ::epoll_wait(s.epoll.get(), events.data(), static_cast<int>(events.size()), timeout_ms);
     if (n < 0) {
       if (errno == EINTR) {
         continue;

@@ -62,8 +62,11 @@ int run(int argc, char** argv) {
   std::string state_dir;
   std::string socket_path;
   std::string log_level;
-  app.add_option("--config", config_path, "JSON config file (a missing file means all defaults)")
-      ->capture_default_str();
+  CLI::Option* config_option =
+      app.add_option("--config", config_path,
+                     "JSON config file (must exist if given; without --config a missing " +
+                         std::string(kDefaultConfigPath) + " means all defaults)")
+          ->capture_default_str();
   app.add_option("--state-dir", state_dir, "overrides config state_dir (state.json, lock)");
   app.add_option("--socket", socket_path, "overrides config control_socket");
   app.add_option("--log-level", log_level,
@@ -88,9 +91,15 @@ int run(int argc, char** argv) {
   spdlog::set_default_logger(spdlog::stderr_logger_mt("ublk-volumed"));
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
 
-  auto config = load_config(config_path);
+  const bool config_given = config_option->count() > 0;
+  auto config = load_config(config_path, /*must_exist=*/config_given);
   if (!config.ok()) {
     return fail(kExitConfig, config.error().message());
+  }
+  if (!config_given && ::access(config_path.c_str(), F_OK) != 0) {
+    spdlog::info("no config file {}: using the defaults", config_path);
+  } else {
+    spdlog::info("config file {}", config_path);
   }
   if (!state_dir.empty()) {
     config->state_dir = state_dir;
@@ -145,6 +154,11 @@ int run(int argc, char** argv) {
   ControlServerOptions server_options;
   server_options.socket_path = config->control_socket;
   server_options.socket_group = config->socket_group;
+  server_options.max_connections = config->max_connections;
+  server_options.root_reserved_connections = config->root_reserved_connections;
+  server_options.max_connections_per_uid = config->max_connections_per_uid;
+  server_options.request_timeout_ms = config->request_timeout_ms;
+  server_options.idle_timeout_ms = config->idle_timeout_ms;
   auto server = ControlServer::listen(
       server_options, [&](const Request& request) { return (*service)->handle(request); });
   if (!server.ok()) {
@@ -183,6 +197,22 @@ int run(int argc, char** argv) {
       (void)notifier.notify("WATCHDOG=1");
     });
   }
+
+  // Stores deleted, replaced or failed under the daemon are noticed here.
+  UniqueFd store_check_timer(::timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
+  itimerspec check_spec{};
+  check_spec.it_interval.tv_sec = Service::kStoreCheckIntervalMs / 1000;
+  check_spec.it_interval.tv_nsec = (Service::kStoreCheckIntervalMs % 1000) * 1'000'000L;
+  check_spec.it_value = check_spec.it_interval;
+  if (!store_check_timer ||
+      ::timerfd_settime(store_check_timer.get(), 0, &check_spec, nullptr) != 0) {
+    return fail(kExitFailure, "cannot arm the store check timer");
+  }
+  (void)(*server)->watch(store_check_timer.get(), [&] {
+    uint64_t expirations = 0;
+    (void)::read(store_check_timer.get(), &expirations, sizeof(expirations));
+    (*service)->check_stores();
+  });
 
   const std::string status = (*service)->status_line();
   spdlog::info("ready: {}; control socket {}", status, config->control_socket);

@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <optional>
 #include <utility>
+#include <vector>
 
 namespace ublkvol::daemon {
 namespace {
@@ -68,6 +70,81 @@ std::string printable(std::string_view text) {
 
 }  // namespace
 
+namespace {
+
+// A SAX pass that only watches object keys: one key list per open object
+// (objects nest); the first duplicate is remembered. (A parser callback on the
+// DOM parse would do the same, but trips GCC's -Wnull-dereference inside
+// nlohmann's callback parser.)
+class DuplicateKeyFinder final : public nlohmann::json_sax<Json> {
+ public:
+  std::optional<std::string> duplicate;
+
+  bool null() override { return true; }
+  bool boolean(bool /*value*/) override { return true; }
+  bool number_integer(number_integer_t /*value*/) override { return true; }
+  bool number_unsigned(number_unsigned_t /*value*/) override { return true; }
+  bool number_float(number_float_t /*value*/, const string_t& /*text*/) override { return true; }
+  bool string(string_t& /*value*/) override { return true; }
+  bool binary(binary_t& /*value*/) override { return true; }
+  bool start_object(std::size_t /*elements*/) override {
+    open_.emplace_back();
+    return true;
+  }
+  bool key(string_t& key) override {
+    if (open_.empty()) {
+      return true;
+    }
+    auto& keys = open_.back();
+    if (std::find(keys.begin(), keys.end(), key) != keys.end()) {
+      duplicate = key;
+      return false;  // stop: one is enough
+    }
+    keys.push_back(key);
+    return true;
+  }
+  bool end_object() override {
+    if (!open_.empty()) {
+      open_.pop_back();
+    }
+    return true;
+  }
+  bool start_array(std::size_t /*elements*/) override { return true; }
+  bool end_array() override { return true; }
+  bool parse_error(std::size_t /*position*/, const std::string& /*last_token*/,
+                   const nlohmann::detail::exception& /*error*/) override {
+    return false;
+  }
+
+ private:
+  std::vector<std::vector<std::string>> open_;
+};
+
+// The first key of valid JSON `text` that appears twice in one object.
+std::optional<Error> duplicate_key_error(std::string_view text) {
+  DuplicateKeyFinder finder;
+  (void)Json::sax_parse(text.begin(), text.end(), &finder, Json::input_format_t::json,
+                        /*strict=*/true);
+  if (!finder.duplicate) {
+    return std::nullopt;
+  }
+  return Error(EINVAL, "duplicate key '" + printable(*finder.duplicate) +
+                           "' (every key may appear once per object)");
+}
+
+}  // namespace
+
+Result<Json> parse_json_unique_keys(std::string_view text) {
+  Json doc = Json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
+  if (doc.is_discarded()) {
+    return Error(EBADMSG, "not valid JSON");
+  }
+  if (auto duplicate = duplicate_key_error(text)) {
+    return *duplicate;
+  }
+  return doc;
+}
+
 std::string_view to_string(ErrorCode code) {
   for (const auto& entry : kCodeNames) {
     if (entry.code == code) {
@@ -91,12 +168,14 @@ ErrorCode error_code_for(int errno_value) {
     case EINVAL:
     case ERANGE:
     case ENAMETOOLONG:
+    case EFBIG:  // "volume size ... is too large": the argument, not the daemon
       return ErrorCode::kInvalidArgument;
     case ENOENT:
       return ErrorCode::kNotFound;
     case EEXIST:
       return ErrorCode::kAlreadyExists;
     case EBUSY:
+    case EAGAIN:  // "try again": a checkpoint or control queue is busy
       return ErrorCode::kBusy;
     case EACCES:
     case EPERM:
@@ -106,6 +185,7 @@ ErrorCode error_code_for(int errno_value) {
     case ENODEV:
     case ENOTSUP:
     case ENXIO:
+    case ESHUTDOWN:  // the volume or store is closing
       return ErrorCode::kUnavailable;
     case EPROTONOSUPPORT:
       return ErrorCode::kUnsupportedVersion;
@@ -183,6 +263,12 @@ ParsedRequest parse_request(std::string_view line) {
     return out;
   }
   out.id = *id;
+  // nlohmann keeps the last of two equal keys; another reader may keep the
+  // first, so such a request means different things: refused (any depth).
+  if (auto duplicate = duplicate_key_error(line)) {
+    out.error = Error(EINVAL, "request has a " + duplicate->message());
+    return out;
+  }
   const auto version = message.find("v");
   if (version == message.end()) {
     out.error = invalid("missing field 'v' (protocol version, 1)");
@@ -294,13 +380,14 @@ Result<Response> parse_response(std::string_view line) {
   return response;
 }
 
-Status validate_name(std::string_view name, std::string_view what) {
+Status validate_name(std::string_view name, std::string_view what, size_t max_length) {
   if (name.empty()) {
     return invalid(std::string(what) + " must not be empty");
   }
-  if (name.size() > kMaxNameLength) {
-    return invalid(std::string(what) + " '" + printable(name) + "' is longer than " +
-                   std::to_string(kMaxNameLength) + " characters");
+  if (name.size() > max_length) {
+    return invalid(std::string(what) + " '" + printable(name) + "' is " +
+                   std::to_string(name.size()) + " characters long; the limit is " +
+                   std::to_string(max_length) + " characters");
   }
   if (name.front() == '.' || name.front() == '-') {
     return invalid(std::string(what) + " '" + printable(name) + "' must not start with '.' or '-'");
@@ -317,6 +404,39 @@ Status validate_name(std::string_view name, std::string_view what) {
   return ok_status();
 }
 
+Status validate_dbs_names(std::string_view method, const Json& params) {
+  struct NameRule {
+    std::string_view method;
+    const char* key;
+    size_t max_length;
+    std::string_view why;
+  };
+  // Only methods that create a DBS name: a lookup of a longer name simply
+  // finds nothing.
+  static constexpr NameRule kRules[] = {
+      {"volume.create", "name", kMaxVolumeNameLength, "volume"},
+      {"snapshot.clone", "clone", kMaxVolumeNameLength, "volume"},
+      {"snapshot.create", "name", kMaxSnapshotNameLength, "snapshot"},
+  };
+  for (const NameRule& rule : kRules) {
+    if (rule.method != method || !params.is_object()) {
+      continue;
+    }
+    const auto it = params.find(rule.key);
+    if (it == params.end() || !it->is_string()) {
+      continue;  // the method reports a missing or mistyped field
+    }
+    const auto& name = it->get_ref<const std::string&>();
+    if (name.size() > rule.max_length) {
+      return invalid("field '" + std::string(rule.key) + "' '" + printable(name) + "' is " +
+                     std::to_string(name.size()) + " characters long; " + std::string(rule.why) +
+                     " names have at most " + std::to_string(rule.max_length) +
+                     " characters (the store's limit for the names derived from them)");
+    }
+  }
+  return ok_status();
+}
+
 Status validate_size(uint64_t bytes, std::string_view what) {
   if (bytes == 0) {
     return invalid(std::string(what) + " must be greater than 0");
@@ -328,7 +448,7 @@ Status validate_size(uint64_t bytes, std::string_view what) {
   return ok_status();
 }
 
-Params::Params(const Json& params) : params_(params) {}
+Params::Params(const Json& params, Peer peer) : params_(params), peer_(peer) {}
 
 const Json* Params::find(const std::string& key) {
   seen_.push_back(key);

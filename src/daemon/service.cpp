@@ -18,13 +18,14 @@
 #include <functional>
 #include <map>
 #include <optional>
-#include <random>
+#include <set>
 #include <spdlog/spdlog.h>
 #include <sstream>
 #include <string_view>
 #include <thread>
 #include <utility>
 
+#include "ublkvol/common/unique_fd.h"
 #include "ublkvol/common/version.h"
 #include "ublkvol/dbs/file_device.h"
 #include "ublkvol/dbs/store.h"
@@ -36,7 +37,11 @@
 #include "ublkvol/ublk/features.h"
 
 #include "frontend_volume.h"
+#include "intent_log.h"
+#include "recovery.h"
 #include "scrub.h"
+#include "store_identity.h"
+#include "store_paths.h"
 
 namespace ublkvol::daemon {
 namespace {
@@ -70,26 +75,6 @@ std::string rfc3339(std::chrono::system_clock::time_point when) {
   // 21 bytes for any year up to 9999: the count returned cannot be 0.
   (void)std::strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%SZ", &tm);
   return text;
-}
-
-std::string random_uuid() {
-  std::random_device rd;
-  std::array<uint8_t, 16> bytes{};
-  for (auto& b : bytes) {
-    b = static_cast<uint8_t>(rd());
-  }
-  bytes[6] = static_cast<uint8_t>((bytes[6] & 0x0f) | 0x40);
-  bytes[8] = static_cast<uint8_t>((bytes[8] & 0x3f) | 0x80);
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  for (size_t i = 0; i < bytes.size(); ++i) {
-    if (i == 4 || i == 6 || i == 8 || i == 10) {
-      out += '-';
-    }
-    out += kHex[bytes[i] >> 4];
-    out += kHex[bytes[i] & 15];
-  }
-  return out;
 }
 
 // The protocol spells states with underscores (docs/control-protocol.md); only
@@ -202,8 +187,22 @@ struct StoreEntry {
   std::unique_ptr<dbs::FileDevice> device;
   std::unique_ptr<dbs::Store> store;
   std::unique_ptr<engine::StoreThread> thread;
+  // The store's file, held open to tell it apart from other paths to it and
+  // to notice its deletion or replacement (store_identity.h).
+  StoreWatch watch;
   // Why the store is not usable ("" = online).
   std::string error;
+  // What happened to the store while open: (RFC 3339 time, message).
+  std::vector<std::pair<std::string, std::string>> events;
+
+  // The file the store is on: the watched one, else what its path names now.
+  [[nodiscard]] std::optional<FileIdentity> identity() const {
+    if (watch.valid()) {
+      return watch.identity();
+    }
+    auto id = identity_of_path(path);
+    return id.ok() ? std::optional<FileIdentity>(*id) : std::nullopt;
+  }
 
   [[nodiscard]] bool online() const { return store && thread && error.empty(); }
 
@@ -261,6 +260,9 @@ struct Service::Impl {
   std::vector<std::unique_ptr<StoreEntry>> stores;
   std::vector<std::unique_ptr<VolumeEntry>> volumes;
   SaveHook save_hook;
+  // Multi-step operations record their intent here first (intent_log.h).
+  IntentLog intents;
+  CrashPoints crash;
   bool shut_down = false;
   unsigned engine_queues = 1;
 
@@ -331,6 +333,16 @@ struct Service::Impl {
     return state;
   }
 
+  // save(); if it fails, start-up recovery decides the operation (the
+  // intent stays).
+  Status saved_or_kept(IntentGuard& guard) const {
+    Status saved = save();
+    if (!saved.ok()) {
+      guard.keep();
+    }
+    return saved;
+  }
+
   Status save() const {
     Status saved = save_state(config.state_dir, snapshot_state(), save_hook);
     if (!saved.ok()) {
@@ -339,6 +351,23 @@ struct Service::Impl {
                             saved.error().message());
     }
     return ok_status();
+  }
+
+  // Records the intent of a multi-step operation before its first step.
+  Result<uint64_t> begin(IntentOp op, const std::string& volume, std::vector<std::string> on,
+                         const std::string& snapshot = "", const std::string& origin = "") {
+    Intent intent;
+    intent.op = op;
+    intent.volume = volume;
+    intent.stores = std::move(on);
+    intent.snapshot = snapshot;
+    intent.origin = origin;
+    auto id = intents.record(std::move(intent));
+    if (!id.ok()) {
+      return Error(EIO, id.error().message());
+    }
+    crash.step(to_string(op));
+    return id;
   }
 
   // ---- ublk ---------------------------------------------------------------
@@ -386,17 +415,58 @@ struct Service::Impl {
     return options;
   }
 
+  // The store (other than `self`) that `entry` is the same file or the same
+  // DBS store (superblock uuid) as, with the reason; "" if none.
+  std::string same_store(const std::optional<FileIdentity>& identity, const std::string& uuid,
+                         const StoreEntry* self) const {
+    for (const auto& s : stores) {
+      if (s.get() == self) {
+        continue;
+      }
+      if (identity && s->identity() == identity) {
+        return "is the same file as store " + named(s->name) + " (" + s->path + ")";
+      }
+      if (!uuid.empty() && s->uuid == uuid) {
+        return "holds DBS store uuid " + uuid + ", the same as store " + named(s->name) + " (" +
+               s->path + "): a copy of that store's image";
+      }
+    }
+    return "";
+  }
+
   Status open_store(StoreEntry& entry, std::unique_ptr<dbs::FileDevice> opened = nullptr) const {
+    // The watch fd is opened before the device and compared after, so both
+    // name one file even if the path is swapped meanwhile.
+    auto watch = StoreWatch::open(entry.path);
+    if (!watch.ok()) {
+      return watch.error().with_context("store " + named(entry.name));
+    }
     Result<std::unique_ptr<dbs::FileDevice>> device =
         opened ? Result<std::unique_ptr<dbs::FileDevice>>(std::move(opened))
                : dbs::FileDevice::open(entry.path, device_options());
     if (!device.ok()) {
       return device.error().with_context("store " + named(entry.name));
     }
+    if (std::string moved = watch->check(entry.path); !moved.empty()) {
+      return Error(EBUSY, "store " + named(entry.name) + ": " + moved);
+    }
     auto store = dbs::Store::open(**device, store_open_options());
     if (!store.ok()) {
       return store.error().with_context("store " + named(entry.name) + " (" + entry.path +
                                         ") is not a usable DBS store");
+    }
+    auto uuid = read_store_uuid(**device);
+    if (!uuid.ok()) {
+      return uuid.error().with_context("store " + named(entry.name));
+    }
+    if (!entry.uuid.empty() && entry.uuid != *uuid) {
+      // State files before store identity kept a random id here.
+      spdlog::warn("store '{}': state.json recorded uuid {}, its superblock says {}; using {}",
+                   entry.name, entry.uuid, *uuid, *uuid);
+    }
+    entry.uuid = *uuid;
+    if (std::string same = same_store(watch->identity(), entry.uuid, &entry); !same.empty()) {
+      return Error(EEXIST, "store " + named(entry.name) + " (" + entry.path + ") " + same);
     }
     const std::vector<std::string> problems = (*store)->check();
     if (!problems.empty()) {
@@ -413,6 +483,7 @@ struct Service::Impl {
     if (!thread.ok()) {
       return thread.error();
     }
+    entry.watch = std::move(*watch);
     entry.device = std::move(*device);
     entry.store = std::move(*store);
     entry.thread = std::move(*thread);
@@ -447,6 +518,14 @@ struct Service::Impl {
       out["state"] = "failed";
       out["error"] = s.error;
     }
+    out["events"] = Json::array();
+    for (const auto& [when, message] : s.events) {
+      out["events"].push_back({{"time", when}, {"message", message}});
+    }
+    out["orphans"] = Json::array();
+    for (const Orphan& o : orphans_on(s)) {
+      out["orphans"].push_back(orphan_json(s.name, o));
+    }
     for (const auto& v : volumes) {
       for (size_t i = 0; i < v->slots.size(); ++i) {
         if (v->slots[i].store == &s) {
@@ -462,13 +541,47 @@ struct Service::Impl {
     return out;
   }
 
+  // --format erases the target: refused if it is in use (a block device
+  // someone holds exclusively: mounted, another store, mkfs), and - unless
+  // forced - if it holds a DBS store or a filesystem signature.
+  static Status check_format_target(const std::string& path, bool force) {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) == 0 && S_ISBLK(st.st_mode)) {
+      auto in_use = block_device_in_use(path);
+      if (!in_use.ok()) {
+        return in_use.error();
+      }
+      if (*in_use) {
+        const std::string holder = describe_holder(path);
+        return Error(EBUSY, path + " is in use" + (holder.empty() ? "" : ": " + holder) +
+                                "; refusing to format it");
+      }
+    }
+    const UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+    if (!fd) {
+      return errno_error("cannot open " + path);
+    }
+    const std::string contents = describe_contents(fd.get());
+    if (!contents.empty() && !force) {
+      return Error(EEXIST, path + " holds " + contents +
+                               "; formatting would erase it (to open an existing store add it "
+                               "without format; to erase it give force=true, CLI --force)");
+    }
+    if (!contents.empty()) {
+      spdlog::warn("formatting {} over {} (forced)", path, contents);
+    }
+    return ok_status();
+  }
+
   Result<Json> store_add(Params& p) {
     auto name = p.name("name");
     auto path = p.string("path");
     auto format = p.optional_bool("format");
     auto size = p.optional_size("size");
     auto extent = p.optional_size("extent_size");
+    auto force = p.optional_bool("force");
     for (const Status& s : {name.ok() ? ok_status() : Status(name.error()),
+                            force.ok() ? ok_status() : Status(force.error()),
                             path.ok() ? ok_status() : Status(path.error()),
                             format.ok() ? ok_status() : Status(format.error()),
                             size.ok() ? ok_status() : Status(size.error()),
@@ -477,14 +590,14 @@ struct Service::Impl {
     }
     UBLKVOL_TRY(p.finish());
     const bool do_format = format->value_or(false);
-    if (path->empty() || path->front() != '/' || path->find('\0') != std::string::npos) {
-      return invalid("field 'path' must be an absolute path");
-    }
     if (size->has_value() && !do_format) {
       return invalid("field 'size' is only allowed with format=true (it creates the file)");
     }
     if (extent->has_value() && !do_format) {
       return invalid("field 'extent_size' is only allowed with format=true");
+    }
+    if (force->has_value() && !do_format) {
+      return invalid("field 'force' is only allowed with format=true");
     }
     uint32_t extent_blocks = 256;
     if (extent->has_value()) {
@@ -497,19 +610,36 @@ struct Service::Impl {
     if (find_store(*name) != nullptr) {
       return Error(EEXIST, "store " + named(*name) + " already exists");
     }
-    for (const auto& s : stores) {
-      if (s->path == *path) {
-        return Error(EEXIST, "path " + *path + " is already store " + named(s->name));
+    if (do_format && size->has_value()) {
+      UBLKVOL_TRY(validate_new_store_size(**size));
+    }
+    // Only paths this client may name (store_paths.h); `open_path` is what
+    // to open from here on.
+    auto admitted =
+        admit_store_path(p.peer(), *path, config.store_dirs, do_format && size->has_value());
+    if (!admitted.ok()) {
+      return admitted.error();
+    }
+    CreatedFileGuard remove_on_failure(*admitted);
+    const std::string& open_path = admitted->open_path;
+    // By the file it names, not the path string (aliases, links).
+    auto identity = identity_of_path(open_path);
+    if (identity.ok()) {
+      if (std::string same = same_store(*identity, "", nullptr); !same.empty()) {
+        return Error(EEXIST,
+                     *path + " " + same + (do_format ? "; refusing to format a live store" : ""));
       }
     }
     auto entry = std::make_unique<StoreEntry>();
     entry->name = *name;
-    entry->path = *path;
-    entry->uuid = random_uuid();
+    entry->path = open_path;  // the record path once opened
     std::unique_ptr<dbs::FileDevice> formatted_device;
+    if (do_format && identity.ok()) {
+      UBLKVOL_TRY(check_format_target(open_path, force->value_or(false)));
+    }
     if (do_format) {
       struct stat st {};
-      const bool exists = ::stat(path->c_str(), &st) == 0;
+      const bool exists = !admitted->missing && ::stat(open_path.c_str(), &st) == 0;
       if (!exists && !size->has_value()) {
         return Error(ENOENT, *path + " does not exist (give 'size' to create a file)");
       }
@@ -519,14 +649,16 @@ struct Service::Impl {
       if (exists && S_ISBLK(st.st_mode) && size->has_value()) {
         return invalid("field 'size' cannot be used with a block device (" + *path + ")");
       }
-      if (exists && S_ISREG(st.st_mode) && size->has_value() &&
-          static_cast<uint64_t>(st.st_size) > **size) {
-        return invalid(*path + " is larger (" + std::to_string(st.st_size) +
-                       " bytes) than 'size'; refusing to shrink it");
+      if (exists && size->has_value() && static_cast<uint64_t>(st.st_size) != **size) {
+        // 'size' creates a file; it never extends or shrinks an existing one.
+        return invalid(*path + " already exists with " + std::to_string(st.st_size) +
+                       " bytes; 'size' (" + std::to_string(**size) +
+                       ") is only for creating a new file (omit it to format the file at its "
+                       "size)");
       }
       dbs::FileDeviceOptions options = device_options();
       options.create_size = size->value_or(0);
-      auto device = dbs::FileDevice::open(*path, options);
+      auto device = dbs::FileDevice::open(open_path, options);
       if (!device.ok()) {
         return device.error().with_context("store " + named(*name));
       }
@@ -542,15 +674,151 @@ struct Service::Impl {
     if (!opened.ok()) {
       // A device that is not a store is a bad argument, not an I/O failure.
       const int err = opened.error().errno_value();
-      return Error(err == EIO || err == ENOENT || err == EACCES ? err : EINVAL,
-                   opened.error().message());
+      const bool keep =
+          err == EIO || err == ENOENT || err == EACCES || err == EEXIST || err == EBUSY;
+      return Error(keep ? err : EINVAL, opened.error().message());
     }
+    entry->path = admitted->record_path;
+    remove_on_failure.keep();
     spdlog::info("store '{}' added: {}{}", entry->name, entry->path,
                  do_format ? " (formatted)" : "");
     StoreEntry& added = *entry;
     stores.push_back(std::move(entry));
     UBLKVOL_TRY(save());
     return store_json(added);
+  }
+
+  // ---- orphans (recovery.h) ------------------------------------------------
+  // The volumes state.json has a replica of on `s`.
+  std::set<std::string> replicas_on(const StoreEntry& s) const {
+    std::set<std::string> known;
+    for (const auto& v : volumes) {
+      bool uses = std::find(v->missing_stores.begin(), v->missing_stores.end(), s.name) !=
+                  v->missing_stores.end();
+      for (const auto& slot : v->slots) {
+        uses = uses || slot.store == &s;
+      }
+      if (uses) {
+        known.insert(v->name);
+      }
+    }
+    return known;
+  }
+
+  std::vector<Orphan> orphans_on(StoreEntry& s) const {
+    std::vector<Orphan> found;
+    if (s.online()) {
+      const std::set<std::string> known = replicas_on(s);
+      (void)s.run([&](dbs::Store& store) {
+        found = find_orphans(store, known);
+        return ok_status();
+      });
+    }
+    return found;
+  }
+
+  std::vector<std::pair<std::string, Orphan>> orphans() const {
+    std::vector<std::pair<std::string, Orphan>> all;
+    for (auto& s : stores) {
+      for (auto& o : orphans_on(*s)) {
+        all.emplace_back(s->name, std::move(o));
+      }
+    }
+    return all;
+  }
+
+  static Json orphan_json(const std::string& store, const Orphan& o) {
+    return {{"store", store},
+            {"volume", o.volume},
+            {"size_bytes", o.size_bytes},
+            {"complete", o.complete}};
+  }
+
+  // store.gc: deletes the orphans on a store (dry_run: lists them).
+  Result<Json> store_gc(Params& p) {
+    auto name = p.name("name");
+    auto dry_run = p.optional_bool("dry_run");
+    UBLKVOL_TRY(p.finish());
+    if (!name.ok()) {
+      return name.error();
+    }
+    if (!dry_run.ok()) {
+      return dry_run.error();
+    }
+    auto s = store_named(*name);
+    if (!s.ok()) {
+      return s.error();
+    }
+    if (!(*s)->online()) {
+      return Error(EIO, "store " + named(*name) + " is failed: " + (*s)->error);
+    }
+    Json list = Json::array();
+    for (const Orphan& o : orphans_on(**s)) {
+      if (!dry_run->value_or(false)) {
+        UBLKVOL_TRY(delete_replica_data(**s, o.volume));
+        spdlog::info("store '{}': orphan volume '{}' deleted (store gc)", *name, o.volume);
+      }
+      list.push_back(orphan_json(*name, o));
+    }
+    return Json{{"orphans", list}, {"removed", !dry_run->value_or(false)}};
+  }
+
+  // volume.import: adopts orphan replicas (one per store, all of one name)
+  // as a volume; the engine opens them as it opens any volume (newest
+  // generation wins, stale replicas rebuild).
+  Result<Json> volume_import(Params& p) {
+    auto name = p.name("name");
+    auto store_names = p.name_list("stores", 1, engine::kMaxReplicas);
+    auto min = p.optional_uint("min_replicas");
+    UBLKVOL_TRY(p.finish());
+    if (!name.ok()) {
+      return name.error();
+    }
+    if (!store_names.ok()) {
+      return store_names.error();
+    }
+    if (!min.ok()) {
+      return min.error();
+    }
+    UBLKVOL_TRY(check_new_volume_name(*name));
+    const auto count = static_cast<unsigned>(store_names->size());
+    const unsigned min_replicas =
+        min->has_value() ? static_cast<unsigned>(**min) : std::min(config.min_replicas, count);
+    if (min_replicas < 1 || min_replicas > count) {
+      return invalid("field 'min_replicas' " + std::to_string(min_replicas) +
+                     " must be between 1 and the replica count " + std::to_string(count));
+    }
+    std::vector<StoreEntry*> chosen;
+    uint64_t size = 0;
+    for (const auto& store_name : *store_names) {
+      auto s = store_named(store_name);
+      if (!s.ok()) {
+        return s.error();
+      }
+      if (!(*s)->online()) {
+        return invalid("store " + named(store_name) + " is failed: " + (*s)->error);
+      }
+      const auto found = orphans_on(**s);
+      auto it = std::find_if(found.begin(), found.end(),
+                             [&](const Orphan& o) { return o.volume == *name; });
+      if (it == found.end() || !it->complete) {
+        return Error(ENOENT,
+                     "store " + named(store_name) + " holds no " +
+                         (it == found.end() ? "orphan" : "complete orphan") + " replica " +
+                         named(*name) +
+                         (it == found.end() ? "" : " (its meta or data volume is missing)"));
+      }
+      size = std::max(size, it->size_bytes);
+      chosen.push_back(*s);
+    }
+    auto v = open_new_volume(*name, size, min_replicas, chosen);
+    if (!v.ok()) {
+      return v.error().with_context("importing volume " + named(*name));
+    }
+    spdlog::info("volume '{}' imported from orphan replicas on {}", *name,
+                 list_names(*store_names));
+    UBLKVOL_TRY(save());
+    return volume_json(**v);
   }
 
   Result<Json> store_remove(Params& p) {
@@ -656,15 +924,7 @@ struct Service::Impl {
 
   // Deletes the DBS volumes of replica `name` from a store (if present).
   Status delete_replica_data(StoreEntry& s, const std::string& name) {
-    return s.run([&](dbs::Store& store) -> Status {
-      for (const std::string& n : {name, name + kMetaSuffix}) {
-        auto id = store.find_volume(n);
-        if (id.ok()) {
-          UBLKVOL_TRY(store.delete_volume(*id));
-        }
-      }
-      return ok_status();
-    });
+    return s.run([&](dbs::Store& store) { return delete_replica_volumes(store, name); });
   }
 
   Status open_engine(VolumeEntry& v) {
@@ -734,19 +994,27 @@ struct Service::Impl {
     }
     const engine::VolumeStatus status = v.engine->status();
     out["generation"] = status.generation;
-    out["in_sync"] = status.in_sync;
-    out["online"] = status.online;
+    unsigned in_sync = status.in_sync;
     for (size_t i = 0; i < status.replicas.size() && i < v.slots.size(); ++i) {
       const auto& r = status.replicas[i];
       if (r.state == ReplicaState::kRemoved || v.slots[i].store == nullptr) {
         continue;
       }
-      out["replicas"].push_back({{"index", i},
-                                 {"store", v.slots[i].store->name},
-                                 {"state", state_name(r.state)},
-                                 {"generation", r.generation},
-                                 {"last_error", r.last_error}});
+      // A replica on a failed store is never reported in sync, even while
+      // the engine refuses to fail it (the last one in sync).
+      const StoreEntry& on = *v.slots[i].store;
+      const bool store_failed = !on.error.empty() && r.state == ReplicaState::kInSync;
+      in_sync -= store_failed ? 1 : 0;
+      out["replicas"].push_back(
+          {{"index", i},
+           {"store", on.name},
+           {"state", store_failed ? "failed" : state_name(r.state)},
+           {"generation", r.generation},
+           {"last_error",
+            store_failed ? "store " + named(on.name) + " failed: " + on.error : r.last_error}});
     }
+    out["in_sync"] = in_sync;
+    out["online"] = status.online && in_sync >= status.min_replicas;
     const auto& rb = status.rebuild;
     out["rebuild"] = {{"active", rb.active},
                       {"percent", rb.percent},
@@ -864,6 +1132,11 @@ struct Service::Impl {
       }
       chosen.push_back(*s);
     }
+    auto intent = begin(IntentOp::kVolumeCreate, *name, *store_names);
+    if (!intent.ok()) {
+      return intent.error();
+    }
+    IntentGuard guard(intents, *intent);
     // Create the replica volumes; undo them all if one fails.
     std::vector<StoreEntry*> created;
     auto undo = [&]() {
@@ -875,7 +1148,9 @@ struct Service::Impl {
       Status made = s->run([&](dbs::Store& store) {
         if (store.find_volume(*name).ok() || store.find_volume(*name + kMetaSuffix).ok()) {
           return Status(Error(EEXIST, "store " + named(s->name) + " already holds a volume " +
-                                          named(*name) + " (left from an earlier volume?)"));
+                                          named(*name) +
+                                          " that no volume owns (an orphan: adopt it with "
+                                          "volume.import or delete it with store.gc)"));
         }
         return engine::create_dbs_replica(store, *name, *size);
       });
@@ -889,15 +1164,18 @@ struct Service::Impl {
                 .message());
       }
       created.push_back(s);
+      crash.step("volume.create: replica created");
     }
     auto v = open_new_volume(*name, *size, min_replicas, chosen);
     if (!v.ok()) {
       undo();
       return v.error();
     }
+    crash.step("volume.create: volume opened");
     spdlog::info("volume '{}' created: {} bytes, {} replicas, min_replicas {}", *name, *size, count,
                  min_replicas);
-    UBLKVOL_TRY(save());
+    UBLKVOL_TRY(saved_or_kept(guard));
+    crash.step("volume.create: state saved");
     return volume_json(**v);
   }
 
@@ -929,11 +1207,19 @@ struct Service::Impl {
       return Error(EBUSY, "volume " + named(*name) + " is exposed (unexpose it first)");
     }
     std::vector<StoreEntry*> holders;
+    std::vector<std::string> holder_names;
     for (auto& slot : volume.slots) {
       if (slot.store != nullptr) {
         holders.push_back(slot.store);
+        holder_names.push_back(slot.store->name);
       }
     }
+    // Rolled forward at start-up once recorded (recovery.h).
+    auto intent = begin(IntentOp::kVolumeDelete, *name, holder_names);
+    if (!intent.ok()) {
+      return intent.error();
+    }
+    IntentGuard guard(intents, *intent);
     close_volume(volume);
     std::string problems;
     for (StoreEntry* s : holders) {
@@ -941,11 +1227,13 @@ struct Service::Impl {
       if (!deleted.ok()) {
         problems += (problems.empty() ? "" : "; ") + deleted.error().message();
       }
+      crash.step("volume.delete: replica deleted");
     }
     volumes.erase(std::find_if(volumes.begin(), volumes.end(),
                                [&](const auto& e) { return e.get() == &volume; }));
     spdlog::info("volume '{}' deleted", *name);
-    UBLKVOL_TRY(save());
+    UBLKVOL_TRY(saved_or_kept(guard));
+    crash.step("volume.delete: state saved");
     if (!problems.empty()) {
       return Error(EIO, "volume " + named(*name) +
                             " was removed, but deleting its data failed on: " + problems);
@@ -1183,6 +1471,30 @@ struct Service::Impl {
   }
 
   // ---- snapshots ----------------------------------------------------------
+  static std::vector<std::string> replica_stores(const VolumeEntry& v) {
+    std::vector<std::string> names;
+    for (const auto& slot : v.slots) {
+      if (slot.store != nullptr) {
+        names.push_back(slot.store->name);
+      }
+    }
+    return names;
+  }
+
+  // A snapshot operation of the engine (all replicas or none, but not across
+  // a crash) inside an intent.
+  Status snapshot_op(IntentOp op, VolumeEntry& v, const std::string& snapshot,
+                     const std::function<Status()>& run) {
+    auto intent = begin(op, v.name, replica_stores(v), snapshot);
+    if (!intent.ok()) {
+      return intent.error();
+    }
+    IntentGuard guard(intents, *intent);
+    UBLKVOL_TRY(run());
+    crash.step("snapshot operation done");
+    return ok_status();
+  }
+
   Result<Json> snapshot_create(Params& p) {
     auto volume = p.name("volume");
     auto name = p.name("name");
@@ -1201,7 +1513,8 @@ struct Service::Impl {
     if (existing.ok() && std::find(existing->begin(), existing->end(), *name) != existing->end()) {
       return Error(EEXIST, "volume " + named(*volume) + " already has a snapshot " + named(*name));
     }
-    UBLKVOL_TRY((*v)->engine->create_snapshot(*name));
+    UBLKVOL_TRY(snapshot_op(IntentOp::kSnapshotCreate, **v, *name,
+                            [&] { return (*v)->engine->create_snapshot(*name); }));
     spdlog::info("volume '{}': snapshot '{}' created", *volume, *name);
     return Json::object();
   }
@@ -1257,7 +1570,9 @@ struct Service::Impl {
     if (!target.ok()) {
       return target.error();
     }
-    UBLKVOL_TRY(target->first->engine->delete_snapshot(target->second));
+    UBLKVOL_TRY(snapshot_op(IntentOp::kSnapshotDelete, *target->first, target->second, [&] {
+      return target->first->engine->delete_snapshot(target->second);
+    }));
     spdlog::info("volume '{}': snapshot '{}' deleted", target->first->name, target->second);
     return Json::object();
   }
@@ -1272,7 +1587,9 @@ struct Service::Impl {
       return Error(EBUSY, "volume " + named(target->first->name) +
                               " is exposed (unexpose it before reverting)");
     }
-    UBLKVOL_TRY(target->first->engine->revert_snapshot(target->second));
+    UBLKVOL_TRY(snapshot_op(IntentOp::kSnapshotRevert, *target->first, target->second, [&] {
+      return target->first->engine->revert_snapshot(target->second);
+    }));
     spdlog::info("volume '{}': reverted to snapshot '{}'", target->first->name, target->second);
     return Json::object();
   }
@@ -1289,10 +1606,26 @@ struct Service::Impl {
     }
     UBLKVOL_TRY(check_new_volume_name(*clone));
     VolumeEntry& origin = *target->first;
+    auto intent = begin(IntentOp::kSnapshotClone, *clone, replica_stores(origin), target->second,
+                        origin.name);
+    if (!intent.ok()) {
+      return intent.error();
+    }
+    IntentGuard guard(intents, *intent);
+    // Undone on every store of the origin if any step fails.
+    auto undo = [&]() {
+      for (const auto& slot : origin.slots) {
+        if (slot.store != nullptr) {
+          (void)delete_replica_data(*slot.store, *clone);
+        }
+      }
+    };
     auto mask = origin.engine->clone_snapshot(target->second, *clone);
     if (!mask.ok()) {
+      undo();
       return mask.error();
     }
+    crash.step("snapshot.clone: cloned");
     std::vector<StoreEntry*> stores_of_clone;
     for (unsigned i = 0; i < engine::kMaxReplicas; ++i) {
       if ((*mask & (1U << i)) != 0 && origin.slots[i].store != nullptr) {
@@ -1303,11 +1636,14 @@ struct Service::Impl {
         std::min<unsigned>(origin.min_replicas, static_cast<unsigned>(stores_of_clone.size()));
     auto v = open_new_volume(*clone, origin.size_bytes, min_replicas, stores_of_clone);
     if (!v.ok()) {
+      undo();
       return v.error();
     }
+    crash.step("snapshot.clone: volume opened");
     spdlog::info("volume '{}': snapshot '{}' cloned into volume '{}'", origin.name, target->second,
                  *clone);
-    UBLKVOL_TRY(save());
+    UBLKVOL_TRY(saved_or_kept(guard));
+    crash.step("snapshot.clone: state saved");
     return volume_json(**v);
   }
 
@@ -1492,6 +1828,54 @@ struct Service::Impl {
     return Json::object();
   }
 
+  // ---- store health ---------------------------------------------------------
+  // Run periodically (daemon_main's timer): a store whose file was deleted or
+  // replaced under it, or whose DBS store failed (a metadata write or flush
+  // failed: I/O error, ENOSPC), is marked failed - state, reason, an event,
+  // a log line - and its replicas are failed in their engines (retried on
+  // every check while an engine refuses: the last replica in sync).
+  void check_stores() {
+    for (auto& s : stores) {
+      if (!s->store || !s->thread) {
+        continue;  // never opened: already failed
+      }
+      if (s->error.empty()) {
+        std::string reason = s->watch.check(s->path);
+        if (reason.empty()) {
+          Status healthy = s->thread->call([&] { return s->store->health(); });
+          reason = healthy.ok() ? "" : healthy.error().message();
+        }
+        if (reason.empty()) {
+          continue;
+        }
+        s->error = reason;
+        s->events.emplace_back(rfc3339(std::chrono::system_clock::now()), "failed: " + reason);
+        spdlog::error("store '{}' failed: {}", s->name, reason);
+      }
+      fail_replicas_on(*s);
+    }
+  }
+
+  void fail_replicas_on(const StoreEntry& s) {
+    for (auto& v : volumes) {
+      if (!v->engine) {
+        continue;
+      }
+      const engine::VolumeStatus status = v->engine->status();
+      for (unsigned i = 0; i < status.replicas.size() && i < v->slots.size(); ++i) {
+        const ReplicaState state = status.replicas[i].state;
+        if (v->slots[i].store != &s ||
+            (state != ReplicaState::kInSync && state != ReplicaState::kRebuilding)) {
+          continue;
+        }
+        Status failed = v->engine->fail_replica(i, "store '" + s.name + "' failed: " + s.error);
+        if (failed.ok()) {
+          spdlog::warn("volume '{}': replica {} failed with its store '{}'", v->name, i, s.name);
+        }
+      }
+    }
+  }
+
   // ---- stats / status -------------------------------------------------------
   static Json histogram_json(const ublk::LatencyHistogram& h) {
     return {{"buckets", h.buckets}, {"sum_ns", h.sum_ns}};
@@ -1543,6 +1927,10 @@ struct Service::Impl {
   Result<Json> daemon_status(Params& p) {
     UBLKVOL_TRY(p.finish());
     const Status ublk_ok = probe_ublk();
+    Json orphan_list = Json::array();
+    for (const auto& [store, o] : orphans()) {
+      orphan_list.push_back(orphan_json(store, o));
+    }
     const auto uptime = std::chrono::duration_cast<std::chrono::seconds>(
         std::chrono::steady_clock::now() - started);
     return Json{{"version", version_string()},
@@ -1555,7 +1943,9 @@ struct Service::Impl {
                    ublk_ok.ok() ? std::string("ublk_drv is loaded") : ublk_ok.error().message()}}},
                 {"stores", stores.size()},
                 {"volumes", volumes.size()},
-                {"exposed", exposed_count()}};
+                {"exposed", exposed_count()},
+                {"orphans", orphan_list},
+                {"pending_intents", intents.pending().size()}};
   }
 
   Result<Json> list_all(Params& p, bool want_stores) {
@@ -1593,21 +1983,36 @@ struct Service::Impl {
     // Every method of docs/control-protocol.md and its handler.
     using Handler = Result<Json> (Impl::*)(Params&);
     static constexpr std::pair<std::string_view, Handler> kMethods[] = {
-        {"daemon.status", &Impl::daemon_status},     {"store.add", &Impl::store_add},
-        {"store.list", &Impl::store_list},           {"store.show", &Impl::store_show},
-        {"store.remove", &Impl::store_remove},       {"store.check", &Impl::store_check},
-        {"volume.create", &Impl::volume_create},     {"volume.list", &Impl::volume_list},
-        {"volume.show", &Impl::volume_show},         {"volume.delete", &Impl::volume_delete},
-        {"volume.expose", &Impl::volume_expose},     {"volume.unexpose", &Impl::volume_unexpose},
-        {"volume.resize", &Impl::volume_resize},     {"snapshot.create", &Impl::snapshot_create},
-        {"snapshot.list", &Impl::snapshot_list},     {"snapshot.delete", &Impl::snapshot_delete},
-        {"snapshot.revert", &Impl::snapshot_revert}, {"snapshot.clone", &Impl::snapshot_clone},
-        {"replica.list", &Impl::replica_list},       {"replica.add", &Impl::replica_add},
-        {"replica.remove", &Impl::replica_remove},   {"replica.rebuild", &Impl::replica_rebuild},
-        {"replica.fail", &Impl::replica_fail},       {"stats", &Impl::stats},
+        {"daemon.status", &Impl::daemon_status},
+        {"store.add", &Impl::store_add},
+        {"store.list", &Impl::store_list},
+        {"store.show", &Impl::store_show},
+        {"store.remove", &Impl::store_remove},
+        {"store.check", &Impl::store_check},
+        {"volume.create", &Impl::volume_create},
+        {"volume.list", &Impl::volume_list},
+        {"volume.show", &Impl::volume_show},
+        {"volume.delete", &Impl::volume_delete},
+        {"volume.expose", &Impl::volume_expose},
+        {"volume.unexpose", &Impl::volume_unexpose},
+        {"volume.resize", &Impl::volume_resize},
+        {"snapshot.create", &Impl::snapshot_create},
+        {"snapshot.list", &Impl::snapshot_list},
+        {"snapshot.delete", &Impl::snapshot_delete},
+        {"snapshot.revert", &Impl::snapshot_revert},
+        {"snapshot.clone", &Impl::snapshot_clone},
+        {"replica.list", &Impl::replica_list},
+        {"replica.add", &Impl::replica_add},
+        {"replica.remove", &Impl::replica_remove},
+        {"replica.rebuild", &Impl::replica_rebuild},
+        {"replica.fail", &Impl::replica_fail},
         {"replica.verify", &Impl::replica_verify},
+        {"stats", &Impl::stats},
+        {"store.gc", &Impl::store_gc},
+        {"volume.import", &Impl::volume_import},
     };
-    Params p(request.params);
+    Params p(request.params, request.peer);
+    UBLKVOL_TRY(validate_dbs_names(request.method, request.params));
     for (const auto& [name, handler] : kMethods) {
       if (request.method == name) {
         return (this->*handler)(p);
@@ -1617,7 +2022,56 @@ struct Service::Impl {
   }
 
   // ---- start / stop ---------------------------------------------------------
-  void load(const DaemonState& state) {
+  // Finishes or undoes every pending intent on the stores that are online
+  // (recovery.h has the rule per operation); a volume.delete drops the
+  // volume from `state`. What is left on a store that is not online shows up
+  // as an orphan when it returns. Returns the intents resolved (cleared once
+  // `state` is saved).
+  std::vector<uint64_t> recover_intents(DaemonState& state) {
+    std::vector<uint64_t> resolved;
+    for (const Intent& intent : intents.pending()) {
+      auto known = std::find_if(state.volumes.begin(), state.volumes.end(),
+                                [&](const VolumeRecord& r) { return r.name == intent.volume; });
+      const bool in_state = known != state.volumes.end();
+      bool everywhere = true;
+      if (intent.op == IntentOp::kSnapshotCreate) {
+        for (const auto& store_name : intent.stores) {
+          StoreEntry* s = find_store(store_name);
+          everywhere = everywhere && s != nullptr && s->online() &&
+                       s->run([&](dbs::Store& store) {
+                          return has_snapshot_or_no_volume(store, intent.volume, intent.snapshot)
+                                     ? ok_status()
+                                     : Status(Error(ENOENT, "no snapshot"));
+                        }).ok();
+        }
+      }
+      spdlog::warn("recovering the interrupted {}", describe(intent));
+      for (const auto& store_name : intent.stores) {
+        StoreEntry* s = find_store(store_name);
+        if (s == nullptr || !s->online()) {
+          spdlog::warn(
+              "  store '{}' is not available: what the operation left there shows up as "
+              "an orphan when it returns",
+              store_name);
+          continue;
+        }
+        Status done = s->run([&](dbs::Store& store) {
+          return recover_on_store(store, intent, in_state, everywhere);
+        });
+        if (!done.ok()) {
+          spdlog::error("  store '{}': {}", store_name, done.error().message());
+        }
+      }
+      if (intent.op == IntentOp::kVolumeDelete && in_state) {
+        state.volumes.erase(known);
+      }
+      resolved.push_back(intent.id);
+    }
+    return resolved;
+  }
+
+  void load(DaemonState state) {
+    bool uuid_changed = false;  // an older state file's random uuid replaced
     for (const auto& record : state.stores) {
       auto entry = std::make_unique<StoreEntry>();
       entry->name = record.name;
@@ -1630,8 +2084,10 @@ struct Service::Impl {
       } else {
         spdlog::info("store '{}' opened and checked: {}", entry->name, entry->path);
       }
+      uuid_changed = uuid_changed || entry->uuid != record.uuid;
       stores.push_back(std::move(entry));
     }
+    const std::vector<uint64_t> resolved = recover_intents(state);
     for (const auto& record : state.volumes) {
       auto v = std::make_unique<VolumeEntry>();
       v->name = record.name;
@@ -1674,6 +2130,20 @@ struct Service::Impl {
                      status.in_sync, next, status.generation);
       }
       volumes.push_back(std::move(v));
+    }
+    if ((!resolved.empty() || uuid_changed) && save().ok()) {
+      for (uint64_t id : resolved) {
+        if (Status cleared = intents.clear(id); !cleared.ok()) {
+          spdlog::error("{}", cleared.error().message());
+        }
+      }
+    }
+    for (const auto& o : orphans()) {
+      spdlog::warn(
+          "orphan: store '{}' holds volume '{}' ({} bytes) that no volume of state.json "
+          "has a replica in (adopt it: ublk-volume volume import; remove it: "
+          "ublk-volume store gc)",
+          o.first, o.second.volume, o.second.size_bytes);
     }
     // Re-expose: re-attach to devices a previous process left, else create.
     bool any_exposed = false;
@@ -1801,7 +2271,12 @@ Result<std::unique_ptr<Service>> Service::start(const DaemonConfig& config) {
       impl->device_options().submit_batch);
   const unsigned cpus = std::max(1U, std::thread::hardware_concurrency());
   impl->engine_queues = std::min(60U, std::max(config.queues, cpus));
-  impl->load(*state);
+  auto intents = IntentLog::open(config.state_dir);
+  if (!intents.ok()) {
+    return intents.error();
+  }
+  impl->intents = std::move(*intents);
+  impl->load(std::move(*state));
   return std::unique_ptr<Service>(new Service(std::move(impl)));
 }
 
@@ -1828,5 +2303,7 @@ std::string Service::status_line() const {
 }
 
 void Service::set_save_hook(SaveHook hook) { impl_->save_hook = std::move(hook); }
+
+void Service::check_stores() { impl_->check_stores(); }
 
 }  // namespace ublkvol::daemon

@@ -3,8 +3,11 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <initializer_list>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "ublkvol/common/unique_fd.h"
@@ -68,12 +71,151 @@ std::string state_to_json(const DaemonState& state) {
   return doc.dump(2) + "\n";
 }
 
+namespace {
+
+using Json = nlohmann::json;
+
+// Checks that `object` (named `what`) is an object with exactly the keys
+// `keys`: an unknown key means a newer or hand-edited file this daemon would
+// misread, a missing one a damaged file.
+Status exact_keys(const Json& object, const std::string& what,
+                  std::initializer_list<const char*> keys) {
+  if (!object.is_object()) {
+    return Error(EINVAL, what + " is not an object");
+  }
+  for (const char* key : keys) {
+    if (!object.contains(key)) {
+      return Error(EINVAL, what + " lacks '" + key + "'");
+    }
+  }
+  for (auto it = object.begin(); it != object.end(); ++it) {
+    const std::string& key = it.key();
+    if (std::find_if(keys.begin(), keys.end(), [&](const char* k) { return key == k; }) ==
+        keys.end()) {
+      return Error(EINVAL, std::string(what).append(" has an unknown field '").append(key) + "'");
+    }
+  }
+  return ok_status();
+}
+
+Result<std::string> string_field(const Json& object, const std::string& what, const char* key) {
+  const Json& value = object.at(key);
+  if (!value.is_string()) {
+    return Error(EINVAL, what + ": '" + key + "' must be a string, not " + value.type_name());
+  }
+  return value.get<std::string>();
+}
+
+template <typename T>
+Result<T> uint_field(const Json& object, const std::string& what, const char* key) {
+  const Json& value = object.at(key);
+  if (!value.is_number_unsigned() || value.get<uint64_t>() > std::numeric_limits<T>::max()) {
+    return Error(EINVAL, what + ": '" + key + "' must be an unsigned integer up to " +
+                             std::to_string(std::numeric_limits<T>::max()) + ", not " +
+                             (value.is_number() ? value.dump() : value.type_name()));
+  }
+  return static_cast<T>(value.get<uint64_t>());
+}
+
+Result<StoreRecord> parse_store(const Json& s, const std::string& what) {
+  UBLKVOL_TRY(exact_keys(s, what, {"name", "path", "uuid"}));
+  auto name = string_field(s, what, "name");
+  if (!name.ok()) {
+    return name.error();
+  }
+  auto path = string_field(s, what, "path");
+  if (!path.ok()) {
+    return path.error();
+  }
+  auto uuid = string_field(s, what, "uuid");
+  if (!uuid.ok()) {
+    return uuid.error();
+  }
+  UBLKVOL_TRY(validate_name(*name, what + ": name"));
+  if (path->empty() || path->front() != '/') {
+    return Error(EINVAL, what + ": path '" + *path + "' is not absolute");
+  }
+  return StoreRecord{std::move(*name), std::move(*path), std::move(*uuid)};
+}
+
+Result<VolumeRecord> parse_volume(const Json& v, const std::string& what) {
+  UBLKVOL_TRY(exact_keys(v, what, {"name", "size_bytes", "stores", "min_replicas", "exposed"}));
+  VolumeRecord record;
+  auto name = string_field(v, what, "name");
+  if (!name.ok()) {
+    return name.error();
+  }
+  UBLKVOL_TRY(validate_name(*name, what + ": name"));
+  record.name = std::move(*name);
+  auto size = uint_field<uint64_t>(v, what, "size_bytes");
+  if (!size.ok()) {
+    return size.error();
+  }
+  UBLKVOL_TRY(validate_size(*size, what + ": size_bytes"));
+  record.size_bytes = *size;
+  const Json& stores = v.at("stores");
+  if (!stores.is_array()) {
+    return Error(EINVAL, what + ": 'stores' must be an array of store names");
+  }
+  for (const Json& store : stores) {
+    if (!store.is_string()) {
+      return Error(EINVAL, std::string(what)
+                               .append(": 'stores' must hold store names, not ")
+                               .append(store.type_name()));
+    }
+    std::string store_name = store.get<std::string>();
+    if (std::find(record.stores.begin(), record.stores.end(), store_name) != record.stores.end()) {
+      return Error(EINVAL,
+                   std::string(what).append(" lists store '").append(store_name).append("' twice"));
+    }
+    record.stores.push_back(std::move(store_name));
+  }
+  auto min_replicas = uint_field<unsigned>(v, what, "min_replicas");
+  if (!min_replicas.ok()) {
+    return min_replicas.error();
+  }
+  if (*min_replicas < 1 || (!record.stores.empty() && *min_replicas > record.stores.size())) {
+    return Error(EINVAL, what + ": min_replicas " + std::to_string(*min_replicas) +
+                             " is not in 1.." + std::to_string(record.stores.size()) +
+                             " (its replica count)");
+  }
+  record.min_replicas = *min_replicas;
+  const Json& exposed = v.at("exposed");
+  if (!exposed.is_null()) {
+    const std::string exposed_what = what + ": exposed";
+    UBLKVOL_TRY(exact_keys(exposed, exposed_what, {"dev_id", "queues", "queue_depth"}));
+    auto dev_id = uint_field<uint32_t>(exposed, exposed_what, "dev_id");
+    if (!dev_id.ok()) {
+      return dev_id.error();
+    }
+    auto queues = uint_field<unsigned>(exposed, exposed_what, "queues");
+    if (!queues.ok()) {
+      return queues.error();
+    }
+    auto depth = uint_field<unsigned>(exposed, exposed_what, "queue_depth");
+    if (!depth.ok()) {
+      return depth.error();
+    }
+    record.exposed = ExposeRecord{*dev_id, *queues, *depth};
+  }
+  return record;
+}
+
+}  // namespace
+
 Result<DaemonState> state_from_json(const std::string& text, const std::string& origin) {
-  const nlohmann::json doc = nlohmann::json::parse(text, nullptr, false);
-  if (doc.is_discarded() || !doc.is_object()) {
+  auto parsed = parse_json_unique_keys(text);
+  if (!parsed.ok()) {
+    return bad(origin, parsed.error().errno_value() == EBADMSG
+                           ? "not a JSON object (the file is damaged)"
+                           : parsed.error().message());
+  }
+  const Json& doc = *parsed;
+  if (!doc.is_object()) {
     return bad(origin, "not a JSON object (the file is damaged)");
   }
-  if (doc.value("format", std::string()) != kFormat) {
+  if (!doc.contains("format") || !doc["format"].is_string() ||
+      doc["format"].get<std::string>() != kFormat) {
     return bad(origin,
                std::string("not a ublk-volumed state file (format is not '") + kFormat + "')");
   }
@@ -81,35 +223,66 @@ Result<DaemonState> state_from_json(const std::string& text, const std::string& 
       doc["version"].get<uint64_t>() != kVersion) {
     return bad(origin, "unsupported state file version (this daemon reads version 1)");
   }
+  if (Status keys = exact_keys(doc, "the document", {"format", "version", "stores", "volumes"});
+      !keys.ok()) {
+    return bad(origin, keys.error().message());
+  }
+  if (!doc["stores"].is_array() || !doc["volumes"].is_array()) {
+    return bad(origin, "'stores' and 'volumes' must be arrays");
+  }
+  // Every refusal names the entry; the daemon refuses to start rather than
+  // guess which of two records is the real one.
   DaemonState state;
-  try {
-    for (const auto& s : doc.at("stores")) {
-      StoreRecord record{s.at("name").get<std::string>(), s.at("path").get<std::string>(),
-                         s.at("uuid").get<std::string>()};
-      if (Status valid = validate_name(record.name, "store name"); !valid.ok()) {
-        return valid.error().with_context(origin);
-      }
-      state.stores.push_back(std::move(record));
+  size_t index = 0;
+  for (const auto& s : doc["stores"]) {
+    const std::string what = "store entry " + std::to_string(index++) +
+                             (s.is_object() && s.contains("name") && s["name"].is_string()
+                                  ? " ('" + s["name"].get<std::string>() + "')"
+                                  : std::string());
+    auto record = parse_store(s, what);
+    if (!record.ok()) {
+      return bad(origin, record.error().message());
     }
-    for (const auto& v : doc.at("volumes")) {
-      VolumeRecord record;
-      record.name = v.at("name").get<std::string>();
-      if (Status valid = validate_name(record.name, "volume name"); !valid.ok()) {
-        return valid.error().with_context(origin);
+    for (const auto& other : state.stores) {
+      if (other.name == record->name) {
+        return bad(origin, what + ": a second store named '" + record->name + "'");
       }
-      record.size_bytes = v.at("size_bytes").get<uint64_t>();
-      record.stores = v.at("stores").get<std::vector<std::string>>();
-      record.min_replicas = v.at("min_replicas").get<unsigned>();
-      const auto& exposed = v.at("exposed");
-      if (!exposed.is_null()) {
-        record.exposed =
-            ExposeRecord{exposed.at("dev_id").get<uint32_t>(), exposed.at("queues").get<unsigned>(),
-                         exposed.at("queue_depth").get<unsigned>()};
+      if (other.path == record->path) {
+        return bad(origin,
+                   what + ": path " + record->path + " is already store '" + other.name + "'");
       }
-      state.volumes.push_back(std::move(record));
+      if (other.uuid == record->uuid) {
+        return bad(origin,
+                   what + ": uuid " + record->uuid + " is already store '" + other.name + "'");
+      }
     }
-  } catch (const nlohmann::json::exception& e) {
-    return bad(origin, std::string("malformed entry: ") + e.what());
+    state.stores.push_back(std::move(*record));
+  }
+  index = 0;
+  for (const auto& v : doc["volumes"]) {
+    const std::string what = "volume entry " + std::to_string(index++) +
+                             (v.is_object() && v.contains("name") && v["name"].is_string()
+                                  ? " ('" + v["name"].get<std::string>() + "')"
+                                  : std::string());
+    auto record = parse_volume(v, what);
+    if (!record.ok()) {
+      return bad(origin, record.error().message());
+    }
+    for (const auto& other : state.volumes) {
+      if (other.name == record->name) {
+        return bad(origin, what + ": a second volume named '" + record->name + "'");
+      }
+    }
+    for (const auto& store : record->stores) {
+      if (std::none_of(state.stores.begin(), state.stores.end(),
+                       [&](const StoreRecord& s) { return s.name == store; })) {
+        return bad(origin, std::string(what)
+                               .append(" lists store '")
+                               .append(store)
+                               .append("', which is not in 'stores'"));
+      }
+    }
+    state.volumes.push_back(std::move(*record));
   }
   return state;
 }

@@ -183,6 +183,14 @@ TEST(Cli, EveryCommandSendsTheDocumentedRequest) {
       {{"store", "show", "s0"}, "store.show", {{"name", "s0"}}},
       {{"store", "remove", "s0"}, "store.remove", {{"name", "s0"}}},
       {{"store", "check", "s0"}, "store.check", {{"name", "s0"}}},
+      {{"store", "gc", "s0"}, "store.gc", {{"name", "s0"}}},
+      {{"store", "gc", "s0", "--dry-run"}, "store.gc", {{"name", "s0"}, {"dry_run", true}}},
+      {{"store", "add", "s2", "/dev/sdb", "--format", "--force"},
+       "store.add",
+       {{"name", "s2"}, {"path", "/dev/sdb"}, {"format", true}, {"force", true}}},
+      {{"volume", "import", "v", "--store", "s0", "s1"},
+       "volume.import",
+       {{"name", "v"}, {"stores", {"s0", "s1"}}}},
       {{"volume", "list"}, "volume.list", Json::object()},
       {{"volume", "show", "v"}, "volume.show", {{"name", "v"}}},
       {{"volume", "delete", "v"}, "volume.delete", {{"name", "v"}}},
@@ -232,6 +240,8 @@ TEST(Cli, EveryCommandSendsTheDocumentedRequest) {
     d.ok("replica.rebuild", Json::object());
     d.ok("replica.fail", Json::object());
     d.ok("daemon.status", {{"version", "0.1.0"}});
+    d.ok("store.gc", {{"orphans", Json::array()}, {"removed", true}});
+    d.ok("volume.import", volume_json("v"));
     auto r = run(d, c.args);
     EXPECT_EQ(r.status, kOk) << c.method << ": " << r.err;
     ASSERT_EQ(d.calls.size(), 1u) << c.method;
@@ -417,9 +427,10 @@ TEST(Cli, UnknownCommandsAreNamed) {
             "snapshot, replica, stats, status, version, completion)\n");
   r = run(d, {"--socket", "/x", "volume", "grow", "v"});
   EXPECT_EQ(r.status, kUsage);
-  EXPECT_EQ(r.err,
-            "ublk-volume: unknown command 'grow' for 'ublk-volume volume' (one of: create, list, "
-            "show, delete, expose, unexpose, resize)\n");
+  EXPECT_EQ(
+      r.err,
+      "ublk-volume: unknown command 'grow' for 'ublk-volume volume' (one of: create, import, list, "
+      "show, delete, expose, unexpose, resize)\n");
 }
 
 TEST(Cli, StatsLeavesOutVolumesThatAreNotExposed) {

@@ -3,10 +3,13 @@
 // host without ublk_drv (expose then fails with "unavailable", exit 6).
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -263,6 +266,31 @@ TEST_F(DaemonTest, WrongSocketIsUnreachable) {
                          {"--socket", (dir_ / "no-such.sock").string(), "volume", "list"}, dir_);
   EXPECT_EQ(r.status, 3);
   EXPECT_NE(r.err.find("no-such.sock"), std::string::npos) << r.err;
+}
+
+// Issue 12 item 10: a daemon that accepted the connection but never answers
+// (here a listener nobody accepts on; the kernel completes the connect) must
+// not hang the CLI: --timeout, exit status 7, a message saying so.
+TEST(CliTimeout, DaemonThatNeverAnswers) {
+  const fs::path dir =
+      fs::temp_directory_path() / ("ublkvol-cli-timeout-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string path = (dir / "silent.sock").string();
+  ublkvol::UniqueFd listener(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  std::memcpy(address.sun_path, path.c_str(), path.size() + 1);
+  ASSERT_EQ(::bind(listener.get(), reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+  ASSERT_EQ(::listen(listener.get(), 8), 0);
+  const auto start = std::chrono::steady_clock::now();
+  Output r =
+      run_program(UBLKVOL_CLI_BINARY, {"--socket", path, "--timeout", "1", "volume", "list"}, dir);
+  const auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_EQ(r.status, 7) << r.err;
+  EXPECT_NE(r.err.find("did not answer within 1 s"), std::string::npos) << r.err;
+  EXPECT_LT(took, std::chrono::seconds(30));
+  fs::remove_all(dir);
 }
 
 }  // namespace

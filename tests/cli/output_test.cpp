@@ -150,6 +150,62 @@ TEST(Render, VolumeListAndHealth) {
             "down  10.0G  offline       3/3    2        -  -                    0\n");
 }
 
+// A replica on a store that is not available is shown in the human output
+// (not only in --json): counted, listed, and the volume is degraded.
+TEST(Render, MissingStoreIsShown) {
+  Json v = sample_volume();
+  v["replicas"][1]["state"] = "in_sync";
+  v["rebuild"]["active"] = false;
+  v["events"] = Json::array();
+  v["device"] = nullptr;
+  v["missing_stores"] = {"s3"};
+  EXPECT_EQ(volume_health(v), "degraded");
+  std::ostringstream show;
+  render_volume(show, v);
+  EXPECT_EQ(show.str(),
+            "Volume:       vol0\n"
+            "Size:         10.0G\n"
+            "State:        degraded (3/4 replicas in sync, min 2)\n"
+            "Missing:      replica(s) on unavailable store(s) s3 (see ublk-volume store show)\n"
+            "Generation:   00000000000004d2\n"
+            "Device:       not exposed\n"
+            "Snapshots:    a, b\n"
+            "Rebuild:      idle\n"
+            "Replicas:\n"
+            "INDEX  STORE  STATE          GENERATION  LAST-ERROR\n"
+            "    0  s0     in_sync  00000000000004d2  -\n"
+            "    1  s1     in_sync  00000000000004b0  -\n"
+            "    2  s2     in_sync  00000000000004d2  -\n"
+            "    -  s3     missing                 -  store unavailable\n");
+  std::ostringstream list;
+  render_volume_list(list, {{"volumes", {v}}});
+  EXPECT_EQ(list.str(),
+            "NAME   SIZE  STATE     IN-SYNC  MIN  REBUILD  DEVICE  SNAPSHOTS\n"
+            "vol0  10.0G  degraded      3/4    2        -  -               2\n");
+}
+
+TEST(Render, OrphansAreWarnedAbout) {
+  std::ostringstream status;
+  render_status(status, Json::parse(R"json({"version": "0.1.0", "pid": 42, "uptime_seconds": 1,
+      "state_dir": "/s", "ublk": {"available": true, "message": ""}, "stores": 1, "volumes": 0,
+      "exposed": 0, "orphans": [{"store": "a", "volume": "v9", "size_bytes": 8388608,
+      "complete": true}], "pending_intents": 0})json"));
+  EXPECT_EQ(status.str(),
+            "Daemon:       ublk-volumed 0.1.0 (pid 42, up 1s)\n"
+            "State dir:    /s\n"
+            "ublk:         available\n"
+            "Stores:       1\n"
+            "Volumes:      0 (0 exposed)\n"
+            "WARNING: 1 orphan volume(s) no volume owns, left by an interrupted operation: a/v9\n"
+            "  adopt: ublk-volume volume import NAME --store S...; delete: ublk-volume store gc "
+            "STORE\n");
+  std::ostringstream gc;
+  render_store_gc(gc, "a",
+                  Json::parse(R"({"orphans": [{"store": "a", "volume": "v9", "size_bytes": 8388608,
+                      "complete": true}], "removed": true})"));
+  EXPECT_EQ(gc.str(), "store 'a': deleted 1 orphan volume(s):\n  v9 (8.0M)\n");
+}
+
 TEST(Render, EmptyListsSayHowToStart) {
   std::ostringstream out;
   render_volume_list(out, {{"volumes", Json::array()}});

@@ -28,161 +28,15 @@
 #include "ublkvol/dbs/file_device.h"
 #include "ublkvol/dbs/store.h"
 
+#include "daemon_fixture.h"
+
 namespace ublkvol::daemon {
 namespace {
 
 namespace fs = std::filesystem;
 constexpr uint64_t kMiB = 1ULL << 20U;
-
-std::string read_text(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-class DaemonTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    std::string pattern = "/dev/shm/ublkvol-dt-XXXXXX";
-    dir_ = ::mkdtemp(pattern.data());
-    ASSERT_FALSE(dir_.empty());
-    socket_ = dir_ + "/ctl.sock";
-    std::ofstream(dir_ + "/config.json")
-        << R"({"state_dir":")" << dir_ << R"(/state","control_socket":")" << socket_
-        << R"(","io_deadline_ms":2000,"log_level":"info"})";
-    notify_path_ = dir_ + "/notify.sock";
-    notify_.reset(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
-    sockaddr_un address{};
-    address.sun_family = AF_UNIX;
-    ASSERT_LT(notify_path_.size(), sizeof(address.sun_path));
-    std::memcpy(address.sun_path, notify_path_.c_str(), notify_path_.size() + 1);
-    ASSERT_EQ(::bind(notify_.get(), reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
-  }
-
-  void TearDown() override {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-    fs::remove_all(dir_);
-  }
-
-  // Receives sd_notify datagrams until one contains `what`; false if the
-  // daemon exited first or 120 s passed.
-  bool wait_notify(const std::string& what, std::string* all = nullptr) {
-    UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0)));
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-    while (std::chrono::steady_clock::now() < deadline) {
-      pollfd fds[2] = {{notify_.get(), POLLIN, 0}, {pidfd.get(), POLLIN, 0}};
-      if (::poll(fds, 2, 1000) < 0) {
-        return false;
-      }
-      if ((fds[0].revents & POLLIN) != 0) {
-        char buffer[4096];
-        const ssize_t n = ::recv(notify_.get(), buffer, sizeof(buffer), 0);
-        if (n > 0) {
-          const std::string message(buffer, static_cast<size_t>(n));
-          if (all != nullptr) {
-            *all += message + "\n";
-          }
-          if (message.find(what) != std::string::npos) {
-            return true;
-          }
-        }
-        continue;
-      }
-      if ((fds[1].revents & POLLIN) != 0) {
-        return false;
-      }
-    }
-    return false;
-  }
-
-  void start(std::vector<std::string> extra = {}) {
-    std::vector<std::string> args = {UBLKVOL_DAEMON_PATH, "--config", dir_ + "/config.json"};
-    args.insert(args.end(), extra.begin(), extra.end());
-    std::vector<char*> argv;
-    argv.reserve(args.size() + 1);
-    for (auto& a : args) {
-      argv.push_back(a.data());
-    }
-    argv.push_back(nullptr);
-    std::vector<std::string> env_strings = {"NOTIFY_SOCKET=" + notify_path_};
-    for (char** e = environ; *e != nullptr; ++e) {
-      if (std::strncmp(*e, "NOTIFY_SOCKET=", 14) != 0) {
-        env_strings.emplace_back(*e);
-      }
-    }
-    std::vector<char*> envp;
-    envp.reserve(env_strings.size() + 1);
-    for (auto& e : env_strings) {
-      envp.push_back(e.data());
-    }
-    envp.push_back(nullptr);
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    const std::string log = dir_ + "/daemon.log";
-    posix_spawn_file_actions_addopen(&actions, 2, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-    ASSERT_EQ(::posix_spawn(&pid_, argv[0], &actions, nullptr, argv.data(), envp.data()), 0);
-    posix_spawn_file_actions_destroy(&actions);
-    std::string notes;
-    ASSERT_TRUE(wait_notify("READY=1", &notes)) << "daemon did not become ready:\n" << log_text();
-    EXPECT_NE(notes.find("STATUS="), std::string::npos) << notes;
-    auto client = Client::connect(socket_);
-    ASSERT_TRUE(client.ok()) << client.error().message();
-    client_.emplace(std::move(*client));
-  }
-
-  // Sends `sig` and returns the exit status (or 128 + signal).
-  int stop(int sig = SIGTERM) {
-    client_.reset();
-    ::kill(pid_, sig);
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
-    pid_ = -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  }
-
-  std::string log_text() const { return read_text(dir_ + "/daemon.log"); }
-
-  Response call(const std::string& method, Json params = Json::object()) {
-    auto response = client_->call(method, std::move(params));
-    EXPECT_TRUE(response.ok()) << method << ": " << response.error().message();
-    return response.ok() ? *response : Response{};
-  }
-
-  Json ok(const std::string& method, const Json& params = Json::object()) {
-    const Response r = call(method, params);
-    EXPECT_TRUE(r.ok) << method << " " << params.dump() << " -> " << to_string(r.code) << ": "
-                      << r.message;
-    return r.result;
-  }
-
-  // Expects a refusal with `code` whose message contains `part`.
-  void refused(const std::string& method, const Json& params, const std::string& code,
-               const std::string& part) {
-    const Response r = call(method, params);
-    EXPECT_FALSE(r.ok) << method << " " << params.dump() << " was accepted";
-    EXPECT_EQ(to_string(r.code), code) << method << " " << params.dump() << ": " << r.message;
-    EXPECT_NE(r.message.find(part), std::string::npos)
-        << method << " " << params.dump() << ": '" << r.message << "' lacks '" << part << "'";
-  }
-
-  void add_stores(std::initializer_list<const char*> names) {
-    for (const char* n : names) {
-      ok("store.add",
-         {{"name", n}, {"path", dir_ + "/store-" + n}, {"format", true}, {"size", 96 * kMiB}});
-    }
-  }
-
-  std::string dir_;
-  std::string socket_;
-  std::string notify_path_;
-  UniqueFd notify_;
-  pid_t pid_ = -1;
-  std::optional<Client> client_;
-};
+using test_support::DaemonTest;
+using test_support::read_text;
 
 TEST_F(DaemonTest, EveryMethodHappyPath) {
   start();
@@ -309,7 +163,7 @@ TEST_F(DaemonTest, ErrorClasses) {
   refused("volume.create", {{"name", "../etc"}, {"size", 4096}, {"stores", {"a"}}},
           "invalid_argument", "must not start");
   refused("volume.create", {{"name", std::string(65, 'x')}, {"size", 4096}, {"stores", {"a"}}},
-          "invalid_argument", "longer than 64");
+          "invalid_argument", "volume names have at most 51 characters");
   refused("volume.create", {{"name", "m.engine-meta"}, {"size", 4096}, {"stores", {"a"}}},
           "invalid_argument", "reserved");
   refused("store.add", {{"name", "z"}, {"path", "relative/path"}}, "invalid_argument",
@@ -323,7 +177,7 @@ TEST_F(DaemonTest, ErrorClasses) {
           {{"name", "a"}, {"path", dir_ + "/other"}, {"format", true}, {"size", 64 * kMiB}},
           "already_exists", "store 'a' already exists");
   refused("store.add", {{"name", "a2"}, {"path", dir_ + "/store-a"}}, "already_exists",
-          "already store 'a'");
+          "is the same file as store 'a'");
   ok("snapshot.create", {{"volume", "v"}, {"name", "s"}});
   refused("snapshot.create", {{"volume", "v"}, {"name", "s"}}, "already_exists", "'s'");
   refused("snapshot.clone", {{"volume", "v"}, {"snapshot", "s"}, {"clone", "v"}}, "already_exists",

@@ -81,7 +81,7 @@ TEST(Protocol, Names) {
     const char* part;
   };
   const Bad bad[] = {{"", "empty"},
-                     {std::string(65, 'n'), "longer than 64"},
+                     {std::string(65, 'n'), "the limit is 64"},
                      {"a/b", "contains '/'"},
                      {"../x", "must not start"},
                      {"-x", "must not start"},

@@ -31,14 +31,22 @@ class Client {
  public:
   // Connects to the daemon's socket. Errors name the path and a likely
   // cause (daemon not running, not root / not in the ublk-volume group).
-  static Result<Client> connect(const std::string& socket_path = kDefaultSocketPath);
+  // The connect itself gives up after `timeout` (a daemon that is stopped
+  // with a full listen backlog never accepts): ETIMEDOUT.
+  static Result<Client> connect(const std::string& socket_path = kDefaultSocketPath,
+                                std::chrono::milliseconds timeout = kDefaultTimeout);
+
+  static constexpr std::chrono::milliseconds kDefaultTimeout{60'000};
 
   Client(Client&&) noexcept = default;
   Client& operator=(Client&&) noexcept = default;
 
-  // How long a call waits for the response (default 60 s; zero = forever).
-  // Long operations (rebuilds) are asynchronous on the daemon side, so a
-  // response that takes longer than this means the daemon is stuck.
+  // How long a call waits while the daemon sends nothing (default 60 s;
+  // zero = forever): the clock restarts with every byte received, so a large
+  // response that keeps arriving is never cut off. Long operations
+  // (rebuilds) are asynchronous on the daemon side, so this much silence
+  // means the daemon is stuck or stopped: ETIMEDOUT, "ublk-volumed at PATH
+  // did not answer within N s".
   void set_timeout(std::chrono::milliseconds timeout) { timeout_ = timeout; }
 
   // Sends one request with a fresh numeric id and waits for its response.
@@ -50,8 +58,11 @@ class Client {
 
   // Low level, for tests and tools: write raw bytes / read one line
   // (without its '\n'; error EMSGSIZE beyond max_bytes, ECONNRESET on EOF).
+  // Responses have no size limit (a list of thousands of volumes is several
+  // MiB): call() reads with kUnlimited.
+  static constexpr size_t kUnlimited = static_cast<size_t>(-1);
   Status send_raw(std::string_view bytes);
-  Result<std::string> read_line(size_t max_bytes = kMaxLineBytes + 1024);
+  Result<std::string> read_line(size_t max_bytes = kUnlimited);
 
   [[nodiscard]] const std::string& socket_path() const { return path_; }
 
@@ -62,7 +73,7 @@ class Client {
   std::string path_;
   std::string buffer_;  // bytes received after the last line returned
   uint64_t next_id_ = 1;
-  std::chrono::milliseconds timeout_{60'000};
+  std::chrono::milliseconds timeout_ = kDefaultTimeout;
 };
 
 }  // namespace ublkvol::daemon

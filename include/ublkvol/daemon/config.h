@@ -3,15 +3,18 @@
 //
 //   {"state_dir": "/var/lib/ublk-volumed", "queues": 2, "io_deadline_ms": 8000}
 //
-// A missing file means all defaults (the daemon runs without a config file).
-// A present file must be a JSON object whose keys are all known and of the
-// right type: anything else is refused with an error naming the key, so a
-// typo never silently falls back to a default.
+// A missing default file (kDefaultConfigPath) means all defaults (the daemon
+// runs without a config file, and logs so); a missing file that was named
+// explicitly (--config) is an error. A present file must be a JSON object
+// whose keys are all known, each once, and of the right type: anything else
+// is refused with an error naming the key, so a typo never silently falls
+// back to a default.
 #pragma once
 
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "ublkvol/common/result.h"
 
@@ -67,15 +70,29 @@ struct DaemonConfig {
   unsigned store_submit_batch = 4;
   // spdlog level: trace, debug, info, warn, error, critical, off.
   std::string log_level = "info";
+  // Directories in which clients other than root (and the daemon's own uid)
+  // may name store paths (store.add); absolute, no '..'. Empty (default):
+  // only root may add stores by path. docs/operations.md "Privileges".
+  std::vector<std::string> store_dirs;
+  // Control socket limits (control_server.h, docs/operations.md "Limits").
+  unsigned max_connections = 256;
+  unsigned root_reserved_connections = 8;
+  unsigned max_connections_per_uid = 32;
+  uint64_t request_timeout_ms = 10'000;
+  uint64_t idle_timeout_ms = 300'000;
 };
 
 // Parses a config document. `origin` names it in messages ("config.json").
 Result<DaemonConfig> parse_config(std::string_view text, const std::string& origin);
-// Loads `path`; a missing file gives the defaults.
-Result<DaemonConfig> load_config(const std::string& path);
+// Loads `path`. A missing file gives the defaults unless `must_exist`
+// (then it is an error naming the path: an explicitly given --config).
+Result<DaemonConfig> load_config(const std::string& path, bool must_exist = false);
 // Checks ranges (queues 1..60, queue_depth 1..4096, io_deadline_ms 100..3600000,
 // min_replicas 1..4, store_submit_batch 0..256, absolute paths, socket path
-// length, log level, store_data_order flush|fua).
+// length, log level, store_data_order flush|fua, store_dirs absolute without
+// '..', max_connections 1..65536, root_reserved_connections <
+// max_connections, max_connections_per_uid >= 1, request_timeout_ms and
+// idle_timeout_ms 100..86400000).
 Status validate_config(const DaemonConfig& config);
 
 }  // namespace ublkvol::daemon

@@ -41,8 +41,15 @@ inline constexpr int kProtocolVersion = 1;
 // `too_large` response and the connection is closed (its framing is lost).
 inline constexpr size_t kMaxLineBytes = size_t{1} << 20;
 inline constexpr const char* kDefaultSocketPath = "/run/ublk-volumed/control.sock";
-// Names of stores, volumes and snapshots: 1..kMaxNameLength characters.
+// Names of stores: 1..kMaxNameLength characters.
 inline constexpr size_t kMaxNameLength = 64;
+// Volume and snapshot names end up as DBS names (dbs/format.h kNameMax = 63
+// bytes): a replica of volume V is the DBS volumes "V" and "V.engine-meta"
+// (12 more bytes), a snapshot S of it the DBS snapshot "S". So volume names
+// (also the names of clones, which become volumes) have at most 63 - 12 = 51
+// characters and snapshot names at most 63.
+inline constexpr size_t kMaxVolumeNameLength = 51;
+inline constexpr size_t kMaxSnapshotNameLength = 63;
 // Volume and store sizes are multiples of this many bytes.
 inline constexpr uint64_t kSizeAlignment = 4096;
 
@@ -67,21 +74,40 @@ std::string_view to_string(ErrorCode code);
 std::optional<ErrorCode> parse_error_code(std::string_view text);
 
 // Mapping between protocol codes and errno values (see the header comment).
-// error_code_for: EINVAL->invalid_argument, ENOENT->not_found,
-// EEXIST->already_exists, EBUSY->busy, EACCES/EPERM->permission_denied,
-// EMSGSIZE->too_large, ENODEV/ENOTSUP/EOPNOTSUPP->unavailable,
+// error_code_for: EINVAL/ERANGE/ENAMETOOLONG/EFBIG->invalid_argument,
+// ENOENT->not_found, EEXIST->already_exists, EBUSY/EAGAIN->busy,
+// EACCES/EPERM->permission_denied, EMSGSIZE->too_large,
+// ENODEV/ENOTSUP/EOPNOTSUPP/ENXIO/ESHUTDOWN->unavailable,
 // EPROTONOSUPPORT->unsupported_version, ENOSYS->unknown_method,
-// EBADMSG->bad_request, EIO (and other device errors)->io_error,
+// EBADMSG->bad_request, EIO/ENOSPC/EROFS/EUCLEAN/ETIMEDOUT->io_error,
 // anything else->internal.
 ErrorCode error_code_for(int errno_value);
 int errno_for(ErrorCode code);
+
+// Who sent a request: the peer's credentials from SO_PEERCRED, taken by the
+// control server when the connection was accepted. The default is nobody
+// (uid/gid -1): a request whose peer is unknown is never privileged.
+struct Peer {
+  static constexpr uint32_t kNobody = static_cast<uint32_t>(-1);
+  uint32_t uid = kNobody;
+  uint32_t gid = kNobody;
+  int32_t pid = 0;
+};
 
 // A request as the daemon sees it once the envelope was validated.
 struct Request {
   Json id;  // unsigned integer or string, echoed in the response
   std::string method;
   Json params = Json::object();  // always an object ("params" may be omitted)
+  Peer peer;                     // set by the control server
 };
+
+// Parses a JSON document like Json::parse, but refuses an object that holds
+// the same key twice (nlohmann keeps the last one silently, so
+// {"name":"a","name":"b"} would mean something else to another parser).
+// Never throws. Errors: EBADMSG "not valid JSON" or EINVAL "duplicate key
+// 'k'" (naming the key and, for nested objects, its path).
+Result<Json> parse_json_unique_keys(std::string_view text);
 
 // The outcome of parsing one request line. On failure `error` is set and
 // `id` holds the request's id if it could be read (else null), so the error
@@ -94,8 +120,9 @@ struct ParsedRequest {
 };
 
 // Parses and validates the envelope of one line (without its '\n'): JSON
-// object, "v" == 1, "id" uint or string, "method" a non-empty string,
-// "params" an object if present, no other top-level field. Never throws.
+// object without duplicate keys (at any depth), "v" == 1, "id" uint or
+// string, "method" a non-empty string, "params" an object if present, no
+// other top-level field. Never throws.
 // Params themselves are validated by the method (see Params).
 ParsedRequest parse_request(std::string_view line);
 
@@ -126,9 +153,16 @@ Result<Response> parse_response(std::string_view line);
 
 // --- validation helpers --------------------------------------------------
 
-// A valid name: 1..64 characters of [A-Za-z0-9._-], not starting with '.'
-// or '-'. `what` names the field in the message ("volume name", "store").
-Status validate_name(std::string_view name, std::string_view what);
+// A valid name: 1..max_length characters of [A-Za-z0-9._-], not starting
+// with '.' or '-'. `what` names the field in the message ("volume name",
+// "store").
+Status validate_name(std::string_view name, std::string_view what,
+                     size_t max_length = kMaxNameLength);
+// The DBS limits on the names a method's params hold (volume names <= 51,
+// snapshot names <= 63, see kMaxVolumeNameLength): checked for every request
+// before its method runs, so a name that DBS would refuse half-way through a
+// multi-store operation is refused up front with the real limit.
+Status validate_dbs_names(std::string_view method, const Json& params);
 // A valid size: > 0 and a multiple of kSizeAlignment.
 Status validate_size(uint64_t bytes, std::string_view what);
 
@@ -144,8 +178,11 @@ Status validate_size(uint64_t bytes, std::string_view what);
 // Every accessor returns an Error with EINVAL (-> invalid_argument).
 class Params {
  public:
-  // `params` must be a JSON object (parse_request guarantees it).
-  explicit Params(const Json& params);
+  // `params` must be a JSON object (parse_request guarantees it). `peer` is
+  // the request's sender, for methods whose rules depend on it (paths).
+  explicit Params(const Json& params, Peer peer = {});
+
+  [[nodiscard]] const Peer& peer() const { return peer_; }
 
   Result<std::string> string(const std::string& key);
   Result<std::optional<std::string>> optional_string(const std::string& key);
@@ -165,6 +202,7 @@ class Params {
  private:
   const Json* find(const std::string& key);
   const Json& params_;
+  Peer peer_;
   std::vector<std::string> seen_;
 };
 

@@ -61,6 +61,14 @@ class Service {
   };
   ShutdownReport shutdown();
 
+  // Periodic store check (daemon_main runs it every kStoreCheckInterval): a
+  // store whose file was deleted or replaced while open, or whose DBS store
+  // failed, is reported failed (state, reason, event, log line) and its
+  // replicas are failed in their volumes' engines (docs/daemon.md "Store
+  // health").
+  void check_stores();
+  static constexpr int kStoreCheckIntervalMs = 1000;
+
   // One line for sd_notify STATUS= ("3 stores, 2 volumes, 1 exposed").
   [[nodiscard]] std::string status_line() const;
 

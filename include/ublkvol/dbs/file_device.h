@@ -66,6 +66,17 @@
 // 4096 and its logical block size (BLKSSZGET) must be <= 4096. Writable block
 // devices are opened O_EXCL so nothing can mount them underneath us.
 //
+// One owner: opened for writing, the device holds flock(LOCK_EX) on the file
+// (block devices: on the device node, besides O_EXCL) until it is destroyed;
+// read-only opens take LOCK_SH. flock locks belong to the open file
+// description, so a second open of the same inode conflicts through any
+// path (symlink, hard link, d/../d/x) and also within one process. A refused
+// open is EBUSY naming who uses the file (describe_device_users(),
+// device_users.h). The destructor drops the lock explicitly (the io_uring
+// holds its own file reference and lets go asynchronously); an open that
+// finds only an exited owner's claim retries for up to 5 s. docs/dbs.md,
+// "One owner per store".
+//
 // completion_fd(): an eventfd registered with the ring on first call (so
 // busy-polling owners pay nothing for it). poll() leaves it readable only if
 // completions are waiting to be collected (one extra read() per poll once
@@ -87,6 +98,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -96,6 +108,7 @@
 #include "ublkvol/common/result.h"
 #include "ublkvol/common/unique_fd.h"
 #include "ublkvol/dbs/block_device.h"
+#include "ublkvol/dbs/device_users.h"
 
 namespace ublkvol::dbs {
 
@@ -168,6 +181,9 @@ class FileDevice final : public BlockDevice {
   [[nodiscard]] int completion_fd() const override;
 
   [[nodiscard]] bool is_block_device() const { return is_block_device_; }
+  // The inode (regular file) or device number (block device) opened: equal
+  // for every path that reaches the same store.
+  [[nodiscard]] const DeviceIdentity& identity() const { return identity_; }
   [[nodiscard]] const FileDeviceOptions& options() const { return options_; }
 
   // Registers up to 16 long-lived buffer regions (e.g. a store's buffer pool
@@ -199,6 +215,14 @@ class FileDevice final : public BlockDevice {
 
   FileDevice(std::string path, const FileDeviceOptions& options);
   Status init(const std::string& path);
+  // flock(LOCK_EX) (LOCK_SH when read-only) on fd_, see the header comment.
+  Status lock();
+  void release_lock();
+  // Runs `try_claim` (0 or an errno) until it succeeds. EBUSY/EWOULDBLOCK
+  // while a live process (or a mount, a kernel holder) uses the file fails
+  // at once with EBUSY naming them; while only an exited owner's claim is
+  // left, it is retried for up to 5 s.
+  Status wait_for_claim(const std::function<int()>& try_claim, const char* what);
   // Creates the ring and registers the file, buffers and eventfd with it.
   Status setup_ring();
   void teardown_ring();
@@ -238,6 +262,8 @@ class FileDevice final : public BlockDevice {
   bool ring_min_timeout_ = false;    // kernel supports batched waits
   pthread_t owner_{};                // thread the ring is bound to, once enabled
   bool is_block_device_ = false;
+  bool locked_ = false;
+  DeviceIdentity identity_;
   bool uring_discard_supported_ = true;
   bool zero_range_supported_ = true;
   uint64_t size_bytes_ = 0;

@@ -41,6 +41,7 @@
 // what the last completed write/discard left.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -162,7 +163,13 @@ class Store {
   // Opens the store on `device`, recovering the last committed state. A
   // device that is not a valid store (foreign data, newer version, truncated,
   // corrupted metadata) is refused with an Error naming the problem, and
-  // nothing is written to it. `device` must outlive the Store.
+  // nothing is written to it. Corruption that recovery cannot tell from a
+  // torn write is refused too (EUCLEAN/EIO): a damaged journal commit with a
+  // later commit after it, a damaged newest checkpoint whose epoch has
+  // journal commits (docs/dbs.md, "What recovery refuses"). The one write
+  // open may do: a superblock copy that fails validation while the other
+  // is good is rewritten from the good one (flushed; see open_notes()).
+  // `device` must outlive the Store.
   static Result<std::unique_ptr<Store>> open(BlockDevice& device, const OpenOptions& options = {});
 
   // Waits (at most OpenOptions::device_timeout) for the device requests in
@@ -260,6 +267,17 @@ class Store {
   static std::vector<std::string> check_device(BlockDevice& device);
 
   [[nodiscard]] StoreStats stats() const;
+
+  // ---- Identity and open report ----
+  // The store's uuid (random at format, in both superblock copies); the
+  // same store reached through another path or device node has the same one.
+  [[nodiscard]] std::array<uint8_t, 16> uuid() const;
+  // The uuid as "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" (lower-case hex).
+  [[nodiscard]] std::string uuid_string() const;
+  // What open found and repaired or worked around, one sentence each (also
+  // logged as warnings at open), e.g. "superblock copy 0: checksum mismatch
+  // (using copy 1)" followed by "superblock copy 0 rewritten from copy 1".
+  [[nodiscard]] const std::vector<std::string>& open_notes() const;
 
   // ---- Health (docs/dbs.md, "Failure model") ----
   // Set once a step of a metadata commit failed on the device (data flush,

@@ -4,6 +4,7 @@
 #include <linux/falloc.h>
 #include <linux/fs.h>
 #include <sys/eventfd.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -12,12 +13,16 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <chrono>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
 #include <system_error>
+#include <thread>
+
+#include "ublkvol/dbs/device_users.h"
 
 #include "request_queue.h"
 
@@ -48,6 +53,7 @@ FileDevice::FileDevice(std::string path, const FileDeviceOptions& options)
 
 FileDevice::~FileDevice() {
   if (!ring_initialised_) {
+    release_lock();
     return;
   }
   // The kernel may still be reading/writing the callers' buffers: wait for it
@@ -70,7 +76,71 @@ FileDevice::~FileDevice() {
       --in_ring_;
     }
   }
+  // Explicitly, before the ring goes: the ring holds its own reference to
+  // the registered file and drops it asynchronously, so the lock would
+  // outlive this object by a moment and a reopen right after could fail.
+  release_lock();
   io_uring_queue_exit(&ring_);
+}
+
+void FileDevice::release_lock() {
+  if (fd_ && locked_) {
+    ::flock(fd_.get(), LOCK_UN);
+    locked_ = false;
+  }
+}
+
+namespace {
+
+// How long an open waits for a claim left by an owner that no longer runs
+// (its io_uring's file reference is dropped asynchronously after it died).
+constexpr auto kDeadOwnerWait = std::chrono::seconds(5);
+constexpr auto kRetryInterval = std::chrono::milliseconds(10);
+
+// Is anything that still runs (or is mounted, or a kernel holder) using it?
+bool any_live_user(const std::vector<DeviceUser>& users) {
+  return std::any_of(users.begin(), users.end(), [](const DeviceUser& user) {
+    return user.kind != DeviceUser::Kind::kLockHolder || user.alive;
+  });
+}
+
+std::string describe(const std::vector<DeviceUser>& users) {
+  std::string out;
+  for (const DeviceUser& user : users) {
+    out += (out.empty() ? "" : "; ") + user.describe();
+  }
+  return out;
+}
+
+}  // namespace
+
+Status FileDevice::wait_for_claim(const std::function<int()>& try_claim, const char* what) {
+  const auto deadline = std::chrono::steady_clock::now() + kDeadOwnerWait;
+  for (;;) {
+    const int err = try_claim();
+    if (err == 0) {
+      return ok_status();
+    }
+    if (err != EBUSY && err != EWOULDBLOCK) {
+      return Error(err, path_ + ": " + what + " failed");
+    }
+    // fd_ is our own (the file being locked); for a block device it is not
+    // open while the exclusive open is retried.
+    const std::vector<DeviceUser> users = find_device_users(path_, fd_ ? fd_.get() : -1);
+    const bool live = any_live_user(users);
+    if (live || std::chrono::steady_clock::now() >= deadline) {
+      std::string who = describe(users);
+      if (who.empty()) {
+        who = "an owner that could not be identified (its claim was not released within " +
+              std::to_string(kDeadOwnerWait.count()) + " s)";
+      }
+      return Error(EBUSY,
+                   path_ + ": " + what + ": in use by " + who +
+                       (options_.read_only ? "; a read-only open waits until no process writes it"
+                                           : "; a store has one owner at a time"));
+    }
+    std::this_thread::sleep_for(kRetryInterval);  // bounded by kDeadOwnerWait
+  }
 }
 
 Result<std::unique_ptr<FileDevice>> FileDevice::open(const std::string& path,
@@ -108,12 +178,17 @@ Status FileDevice::init(const std::string& path) {
     is_block_device_ = true;
     if (!options_.read_only) {
       // Claim the device exclusively (fails if mounted or held by another
-      // exclusive opener), so nothing writes underneath the store.
-      fd_.reset(::open(path.c_str(), flags | O_EXCL, 0));
-      if (!fd_) {
-        return errno_error(path + ": cannot open exclusively (in use?)");
-      }
+      // exclusive opener, this process included), so nothing writes
+      // underneath the store.
+      fd_.reset();
+      UBLKVOL_TRY(wait_for_claim(
+          [&] {
+            fd_.reset(::open(path.c_str(), flags | O_EXCL, 0));
+            return fd_ ? 0 : errno;
+          },
+          "cannot open exclusively"));
     }
+    UBLKVOL_TRY(lock());
     int logical_block_size = 0;
     if (::ioctl(fd_.get(), BLKSSZGET, &logical_block_size) != 0) {
       return errno_error(path + ": BLKSSZGET failed");
@@ -132,6 +207,8 @@ Status FileDevice::init(const std::string& path) {
                                " bytes is smaller than one 4096-byte block");
     }
   } else if (S_ISREG(st.st_mode)) {
+    // Before anything else touches the file (create_size may extend it).
+    UBLKVOL_TRY(lock());
     uint64_t bytes = static_cast<uint64_t>(st.st_size);
     if (options_.create_size != 0 && bytes < options_.create_size) {
       if (::ftruncate(fd_.get(), static_cast<off_t>(options_.create_size)) != 0) {
@@ -151,7 +228,27 @@ Status FileDevice::init(const std::string& path) {
     return Error(EINVAL, path + ": not a regular file or block device");
   }
 
+  identity_.block_device = is_block_device_;
+  identity_.dev = is_block_device_ ? st.st_rdev : st.st_dev;
+  identity_.ino = is_block_device_ ? 0 : st.st_ino;
   return setup_ring();
+}
+
+Status FileDevice::lock() {
+  // flock locks belong to the open file description: a second open of the
+  // same inode conflicts even within this process, through any path.
+  const int op = (options_.read_only ? LOCK_SH : LOCK_EX) | LOCK_NB;
+  UBLKVOL_TRY(wait_for_claim(
+      [&] {
+        int rc = 0;
+        do {
+          rc = ::flock(fd_.get(), op);
+        } while (rc != 0 && errno == EINTR);
+        return rc == 0 ? 0 : errno;
+      },
+      options_.read_only ? "cannot take a shared lock" : "cannot take the owner's lock"));
+  locked_ = true;
+  return ok_status();
 }
 
 Status FileDevice::setup_ring() {

@@ -160,7 +160,8 @@ Result<MetaRun> read_run(BlockDevice& device, const Geometry& g, uint64_t start,
 
 namespace {
 
-Result<Geometry> load_geometry(BlockDevice& device, std::vector<std::string>& notes) {
+Result<Geometry> load_geometry(BlockDevice& device, std::vector<std::string>& notes,
+                               int& bad_copy) {
   const std::string name(device.name());
   if (device.block_size() != kBlockSize) {
     return Error(EINVAL,
@@ -196,8 +197,10 @@ Result<Geometry> load_geometry(BlockDevice& device, std::vector<std::string>& no
   Geometry g = copy0.ok() ? *copy0 : *copy1;
   if (!copy0.ok()) {
     notes.push_back(copy0.error().message() + " (using copy 1)");
+    bad_copy = 0;
   } else if (!copy1.ok()) {
     notes.push_back(copy1.error().message() + " (using copy 0)");
+    bad_copy = 1;
   } else if (std::memcmp(buffer.data() + 8, buffer.data() + kBlockSize + 8,
                          offsetof(Superblock, copy) - 8) != 0 ||
              std::memcmp(buffer.data() + offsetof(Superblock, device_blocks),
@@ -214,13 +217,63 @@ Result<Geometry> load_geometry(BlockDevice& device, std::vector<std::string>& no
   return g;
 }
 
+// Replay stopped at journal block `pos`: the run there is not commit
+// `last_seq + 1` of `epoch` (`why`). That is the journal's end only if no
+// later commit of the epoch exists: commits are written one at a time, each
+// only after every earlier one is durable (docs/dbs.md, "Journal ordering"),
+// so a torn write can only be the last commit. A block further on whose own
+// header is valid and that belongs to a later commit of the same epoch
+// proves that the stopping point is a damaged middle; replaying up to it
+// would silently roll the store back, so the store is refused.
+// Blocks of older epochs and stale blocks of the dropped commit itself (a
+// torn commit overwritten by a shorter one after recovery) carry a lower or
+// equal sequence number and are ignored.
+Status refuse_if_later_commit(BlockDevice& device, const Geometry& g, uint64_t pos, uint64_t epoch,
+                              uint64_t last_seq, const std::string& why) {
+  const std::string name(device.name());
+  AlignedBuffer buffer;
+  constexpr uint64_t kPiece = 256;
+  for (uint64_t at = pos; at < g.journal_blocks; at += kPiece) {
+    const uint64_t n = std::min(kPiece, g.journal_blocks - at);
+    auto read = read_blocks(device, g.journal_start + at, n, buffer);
+    if (!read.ok()) {
+      return read.error().with_context(name + ": cannot read journal blocks " + std::to_string(at) +
+                                       ".." + std::to_string(at + n - 1) +
+                                       " (looking for commits after the journal's end)");
+    }
+    for (uint64_t i = 0; i < n; ++i) {
+      auto h =
+          check_meta_block(g, {buffer.data() + i * kBlockSize, kBlockSize}, MetaType::kJournal);
+      if (!h.ok() || h->epoch != epoch || h->seq <= last_seq + 1) {
+        continue;
+      }
+      std::string message = name;
+      message.append(": journal block ")
+          .append(std::to_string(pos))
+          .append(" (commit ")
+          .append(std::to_string(last_seq + 1))
+          .append(") is corrupted (")
+          .append(why)
+          .append("), but a later commit ")
+          .append(std::to_string(h->seq))
+          .append(" exists at journal block ")
+          .append(std::to_string(at + i))
+          .append("; refusing to open a state that would silently drop commits from ")
+          .append(std::to_string(last_seq + 1))
+          .append(" on (nothing was changed on the device)");
+      return Error(EUCLEAN, message);
+    }
+  }
+  return ok_status();
+}
+
 }  // namespace
 
 Result<LoadedStore> load_store(BlockDevice& device, bool validate,
                                std::vector<std::string>* problems) {
   const std::string name(device.name());
   LoadedStore loaded;
-  auto geometry = load_geometry(device, loaded.notes);
+  auto geometry = load_geometry(device, loaded.notes, loaded.bad_superblock_copy);
   if (!geometry.ok()) {
     return geometry.error();
   }
@@ -286,6 +339,8 @@ Result<LoadedStore> load_store(BlockDevice& device, bool validate,
         return run.error().with_context(name + ": cannot read journal block " +
                                         std::to_string(pos));
       }
+      UBLKVOL_TRY(
+          refuse_if_later_commit(device, g, pos, loaded.epoch, loaded.seq, run.error().message()));
       break;  // end of the journal (or a torn, never-acknowledged commit)
     }
     if (run->header.epoch != loaded.epoch || run->header.seq != loaded.seq + 1) {
@@ -299,6 +354,10 @@ Result<LoadedStore> load_store(BlockDevice& device, bool validate,
                               "to roll back to epoch " +
                               std::to_string(loaded.epoch));
       }
+      UBLKVOL_TRY(refuse_if_later_commit(device, g, pos, loaded.epoch, loaded.seq,
+                                         "holds commit " + std::to_string(run->header.seq) +
+                                             " of epoch " + std::to_string(run->header.epoch) +
+                                             " instead"));
       break;
     }
     auto status = metadata->apply(run->body);

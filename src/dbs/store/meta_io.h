@@ -93,6 +93,9 @@ struct LoadedStore {
   uint64_t journal_pos = 0;   // first journal block after the last valid commit
   uint64_t journal_commits = 0;
   std::vector<std::string> notes;  // recoverable oddities (one bad superblock copy, ...)
+  // The superblock copy (0 or 1) that failed validation while the other one
+  // was good, or -1. Store::open rewrites it from the good one.
+  int bad_superblock_copy = -1;
 };
 
 // Reads the superblocks, the newest valid checkpoint and the valid journal

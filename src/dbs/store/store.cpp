@@ -2,6 +2,7 @@
 // Store::Impl.
 #include "ublkvol/dbs/store.h"
 
+#include <array>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -79,12 +80,52 @@ Status Store::format(BlockDevice& device, const FormatOptions& options) {
   return ok_status();
 }
 
+namespace {
+
+// One superblock copy failed validation and the other is good: write the
+// damaged one again from the good geometry (the copies are identical except
+// for their index), durably, so the store has two good copies again.
+// Returns the note for the open report.
+std::string rewrite_superblock_copy(BlockDevice& device, const Geometry& g, uint32_t copy) {
+  const std::string which = "superblock copy " + std::to_string(copy);
+  AlignedBuffer block(kBlockSize);
+  std::memset(block.data(), 0, kBlockSize);
+  encode_superblock(g, copy, block.span());
+  Status status = write_sync(device, uint64_t{copy} * kBlockSize, block.span());
+  if (status.ok()) {
+    status = flush_sync(device);
+  }
+  if (!status.ok()) {
+    return which + " could not be rewritten: " + status.error().message();
+  }
+  return which + " rewritten from copy " + std::to_string(1 - copy);
+}
+
+}  // namespace
+
 Result<std::unique_ptr<Store>> Store::open(BlockDevice& device, const OpenOptions& options) {
   auto loaded = load_store(device, /*validate=*/true, nullptr);
   if (!loaded.ok()) {
     return loaded.error();
   }
+  const int bad_copy = loaded->bad_superblock_copy;
+  std::string repaired;
+  if (bad_copy >= 0) {
+    repaired = rewrite_superblock_copy(device, loaded->geometry, static_cast<uint32_t>(bad_copy));
+  }
   auto impl = std::make_unique<Impl>(device, std::move(*loaded), options);
+  if (!repaired.empty()) {
+    impl->add_open_note(std::move(repaired));
+  }
+  for (const std::string& note : impl->open_notes()) {
+    // A damaged superblock copy is news for the operator; the other notes
+    // (e.g. the unused checkpoint area of a fresh store) are routine.
+    if (note.find("superblock") != std::string::npos) {
+      spdlog::warn("dbs store {}: {}", device.name(), note);
+    } else {
+      spdlog::debug("dbs store {}: {}", device.name(), note);
+    }
+  }
   return std::unique_ptr<Store>(new Store(std::move(impl)));
 }
 
@@ -102,6 +143,29 @@ std::vector<std::string> Store::check_device(BlockDevice& device) {
 }
 
 Store::Store(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+std::array<uint8_t, 16> Store::uuid() const {
+  std::array<uint8_t, 16> out{};
+  std::memcpy(out.data(), impl_->geometry().uuid, out.size());
+  return out;
+}
+
+std::string Store::uuid_string() const {
+  const std::array<uint8_t, 16> u = uuid();
+  std::string out;
+  out.reserve(36);
+  static constexpr char kHex[] = "0123456789abcdef";
+  for (size_t i = 0; i < u.size(); ++i) {
+    if (i == 4 || i == 6 || i == 8 || i == 10) {
+      out.push_back('-');
+    }
+    out.push_back(kHex[u[i] >> 4]);
+    out.push_back(kHex[u[i] & 0xF]);
+  }
+  return out;
+}
+
+const std::vector<std::string>& Store::open_notes() const { return impl_->open_notes(); }
 
 Status Store::close() {
   if (!impl_) {

@@ -137,7 +137,8 @@ Store::Impl::Impl(BlockDevice& device, LoadedStore loaded, const OpenOptions& op
       epoch_(loaded.epoch),
       seq_(loaded.seq),
       active_checkpoint_(loaded.active_checkpoint),
-      journal_pos_(loaded.journal_pos) {
+      journal_pos_(loaded.journal_pos),
+      open_notes_(std::move(loaded.notes)) {
   // Free map: everything not mapped by a layer.
   free_bits_.assign((uint64_t{g_.extent_count} + 63) / 64, ~uint64_t{0});
   if (g_.extent_count % 64 != 0) {
@@ -768,11 +769,18 @@ void Store::Impl::maybe_start_commit() {
     if (!fua_new_data_) {
       // Mapping commit, flush first: the data of every write it captured
       // completed before the capture, so this flush makes it durable before
-      // the record can be. No flush after the record (see meta_write_done).
+      // the record can be. It also makes every earlier journal commit
+      // durable before this one is written (recovery relies on it: a valid
+      // commit after a damaged one proves corruption, docs/dbs.md). No flush
+      // after the record (see meta_write_done).
       phase_ = CommitPhase::kDataFlush;
       device_.submit(flush_request_);
       return;
     }
+    // kFuaData: no flush before this record, so the record itself is FUA -
+    // otherwise a power cut could lose it and keep the next one, and
+    // recovery could not tell that from a corrupted journal.
+    meta_fua_ = true;
     write_metadata();
     return;
   }
@@ -801,9 +809,26 @@ void Store::Impl::commit_step(int result) {
     return;
   }
   if (phase_ == CommitPhase::kMetaFlush) {
+    const bool checkpoint = commit_full_;
     advance_journal();
+    if (checkpoint) {
+      start_epoch();
+      return;
+    }
     finish_commit(0);
   }
+}
+
+void Store::Impl::start_epoch() {
+  // The checkpoint is durable. Before its waiters complete, journal block 0
+  // gets an empty commit of the new epoch (FUA): should the checkpoint be
+  // damaged later, this record proves it was complete, and recovery refuses
+  // instead of falling back to the older checkpoint, which lacks what the
+  // newer one holds beyond its journal.
+  body_.clear();
+  commit_full_ = false;
+  meta_fua_ = true;
+  write_metadata(CommitPhase::kEpochStart);
 }
 
 void Store::Impl::advance_journal() {
@@ -823,7 +848,7 @@ void Store::Impl::advance_journal() {
   }
 }
 
-void Store::Impl::write_metadata() {
+void Store::Impl::write_metadata(CommitPhase phase) {
   const uint64_t seq = seq_ + 1;
   uint64_t start;
   if (commit_full_) {
@@ -850,7 +875,7 @@ void Store::Impl::write_metadata() {
   if (meta_requests_.size() < pieces) {
     meta_requests_.resize(pieces);
   }
-  phase_ = CommitPhase::kMetaWrite;
+  phase_ = phase;
   meta_pending_ = static_cast<uint32_t>(pieces);
   meta_error_ = 0;
   for (uint64_t i = 0; i < pieces; ++i) {
@@ -861,10 +886,12 @@ void Store::Impl::write_metadata() {
     request.offset = (start + i * kPiece) * kBlock;
     request.length = n * kBlock;
     request.buffer = meta_buffer_.data() + i * kPiece * kBlock;
+    request.fua = meta_fua_;
     request.on_complete = &on_meta_write;
     request.user_data = this;
     device_.submit(request);
   }
+  meta_fua_ = false;
 }
 
 void Store::Impl::meta_write_done(int result) {
@@ -888,9 +915,17 @@ void Store::Impl::meta_write_done(int result) {
     finish_commit(meta_error_);
     return;
   }
+  if (phase_ == CommitPhase::kEpochStart) {
+    // Written FUA: durable. Not counted in stats().commits.
+    ++seq_;
+    journal_pos_ += commit_blocks_;
+    finish_commit(0);
+    return;
+  }
   if (!commit_durable_) {
-    // Mapping-only commit: on the device now (it survives a killed process)
-    // but not durable; the next flushed commit's data flush covers it.
+    // Mapping-only commit: on the device now (it survives a killed process).
+    // kFlushBeforeRecord: not durable; the next commit's flush covers it.
+    // kFuaData: written FUA, durable.
     advance_journal();
     finish_commit(0);
     return;

@@ -83,6 +83,9 @@ class Store::Impl {
   unsigned poll(bool wait);
   [[nodiscard]] unsigned in_flight() const { return in_flight_; }
   BlockDevice& device() { return device_; }
+  [[nodiscard]] const detail::Geometry& geometry() const { return g_; }
+  [[nodiscard]] const std::vector<std::string>& open_notes() const { return open_notes_; }
+  void add_open_note(std::string note) { open_notes_.push_back(std::move(note)); }
   Status run_sync(StoreIo& io);
 
   // Control
@@ -148,8 +151,14 @@ class Store::Impl {
   // Commit machine
   void maybe_start_commit();
   void finish_commit(int result);
-  // Frames body_ and writes it (journal commit or checkpoint).
-  void write_metadata();
+  // kEpochStart: the empty journal commit written (FUA) after a checkpoint is
+  // durable, before the checkpoint's waiters complete; it proves the
+  // checkpoint was complete if the checkpoint is later found damaged.
+  enum class CommitPhase { kIdle, kDataFlush, kMetaWrite, kMetaFlush, kEpochStart };
+  // Writes body_ as the next checkpoint or journal commit; `phase` is
+  // kMetaWrite, or kEpochStart for the record start_epoch() writes.
+  void write_metadata(CommitPhase phase = CommitPhase::kMetaWrite);
+  void start_epoch();
   // Accounts a written commit (seq, journal position or new epoch).
   void advance_journal();
 
@@ -203,7 +212,9 @@ class Store::Impl {
   int active_checkpoint_ = 0;
   uint64_t journal_pos_ = 0;
   bool failed_ = false;
-  std::string failure_;    // why failed_ is set (see fail())
+  std::string failure_;  // why failed_ is set (see fail())
+  // What open found and repaired or worked around (Store::open_notes()).
+  std::vector<std::string> open_notes_;
   int failure_errno_ = 0;  // positive errno of the step that failed
   // Data-path device errors (the StoreIo fails; the store stays usable).
   uint64_t read_errors_ = 0;
@@ -233,12 +244,15 @@ class Store::Impl {
   unsigned in_flight_ = 0;
 
   // Commit state
-  enum class CommitPhase { kIdle, kDataFlush, kMetaWrite, kMetaFlush };
   CommitPhase phase_ = CommitPhase::kIdle;
   bool commit_full_ = false;
   // Device-flushed commit (FLUSH, FUA, checkpoint, control op) or a
   // mapping-only journal write without flushes.
   bool commit_durable_ = false;
+  // The metadata write goes out FUA: a mapping-only commit with kFuaData
+  // (no flush follows it, and the next commit may not be written before it
+  // is durable) and the epoch-start record.
+  bool meta_fua_ = false;
   std::vector<std::byte> body_;
   detail::AlignedBuffer meta_buffer_;
   std::vector<IoRequest> meta_requests_;

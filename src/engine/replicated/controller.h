@@ -22,6 +22,9 @@ namespace ublkvol::engine::detail {
 // Ordering-table buckets: 64 KiB granules hashed into 8192 counters per queue.
 inline constexpr unsigned kBucketShift = 16;
 inline constexpr size_t kBuckets = 8192;
+// The rebuild and control queues: their depth and their (smaller) table.
+inline constexpr unsigned kInternalQueueDepth = 8;
+inline constexpr size_t kInternalBuckets = 256;
 inline constexpr uint64_t kSeqPending = ~uint64_t{0};
 
 enum class SlotKind : uint8_t { kUser, kCopy, kVerify, kBarrier };

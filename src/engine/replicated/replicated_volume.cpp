@@ -164,6 +164,7 @@ struct QueueState {
   std::unique_ptr<Slot[]> slots;
   unsigned nslots = 0;
   std::unique_ptr<std::atomic<uint32_t>[]> buckets;
+  size_t nbuckets = kBuckets;
   // Channels to store threads, one per distinct thread. Membership changes
   // (control thread) publish and unpublish entries while the queue thread
   // iterates them, hence atomics; an unpublished channel object is kept in
@@ -602,8 +603,11 @@ Status QueueState::init(ReplicatedVolume::Impl& volume, unsigned queue_index, un
     slots[i].next = free_list;
     free_list = &slots[i];
   }
-  buckets = std::make_unique<std::atomic<uint32_t>[]>(kBuckets);
-  for (size_t i = 0; i < kBuckets; ++i) {
+  // The rebuild and control queues (a few slots) need far fewer buckets than
+  // a user queue: 8192 counters each cost 32 KiB per volume and queue.
+  nbuckets = depth <= kInternalQueueDepth ? kInternalBuckets : kBuckets;
+  buckets = std::make_unique<std::atomic<uint32_t>[]>(nbuckets);
+  for (size_t i = 0; i < nbuckets; ++i) {
     buckets[i].store(0, std::memory_order_relaxed);
   }
   // One channel per distinct store thread.
@@ -1249,9 +1253,9 @@ void QueueState::publish(Slot& s, uint64_t b, uint64_t e) {
   s.end.store(e, std::memory_order_seq_cst);
   s.seq.store(kSeqPending, std::memory_order_seq_cst);
   uint64_t first = b >> kBucketShift;
-  uint64_t n = std::min<uint64_t>(((e - 1) >> kBucketShift) - first + 1, kBuckets);
+  uint64_t n = std::min<uint64_t>(((e - 1) >> kBucketShift) - first + 1, nbuckets);
   for (uint64_t i = 0; i < n; ++i) {
-    buckets[(first + i) % kBuckets].fetch_add(1, std::memory_order_seq_cst);
+    buckets[(first + i) % nbuckets].fetch_add(1, std::memory_order_seq_cst);
   }
   s.my_seq = vol->next_seq.fetch_add(1, std::memory_order_seq_cst) + 1;
   s.seq.store(s.my_seq, std::memory_order_seq_cst);
@@ -1261,13 +1265,13 @@ void QueueState::publish(Slot& s, uint64_t b, uint64_t e) {
 bool QueueState::may_overlap(uint64_t b, uint64_t e, bool own) const {
   uint64_t first = b >> kBucketShift;
   uint64_t n = ((e - 1) >> kBucketShift) - first + 1;
-  if (n >= kBuckets) {
+  if (n >= nbuckets) {
     return true;
   }
   // The own queue's counters include the request being checked.
   uint32_t threshold = own ? 1 : 0;
   for (uint64_t i = 0; i < n; ++i) {
-    if (buckets[(first + i) % kBuckets].load(std::memory_order_seq_cst) > threshold) {
+    if (buckets[(first + i) % nbuckets].load(std::memory_order_seq_cst) > threshold) {
       return true;
     }
   }
@@ -1329,9 +1333,9 @@ void QueueState::release_order(Slot& s) {
   }
   s.seq.store(0, std::memory_order_seq_cst);
   uint64_t first = s.b >> kBucketShift;
-  uint64_t n = std::min<uint64_t>(((s.e - 1) >> kBucketShift) - first + 1, kBuckets);
+  uint64_t n = std::min<uint64_t>(((s.e - 1) >> kBucketShift) - first + 1, nbuckets);
   for (uint64_t i = 0; i < n; ++i) {
-    buckets[(first + i) % kBuckets].fetch_sub(1, std::memory_order_seq_cst);
+    buckets[(first + i) % nbuckets].fetch_sub(1, std::memory_order_seq_cst);
   }
   uint64_t waiters = s.waiters.exchange(0, std::memory_order_seq_cst);
   recheck_blocked = true;
@@ -2361,7 +2365,8 @@ Result<std::unique_ptr<ReplicatedVolume>> ReplicatedVolume::open(
     v.queues.push_back(std::make_unique<QueueState>());
   }
   for (unsigned i = 0; i < total; ++i) {
-    UBLKVOL_TRY(v.queues[i]->init(v, i, i < options.queues ? options.queue_depth : 8));
+    UBLKVOL_TRY(v.queues[i]->init(
+        v, i, i < options.queues ? options.queue_depth : detail::kInternalQueueDepth));
   }
   Impl* raw = impl.get();
   v.monitor = std::thread([raw] { raw->monitor_loop(); });

@@ -30,7 +30,9 @@ daemon_up() { rpc daemon.status >/dev/null 2>&1; }
 # start_daemon : ublk-volumed in the background (pid in DAEMON and SRV, so
 # lib.sh's fail kills it); waits until it answers.
 start_daemon() {
-  ublk-volumed --config /nonexistent.json --state-dir "$SD" --socket "$SOCK" >>"$DAEMON_LOG" 2>&1 &
+  # An explicit --config must exist: an empty object means all defaults.
+  printf '{}\n' >"${SD%/}.config.json"
+  ublk-volumed --config "${SD%/}.config.json" --state-dir "$SD" --socket "$SOCK" >>"$DAEMON_LOG" 2>&1 &
   DAEMON=$!
   SRV=$DAEMON
   wait_until 120 daemon_up || { tail -30 "$DAEMON_LOG"; fail "ublk-volumed did not come up"; }

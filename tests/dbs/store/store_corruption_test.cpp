@@ -193,13 +193,44 @@ TEST_F(CorruptionTest, BothSuperblocksCorruptedIsRefused) {
   expect_refused(*device_, device_->bytes(), "checksum mismatch");
 }
 
-TEST_F(CorruptionTest, OneBadSuperblockCopyStillOpensAndCheckReportsIt) {
+TEST_F(CorruptionTest, OneBadSuperblockCopyIsFoundByCheckAndRewrittenByOpen) {
   device_->bytes()[100] ^= std::byte{1};
-  auto store = Store::open(*device_);
-  ASSERT_TRUE(store.ok()) << store.error().to_string();
-  auto problems = (*store)->check();
+  auto problems = Store::check_device(*device_);  // offline check: reports, never writes
   ASSERT_EQ(problems.size(), 1u);
   EXPECT_NE(problems[0].find("superblock copy 0"), std::string::npos);
+  auto store = Store::open(*device_);
+  ASSERT_TRUE(store.ok()) << store.error().to_string();
+  EXPECT_TRUE((*store)->check().empty()) << (*store)->check().front();
+}
+
+// Issue 12 item 9: a store with one damaged superblock copy opens from the
+// other copy and, opened for writing, rewrites the damaged copy (durably,
+// said in the open notes); its data stays intact. Copy 0, then copy 1.
+TEST_F(CorruptionTest, DamagedSuperblockCopyIsRewrittenFromTheGoodOne) {
+  const std::span<const std::byte> superblocks = device_->bytes().first(size_t{2} * kBlockSize);
+  const std::vector<std::byte> good(superblocks.begin(), superblocks.end());
+  for (uint32_t copy = 0; copy < 2; ++copy) {
+    SCOPED_TRACE("damaged copy " + std::to_string(copy));
+    device_->bytes()[size_t{copy} * kBlockSize + 40] ^= std::byte{0x10};
+    {
+      auto store = Store::open(*device_);
+      ASSERT_TRUE(store.ok()) << store.error().to_string();
+      bool noted = false;
+      for (const std::string& note : (*store)->open_notes()) {
+        noted |= note.find("superblock copy " + std::to_string(copy)) != std::string::npos &&
+                 note.find("rewritten") != std::string::npos;
+      }
+      EXPECT_TRUE(noted) << "the open notes do not say the copy was rewritten";
+      Buffer block(kBlock);
+      ASSERT_TRUE((*store)->read(volume_, 16 * kBlock, block.span()).ok());
+      BlockTag tag;
+      ASSERT_TRUE(testing::decode_block(block.block(0), tag));
+      EXPECT_TRUE(tag == (BlockTag{volume_, 16, 1})) << testing::describe(tag);
+    }
+    EXPECT_TRUE(std::equal(good.begin(), good.end(), device_->bytes().begin()))
+        << "superblock copy " << copy << " was not restored";
+    EXPECT_TRUE(Store::check_device(*device_).empty());
+  }
 }
 
 TEST_F(CorruptionTest, InvalidGeometryIsRefused) {
@@ -238,6 +269,67 @@ TEST_F(CorruptionTest, CorruptedNewestCheckpointWithLaterJournalIsRefused) {
   const uint64_t active = loaded->geometry.checkpoint_start[loaded->active_checkpoint];
   device_->bytes()[active * kBlockSize + kBlockSize - 1] ^= std::byte{1};
   expect_refused(*device_, device_->bytes(), "refusing to roll back");
+}
+
+// Issue 12 item 2: the newest checkpoint is damaged before any journal
+// commit of its epoch was written. Falling back to the older checkpoint
+// would silently drop what only the newer one holds; the epoch-start record
+// written after every checkpoint proves the newer one was complete.
+TEST_F(CorruptionTest, CorruptedNewestCheckpointWithoutLaterCommitsIsRefused) {
+  {
+    auto store = Store::open(*device_);
+    ASSERT_TRUE(store.ok());
+    Buffer data(kBlock);
+    for (int i = 0; (*store)->stats().checkpoints == 0; ++i) {
+      ASSERT_TRUE(
+          (*store)->write(volume_, static_cast<uint64_t>(i % 1000) * kBlock, data.span()).ok());
+      ASSERT_TRUE((*store)->commit().ok());
+      ASSERT_LT(i, 100000);
+    }
+  }
+  auto loaded = detail::load_store(*device_, false, nullptr);
+  ASSERT_TRUE(loaded.ok());
+  const uint64_t active = loaded->geometry.checkpoint_start[loaded->active_checkpoint];
+  device_->bytes()[active * kBlockSize + kBlockSize - 1] ^= std::byte{1};
+  expect_refused(*device_, device_->bytes(), "refusing to roll back");
+  expect_check_finds("refusing to roll back");
+}
+
+// Issue 12 item 2: 13 valid journal commits, one bit flipped in a middle
+// one. Replay must not stop there and call it the journal's end (the later
+// commits prove it is not a torn tail): open and check refuse, naming the
+// damaged block and commit and the later commit found, and nothing is written.
+TEST_F(CorruptionTest, BitFlipInMiddleJournalCommitIsRefused) {
+  {
+    auto store = Store::open(*device_);
+    ASSERT_TRUE(store.ok());
+    // The first commit after open is a checkpoint; 13 journal commits follow.
+    for (int i = 0; i < 14; ++i) {
+      ASSERT_TRUE((*store)->create_volume("x" + std::to_string(i), 4 * kMiB).ok());
+    }
+  }
+  auto loaded = detail::load_store(*device_, false, nullptr);
+  ASSERT_TRUE(loaded.ok());
+  ASSERT_GE(loaded->journal_commits, 13u);
+  // Walk the journal to the 7th commit.
+  const detail::Geometry& g = loaded->geometry;
+  uint64_t pos = 0;
+  uint64_t seq = 0;
+  for (int i = 0; i < 7; ++i) {
+    auto run = detail::read_run(*device_, g, g.journal_start + pos,
+                                g.journal_start + g.journal_blocks, MetaType::kJournal);
+    ASSERT_TRUE(run.ok());
+    seq = run->header.seq;
+    if (i < 6) {
+      pos += run->header.count;
+    }
+  }
+  device_->bytes()[(g.journal_start + pos) * kBlockSize + 2000] ^= std::byte{0x04};
+  const std::string needle =
+      "journal block " + std::to_string(pos) + " (commit " + std::to_string(seq) + ") is corrupted";
+  expect_refused(*device_, device_->bytes(), needle);
+  expect_refused(*device_, device_->bytes(), "later commit " + std::to_string(seq + 1));
+  expect_check_finds(needle);
 }
 
 TEST_F(CorruptionTest, ExtentMappedTwiceIsFound) {

@@ -1,0 +1,175 @@
+// State the truth (issue 12 item 8) and orphans (item 5), against a real
+// ublk-volumed process: a store whose file is deleted or replaced while open
+// is reported failed by the periodic check (state, reason, event, log line)
+// and its replicas are no longer reported in sync - failed in the engine, or
+// reported failed when the engine keeps its last replica; orphan DBS volumes
+// (a volume state.json forgot) are reported and adopted (volume.import) or
+// removed (store.gc).
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <string>
+
+#include "daemon_fixture.h"
+
+namespace ublkvol::daemon {
+namespace {
+
+using test_support::DaemonTest;
+using test_support::kMiB;
+using test_support::read_text;
+
+class StoreHealthTest : public DaemonTest {
+ protected:
+  // Polls `what` until `done` holds or 15 s passed (the daemon checks its
+  // stores every second); the last answer.
+  Json wait_for(const std::string& method, const Json& params,
+                const std::function<bool(const Json&)>& done) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+    Json last;
+    while (std::chrono::steady_clock::now() < deadline) {
+      last = ok(method, params);
+      if (done(last)) {
+        return last;
+      }
+      // Bounded polling of a condition the daemon reaches on its timer.
+      ::usleep(50'000);
+    }
+    return last;
+  }
+
+  static Json replica_on(const Json& volume, const std::string& store) {
+    for (const auto& r : volume["replicas"]) {
+      if (r["store"] == store) {
+        return r;
+      }
+    }
+    return Json();
+  }
+};
+
+TEST_F(StoreHealthTest, DeletedStoreFileFailsTheStoreAndItsReplicas) {
+  start();
+  add_stores({"a", "b"});
+  ok("volume.create", {{"name", "v"}, {"size", 16 * kMiB}, {"stores", {"a", "b"}}});
+  ok("volume.create", {{"name", "solo"}, {"size", 16 * kMiB}, {"stores", {"a"}}});
+  ASSERT_EQ(::unlink((dir_ + "/store-a").c_str()), 0);
+
+  const Json a =
+      wait_for("store.show", {{"name", "a"}}, [](const Json& s) { return s["state"] == "failed"; });
+  EXPECT_EQ(a["state"], "failed") << a.dump();
+  ASSERT_TRUE(a["error"].is_string()) << a.dump();
+  EXPECT_NE(a["error"].get<std::string>().find("was deleted while the store was open"),
+            std::string::npos)
+      << a.dump();
+  ASSERT_FALSE(a.value("events", Json::array()).empty()) << a.dump();
+  EXPECT_NE(log_text().find("store 'a' failed: "), std::string::npos) << log_text();
+
+  // Two replicas: the engine fails the one on 'a'.
+  const Json v = wait_for("volume.show", {{"name", "v"}},
+                          [](const Json& j) { return replica_on(j, "a")["state"] == "failed"; });
+  EXPECT_EQ(replica_on(v, "a")["state"], "failed") << v.dump();
+  EXPECT_EQ(replica_on(v, "b")["state"], "in_sync") << v.dump();
+  EXPECT_EQ(v["in_sync"], 1) << v.dump();
+  EXPECT_EQ(v["online"], true);
+  // One replica: the engine keeps it, the daemon does not call it in sync.
+  const Json solo = ok("volume.show", {{"name", "solo"}});
+  EXPECT_EQ(replica_on(solo, "a")["state"], "failed") << solo.dump();
+  EXPECT_NE(replica_on(solo, "a")["last_error"].get<std::string>().find("store 'a' failed"),
+            std::string::npos)
+      << solo.dump();
+  EXPECT_EQ(solo["in_sync"], 0) << solo.dump();
+  EXPECT_EQ(solo["online"], false) << solo.dump();
+  // 'b' is unaffected.
+  EXPECT_EQ(ok("store.show", {{"name", "b"}})["state"], "online");
+  EXPECT_EQ(stop(), 0);
+}
+
+TEST_F(StoreHealthTest, ReplacedStoreFileIsReported) {
+  start();
+  add_stores({"a", "b"});
+  ok("volume.create", {{"name", "v"}, {"size", 16 * kMiB}, {"stores", {"a", "b"}}});
+  { std::ofstream(dir_ + "/other") << std::string(4096, 'x'); }
+  ASSERT_EQ(::rename((dir_ + "/other").c_str(), (dir_ + "/store-b").c_str()), 0);
+  const Json b =
+      wait_for("store.show", {{"name", "b"}}, [](const Json& s) { return s["state"] == "failed"; });
+  EXPECT_EQ(b["state"], "failed") << b.dump();
+  ASSERT_TRUE(b["error"].is_string()) << b.dump();
+  EXPECT_NE(b["error"].get<std::string>().find("now names another file"), std::string::npos)
+      << b.dump();
+  const Json v = wait_for("volume.show", {{"name", "v"}},
+                          [](const Json& j) { return replica_on(j, "b")["state"] == "failed"; });
+  EXPECT_EQ(replica_on(v, "b")["state"], "failed") << v.dump();
+  EXPECT_EQ(v["in_sync"], 1) << v.dump();
+  EXPECT_EQ(stop(), 0);
+}
+
+// A volume state.json does not know (as an interrupted operation of an
+// earlier daemon left it): reported as an orphan, adopted by volume.import,
+// then orphaned again and removed by store.gc.
+TEST_F(StoreHealthTest, OrphansAreReportedImportedAndCollected) {
+  start();
+  add_stores({"a", "b"});
+  ok("volume.create", {{"name", "keep"}, {"size", 8 * kMiB}, {"stores", {"a", "b"}}});
+  ok("volume.create", {{"name", "lost"}, {"size", 8 * kMiB}, {"stores", {"a", "b"}}});
+  ok("snapshot.create", {{"volume", "lost"}, {"name", "s"}});
+  EXPECT_EQ(stop(), 0);
+  auto forget = [&](const std::string& name) {
+    const std::string path = dir_ + "/state/state.json";
+    Json state = Json::parse(read_text(path));
+    Json kept = Json::array();
+    for (const auto& v : state["volumes"]) {
+      if (v["name"] != name) {
+        kept.push_back(v);
+      }
+    }
+    state["volumes"] = kept;
+    std::ofstream(path, std::ios::trunc) << state.dump();
+  };
+  forget("lost");
+  start();
+  EXPECT_NE(log_text().find("orphan: store 'a' holds volume 'lost'"), std::string::npos)
+      << log_text();
+  Json status = ok("daemon.status");
+  ASSERT_EQ(status["orphans"].size(), 2u) << status.dump();
+  EXPECT_EQ(status["orphans"][0]["volume"], "lost");
+  EXPECT_EQ(status["orphans"][0]["size_bytes"], 8 * kMiB);
+  EXPECT_EQ(status["orphans"][0]["complete"], true);
+  EXPECT_EQ(ok("store.show", {{"name", "b"}})["orphans"].size(), 1u);
+  // The name is blocked on the stores until the orphan is dealt with.
+  refused("volume.import", {{"name", "keep"}, {"stores", {"a"}}}, "already_exists", "'keep'");
+  refused("volume.import", {{"name", "nope"}, {"stores", {"a"}}}, "not_found",
+          "store 'a' holds no orphan replica 'nope'");
+
+  const Json imported = ok("volume.import", {{"name", "lost"}, {"stores", {"a", "b"}}});
+  EXPECT_EQ(imported["in_sync"], 2) << imported.dump();
+  EXPECT_EQ(imported["size_bytes"], 8 * kMiB);
+  ASSERT_EQ(imported["snapshots"].size(), 1u);
+  EXPECT_TRUE(ok("daemon.status")["orphans"].empty());
+  EXPECT_EQ(stop(), 0);
+  start();
+  EXPECT_EQ(ok("volume.show", {{"name", "lost"}})["in_sync"], 2);
+
+  EXPECT_EQ(stop(), 0);
+  forget("lost");
+  start();
+  Json dry = ok("store.gc", {{"name", "a"}, {"dry_run", true}});
+  ASSERT_EQ(dry["orphans"].size(), 1u) << dry.dump();
+  EXPECT_EQ(dry["removed"], false);
+  EXPECT_EQ(ok("daemon.status")["orphans"].size(), 2u);
+  EXPECT_EQ(ok("store.gc", {{"name", "a"}})["orphans"].size(), 1u);
+  EXPECT_EQ(ok("store.gc", {{"name", "b"}})["removed"], true);
+  EXPECT_TRUE(ok("daemon.status")["orphans"].empty());
+  EXPECT_TRUE(ok("store.gc", {{"name", "a"}})["orphans"].empty());
+  // The name is free again; the other volume is untouched.
+  ok("volume.create", {{"name", "lost"}, {"size", 8 * kMiB}, {"stores", {"a", "b"}}});
+  EXPECT_EQ(ok("volume.show", {{"name", "keep"}})["in_sync"], 2);
+  EXPECT_EQ(ok("store.check", {{"name", "a"}})["ok"], true);
+  EXPECT_EQ(stop(), 0);
+}
+
+}  // namespace
+}  // namespace ublkvol::daemon
