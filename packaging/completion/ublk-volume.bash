@@ -34,7 +34,7 @@ _ublk_volume() {
       --socket) _ublk_volume_socket="${words[i+1]}"; ((i++)) ;;
       --socket=*) _ublk_volume_socket="${w#--socket=}" ;;
       --size|-s|--extent-size|--min-replicas|--queues|--queue-depth|--reason|--timeout|\
-      -i|--interval|-c|--count|-o|--output) ((i++)) ;;
+      --rate|-i|--interval|-c|--count|-o|--output) ((i++)) ;;
       -*) ;;
       *) cmd+=("$w") ;;
     esac
@@ -44,7 +44,7 @@ _ublk_volume() {
     --socket|-o|--output) COMPREPLY=($(compgen -f -- "$cur")); return ;;
     --size|-s|--extent-size) COMPREPLY=($(compgen -W "1G 10G 100G 1T" -- "$cur")); return ;;
     --store) COMPREPLY=($(compgen -W "$(_ublk_volume_names stores)" -- "$cur")); return ;;
-    --min-replicas|--queues|--queue-depth|--reason|--timeout|-i|--interval|-c|--count) return ;;
+    --min-replicas|--queues|--queue-depth|--reason|--timeout|--rate|-i|--interval|-c|--count) return ;;
   esac
 
   local group="${cmd[0]:-}" sub="${cmd[1]:-}" nargs=$((${#cmd[@]} - 2))
@@ -80,14 +80,16 @@ _ublk_volume() {
       esac ;;
     replica)
       case "$sub" in
-        "") words_list="list add remove rebuild fail" ;;
+        "") words_list="list add remove rebuild fail verify" ;;
         add) opts+=" --wait --timeout"
              [[ $nargs -eq 0 ]] && words_list="$(_ublk_volume_names volumes)"
              [[ $nargs -eq 1 ]] && words_list="$(_ublk_volume_names stores)" ;;
         rebuild) opts+=" --wait --timeout"
                  [[ $nargs -eq 0 ]] && words_list="$(_ublk_volume_names volumes)" ;;
-        fail) opts+=" --reason"
+        fail) opts+=" --reason --force"
               [[ $nargs -eq 0 ]] && words_list="$(_ublk_volume_names volumes)" ;;
+        verify) opts+=" --repair --rate --wait --timeout"
+                [[ $nargs -eq 0 ]] && words_list="$(_ublk_volume_names volumes)" ;;
         *) [[ $nargs -eq 0 ]] && words_list="$(_ublk_volume_names volumes)" ;;
       esac ;;
     stats)

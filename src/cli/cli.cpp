@@ -239,6 +239,53 @@ ExitCode wait_for_replica(Session& s, const std::string& volume, uint64_t index,
   }
 }
 
+// Polls volume.show until the verify started after `runs_before` runs
+// finished. 0: nothing left differing; 1: mismatches left (not repaired),
+// the run stopped, or `timeout` seconds passed (0 = no limit).
+ExitCode wait_for_verify(Session& s, const std::string& volume, uint64_t runs_before,
+                         double timeout) {
+  const std::string label = "verify " + volume;
+  ProgressReporter reporter(s.env().out, s.env().stdout_is_tty, label);
+  double waited = 0;
+  for (;;) {
+    auto v = s.call("volume.show", {{"name", volume}});
+    if (!v) {
+      return s.status();
+    }
+    try {
+      const Json verify = v->value("verify", Json::object());
+      const Json last = verify.value("last", Json());
+      if (!verify.value("active", false) && verify.value("runs", uint64_t{0}) > runs_before &&
+          last.is_object()) {
+        const uint64_t left = last.value("repair", false) ? last.value("unrepaired_bytes", 0ULL)
+                                                          : last.value("mismatched_bytes", 0ULL);
+        const std::string error = last.value("error", "");
+        if (s.json()) {
+          s.env().out << verify.dump(2) << '\n';
+        } else {
+          reporter.finish(error.empty() ? "done" : "stopped: " + error);
+          render_verify(s.env().out, verify);
+        }
+        return left == 0 && error.empty() ? ExitCode::kOk : ExitCode::kFailed;
+      }
+      if (!s.json() && verify.value("active", false)) {
+        reporter.update({verify.value("percent", 0.0), verify.value("bytes_per_second", -1.0), -1});
+      }
+    } catch (const Json::exception& e) {
+      s.env().err << kProgram << ": unexpected answer from ublk-volumed: " << e.what() << '\n';
+      return ExitCode::kFailed;
+    }
+    if (timeout > 0 && waited >= timeout) {
+      s.env().err << kProgram << ": " << label << ": not finished after " << timeout
+                  << " s (it continues in the daemon; watch it with: ublk-volume volume show "
+                  << volume << ")\n";
+      return ExitCode::kFailed;
+    }
+    s.env().sleep(kPollSeconds);
+    waited += kPollSeconds;
+  }
+}
+
 // --- stats ---------------------------------------------------------------
 
 struct StatsOptions {
@@ -726,6 +773,9 @@ void add_replica_commands(CLI::App& app, CommandTree& tree) {
     std::string volume, store, reason;
     uint64_t index = 0;
     bool wait = false;
+    bool force = false;
+    bool repair = false;
+    double rate = -1;  // replica verify --rate (MiB/s); < 0: the daemon's default
     double timeout = 0;
   };
   auto a = std::make_shared<Args>();
@@ -797,11 +847,52 @@ void add_replica_commands(CLI::App& app, CommandTree& tree) {
       ->check(CLI::NonNegativeNumber);
   add_wait(c);
 
+  c = tree.add(
+      replica, "verify",
+      "Compare the replicas online (ordered against writes); --repair rewrites differences from "
+      "the majority",
+      "  ublk-volume replica verify vol0 --wait\n"
+      "  ublk-volume replica verify vol0 --repair --rate 100 --wait\n",
+      [a](Session& s) {
+        auto before = s.call("volume.show", {{"name", a->volume}});
+        if (!before) {
+          return s.status();
+        }
+        const uint64_t runs = before->value("verify", Json::object()).value("runs", uint64_t{0});
+        Json params = {{"volume", a->volume}, {"repair", a->repair}};
+        if (a->rate >= 0) {
+          params["rate"] = static_cast<uint64_t>(a->rate);
+        }
+        auto r = s.call("replica.verify", params);
+        if (!r) {
+          return s.status();
+        }
+        if (a->wait) {
+          return wait_for_verify(s, a->volume, runs, a->timeout);
+        }
+        return s.done(*r, std::string(a->repair ? "verify + repair" : "verify") + " of volume '" +
+                              a->volume + "' started (follow it with: ublk-volume volume show " +
+                              a->volume + ")");
+      });
+  c->add_option("volume", a->volume, "Volume name")->required();
+  c->add_flag("--repair", a->repair,
+              "Rewrite blocks that differ on the replicas that disagree with a strict majority "
+              "(with 2 replicas nothing is guessed: reported, not repaired)");
+  c->add_option("--rate", a->rate,
+                "Throttle in MiB/s (0 = unthrottled; default: the daemon's scrub_mb_per_s)")
+      ->check(CLI::NonNegativeNumber);
+  c->add_flag("-w,--wait", a->wait,
+              "Wait for the result, showing progress; exit 1 if differences remain");
+  c->add_option("--timeout", a->timeout, "With --wait: give up after this many seconds (exit 1)");
+
   c = tree.add(replica, "fail", "Take a replica out of service (e.g. before replacing its disk)",
                "  ublk-volume replica fail vol0 1 --reason 'disk replacement'\n", [a](Session& s) {
                  Json params = {{"volume", a->volume}, {"index", a->index}};
                  if (!a->reason.empty()) {
                    params["reason"] = a->reason;
+                 }
+                 if (a->force) {
+                   params["force"] = true;
                  }
                  auto r = s.call("replica.fail", params);
                  return r ? s.done(*r, "failed replica " + std::to_string(a->index) +
@@ -813,6 +904,9 @@ void add_replica_commands(CLI::App& app, CommandTree& tree) {
       ->required()
       ->check(CLI::NonNegativeNumber);
   c->add_option("--reason", a->reason, "Why (kept in the volume's events)");
+  c->add_flag("--force", a->force,
+              "Fail it even if fewer than min_replicas replicas stay in sync (the volume goes "
+              "offline: I/O fails until a replica is rebuilt)");
 }
 
 // After a parse error: if a command word names no command at its level,

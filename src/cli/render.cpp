@@ -233,6 +233,38 @@ void render_replica_list(std::ostream& out, const Json& replicas) {
   table.print(out);
 }
 
+// The "Verify" line(s) of volume show: a run in progress, the last result.
+void render_verify(std::ostream& out, const Json& verify) {
+  if (flag(verify, "active")) {
+    field(out, "Verify",
+          std::string(flag(verify, "repair") ? "repairing " : "running ") +
+              format_fixed(real(verify, "percent", 0), 1) + "% (" + size_of(verify, "done_bytes") +
+              " of " + size_of(verify, "total_bytes") + ", " +
+              format_rate(real(verify, "bytes_per_second", 0)) + ", " +
+              size_of(verify, "mismatched_bytes") + " differing so far)");
+  }
+  const Json last = verify.value("last", Json());
+  if (!last.is_object()) {
+    if (!flag(verify, "active")) {
+      field(out, "Last verify", "never");
+    }
+    return;
+  }
+  std::string text = str(last, "time") + ": " + size_of(last, "bytes") + " compared, " +
+                     size_of(last, "mismatched_bytes") + " differing";
+  if (flag(last, "repair")) {
+    text += ", " + size_of(last, "repaired_bytes") + " repaired, " +
+            size_of(last, "unrepaired_bytes") + " not repaired";
+  }
+  if (!str(last, "error").empty()) {
+    text += " (" + str(last, "error") + ")";
+  }
+  field(out, "Last verify", text);
+  for (const auto& m : array(last, "mismatches")) {
+    out << "  mismatch at byte " << str(m, "offset") << ", " << str(m, "length") << " bytes\n";
+  }
+}
+
 void render_volume(std::ostream& out, const Json& volume) {
   field(out, "Volume", str(volume, "name"));
   field(out, "Size", size_of(volume, "size_bytes"));
@@ -269,6 +301,9 @@ void render_volume(std::ostream& out, const Json& volume) {
     } else {
       field(out, "Rebuild", "idle");
     }
+  }
+  if (auto vf = volume.find("verify"); vf != volume.end() && vf->is_object()) {
+    render_verify(out, *vf);
   }
   out << "Replicas:\n";
   Json replicas = array(volume, "replicas");

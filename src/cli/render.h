@@ -18,6 +18,7 @@ void render_store(std::ostream& out, const Json& store);        // store.show
 void render_store_check(std::ostream& out, const std::string& name, const Json& result);
 void render_volume_list(std::ostream& out, const Json& result);     // volume.list
 void render_volume(std::ostream& out, const Json& volume);          // volume.show
+void render_verify(std::ostream& out, const Json& verify);          // volume.show "verify"
 void render_replica_list(std::ostream& out, const Json& replicas);  // array
 void render_snapshot_list(std::ostream& out, const Json& result);   // snapshot.list
 void render_status(std::ostream& out, const Json& status);          // daemon.status

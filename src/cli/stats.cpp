@@ -119,6 +119,18 @@ Result<StatsSample> parse_stats(const Json& result) {
     }
     c.read_latency = std::move(*read_h);
     c.write_latency = std::move(*write_h);
+    if (auto verify = v.find("verify"); verify != v.end() && verify->is_object()) {
+      c.verify.present = true;
+      c.verify.active = verify->value("active", false);
+      c.verify.runs = verify->value("runs", uint64_t{0});
+      if (auto last = verify->find("last"); last != verify->end() && last->is_object()) {
+        c.verify.last_time_unix = last->value("time_unix", uint64_t{0});
+        c.verify.last_bytes = last->value("bytes", uint64_t{0});
+        c.verify.last_mismatched_bytes = last->value("mismatched_bytes", uint64_t{0});
+        c.verify.last_repaired_bytes = last->value("repaired_bytes", uint64_t{0});
+        c.verify.last_unrepaired_bytes = last->value("unrepaired_bytes", uint64_t{0});
+      }
+    }
     sample.volumes.push_back(std::move(c));
   }
   return sample;
@@ -327,6 +339,39 @@ std::string prometheus_text(const StatsSample& sample) {
   for (const auto& v : sample.volumes) {
     out << "ublkvol_volume_exposed{volume=\"" << label(v.name) << "\"} " << (v.exposed ? 1 : 0)
         << '\n';
+  }
+  // Online verify / scrub (replica verify, scheduled scrub): the last run.
+  struct VerifyMetric {
+    const char* name;
+    const char* type;
+    const char* help;
+    uint64_t VolumeCounters::Verify::*field;
+  };
+  static const VerifyMetric kVerify[] = {
+      {"verify_runs_total", "counter", "Verify/scrub runs finished since the volume was opened.",
+       &VolumeCounters::Verify::runs},
+      {"verify_last_timestamp_seconds", "gauge", "When the last verify/scrub run finished.",
+       &VolumeCounters::Verify::last_time_unix},
+      {"verify_last_bytes", "gauge", "Bytes the last verify/scrub run compared.",
+       &VolumeCounters::Verify::last_bytes},
+      {"verify_last_mismatched_bytes", "gauge",
+       "Bytes where replicas differed in the last verify/scrub run.",
+       &VolumeCounters::Verify::last_mismatched_bytes},
+      {"verify_last_repaired_bytes", "gauge", "Bytes the last verify/scrub run repaired.",
+       &VolumeCounters::Verify::last_repaired_bytes},
+      {"verify_last_unrepaired_bytes", "gauge",
+       "Differing bytes the last verify/scrub run could not repair (no majority).",
+       &VolumeCounters::Verify::last_unrepaired_bytes},
+  };
+  for (const auto& metric : kVerify) {
+    out << "# HELP ublkvol_volume_" << metric.name << ' ' << metric.help << '\n';
+    out << "# TYPE ublkvol_volume_" << metric.name << ' ' << metric.type << '\n';
+    for (const auto& v : sample.volumes) {
+      if (v.verify.present) {
+        out << "ublkvol_volume_" << metric.name << "{volume=\"" << label(v.name) << "\"} "
+            << v.verify.*metric.field << '\n';
+      }
+    }
   }
   struct HistogramMetric {
     const char* name;

@@ -41,6 +41,16 @@ struct VolumeCounters {
   uint64_t reads = 0, writes = 0, flushes = 0, discards = 0;
   uint64_t bytes_read = 0, bytes_written = 0, errors = 0;
   LatencyHistogram read_latency, write_latency;
+  // Online verify / scrub (the "verify" object; absent from older daemons).
+  struct Verify {
+    bool present = false;
+    bool active = false;
+    uint64_t runs = 0;
+    // The last finished run (runs > 0).
+    uint64_t last_time_unix = 0;
+    uint64_t last_bytes = 0, last_mismatched_bytes = 0, last_repaired_bytes = 0;
+    uint64_t last_unrepaired_bytes = 0;
+  } verify;
 };
 
 struct StatsSample {

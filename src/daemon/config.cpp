@@ -120,6 +120,12 @@ Result<DaemonConfig> parse_config(std::string_view text, const std::string& orig
       UBLKVOL_TRY(read_uint(value, key, origin, config.io_deadline_ms));
     } else if (key == "rebuild_mb_per_s") {
       UBLKVOL_TRY(read_uint(value, key, origin, config.rebuild_mb_per_s));
+    } else if (key == "scrub_interval_s") {
+      UBLKVOL_TRY(read_uint(value, key, origin, config.scrub_interval_s));
+    } else if (key == "scrub_mb_per_s") {
+      UBLKVOL_TRY(read_uint(value, key, origin, config.scrub_mb_per_s));
+    } else if (key == "scrub_repair") {
+      UBLKVOL_TRY(read_bool(value, key, origin, config.scrub_repair));
     } else if (key == "min_replicas") {
       UBLKVOL_TRY(read_uint(value, key, origin, config.min_replicas));
     } else if (key == "recoverable_devices") {
@@ -205,6 +211,11 @@ Status validate_config(const DaemonConfig& config) {
   if (config.rebuild_mb_per_s > (uint64_t{1} << 30)) {
     return Error(EINVAL, "rebuild_mb_per_s " + std::to_string(config.rebuild_mb_per_s) +
                              " is out of range 0..1073741824");
+  }
+  if (config.scrub_interval_s > 366ULL * 24 * 3600 || config.scrub_mb_per_s > (uint64_t{1} << 30)) {
+    return Error(EINVAL, "scrub_interval_s " + std::to_string(config.scrub_interval_s) +
+                             " / scrub_mb_per_s " + std::to_string(config.scrub_mb_per_s) +
+                             " out of range 0..31622400 / 0..1073741824");
   }
   if (config.store_data_order != "flush" && config.store_data_order != "fua") {
     return Error(EINVAL,

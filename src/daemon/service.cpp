@@ -39,6 +39,7 @@
 #include "frontend_volume.h"
 #include "intent_log.h"
 #include "recovery.h"
+#include "scrub.h"
 #include "store_identity.h"
 #include "store_paths.h"
 
@@ -888,6 +889,7 @@ struct Service::Impl {
     options.min_replicas = v.min_replicas;
     options.io_deadline = std::chrono::milliseconds(config.io_deadline_ms);
     options.rebuild_bytes_per_second = config.rebuild_mb_per_s << 20U;
+    apply_scrub_config(config, options);
     return options;
   }
 
@@ -976,6 +978,7 @@ struct Service::Impl {
                   {"total_bytes", 0},
                   {"last_error", ""}}},
                 {"events", Json::array()},
+                {"verify", verify_json({})},
                 {"snapshots", Json::array()},
                 {"missing_stores", v.missing_stores},
                 {"error", v.error.empty() ? Json(nullptr) : Json(v.error)}};
@@ -1020,6 +1023,7 @@ struct Service::Impl {
                       {"done_bytes", rb.done_bytes},
                       {"total_bytes", rb.total_bytes},
                       {"last_error", rb.last_error}};
+    out["verify"] = verify_json(status.verify);
     for (const auto& e : status.events) {
       out["events"].push_back(
           {{"time", rfc3339(e.when)}, {"replica", e.replica}, {"message", e.message}});
@@ -1773,9 +1777,37 @@ struct Service::Impl {
     return Json::object();
   }
 
+  // Starts a background verify (issue 12 item 7); progress and result in
+  // volume.show's "verify".
+  Result<Json> replica_verify(Params& p) {
+    auto volume = p.name("volume");
+    auto repair = p.optional_bool("repair");
+    auto rate = p.optional_uint("rate");  // MiB/s, 0 = unthrottled
+    UBLKVOL_TRY(p.finish());
+    for (const Status& s : {volume.ok() ? ok_status() : Status(volume.error()),
+                            repair.ok() ? ok_status() : Status(repair.error()),
+                            rate.ok() ? ok_status() : Status(rate.error())}) {
+      UBLKVOL_TRY(s);
+    }
+    if (rate->value_or(0) > (uint64_t{1} << 30)) {
+      return invalid("field 'rate' is above 1073741824 MiB/s");
+    }
+    auto v = open_volume_named(*volume);
+    if (!v.ok()) {
+      return v.error();
+    }
+    engine::VerifyOptions options;
+    options.repair = repair->value_or(false);
+    options.bytes_per_second = rate->value_or(config.scrub_mb_per_s) << 20U;
+    UBLKVOL_TRY((*v)->engine->start_verify(options));
+    spdlog::info("volume '{}': verify{} started", *volume, options.repair ? " + repair" : "");
+    return Json{{"verify", verify_json((*v)->engine->status().verify)}};
+  }
+
   Result<Json> replica_fail(Params& p) {
     auto target = volume_and_index(p);
     auto reason = p.optional_string("reason");
+    auto force = p.optional_bool("force");  // fail even below min_replicas
     UBLKVOL_TRY(p.finish());
     if (!target.ok()) {
       return target.error();
@@ -1783,12 +1815,15 @@ struct Service::Impl {
     if (!reason.ok()) {
       return reason.error();
     }
+    if (!force.ok()) {
+      return force.error();
+    }
     auto [v, index] = *target;
     const std::string why = reason->value_or("failed by the operator");
     if (why.size() > 1024) {
       return invalid("field 'reason' is longer than 1024 bytes");
     }
-    UBLKVOL_TRY(v->engine->fail_replica(index, why));
+    UBLKVOL_TRY(v->engine->fail_replica(index, why, force->value_or(false)));
     spdlog::warn("volume '{}': replica {} failed by the operator: {}", v->name, index, why);
     return Json::object();
   }
@@ -1876,7 +1911,9 @@ struct Service::Impl {
                       {"bytes_written", s.bytes_written},
                       {"errors", s.errors},
                       {"read_latency_ns", histogram_json(s.read_latency)},
-                      {"write_latency_ns", histogram_json(s.write_latency)}});
+                      {"write_latency_ns", histogram_json(s.write_latency)},
+                      {"verify", verify_json(v->engine ? v->engine->status().verify
+                                                       : engine::VerifyStatus{})}});
     }
     return Json{
         {"time_ns", monotonic_ns()}, {"latency_bucket_upper_ns", bounds}, {"volumes", list}};
@@ -1969,6 +2006,7 @@ struct Service::Impl {
         {"replica.remove", &Impl::replica_remove},
         {"replica.rebuild", &Impl::replica_rebuild},
         {"replica.fail", &Impl::replica_fail},
+        {"replica.verify", &Impl::replica_verify},
         {"stats", &Impl::stats},
         {"store.gc", &Impl::store_gc},
         {"volume.import", &Impl::volume_import},

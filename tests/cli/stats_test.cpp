@@ -205,6 +205,35 @@ TEST(Stats, PrometheusText) {
   }
 }
 
+// The last verify / scrub result of each volume (issue 12 item 7).
+TEST(Stats, PrometheusVerifyMetrics) {
+  Json scrubbed = volume("vol0", 0, 0, histogram({}), histogram({}));
+  scrubbed["verify"] = {{"active", false},
+                        {"runs", 3},
+                        {"last",
+                         {{"time_unix", 1800000000},
+                          {"bytes", 1048576},
+                          {"mismatched_bytes", 4096},
+                          {"repaired_bytes", 4096},
+                          {"unrepaired_bytes", 0}}}};
+  auto s = parse_stats(sample(7, {scrubbed, volume("old", 0, 0, histogram({}), histogram({}))}));
+  ASSERT_TRUE(s.ok()) << s.error().message();
+  const std::string text = prometheus_text(*s);
+  auto has = [&](const std::string& line) {
+    return text.find("\n" + line + "\n") != std::string::npos;
+  };
+  EXPECT_TRUE(has("# TYPE ublkvol_volume_verify_runs_total counter")) << text;
+  EXPECT_TRUE(has("ublkvol_volume_verify_runs_total{volume=\"vol0\"} 3")) << text;
+  EXPECT_TRUE(has("ublkvol_volume_verify_last_timestamp_seconds{volume=\"vol0\"} 1800000000"))
+      << text;
+  EXPECT_TRUE(has("ublkvol_volume_verify_last_bytes{volume=\"vol0\"} 1048576")) << text;
+  EXPECT_TRUE(has("ublkvol_volume_verify_last_mismatched_bytes{volume=\"vol0\"} 4096")) << text;
+  EXPECT_TRUE(has("ublkvol_volume_verify_last_repaired_bytes{volume=\"vol0\"} 4096")) << text;
+  EXPECT_TRUE(has("ublkvol_volume_verify_last_unrepaired_bytes{volume=\"vol0\"} 0")) << text;
+  // A daemon without verify data gets no verify samples for that volume.
+  EXPECT_EQ(text.find("ublkvol_volume_verify_runs_total{volume=\"old\"}"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace ublkvol::cli
 

@@ -36,6 +36,13 @@ struct DaemonConfig {
   uint64_t io_deadline_ms = 8000;
   // Rebuild/resync throttle in MiB/s (0 = unthrottled).
   uint64_t rebuild_mb_per_s = 0;
+  // Scheduled scrub of every volume (docs/operations.md "Verify and scrub"): a
+  // background verify every scrub_interval_s seconds (0 = off, the default),
+  // throttled to scrub_mb_per_s MiB/s (0 = unthrottled), rewriting
+  // mismatches from the majority if scrub_repair.
+  uint64_t scrub_interval_s = 0;
+  uint64_t scrub_mb_per_s = 64;
+  bool scrub_repair = false;
   // Default min_replicas of new volumes (capped at their replica count).
   unsigned min_replicas = 1;
   // Expose devices with ublk user recovery, so a restarted daemon re-attaches

@@ -370,6 +370,7 @@ struct ReplicatedVolume::Impl {
   std::mutex verify_bg_mutex;  // the three fields below
   std::condition_variable verify_bg_cv;
   std::optional<VerifyOptions> verify_request;
+  bool verify_bg_running = false;  // taken off verify_request, not finished
   bool verify_bg_stop = false;
   void stop_verify_thread() {
     {
@@ -3352,6 +3353,7 @@ void ReplicatedVolume::start_verify_thread() {
       } else {
         continue;
       }
+      w.verify_bg_running = true;
       lock.unlock();
       Result<VerifyReport> report = verify(run);
       if (!report.ok()) {
@@ -3359,6 +3361,7 @@ void ReplicatedVolume::start_verify_thread() {
                      report.error().to_string());
       }
       lock.lock();
+      w.verify_bg_running = false;
       next = std::chrono::steady_clock::now() + interval;
     }
   });
@@ -3376,11 +3379,12 @@ Status ReplicatedVolume::start_verify(const VerifyOptions& options) {
   }
   {
     std::lock_guard lock(v.verify_bg_mutex);
-    if (now.active || v.verify_request) {
+    if (now.active || v.verify_request || v.verify_bg_running) {
       return Error(EBUSY, "volume " + v.options.name + ": a verify is already " +
-                              (now.active ? "running (" + std::to_string(now.done_bytes) + " of " +
-                                                std::to_string(now.total_bytes) + " bytes)"
-                                          : std::string("queued")));
+                              (now.active || v.verify_bg_running
+                                   ? "running (" + std::to_string(now.done_bytes) + " of " +
+                                         std::to_string(now.total_bytes) + " bytes)"
+                                   : std::string("queued")));
     }
     v.verify_request = options;
   }
