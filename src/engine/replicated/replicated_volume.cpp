@@ -205,13 +205,48 @@ class SlotPool {
   std::atomic<unsigned> live_{0};
 };
 
+// A queue's ordering-table counters, in an anonymous mapping that is never
+// written up front: its pages read as zero (the shared zero page) until a
+// request of this queue first counts in them, so the table of a queue that
+// sees no requests costs no memory (32 KiB per user queue and volume used to
+// be touched at open). Accessed through std::atomic_ref.
+class BucketTable {
+ public:
+  BucketTable() = default;
+  BucketTable(const BucketTable&) = delete;
+  BucketTable& operator=(const BucketTable&) = delete;
+  ~BucketTable() {
+    if (counters_ != nullptr) {
+      ::munmap(counters_, bytes_);
+    }
+  }
+
+  Status init(size_t count) {
+    bytes_ = (count * sizeof(uint32_t) + 4095) / 4096 * 4096;
+    void* p = ::mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+      return errno_error("cannot map an ordering table of " + std::to_string(count) + " counters");
+    }
+    counters_ = static_cast<uint32_t*>(p);
+    return ok_status();
+  }
+
+  std::atomic_ref<uint32_t> operator[](size_t i) const {
+    return std::atomic_ref<uint32_t>(counters_[i]);
+  }
+
+ private:
+  uint32_t* counters_ = nullptr;
+  size_t bytes_ = 0;
+};
+
 struct QueueState {
   ReplicatedVolume::Impl* vol = nullptr;
   unsigned index = 0;
   UniqueFd wake;
   SlotPool slots;
   unsigned nslots = 0;  // capacity of `slots` (the queue depth)
-  std::unique_ptr<std::atomic<uint32_t>[]> buckets;
+  BucketTable buckets;
   size_t nbuckets = kBuckets;
   // Channels to store threads, one per distinct thread. Membership changes
   // (control thread) publish and unpublish entries while the queue thread
@@ -573,10 +608,7 @@ Status QueueState::init(ReplicatedVolume::Impl& volume, unsigned queue_index, un
   // The rebuild and control queues (a few slots) need far fewer buckets than
   // a user queue: 8192 counters each cost 32 KiB per volume and queue.
   nbuckets = depth <= kInternalQueueDepth ? kInternalBuckets : kBuckets;
-  buckets = std::make_unique<std::atomic<uint32_t>[]>(nbuckets);
-  for (size_t i = 0; i < nbuckets; ++i) {
-    buckets[i].store(0, std::memory_order_relaxed);
-  }
+  UBLKVOL_TRY(buckets.init(nbuckets));
   // One channel per distinct store thread.
   for (unsigned r = 0; r < volume.nreplicas; ++r) {
     UBLKVOL_TRY(bind_replica(r));
