@@ -10,6 +10,7 @@
 
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -21,6 +22,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <memory>
 #include <mutex>
 #include <new>
 #include <optional>
@@ -157,13 +159,98 @@ namespace detail {
 // the published ordering entries and bucket counters, which other queues
 // read (atomics).
 // ---------------------------------------------------------------------------
+// A queue's request slots, in an anonymous mapping that is not touched up
+// front: a slot is constructed (and its pages become resident) only when it is
+// first handed out, so a queue that never sees a request - every user queue of
+// a volume that is not exposed - costs address space, not memory (a slot is
+// ~1 KiB; queue_depth of them per user queue used to be ~250 KiB per volume).
+// Other queues scan only the slots constructed so far (live(), acquire).
+class SlotPool {
+ public:
+  SlotPool() = default;
+  SlotPool(const SlotPool&) = delete;
+  SlotPool& operator=(const SlotPool&) = delete;
+  ~SlotPool() {
+    if (base_ != nullptr) {
+      std::destroy_n(static_cast<Slot*>(base_), live_.load(std::memory_order_relaxed));
+      ::munmap(base_, bytes_);
+    }
+  }
+
+  Status init(unsigned capacity) {
+    bytes_ = (size_t{capacity} * sizeof(Slot) + 4095) / 4096 * 4096;
+    void* p = ::mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+      return errno_error("cannot map " + std::to_string(capacity) + " request slots");
+    }
+    base_ = p;
+    capacity_ = capacity;
+    return ok_status();
+  }
+
+  [[nodiscard]] unsigned live() const { return live_.load(std::memory_order_acquire); }
+  Slot& operator[](unsigned i) const { return static_cast<Slot*>(base_)[i]; }
+
+  // Owner thread: a newly constructed slot, or nullptr when all are in use.
+  Slot* fresh() {
+    const unsigned n = live_.load(std::memory_order_relaxed);
+    if (n == capacity_) {
+      return nullptr;
+    }
+    Slot* s = ::new (static_cast<Slot*>(base_) + n) Slot{};
+    live_.store(n + 1, std::memory_order_release);
+    return s;
+  }
+
+ private:
+  void* base_ = nullptr;
+  size_t bytes_ = 0;
+  unsigned capacity_ = 0;
+  std::atomic<unsigned> live_{0};
+};
+
+// A queue's ordering-table counters, in an anonymous mapping that is never
+// written up front: its pages read as zero (the shared zero page) until a
+// request of this queue first counts in them, so the table of a queue that
+// sees no requests costs no memory (32 KiB per user queue and volume used to
+// be touched at open). Accessed through std::atomic_ref.
+class BucketTable {
+ public:
+  BucketTable() = default;
+  BucketTable(const BucketTable&) = delete;
+  BucketTable& operator=(const BucketTable&) = delete;
+  ~BucketTable() {
+    if (counters_ != nullptr) {
+      ::munmap(counters_, bytes_);
+    }
+  }
+
+  Status init(size_t count) {
+    bytes_ = (count * sizeof(uint32_t) + 4095) / 4096 * 4096;
+    void* p = ::mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+      return errno_error("cannot map an ordering table of " + std::to_string(count) + " counters");
+    }
+    counters_ = static_cast<uint32_t*>(p);
+    return ok_status();
+  }
+
+  std::atomic_ref<uint32_t> operator[](size_t i) const {
+    return std::atomic_ref<uint32_t>(counters_[i]);
+  }
+
+ private:
+  uint32_t* counters_ = nullptr;
+  size_t bytes_ = 0;
+};
+
 struct QueueState {
   ReplicatedVolume::Impl* vol = nullptr;
   unsigned index = 0;
   UniqueFd wake;
-  std::unique_ptr<Slot[]> slots;
-  unsigned nslots = 0;
-  std::unique_ptr<std::atomic<uint32_t>[]> buckets;
+  SlotPool slots;
+  unsigned nslots = 0;  // capacity of `slots` (the queue depth)
+  BucketTable buckets;
   size_t nbuckets = kBuckets;
   // Channels to store threads, one per distinct thread. Membership changes
   // (control thread) publish and unpublish entries while the queue thread
@@ -598,18 +685,11 @@ Status QueueState::init(ReplicatedVolume::Impl& volume, unsigned queue_index, un
   }
   wake.reset(fd);
   nslots = depth;
-  slots = std::make_unique<Slot[]>(depth);
-  for (unsigned i = depth; i-- > 0;) {
-    slots[i].next = free_list;
-    free_list = &slots[i];
-  }
+  UBLKVOL_TRY(slots.init(depth));
   // The rebuild and control queues (a few slots) need far fewer buckets than
   // a user queue: 8192 counters each cost 32 KiB per volume and queue.
   nbuckets = depth <= kInternalQueueDepth ? kInternalBuckets : kBuckets;
-  buckets = std::make_unique<std::atomic<uint32_t>[]>(nbuckets);
-  for (size_t i = 0; i < nbuckets; ++i) {
-    buckets[i].store(0, std::memory_order_relaxed);
-  }
+  UBLKVOL_TRY(buckets.init(nbuckets));
   // One channel per distinct store thread.
   for (unsigned r = 0; r < volume.nreplicas; ++r) {
     UBLKVOL_TRY(bind_replica(r));
@@ -687,7 +767,7 @@ void QueueState::shutdown() {
   // would land in memory we are about to free).
   for (;;) {
     bool waiting = false;
-    for (unsigned i = 0; i < nslots; ++i) {
+    for (unsigned i = 0; i < slots.live(); ++i) {
       for (unsigned r = 0; r < vol->nreplicas; ++r) {
         if ((slots[i].pending & bit(r)) != 0 && !vol->thread_exited(r)) {
           waiting = true;
@@ -718,17 +798,18 @@ void QueueState::shutdown() {
 
 Slot* QueueState::alloc_slot() {
   Slot* s = free_list;
-  if (s != nullptr) {
-    free_list = s->next;
-    s->next = nullptr;
-    s->io = nullptr;
-    s->op = nullptr;
-    s->completed = false;
-    s->held = false;
-    s->zombie = false;
-    s->ordered = false;
-    s->sent = s->dispatched = s->acked = s->errors = s->tried = s->bad = 0;
+  if (s == nullptr) {
+    return slots.fresh();  // never used before: default-constructed
   }
+  free_list = s->next;
+  s->next = nullptr;
+  s->io = nullptr;
+  s->op = nullptr;
+  s->completed = false;
+  s->held = false;
+  s->zombie = false;
+  s->ordered = false;
+  s->sent = s->dispatched = s->acked = s->errors = s->tried = s->bad = 0;
   return s;
 }
 
@@ -1284,7 +1365,8 @@ bool QueueState::conflicts(Slot& s) {
     if (!q->may_overlap(s.b, s.e, own)) {
       continue;
     }
-    for (unsigned i = 0; i < q->nslots; ++i) {
+    const unsigned live = q->slots.live();
+    for (unsigned i = 0; i < live; ++i) {
       Slot& o = q->slots[i];
       if (&o == &s) {
         continue;
