@@ -16,6 +16,7 @@
 #include <fstream>
 #include <functional>
 #include <string>
+#include <system_error>
 
 #include "daemon_fixture.h"
 
@@ -190,7 +191,8 @@ TEST_F(StoreHealthTest, StoreOnAFullFilesystemFailsItsReplicas) {
   }
   const std::string mnt = dir_ + "/small";
   std::filesystem::create_directories(mnt);
-  ASSERT_EQ(::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=24m"), 0) << std::strerror(errno);
+  ASSERT_EQ(::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=24m"), 0)
+      << std::error_code(errno, std::generic_category()).message();
   struct Unmount {
     std::string path;
     ~Unmount() { ::umount2(path.c_str(), MNT_DETACH); }  // lazily, the daemon may hold it
