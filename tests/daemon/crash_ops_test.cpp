@@ -175,6 +175,7 @@ class CrashOpsTest : public DaemonTest {
         case 2:
           if (!present.empty()) {
             std::vector<std::string> names;
+            names.reserve(present.size());
             for (const auto& [name, v] : present) {
               names.push_back(name);
             }

@@ -5,13 +5,18 @@
 // reported failed when the engine keeps its last replica; orphan DBS volumes
 // (a volume state.json forgot) are reported and adopted (volume.import) or
 // removed (store.gc).
+#include <sys/mount.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <string>
+#include <system_error>
 
 #include "daemon_fixture.h"
 
@@ -24,11 +29,11 @@ using test_support::read_text;
 
 class StoreHealthTest : public DaemonTest {
  protected:
-  // Polls `what` until `done` holds or 15 s passed (the daemon checks its
-  // stores every second); the last answer.
+  // Polls `method` until `done` holds or `seconds` passed (the daemon checks
+  // its stores every second); the last answer.
   Json wait_for(const std::string& method, const Json& params,
-                const std::function<bool(const Json&)>& done) {
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+                const std::function<bool(const Json&)>& done, int seconds = 15) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
     Json last;
     while (std::chrono::steady_clock::now() < deadline) {
       last = ok(method, params);
@@ -169,6 +174,61 @@ TEST_F(StoreHealthTest, OrphansAreReportedImportedAndCollected) {
   EXPECT_EQ(ok("volume.show", {{"name", "keep"}})["in_sync"], 2);
   EXPECT_EQ(ok("store.check", {{"name", "a"}})["ok"], true);
   EXPECT_EQ(stop(), 0);
+}
+
+}  // namespace
+}  // namespace ublkvol::daemon
+
+namespace ublkvol::daemon {
+namespace {
+
+// A store on a filesystem that runs full: the metadata commit of the next
+// control operation fails with ENOSPC, DBS fails the store, and the check
+// reports it and fails its replica (root only: mounts a small tmpfs).
+TEST_F(StoreHealthTest, StoreOnAFullFilesystemFailsItsReplicas) {
+  if (::geteuid() != 0) {
+    GTEST_SKIP() << "needs root to mount a small tmpfs";
+  }
+  const std::string mnt = dir_ + "/small";
+  std::filesystem::create_directories(mnt);
+  ASSERT_EQ(::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=24m"), 0)
+      << std::error_code(errno, std::generic_category()).message();
+  struct Unmount {
+    std::string path;
+    ~Unmount() { ::umount2(path.c_str(), MNT_DETACH); }  // lazily, the daemon may hold it
+  } unmount{mnt};
+  start();
+  add_stores({"b"});
+  ok("store.add",
+     {{"name", "full"}, {"path", mnt + "/full.img"}, {"format", true}, {"size", 64 * kMiB}});
+  ok("volume.create", {{"name", "v"}, {"size", 16 * kMiB}, {"stores", {"full", "b"}}});
+  {
+    // Fill the filesystem.
+    std::ofstream filler(mnt + "/filler", std::ios::binary);
+    const std::string chunk(1 << 20, 'f');
+    while (filler.write(chunk.data(), static_cast<std::streamsize>(chunk.size()))) {
+    }
+  }
+  // Metadata commits now need new blocks of the sparse store file.
+  for (int i = 0; i < 64; ++i) {
+    const Response r =
+        call("snapshot.create", {{"volume", "v"}, {"name", "s" + std::to_string(i)}});
+    if (!r.ok) {
+      break;
+    }
+  }
+  // Within a few store checks (1 s apart) - not only at the engine's next
+  // periodic checkpoint (10 s), which was the first to notice before.
+  const Json full = wait_for(
+      "store.show", {{"name", "full"}}, [](const Json& s) { return s["state"] == "failed"; }, 5);
+  EXPECT_EQ(full["state"], "failed") << full.dump();
+  const Json v = wait_for(
+      "volume.show", {{"name", "v"}},
+      [](const Json& j) { return replica_on(j, "full")["state"] == "failed"; }, 5);
+  EXPECT_EQ(replica_on(v, "full")["state"], "failed") << v.dump();
+  EXPECT_EQ(replica_on(v, "b")["state"], "in_sync") << v.dump();
+  EXPECT_EQ(v["in_sync"], 1) << v.dump();
+  EXPECT_EQ(stop(SIGKILL), 128 + SIGKILL);
 }
 
 }  // namespace

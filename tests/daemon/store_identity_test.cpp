@@ -87,7 +87,7 @@ TEST_F(StoreIdentityTest, EveryAliasOfALiveStoreIsRefused) {
   for (size_t i = 0; i < aliases.size(); ++i) {
     // A name of its own per attempt: the code before the fix accepted some,
     // each must be seen refused on its own.
-    const std::string alias = aliases[i];
+    const std::string& alias = aliases[i];
     const std::string x = "x" + std::to_string(i);
     SCOPED_TRACE(alias);
     refused("store.add", {{"name", x + "a"}, {"path", alias}}, "already_exists", same);

@@ -35,7 +35,7 @@ inline constexpr const char* kStateFileName = "state.json";
 struct StoreRecord {
   std::string name;
   std::string path;
-  std::string uuid;  // the daemon's id for the store, random at store.add
+  std::string uuid;  // the DBS superblock uuid (older files: a random id, replaced at start)
   bool operator==(const StoreRecord&) const = default;
 };
 
