@@ -219,10 +219,13 @@ class FileDevice final : public BlockDevice {
   Status lock();
   void release_lock();
   // Runs `try_claim` (0 or an errno) until it succeeds. EBUSY/EWOULDBLOCK
-  // while a live process (or a mount, a kernel holder) uses the file fails
-  // at once with EBUSY naming them; while only an exited owner's claim is
-  // left, it is retried for up to 5 s.
-  Status wait_for_claim(const std::function<int()>& try_claim, const char* what);
+  // while a live user blocks the claim fails at once with EBUSY naming the
+  // users; while only an exited owner's claim is left (its io_uring drops
+  // the file asynchronously), it is retried for up to 5 s. Who blocks: for
+  // an O_EXCL open of a block device any live opener, mount or holder; for
+  // the flock only a live lock holder (an fd merely open does not conflict).
+  enum class Claim : uint8_t { kExclusiveOpen, kLock };
+  Status wait_for_claim(const std::function<int()>& try_claim, Claim claim, const char* what);
   // Creates the ring and registers the file, buffers and eventfd with it.
   Status setup_ring();
   void teardown_ring();

@@ -98,9 +98,14 @@ constexpr auto kDeadOwnerWait = std::chrono::seconds(5);
 constexpr auto kRetryInterval = std::chrono::milliseconds(10);
 
 // Is anything that still runs (or is mounted, or a kernel holder) using it?
-bool any_live_user(const std::vector<DeviceUser>& users) {
-  return std::any_of(users.begin(), users.end(), [](const DeviceUser& user) {
-    return user.kind != DeviceUser::Kind::kLockHolder || user.alive;
+// For a flock only lock holders count: a process that merely has the file
+// open (the daemon's own identity fd, a backup tool) does not conflict.
+bool any_live_user(const std::vector<DeviceUser>& users, bool only_lock_holders) {
+  return std::any_of(users.begin(), users.end(), [&](const DeviceUser& user) {
+    if (user.kind == DeviceUser::Kind::kLockHolder) {
+      return user.alive;
+    }
+    return !only_lock_holders;
   });
 }
 
@@ -114,7 +119,8 @@ std::string describe(const std::vector<DeviceUser>& users) {
 
 }  // namespace
 
-Status FileDevice::wait_for_claim(const std::function<int()>& try_claim, const char* what) {
+Status FileDevice::wait_for_claim(const std::function<int()>& try_claim, Claim claim,
+                                  const char* what) {
   const auto deadline = std::chrono::steady_clock::now() + kDeadOwnerWait;
   for (;;) {
     const int err = try_claim();
@@ -127,7 +133,7 @@ Status FileDevice::wait_for_claim(const std::function<int()>& try_claim, const c
     // fd_ is our own (the file being locked); for a block device it is not
     // open while the exclusive open is retried.
     const std::vector<DeviceUser> users = find_device_users(path_, fd_ ? fd_.get() : -1);
-    const bool live = any_live_user(users);
+    const bool live = any_live_user(users, claim == Claim::kLock);
     if (live || std::chrono::steady_clock::now() >= deadline) {
       std::string who = describe(users);
       if (who.empty()) {
@@ -186,7 +192,7 @@ Status FileDevice::init(const std::string& path) {
             fd_.reset(::open(path.c_str(), flags | O_EXCL, 0));
             return fd_ ? 0 : errno;
           },
-          "cannot open exclusively"));
+          Claim::kExclusiveOpen, "cannot open exclusively"));
     }
     UBLKVOL_TRY(lock());
     int logical_block_size = 0;
@@ -246,6 +252,7 @@ Status FileDevice::lock() {
         } while (rc != 0 && errno == EINTR);
         return rc == 0 ? 0 : errno;
       },
+      Claim::kLock,
       options_.read_only ? "cannot take a shared lock" : "cannot take the owner's lock"));
   locked_ = true;
   return ok_status();
