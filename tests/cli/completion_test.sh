@@ -42,7 +42,7 @@ expect "ublk-volume volume " "create delete expose import list resize show unexp
 expect "ublk-volume --json volume cr" "create"
 expect "ublk-volume volume create v --st" "--store"
 expect "ublk-volume volume create v --size " "100G 10G 1G 1T"
-expect "ublk-volume replica " "add fail list rebuild remove"
+expect "ublk-volume replica " "add fail list rebuild remove verify"
 expect "ublk-volume replica rebuild v 1 --w" "--wait"
 expect "ublk-volume snapshot " "clone create delete list revert"
 expect "ublk-volume store " "add check gc list remove show"
