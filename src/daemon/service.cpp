@@ -1,9 +1,7 @@
 #include "ublkvol/daemon/service.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
-#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -14,19 +12,18 @@
 #include <cstring>
 #include <ctime>
 #include <exception>
-#include <fstream>
 #include <functional>
 #include <map>
 #include <optional>
 #include <set>
 #include <spdlog/spdlog.h>
-#include <sstream>
 #include <string_view>
 #include <thread>
 #include <utility>
 
 #include "ublkvol/common/unique_fd.h"
 #include "ublkvol/common/version.h"
+#include "ublkvol/dbs/device_users.h"
 #include "ublkvol/dbs/file_device.h"
 #include "ublkvol/dbs/store.h"
 #include "ublkvol/engine/dbs_replica_store.h"
@@ -81,68 +78,6 @@ std::string rfc3339(std::chrono::system_clock::time_point when) {
 // "in-sync" differs from the engine's own names.
 const char* state_name(ReplicaState state) {
   return state == ReplicaState::kInSync ? "in_sync" : engine::to_string(state);
-}
-
-// Who holds /dev/ublkbN open: "mounted on /mnt", "held by pid 12 (fio)", or
-// "" if nobody could be found (e.g. a holder in another mount namespace).
-std::string describe_holder(const std::string& block_path) {
-  struct stat st {};
-  if (::stat(block_path.c_str(), &st) != 0) {
-    return "";
-  }
-  const std::string dev =
-      std::to_string(major(st.st_rdev)) + ":" + std::to_string(minor(st.st_rdev));
-  std::ifstream mountinfo("/proc/self/mountinfo");
-  std::string line;
-  while (std::getline(mountinfo, line)) {
-    std::istringstream fields(line);
-    std::string id;
-    std::string parent;
-    std::string majmin;
-    std::string root;
-    std::string mount_point;
-    fields >> id >> parent >> majmin >> root >> mount_point;
-    if (majmin == dev) {
-      return "mounted on " + mount_point;
-    }
-  }
-  DIR* proc = ::opendir("/proc");
-  if (proc == nullptr) {
-    return "";
-  }
-  std::string found;
-  // NOLINTNEXTLINE(concurrency-mt-unsafe): this DIR stream is never shared between threads
-  while (dirent* entry = ::readdir(proc)) {
-    const std::string pid = entry->d_name;
-    if (pid.empty() || !std::all_of(pid.begin(), pid.end(), ::isdigit) ||
-        pid == std::to_string(::getpid())) {
-      continue;
-    }
-    const std::string fd_dir = "/proc/" + pid + "/fd";
-    DIR* fds = ::opendir(fd_dir.c_str());
-    if (fds == nullptr) {
-      continue;
-    }
-    // NOLINTNEXTLINE(concurrency-mt-unsafe): this DIR stream is never shared between threads
-    while (dirent* fd = ::readdir(fds)) {
-      char target[256];
-      const std::string link = fd_dir + "/" + fd->d_name;
-      const ssize_t n = ::readlink(link.c_str(), target, sizeof(target) - 1);
-      if (n > 0 && std::string(target, static_cast<size_t>(n)) == block_path) {
-        std::ifstream comm("/proc/" + pid + "/comm");
-        std::string name;
-        std::getline(comm, name);
-        found.assign("held by pid ").append(pid).append(" (").append(name).append(")");
-        break;
-      }
-    }
-    ::closedir(fds);
-    if (!found.empty()) {
-      break;
-    }
-  }
-  ::closedir(proc);
-  return found;
 }
 
 // The block device is in use if an exclusive open fails with EBUSY (mounted,
@@ -552,7 +487,7 @@ struct Service::Impl {
         return in_use.error();
       }
       if (*in_use) {
-        const std::string holder = describe_holder(path);
+        const std::string holder = dbs::describe_device_users(path);
         return Error(EBUSY, path + " is in use" + (holder.empty() ? "" : ": " + holder) +
                                 "; refusing to format it");
       }
@@ -1318,7 +1253,7 @@ struct Service::Impl {
         return in_use.error();
       }
       if (*in_use) {
-        const std::string holder = describe_holder(path);
+        const std::string holder = dbs::describe_device_users(path);
         return Error(EBUSY, path + " (volume " + named(*name) + ") is in use" +
                                 (holder.empty() ? "" : ": " + holder));
       }
@@ -2208,7 +2143,7 @@ struct Service::Impl {
       const std::string path = v->device->block_path();
       auto in_use = block_device_in_use(path);
       if (in_use.ok() && *in_use) {
-        const std::string holder = describe_holder(path);
+        const std::string holder = dbs::describe_device_users(path);
         Status detached = v->device->detach();
         const std::string line =
             v->name + " (" + path + ")" + (holder.empty() ? ": in use" : ": " + holder);

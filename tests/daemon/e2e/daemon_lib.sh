@@ -31,8 +31,10 @@ daemon_up() { rpc daemon.status >/dev/null 2>&1; }
 # lib.sh's fail kills it); waits until it answers.
 start_daemon() {
   # An explicit --config must exist: an empty object means all defaults.
-  printf '{}\n' >"${SD%/}.config.json"
-  ublk-volumed --config "${SD%/}.config.json" --state-dir "$SD" --socket "$SOCK" >>"$DAEMON_LOG" 2>&1 &
+  # ($STATE exists in every bed; /var/lib may not exist before the daemon
+  # creates its state dir.)
+  printf '{}\n' >"$STATE/config.json" || fail "cannot write $STATE/config.json"
+  ublk-volumed --config "$STATE/config.json" --state-dir "$SD" --socket "$SOCK" >>"$DAEMON_LOG" 2>&1 &
   DAEMON=$!
   SRV=$DAEMON
   wait_until 120 daemon_up || { tail -30 "$DAEMON_LOG"; fail "ublk-volumed did not come up"; }
