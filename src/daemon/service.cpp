@@ -431,11 +431,13 @@ struct Service::Impl {
                 {"size_bytes", 0},  {"extent_size", 0},  {"used_bytes", 0},
                 {"free_bytes", 0},  {"state", "online"}, {"error", nullptr},
                 {"read_errors", 0}, {"write_errors", 0}, {"replicas", Json::array()}};
-    if (s.online()) {
+    // Counters are read while the store object exists, also after the
+    // daemon marked it failed: the errors that failed it are the point.
+    if (s.store && s.thread) {
       dbs::StoreStats stats;
-      Status got = s.run([&](dbs::Store& store) {
-        stats = store.stats();
-        return store.health();
+      Status got = s.thread->call([&] {
+        stats = s.store->stats();
+        return s.store->health();
       });
       out["size_bytes"] = s.device->size_bytes();
       out["extent_size"] = stats.extent_bytes;
@@ -445,7 +447,10 @@ struct Service::Impl {
       // usable; the engine fails the replicas that saw them).
       out["read_errors"] = stats.read_errors;
       out["write_errors"] = stats.write_errors;
-      if (!got.ok()) {
+      if (!s.error.empty()) {
+        out["state"] = "failed";
+        out["error"] = s.error;
+      } else if (!got.ok()) {
         out["state"] = "failed";
         out["error"] = got.error().message();
       }
