@@ -153,6 +153,10 @@ class DaemonTest : public ::testing::Test {
   std::string log_text() const { return read_text(dir_ + "/daemon.log"); }
 
   Response call(const std::string& method, Json params = Json::object()) {
+    if (!client_) {  // start() failed an ASSERT: report, do not touch an empty optional
+      ADD_FAILURE() << method << ": no connection to the daemon";
+      return Response{};
+    }
     auto response = client_->call(method, std::move(params));
     EXPECT_TRUE(response.ok()) << method << ": " << response.error().message();
     return response.ok() ? *response : Response{};

@@ -146,7 +146,9 @@ Result<MetaRun> read_run(BlockDevice& device, const Geometry& g, uint64_t start,
     if (h->payload_bytes > run.body.size() - at) {
       return Error(EINVAL, "block " + std::to_string(i) + " payload overflows the run body");
     }
-    std::memcpy(run.body.data() + at, block.data() + sizeof(MetaHeader), h->payload_bytes);
+    if (h->payload_bytes > 0) {  // an empty run (epoch-start record) has no body buffer
+      std::memcpy(run.body.data() + at, block.data() + sizeof(MetaHeader), h->payload_bytes);
+    }
     at += h->payload_bytes;
   }
   if (at != run.body.size()) {
