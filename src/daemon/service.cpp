@@ -2010,8 +2010,35 @@ struct Service::Impl {
     return resolved;
   }
 
+  // state.json's size of a just-opened volume against what its replicas
+  // hold. Larger than the replicas: a state file from elsewhere or edited by
+  // hand - exposing it would promise space no replica has, so the volume is
+  // refused (error set). Smaller: what a daemon killed during volume.resize
+  // leaves (every replica is grown before state.json), so the resize is
+  // finished; true if the recorded size changed (the caller saves).
+  bool agree_on_size(VolumeEntry& v) {
+    const uint64_t replicas = v.engine->info().size_bytes;
+    if (replicas == v.size_bytes) {
+      return false;
+    }
+    if (replicas < v.size_bytes) {
+      v.error = "state.json gives volume " + named(v.name) + " " + std::to_string(v.size_bytes) +
+                " bytes but its replicas hold " + std::to_string(replicas) +
+                " bytes; refusing to open it (fix its size_bytes in state.json, or remove it "
+                "from state.json and adopt the replicas with `volume import`)";
+      return false;
+    }
+    spdlog::warn(
+        "volume '{}': replicas hold {} bytes, state.json {}: finishing an interrupted "
+        "resize",
+        v.name, replicas, v.size_bytes);
+    v.size_bytes = replicas;
+    return true;
+  }
+
   void load(DaemonState state) {
-    bool uuid_changed = false;  // an older state file's random uuid replaced
+    bool sizes_adopted = false;  // agree_on_size() changed a volume's recorded size
+    bool uuid_changed = false;   // an older state file's random uuid replaced
     for (const auto& record : state.stores) {
       auto entry = std::make_unique<StoreEntry>();
       entry->name = record.name;
@@ -2059,6 +2086,8 @@ struct Service::Impl {
         Status opened = open_engine(*v);
         if (!opened.ok()) {
           v->error = opened.error().message();
+        } else {
+          sizes_adopted = agree_on_size(*v) || sizes_adopted;
         }
       }
       if (!v->error.empty()) {
@@ -2071,7 +2100,7 @@ struct Service::Impl {
       }
       volumes.push_back(std::move(v));
     }
-    if ((!resolved.empty() || uuid_changed) && save().ok()) {
+    if ((!resolved.empty() || uuid_changed || sizes_adopted) && save().ok()) {
       for (uint64_t id : resolved) {
         if (Status cleared = intents.clear(id); !cleared.ok()) {
           spdlog::error("{}", cleared.error().message());

@@ -231,5 +231,43 @@ TEST_F(StoreHealthTest, StoreOnAFullFilesystemFailsItsReplicas) {
   EXPECT_EQ(stop(SIGKILL), 128 + SIGKILL);
 }
 
+// state.json's size of a volume must agree with its replicas (issue 12
+// item 9): larger than the replicas (a state file from elsewhere, an edit)
+// is refused naming both sizes, and the volume stays closed; smaller is what
+// a daemon killed during `volume resize` leaves (replicas grown first), so
+// the resize is finished and saved.
+TEST_F(StoreHealthTest, VolumeSizeInStateMustAgreeWithTheReplicas) {
+  start();
+  add_stores({"a", "b"});
+  ok("volume.create", {{"name", "big"}, {"size", 16 * kMiB}, {"stores", {"a", "b"}}});
+  ok("volume.create", {{"name", "small"}, {"size", 16 * kMiB}, {"stores", {"a", "b"}}});
+  EXPECT_EQ(stop(), 0);
+
+  const std::string state_path = dir_ + "/state/state.json";
+  Json state = Json::parse(read_text(state_path));
+  for (auto& v : state["volumes"]) {
+    v["size_bytes"] = v["name"] == "big" ? 32 * kMiB : 8 * kMiB;
+  }
+  std::ofstream(state_path, std::ios::trunc) << state.dump(2);
+
+  start();
+  const Json big = ok("volume.show", {{"name", "big"}});
+  ASSERT_TRUE(big["error"].is_string()) << big.dump();
+  const std::string error = big["error"].get<std::string>();
+  EXPECT_NE(error.find(std::to_string(32 * kMiB)), std::string::npos) << error;
+  EXPECT_NE(error.find(std::to_string(16 * kMiB)), std::string::npos) << error;
+  EXPECT_EQ(big["online"], false) << big.dump();
+
+  const Json small = ok("volume.show", {{"name", "small"}});
+  EXPECT_TRUE(small["error"].is_null()) << small.dump();
+  EXPECT_EQ(small["size_bytes"], 16 * kMiB) << small.dump();
+  EXPECT_EQ(small["online"], true) << small.dump();
+  EXPECT_EQ(stop(), 0);
+  const Json saved = Json::parse(read_text(state_path));
+  for (const auto& v : saved["volumes"]) {
+    EXPECT_EQ(v["size_bytes"], v["name"] == "big" ? 32 * kMiB : 16 * kMiB) << v.dump();
+  }
+}
+
 }  // namespace
 }  // namespace ublkvol::daemon
