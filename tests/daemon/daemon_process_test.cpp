@@ -540,15 +540,28 @@ TEST_F(DaemonTest, ReplicaVerifyAndScheduledScrub) {
   EXPECT_EQ(shown["verify"]["last"]["mismatched_bytes"], 0);
   EXPECT_EQ(shown["verify"]["last"]["error"], "");
   const uint64_t runs = shown["verify"]["runs"].get<uint64_t>();
+  // A request while a scheduled scrub (every 2 s) runs is refused busy:
+  // wait for that run and ask again (bounded).
+  auto request_verify = [&](const Json& params) {
+    for (int attempt = 0; attempt < 20; ++attempt) {
+      const Response r = call("replica.verify", params);
+      if (r.ok || to_string(r.code) != "busy") {
+        EXPECT_TRUE(r.ok) << params.dump() << ": " << r.message;
+        return;
+      }
+      wait_runs(ok("volume.show", {{"name", "v"}})["verify"]["runs"].get<uint64_t>() + 1);
+    }
+    ADD_FAILURE() << "replica.verify stayed busy: " << params.dump();
+  };
   // On request, with repair.
-  ok("replica.verify", {{"volume", "v"}, {"repair", true}, {"rate", 0}});
+  request_verify({{"volume", "v"}, {"repair", true}, {"rate", 0}});
   shown = wait_runs(runs + 1);
   EXPECT_GE(shown["verify"]["runs"].get<uint64_t>(), runs + 1) << shown.dump();
   EXPECT_EQ(shown["verify"]["last"]["mismatches"], Json::array());
   const Json stats = ok("stats", {{"volume", "v"}});
   EXPECT_GE(stats["volumes"][0]["verify"]["runs"].get<uint64_t>(), runs + 1) << stats.dump();
   // One at a time; bad parameters are refused.
-  ok("replica.verify", {{"volume", "v"}, {"rate", 1}});
+  request_verify({{"volume", "v"}, {"rate", 1}});
   refused("replica.verify", {{"volume", "v"}}, "busy", "a verify is already");
   refused("replica.verify", {{"volume", "v"}, {"repair", "yes"}}, "invalid_argument",
           "field 'repair' must be a boolean");
