@@ -1827,15 +1827,7 @@ Status ReplicatedVolume::Impl::checkpoint_locked(uint64_t* quiet_seq) {
   const uint64_t seq_before = next_seq.load(std::memory_order_seq_cst);
   Status outcome = with_barrier([&]() -> Status {
     // Flush every replica (data durable) before the bitmaps forget.
-    QueueState& q = *queues[control_queue];
-    VolumeIo flush;
-    flush.op = VolumeOp::kFlush;
-    int flush_result = 1;
-    flush.user_data = &flush_result;
-    flush.on_complete = [](VolumeIo& io, int result) { *static_cast<int*>(io.user_data) = result; };
-    q.submit(flush);
-    q.kick();
-    q.run_until_idle();
+    const int flush_result = flush_and_wait(*queues[control_queue]);
     if (flush_result != 0) {
       return Error(-flush_result, "volume " + options.name + ": checkpoint flush failed");
     }
