@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <optional>
 
 #include "ublkvol/common/crc32c.h"
 
@@ -219,6 +220,17 @@ Result<Geometry> load_geometry(BlockDevice& device, std::vector<std::string>& no
   return g;
 }
 
+// Journal commits exist that extend a newer checkpoint than any valid one:
+// that checkpoint was complete once (its epoch-start record is written only
+// after it is durable) and is now damaged. Opening the older state would
+// silently roll back acknowledged writes.
+Error newer_checkpoint_damaged(const std::string& name, uint64_t newer_epoch, uint64_t epoch) {
+  return Error(EIO, name + ": the newest checkpoint (epoch " + std::to_string(newer_epoch) +
+                        ") is corrupted but journal commits after it exist; refusing to roll "
+                        "back to epoch " +
+                        std::to_string(epoch));
+}
+
 // Replay stopped at journal block `pos`: the run there is not commit
 // `last_seq + 1` of `epoch` (`why`). That is the journal's end only if no
 // later commit of the epoch exists: commits are written one at a time, each
@@ -226,7 +238,10 @@ Result<Geometry> load_geometry(BlockDevice& device, std::vector<std::string>& no
 // so a torn write can only be the last commit. A block further on whose own
 // header is valid and that belongs to a later commit of the same epoch
 // proves that the stopping point is a damaged middle; replaying up to it
-// would silently roll the store back, so the store is refused.
+// would silently roll the store back, so the store is refused. A valid block
+// of a newer epoch anywhere proves the same of the checkpoint itself (and
+// would, once the next checkpoint reuses that epoch number, pass for a later
+// commit); it is the diagnosis given when both are found.
 // Blocks of older epochs and stale blocks of the dropped commit itself (a
 // torn commit overwritten by a shorter one after recovery) carry a lower or
 // equal sequence number and are ignored.
@@ -235,7 +250,8 @@ Status refuse_if_later_commit(BlockDevice& device, const Geometry& g, uint64_t p
   const std::string name(device.name());
   AlignedBuffer buffer;
   constexpr uint64_t kPiece = 256;
-  for (uint64_t at = pos; at < g.journal_blocks; at += kPiece) {
+  std::optional<Error> later_commit;
+  for (uint64_t at = 0; at < g.journal_blocks; at += kPiece) {
     const uint64_t n = std::min(kPiece, g.journal_blocks - at);
     auto read = read_blocks(device, g.journal_start + at, n, buffer);
     if (!read.ok()) {
@@ -246,7 +262,13 @@ Status refuse_if_later_commit(BlockDevice& device, const Geometry& g, uint64_t p
     for (uint64_t i = 0; i < n; ++i) {
       auto h =
           check_meta_block(g, {buffer.data() + i * kBlockSize, kBlockSize}, MetaType::kJournal);
-      if (!h.ok() || h->epoch != epoch || h->seq <= last_seq + 1) {
+      if (!h.ok()) {
+        continue;
+      }
+      if (h->epoch > epoch) {
+        return newer_checkpoint_damaged(name, h->epoch, epoch);
+      }
+      if (later_commit || at + i < pos || h->epoch != epoch || h->seq <= last_seq + 1) {
         continue;
       }
       std::string message = name;
@@ -263,8 +285,11 @@ Status refuse_if_later_commit(BlockDevice& device, const Geometry& g, uint64_t p
           .append("; refusing to open a state that would silently drop commits from ")
           .append(std::to_string(last_seq + 1))
           .append(" on (nothing was changed on the device)");
-      return Error(EUCLEAN, message);
+      later_commit = Error(EUCLEAN, message);
     }
+  }
+  if (later_commit) {
+    return *later_commit;
   }
   return ok_status();
 }
@@ -361,14 +386,7 @@ Result<LoadedStore> load_store(BlockDevice& device, bool validate,
     }
     if (run->header.epoch != loaded.epoch || run->header.seq != loaded.seq + 1) {
       if (run->header.epoch > loaded.epoch) {
-        // Journal commits exist that extend a newer checkpoint than any valid
-        // one: that checkpoint was complete once and is now damaged. Opening
-        // the older state would silently roll back acknowledged writes.
-        return Error(EIO, name + ": the newest checkpoint (epoch " +
-                              std::to_string(run->header.epoch) +
-                              ") is corrupted but journal commits after it exist; refusing "
-                              "to roll back to epoch " +
-                              std::to_string(loaded.epoch));
+        return newer_checkpoint_damaged(name, run->header.epoch, loaded.epoch);
       }
       UBLKVOL_TRY(end_of_journal(
           refuse_if_later_commit(device, g, pos, loaded.epoch, loaded.seq,

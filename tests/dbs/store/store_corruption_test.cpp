@@ -295,6 +295,36 @@ TEST_F(CorruptionTest, CorruptedNewestCheckpointWithoutLaterCommitsIsRefused) {
   expect_check_finds("refusing to roll back");
 }
 
+// Found by dbs_open_fuzz: the newest checkpoint AND the start of its
+// journal are damaged, later commits of its epoch survive further on. The
+// replay stops at block 0 of the older epoch's view; the surviving blocks of
+// the newer epoch still prove a newer checkpoint was complete, so falling
+// back would roll the store back (and the next checkpoint, reusing that epoch
+// number, would make the stale blocks look like later commits).
+TEST_F(CorruptionTest, CorruptedNewestCheckpointAndJournalStartWithLaterCommitsIsRefused) {
+  {
+    auto store = Store::open(*device_);
+    ASSERT_TRUE(store.ok());
+    Buffer data(kBlock);
+    for (int i = 0; (*store)->stats().checkpoints == 0 || (*store)->stats().journal_blocks_used < 3;
+         ++i) {
+      ASSERT_TRUE(
+          (*store)->write(volume_, static_cast<uint64_t>(i % 1000) * kBlock, data.span()).ok());
+      ASSERT_TRUE((*store)->commit().ok());
+      ASSERT_LT(i, 100000);
+    }
+  }
+  auto loaded = detail::load_store(*device_, false, nullptr);
+  ASSERT_TRUE(loaded.ok());
+  ASSERT_GE(loaded->journal_pos, 3u);
+  const detail::Geometry& g = loaded->geometry;
+  const uint64_t active = g.checkpoint_start[loaded->active_checkpoint];
+  device_->bytes()[active * kBlockSize + kBlockSize - 1] ^= std::byte{1};
+  device_->bytes()[g.journal_start * kBlockSize + 100] ^= std::byte{1};
+  expect_refused(*device_, device_->bytes(), "refusing to roll back");
+  expect_check_finds("refusing to roll back");
+}
+
 // Issue 12 item 2: 13 valid journal commits, one bit flipped in a middle
 // one. Replay must not stop there and call it the journal's end (the later
 // commits prove it is not a torn tail): open and check refuse, naming the
