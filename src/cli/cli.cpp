@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "ublkvol/common/version.h"
+#include "ublkvol/daemon/methods.h"
 
 #include "exit_code.h"
 #include "progress.h"
@@ -25,6 +26,8 @@
 
 namespace ublkvol::cli {
 namespace {
+
+using daemon::Method;
 
 constexpr const char* kProgram = "ublk-volume";
 constexpr double kPollSeconds = 0.5;
@@ -43,7 +46,7 @@ class Session {
   Session(const CliEnvironment& env, const GlobalOptions& options) : env_(env), options_(options) {}
 
   // The result of `method`, or nullopt after printing why not (see status()).
-  std::optional<Json> call(std::string_view method, const Json& params = Json::object()) {
+  std::optional<Json> call(Method method, const Json& params = Json::object()) {
     if (!client_) {
       auto client = env_.connect(options_.socket);
       if (!client) {
@@ -53,7 +56,7 @@ class Session {
       client_ = std::move(*client);
       client_->set_timeout(std::chrono::milliseconds(std::llround(options_.timeout * 1000)));
     }
-    auto response = client_->call(method, params);
+    auto response = client_->call(daemon::method_name(method), params);
     if (!response) {
       unreachable(response.error());
       client_.reset();
@@ -140,6 +143,12 @@ struct CommandTree {
     handlers.emplace_back(command, std::move(handler));
     return command;
   }
+  // A command that calls `method`: described by the method's summary (methods.h).
+  CLI::App* add(CLI::App* parent, const std::string& name, Method method,
+                const std::string& examples, Handler handler) {
+    return add(parent, name, std::string(daemon::method_info(method).summary), examples,
+               std::move(handler));
+  }
 };
 
 // Size arguments are strings until parse_size() has checked them, so the
@@ -171,7 +180,7 @@ ExitCode wait_for_replica(Session& s, const std::string& volume, uint64_t index,
   ProgressReporter reporter(s.env().out, s.env().stdout_is_tty, label);
   double waited = 0;
   for (;;) {
-    auto v = s.call("volume.show", {{"name", volume}});
+    auto v = s.call(Method::kVolumeShow, {{"name", volume}});
     if (!v) {
       return s.status();
     }
@@ -248,7 +257,7 @@ ExitCode wait_for_verify(Session& s, const std::string& volume, uint64_t runs_be
   ProgressReporter reporter(s.env().out, s.env().stdout_is_tty, label);
   double waited = 0;
   for (;;) {
-    auto v = s.call("volume.show", {{"name", volume}});
+    auto v = s.call(Method::kVolumeShow, {{"name", volume}});
     if (!v) {
       return s.status();
     }
@@ -302,7 +311,7 @@ std::optional<StatsSample> sample_stats(Session& s, const StatsOptions& o) {
   if (!o.volume.empty()) {
     params["volume"] = o.volume;
   }
-  auto result = s.call("stats", params);
+  auto result = s.call(Method::kStats, params);
   if (!result) {
     return std::nullopt;
   }
@@ -426,7 +435,7 @@ void add_store_commands(CLI::App& app, CommandTree& tree) {
   };
   auto add = std::make_shared<AddArgs>();
   CLI::App* c = tree.add(
-      store, "add", "Add a store (open an existing one, or --format a new one)",
+      store, "add", Method::kStoreAdd,
       "  ublk-volume store add s0 /dev/nvme0n1              # open a formatted store\n"
       "  ublk-volume store add s0 /dev/nvme0n1 --format     # format the device (erases it)\n"
       "  ublk-volume store add s1 /srv/s1.img --format --size 20G   # new file-backed store\n",
@@ -460,7 +469,7 @@ void add_store_commands(CLI::App& app, CommandTree& tree) {
           }
           params["extent_size"] = *extent;
         }
-        auto r = s.call("store.add", params);
+        auto r = s.call(Method::kStoreAdd, params);
         if (!r) {
           return s.status();
         }
@@ -479,31 +488,31 @@ void add_store_commands(CLI::App& app, CommandTree& tree) {
   c->add_option("--extent-size", add->extent_size,
                 "Allocation unit of a new store (with --format), e.g. 1M");
 
-  tree.add(store, "list", "List stores with size, usage and state",
+  tree.add(store, "list", Method::kStoreList,
            "  ublk-volume store list\n  ublk-volume store list --json | jq '.stores[].name'\n",
            [](Session& s) {
-             auto r = s.call("store.list");
+             auto r = s.call(Method::kStoreList);
              return r ? s.print(*r, render_store_list) : s.status();
            });
 
   auto name = std::make_shared<std::string>();
-  c = tree.add(store, "show", "Show one store and the replicas it holds",
-               "  ublk-volume store show s0\n", [name](Session& s) {
-                 auto r = s.call("store.show", {{"name", *name}});
+  c = tree.add(store, "show", Method::kStoreShow, "  ublk-volume store show s0\n",
+               [name](Session& s) {
+                 auto r = s.call(Method::kStoreShow, {{"name", *name}});
                  return r ? s.print(*r, render_store) : s.status();
                });
   c->add_option("name", *name, "Store name")->required();
 
-  c = tree.add(store, "remove", "Remove a store from the daemon (its data stays on disk)",
-               "  ublk-volume store remove s0\n", [name](Session& s) {
-                 auto r = s.call("store.remove", {{"name", *name}});
+  c = tree.add(store, "remove", Method::kStoreRemove, "  ublk-volume store remove s0\n",
+               [name](Session& s) {
+                 auto r = s.call(Method::kStoreRemove, {{"name", *name}});
                  return r ? s.done(*r, "removed store '" + *name + "'") : s.status();
                });
   c->add_option("name", *name, "Store name")->required();
 
-  c = tree.add(store, "check", "Check a store's metadata (exit status 1 if problems are found)",
-               "  ublk-volume store check s0\n", [name](Session& s) {
-                 auto r = s.call("store.check", {{"name", *name}});
+  c = tree.add(store, "check", Method::kStoreCheck, "  ublk-volume store check s0\n",
+               [name](Session& s) {
+                 auto r = s.call(Method::kStoreCheck, {{"name", *name}});
                  if (!r) {
                    return s.status();
                  }
@@ -518,9 +527,7 @@ void add_store_commands(CLI::App& app, CommandTree& tree) {
   c->add_option("name", *name, "Store name")->required();
 
   auto gc_dry_run = std::make_shared<bool>(false);
-  c = tree.add(store, "gc",
-               "Delete orphan volumes: DBS volumes on the store that no volume owns (left by an "
-               "interrupted operation or another daemon)",
+  c = tree.add(store, "gc", Method::kStoreGc,
                "  ublk-volume store gc s0 --dry-run    # list them\n"
                "  ublk-volume store gc s0              # delete them\n",
                [name, gc_dry_run](Session& s) {
@@ -528,7 +535,7 @@ void add_store_commands(CLI::App& app, CommandTree& tree) {
                  if (*gc_dry_run) {
                    params["dry_run"] = true;
                  }
-                 auto r = s.call("store.gc", params);
+                 auto r = s.call(Method::kStoreGc, params);
                  return r ? s.print(*r,
                                     [&](std::ostream& out, const Json& result) {
                                       render_store_gc(out, *name, result);
@@ -555,7 +562,7 @@ void add_volume_commands(CLI::App& app, CommandTree& tree) {
   };
   auto create = std::make_shared<CreateArgs>();
   CLI::App* c = tree.add(
-      volume, "create", "Create a thin-provisioned volume with one replica per store",
+      volume, "create", Method::kVolumeCreate,
       "  ublk-volume volume create vol0 --size 10G --store s0 s1 s2\n"
       "  ublk-volume volume create db --size 1.5T --store s0,s1 --min-replicas 1\n",
       [create](Session& s) {
@@ -567,7 +574,7 @@ void add_volume_commands(CLI::App& app, CommandTree& tree) {
         if (create->min_replicas > 0) {
           params["min_replicas"] = create->min_replicas;
         }
-        auto r = s.call("volume.create", params);
+        auto r = s.call(Method::kVolumeCreate, params);
         if (!r) {
           return s.status();
         }
@@ -587,15 +594,13 @@ void add_volume_commands(CLI::App& app, CommandTree& tree) {
       ->check(CLI::PositiveNumber);
 
   auto adopt = std::make_shared<CreateArgs>();
-  c = tree.add(volume, "import",
-               "Adopt orphan replicas (DBS volumes of this name that no volume owns, see "
-               "'ublk-volume status') as a volume",
+  c = tree.add(volume, "import", Method::kVolumeImport,
                "  ublk-volume volume import vol0 --store s0 s1\n", [adopt](Session& s) {
                  Json params = {{"name", adopt->name}, {"stores", adopt->stores}};
                  if (adopt->min_replicas > 0) {
                    params["min_replicas"] = adopt->min_replicas;
                  }
-                 auto r = s.call("volume.import", params);
+                 auto r = s.call(Method::kVolumeImport, params);
                  if (!r) {
                    return s.status();
                  }
@@ -613,24 +618,23 @@ void add_volume_commands(CLI::App& app, CommandTree& tree) {
                 "Replicas that must stay in sync (default: the daemon's config)")
       ->check(CLI::PositiveNumber);
 
-  tree.add(volume, "list", "List volumes with state, replicas and device",
-           "  ublk-volume volume list\n", [](Session& s) {
-             auto r = s.call("volume.list");
-             return r ? s.print(*r, render_volume_list) : s.status();
-           });
+  tree.add(volume, "list", Method::kVolumeList, "  ublk-volume volume list\n", [](Session& s) {
+    auto r = s.call(Method::kVolumeList);
+    return r ? s.print(*r, render_volume_list) : s.status();
+  });
 
   auto name = std::make_shared<std::string>();
-  c = tree.add(volume, "show", "Show a volume: replicas, rebuild progress, device, events",
-               "  ublk-volume volume show vol0\n", [name](Session& s) {
-                 auto r = s.call("volume.show", {{"name", *name}});
+  c = tree.add(volume, "show", Method::kVolumeShow, "  ublk-volume volume show vol0\n",
+               [name](Session& s) {
+                 auto r = s.call(Method::kVolumeShow, {{"name", *name}});
                  return r ? s.print(*r, render_volume) : s.status();
                });
   c->add_option("name", *name, "Volume name")->required();
 
-  c = tree.add(volume, "delete", "Delete a volume, its snapshots and its replicas' data",
+  c = tree.add(volume, "delete", Method::kVolumeDelete,
                "  ublk-volume volume unexpose vol0 && ublk-volume volume delete vol0\n",
                [name](Session& s) {
-                 auto r = s.call("volume.delete", {{"name", *name}});
+                 auto r = s.call(Method::kVolumeDelete, {{"name", *name}});
                  return r ? s.done(*r, "deleted volume '" + *name + "'") : s.status();
                });
   c->add_option("name", *name, "Volume name")->required();
@@ -640,7 +644,7 @@ void add_volume_commands(CLI::App& app, CommandTree& tree) {
     uint64_t queues = 0, queue_depth = 0;
   };
   auto expose = std::make_shared<ExposeArgs>();
-  c = tree.add(volume, "expose", "Expose a volume as a block device /dev/ublkbN",
+  c = tree.add(volume, "expose", Method::kVolumeExpose,
                "  ublk-volume volume expose vol0\n"
                "  ublk-volume volume expose vol0 --queues 4 --queue-depth 128\n",
                [expose](Session& s) {
@@ -651,7 +655,7 @@ void add_volume_commands(CLI::App& app, CommandTree& tree) {
                  if (expose->queue_depth > 0) {
                    params["queue_depth"] = expose->queue_depth;
                  }
-                 auto r = s.call("volume.expose", params);
+                 auto r = s.call(Method::kVolumeExpose, params);
                  if (!r) {
                    return s.status();
                  }
@@ -668,9 +672,9 @@ void add_volume_commands(CLI::App& app, CommandTree& tree) {
                 "Requests in flight per queue (default: the daemon's config)")
       ->check(CLI::PositiveNumber);
 
-  c = tree.add(volume, "unexpose", "Remove a volume's block device (refused while it is in use)",
+  c = tree.add(volume, "unexpose", Method::kVolumeUnexpose,
                "  umount /mnt/vol0 && ublk-volume volume unexpose vol0\n", [name](Session& s) {
-                 auto r = s.call("volume.unexpose", {{"name", *name}});
+                 auto r = s.call(Method::kVolumeUnexpose, {{"name", *name}});
                  return r ? s.done(*r, "unexposed volume '" + *name + "'") : s.status();
                });
   c->add_option("name", *name, "Volume name")->required();
@@ -679,13 +683,13 @@ void add_volume_commands(CLI::App& app, CommandTree& tree) {
     std::string name, size;
   };
   auto resize = std::make_shared<ResizeArgs>();
-  c = tree.add(volume, "resize", "Grow a volume (shrinking is refused)",
-               "  ublk-volume volume resize vol0 20G\n", [resize](Session& s) {
+  c = tree.add(volume, "resize", Method::kVolumeResize, "  ublk-volume volume resize vol0 20G\n",
+               [resize](Session& s) {
                  auto size = size_argument(s, resize->size, "SIZE");
                  if (!size) {
                    return ExitCode::kUsage;
                  }
-                 auto r = s.call("volume.resize", {{"name", resize->name}, {"size", *size}});
+                 auto r = s.call(Method::kVolumeResize, {{"name", resize->name}, {"size", *size}});
                  if (!r) {
                    return s.status();
                  }
@@ -714,42 +718,41 @@ void add_snapshot_commands(CLI::App& app, CommandTree& tree) {
   };
 
   volume_and_name(tree.add(
-      snapshot, "create", "Take a snapshot (O(1), the volume stays online)",
+      snapshot, "create", Method::kSnapshotCreate,
       "  ublk-volume snapshot create vol0 nightly-2026-11-21\n", [a](Session& s) {
-        auto r = s.call("snapshot.create", {{"volume", a->volume}, {"name", a->name}});
+        auto r = s.call(Method::kSnapshotCreate, {{"volume", a->volume}, {"name", a->name}});
         return r ? s.done(*r, "created snapshot '" + a->name + "' of volume '" + a->volume + "'")
                  : s.status();
       }));
 
-  CLI::App* c = tree.add(snapshot, "list", "List a volume's snapshots",
+  CLI::App* c = tree.add(snapshot, "list", Method::kSnapshotList,
                          "  ublk-volume snapshot list vol0\n", [a](Session& s) {
-                           auto r = s.call("snapshot.list", {{"volume", a->volume}});
+                           auto r = s.call(Method::kSnapshotList, {{"volume", a->volume}});
                            return r ? s.print(*r, render_snapshot_list) : s.status();
                          });
   c->add_option("volume", a->volume, "Volume name")->required();
 
   volume_and_name(tree.add(
-      snapshot, "delete", "Delete a snapshot (its data merges into the next layer)",
+      snapshot, "delete", Method::kSnapshotDelete,
       "  ublk-volume snapshot delete vol0 nightly-2026-11-21\n", [a](Session& s) {
-        auto r = s.call("snapshot.delete", {{"volume", a->volume}, {"name", a->name}});
+        auto r = s.call(Method::kSnapshotDelete, {{"volume", a->volume}, {"name", a->name}});
         return r ? s.done(*r, "deleted snapshot '" + a->name + "' of volume '" + a->volume + "'")
                  : s.status();
       }));
 
   volume_and_name(tree.add(
-      snapshot, "revert",
-      "Revert a volume to a snapshot (discards later writes; the volume must not be exposed)",
+      snapshot, "revert", Method::kSnapshotRevert,
       "  ublk-volume volume unexpose vol0\n  ublk-volume snapshot revert vol0 before-upgrade\n",
       [a](Session& s) {
-        auto r = s.call("snapshot.revert", {{"volume", a->volume}, {"name", a->name}});
+        auto r = s.call(Method::kSnapshotRevert, {{"volume", a->volume}, {"name", a->name}});
         return r ? s.done(*r, "reverted volume '" + a->volume + "' to snapshot '" + a->name + "'")
                  : s.status();
       }));
 
-  c = tree.add(snapshot, "clone", "Create a new volume from a snapshot (thin: shares its data)",
+  c = tree.add(snapshot, "clone", Method::kSnapshotClone,
                "  ublk-volume snapshot clone vol0 before-upgrade vol0-test\n", [a](Session& s) {
                  auto r =
-                     s.call("snapshot.clone",
+                     s.call(Method::kSnapshotClone,
                             {{"volume", a->volume}, {"snapshot", a->name}, {"clone", a->clone}});
                  return r ? s.done(*r, "cloned snapshot '" + a->name + "' of volume '" + a->volume +
                                            "' as volume '" + a->clone + "'")
@@ -784,9 +787,9 @@ void add_replica_commands(CLI::App& app, CommandTree& tree) {
     c->add_option("--timeout", a->timeout, "With --wait: give up after this many seconds (exit 1)");
   };
 
-  CLI::App* c = tree.add(replica, "list", "List a volume's replicas and their states",
-                         "  ublk-volume replica list vol0\n", [a](Session& s) {
-                           auto r = s.call("replica.list", {{"volume", a->volume}});
+  CLI::App* c = tree.add(replica, "list", Method::kReplicaList, "  ublk-volume replica list vol0\n",
+                         [a](Session& s) {
+                           auto r = s.call(Method::kReplicaList, {{"volume", a->volume}});
                            if (!r) {
                              return s.status();
                            }
@@ -796,9 +799,9 @@ void add_replica_commands(CLI::App& app, CommandTree& tree) {
                          });
   c->add_option("volume", a->volume, "Volume name")->required();
 
-  c = tree.add(replica, "add", "Add a replica on a store; it rebuilds online",
-               "  ublk-volume replica add vol0 s3 --wait\n", [a](Session& s) {
-                 auto r = s.call("replica.add", {{"volume", a->volume}, {"store", a->store}});
+  c = tree.add(replica, "add", Method::kReplicaAdd, "  ublk-volume replica add vol0 s3 --wait\n",
+               [a](Session& s) {
+                 auto r = s.call(Method::kReplicaAdd, {{"volume", a->volume}, {"store", a->store}});
                  if (!r) {
                    return s.status();
                  }
@@ -815,32 +818,33 @@ void add_replica_commands(CLI::App& app, CommandTree& tree) {
   c->add_option("store", a->store, "Store for the new replica")->required();
   add_wait(c);
 
-  c = tree.add(replica, "remove", "Remove a replica from a volume",
-               "  ublk-volume replica remove vol0 1\n", [a](Session& s) {
-                 auto r = s.call("replica.remove", {{"volume", a->volume}, {"index", a->index}});
-                 return r ? s.done(*r, "removed replica " + std::to_string(a->index) +
-                                           " of volume '" + a->volume + "'")
-                          : s.status();
-               });
+  c = tree.add(
+      replica, "remove", Method::kReplicaRemove, "  ublk-volume replica remove vol0 1\n",
+      [a](Session& s) {
+        auto r = s.call(Method::kReplicaRemove, {{"volume", a->volume}, {"index", a->index}});
+        return r ? s.done(*r, "removed replica " + std::to_string(a->index) + " of volume '" +
+                                  a->volume + "'")
+                 : s.status();
+      });
   c->add_option("volume", a->volume, "Volume name")->required();
   c->add_option("index", a->index, "Replica index (see replica list)")
       ->required()
       ->check(CLI::NonNegativeNumber);
 
-  c = tree.add(replica, "rebuild", "Resync a failed or stale replica (only what changed)",
-               "  ublk-volume replica rebuild vol0 1 --wait\n", [a](Session& s) {
-                 auto r = s.call("replica.rebuild", {{"volume", a->volume}, {"index", a->index}});
-                 if (!r) {
-                   return s.status();
-                 }
-                 if (a->wait) {
-                   return wait_for_replica(s, a->volume, a->index, a->timeout);
-                 }
-                 return s.done(*r, "rebuilding replica " + std::to_string(a->index) +
-                                       " of volume '" + a->volume +
-                                       "' (follow it with: ublk-volume volume show " + a->volume +
-                                       ")");
-               });
+  c = tree.add(
+      replica, "rebuild", Method::kReplicaRebuild, "  ublk-volume replica rebuild vol0 1 --wait\n",
+      [a](Session& s) {
+        auto r = s.call(Method::kReplicaRebuild, {{"volume", a->volume}, {"index", a->index}});
+        if (!r) {
+          return s.status();
+        }
+        if (a->wait) {
+          return wait_for_replica(s, a->volume, a->index, a->timeout);
+        }
+        return s.done(*r, "rebuilding replica " + std::to_string(a->index) + " of volume '" +
+                              a->volume + "' (follow it with: ublk-volume volume show " +
+                              a->volume + ")");
+      });
   c->add_option("volume", a->volume, "Volume name")->required();
   c->add_option("index", a->index, "Replica index (see replica list)")
       ->required()
@@ -848,13 +852,11 @@ void add_replica_commands(CLI::App& app, CommandTree& tree) {
   add_wait(c);
 
   c = tree.add(
-      replica, "verify",
-      "Compare the replicas online (ordered against writes); --repair rewrites differences from "
-      "the majority",
+      replica, "verify", Method::kReplicaVerify,
       "  ublk-volume replica verify vol0 --wait\n"
       "  ublk-volume replica verify vol0 --repair --rate 100 --wait\n",
       [a](Session& s) {
-        auto before = s.call("volume.show", {{"name", a->volume}});
+        auto before = s.call(Method::kVolumeShow, {{"name", a->volume}});
         if (!before) {
           return s.status();
         }
@@ -863,7 +865,7 @@ void add_replica_commands(CLI::App& app, CommandTree& tree) {
         if (a->rate >= 0) {
           params["rate"] = static_cast<uint64_t>(a->rate);
         }
-        auto r = s.call("replica.verify", params);
+        auto r = s.call(Method::kReplicaVerify, params);
         if (!r) {
           return s.status();
         }
@@ -885,7 +887,7 @@ void add_replica_commands(CLI::App& app, CommandTree& tree) {
               "Wait for the result, showing progress; exit 1 if differences remain");
   c->add_option("--timeout", a->timeout, "With --wait: give up after this many seconds (exit 1)");
 
-  c = tree.add(replica, "fail", "Take a replica out of service (e.g. before replacing its disk)",
+  c = tree.add(replica, "fail", Method::kReplicaFail,
                "  ublk-volume replica fail vol0 1 --reason 'disk replacement'\n", [a](Session& s) {
                  Json params = {{"volume", a->volume}, {"index", a->index}};
                  if (!a->reason.empty()) {
@@ -894,7 +896,7 @@ void add_replica_commands(CLI::App& app, CommandTree& tree) {
                  if (a->force) {
                    params["force"] = true;
                  }
-                 auto r = s.call("replica.fail", params);
+                 auto r = s.call(Method::kReplicaFail, params);
                  return r ? s.done(*r, "failed replica " + std::to_string(a->index) +
                                            " of volume '" + a->volume + "'")
                           : s.status();
@@ -982,7 +984,7 @@ int run_cli(int argc, const char* const* argv, const CliEnvironment& env) {
 
   auto stats = std::make_shared<StatsOptions>();
   CLI::App* c = tree.add(
-      &app, "stats", "I/O rates and latency per exposed volume (iostat-like)",
+      &app, "stats", Method::kStats,
       "  ublk-volume stats                    # one 1-second report\n"
       "  ublk-volume stats vol0 --watch -i 2  # every 2 s until Ctrl-C\n"
       "  ublk-volume stats --count 5 --json   # 5 reports, one JSON object per line\n"
@@ -1001,11 +1003,10 @@ int run_cli(int argc, const char* const* argv, const CliEnvironment& env) {
   c->add_option("-o,--output", stats->output,
                 "With --prometheus: write to FILE atomically (node_exporter textfile collector)");
 
-  tree.add(&app, "status", "Daemon status: version, uptime, ublk availability, counts",
-           "  ublk-volume status\n", [](Session& s) {
-             auto r = s.call("daemon.status");
-             return r ? s.print(*r, render_status) : s.status();
-           });
+  tree.add(&app, "status", Method::kDaemonStatus, "  ublk-volume status\n", [](Session& s) {
+    auto r = s.call(Method::kDaemonStatus);
+    return r ? s.print(*r, render_status) : s.status();
+  });
 
   tree.add(&app, "version", "Print the CLI's and the daemon's versions", "",
            [&env, &options](Session&) {
@@ -1013,7 +1014,8 @@ int run_cli(int argc, const char* const* argv, const CliEnvironment& env) {
              Json daemon_status;
              std::string daemon_problem;
              if (auto client = env.connect(options.socket); client) {
-               auto response = (*client)->call("daemon.status", Json::object());
+               auto response =
+                   (*client)->call(daemon::method_name(Method::kDaemonStatus), Json::object());
                if (response && response->ok) {
                  daemon_status = response->result;
                } else {
@@ -1060,13 +1062,13 @@ int run_cli(int argc, const char* const* argv, const CliEnvironment& env) {
     std::optional<Json> r;
     const char* key = nullptr;
     if (kind == "stores") {
-      r = s.call("store.list");
+      r = s.call(Method::kStoreList);
       key = "stores";
     } else if (kind == "volumes") {
-      r = s.call("volume.list");
+      r = s.call(Method::kVolumeList);
       key = "volumes";
     } else if (kind == "snapshots" && names->size() == 2) {
-      r = s.call("snapshot.list", {{"volume", (*names)[1]}});
+      r = s.call(Method::kSnapshotList, {{"volume", (*names)[1]}});
       key = "snapshots";
     } else {
       return ExitCode::kUsage;

@@ -7,6 +7,8 @@
 #include <utility>
 #include <vector>
 
+#include "ublkvol/daemon/methods.h"
+
 namespace ublkvol::daemon {
 namespace {
 
@@ -405,32 +407,28 @@ Status validate_name(std::string_view name, std::string_view what, size_t max_le
 }
 
 Status validate_dbs_names(std::string_view method, const Json& params) {
-  struct NameRule {
-    std::string_view method;
-    const char* key;
-    size_t max_length;
-    std::string_view why;
-  };
-  // Only methods that create a DBS name: a lookup of a longer name simply
-  // finds nothing.
-  static constexpr NameRule kRules[] = {
-      {"volume.create", "name", kMaxVolumeNameLength, "volume"},
-      {"snapshot.clone", "clone", kMaxVolumeNameLength, "volume"},
-      {"snapshot.create", "name", kMaxSnapshotNameLength, "snapshot"},
-  };
-  for (const NameRule& rule : kRules) {
-    if (rule.method != method || !params.is_object()) {
+  // Only fields that create a DBS name (methods.h dbs_name_max): a lookup of
+  // a longer name simply finds nothing.
+  const MethodInfo* info = find_method(method);
+  if (info == nullptr || !params.is_object()) {
+    return ok_status();
+  }
+  for (const ParamSpec& field : info->params) {
+    if (field.dbs_name_max == 0) {
       continue;
     }
-    const auto it = params.find(rule.key);
+    const std::string key(field.key);
+    const auto it = params.find(key);
     if (it == params.end() || !it->is_string()) {
       continue;  // the method reports a missing or mistyped field
     }
     const auto& name = it->get_ref<const std::string&>();
-    if (name.size() > rule.max_length) {
-      return invalid("field '" + std::string(rule.key) + "' '" + printable(name) + "' is " +
-                     std::to_string(name.size()) + " characters long; " + std::string(rule.why) +
-                     " names have at most " + std::to_string(rule.max_length) +
+    const std::string_view what =
+        field.dbs_name_max == kMaxSnapshotNameLength ? "snapshot" : "volume";
+    if (name.size() > field.dbs_name_max) {
+      return invalid("field '" + key + "' '" + printable(name) + "' is " +
+                     std::to_string(name.size()) + " characters long; " + std::string(what) +
+                     " names have at most " + std::to_string(field.dbs_name_max) +
                      " characters (the store's limit for the names derived from them)");
     }
   }
