@@ -11,6 +11,12 @@
 
 namespace ublkvol::daemon {
 
+Result<std::string> sole_name(Params& p, const std::string& key) {
+  auto name = p.name(key);
+  UBLKVOL_TRY(p.finish());
+  return name;
+}
+
 Result<Json> dispatch(Registry& r, const Request& request) {
   // The handler of every method of the table (methods.h), by Method.
   using Handler = Result<Json> (*)(Registry&, Params&);

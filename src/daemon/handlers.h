@@ -12,6 +12,10 @@
 // daemon's control thread, one request at a time, and may block.
 #pragma once
 
+#include <cerrno>
+#include <string>
+#include <utility>
+
 #include "ublkvol/common/result.h"
 #include "ublkvol/daemon/protocol.h"
 
@@ -21,6 +25,13 @@ namespace ublkvol::daemon {
 
 // The result object of `request`, or the Error its response carries.
 Result<Json> dispatch(Registry& r, const Request& request);
+
+// EINVAL (-> invalid_argument) with `message`.
+inline Error invalid(std::string message) { return Error(EINVAL, std::move(message)); }
+// The params of a method that takes one name: reads `key`, refuses any
+// other field (that refusal first, as every handler reads all its fields
+// before it reports one).
+Result<std::string> sole_name(Params& p, const std::string& key);
 
 Result<Json> store_add(Registry& r, Params& p);
 Result<Json> store_list(Registry& r, Params& p);

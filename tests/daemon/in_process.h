@@ -66,7 +66,8 @@ class InProcessTest : public ::testing::Test {
     Request request;
     request.id = ++next_id_;
     request.method = method;
-    request.params = params;
+    // As the wire delivers it (a positive number parses as unsigned).
+    request.params = Json::parse(params.dump());
     request.peer = Peer{0, 0, static_cast<int32_t>(::getpid())};
     return dispatch(*registry_, request);
   }
