@@ -220,23 +220,21 @@ Result<Json> store_check(Registry& r, Params& p) {
 
 // store.gc: deletes the orphans on a store (dry_run: lists them).
 Result<Json> store_gc(Registry& r, Params& p) {
-  auto name = p.name("name");
-  auto dry_run_field = p.optional_bool("dry_run");
+  UBLKVOL_ASSIGN_OR_RETURN(const std::string name, p.name("name"));
+  UBLKVOL_ASSIGN_OR_RETURN(const std::optional<bool> dry_run_given, p.optional_bool("dry_run"));
   UBLKVOL_TRY(p.finish());
-  UBLKVOL_TRY(name);
-  UBLKVOL_ASSIGN_OR_RETURN(const std::optional<bool> dry_run_given, std::move(dry_run_field));
   const bool dry_run = dry_run_given.value_or(false);
-  UBLKVOL_ASSIGN_OR_RETURN(StoreEntry * s, r.store_named(*name));
+  UBLKVOL_ASSIGN_OR_RETURN(StoreEntry * s, r.store_named(name));
   if (!s->online()) {
-    return Error(EIO, "store " + named(*name) + " is failed: " + s->error);
+    return Error(EIO, "store " + named(name) + " is failed: " + s->error);
   }
   Json list = Json::array();
   for (const Orphan& o : r.orphans_on(*s)) {
     if (!dry_run) {
       UBLKVOL_TRY(Registry::delete_replica_data(*s, o.volume));
-      spdlog::info("store '{}': orphan volume '{}' deleted (store gc)", *name, o.volume);
+      spdlog::info("store '{}': orphan volume '{}' deleted (store gc)", name, o.volume);
     }
-    list.push_back(orphan_json(*name, o));
+    list.push_back(orphan_json(name, o));
   }
   return Json{{"orphans", list}, {"removed", !dry_run}};
 }
