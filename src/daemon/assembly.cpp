@@ -112,14 +112,10 @@ Status Registry::open_store(StoreEntry& entry, std::unique_ptr<dbs::FileDevice> 
   }
   engine::StoreThreadOptions thread_options;
   thread_options.name = "store-" + entry.name.substr(0, 8);
-  auto thread = engine::StoreThread::start(thread_options);
-  if (!thread.ok()) {
-    return thread.error();
-  }
+  UBLKVOL_ASSIGN_OR_RETURN(entry.thread, engine::StoreThread::start(thread_options));
   entry.watch = std::move(*watch);
   entry.device = std::move(*device);
   entry.store = std::move(*store);
-  entry.thread = std::move(*thread);
   entry.error.clear();
   return ok_status();
 }
@@ -174,11 +170,7 @@ Status Registry::open_engine(VolumeEntry& v) {
   }
   engine::ReplicatedVolumeOptions options = engine_options(v);
   options.min_replicas = std::min<unsigned>(v.min_replicas, bindings.size());
-  auto engine = engine::ReplicatedVolume::open(options, std::move(bindings));
-  if (!engine.ok()) {
-    return engine.error();
-  }
-  v.engine = std::move(*engine);
+  UBLKVOL_ASSIGN_OR_RETURN(v.engine, engine::ReplicatedVolume::open(options, std::move(bindings)));
   v.frontend = std::make_unique<FrontendVolume>(*v.engine, config.write_through);
   v.error.clear();
   return ok_status();

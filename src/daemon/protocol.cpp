@@ -446,6 +446,20 @@ Status validate_size(uint64_t bytes, std::string_view what) {
   return ok_status();
 }
 
+namespace {
+
+// A required field: the optional accessor's value, or "missing field 'k' (what)".
+template <typename T>
+Result<T> required(Result<std::optional<T>> field, const std::string& key, const char* what) {
+  UBLKVOL_ASSIGN_OR_RETURN(std::optional<T> value, std::move(field));
+  if (!value) {
+    return invalid("missing field '" + key + "' (" + what + ")");
+  }
+  return std::move(*value);
+}
+
+}  // namespace
+
 Params::Params(const Json& params, Peer peer) : params_(params), peer_(peer) {}
 
 const Json* Params::find(const std::string& key) {
@@ -469,36 +483,19 @@ Result<std::optional<std::string>> Params::optional_string(const std::string& ke
 }
 
 Result<std::string> Params::string(const std::string& key) {
-  auto value = optional_string(key);
-  if (!value.ok()) {
-    return value.error();
-  }
-  if (!value->has_value()) {
-    return invalid("missing field '" + key + "' (string)");
-  }
-  return std::move(**value);
+  return required(optional_string(key), key, "string");
 }
 
 Result<std::optional<std::string>> Params::optional_name(const std::string& key) {
-  auto value = optional_string(key);
-  if (!value.ok()) {
-    return value.error();
+  UBLKVOL_ASSIGN_OR_RETURN(std::optional<std::string> value, optional_string(key));
+  if (value) {
+    UBLKVOL_TRY(validate_name(*value, "field '" + key + "'"));
   }
-  if (value->has_value()) {
-    UBLKVOL_TRY(validate_name(**value, "field '" + key + "'"));
-  }
-  return std::move(*value);
+  return value;
 }
 
 Result<std::string> Params::name(const std::string& key) {
-  auto value = optional_name(key);
-  if (!value.ok()) {
-    return value.error();
-  }
-  if (!value->has_value()) {
-    return invalid("missing field '" + key + "' (name)");
-  }
-  return std::move(**value);
+  return required(optional_name(key), key, "name");
 }
 
 Result<std::optional<uint64_t>> Params::optional_uint(const std::string& key) {
@@ -516,36 +513,19 @@ Result<std::optional<uint64_t>> Params::optional_uint(const std::string& key) {
 }
 
 Result<uint64_t> Params::uint(const std::string& key) {
-  auto value = optional_uint(key);
-  if (!value.ok()) {
-    return value.error();
-  }
-  if (!value->has_value()) {
-    return invalid("missing field '" + key + "' (unsigned integer)");
-  }
-  return **value;
+  return required(optional_uint(key), key, "unsigned integer");
 }
 
 Result<std::optional<uint64_t>> Params::optional_size(const std::string& key) {
-  auto value = optional_uint(key);
-  if (!value.ok()) {
-    return value.error();
+  UBLKVOL_ASSIGN_OR_RETURN(const std::optional<uint64_t> value, optional_uint(key));
+  if (value) {
+    UBLKVOL_TRY(validate_size(*value, "field '" + key + "'"));
   }
-  if (value->has_value()) {
-    UBLKVOL_TRY(validate_size(**value, "field '" + key + "'"));
-  }
-  return *value;
+  return value;
 }
 
 Result<uint64_t> Params::size(const std::string& key) {
-  auto value = optional_size(key);
-  if (!value.ok()) {
-    return value.error();
-  }
-  if (!value->has_value()) {
-    return invalid("missing field '" + key + "' (size in bytes)");
-  }
-  return **value;
+  return required(optional_size(key), key, "size in bytes");
 }
 
 Result<std::optional<bool>> Params::optional_bool(const std::string& key) {

@@ -298,11 +298,7 @@ Status Registry::create_device(VolumeEntry& v, unsigned queues, unsigned depth, 
   options.queues = queues;
   options.queue_depth = depth;
   options.recoverable = config.recoverable_devices;
-  auto device = ublk::UblkDevice::create(*v.frontend, options);
-  if (!device.ok()) {
-    return device.error();
-  }
-  v.device = std::move(*device);
+  UBLKVOL_ASSIGN_OR_RETURN(v.device, ublk::UblkDevice::create(*v.frontend, options));
   const auto& info = v.device->info();
   v.exposed = ExposeRecord{v.device->id(), info.nr_hw_queues, info.queue_depth};
   return ok_status();
