@@ -27,11 +27,8 @@ class SocketClient final : public ControlClient {
 }  // namespace
 
 Result<std::unique_ptr<ControlClient>> connect_to_daemon(const std::string& socket_path) {
-  auto client = daemon::Client::connect(socket_path);
-  if (!client) {
-    return client.error();
-  }
-  return std::unique_ptr<ControlClient>(std::make_unique<SocketClient>(std::move(*client)));
+  UBLKVOL_ASSIGN_OR_RETURN(auto client, daemon::Client::connect(socket_path));
+  return std::unique_ptr<ControlClient>(std::make_unique<SocketClient>(std::move(client)));
 }
 
 }  // namespace ublkvol::cli

@@ -67,11 +67,7 @@ Result<StatsSample> parse_stats(const Json& result) {
   if (!result.is_object()) {
     return bad_field("result", "not an object");
   }
-  auto time = read_uint(result, "time_ns", "result");
-  if (!time) {
-    return time.error();
-  }
-  sample.time_ns = *time;
+  UBLKVOL_ASSIGN_OR_RETURN(sample.time_ns, read_uint(result, "time_ns", "result"));
   auto bounds_json = result.find("latency_bucket_upper_ns");
   if (bounds_json == result.end() || !bounds_json->is_array()) {
     return bad_field("result", "'latency_bucket_upper_ns' is not an array");
@@ -103,22 +99,10 @@ Result<StatsSample> parse_stats(const Json& result) {
          {Field{"reads", &c.reads}, Field{"writes", &c.writes}, Field{"flushes", &c.flushes},
           Field{"discards", &c.discards}, Field{"bytes_read", &c.bytes_read},
           Field{"bytes_written", &c.bytes_written}, Field{"errors", &c.errors}}) {
-      auto value = read_uint(v, f.key, where);
-      if (!value) {
-        return value.error();
-      }
-      *f.value = *value;
+      UBLKVOL_ASSIGN_OR_RETURN(*f.value, read_uint(v, f.key, where));
     }
-    auto read_h = read_histogram(v, "read_latency_ns", bounds, where);
-    if (!read_h) {
-      return read_h.error();
-    }
-    auto write_h = read_histogram(v, "write_latency_ns", bounds, where);
-    if (!write_h) {
-      return write_h.error();
-    }
-    c.read_latency = std::move(*read_h);
-    c.write_latency = std::move(*write_h);
+    UBLKVOL_ASSIGN_OR_RETURN(c.read_latency, read_histogram(v, "read_latency_ns", bounds, where));
+    UBLKVOL_ASSIGN_OR_RETURN(c.write_latency, read_histogram(v, "write_latency_ns", bounds, where));
     if (auto verify = v.find("verify"); verify != v.end() && verify->is_object()) {
       c.verify.present = true;
       c.verify.active = verify->value("active", false);

@@ -165,19 +165,13 @@ Result<Response> Client::call(std::string_view method, Json params) {
     }
     return sent.error();
   }
-  auto line = read_line();
-  if (!line.ok()) {
-    return line.error();
-  }
-  auto response = parse_response(*line);
-  if (!response.ok()) {
-    return response.error();
-  }
+  UBLKVOL_ASSIGN_OR_RETURN(const std::string line, read_line());
+  UBLKVOL_ASSIGN_OR_RETURN(Response response, parse_response(line));
   // An error without an id answers the connection, not a request (e.g.
   // permission_denied right after connecting): it is this call's answer too.
-  const bool connection_error = !response->ok && response->id.is_null();
+  const bool connection_error = !response.ok && response.id.is_null();
   if (!connection_error &&
-      !(response->id.is_number_unsigned() && response->id.get<uint64_t>() == id)) {
+      !(response.id.is_number_unsigned() && response.id.get<uint64_t>() == id)) {
     return Error(EBADMSG, "ublk-volumed answered request " + std::to_string(id) +
                               " with the response for another id");
   }
@@ -185,14 +179,11 @@ Result<Response> Client::call(std::string_view method, Json params) {
 }
 
 Result<Json> Client::call_result(std::string_view method, Json params) {
-  auto response = call(method, std::move(params));
-  if (!response.ok()) {
-    return response.error();
+  UBLKVOL_ASSIGN_OR_RETURN(Response response, call(method, std::move(params)));
+  if (!response.ok) {
+    return Error(errno_for(response.code), response.message);
   }
-  if (!response->ok) {
-    return Error(errno_for(response->code), response->message);
-  }
-  return std::move(response->result);
+  return std::move(response.result);
 }
 
 }  // namespace ublkvol::daemon

@@ -141,12 +141,9 @@ Result<IntentLog> IntentLog::open(const std::string& state_dir) {
                              "checking the stores for leftovers: ublk-volume store gc)");
   }
   for (const auto& j : doc["intents"]) {
-    auto intent = intent_from_json(j, path);
-    if (!intent.ok()) {
-      return intent.error();
-    }
-    log.next_id_ = std::max(log.next_id_, intent->id + 1);
-    log.intents_.push_back(std::move(*intent));
+    UBLKVOL_ASSIGN_OR_RETURN(Intent intent, intent_from_json(j, path));
+    log.next_id_ = std::max(log.next_id_, intent.id + 1);
+    log.intents_.push_back(std::move(intent));
   }
   return log;
 }

@@ -7,6 +7,8 @@
 #include <utility>
 #include <vector>
 
+#include "ublkvol/daemon/methods.h"
+
 namespace ublkvol::daemon {
 namespace {
 
@@ -405,32 +407,28 @@ Status validate_name(std::string_view name, std::string_view what, size_t max_le
 }
 
 Status validate_dbs_names(std::string_view method, const Json& params) {
-  struct NameRule {
-    std::string_view method;
-    const char* key;
-    size_t max_length;
-    std::string_view why;
-  };
-  // Only methods that create a DBS name: a lookup of a longer name simply
-  // finds nothing.
-  static constexpr NameRule kRules[] = {
-      {"volume.create", "name", kMaxVolumeNameLength, "volume"},
-      {"snapshot.clone", "clone", kMaxVolumeNameLength, "volume"},
-      {"snapshot.create", "name", kMaxSnapshotNameLength, "snapshot"},
-  };
-  for (const NameRule& rule : kRules) {
-    if (rule.method != method || !params.is_object()) {
+  // Only fields that create a DBS name (methods.h dbs_name_max): a lookup of
+  // a longer name simply finds nothing.
+  const MethodInfo* info = find_method(method);
+  if (info == nullptr || !params.is_object()) {
+    return ok_status();
+  }
+  for (const ParamSpec& field : info->params) {
+    if (field.dbs_name_max == 0) {
       continue;
     }
-    const auto it = params.find(rule.key);
+    const std::string key(field.key);
+    const auto it = params.find(key);
     if (it == params.end() || !it->is_string()) {
       continue;  // the method reports a missing or mistyped field
     }
     const auto& name = it->get_ref<const std::string&>();
-    if (name.size() > rule.max_length) {
-      return invalid("field '" + std::string(rule.key) + "' '" + printable(name) + "' is " +
-                     std::to_string(name.size()) + " characters long; " + std::string(rule.why) +
-                     " names have at most " + std::to_string(rule.max_length) +
+    const std::string_view what =
+        field.dbs_name_max == kMaxSnapshotNameLength ? "snapshot" : "volume";
+    if (name.size() > field.dbs_name_max) {
+      return invalid("field '" + key + "' '" + printable(name) + "' is " +
+                     std::to_string(name.size()) + " characters long; " + std::string(what) +
+                     " names have at most " + std::to_string(field.dbs_name_max) +
                      " characters (the store's limit for the names derived from them)");
     }
   }
@@ -447,6 +445,20 @@ Status validate_size(uint64_t bytes, std::string_view what) {
   }
   return ok_status();
 }
+
+namespace {
+
+// A required field: the optional accessor's value, or "missing field 'k' (what)".
+template <typename T>
+Result<T> required(Result<std::optional<T>> field, const std::string& key, const char* what) {
+  UBLKVOL_ASSIGN_OR_RETURN(std::optional<T> value, std::move(field));
+  if (!value) {
+    return invalid("missing field '" + key + "' (" + what + ")");
+  }
+  return std::move(*value);
+}
+
+}  // namespace
 
 Params::Params(const Json& params, Peer peer) : params_(params), peer_(peer) {}
 
@@ -471,36 +483,19 @@ Result<std::optional<std::string>> Params::optional_string(const std::string& ke
 }
 
 Result<std::string> Params::string(const std::string& key) {
-  auto value = optional_string(key);
-  if (!value.ok()) {
-    return value.error();
-  }
-  if (!value->has_value()) {
-    return invalid("missing field '" + key + "' (string)");
-  }
-  return std::move(**value);
+  return required(optional_string(key), key, "string");
 }
 
 Result<std::optional<std::string>> Params::optional_name(const std::string& key) {
-  auto value = optional_string(key);
-  if (!value.ok()) {
-    return value.error();
+  UBLKVOL_ASSIGN_OR_RETURN(std::optional<std::string> value, optional_string(key));
+  if (value) {
+    UBLKVOL_TRY(validate_name(*value, "field '" + key + "'"));
   }
-  if (value->has_value()) {
-    UBLKVOL_TRY(validate_name(**value, "field '" + key + "'"));
-  }
-  return std::move(*value);
+  return value;
 }
 
 Result<std::string> Params::name(const std::string& key) {
-  auto value = optional_name(key);
-  if (!value.ok()) {
-    return value.error();
-  }
-  if (!value->has_value()) {
-    return invalid("missing field '" + key + "' (name)");
-  }
-  return std::move(**value);
+  return required(optional_name(key), key, "name");
 }
 
 Result<std::optional<uint64_t>> Params::optional_uint(const std::string& key) {
@@ -518,36 +513,19 @@ Result<std::optional<uint64_t>> Params::optional_uint(const std::string& key) {
 }
 
 Result<uint64_t> Params::uint(const std::string& key) {
-  auto value = optional_uint(key);
-  if (!value.ok()) {
-    return value.error();
-  }
-  if (!value->has_value()) {
-    return invalid("missing field '" + key + "' (unsigned integer)");
-  }
-  return **value;
+  return required(optional_uint(key), key, "unsigned integer");
 }
 
 Result<std::optional<uint64_t>> Params::optional_size(const std::string& key) {
-  auto value = optional_uint(key);
-  if (!value.ok()) {
-    return value.error();
+  UBLKVOL_ASSIGN_OR_RETURN(const std::optional<uint64_t> value, optional_uint(key));
+  if (value) {
+    UBLKVOL_TRY(validate_size(*value, "field '" + key + "'"));
   }
-  if (value->has_value()) {
-    UBLKVOL_TRY(validate_size(**value, "field '" + key + "'"));
-  }
-  return *value;
+  return value;
 }
 
 Result<uint64_t> Params::size(const std::string& key) {
-  auto value = optional_size(key);
-  if (!value.ok()) {
-    return value.error();
-  }
-  if (!value->has_value()) {
-    return invalid("missing field '" + key + "' (size in bytes)");
-  }
-  return **value;
+  return required(optional_size(key), key, "size in bytes");
 }
 
 Result<std::optional<bool>> Params::optional_bool(const std::string& key) {

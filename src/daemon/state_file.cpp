@@ -119,40 +119,24 @@ Result<T> uint_field(const Json& object, const std::string& what, const char* ke
 
 Result<StoreRecord> parse_store(const Json& s, const std::string& what) {
   UBLKVOL_TRY(exact_keys(s, what, {"name", "path", "uuid"}));
-  auto name = string_field(s, what, "name");
-  if (!name.ok()) {
-    return name.error();
+  StoreRecord record;
+  UBLKVOL_ASSIGN_OR_RETURN(record.name, string_field(s, what, "name"));
+  UBLKVOL_ASSIGN_OR_RETURN(record.path, string_field(s, what, "path"));
+  UBLKVOL_ASSIGN_OR_RETURN(record.uuid, string_field(s, what, "uuid"));
+  UBLKVOL_TRY(validate_name(record.name, what + ": name"));
+  if (record.path.empty() || record.path.front() != '/') {
+    return Error(EINVAL, what + ": path '" + record.path + "' is not absolute");
   }
-  auto path = string_field(s, what, "path");
-  if (!path.ok()) {
-    return path.error();
-  }
-  auto uuid = string_field(s, what, "uuid");
-  if (!uuid.ok()) {
-    return uuid.error();
-  }
-  UBLKVOL_TRY(validate_name(*name, what + ": name"));
-  if (path->empty() || path->front() != '/') {
-    return Error(EINVAL, what + ": path '" + *path + "' is not absolute");
-  }
-  return StoreRecord{std::move(*name), std::move(*path), std::move(*uuid)};
+  return record;
 }
 
 Result<VolumeRecord> parse_volume(const Json& v, const std::string& what) {
   UBLKVOL_TRY(exact_keys(v, what, {"name", "size_bytes", "stores", "min_replicas", "exposed"}));
   VolumeRecord record;
-  auto name = string_field(v, what, "name");
-  if (!name.ok()) {
-    return name.error();
-  }
-  UBLKVOL_TRY(validate_name(*name, what + ": name"));
-  record.name = std::move(*name);
-  auto size = uint_field<uint64_t>(v, what, "size_bytes");
-  if (!size.ok()) {
-    return size.error();
-  }
-  UBLKVOL_TRY(validate_size(*size, what + ": size_bytes"));
-  record.size_bytes = *size;
+  UBLKVOL_ASSIGN_OR_RETURN(record.name, string_field(v, what, "name"));
+  UBLKVOL_TRY(validate_name(record.name, what + ": name"));
+  UBLKVOL_ASSIGN_OR_RETURN(record.size_bytes, uint_field<uint64_t>(v, what, "size_bytes"));
+  UBLKVOL_TRY(validate_size(record.size_bytes, what + ": size_bytes"));
   const Json& stores = v.at("stores");
   if (!stores.is_array()) {
     return Error(EINVAL, what + ": 'stores' must be an array of store names");
@@ -170,33 +154,23 @@ Result<VolumeRecord> parse_volume(const Json& v, const std::string& what) {
     }
     record.stores.push_back(std::move(store_name));
   }
-  auto min_replicas = uint_field<unsigned>(v, what, "min_replicas");
-  if (!min_replicas.ok()) {
-    return min_replicas.error();
-  }
-  if (*min_replicas < 1 || (!record.stores.empty() && *min_replicas > record.stores.size())) {
-    return Error(EINVAL, what + ": min_replicas " + std::to_string(*min_replicas) +
+  UBLKVOL_ASSIGN_OR_RETURN(record.min_replicas, uint_field<unsigned>(v, what, "min_replicas"));
+  if (record.min_replicas < 1 ||
+      (!record.stores.empty() && record.min_replicas > record.stores.size())) {
+    return Error(EINVAL, what + ": min_replicas " + std::to_string(record.min_replicas) +
                              " is not in 1.." + std::to_string(record.stores.size()) +
                              " (its replica count)");
   }
-  record.min_replicas = *min_replicas;
   const Json& exposed = v.at("exposed");
   if (!exposed.is_null()) {
     const std::string exposed_what = what + ": exposed";
     UBLKVOL_TRY(exact_keys(exposed, exposed_what, {"dev_id", "queues", "queue_depth"}));
-    auto dev_id = uint_field<uint32_t>(exposed, exposed_what, "dev_id");
-    if (!dev_id.ok()) {
-      return dev_id.error();
-    }
-    auto queues = uint_field<unsigned>(exposed, exposed_what, "queues");
-    if (!queues.ok()) {
-      return queues.error();
-    }
-    auto depth = uint_field<unsigned>(exposed, exposed_what, "queue_depth");
-    if (!depth.ok()) {
-      return depth.error();
-    }
-    record.exposed = ExposeRecord{*dev_id, *queues, *depth};
+    ExposeRecord device;
+    UBLKVOL_ASSIGN_OR_RETURN(device.dev_id, uint_field<uint32_t>(exposed, exposed_what, "dev_id"));
+    UBLKVOL_ASSIGN_OR_RETURN(device.queues, uint_field<unsigned>(exposed, exposed_what, "queues"));
+    UBLKVOL_ASSIGN_OR_RETURN(device.queue_depth,
+                             uint_field<unsigned>(exposed, exposed_what, "queue_depth"));
+    record.exposed = device;
   }
   return record;
 }

@@ -119,3 +119,21 @@ inline Status ok_status() { return {}; }
       return ublkvol_try_result_.error(); \
     }                                     \
   } while (false)
+
+// Declares or assigns `lhs` from an expression returning Result<T>, or
+// propagates its error:
+//   UBLKVOL_ASSIGN_OR_RETURN(auto volume, registry.volume_named(name));
+//   UBLKVOL_ASSIGN_OR_RETURN(args.size, p.size("size"));
+// `lhs` may be a declaration and `result` a name: neither can be parenthesised.
+// NOLINTBEGIN(bugprone-macro-parentheses)
+#define UBLKVOL_ASSIGN_OR_RETURN(lhs, expr) \
+  UBLKVOL_ASSIGN_OR_RETURN_(UBLKVOL_CONCAT_(ublkvol_assign_result_, __LINE__), lhs, expr)
+#define UBLKVOL_CONCAT_(a, b) UBLKVOL_CONCAT_INNER_(a, b)
+#define UBLKVOL_CONCAT_INNER_(a, b) a##b
+#define UBLKVOL_ASSIGN_OR_RETURN_(result, lhs, expr) \
+  auto result = (expr);                              \
+  if (!result.ok()) {                                \
+    return result.error();                           \
+  }                                                  \
+  lhs = std::move(result).value()
+// NOLINTEND(bugprone-macro-parentheses)

@@ -1,0 +1,263 @@
+// The stack the daemon runs, assembled in one place: a store is a device
+// (FileDevice, O_DIRECT io_uring) -> dbs::Store (checked) -> StoreThread; a
+// volume is one DbsReplicaStore per replica -> engine::ReplicatedVolume ->
+// FrontendVolume (-> ublk::UblkDevice when exposed, registry.cpp). Opening a
+// store is open_store(), building a volume open_slot() + open_engine().
+#include <algorithm>
+#include <cerrno>
+#include <optional>
+#include <spdlog/spdlog.h>
+
+#include "registry.h"
+#include "scrub.h"
+
+namespace ublkvol::daemon {
+namespace {
+
+// Runs `fn` on the store's thread and returns its value.
+template <typename T>
+Result<T> on_thread(engine::StoreThread& thread, const std::function<Result<T>()>& fn) {
+  std::optional<Result<T>> result;
+  UBLKVOL_TRY(thread.call([&]() -> Status {
+    result.emplace(fn());
+    return ok_status();
+  }));
+  return std::move(*result);
+}
+
+}  // namespace
+
+// Opens the device and the store on this thread, checks it, then hands it
+// to a new store thread.
+// `opened`: the device if the caller has it open already (store.add just
+// formatted it). Block devices are opened O_EXCL, and the kernel drops that
+// claim only when the io_uring that registered the fd is torn down -
+// asynchronously - so a close and re-open right after can fail with EBUSY.
+dbs::FileDeviceOptions Registry::device_options() const {
+  dbs::FileDeviceOptions options;
+  options.queue_depth = 256;
+  options.submit_batch = config.store_submit_batch;
+  return options;
+}
+
+dbs::OpenOptions Registry::store_open_options() const {
+  dbs::OpenOptions options;
+  options.mapping_data_order = config.store_data_order == "fua"
+                                   ? dbs::OpenOptions::MappingDataOrder::kFuaData
+                                   : dbs::OpenOptions::MappingDataOrder::kFlushBeforeRecord;
+  return options;
+}
+
+// The store (other than `self`) that `entry` is the same file or the same
+// DBS store (superblock uuid) as, with the reason; "" if none.
+std::string Registry::same_store(const std::optional<FileIdentity>& identity,
+                                 const std::string& uuid, const StoreEntry* self) const {
+  for (const auto& s : stores) {
+    if (s.get() == self) {
+      continue;
+    }
+    if (identity && s->identity() == identity) {
+      return "is the same file as store " + named(s->name) + " (" + s->path + ")";
+    }
+    if (!uuid.empty() && s->uuid == uuid) {
+      return "holds DBS store uuid " + uuid + ", the same as store " + named(s->name) + " (" +
+             s->path + "): a copy of that store's image";
+    }
+  }
+  return "";
+}
+
+Status Registry::open_store(StoreEntry& entry, std::unique_ptr<dbs::FileDevice> opened) const {
+  // The watch fd is opened before the device and compared after, so both
+  // name one file even if the path is swapped meanwhile.
+  auto watch = StoreWatch::open(entry.path);
+  if (!watch.ok()) {
+    return watch.error().with_context("store " + named(entry.name));
+  }
+  Result<std::unique_ptr<dbs::FileDevice>> device =
+      opened ? Result<std::unique_ptr<dbs::FileDevice>>(std::move(opened))
+             : dbs::FileDevice::open(entry.path, device_options());
+  if (!device.ok()) {
+    return device.error().with_context("store " + named(entry.name));
+  }
+  if (std::string moved = watch->check(entry.path); !moved.empty()) {
+    return Error(EBUSY, "store " + named(entry.name) + ": " + moved);
+  }
+  auto store = dbs::Store::open(**device, store_open_options());
+  if (!store.ok()) {
+    return store.error().with_context("store " + named(entry.name) + " (" + entry.path +
+                                      ") is not a usable DBS store");
+  }
+  auto uuid = read_store_uuid(**device);
+  if (!uuid.ok()) {
+    return uuid.error().with_context("store " + named(entry.name));
+  }
+  if (!entry.uuid.empty() && entry.uuid != *uuid) {
+    // State files before store identity kept a random id here.
+    spdlog::warn("store '{}': state.json recorded uuid {}, its superblock says {}; using {}",
+                 entry.name, entry.uuid, *uuid, *uuid);
+  }
+  entry.uuid = *uuid;
+  if (std::string same = same_store(watch->identity(), entry.uuid, &entry); !same.empty()) {
+    return Error(EEXIST, "store " + named(entry.name) + " (" + entry.path + ") " + same);
+  }
+  const std::vector<std::string> problems = (*store)->check();
+  if (!problems.empty()) {
+    std::string text = problems.front();
+    if (problems.size() > 1) {
+      text += " (and " + std::to_string(problems.size() - 1) + " more problems)";
+    }
+    return Error(EUCLEAN,
+                 "store " + named(entry.name) + " (" + entry.path + ") failed its check: " + text);
+  }
+  engine::StoreThreadOptions thread_options;
+  thread_options.name = "store-" + entry.name.substr(0, 8);
+  UBLKVOL_ASSIGN_OR_RETURN(entry.thread, engine::StoreThread::start(thread_options));
+  entry.watch = std::move(*watch);
+  entry.device = std::move(*device);
+  entry.store = std::move(*store);
+  entry.error.clear();
+  return ok_status();
+}
+
+engine::ReplicatedVolumeOptions Registry::engine_options(const VolumeEntry& v) const {
+  engine::ReplicatedVolumeOptions options;
+  options.name = v.name;
+  options.queues = engine_queues;
+  options.queue_depth = config.queue_depth;
+  options.min_replicas = v.min_replicas;
+  options.io_deadline = std::chrono::milliseconds(config.io_deadline_ms);
+  options.rebuild_bytes_per_second = config.rebuild_mb_per_s << 20U;
+  apply_scrub_config(config, options);
+  return options;
+}
+
+// Opens the replica `v.name` in the slot's store and attaches it.
+Status Registry::open_slot(VolumeEntry& v, ReplicaSlot& slot, const std::string& replica_name) {
+  StoreEntry& s = *slot.store;
+  auto replica = on_thread<std::unique_ptr<engine::DbsReplicaStore>>(
+      *s.thread, [&]() { return engine::open_dbs_replica(*s.store, replica_name); });
+  if (!replica.ok()) {
+    return replica.error().with_context("volume " + named(v.name) + " on store " + named(s.name));
+  }
+  slot.replica = std::move(*replica);
+  Status attached = s.thread->attach(*slot.replica);
+  if (!attached.ok()) {
+    close_slot(slot);
+    return attached.error();
+  }
+  return ok_status();
+}
+
+// Detaches the slot's replica from its thread and destroys it there.
+void Registry::close_slot(ReplicaSlot& slot) {
+  if (slot.replica && slot.store != nullptr && slot.store->thread) {
+    (void)slot.store->thread->detach(*slot.replica);
+    (void)slot.store->thread->call([&]() {
+      slot.replica.reset();
+      return ok_status();
+    });
+  }
+  slot.replica.reset();
+}
+
+Status Registry::open_engine(VolumeEntry& v) {
+  std::vector<engine::ReplicaBinding> bindings;
+  for (auto& slot : v.slots) {
+    if (slot.store != nullptr) {
+      bindings.push_back({slot.replica.get(), slot.store->thread.get()});
+    }
+  }
+  engine::ReplicatedVolumeOptions options = engine_options(v);
+  options.min_replicas = std::min<unsigned>(v.min_replicas, bindings.size());
+  UBLKVOL_ASSIGN_OR_RETURN(v.engine, engine::ReplicatedVolume::open(options, std::move(bindings)));
+  v.frontend = std::make_unique<FrontendVolume>(*v.engine, config.write_through);
+  v.error.clear();
+  return ok_status();
+}
+
+void Registry::close_volume(VolumeEntry& v) {
+  if (v.engine) {
+    Status closed = v.engine->close();
+    if (!closed.ok()) {
+      spdlog::error("volume '{}': close: {}", v.name, closed.error().message());
+    }
+  }
+  v.frontend.reset();
+  v.engine.reset();
+  for (auto& slot : v.slots) {
+    close_slot(slot);
+  }
+}
+
+// Opens a volume whose replicas exist in `slot_stores` (by index), adds it.
+Result<VolumeEntry*> Registry::open_new_volume(const std::string& name, uint64_t size,
+                                               unsigned min_replicas,
+                                               const std::vector<StoreEntry*>& slot_stores) {
+  auto v = std::make_unique<VolumeEntry>();
+  v->name = name;
+  v->size_bytes = size;
+  v->min_replicas = min_replicas;
+  for (size_t i = 0; i < slot_stores.size(); ++i) {
+    v->slots[i].store = slot_stores[i];
+    Status opened = open_slot(*v, v->slots[i], name);
+    if (!opened.ok()) {
+      close_volume(*v);
+      return opened.error();
+    }
+  }
+  Status opened = open_engine(*v);
+  if (!opened.ok()) {
+    close_volume(*v);
+    return opened.error().with_context("volume " + named(name));
+  }
+  VolumeEntry* added = v.get();
+  volumes.push_back(std::move(v));
+  return added;
+}
+
+// Opens the replicas and the engine of a closed volume (its slots keep
+// their stores). On failure the volume stays closed with `error` set.
+Status Registry::reopen_volume(VolumeEntry& volume) {
+  Status opened = ok_status();
+  for (auto& slot : volume.slots) {
+    if (slot.store != nullptr && opened.ok()) {
+      opened = open_slot(volume, slot, volume.name);
+    }
+  }
+  if (opened.ok()) {
+    opened = open_engine(volume);
+  }
+  if (!opened.ok()) {
+    close_volume(volume);
+    volume.error = opened.error().message();
+    spdlog::error("volume '{}' cannot be reopened: {}", volume.name, volume.error);
+  }
+  return opened;
+}
+
+Result<StoreEntry*> Registry::add_open_store(const std::string& name, const std::string& path,
+                                             std::unique_ptr<dbs::BlockDevice> device) {
+  if (find_store(name) != nullptr) {
+    return Error(EEXIST, "store " + named(name) + " already exists");
+  }
+  auto entry = std::make_unique<StoreEntry>();
+  entry->name = name;
+  entry->path = path;
+  UBLKVOL_ASSIGN_OR_RETURN(auto store, dbs::Store::open(*device, store_open_options()));
+  UBLKVOL_ASSIGN_OR_RETURN(entry->uuid, read_store_uuid(*device));
+  if (std::string same = same_store(std::nullopt, entry->uuid, nullptr); !same.empty()) {
+    return Error(EEXIST, "store " + named(name) + " " + same);
+  }
+  engine::StoreThreadOptions thread_options;
+  thread_options.name = "store-" + name.substr(0, 8);
+  UBLKVOL_ASSIGN_OR_RETURN(entry->thread, engine::StoreThread::start(thread_options));
+  entry->device = std::move(device);
+  entry->store = std::move(store);
+  StoreEntry* added = entry.get();
+  stores.push_back(std::move(entry));
+  UBLKVOL_TRY(save());
+  return added;
+}
+
+}  // namespace ublkvol::daemon

@@ -1,0 +1,68 @@
+// The control protocol's method handlers, one file per family:
+//
+//   methods_store.cpp     store.add/list/show/remove/check/gc
+//   methods_volume.cpp    volume.create/import/list/show/delete/expose/unexpose/resize
+//   methods_snapshot.cpp  snapshot.create/list/delete/revert/clone
+//   methods_replica.cpp   replica.list/add/remove/rebuild/fail/verify
+//   methods_status.cpp    daemon.status, stats
+//
+// Each reads its params (Params: types, names, unknown fields), acts on the
+// registry and renders the answer (render.h). dispatch() (dispatch.cpp) picks
+// the handler by the method table (methods.h). The handlers run on the
+// daemon's control thread, one request at a time, and may block.
+#pragma once
+
+#include <cerrno>
+#include <string>
+#include <utility>
+
+#include "ublkvol/common/result.h"
+#include "ublkvol/daemon/protocol.h"
+
+#include "registry.h"
+
+namespace ublkvol::daemon {
+
+// The result object of `request`, or the Error its response carries.
+Result<Json> dispatch(Registry& r, const Request& request);
+
+// EINVAL (-> invalid_argument) with `message`.
+inline Error invalid(std::string message) { return Error(EINVAL, std::move(message)); }
+// The params of a method that takes one name: reads `key`, refuses any
+// other field (that refusal first, as every handler reads all its fields
+// before it reports one).
+Result<std::string> sole_name(Params& p, const std::string& key);
+
+Result<Json> store_add(Registry& r, Params& p);
+Result<Json> store_list(Registry& r, Params& p);
+Result<Json> store_show(Registry& r, Params& p);
+Result<Json> store_remove(Registry& r, Params& p);
+Result<Json> store_check(Registry& r, Params& p);
+Result<Json> store_gc(Registry& r, Params& p);
+
+Result<Json> volume_create(Registry& r, Params& p);
+Result<Json> volume_import(Registry& r, Params& p);
+Result<Json> volume_list(Registry& r, Params& p);
+Result<Json> volume_show(Registry& r, Params& p);
+Result<Json> volume_delete(Registry& r, Params& p);
+Result<Json> volume_expose(Registry& r, Params& p);
+Result<Json> volume_unexpose(Registry& r, Params& p);
+Result<Json> volume_resize(Registry& r, Params& p);
+
+Result<Json> snapshot_create(Registry& r, Params& p);
+Result<Json> snapshot_list(Registry& r, Params& p);
+Result<Json> snapshot_delete(Registry& r, Params& p);
+Result<Json> snapshot_revert(Registry& r, Params& p);
+Result<Json> snapshot_clone(Registry& r, Params& p);
+
+Result<Json> replica_list(Registry& r, Params& p);
+Result<Json> replica_add(Registry& r, Params& p);
+Result<Json> replica_remove(Registry& r, Params& p);
+Result<Json> replica_rebuild(Registry& r, Params& p);
+Result<Json> replica_fail(Registry& r, Params& p);
+Result<Json> replica_verify(Registry& r, Params& p);
+
+Result<Json> daemon_status(Registry& r, Params& p);
+Result<Json> stats(Registry& r, Params& p);
+
+}  // namespace ublkvol::daemon

@@ -1,0 +1,217 @@
+// Registry: what ublk-volumed manages - its stores and volumes - found by
+// name, persisted to state.json, opened and closed. The method handlers
+// (methods_*.cpp, handlers.h) parse a request, act on the registry and
+// render the answer (render.h); Service (service.h) owns one registry.
+//
+// Files:
+//   registry.cpp  lookup, persistence (state.json, intents), orphans, store
+//                 health, ublk devices
+//   assembly.cpp  the stack: opening a store (FileDevice -> dbs::Store ->
+//                 check -> StoreThread) and building a volume (replicas ->
+//                 ReplicatedVolume -> FrontendVolume), and closing them
+//   startup.cpp   start (load, intent recovery, re-expose) and shutdown
+//
+// One thread (the daemon's event loop) drives it: nothing here is
+// thread-safe, and calls may block (store checks, snapshots, device creation).
+#pragma once
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "ublkvol/common/result.h"
+#include "ublkvol/daemon/config.h"
+#include "ublkvol/daemon/service.h"
+#include "ublkvol/daemon/state_file.h"
+#include "ublkvol/dbs/block_device.h"
+#include "ublkvol/dbs/file_device.h"
+#include "ublkvol/dbs/store.h"
+#include "ublkvol/engine/dbs_replica_store.h"
+#include "ublkvol/engine/replicated_volume.h"
+#include "ublkvol/engine/store_thread.h"
+#include "ublkvol/ublk/device.h"
+
+#include "frontend_volume.h"
+#include "intent_log.h"
+#include "recovery.h"
+#include "store_identity.h"
+
+namespace ublkvol::daemon {
+
+// The DBS volume holding a replica's engine metadata: "<volume>.engine-meta".
+inline constexpr const char* kMetaSuffix = ".engine-meta";
+
+// "'name'", for messages.
+std::string named(const std::string& name);
+// "'a', 'b'".
+std::string list_names(const std::vector<std::string>& names);
+
+struct StoreEntry {
+  std::string name;
+  std::string path;
+  std::string uuid;
+  // A FileDevice; a MemoryDevice in in-process tests (Registry::add_open_store).
+  std::unique_ptr<dbs::BlockDevice> device;
+  std::unique_ptr<dbs::Store> store;
+  std::unique_ptr<engine::StoreThread> thread;
+  // The store's file, held open to tell it apart from other paths to it and
+  // to notice its deletion or replacement (store_identity.h). Not valid for
+  // a store on a memory device.
+  StoreWatch watch;
+  // Why the store is not usable ("" = online).
+  std::string error;
+  // What happened to the store while open: (RFC 3339 time, message).
+  std::vector<std::pair<std::string, std::string>> events;
+
+  // The file the store is on: the watched one, else what its path names now.
+  [[nodiscard]] std::optional<FileIdentity> identity() const;
+  [[nodiscard]] bool online() const { return store && thread && error.empty(); }
+  // Runs `fn(store)` on the store thread; EIO if the store is failed.
+  Status run(const std::function<Status(dbs::Store&)>& fn);
+  // Commits (if healthy) and stops the thread; closes store and device.
+  void close();
+};
+
+struct ReplicaSlot {
+  StoreEntry* store = nullptr;  // nullptr: no replica at this engine index
+  std::unique_ptr<engine::DbsReplicaStore> replica;
+};
+
+struct VolumeEntry {
+  std::string name;
+  uint64_t size_bytes = 0;
+  unsigned min_replicas = 1;
+  // By engine replica index.
+  std::array<ReplicaSlot, engine::kMaxReplicas> slots;
+  // Replicas on stores that were not online at start: kept in the state file
+  // so that nothing is forgotten, reported by volume.show.
+  std::vector<std::string> missing_stores;
+  std::unique_ptr<engine::ReplicatedVolume> engine;
+  std::unique_ptr<FrontendVolume> frontend;
+  std::unique_ptr<ublk::UblkDevice> device;
+  // Persisted intent: exposed as this device (also while the device is not
+  // there because ublk is unavailable).
+  std::optional<ExposeRecord> exposed;
+  std::string error;  // the volume could not be opened
+
+  // The names of the stores holding its (open) replicas, by index.
+  [[nodiscard]] std::vector<std::string> replica_stores() const;
+};
+
+class Registry {
+ public:
+  // Validates `config`, reads state.json and intents.json, opens every store
+  // and volume, resolves pending intents and re-exposes the volumes that
+  // were exposed (startup.cpp). Problems of single stores or volumes are
+  // recorded in them (state "failed"); only an unreadable state file or
+  // state dir is an error.
+  static Result<std::unique_ptr<Registry>> start(const DaemonConfig& config);
+  // Runs shutdown() if it has not run.
+  ~Registry();
+  Registry(const Registry&) = delete;
+  Registry& operator=(const Registry&) = delete;
+
+  // ---- lookup (registry.cpp) ----------------------------------------------
+  StoreEntry* find_store(const std::string& name);
+  VolumeEntry* find_volume(const std::string& name);
+  // ENOENT "store 'x' does not exist".
+  Result<StoreEntry*> store_named(const std::string& name);
+  Result<VolumeEntry*> volume_named(const std::string& name);
+  // Also EIO if the volume is not open (its engine could not be opened).
+  Result<VolumeEntry*> open_volume_named(const std::string& name);
+  // Also EINVAL if the store is failed.
+  Result<StoreEntry*> online_store_named(const std::string& name);
+  // EINVAL for a reserved name (".engine-meta"), EEXIST for a taken one.
+  Status check_new_volume_name(const std::string& name);
+  // The volumes state.json has a replica of on `s`.
+  [[nodiscard]] std::set<std::string> replicas_on(const StoreEntry& s) const;
+  // The snapshot names, read from the first in-sync replica's store.
+  Result<std::vector<std::string>> list_snapshots(VolumeEntry& v);
+  [[nodiscard]] unsigned exposed_count() const;
+
+  // ---- persistence (registry.cpp) -------------------------------------------
+  [[nodiscard]] DaemonState snapshot_state() const;
+  // Writes state.json (EIO naming the problem if it cannot).
+  [[nodiscard]] Status save() const;
+  // save(); if it fails the intent stays and start-up recovery decides.
+  Status saved_or_kept(IntentGuard& guard) const;
+  // Records the intent of a multi-step operation before its first step.
+  Result<uint64_t> begin(IntentOp op, const std::string& volume, std::vector<std::string> on,
+                         const std::string& snapshot = "", const std::string& origin = "");
+
+  // ---- orphans (registry.cpp, recovery.h) ------------------------------------
+  std::vector<Orphan> orphans_on(StoreEntry& s) const;
+  [[nodiscard]] std::vector<std::pair<std::string, Orphan>> orphans() const;
+  // Deletes the DBS volumes of replica `name` from a store (if present).
+  static Status delete_replica_data(StoreEntry& s, const std::string& name);
+
+  // ---- ublk (registry.cpp) ---------------------------------------------------
+  // OK if ublk devices can be created; else ENODEV with the reason.
+  [[nodiscard]] Status probe_ublk() const;
+  Status create_device(VolumeEntry& v, unsigned queues, unsigned depth, int32_t dev_id);
+
+  // ---- store health (registry.cpp) -------------------------------------------
+  void check_stores();
+
+  // ---- the stack (assembly.cpp) ----------------------------------------------
+  [[nodiscard]] dbs::FileDeviceOptions device_options() const;
+  [[nodiscard]] dbs::OpenOptions store_open_options() const;
+  // Opens `entry.path` (or takes `opened`, a device store.add just
+  // formatted), opens and checks the DBS store, starts its thread.
+  Status open_store(StoreEntry& entry, std::unique_ptr<dbs::FileDevice> opened = nullptr) const;
+  // Adds a store on a device that is already open and holds a DBS store
+  // (in-process tests: a MemoryDevice; no file to watch). Saves the state.
+  Result<StoreEntry*> add_open_store(const std::string& name, const std::string& path,
+                                     std::unique_ptr<dbs::BlockDevice> device);
+  // The store (other than `self`) that is the same file or the same DBS
+  // store (superblock uuid), with the reason; "" if none.
+  [[nodiscard]] std::string same_store(const std::optional<FileIdentity>& identity,
+                                       const std::string& uuid, const StoreEntry* self) const;
+  // Opens a volume whose replicas exist on `slot_stores` (by index) and adds it.
+  Result<VolumeEntry*> open_new_volume(const std::string& name, uint64_t size,
+                                       unsigned min_replicas,
+                                       const std::vector<StoreEntry*>& slot_stores);
+  // Opens the replicas and the engine of a closed volume (its slots keep
+  // their stores). On failure the volume stays closed with `error` set.
+  Status reopen_volume(VolumeEntry& volume);
+  // Opens the replica `replica_name` in the slot's store and attaches it.
+  Status open_slot(VolumeEntry& v, ReplicaSlot& slot, const std::string& replica_name);
+  // Detaches the slot's replica from its thread and destroys it there.
+  static void close_slot(ReplicaSlot& slot);
+  Status open_engine(VolumeEntry& v);
+  static void close_volume(VolumeEntry& v);
+
+  // ---- start / stop (startup.cpp) --------------------------------------------
+  Service::ShutdownReport shutdown();
+
+  DaemonConfig config;
+  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+  std::vector<std::unique_ptr<StoreEntry>> stores;
+  std::vector<std::unique_ptr<VolumeEntry>> volumes;
+  SaveHook save_hook;
+  // Multi-step operations record their intent here first (intent_log.h).
+  IntentLog intents;
+  CrashPoints crash;
+  // Queues of every engine: max(config.queues, CPUs), at most 60.
+  unsigned engine_queues = 1;
+
+ private:
+  Registry() = default;
+  [[nodiscard]] engine::ReplicatedVolumeOptions engine_options(const VolumeEntry& v) const;
+  void fail_replicas_on(const StoreEntry& s);
+  void load(DaemonState state);
+  std::vector<uint64_t> recover_intents(DaemonState& state);
+  bool agree_on_size(VolumeEntry& v);
+  void reexpose(VolumeEntry& v);
+
+  bool shut_down_ = false;
+};
+
+}  // namespace ublkvol::daemon
