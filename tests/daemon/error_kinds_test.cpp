@@ -12,8 +12,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
-#include <functional>
 #include <memory>
 #include <string>
 
@@ -31,38 +29,6 @@ using test_support::kMiB;
 
 class ErrorKindsTest : public DaemonTest {
  protected:
-  // Polls `method` until `done` holds or `seconds` passed (the daemon checks
-  // its stores once a second); the last answer.
-  Json wait_for(const std::string& method, const Json& params,
-                const std::function<bool(const Json&)>& done, int seconds = 15) {
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
-    Json last;
-    while (std::chrono::steady_clock::now() < deadline) {
-      last = ok(method, params);
-      if (done(last)) {
-        return last;
-      }
-      // Bounded polling of a condition the daemon reaches on its timer.
-      ::usleep(50'000);
-    }
-    return last;
-  }
-
-  // Drops volume `name` from state.json (as an interrupted operation of an
-  // earlier daemon leaves it): its replicas become orphans.
-  void forget_volume(const std::string& name) {
-    const std::string path = dir_ + "/state/state.json";
-    Json state = Json::parse(test_support::read_text(path));
-    Json kept = Json::array();
-    for (const auto& v : state["volumes"]) {
-      if (v["name"] != name) {
-        kept.push_back(v);
-      }
-    }
-    state["volumes"] = kept;
-    std::ofstream(path, std::ios::trunc) << state.dump();
-  }
-
   // Writes garbage over block 0 of DBS volume `volume` in the store file
   // (the daemon is stopped): the engine's metadata block of a replica.
   static void overwrite_meta_block(const std::string& path, const std::string& volume) {
