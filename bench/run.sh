@@ -279,7 +279,7 @@ if [[ "$mode" == native ]]; then
 else
   [[ -z "$store_dir" ]] || die_usage "--store-dir is for --native (the VM keeps stores on tmpfs)"
 fi
-serve=$build/src/ublk/ublkvol-serve
+serve=$build/tools/ublkvol-serve
 [[ -x "$serve" ]] || die_usage "$serve missing: build the target ublkvol-serve"
 out=${out:-$(default_out "$backend")}
 mkdir -p "$out"

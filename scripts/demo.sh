@@ -211,7 +211,7 @@ if [[ $build -eq 1 ]]; then
 fi
 daemon="$build_dir/src/daemon/ublk-volumed"
 cli="$build_dir/src/cli/ublk-volume"
-checker="$build_dir/src/ublk/ublkvol-replica-check"
+checker="$build_dir/tools/ublkvol-replica-check"
 for b in "$daemon" "$cli" "$checker"; do
   [[ -x "$b" ]] || { echo "demo.sh: $b is not built (drop --no-build?)" >&2; exit 1; }
 done

@@ -25,13 +25,13 @@ while [ $# -gt 0 ]; do
     *) echo "ublk_bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
-for bin in src/ublk/ublkvol-serve bench/ublk/ublk_bench_report; do
+for bin in tools/ublkvol-serve bench/ublk/ublk_bench_report; do
   [ -x "$BUILD/$bin" ] || { echo "ublk_bench.sh: $BUILD/$bin missing: build it first" >&2; exit 2; }
 done
 LOG=$(mktemp /tmp/ublk-bench.XXXXXX.log)
 # 4 jobs x 5 targets x (runtime + ramp), plus boot and fills.
 TIMEOUT=$((12 * (RUNTIME + 1) * 5 + 300))
-if ! "$ROOT/scripts/vm/run.sh" --binary "$BUILD/src/ublk/ublkvol-serve" \
+if ! "$ROOT/scripts/vm/run.sh" --binary "$BUILD/tools/ublkvol-serve" \
     --script "$ROOT/bench/ublk/guest_bench.sh" --env "UBLKVOL_BENCH_RUNTIME=$RUNTIME" \
     --timeout "$TIMEOUT" --log "$LOG" >/dev/null; then
   echo "ublk_bench.sh: the VM run failed; console log: $LOG" >&2

@@ -17,10 +17,13 @@ ExitCode exit_code_for(daemon::ErrorCode code) {
       return ExitCode::kUnreachable;
     case ErrorCode::kUnavailable:
       return ExitCode::kUnavailable;
+    case ErrorCode::kCorruption:
+      return ExitCode::kCorrupt;
     case ErrorCode::kBadRequest:
     case ErrorCode::kUnknownMethod:
     case ErrorCode::kTooLarge:
     case ErrorCode::kIoError:
+    case ErrorCode::kTimeout:
     case ErrorCode::kInternal:
       return ExitCode::kFailed;
   }
@@ -36,7 +39,8 @@ const char* exit_code_help() {
          "  4  not found (store, volume, snapshot or replica)\n"
          "  5  conflict (name taken, object busy: exposed, mounted, holds replicas)\n"
          "  6  unavailable on this host (e.g. ublk_drv is not loaded)\n"
-         "  7  the daemon did not answer within --timeout seconds\n";
+         "  7  the daemon did not answer within --timeout seconds\n"
+         "  8  corruption: a store's data or metadata failed validation (see store check)\n";
 }
 
 }  // namespace ublkvol::cli

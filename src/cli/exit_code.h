@@ -1,8 +1,8 @@
 // ublk-volume's exit status: what a script can branch on.
 //
 //   0  ok
-//   1  the operation failed (I/O error, internal error, `store check` found
-//      problems, a rebuild waited for failed, ...)
+//   1  the operation failed (I/O error, a device timeout, internal error,
+//      `store check` found problems, a rebuild waited for failed, ...)
 //   2  usage error: unknown command or option, bad size or name, or the
 //      daemon refused an argument (invalid_argument, e.g. shrinking a volume)
 //   3  cannot talk to the daemon: not running, no socket, permission denied,
@@ -14,6 +14,9 @@
 //      loaded, feature not supported by the kernel)
 //   7  the daemon did not answer within --timeout seconds (stuck, stopped,
 //      or overloaded): connected, but no response
+//   8  corruption: the daemon found a store's data or metadata damaged
+//      (checksum, magic, torn journal; code `corruption`): repair or restore
+//      the store, retrying will not help
 //
 // docs/operations.md repeats this table; `ublk-volume --help` prints it.
 #pragma once
@@ -31,6 +34,7 @@ enum class ExitCode : int {
   kConflict = 5,
   kUnavailable = 6,
   kTimeout = 7,
+  kCorrupt = 8,
 };
 
 inline int to_int(ExitCode code) { return static_cast<int>(code); }

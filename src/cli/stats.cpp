@@ -12,7 +12,7 @@ namespace ublkvol::cli {
 namespace {
 
 Error bad_field(const std::string& where, const std::string& what) {
-  return Error(EBADMSG, "daemon's stats result: " + where + ": " + what);
+  return Error(ErrorKind::kInternal, EBADMSG, "daemon's stats result: " + where + ": " + what);
 }
 
 Result<uint64_t> read_uint(const Json& object, const std::string& key, const std::string& where) {

@@ -8,24 +8,12 @@
 #include <optional>
 #include <spdlog/spdlog.h>
 
+#include "ublkvol/stack/store_stack.h"
+
 #include "registry.h"
 #include "scrub.h"
 
 namespace ublkvol::daemon {
-namespace {
-
-// Runs `fn` on the store's thread and returns its value.
-template <typename T>
-Result<T> on_thread(engine::StoreThread& thread, const std::function<Result<T>()>& fn) {
-  std::optional<Result<T>> result;
-  UBLKVOL_TRY(thread.call([&]() -> Status {
-    result.emplace(fn());
-    return ok_status();
-  }));
-  return std::move(*result);
-}
-
-}  // namespace
 
 // Opens the device and the store on this thread, checks it, then hands it
 // to a new store thread.
@@ -83,11 +71,9 @@ Status Registry::open_store(StoreEntry& entry, std::unique_ptr<dbs::FileDevice> 
   if (std::string moved = watch->check(entry.path); !moved.empty()) {
     return Error(EBUSY, "store " + named(entry.name) + ": " + moved);
   }
-  auto store = dbs::Store::open(**device, store_open_options());
-  if (!store.ok()) {
-    return store.error().with_context("store " + named(entry.name) + " (" + entry.path +
-                                      ") is not a usable DBS store");
-  }
+  UBLKVOL_ASSIGN_OR_RETURN(auto store, stack::open_checked_store(
+                                           **device, store_open_options(),
+                                           "store " + named(entry.name) + " (" + entry.path + ")"));
   auto uuid = read_store_uuid(**device);
   if (!uuid.ok()) {
     return uuid.error().with_context("store " + named(entry.name));
@@ -101,21 +87,12 @@ Status Registry::open_store(StoreEntry& entry, std::unique_ptr<dbs::FileDevice> 
   if (std::string same = same_store(watch->identity(), entry.uuid, &entry); !same.empty()) {
     return Error(EEXIST, "store " + named(entry.name) + " (" + entry.path + ") " + same);
   }
-  const std::vector<std::string> problems = (*store)->check();
-  if (!problems.empty()) {
-    std::string text = problems.front();
-    if (problems.size() > 1) {
-      text += " (and " + std::to_string(problems.size() - 1) + " more problems)";
-    }
-    return Error(EUCLEAN,
-                 "store " + named(entry.name) + " (" + entry.path + ") failed its check: " + text);
-  }
   engine::StoreThreadOptions thread_options;
   thread_options.name = "store-" + entry.name.substr(0, 8);
   UBLKVOL_ASSIGN_OR_RETURN(entry.thread, engine::StoreThread::start(thread_options));
   entry.watch = std::move(*watch);
   entry.device = std::move(*device);
-  entry.store = std::move(*store);
+  entry.store = std::move(store);
   entry.error.clear();
   return ok_status();
 }
@@ -135,8 +112,7 @@ engine::ReplicatedVolumeOptions Registry::engine_options(const VolumeEntry& v) c
 // Opens the replica `v.name` in the slot's store and attaches it.
 Status Registry::open_slot(VolumeEntry& v, ReplicaSlot& slot, const std::string& replica_name) {
   StoreEntry& s = *slot.store;
-  auto replica = on_thread<std::unique_ptr<engine::DbsReplicaStore>>(
-      *s.thread, [&]() { return engine::open_dbs_replica(*s.store, replica_name); });
+  auto replica = stack::open_replica(*s.thread, *s.store, replica_name);
   if (!replica.ok()) {
     return replica.error().with_context("volume " + named(v.name) + " on store " + named(s.name));
   }
@@ -170,7 +146,7 @@ Status Registry::open_engine(VolumeEntry& v) {
   }
   engine::ReplicatedVolumeOptions options = engine_options(v);
   options.min_replicas = std::min<unsigned>(v.min_replicas, bindings.size());
-  UBLKVOL_ASSIGN_OR_RETURN(v.engine, engine::ReplicatedVolume::open(options, std::move(bindings)));
+  UBLKVOL_ASSIGN_OR_RETURN(v.engine, stack::open_volume(options, std::move(bindings)));
   v.frontend = std::make_unique<FrontendVolume>(*v.engine, config.write_through);
   v.error.clear();
   return ok_status();
@@ -206,10 +182,10 @@ Result<VolumeEntry*> Registry::open_new_volume(const std::string& name, uint64_t
       return opened.error();
     }
   }
-  Status opened = open_engine(*v);
+  Status opened = open_engine(*v);  // its errors name the volume (stack::open_volume)
   if (!opened.ok()) {
     close_volume(*v);
-    return opened.error().with_context("volume " + named(name));
+    return opened.error();
   }
   VolumeEntry* added = v.get();
   volumes.push_back(std::move(v));
@@ -244,7 +220,8 @@ Result<StoreEntry*> Registry::add_open_store(const std::string& name, const std:
   auto entry = std::make_unique<StoreEntry>();
   entry->name = name;
   entry->path = path;
-  UBLKVOL_ASSIGN_OR_RETURN(auto store, dbs::Store::open(*device, store_open_options()));
+  UBLKVOL_ASSIGN_OR_RETURN(
+      auto store, stack::open_checked_store(*device, store_open_options(), "store " + named(name)));
   UBLKVOL_ASSIGN_OR_RETURN(entry->uuid, read_store_uuid(*device));
   if (std::string same = same_store(std::nullopt, entry->uuid, nullptr); !same.empty()) {
     return Error(EEXIST, "store " + named(name) + " " + same);

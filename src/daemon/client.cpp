@@ -172,8 +172,9 @@ Result<Response> Client::call(std::string_view method, Json params) {
   const bool connection_error = !response.ok && response.id.is_null();
   if (!connection_error &&
       !(response.id.is_number_unsigned() && response.id.get<uint64_t>() == id)) {
-    return Error(EBADMSG, "ublk-volumed answered request " + std::to_string(id) +
-                              " with the response for another id");
+    return Error(ErrorKind::kInternal, EBADMSG,
+                 "ublk-volumed answered request " + std::to_string(id) +
+                     " with the response for another id");
   }
   return response;
 }
@@ -181,7 +182,7 @@ Result<Response> Client::call(std::string_view method, Json params) {
 Result<Json> Client::call_result(std::string_view method, Json params) {
   UBLKVOL_ASSIGN_OR_RETURN(Response response, call(method, std::move(params)));
   if (!response.ok) {
-    return Error(errno_for(response.code), response.message);
+    return error_for(response.code, std::move(response.message));
   }
   return std::move(response.result);
 }

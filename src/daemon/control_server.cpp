@@ -97,6 +97,8 @@ struct ControlServer::Impl {
   std::map<uint32_t, size_t> connections_per_uid;
   std::map<int, std::function<void()>> watched;
   bool stopping = false;
+  // Set by refuse_pending(): requests are answered with it, not run.
+  std::optional<Error> refusal;
 
   // NOLINTNEXTLINE(readability-make-member-function-const): changes the epoll set it owns
   Status add(int fd, uint32_t events) {
@@ -326,11 +328,13 @@ struct ControlServer::Impl {
       if (line.find_first_not_of(" \t") != std::string_view::npos) {
         ParsedRequest parsed = parse_request(line);
         Json response;
-        if (parsed.request) {
+        if (parsed.request && refusal) {
+          response = make_error_response(parsed.request->id, *refusal);
+        } else if (parsed.request) {
           parsed.request->peer = c.peer;
           response = handler(*parsed.request);
         } else {
-          response = make_error_response(parsed.id, *parsed.error);
+          response = make_error_response(parsed.id, parsed.code, parsed.error->message());
         }
         c.out += to_line(response);
       }
@@ -525,13 +529,21 @@ Status ControlServer::run() {
       }
       return errno_error("epoll_wait");
     }
+    // Watched fds (the signalfd, timers) before connections: a stop signal
+    // that arrived together with a request is seen first, and the request
+    // is refused by refuse_pending() instead of being run as the daemon
+    // shuts down.
+    for (int i = 0; i < n && !s.stopping; ++i) {
+      const int fd = events[static_cast<size_t>(i)].data.fd;
+      if (auto w = s.watched.find(fd); w != s.watched.end()) {
+        w->second();
+      }
+    }
     for (int i = 0; i < n && !s.stopping; ++i) {
       const int fd = events[static_cast<size_t>(i)].data.fd;
       if (s.listener && fd == s.listener.get()) {
         s.accept_all();
-      } else if (auto w = s.watched.find(fd); w != s.watched.end()) {
-        w->second();
-      } else {
+      } else if (!s.watched.contains(fd)) {
         s.on_connection(fd, events[static_cast<size_t>(i)].events);
       }
     }
@@ -540,6 +552,21 @@ Status ControlServer::run() {
 }
 
 void ControlServer::stop() { impl_->stopping = true; }
+
+void ControlServer::refuse_pending(const Error& why) {
+  Impl& s = *impl_;
+  s.refusal = why;
+  std::vector<int> fds;
+  fds.reserve(s.connections.size());
+  for (const auto& [fd, connection] : s.connections) {
+    fds.push_back(fd);
+  }
+  // Reads what each client already sent (the sockets are non-blocking) and
+  // answers its complete lines; on_connection may drop a connection.
+  for (const int fd : fds) {
+    s.on_connection(fd, EPOLLIN);
+  }
+}
 
 void ControlServer::close_listener() { impl_->close_listener(); }
 

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <cerrno>
 #include <cstdio>
 #include <exception>
 #include <spdlog/sinks/stdout_sinks.h>
@@ -221,6 +222,8 @@ int run(int argc, char** argv) {
   Status ran = (*server)->run();
   (void)notifier.notify("STOPPING=1\nSTATUS=stopping");
   (*server)->close_listener();
+  (*server)->refuse_pending(
+      Error(ESHUTDOWN, "ublk-volumed is shutting down; the request was not run"));
   const Service::ShutdownReport report = (*service)->shutdown();
   for (const auto& line : report.detached) {
     spdlog::warn("left for recovery: {}", line);

@@ -51,7 +51,7 @@ Result<Json> dispatch(Registry& r, const Request& request) {
   }};
   const MethodInfo* method = find_method(request.method);
   if (method == nullptr) {
-    return Error(ENOSYS, "unknown method '" + request.method.substr(0, 64) + "'");
+    return unknown_method_error(request.method);
   }
   Params p(request.params, request.peer);
   UBLKVOL_TRY(validate_dbs_names(request.method, request.params));

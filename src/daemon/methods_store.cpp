@@ -159,10 +159,16 @@ Result<Json> store_add(Registry& r, Params& p) {
   }
   Status opened = r.open_store(*entry, std::move(formatted_device));
   if (!opened.ok()) {
-    // A device that is not a store is a bad argument, not an I/O failure.
-    const int err = opened.error().errno_value();
-    const bool keep = err == EIO || err == ENOENT || err == EACCES || err == EEXIST || err == EBUSY;
-    return Error(keep ? err : EINVAL, opened.error().message());
+    // A device that is not a store is a bad argument, not an I/O failure; a
+    // damaged store stays corruption.
+    const Error& error = opened.error();
+    const int err = error.errno_value();
+    const bool keep = err == EIO || err == ENOENT || err == EACCES || err == EEXIST ||
+                      err == EBUSY || error.kind() == ErrorKind::kCorruption;
+    if (keep) {
+      return error;
+    }
+    return Error(ErrorKind::kInvalidArgument, EINVAL, error.message());
   }
   entry->path = admitted.record_path;
   remove_on_failure.keep();

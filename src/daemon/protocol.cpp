@@ -29,10 +29,18 @@ constexpr std::array kCodeNames = {
     CodeName{ErrorCode::kTooLarge, "too_large"},
     CodeName{ErrorCode::kUnavailable, "unavailable"},
     CodeName{ErrorCode::kIoError, "io_error"},
+    CodeName{ErrorCode::kCorruption, "corruption"},
+    CodeName{ErrorCode::kTimeout, "timeout"},
     CodeName{ErrorCode::kInternal, "internal"},
 };
 
 Error invalid(std::string message) { return Error(EINVAL, std::move(message)); }
+
+// A response a client cannot read: the daemon (or this client) has a bug;
+// EBADMSG alone would read as stored-data corruption.
+Error bad_response(std::string message) {
+  return Error(ErrorKind::kInternal, EBADMSG, std::move(message));
+}
 
 // The JSON type a value has, in the words error messages use.
 std::string type_name(const Json& value) {
@@ -165,45 +173,67 @@ std::optional<ErrorCode> parse_error_code(std::string_view text) {
   return std::nullopt;
 }
 
-ErrorCode error_code_for(int errno_value) {
-  switch (errno_value) {
-    case EINVAL:
-    case ERANGE:
-    case ENAMETOOLONG:
-    case EFBIG:  // "volume size ... is too large": the argument, not the daemon
-      return ErrorCode::kInvalidArgument;
-    case ENOENT:
+ErrorCode error_code_for(const Error& error) {
+  switch (error.kind()) {
+    case ErrorKind::kInvalidArgument:
+      // The dispatcher's refusal of a method name (unknown_method_error).
+      return error.errno_value() == ENOSYS ? ErrorCode::kUnknownMethod
+                                           : ErrorCode::kInvalidArgument;
+    case ErrorKind::kNotFound:
       return ErrorCode::kNotFound;
-    case EEXIST:
+    case ErrorKind::kAlreadyExists:
       return ErrorCode::kAlreadyExists;
-    case EBUSY:
-    case EAGAIN:  // "try again": a checkpoint or control queue is busy
+    case ErrorKind::kBusy:
       return ErrorCode::kBusy;
-    case EACCES:
-    case EPERM:
+    case ErrorKind::kPermissionDenied:
       return ErrorCode::kPermissionDenied;
-    case EMSGSIZE:
-      return ErrorCode::kTooLarge;
-    case ENODEV:
-    case ENOTSUP:
-    case ENXIO:
-    case ESHUTDOWN:  // the volume or store is closing
+    case ErrorKind::kUnavailable:
       return ErrorCode::kUnavailable;
-    case EPROTONOSUPPORT:
-      return ErrorCode::kUnsupportedVersion;
-    case ENOSYS:
-      return ErrorCode::kUnknownMethod;
-    case EBADMSG:
-      return ErrorCode::kBadRequest;
-    case EIO:
-    case ENOSPC:
-    case EROFS:
-    case EUCLEAN:
-    case ETIMEDOUT:
+    case ErrorKind::kIoError:
       return ErrorCode::kIoError;
-    default:
-      return ErrorCode::kInternal;
+    case ErrorKind::kCorruption:
+      return ErrorCode::kCorruption;
+    case ErrorKind::kTimeout:
+      return ErrorCode::kTimeout;
+    case ErrorKind::kInternal:
+      break;
   }
+  return ErrorCode::kInternal;
+}
+
+Error unknown_method_error(std::string_view method) {
+  return Error(ErrorKind::kInvalidArgument, ENOSYS,
+               "unknown method '" + printable(method.substr(0, 64)) + "'");
+}
+
+ErrorKind kind_for(ErrorCode code) {
+  switch (code) {
+    case ErrorCode::kBadRequest:
+    case ErrorCode::kUnknownMethod:
+    case ErrorCode::kInvalidArgument:
+    case ErrorCode::kTooLarge:
+      return ErrorKind::kInvalidArgument;
+    case ErrorCode::kUnsupportedVersion:
+    case ErrorCode::kUnavailable:
+      return ErrorKind::kUnavailable;
+    case ErrorCode::kNotFound:
+      return ErrorKind::kNotFound;
+    case ErrorCode::kAlreadyExists:
+      return ErrorKind::kAlreadyExists;
+    case ErrorCode::kBusy:
+      return ErrorKind::kBusy;
+    case ErrorCode::kPermissionDenied:
+      return ErrorKind::kPermissionDenied;
+    case ErrorCode::kIoError:
+      return ErrorKind::kIoError;
+    case ErrorCode::kCorruption:
+      return ErrorKind::kCorruption;
+    case ErrorCode::kTimeout:
+      return ErrorKind::kTimeout;
+    case ErrorCode::kInternal:
+      break;
+  }
+  return ErrorKind::kInternal;
 }
 
 int errno_for(ErrorCode code) {
@@ -214,31 +244,23 @@ int errno_for(ErrorCode code) {
       return EPROTONOSUPPORT;
     case ErrorCode::kUnknownMethod:
       return ENOSYS;
-    case ErrorCode::kInvalidArgument:
-      return EINVAL;
-    case ErrorCode::kNotFound:
-      return ENOENT;
-    case ErrorCode::kAlreadyExists:
-      return EEXIST;
-    case ErrorCode::kBusy:
-      return EBUSY;
-    case ErrorCode::kPermissionDenied:
-      return EACCES;
     case ErrorCode::kTooLarge:
       return EMSGSIZE;
     case ErrorCode::kUnavailable:
       return ENODEV;
-    case ErrorCode::kIoError:
-      return EIO;
-    case ErrorCode::kInternal:
-      break;
+    default:
+      return default_errno(kind_for(code));
   }
-  return ENOTRECOVERABLE;
+}
+
+Error error_for(ErrorCode code, std::string message) {
+  return Error(kind_for(code), errno_for(code), std::move(message));
 }
 
 ParsedRequest parse_request(std::string_view line) {
   ParsedRequest out;
   if (line.size() > kMaxLineBytes) {
+    out.code = ErrorCode::kTooLarge;
     out.error = Error(EMSGSIZE, "request of " + std::to_string(line.size()) +
                                     " bytes exceeds the limit of " + std::to_string(kMaxLineBytes) +
                                     " bytes");
@@ -246,11 +268,14 @@ ParsedRequest parse_request(std::string_view line) {
   }
   Json message = Json::parse(line.begin(), line.end(), nullptr, /*allow_exceptions=*/false);
   if (message.is_discarded()) {
-    out.error = Error(EBADMSG, "request is not valid JSON");
+    out.code = ErrorCode::kBadRequest;
+    out.error = Error(ErrorKind::kInvalidArgument, EBADMSG, "request is not valid JSON");
     return out;
   }
   if (!message.is_object()) {
-    out.error = Error(EBADMSG, "request must be a JSON object, not " + type_name(message));
+    out.code = ErrorCode::kBadRequest;
+    out.error = Error(ErrorKind::kInvalidArgument, EBADMSG,
+                      "request must be a JSON object, not " + type_name(message));
     return out;
   }
   // The id first, so that every later error can carry it.
@@ -280,6 +305,7 @@ ParsedRequest parse_request(std::string_view line) {
     // Never dump() a client's value here: a deeply nested one would recurse.
     const std::string shown =
         version->is_number() ? version->dump() : "of type " + type_name(*version);
+    out.code = ErrorCode::kUnsupportedVersion;
     out.error = Error(EPROTONOSUPPORT,
                       "protocol version " + shown + " is not supported (this daemon speaks 1)");
     return out;
@@ -327,7 +353,7 @@ Json make_error_response(const Json& id, ErrorCode code, std::string_view messag
 }
 
 Json make_error_response(const Json& id, const Error& error) {
-  return make_error_response(id, error_code_for(error.errno_value()), error.message());
+  return make_error_response(id, error_code_for(error), error.message());
 }
 
 Json make_request(const Json& id, std::string_view method, Json params) {
@@ -346,12 +372,12 @@ std::string to_line(const Json& message) {
 Result<Response> parse_response(std::string_view line) {
   Json message = Json::parse(line.begin(), line.end(), nullptr, false);
   if (message.is_discarded() || !message.is_object()) {
-    return Error(EBADMSG, "response from the daemon is not a JSON object");
+    return bad_response("response from the daemon is not a JSON object");
   }
   const auto version = message.find("v");
   if (version == message.end() || !version->is_number_unsigned() ||
       version->get<uint64_t>() != kProtocolVersion) {
-    return Error(EBADMSG, "response from the daemon has no protocol version 1");
+    return bad_response("response from the daemon has no protocol version 1");
   }
   Response response;
   if (const auto id = message.find("id"); id != message.end()) {
@@ -359,7 +385,7 @@ Result<Response> parse_response(std::string_view line) {
   }
   const auto ok = message.find("ok");
   if (ok == message.end() || !ok->is_boolean()) {
-    return Error(EBADMSG, "response from the daemon has no boolean 'ok'");
+    return bad_response("response from the daemon has no boolean 'ok'");
   }
   response.ok = ok->get<bool>();
   if (response.ok) {
@@ -369,12 +395,12 @@ Result<Response> parse_response(std::string_view line) {
   }
   const auto error = message.find("error");
   if (error == message.end() || !error->is_object()) {
-    return Error(EBADMSG, "error response from the daemon has no 'error' object");
+    return bad_response("error response from the daemon has no 'error' object");
   }
   const auto code = error->find("code");
   const auto text = error->find("message");
   if (code == error->end() || !code->is_string() || text == error->end() || !text->is_string()) {
-    return Error(EBADMSG, "error response from the daemon lacks 'code' or 'message'");
+    return bad_response("error response from the daemon lacks 'code' or 'message'");
   }
   // A code this client does not know (a newer daemon) still reads as an error.
   response.code = parse_error_code(code->get<std::string>()).value_or(ErrorCode::kInternal);
@@ -419,10 +445,13 @@ Status validate_dbs_names(std::string_view method, const Json& params) {
     }
     const std::string key(field.key);
     const auto it = params.find(key);
-    if (it == params.end() || !it->is_string()) {
+    // get_ptr, not get_ref: GCC's -Wnull-dereference cannot see that
+    // is_string() was checked once get_ref is inlined here.
+    const std::string* value = it == params.end() ? nullptr : it->get_ptr<const std::string*>();
+    if (value == nullptr) {
       continue;  // the method reports a missing or mistyped field
     }
-    const auto& name = it->get_ref<const std::string&>();
+    const std::string& name = *value;
     const std::string_view what =
         field.dbs_name_max == kMaxSnapshotNameLength ? "snapshot" : "volume";
     if (name.size() > field.dbs_name_max) {

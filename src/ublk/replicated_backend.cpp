@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <optional>
 #include <spdlog/spdlog.h>
 #include <utility>
 
@@ -14,6 +15,7 @@
 #include "ublkvol/engine/replica_store.h"
 #include "ublkvol/engine/store_thread.h"
 #include "ublkvol/engine/write_through_queue.h"
+#include "ublkvol/stack/store_stack.h"
 
 namespace ublkvol::ublk {
 namespace {
@@ -137,12 +139,10 @@ struct ReplicatedBackend::Impl {
   struct Replica {
     std::string file;
     ReplicaCounters counters;
-    std::unique_ptr<dbs::FileDevice> file_device;
-    std::unique_ptr<CountingDevice> device;
-    std::unique_ptr<dbs::Store> store;
+    // file -> CountingDevice -> Store (checked) -> StoreThread (src/stack).
+    stack::StoreStack store;
     std::unique_ptr<engine::DbsReplicaStore> dbs_replica;
     std::unique_ptr<CountingReplicaStore> replica;
-    std::unique_ptr<engine::StoreThread> thread;
     bool created = false;  // formatted or given a new volume by this process
   };
   // Stable addresses: counters and devices are referenced by the layers above.
@@ -152,22 +152,32 @@ struct ReplicatedBackend::Impl {
   bool closed = false;
 
   // Destruction order matters: the engine first, then the threads that own
-  // the stores, then the stores and their devices (inner last).
+  // the stores, then the replicas, the stores and their devices.
   void tear_down() {
     volume.reset();
     for (auto& r : replicas) {
-      if (r->thread) {
-        r->thread->stop();
+      if (r->store.is_open()) {
+        r->store.thread().stop();
       }
     }
     for (auto& r : replicas) {
-      r->thread.reset();
       r->replica.reset();
       r->dbs_replica.reset();
-      r->store.reset();
-      r->device.reset();
-      r->file_device.reset();
+      r->store.close();
     }
+  }
+
+  // How every replica file's store is opened: counted, named after the
+  // file, one thread each.
+  static stack::StoreOptions store_options(Replica& r, size_t index) {
+    stack::StoreOptions options;
+    options.what = "replica file " + r.file;
+    options.thread.name = "replica" + std::to_string(index);
+    ReplicaCounters* counters = &r.counters;
+    options.wrap_device = [counters](dbs::BlockDevice& inner) {
+      return std::unique_ptr<dbs::BlockDevice>(std::make_unique<CountingDevice>(inner, *counters));
+    };
+    return options;
   }
 };
 
@@ -232,26 +242,36 @@ Result<std::unique_ptr<ReplicatedBackend>> ReplicatedBackend::open(const ServeCo
     if (!device) {
       return device.error().with_context("replica file " + file);
     }
-    replica->file_device = std::move(*device);
-    replica->device = std::make_unique<CountingDevice>(*replica->file_device, replica->counters);
-    auto store = dbs::Store::open(*replica->device);
-    if (!store) {
-      return store.error().with_context("replica file " + file + " is not a usable DBS store");
+    auto opened =
+        stack::open_store(std::move(*device), Impl::store_options(*replica, impl->replicas.size()));
+    if (!opened) {
+      return opened.error();
     }
-    replica->store = std::move(*store);
-    auto volume = replica->store->find_volume(config.volume_name);
-    if (volume) {
-      auto info = replica->store->volume_info(*volume);
-      if (!info) {
-        return info.error().with_context("replica file " + file);
+    replica->store = std::move(*opened);
+    std::optional<uint64_t> volume_size;
+    Status looked = replica->store.run([&](dbs::Store& store) -> Status {
+      auto volume = store.find_volume(config.volume_name);
+      if (!volume) {
+        return ok_status();
       }
+      auto info = store.volume_info(*volume);
+      if (!info) {
+        return info.error();
+      }
+      volume_size = info->size_bytes;
+      return ok_status();
+    });
+    if (!looked.ok()) {
+      return looked.error().with_context("replica file " + file);
+    }
+    if (volume_size) {
       if (size == 0) {
-        size = info->size_bytes;
+        size = *volume_size;
         size_from = file;
-      } else if (info->size_bytes != size) {
+      } else if (*volume_size != size) {
         return Error(EINVAL,
                      "replica file " + file + " holds volume '" + config.volume_name + "' of " +
-                         std::to_string(info->size_bytes) + " bytes, but " +
+                         std::to_string(*volume_size) + " bytes, but " +
                          (size_from.empty() ? std::string("--size is ") : size_from + " holds ") +
                          std::to_string(size) + " bytes");
       }
@@ -271,69 +291,58 @@ Result<std::unique_ptr<ReplicatedBackend>> ReplicatedBackend::open(const ServeCo
   }
 
   // Pass 2: create what is missing: new store files, then the replica volume
-  // in stores that lack it.
+  // in stores that lack it; then open and attach every replica.
   const uint64_t store_size =
       config.store_size_bytes != 0 ? config.store_size_bytes : default_store_size(size);
-  for (auto& r : impl->replicas) {
-    if (!r->store) {
+  std::vector<engine::ReplicaBinding> bindings;
+  for (size_t i = 0; i < impl->replicas.size(); ++i) {
+    auto& r = impl->replicas[i];
+    if (!r->store.is_open()) {
       dbs::FileDeviceOptions create_options = device_options;
       create_options.create_size = store_size;
       auto device = dbs::FileDevice::open(r->file, create_options);
       if (!device) {
         return device.error().with_context("creating replica file " + r->file);
       }
-      r->file_device = std::move(*device);
-      r->device = std::make_unique<CountingDevice>(*r->file_device, r->counters);
-      Status formatted = dbs::Store::format(*r->device);
-      if (!formatted.ok()) {
-        return formatted.error().with_context("formatting replica file " + r->file);
+      stack::StoreOptions options = Impl::store_options(*r, i);
+      options.format = true;
+      auto opened = stack::open_store(std::move(*device), options);
+      if (!opened) {
+        return opened.error();
       }
-      auto store = dbs::Store::open(*r->device);
-      if (!store) {
-        return store.error().with_context("opening the new store in " + r->file);
-      }
-      r->store = std::move(*store);
+      r->store = std::move(*opened);
       r->created = true;
     }
-    if (!r->store->find_volume(config.volume_name)) {
-      Status created = engine::create_dbs_replica(*r->store, config.volume_name, size);
-      if (!created.ok()) {
-        return created.error().with_context("replica file " + r->file);
-      }
+    bool has_volume = false;
+    UBLKVOL_TRY(r->store.run([&](dbs::Store& store) {
+      has_volume = store.find_volume(config.volume_name).ok();
+      return ok_status();
+    }));
+    if (!has_volume) {
+      UBLKVOL_TRY(stack::create_replica(r->store, config.volume_name, size));
       r->created = true;
       spdlog::info("replica file {}: new replica volume '{}' of {} bytes", r->file,
                    config.volume_name, size);
     }
-    auto replica = engine::open_dbs_replica(*r->store, config.volume_name);
+    auto replica = stack::open_replica(r->store, config.volume_name);
     if (!replica) {
-      return replica.error().with_context("replica file " + r->file);
+      return replica.error();
     }
     r->dbs_replica = std::move(*replica);
     r->replica = std::make_unique<CountingReplicaStore>(*r->dbs_replica, r->counters);
+    UBLKVOL_TRY(r->store.thread().attach(*r->replica));
+    bindings.push_back({r->replica.get(), &r->store.thread()});
   }
 
-  // One store thread per file; then the engine.
-  std::vector<engine::ReplicaBinding> bindings;
-  for (size_t i = 0; i < impl->replicas.size(); ++i) {
-    auto& r = impl->replicas[i];
-    engine::StoreThreadOptions thread_options;
-    thread_options.name = "replica" + std::to_string(i);
-    auto thread = engine::StoreThread::start(thread_options);
-    if (!thread) {
-      return thread.error();
-    }
-    r->thread = std::move(*thread);
-    UBLKVOL_TRY(r->thread->attach(*r->replica));
-    bindings.push_back({r->replica.get(), r->thread.get()});
-  }
+  // The engine over the attached replicas.
   engine::ReplicatedVolumeOptions options;
   options.name = config.volume_name;
   options.queues = config.device.queues;
   options.queue_depth = config.device.queue_depth;
   options.max_io_bytes = kDefaultMaxIoBytes;
-  auto volume = engine::ReplicatedVolume::open(options, std::move(bindings));
+  auto volume = stack::open_volume(options, std::move(bindings));
   if (!volume) {
-    return volume.error().with_context("opening the replicated volume");
+    return volume.error();
   }
   impl->volume = std::move(*volume);
   impl->write_through = config.write_through;
@@ -391,11 +400,10 @@ std::vector<ReplicaReport> ReplicatedBackend::replica_reports() const {
     report.device_writes = load(r.counters.device_writes);
     report.device_flushes = load(r.counters.device_flushes);
     report.device_discards = load(r.counters.device_discards);
-    if (r.thread && r.store) {
-      dbs::Store* store = r.store.get();
+    if (r.store.is_open()) {
       uint64_t commits = 0;
-      Status s = r.thread->call([&]() -> Status {
-        commits = store->stats().commits;
+      Status s = r.store.run([&](dbs::Store& store) -> Status {
+        commits = store.stats().commits;
         return ok_status();
       });
       report.store_commits = s.ok() ? commits : 0;
@@ -415,9 +423,8 @@ Status ReplicatedBackend::close() {
   // The checkpoint flushed everything the engine wrote; one more commit per
   // store persists anything DBS still holds in memory (e.g. the generation).
   for (auto& r : impl.replicas) {
-    if (r->thread && r->store) {
-      dbs::Store* store = r->store.get();
-      Status s = r->thread->call([store] { return store->commit(); });
+    if (r->store.is_open()) {
+      Status s = r->store.run([](dbs::Store& store) { return store.commit(); });
       if (!s.ok() && result.ok()) {
         result = s.error().with_context("replica file " + r->file + ": final commit");
       }

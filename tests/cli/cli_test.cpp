@@ -19,7 +19,7 @@ using testing::FakeDaemon;
 using testing::run;
 
 constexpr int kOk = 0, kFailed = 1, kUsage = 2, kUnreachable = 3, kNotFound = 4, kConflict = 5,
-              kUnavailable = 6;
+              kUnavailable = 6, kCorrupt = 8;
 
 Json volume_json(const std::string& name, const std::string& state1 = "in_sync", double percent = 0,
                  bool rebuilding = false) {
@@ -264,6 +264,8 @@ TEST(Cli, DaemonErrorsMapToExitStatuses) {
       {ErrorCode::kInvalidArgument, kUsage},
       {ErrorCode::kUnavailable, kUnavailable},
       {ErrorCode::kIoError, kFailed},
+      {ErrorCode::kCorruption, kCorrupt},
+      {ErrorCode::kTimeout, kFailed},
       {ErrorCode::kInternal, kFailed},
       {ErrorCode::kPermissionDenied, kUnreachable},
       {ErrorCode::kUnsupportedVersion, kUnreachable},

@@ -19,6 +19,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <gtest/gtest.h>
 #include <optional>
 #include <sstream>
@@ -184,6 +185,39 @@ class DaemonTest : public ::testing::Test {
       ok("store.add",
          {{"name", n}, {"path", dir_ + "/store-" + n}, {"format", true}, {"size", 96 * kMiB}});
     }
+  }
+
+  // Polls `method` until `done` holds or `seconds` passed (the daemon checks
+  // its stores every second); the last answer.
+  Json wait_for(const std::string& method, const Json& params,
+                const std::function<bool(const Json&)>& done, int seconds = 15) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+    Json last;
+    while (std::chrono::steady_clock::now() < deadline) {
+      last = ok(method, params);
+      if (done(last)) {
+        return last;
+      }
+      // Bounded polling of a condition the daemon reaches on its timer.
+      ::usleep(50'000);
+    }
+    return last;
+  }
+
+  // Drops volume `name` from state.json (the daemon is stopped), as an
+  // interrupted operation of an earlier daemon leaves it: its replicas
+  // become orphans.
+  void forget_volume(const std::string& name) {
+    const std::string path = dir_ + "/state/state.json";
+    Json state = Json::parse(read_text(path));
+    Json kept = Json::array();
+    for (const auto& v : state["volumes"]) {
+      if (v["name"] != name) {
+        kept.push_back(v);
+      }
+    }
+    state["volumes"] = kept;
+    std::ofstream(path, std::ios::trunc) << state.dump();
   }
 
   // Waits (at most `seconds`) for the daemon to exit; its status as stop()

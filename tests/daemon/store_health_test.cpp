@@ -29,23 +29,6 @@ using test_support::read_text;
 
 class StoreHealthTest : public DaemonTest {
  protected:
-  // Polls `method` until `done` holds or `seconds` passed (the daemon checks
-  // its stores every second); the last answer.
-  Json wait_for(const std::string& method, const Json& params,
-                const std::function<bool(const Json&)>& done, int seconds = 15) {
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
-    Json last;
-    while (std::chrono::steady_clock::now() < deadline) {
-      last = ok(method, params);
-      if (done(last)) {
-        return last;
-      }
-      // Bounded polling of a condition the daemon reaches on its timer.
-      ::usleep(50'000);
-    }
-    return last;
-  }
-
   static Json replica_on(const Json& volume, const std::string& store) {
     for (const auto& r : volume["replicas"]) {
       if (r["store"] == store) {
@@ -122,19 +105,7 @@ TEST_F(StoreHealthTest, OrphansAreReportedImportedAndCollected) {
   ok("volume.create", {{"name", "lost"}, {"size", 8 * kMiB}, {"stores", {"a", "b"}}});
   ok("snapshot.create", {{"volume", "lost"}, {"name", "s"}});
   EXPECT_EQ(stop(), 0);
-  auto forget = [&](const std::string& name) {
-    const std::string path = dir_ + "/state/state.json";
-    Json state = Json::parse(read_text(path));
-    Json kept = Json::array();
-    for (const auto& v : state["volumes"]) {
-      if (v["name"] != name) {
-        kept.push_back(v);
-      }
-    }
-    state["volumes"] = kept;
-    std::ofstream(path, std::ios::trunc) << state.dump();
-  };
-  forget("lost");
+  forget_volume("lost");
   start();
   EXPECT_NE(log_text().find("orphan: store 'a' holds volume 'lost'"), std::string::npos)
       << log_text();
@@ -159,7 +130,7 @@ TEST_F(StoreHealthTest, OrphansAreReportedImportedAndCollected) {
   EXPECT_EQ(ok("volume.show", {{"name", "lost"}})["in_sync"], 2);
 
   EXPECT_EQ(stop(), 0);
-  forget("lost");
+  forget_volume("lost");
   start();
   Json dry = ok("store.gc", {{"name", "a"}, {"dry_run", true}});
   ASSERT_EQ(dry["orphans"].size(), 1u) << dry.dump();

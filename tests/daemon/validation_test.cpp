@@ -28,7 +28,7 @@ TEST(Validation, DuplicateKeysInRequestsAreRefused) {
                            R"({"v":1,"id":1,"method":"x","params":{"o":{"k":1,"k":2}}})"}) {
     const ParsedRequest parsed = parse_request(line);
     ASSERT_TRUE(parsed.error.has_value()) << line;
-    EXPECT_EQ(error_code_for(parsed.error->errno_value()), ErrorCode::kInvalidArgument) << line;
+    EXPECT_EQ(parsed.code, ErrorCode::kInvalidArgument) << line;
     EXPECT_NE(parsed.error->message().find("duplicate key"), std::string::npos)
         << parsed.error->message();
     EXPECT_EQ(parsed.id, 1) << line;  // the error response still carries the id
@@ -157,12 +157,27 @@ TEST(Validation, NamesAreLimitedToWhatTheStoreAccepts) {
   expect_refused(validate_name("a\nb", "volume name"), EINVAL, "\\x0a");
 }
 
-TEST(Validation, ErrnoValuesMapToMeaningfulCodes) {
-  EXPECT_EQ(error_code_for(EFBIG), ErrorCode::kInvalidArgument);  // "volume too large"
-  EXPECT_EQ(error_code_for(EAGAIN), ErrorCode::kBusy);
-  EXPECT_EQ(error_code_for(ESHUTDOWN), ErrorCode::kUnavailable);
-  EXPECT_EQ(error_code_for(EUCLEAN), ErrorCode::kIoError);
-  EXPECT_EQ(error_code_for(ENOSPC), ErrorCode::kIoError);
+// The code comes from the error's kind: an errno alone gets its default
+// kind, an explicit kind wins. ESHUTDOWN/EAGAIN (engine closing / busy) were
+// once `internal`; EUCLEAN was `io_error`.
+TEST(Validation, ErrorKindsMapToCodes) {
+  EXPECT_EQ(error_code_for(Error(EFBIG, "")), ErrorCode::kInvalidArgument);  // "volume too large"
+  EXPECT_EQ(error_code_for(Error(EAGAIN, "")), ErrorCode::kBusy);
+  EXPECT_EQ(error_code_for(Error(ESHUTDOWN, "")), ErrorCode::kUnavailable);
+  EXPECT_EQ(error_code_for(Error(EUCLEAN, "")), ErrorCode::kCorruption);
+  EXPECT_EQ(error_code_for(Error(ETIMEDOUT, "")), ErrorCode::kTimeout);
+  EXPECT_EQ(error_code_for(Error(ENOSPC, "")), ErrorCode::kIoError);
+  EXPECT_EQ(error_code_for(Error(EACCES, "")), ErrorCode::kPermissionDenied);
+  EXPECT_EQ(error_code_for(Error(ENOTRECOVERABLE, "")), ErrorCode::kInternal);
+  EXPECT_EQ(error_code_for(Error(ErrorKind::kCorruption, EINVAL, "checksum mismatch")),
+            ErrorCode::kCorruption);
+  EXPECT_EQ(error_code_for(Error(ErrorKind::kCorruption, EIO, "").with_context("store a")),
+            ErrorCode::kCorruption);
+  EXPECT_EQ(error_code_for(unknown_method_error("volume.explode")), ErrorCode::kUnknownMethod);
+  // Every kind has a code of the same name.
+  for (const ErrorKind kind : kAllErrorKinds) {
+    EXPECT_EQ(to_string(error_code_for(Error(kind, default_errno(kind), ""))), to_string(kind));
+  }
 }
 
 }  // namespace

@@ -31,8 +31,9 @@ std::string run_request_case(std::span<const uint8_t> input) {
     broken("exactly one of request/error must be set");
   }
   if (parsed.error) {
-    const ErrorCode code = error_code_for(parsed.error->errno_value());
-    const std::string out = to_line(make_error_response(parsed.id, *parsed.error));
+    const ErrorCode code = parsed.code;
+    const std::string out =
+        to_line(make_error_response(parsed.id, parsed.code, parsed.error->message()));
     if (out.empty() || out.back() != '\n' || out.find('\n') != out.size() - 1) {
       broken("an error response is not exactly one line");
     }

@@ -16,33 +16,56 @@
 #include <utility>
 #include <variant>
 
+#include "ublkvol/common/error_kind.h"
+
 namespace ublkvol {
 
-// An errno-style code plus a human-readable message that names what failed.
+// An errno-style code, the kind of failure (error_kind.h), and a
+// human-readable message that names what failed.
 class Error {
  public:
+  // The kind comes from the code (default_error_kind).
   Error(std::errc code, std::string message)
-      : code_(std::make_error_code(code)), message_(std::move(message)) {}
-  // `errno_value` is a positive errno (EIO, ENOENT, ...).
+      : code_(std::make_error_code(code)),
+        kind_(default_error_kind(code_.value())),
+        message_(std::move(message)) {}
+  // `errno_value` is a positive errno (EIO, ENOENT, ...); the kind comes from
+  // it (default_error_kind).
   Error(int errno_value, std::string message)
-      : code_(errno_value, std::generic_category()), message_(std::move(message)) {}
+      : code_(errno_value, std::generic_category()),
+        kind_(default_error_kind(errno_value)),
+        message_(std::move(message)) {}
+  // An explicit kind, where the errno alone would mislead: a checksum
+  // mismatch reported with EINVAL is corruption, not a bad argument.
+  Error(ErrorKind kind, int errno_value, std::string message)
+      : code_(errno_value, std::generic_category()), kind_(kind), message_(std::move(message)) {}
 
   [[nodiscard]] std::error_code code() const { return code_; }
   // Positive errno value, for interfaces that speak errno.
   [[nodiscard]] int errno_value() const { return code_.value(); }
+  [[nodiscard]] ErrorKind kind() const { return kind_; }
   [[nodiscard]] const std::string& message() const { return message_; }
   // "message (strerror)" - what a user should see.
   [[nodiscard]] std::string to_string() const { return message_ + " (" + code_.message() + ")"; }
   // Prepends context: Error(EIO,"read failed").with_context("store a") ->
-  // "store a: read failed".
+  // "store a: read failed". Code and kind are kept.
   [[nodiscard]] Error with_context(const std::string& context) const {
     Error e = *this;
     e.message_ = context + ": " + message_;
     return e;
   }
+  // The same error re-classified, for a caller that knows better than the
+  // origin (a store that fails its check on open is corrupt, whatever errno
+  // the failed read had).
+  [[nodiscard]] Error with_kind(ErrorKind kind) const {
+    Error e = *this;
+    e.kind_ = kind;
+    return e;
+  }
 
  private:
   std::error_code code_;
+  ErrorKind kind_;
   std::string message_;
 };
 

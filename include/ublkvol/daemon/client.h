@@ -52,8 +52,9 @@ class Client {
   // Sends one request with a fresh numeric id and waits for its response.
   Result<Response> call(std::string_view method, Json params = Json::object());
 
-  // Like call(), but a refusal becomes an Error too (errno from errno_for(),
-  // message = the daemon's message), for callers that only want the result.
+  // Like call(), but a refusal becomes an Error too (error_for(): the code's
+  // kind and errno, message = the daemon's message), for callers that only
+  // want the result.
   Result<Json> call_result(std::string_view method, Json params = Json::object());
 
   // Low level, for tests and tools: write raw bytes / read one line

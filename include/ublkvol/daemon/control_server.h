@@ -75,6 +75,11 @@ class ControlServer {
   void stop();
   // Stops accepting connections and removes the socket file (shutdown).
   void close_listener();
+  // After run() returned: answers every complete request already received
+  // on an open connection with `why` (not running it), so a client whose
+  // request met the shutdown learns that (`unavailable` for ESHUTDOWN)
+  // instead of seeing its connection close.
+  void refuse_pending(const Error& why);
 
   struct Impl;
 

@@ -15,10 +15,10 @@
 // building of envelopes, plus the validation helpers (names, sizes, params
 // objects) the daemon applies to every request.
 //
-// Errors inside the project are ublkvol::Error (an errno + message). The
-// protocol's error codes map to and from errno values (error_code_for /
-// errno_for), so a daemon operation returning Error(EBUSY, "volume 'a' is
-// exposed") becomes {"code":"busy","message":"volume 'a' is exposed"}.
+// Errors inside the project are ublkvol::Error (errno + kind + message). The
+// protocol's error code comes from the error's kind (error_code_for), so a
+// daemon operation returning Error(EBUSY, "volume 'a' is exposed") (kind busy)
+// becomes {"code":"busy","message":"volume 'a' is exposed"}.
 #pragma once
 
 #include <cstddef>
@@ -65,24 +65,31 @@ enum class ErrorCode {
   kBusy,                // the object is in use (exposed, holds replicas, ...)
   kPermissionDenied,    // peer is neither root nor in the daemon's group
   kTooLarge,            // message line longer than kMaxLineBytes
-  kUnavailable,         // needed facility missing (ublk_drv) or not supported
+  kUnavailable,         // closing / shutting down, facility missing (ublk_drv), not supported
   kIoError,             // a device or store failed
+  kCorruption,          // a store's data or metadata failed validation (checksum, magic, torn)
+  kTimeout,             // a device or store did not answer within its deadline
   kInternal,            // a bug in the daemon
 };
 
 std::string_view to_string(ErrorCode code);
 std::optional<ErrorCode> parse_error_code(std::string_view text);
 
-// Mapping between protocol codes and errno values (see the header comment).
-// error_code_for: EINVAL/ERANGE/ENAMETOOLONG/EFBIG->invalid_argument,
-// ENOENT->not_found, EEXIST->already_exists, EBUSY/EAGAIN->busy,
-// EACCES/EPERM->permission_denied, EMSGSIZE->too_large,
-// ENODEV/ENOTSUP/EOPNOTSUPP/ENXIO/ESHUTDOWN->unavailable,
-// EPROTONOSUPPORT->unsupported_version, ENOSYS->unknown_method,
-// EBADMSG->bad_request, EIO/ENOSPC/EROFS/EUCLEAN/ETIMEDOUT->io_error,
-// anything else->internal.
-ErrorCode error_code_for(int errno_value);
+// The code a response carries for an Error: its kind (ErrorKind, same
+// names; permission_denied too), except the dispatcher's unknown method
+// (invalid_argument with ENOSYS, see unknown_method_error) -> unknown_method.
+// The envelope's own codes (bad_request, unsupported_version, too_large) are
+// set by parse_request / the control server, never derived from an Error.
+ErrorCode error_code_for(const Error& error);
+// The refusal of a method name nobody serves (code unknown_method).
+Error unknown_method_error(std::string_view method);
+// The other direction, for clients: the kind and errno an error response
+// stands for (error_for builds the Error a call returns). Envelope codes map
+// to invalid_argument (bad_request, too_large, unknown_method) or
+// unavailable (unsupported_version).
+ErrorKind kind_for(ErrorCode code);
 int errno_for(ErrorCode code);
+Error error_for(ErrorCode code, std::string message);
 
 // Who sent a request: the peer's credentials from SO_PEERCRED, taken by the
 // control server when the connection was accepted. The default is nobody
@@ -109,14 +116,15 @@ struct Request {
 // 'k'" (naming the key and, for nested objects, its path).
 Result<Json> parse_json_unique_keys(std::string_view text);
 
-// The outcome of parsing one request line. On failure `error` is set and
-// `id` holds the request's id if it could be read (else null), so the error
-// response still carries it.
+// The outcome of parsing one request line. On failure `error` and `code`
+// are set and `id` holds the request's id if it could be read (else null),
+// so the error response still carries it.
 // NOLINTNEXTLINE(bugprone-exception-escape): false positive in nlohmann::json's noexcept move ctor
 struct ParsedRequest {
   Json id;
   std::optional<Request> request;
-  std::optional<Error> error;  // errno maps to the protocol code
+  std::optional<Error> error;
+  ErrorCode code = ErrorCode::kInvalidArgument;  // the response's code when `error` is set
 };
 
 // Parses and validates the envelope of one line (without its '\n'): JSON
@@ -129,7 +137,7 @@ ParsedRequest parse_request(std::string_view line);
 // Builders. Both return the full response object.
 Json make_ok_response(const Json& id, Json result);
 Json make_error_response(const Json& id, ErrorCode code, std::string_view message);
-Json make_error_response(const Json& id, const Error& error);
+Json make_error_response(const Json& id, const Error& error);  // code: error_code_for
 // A request object (for clients).
 Json make_request(const Json& id, std::string_view method, Json params);
 

@@ -63,23 +63,24 @@ Result<MetaHeader> check_meta_block(const Geometry& g, std::span<const std::byte
   MetaHeader h{};
   std::memcpy(&h, block.data(), sizeof(h));
   if (h.magic != kMetaMagic) {
-    return Error(EINVAL, "no metadata block magic");
+    return Error(ErrorKind::kCorruption, EINVAL, "no metadata block magic");
   }
   alignas(8) std::byte scratch[kBlockSize];
   std::memcpy(scratch, block.data(), kBlockSize);
   std::memset(scratch + offsetof(MetaHeader, crc), 0, sizeof(uint32_t));
   if (crc32c(std::span<const std::byte>(scratch, kBlockSize)) != h.crc) {
-    return Error(EINVAL, "checksum mismatch");
+    return Error(ErrorKind::kCorruption, EINVAL, "checksum mismatch");
   }
   if (h.store_id != g.store_id) {
-    return Error(EINVAL, "block belongs to another store (store id mismatch)");
+    return Error(ErrorKind::kCorruption, EINVAL,
+                 "block belongs to another store (store id mismatch)");
   }
   if (h.type != static_cast<uint16_t>(type)) {
-    return Error(EINVAL, "unexpected block type " + std::to_string(h.type));
+    return Error(ErrorKind::kCorruption, EINVAL, "unexpected block type " + std::to_string(h.type));
   }
   if (h.payload_bytes > kMetaPayloadBytes || h.count == 0 || h.index >= h.count ||
       h.count > (1u << 26) || h.body_bytes > uint64_t{h.count} * kMetaPayloadBytes) {
-    return Error(EINVAL, "inconsistent block fields");
+    return Error(ErrorKind::kCorruption, EINVAL, "inconsistent block fields");
   }
   return h;
 }
@@ -116,10 +117,10 @@ Result<MetaRun> read_run(BlockDevice& device, const Geometry& g, uint64_t start,
   MetaRun run;
   run.header = *first;
   if (run.header.index != 0) {
-    return Error(EINVAL, "run does not start with its first block");
+    return Error(ErrorKind::kCorruption, EINVAL, "run does not start with its first block");
   }
   if (start + run.header.count > region_end) {
-    return Error(EINVAL,
+    return Error(ErrorKind::kCorruption, EINVAL,
                  "run of " + std::to_string(run.header.count) + " blocks extends past its region");
   }
   if (run.header.count > 1) {
@@ -142,10 +143,12 @@ Result<MetaRun> read_run(BlockDevice& device, const Geometry& g, uint64_t start,
     if (h->index != i || h->count != run.header.count || h->epoch != run.header.epoch ||
         h->seq != run.header.seq || h->body_crc != run.header.body_crc ||
         h->body_bytes != run.header.body_bytes) {
-      return Error(EINVAL, "block " + std::to_string(i) + " belongs to a different run");
+      return Error(ErrorKind::kCorruption, EINVAL,
+                   "block " + std::to_string(i) + " belongs to a different run");
     }
     if (h->payload_bytes > run.body.size() - at) {
-      return Error(EINVAL, "block " + std::to_string(i) + " payload overflows the run body");
+      return Error(ErrorKind::kCorruption, EINVAL,
+                   "block " + std::to_string(i) + " payload overflows the run body");
     }
     if (h->payload_bytes > 0) {  // an empty run (epoch-start record) has no body buffer
       std::memcpy(run.body.data() + at, block.data() + sizeof(MetaHeader), h->payload_bytes);
@@ -153,10 +156,10 @@ Result<MetaRun> read_run(BlockDevice& device, const Geometry& g, uint64_t start,
     at += h->payload_bytes;
   }
   if (at != run.body.size()) {
-    return Error(EINVAL, "run body is shorter than its header says");
+    return Error(ErrorKind::kCorruption, EINVAL, "run body is shorter than its header says");
   }
   if (crc32c(std::span<const std::byte>(run.body)) != run.header.body_crc) {
-    return Error(EINVAL, "run body checksum mismatch");
+    return Error(ErrorKind::kCorruption, EINVAL, "run body checksum mismatch");
   }
   return run;
 }
@@ -194,8 +197,9 @@ Result<Geometry> load_geometry(BlockDevice& device, std::vector<std::string>& no
     if (magic0 && magic1) {
       return Error(EINVAL, name + ": not a DBS store (no superblock magic in block 0 or 1)");
     }
-    return Error(EINVAL, name + ": both superblock copies are unusable: " +
-                             copy0.error().message() + "; " + copy1.error().message());
+    return Error(ErrorKind::kCorruption, EINVAL,
+                 name + ": both superblock copies are unusable: " + copy0.error().message() + "; " +
+                     copy1.error().message());
   }
   Geometry g = copy0.ok() ? *copy0 : *copy1;
   if (!copy0.ok()) {
@@ -225,10 +229,11 @@ Result<Geometry> load_geometry(BlockDevice& device, std::vector<std::string>& no
 // after it is durable) and is now damaged. Opening the older state would
 // silently roll back acknowledged writes.
 Error newer_checkpoint_damaged(const std::string& name, uint64_t newer_epoch, uint64_t epoch) {
-  return Error(EIO, name + ": the newest checkpoint (epoch " + std::to_string(newer_epoch) +
-                        ") is corrupted but journal commits after it exist; refusing to roll "
-                        "back to epoch " +
-                        std::to_string(epoch));
+  return Error(ErrorKind::kCorruption, EIO,
+               name + ": the newest checkpoint (epoch " + std::to_string(newer_epoch) +
+                   ") is corrupted but journal commits after it exist; refusing to roll "
+                   "back to epoch " +
+                   std::to_string(epoch));
 }
 
 // Replay stopped at journal block `pos`: the run there is not commit
@@ -343,9 +348,10 @@ Result<LoadedStore> load_store(BlockDevice& device, bool validate,
     }
   }
   if (active < 0) {
-    return Error(EINVAL, name + ": no valid metadata checkpoint: area A: " +
-                             checkpoints[0].error().message() +
-                             "; area B: " + checkpoints[1].error().message());
+    return Error(ErrorKind::kCorruption, EINVAL,
+                 name +
+                     ": no valid metadata checkpoint: area A: " + checkpoints[0].error().message() +
+                     "; area B: " + checkpoints[1].error().message());
   }
   MetaRun& checkpoint = *checkpoints[active];
   loaded.active_checkpoint = active;
@@ -411,7 +417,7 @@ Result<LoadedStore> load_store(BlockDevice& device, bool validate,
     if (found.size() > 1) {
       message += " (and " + std::to_string(found.size() - 1) + " more problems)";
     }
-    return Error(EINVAL, message);
+    return Error(ErrorKind::kCorruption, EINVAL, message);
   }
   if (problems != nullptr) {
     problems->insert(problems->end(), found.begin(), found.end());

@@ -229,7 +229,7 @@ void encode_superblock(const Geometry& g, uint32_t copy, std::span<std::byte> bl
 Result<Geometry> decode_superblock(std::span<const std::byte> block, uint32_t copy) {
   const std::string where = "superblock copy " + std::to_string(copy);
   if (block.size() < kBlockSize) {
-    return Error(EINVAL, where + ": short block");
+    return Error(ErrorKind::kCorruption, EINVAL, where + ": short block");
   }
   Superblock sb{};
   std::memcpy(&sb, block.data(), sizeof(sb));
@@ -240,7 +240,7 @@ Result<Geometry> decode_superblock(std::span<const std::byte> block, uint32_t co
   std::memcpy(scratch, block.data(), kBlockSize);
   std::memset(scratch + offsetof(Superblock, crc), 0, sizeof(uint32_t));
   if (crc32c(std::span<const std::byte>(scratch, kBlockSize)) != sb.crc) {
-    return Error(EINVAL, where + ": checksum mismatch (corrupted)");
+    return Error(ErrorKind::kCorruption, EINVAL, where + ": checksum mismatch (corrupted)");
   }
   if (sb.version > kFormatVersion) {
     return Error(ENOTSUP, where + ": format version " + std::to_string(sb.version) +
@@ -248,10 +248,10 @@ Result<Geometry> decode_superblock(std::span<const std::byte> block, uint32_t co
                               std::to_string(kFormatVersion) + ")");
   }
   if (sb.version == 0) {
-    return Error(EINVAL, where + ": format version 0 is invalid");
+    return Error(ErrorKind::kCorruption, EINVAL, where + ": format version 0 is invalid");
   }
   auto bad = [&](const std::string& what) {
-    return Error(EINVAL, where + ": invalid geometry: " + what);
+    return Error(ErrorKind::kCorruption, EINVAL, where + ": invalid geometry: " + what);
   };
   if (sb.block_size != kBlockSize) {
     return bad("block size " + std::to_string(sb.block_size));
@@ -320,14 +320,16 @@ Status Metadata::apply(std::span<const std::byte> body) {
   size_t at = 0;
   while (at < body.size()) {
     if (body.size() - at < sizeof(RecordHeader)) {
-      return Error(EINVAL, "truncated record header at body offset " + std::to_string(at));
+      return Error(ErrorKind::kCorruption, EINVAL,
+                   "truncated record header at body offset " + std::to_string(at));
     }
     RecordHeader header{};
     std::memcpy(&header, body.data() + at, sizeof(header));
     at += sizeof(header);
     if (body.size() - at < header.length) {
-      return Error(EINVAL, "record of type " + std::to_string(header.type) +
-                               " runs past the end of its commit");
+      return Error(
+          ErrorKind::kCorruption, EINVAL,
+          "record of type " + std::to_string(header.type) + " runs past the end of its commit");
     }
     auto status =
         apply_record(static_cast<RecordType>(header.type), body.subspan(at, header.length));
@@ -343,9 +345,10 @@ Status Metadata::apply(std::span<const std::byte> body) {
 Status Metadata::apply_record(RecordType type, std::span<const std::byte> body) {
   auto load = [&](auto& record) -> Status {
     if (body.size() != sizeof(record)) {
-      return Error(EINVAL, "record type " + std::to_string(static_cast<int>(type)) +
-                               " has length " + std::to_string(body.size()) + ", expected " +
-                               std::to_string(sizeof(record)));
+      return Error(ErrorKind::kCorruption, EINVAL,
+                   "record type " + std::to_string(static_cast<int>(type)) + " has length " +
+                       std::to_string(body.size()) + ", expected " +
+                       std::to_string(sizeof(record)));
     }
     std::memcpy(&record, body.data(), sizeof(record));
     return ok_status();
@@ -356,7 +359,7 @@ Status Metadata::apply_record(RecordType type, std::span<const std::byte> body) 
       IdsRecord r{};
       UBLKVOL_TRY(load(r));
       if (r.next_volume_id == 0 || r.next_layer_id == 0) {
-        return Error(EINVAL, "id record with a zero next id");
+        return Error(ErrorKind::kCorruption, EINVAL, "id record with a zero next id");
       }
       next_volume_id = r.next_volume_id;
       next_layer_id = r.next_layer_id;
@@ -366,16 +369,18 @@ Status Metadata::apply_record(RecordType type, std::span<const std::byte> body) 
       VolumeRecord r{};
       UBLKVOL_TRY(load(r));
       if (r.id == 0 || r.head_layer == 0) {
-        return Error(EINVAL, "volume record with id 0 or no head layer");
+        return Error(ErrorKind::kCorruption, EINVAL, "volume record with id 0 or no head layer");
       }
       if (r.size_bytes == 0 || r.size_bytes % kBlockSize != 0 ||
           r.size_bytes / g.extent_bytes() >= kMaxLogicalExtents) {
-        return Error(EINVAL, "volume " + std::to_string(r.id) + " has invalid size " +
-                                 std::to_string(r.size_bytes));
+        return Error(
+            ErrorKind::kCorruption, EINVAL,
+            "volume " + std::to_string(r.id) + " has invalid size " + std::to_string(r.size_bytes));
       }
       if (r.dirty_shift < kDirtyMinShift || r.dirty_shift > 62 ||
           dirty_regions(r.size_bytes, r.dirty_shift) > kDirtyMaxBits) {
-        return Error(EINVAL, "volume " + std::to_string(r.id) + " has invalid dirty-region size");
+        return Error(ErrorKind::kCorruption, EINVAL,
+                     "volume " + std::to_string(r.id) + " has invalid dirty-region size");
       }
       auto slot = entry_for(volumes, r.id, g.max_volumes, "volumes");
       if (!slot.ok()) {
@@ -403,15 +408,17 @@ Status Metadata::apply_record(RecordType type, std::span<const std::byte> body) 
       LayerRecord r{};
       UBLKVOL_TRY(load(r));
       if (r.id == 0 || r.id == r.parent) {
-        return Error(EINVAL, "layer record with id 0 or itself as parent");
+        return Error(ErrorKind::kCorruption, EINVAL, "layer record with id 0 or itself as parent");
       }
       if ((r.flags & ~(kLayerSnapshot | kLayerHidden)) != 0 ||
           ((r.flags & kLayerHidden) && !(r.flags & kLayerSnapshot))) {
-        return Error(EINVAL, "layer " + std::to_string(r.id) + " has invalid flags");
+        return Error(ErrorKind::kCorruption, EINVAL,
+                     "layer " + std::to_string(r.id) + " has invalid flags");
       }
       if (r.size_bytes == 0 || r.size_bytes % kBlockSize != 0 ||
           r.size_bytes / g.extent_bytes() >= kMaxLogicalExtents) {
-        return Error(EINVAL, "layer " + std::to_string(r.id) + " has invalid size");
+        return Error(ErrorKind::kCorruption, EINVAL,
+                     "layer " + std::to_string(r.id) + " has invalid size");
       }
       auto slot = entry_for(layers, r.id, g.max_layers, "layers");
       if (!slot.ok()) {
@@ -442,9 +449,9 @@ Status Metadata::apply_record(RecordType type, std::span<const std::byte> body) 
             EINVAL, "extent record for layer " + std::to_string(r.layer) + " which does not exist");
       }
       if (uint64_t{r.logical} * g.extent_bytes() >= l->size_bytes) {
-        return Error(EINVAL, "extent record for layer " + std::to_string(r.layer) +
-                                 " at logical extent " + std::to_string(r.logical) +
-                                 " beyond the layer's size");
+        return Error(ErrorKind::kCorruption, EINVAL,
+                     "extent record for layer " + std::to_string(r.layer) + " at logical extent " +
+                         std::to_string(r.logical) + " beyond the layer's size");
       }
       ExtentEntry* entry = l->map.find(r.logical);
       if (r.phys == kNoExtent) {
@@ -454,15 +461,16 @@ Status Metadata::apply_record(RecordType type, std::span<const std::byte> body) 
         return ok_status();
       }
       if (r.phys >= g.extent_count) {
-        return Error(EINVAL, "extent record maps layer " + std::to_string(r.layer) +
-                                 " logical extent " + std::to_string(r.logical) +
-                                 " to physical extent " + std::to_string(r.phys) +
-                                 " beyond the data region");
+        return Error(ErrorKind::kCorruption, EINVAL,
+                     "extent record maps layer " + std::to_string(r.layer) + " logical extent " +
+                         std::to_string(r.logical) + " to physical extent " +
+                         std::to_string(r.phys) + " beyond the data region");
       }
       if (g.extent_blocks < 256) {
         for (uint32_t b = g.extent_blocks; b < 256; ++b) {
           if ((r.bits[b >> 6] >> (b & 63)) & 1) {
-            return Error(EINVAL, "extent record has block bits beyond the extent size");
+            return Error(ErrorKind::kCorruption, EINVAL,
+                         "extent record has block bits beyond the extent size");
           }
         }
       }
@@ -478,13 +486,15 @@ Status Metadata::apply_record(RecordType type, std::span<const std::byte> body) 
       UBLKVOL_TRY(load(r));
       Volume* v = volume(r.volume);
       if (v == nullptr) {
-        return Error(EINVAL, "dirty-bitmap record for volume " + std::to_string(r.volume) +
-                                 " which does not exist");
+        return Error(
+            ErrorKind::kCorruption, EINVAL,
+            "dirty-bitmap record for volume " + std::to_string(r.volume) + " which does not exist");
       }
       constexpr size_t kWords = kDirtyChunkBits / 64;
       if (uint64_t{r.chunk} * kWords >= std::max<size_t>(v->dirty_bits.size(), 1)) {
-        return Error(EINVAL, "dirty-bitmap record chunk " + std::to_string(r.chunk) +
-                                 " beyond volume " + std::to_string(r.volume) + "'s bitmap");
+        return Error(ErrorKind::kCorruption, EINVAL,
+                     "dirty-bitmap record chunk " + std::to_string(r.chunk) + " beyond volume " +
+                         std::to_string(r.volume) + "'s bitmap");
       }
       for (size_t w = 0; w < kWords; ++w) {
         const size_t index = r.chunk * kWords + w;
@@ -495,7 +505,8 @@ Status Metadata::apply_record(RecordType type, std::span<const std::byte> body) 
       return ok_status();
     }
   }
-  return Error(EINVAL, "unknown record type " + std::to_string(static_cast<int>(type)));
+  return Error(ErrorKind::kCorruption, EINVAL,
+               "unknown record type " + std::to_string(static_cast<int>(type)));
 }
 
 std::vector<std::string> Metadata::link_and_validate() {
