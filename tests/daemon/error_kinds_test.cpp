@@ -4,6 +4,7 @@
 // daemon's shutdown (unavailable, not a closed connection or `internal`) and
 // a corrupted replica (corruption, not io_error) - and the
 // client turns a code back into an Error of that kind.
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -44,6 +45,17 @@ class ErrorKindsTest : public DaemonTest {
     std::memset(block.get(), 0x5a, kBlock);
     ASSERT_TRUE((*store)->write(*id, 0, {block.get(), kBlock}).ok());
     ASSERT_TRUE((*store)->commit().ok());
+  }
+
+  // The first 64 KiB of a file (superblocks, checkpoint areas).
+  static std::string read_head(const std::string& path) {
+    std::string bytes(64 * 1024, '\0');
+    const int fd = ::open(path.c_str(), O_RDONLY);
+    EXPECT_GE(fd, 0) << std::strerror(errno);
+    const ssize_t n = ::pread(fd, bytes.data(), bytes.size(), 0);
+    ::close(fd);
+    EXPECT_EQ(n, static_cast<ssize_t>(bytes.size()));
+    return bytes;
   }
 
   // Stops the daemon process (SIGSTOP) and waits until it is stopped.
@@ -117,6 +129,35 @@ TEST_F(ErrorKindsTest, CorruptedReplicaIsCorruption) {
   // The orphan is still there; the other volume is fine.
   EXPECT_EQ(ok("daemon.status")["orphans"].size(), 1u);
   EXPECT_EQ(ok("volume.show", {{"name", "keep"}})["in_sync"], 1);
+  EXPECT_EQ(stop(), 0);
+}
+
+// A store file whose both superblock copies are damaged is refused by
+// store.add as corruption (not invalid_argument, which store.add keeps for a
+// file that is no store at all), and the file is left as it was.
+TEST_F(ErrorKindsTest, StoreAddOfACorruptedStoreIsCorruption) {
+  start();
+  add_stores({"a"});
+  ok("store.remove", {{"name", "a"}});
+  const std::string path = dir_ + "/store-a";
+  {
+    const int fd = ::open(path.c_str(), O_RDWR);
+    ASSERT_GE(fd, 0) << std::strerror(errno);
+    for (const off_t block : {0, 1}) {
+      char byte = 0;
+      ASSERT_EQ(::pread(fd, &byte, 1, block * 4096 + 4000), 1);
+      byte = static_cast<char>(byte ^ 0x10);
+      ASSERT_EQ(::pwrite(fd, &byte, 1, block * 4096 + 4000), 1);
+    }
+    ::close(fd);
+  }
+  const std::string before = read_head(path);
+  refused("store.add", {{"name", "a"}, {"path", path}}, "corruption", "checksum mismatch");
+  auto added = client_->call_result("store.add", {{"name", "a"}, {"path", path}});
+  ASSERT_FALSE(added.ok());
+  EXPECT_EQ(added.error().kind(), ErrorKind::kCorruption);
+  EXPECT_EQ(read_head(path), before);
+  EXPECT_EQ(ok("store.list")["stores"].size(), 0u);
   EXPECT_EQ(stop(), 0);
 }
 

@@ -1,14 +1,14 @@
 // The method table (include/ublkvol/daemon/methods.h) against the protocol's
 // description: docs/control-protocol.md lists exactly the table's methods,
 // each with the table's fields and which of them are optional.
+#include "ublkvol/daemon/methods.h"
+
 #include <fstream>
 #include <gtest/gtest.h>
 #include <map>
 #include <set>
 #include <sstream>
 #include <string>
-
-#include "ublkvol/daemon/methods.h"
 
 namespace ublkvol::daemon {
 namespace {
