@@ -48,7 +48,7 @@
 namespace ublkvol::engine {
 
 class ReplicaStore;
-class StoreThread;
+class StoreExecutor;
 
 inline constexpr unsigned kMaxReplicas = 4;
 
@@ -66,7 +66,8 @@ const char* to_string(ReplicaState state);
 // store must be attached to the thread.
 struct ReplicaBinding {
   ReplicaStore* store = nullptr;
-  StoreThread* thread = nullptr;
+  // The store's owner: a StoreThread in production (store_executor.h).
+  StoreExecutor* thread = nullptr;
 };
 
 struct ReplicatedVolumeOptions {

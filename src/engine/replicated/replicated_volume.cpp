@@ -33,7 +33,7 @@
 
 #include "ublkvol/common/crc32c.h"
 #include "ublkvol/engine/generation.h"
-#include "ublkvol/engine/store_thread.h"
+#include "ublkvol/engine/store_executor.h"
 
 #include "controller.h"
 #include "thin_rebuild.h"
@@ -701,7 +701,7 @@ Status QueueState::init(ReplicatedVolume::Impl& volume, unsigned queue_index, un
 // store thread if there is one, else adds one. Before r's state puts it in
 // any mask (so the queue thread only sends to r after this).
 Status QueueState::bind_replica(unsigned r) {
-  StoreThread* t = vol->replicas[r].thread;
+  StoreExecutor* t = vol->replicas[r].thread;
   StoreChannel* ch = nullptr;
   int free_entry = -1;
   for (unsigned i = 0; i < kMaxReplicas; ++i) {
