@@ -43,6 +43,7 @@
 #include <vector>
 
 #include "ublkvol/common/result.h"
+#include "ublkvol/engine/engine_clock.h"
 #include "ublkvol/engine/volume.h"
 
 namespace ublkvol::engine {
@@ -103,6 +104,9 @@ struct ReplicatedVolumeOptions {
   std::chrono::milliseconds scrub_interval{0};
   uint64_t scrub_bytes_per_second = 0;
   bool scrub_repair = false;
+  // Time source for deadlines, monitor ticks, throttles and control-path
+  // timeouts: CLOCK_MONOTONIC unless given a ManualClock (the simulator).
+  EngineClock clock;
 };
 
 struct RebuildProgress {

@@ -65,12 +65,6 @@ namespace {
 
 constexpr uint32_t bit(unsigned r) { return 1U << r; }
 
-uint64_t now_ns() {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ULL + static_cast<uint64_t>(ts.tv_nsec);
-}
-
 void signal_fd(int fd) {
   uint64_t one = 1;
   ssize_t n = ::write(fd, &one, sizeof(one));
@@ -981,12 +975,12 @@ void QueueState::kick() {
 void QueueState::fifo_touch(Slot& s) {
   if (s.in_fifo) {
     if (fifo_tail == &s) {
-      s.issue_ns = now_ns();
+      s.issue_ns = vol->options.clock.now_ns();
       return;
     }
     fifo_remove(s);
   }
-  s.issue_ns = now_ns();
+  s.issue_ns = vol->options.clock.now_ns();
   s.in_fifo = true;
   s.fifo_next = nullptr;
   s.fifo_prev = fifo_tail;
@@ -1489,7 +1483,7 @@ void QueueState::on_state_change() {
 }
 
 void QueueState::on_tick() {
-  uint64_t now = now_ns();
+  uint64_t now = vol->options.clock.now_ns();
   for (Slot* s = fifo_head; s != nullptr;) {
     Slot* next = s->fifo_next;
     // (Requests re-sent during this loop carry a later stamp than `now`.)
@@ -1817,7 +1811,7 @@ Status ReplicatedVolume::Impl::checkpoint_locked(uint64_t* quiet_seq) {
   // after the barrier wait for its release, i.e. until every bitmap is
   // cleared; the stores then mark (and commit) their regions again before
   // issuing them. So a cleared bit never covers a write some replica lacks.
-  auto started = std::chrono::steady_clock::now();
+  auto started = options.clock.now();
   if (quiet_seq != nullptr) {
     *quiet_seq = UINT64_MAX;
   }
@@ -1851,8 +1845,8 @@ Status ReplicatedVolume::Impl::checkpoint_locked(uint64_t* quiet_seq) {
     return ok_status();
   });
   if (outcome.ok()) {
-    auto pause = std::chrono::duration_cast<std::chrono::microseconds>(
-        std::chrono::steady_clock::now() - started);
+    auto pause =
+        std::chrono::duration_cast<std::chrono::microseconds>(options.clock.now() - started);
     std::lock_guard lock(checkpoint_mutex);
     ++checkpoints;
     last_checkpoint_pause_us = static_cast<uint64_t>(pause.count());
@@ -2076,7 +2070,7 @@ Status ReplicatedVolume::Impl::run_job(const Job& job) {
       total += len;
     }
   }
-  uint64_t start_ns = now_ns();
+  uint64_t start_ns = options.clock.now_ns();
   {
     std::lock_guard lock(mutex);
     progress = RebuildProgress{};
@@ -2115,7 +2109,7 @@ Status ReplicatedVolume::Impl::run_job(const Job& job) {
       }
       done += op.length;
       since_persist += op.length;
-      uint64_t elapsed = now_ns() - start_ns;
+      uint64_t elapsed = options.clock.now_ns() - start_ns;
       double rate =
           elapsed > 0 ? static_cast<double>(done) * 1e9 / static_cast<double>(elapsed) : 0;
       {
@@ -2157,7 +2151,7 @@ Status ReplicatedVolume::Impl::run_job(const Job& job) {
       uint64_t limit = rebuild_rate.load(std::memory_order_relaxed);
       if (limit > 0) {
         uint64_t due_ns = done * 1000000000ULL / limit;
-        uint64_t el = now_ns() - start_ns;
+        uint64_t el = options.clock.now_ns() - start_ns;
         if (due_ns > el) {
           std::unique_lock lock(rebuild_mutex);
           rebuild_cv.wait_for(lock, std::chrono::nanoseconds(due_ns - el),
@@ -2210,7 +2204,7 @@ Status ReplicatedVolume::Impl::run_job(const Job& job) {
       set_state(t, ReplicaState::kInSync);
     }
   }
-  double secs = static_cast<double>(now_ns() - start_ns) / 1e9;
+  double secs = static_cast<double>(options.clock.now_ns() - start_ns) / 1e9;
   {
     std::lock_guard lock(mutex);
     progress.active = false;
@@ -2594,8 +2588,7 @@ Status ReplicatedVolume::Impl::start_rebuild_locked(unsigned replica) {
 Status ReplicatedVolume::Impl::fence(unsigned r, const std::string& what) {
   const uint64_t target = state_epoch.load(std::memory_order_seq_cst);
   poke_queues();
-  const auto limit =
-      std::chrono::steady_clock::now() + 2 * options.io_deadline + std::chrono::seconds(1);
+  const auto limit = options.clock.now() + 2 * options.io_deadline + std::chrono::seconds(1);
   std::string waiting;
   for (;;) {
     waiting.clear();
@@ -2624,7 +2617,7 @@ Status ReplicatedVolume::Impl::fence(unsigned r, const std::string& what) {
     if (waiting.empty()) {
       return ok_status();
     }
-    if (std::chrono::steady_clock::now() > limit) {
+    if (options.clock.now() > limit) {
       return Error(ETIMEDOUT,
                    std::string(what)
                        .append(": queue(s)")
@@ -3240,7 +3233,7 @@ Result<VerifyReport> ReplicatedVolume::verify(const VerifyOptions& options) {
   }
   VerifyReport report;
   std::string error;
-  const uint64_t start_ns = now_ns();
+  const uint64_t start_ns = v.options.clock.now_ns();
   std::vector<detail::BlockVerdict> verdicts;
   // One ordered op on the control queue (caller holds control_mutex).
   auto run_op = [&](InternalOp& op) -> Status {
@@ -3330,7 +3323,7 @@ Result<VerifyReport> ReplicatedVolume::verify(const VerifyOptions& options) {
       }
     }
     report.bytes_compared += len;
-    const uint64_t elapsed = now_ns() - start_ns;
+    const uint64_t elapsed = v.options.clock.now_ns() - start_ns;
     {
       std::lock_guard lock(v.mutex);
       VerifyStatus& st = v.verify_status;
@@ -3368,7 +3361,7 @@ Result<VerifyReport> ReplicatedVolume::verify(const VerifyOptions& options) {
     st.last_mismatched_bytes = total(report.mismatches);
     st.last_repaired_bytes = total(report.repaired);
     st.last_unrepaired_bytes = total(report.unrepaired);
-    st.last_seconds = static_cast<double>(now_ns() - start_ns) / 1e9;
+    st.last_seconds = static_cast<double>(v.options.clock.now_ns() - start_ns) / 1e9;
     st.last_error = !error.empty() ? error : report.cancelled ? "cancelled" : "";
     st.last_mismatches.assign(
         report.mismatches.begin(),
