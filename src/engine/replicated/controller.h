@@ -1,6 +1,6 @@
 // Internal pieces of the replicated volume's controller: the per-I/O slot,
 // the per-queue state and the internal (control-thread) operations.
-// docs/engine.md describes the protocol; replicated_volume.cpp implements it.
+// docs/engine.md describes the protocol; impl.h lists the files implementing it.
 #pragma once
 
 #include <array>

@@ -17,21 +17,13 @@
 #include "ublkvol/common/unique_fd.h"
 
 #include "store_channel.h"
+#include "wake_fd.h"
 
 namespace ublkvol::engine {
 
 namespace {
-void signal_fd(int fd) {
-  uint64_t one = 1;
-  // EAGAIN (counter saturated) still leaves the fd readable: nothing lost.
-  ssize_t n = ::write(fd, &one, sizeof(one));
-  (void)n;
-}
-void drain_fd(int fd) {
-  uint64_t value = 0;
-  ssize_t n = ::read(fd, &value, sizeof(value));
-  (void)n;
-}
+using detail::drain_fd;
+using detail::signal_fd;
 // Spin-wait hint: lets a hyperthread sibling run and saves power.
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)

@@ -1,0 +1,196 @@
+// ReplicatedVolume::open(): validates the bindings, reads every replica's
+// metadata, picks the generation and the resync plan (generation.h), starts
+// the queues, the monitor and any rebuild.
+#include "impl.h"
+
+namespace ublkvol::engine {
+
+Result<std::unique_ptr<ReplicatedVolume>> ReplicatedVolume::open(
+    const ReplicatedVolumeOptions& options, std::vector<ReplicaBinding> replicas) {
+  std::string what = "volume " + options.name;
+  if (replicas.empty() || replicas.size() > kMaxReplicas) {
+    return Error(EINVAL, what + ": needs 1 to " + std::to_string(kMaxReplicas) + " replicas, got " +
+                             std::to_string(replicas.size()));
+  }
+  if (options.min_replicas < 1 || options.min_replicas > replicas.size()) {
+    return Error(EINVAL, what + ": min-replicas " + std::to_string(options.min_replicas) +
+                             " must be between 1 and the replica count " +
+                             std::to_string(replicas.size()));
+  }
+  if (options.queues < 1 || options.queues > 60) {
+    return Error(EINVAL, what + ": queue count must be between 1 and 60");
+  }
+  if (options.queue_depth < 4 || options.queue_depth > 65536) {
+    return Error(EINVAL, what + ": queue depth must be between 4 and 65536");
+  }
+  if (options.rebuild_chunk_bytes < 4096 || options.rebuild_chunk_bytes % 4096 != 0 ||
+      options.rebuild_chunk_bytes > (64U << 20U)) {
+    return Error(EINVAL, what + ": rebuild chunk must be a multiple of 4096 up to 64 MiB");
+  }
+  if (options.io_deadline.count() <= 0) {
+    return Error(EINVAL, what + ": the I/O deadline must be positive");
+  }
+  for (size_t i = 0; i < replicas.size(); ++i) {
+    if (replicas[i].store == nullptr || replicas[i].thread == nullptr) {
+      return Error(EINVAL, what + ": replica " + std::to_string(i) + " has no store or thread");
+    }
+    for (size_t j = 0; j < i; ++j) {
+      if (replicas[j].store == replicas[i].store) {
+        return Error(EINVAL, what + ": replicas " + std::to_string(j) + " and " +
+                                 std::to_string(i) + " are the same store");
+      }
+    }
+  }
+  auto impl = std::make_unique<Impl>();
+  Impl& v = *impl;
+  v.options = options;
+  v.nreplicas = static_cast<unsigned>(replicas.size());
+  v.replicas = std::move(replicas);
+  v.replicas.resize(kMaxReplicas);
+  for (unsigned r = v.nreplicas; r < kMaxReplicas; ++r) {
+    v.state[r].store(static_cast<uint8_t>(ReplicaState::kRemoved));
+  }
+  for (unsigned r = 0; r < v.nreplicas; ++r) {
+    v.names[r] = std::string(v.replicas[r].store->name());
+  }
+  v.deadline_ns = static_cast<uint64_t>(options.io_deadline.count()) * 1000000ULL;
+  v.rebuild_rate.store(options.rebuild_bytes_per_second);
+  int mfd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (mfd < 0) {
+    return errno_error(what + ": eventfd");
+  }
+  v.monitor_fd.reset(mfd);
+
+  // Metadata and geometry.
+  std::vector<ReplicaMeta> metas;
+  std::vector<std::string> names;
+  uint64_t size = UINT64_MAX;
+  uint64_t region = 0;
+  for (unsigned r = 0; r < v.nreplicas; ++r) {
+    Result<ReplicaMeta> m = v.read_meta(r);
+    if (!m.ok()) {
+      return m.error().with_context(what);
+    }
+    metas.push_back(*m);
+    names.emplace_back(v.replicas[r].store->name());
+    size = std::min(size, v.replicas[r].store->size_bytes());
+    if (region == 0) {
+      region = v.replicas[r].store->region_bytes();
+    } else if (region != v.replicas[r].store->region_bytes()) {
+      return Error(EINVAL, what + ": replicas have different dirty-region sizes");
+    }
+  }
+  v.region_size = region;
+  for (unsigned r = 0; r < v.nreplicas; ++r) {
+    if (v.replicas[r].store->size_bytes() != size) {
+      spdlog::warn("{}: replica {} is larger than the smallest one; using {} bytes", what, names[r],
+                   size);
+    }
+  }
+  v.info.name = options.name;
+  v.info.size_bytes = size;
+  v.info.block_size = 4096;
+  v.info.max_io_bytes = options.max_io_bytes;
+  v.info.supports_discard = true;
+  v.info.supports_write_zeroes = true;
+  v.info.discard_zeroes = false;
+  v.info.volatile_cache = true;
+
+  Result<GenerationChoice> choice = choose_generation(metas, names);
+  if (!choice.ok()) {
+    return choice.error().with_context(what);
+  }
+  std::vector<Impl::Job> jobs;
+  if (choice->all_fresh) {
+    v.volume_uuid = v.new_generation();
+    v.generation = v.new_generation();
+    for (unsigned r = 0; r < v.nreplicas; ++r) {
+      ReplicaMeta m = metas[r];
+      m.fresh = false;
+      m.volume_uuid = v.volume_uuid;
+      m.generation = v.generation;
+      m.bitmap_base = v.generation;
+      UBLKVOL_TRY(v.write_meta(r, m));
+      v.state[r].store(static_cast<uint8_t>(ReplicaState::kInSync));
+    }
+  } else {
+    v.volume_uuid = metas[choice->source].volume_uuid;
+    v.generation = choice->generation;
+    uint32_t newest = 0;
+    for (unsigned r = 0; r < v.nreplicas; ++r) {
+      ReplicaPlan plan = choice->plans[r];
+      spdlog::info("{}: replica {} ({}): generation {}: {}", what, r, names[r],
+                   hex(metas[r].generation), to_string(plan));
+      if (plan == ReplicaPlan::kUpToDate) {
+        newest |= bit(r);
+        v.state[r].store(static_cast<uint8_t>(ReplicaState::kInSync));
+      } else {
+        v.state[r].store(static_cast<uint8_t>(ReplicaState::kStale));
+        Impl::Job job;
+        job.targets = bit(r);
+        job.full_from = plan == ReplicaPlan::kFullRebuild     ? 0
+                        : plan == ReplicaPlan::kResumeRebuild ? metas[r].rebuild_watermark
+                                                              : UINT64_MAX;
+        jobs.push_back(job);
+      }
+    }
+    // Replicas at the newest generation may still differ where writes were
+    // in flight at a crash: the union of their dirty bitmaps, copied from
+    // the source to the others.
+    if (std::popcount(newest) > 1) {
+      bool any_dirty = false;
+      for (unsigned r = 0; r < v.nreplicas && !any_dirty; ++r) {
+        if ((newest & bit(r)) != 0) {
+          Result<std::vector<uint8_t>> bits = v.read_dirty(r);
+          if (!bits.ok()) {
+            return bits.error().with_context(what);
+          }
+          any_dirty = std::any_of(bits->begin(), bits->end(), [](uint8_t b) { return b != 0; });
+        }
+      }
+      if (any_dirty) {
+        Impl::Job job;
+        job.targets = newest & ~bit(choice->source);
+        job.full_from = UINT64_MAX;
+        for (unsigned r = 0; r < v.nreplicas; ++r) {
+          if ((job.targets & bit(r)) != 0) {
+            v.state[r].store(static_cast<uint8_t>(ReplicaState::kStale));
+          }
+        }
+        jobs.insert(jobs.begin(), job);
+      }
+    }
+  }
+  v.event(-1, "opened: generation " + hex(v.generation) + ", " +
+                  std::to_string(std::popcount(v.mask_of(ReplicaState::kInSync))) + " of " +
+                  std::to_string(v.nreplicas) + " replicas in sync");
+
+  // Queues: user queues + rebuild + control.
+  unsigned total = options.queues + 2;
+  v.rebuild_queue = options.queues;
+  v.control_queue = options.queues + 1;
+  for (unsigned i = 0; i < total; ++i) {
+    v.queues.push_back(std::make_unique<QueueState>());
+  }
+  for (unsigned i = 0; i < total; ++i) {
+    UBLKVOL_TRY(v.queues[i]->init(
+        v, i, i < options.queues ? options.queue_depth : detail::kInternalQueueDepth));
+  }
+  Impl* raw = impl.get();
+  v.monitor = std::thread([raw] { raw->monitor_loop(); });
+  if (options.dirty_clear_interval.count() > 0) {
+    v.dirty_clear_thread = std::thread([raw] { raw->dirty_clear_loop(); });
+  }
+  auto volume = std::unique_ptr<ReplicatedVolume>(new ReplicatedVolume(std::move(impl)));
+  if (options.scrub_interval.count() > 0) {
+    volume->start_verify_thread();
+  }
+  if (options.auto_rebuild) {
+    for (const Impl::Job& job : jobs) {
+      UBLKVOL_TRY(raw->start_job(job));
+    }
+  }
+  return volume;
+}
+
+}  // namespace ublkvol::engine
