@@ -50,6 +50,7 @@ namespace ublkvol::engine {
 
 class ReplicaStore;
 class StoreExecutor;
+class TaskRunner;
 
 inline constexpr unsigned kMaxReplicas = 4;
 
@@ -107,6 +108,10 @@ struct ReplicatedVolumeOptions {
   // Time source for deadlines, monitor ticks, throttles and control-path
   // timeouts: CLOCK_MONOTONIC unless given a ManualClock (the simulator).
   EngineClock clock;
+  // Runs the monitor, rebuild, dirty-clear and verify activities and the
+  // control path's pauses (task_runner.h); nullptr: thread_task_runner().
+  // Must outlive the volume.
+  TaskRunner* task_runner = nullptr;
 };
 
 struct RebuildProgress {

@@ -138,8 +138,9 @@ void ReplicatedVolume::Impl::stop_dirty_clear() {
     dirty_clear_stop = true;
   }
   checkpoint_cv.notify_all();
-  if (dirty_clear_thread.joinable()) {
-    dirty_clear_thread.join();
+  if (dirty_clear_thread) {
+    dirty_clear_thread->join();
+    dirty_clear_thread.reset();
   }
 }
 

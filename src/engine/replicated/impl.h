@@ -73,6 +73,7 @@
 #include "ublkvol/engine/generation.h"
 #include "ublkvol/engine/replicated_volume.h"
 #include "ublkvol/engine/store_executor.h"
+#include "ublkvol/engine/task_runner.h"
 
 #include "controller.h"
 #include "queue_path.h"
@@ -115,7 +116,7 @@ struct ReplicatedVolume::Impl {
   unsigned control_queue = 0;
 
   // Monitor.
-  std::thread monitor;
+  std::unique_ptr<BackgroundTask> monitor;
   UniqueFd monitor_fd;
   std::atomic<bool> stopping{false};
 
@@ -146,7 +147,8 @@ struct ReplicatedVolume::Impl {
     job.versions = binding_version;
     return job;
   }
-  std::thread rebuild_thread;
+  std::unique_ptr<BackgroundTask> rebuild_thread;
+  bool rebuild_worker = false;  // a rebuild_loop() runs (under rebuild_mutex)
   std::mutex rebuild_mutex;
   std::condition_variable rebuild_cv;
   std::deque<Job> jobs;
@@ -161,7 +163,7 @@ struct ReplicatedVolume::Impl {
   // thread, not the monitor: a checkpoint drains in-flight writes, and a
   // write stuck at a hung replica only completes once the monitor's
   // deadline tick fails that replica.
-  std::thread dirty_clear_thread;
+  std::unique_ptr<BackgroundTask> dirty_clear_thread;
   mutable std::mutex checkpoint_mutex;  // the fields below
   std::condition_variable checkpoint_cv;
   bool dirty_clear_stop = false;
@@ -175,7 +177,7 @@ struct ReplicatedVolume::Impl {
   std::condition_variable verify_cv;
   VerifyStatus verify_status;
   // Background verifies (start_verify(), scheduled scrub): one thread.
-  std::thread verify_thread;
+  std::unique_ptr<BackgroundTask> verify_thread;
   std::mutex verify_bg_mutex;  // the three fields below
   std::condition_variable verify_bg_cv;
   std::optional<VerifyOptions> verify_request;
@@ -187,8 +189,9 @@ struct ReplicatedVolume::Impl {
       verify_bg_stop = true;
     }
     verify_bg_cv.notify_all();
-    if (verify_thread.joinable()) {
-      verify_thread.join();
+    if (verify_thread) {
+      verify_thread->join();
+      verify_thread.reset();
     }
   }
 
@@ -304,7 +307,11 @@ struct ReplicatedVolume::Impl {
     return bits;
   }
 
-  void monitor_loop();
+  // Background activities and control-path pauses (task_runner.h).
+  [[nodiscard]] TaskRunner& runner() const {
+    return options.task_runner != nullptr ? *options.task_runner : thread_task_runner();
+  }
+  void monitor_tick();
   void handle_failures();
   void rebuild_loop();
   // A rebuild job, phase by phase (rebuild.cpp); each phase's failure is

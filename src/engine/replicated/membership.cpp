@@ -53,8 +53,7 @@ Status ReplicatedVolume::Impl::fence(unsigned r, const std::string& what) {
                                "on wake_fd; a hung store keeps its requests)"));
     }
     // Control path: queues answer within a reap or a monitor tick.
-    pollfd p{monitor_fd.get(), 0, 0};
-    ::poll(&p, 1, 2);
+    runner().wait(-1, std::chrono::milliseconds(2));
   }
 }
 
@@ -161,8 +160,7 @@ Status ReplicatedVolume::Impl::take_out(unsigned r, const std::string& what) {
     signal_fd(monitor_fd.get());
   }
   while (gen_hold.load(std::memory_order_seq_cst) != 0) {
-    pollfd p{monitor_fd.get(), 0, 0};
-    ::poll(&p, 1, 1);
+    runner().wait(-1, std::chrono::milliseconds(1));
   }
   return ok_status();
 }

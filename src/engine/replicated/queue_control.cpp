@@ -116,8 +116,7 @@ void QueueState::shutdown() {
         }
       }
     }
-    pollfd p{wake.get(), POLLIN, 0};
-    ::poll(&p, 1, 100);
+    vol->runner().wait(wake.get(), std::chrono::milliseconds(100));
     drain_fd(wake.get());
   }
   for (unsigned i = 0; i < kMaxReplicas; ++i) {
@@ -170,8 +169,7 @@ void QueueState::run_until_done(InternalOp& op) {
     if (op.done) {
       break;
     }
-    pollfd p{wake.get(), POLLIN, 0};
-    ::poll(&p, 1, 50);
+    vol->runner().wait(wake.get(), std::chrono::milliseconds(50));
     drain_fd(wake.get());
   }
 }
@@ -182,8 +180,7 @@ void QueueState::run_until_idle() {
     if (in_flight == 0) {
       break;
     }
-    pollfd p{wake.get(), POLLIN, 0};
-    ::poll(&p, 1, 50);
+    vol->runner().wait(wake.get(), std::chrono::milliseconds(50));
     drain_fd(wake.get());
   }
 }

@@ -12,8 +12,13 @@ Status ReplicatedVolume::Impl::start_job(const Job& job) {
   }
   jobs.push_back(job);
   rebuild_running = true;
-  if (!rebuild_thread.joinable()) {
-    rebuild_thread = std::thread([this] { rebuild_loop(); });
+  if (!rebuild_worker) {
+    // The last worker ended when the queue ran empty (rebuild_loop()).
+    if (rebuild_thread) {
+      rebuild_thread->join();
+    }
+    rebuild_worker = true;
+    rebuild_thread = runner().start("vol-rebuild", [this] { rebuild_loop(); });
   }
   rebuild_cv.notify_all();
   return ok_status();
@@ -23,9 +28,12 @@ void ReplicatedVolume::Impl::rebuild_loop() {
   pthread_setname_np(pthread_self(), "vol-rebuild");
   std::unique_lock lock(rebuild_mutex);
   for (;;) {
-    rebuild_cv.wait(lock, [&] { return rebuild_stop || !jobs.empty(); });
-    if (rebuild_stop) {
+    // Ends once the queue is empty (start_job() starts a new worker) rather
+    // than waiting for the next job: a task runner may run this on a thread
+    // that has other work (the simulator's one thread).
+    if (rebuild_stop || jobs.empty()) {
       rebuild_running = false;
+      rebuild_worker = false;
       rebuild_cv.notify_all();
       return;
     }

@@ -211,10 +211,10 @@ Result<VerifyReport> ReplicatedVolume::verify(const VerifyOptions& options) {
 
 void ReplicatedVolume::start_verify_thread() {
   Impl& v = *impl_;
-  if (v.verify_thread.joinable()) {
+  if (v.verify_thread) {
     return;
   }
-  v.verify_thread = std::thread([this] {
+  v.verify_thread = v.runner().start("vol-verify", [this] {
     pthread_setname_np(pthread_self(), "vol-verify");
     Impl& w = *impl_;
     const auto interval = w.options.scrub_interval;
