@@ -47,7 +47,7 @@ Status ReplicatedVolume::Impl::checkpoint_locked(uint64_t* quiet_seq) {
     if (flush_result != 0) {
       return Error(-flush_result, "volume " + options.name + ": checkpoint flush failed");
     }
-    std::lock_guard meta_lock(meta_mutex);
+    MutexLock meta_lock(meta_mutex);
     if (mask_of(ReplicaState::kInSync) != present_mask()) {
       return Error(EAGAIN, "volume " + options.name + ": a replica left during the checkpoint");
     }
@@ -69,7 +69,7 @@ Status ReplicatedVolume::Impl::checkpoint_locked(uint64_t* quiet_seq) {
   if (outcome.ok()) {
     auto pause =
         std::chrono::duration_cast<std::chrono::microseconds>(options.clock.now() - started);
-    std::lock_guard lock(checkpoint_mutex);
+    MutexLock lock(checkpoint_mutex);
     ++checkpoints;
     last_checkpoint_pause_us = static_cast<uint64_t>(pause.count());
     checkpoint_cv.notify_all();
@@ -84,9 +84,10 @@ void ReplicatedVolume::Impl::dirty_clear_loop() {
   // (UINT64_MAX: unknown). Not "the bitmaps read empty": a request that has
   // its sequence number may not have marked its region yet.
   uint64_t clean_seq = UINT64_MAX;
-  std::unique_lock lock(checkpoint_mutex);
+  UniqueLock lock(checkpoint_mutex);
   for (;;) {
-    checkpoint_cv.wait_for(lock, options.dirty_clear_interval, [&] { return dirty_clear_stop; });
+    checkpoint_cv.wait_for(lock.native(), options.dirty_clear_interval,
+                           [&]() REQUIRES(checkpoint_mutex) { return dirty_clear_stop; });
     if (dirty_clear_stop) {
       return;
     }
@@ -103,7 +104,7 @@ void ReplicatedVolume::Impl::dirty_clear_round(uint64_t& clean_seq) {
     return;
   }
   {
-    std::lock_guard lock(rebuild_mutex);
+    MutexLock lock(rebuild_mutex);
     if (rebuild_running) {
       return;
     }
@@ -115,10 +116,10 @@ void ReplicatedVolume::Impl::dirty_clear_round(uint64_t& clean_seq) {
   }
   // An operator's control call (snapshot, verify, membership change) holds
   // the control queue: skip this round rather than queue behind it.
-  std::unique_lock control_lock(control_mutex, std::try_to_lock);
-  if (!control_lock.owns_lock()) {
+  if (!control_mutex.try_lock()) {
     return;
   }
+  MutexLock control_lock(control_mutex, kAdoptLock);
   uint64_t quiet = UINT64_MAX;
   Status st = checkpoint_locked(&quiet);
   if (st.ok()) {
@@ -134,7 +135,7 @@ void ReplicatedVolume::Impl::dirty_clear_round(uint64_t& clean_seq) {
 
 void ReplicatedVolume::Impl::stop_dirty_clear() {
   {
-    std::lock_guard lock(checkpoint_mutex);
+    MutexLock lock(checkpoint_mutex);
     dirty_clear_stop = true;
   }
   checkpoint_cv.notify_all();

@@ -40,8 +40,11 @@
 // and, outside that chain:
 //   verify_bg_mutex     background verify request (may then take `mutex`)
 //   verify_sleep_mutex  the verify throttle's sleep (leaf)
-// control_mutex is also try-locked out of order (dirty clearing under
-// rebuild_mutex, the membership fence): a try_lock cannot deadlock.
+// The order is declared with ACQUIRED_AFTER on the mutexes below and
+// checked by the `thread-safety` preset (-Wthread-safety-beta); fields a
+// mutex guards are GUARDED_BY it. The membership fence try-locks
+// control_mutex out of order (membership.cpp, reap_if_free): a try_lock
+// never waits, so it cannot deadlock.
 #pragma once
 
 #include <poll.h>
@@ -69,6 +72,7 @@
 #include <vector>
 
 #include "ublkvol/common/result.h"
+#include "ublkvol/common/thread_annotations.h"
 #include "ublkvol/common/unique_fd.h"
 #include "ublkvol/engine/generation.h"
 #include "ublkvol/engine/replicated_volume.h"
@@ -96,8 +100,8 @@ struct ReplicatedVolume::Impl {
   // under meta_mutex).
   std::atomic<unsigned> nreplicas{0};
   std::vector<ReplicaBinding> replicas;
-  std::array<std::string, kMaxReplicas> names;  // under `mutex`
-  uint64_t region_size = 0;                     // dirty-region bytes
+  std::array<std::string, kMaxReplicas> names GUARDED_BY(mutex);
+  uint64_t region_size = 0;  // dirty-region bytes
   uint64_t volume_uuid = 0;
 
   // Data-path shared state: atomics only.
@@ -121,14 +125,18 @@ struct ReplicatedVolume::Impl {
   std::atomic<bool> stopping{false};
 
   // Control-plane state.
-  mutable std::mutex mutex;  // events, errors, generation, progress
-  uint64_t generation = 0;
-  std::vector<VolumeEvent> events;
-  std::array<std::string, kMaxReplicas> last_error;
-  std::array<bool, kMaxReplicas> handled{};
-  std::mutex meta_mutex;     // serialises metadata updates across replicas
-  std::mutex control_mutex;  // serialises users of the control queue
-  std::mt19937_64 rng{std::random_device{}()};
+  // Lock order (top of this file): verify_run_mutex, control_mutex,
+  // membership_mutex, rebuild_mutex, meta_mutex, mutex, checkpoint_mutex.
+  mutable Mutex mutex ACQUIRED_AFTER(meta_mutex, verify_bg_mutex);
+  uint64_t generation GUARDED_BY(mutex) = 0;
+  std::vector<VolumeEvent> events GUARDED_BY(mutex);
+  std::array<std::string, kMaxReplicas> last_error GUARDED_BY(mutex);
+  // Serialises metadata updates across replicas.
+  Mutex meta_mutex ACQUIRED_AFTER(rebuild_mutex);
+  std::array<bool, kMaxReplicas> handled GUARDED_BY(meta_mutex){};
+  // Serialises users of the control queue (queues[control_queue]).
+  Mutex control_mutex ACQUIRED_AFTER(verify_run_mutex);
+  std::mt19937_64 rng GUARDED_BY(meta_mutex){std::random_device{}()};
 
   // Rebuild worker.
   struct Job {
@@ -138,54 +146,58 @@ struct ReplicatedVolume::Impl {
     // target's binding changed since (replaced / removed) is dropped.
     std::array<uint64_t, kMaxReplicas> versions{};
   };
-  std::array<uint64_t, kMaxReplicas> binding_version{};  // under meta_mutex
+  std::array<uint64_t, kMaxReplicas> binding_version GUARDED_BY(meta_mutex){};
   Job make_job(uint32_t targets, uint64_t full_from) {
     Job job;
     job.targets = targets;
     job.full_from = full_from;
-    std::lock_guard meta_lock(meta_mutex);
+    MutexLock meta_lock(meta_mutex);
     job.versions = binding_version;
     return job;
   }
   std::unique_ptr<BackgroundTask> rebuild_thread;
-  bool rebuild_worker = false;  // a rebuild_loop() runs (under rebuild_mutex)
-  std::mutex rebuild_mutex;
-  std::condition_variable rebuild_cv;
-  std::deque<Job> jobs;
-  bool rebuild_running = false;
-  bool rebuild_stop = false;
-  Status rebuild_result;
+  // A rebuild_loop() runs.
+  bool rebuild_worker GUARDED_BY(rebuild_mutex) = false;
+  Mutex rebuild_mutex ACQUIRED_AFTER(membership_mutex);
+  std::condition_variable rebuild_cv;  // waits through UniqueLock::native()
+  std::deque<Job> jobs GUARDED_BY(rebuild_mutex);
+  bool rebuild_running GUARDED_BY(rebuild_mutex) = false;
+  bool rebuild_stop GUARDED_BY(rebuild_mutex) = false;
+  Status rebuild_result GUARDED_BY(rebuild_mutex);
   std::atomic<uint64_t> rebuild_rate{0};
-  RebuildProgress progress;  // under `mutex`
-  bool closed = false;
+  RebuildProgress progress GUARDED_BY(mutex);
+  // Set by close(); read by control calls on any thread without a lock
+  // (an atomic: it was a plain bool written and read concurrently).
+  std::atomic<bool> closed{false};
 
   // Periodic dirty-bitmap clearing (options.dirty_clear_interval). Its own
   // thread, not the monitor: a checkpoint drains in-flight writes, and a
   // write stuck at a hung replica only completes once the monitor's
   // deadline tick fails that replica.
   std::unique_ptr<BackgroundTask> dirty_clear_thread;
-  mutable std::mutex checkpoint_mutex;  // the fields below
+  mutable Mutex checkpoint_mutex ACQUIRED_AFTER(mutex);
   std::condition_variable checkpoint_cv;
-  bool dirty_clear_stop = false;
-  uint64_t checkpoints = 0;
-  uint64_t last_checkpoint_pause_us = 0;
+  bool dirty_clear_stop GUARDED_BY(checkpoint_mutex) = false;
+  uint64_t checkpoints GUARDED_BY(checkpoint_mutex) = 0;
+  uint64_t last_checkpoint_pause_us GUARDED_BY(checkpoint_mutex) = 0;
 
-  // Verify runs (one at a time); verify_status under `mutex`.
-  std::mutex verify_run_mutex;
+  // Verify runs (one at a time).
+  Mutex verify_run_mutex;  // first in the lock order
   std::atomic<bool> verify_cancel{false};
-  std::mutex verify_sleep_mutex;  // throttle sleep, woken by cancel_verify()
+  Mutex verify_sleep_mutex;  // throttle sleep, woken by cancel_verify() (leaf)
   std::condition_variable verify_cv;
-  VerifyStatus verify_status;
+  VerifyStatus verify_status GUARDED_BY(mutex);
   // Background verifies (start_verify(), scheduled scrub): one thread.
   std::unique_ptr<BackgroundTask> verify_thread;
-  std::mutex verify_bg_mutex;  // the three fields below
+  Mutex verify_bg_mutex;  // the three fields below; may then take `mutex`
   std::condition_variable verify_bg_cv;
-  std::optional<VerifyOptions> verify_request;
-  bool verify_bg_running = false;  // taken off verify_request, not finished
-  bool verify_bg_stop = false;
+  std::optional<VerifyOptions> verify_request GUARDED_BY(verify_bg_mutex);
+  // Taken off verify_request, not finished.
+  bool verify_bg_running GUARDED_BY(verify_bg_mutex) = false;
+  bool verify_bg_stop GUARDED_BY(verify_bg_mutex) = false;
   void stop_verify_thread() {
     {
-      std::lock_guard lock(verify_bg_mutex);
+      MutexLock lock(verify_bg_mutex);
       verify_bg_stop = true;
     }
     verify_bg_cv.notify_all();
@@ -209,7 +221,7 @@ struct ReplicatedVolume::Impl {
   }
   [[nodiscard]] bool thread_exited(unsigned r) const { return replicas[r].thread->exited(); }
 
-  uint64_t new_generation() {
+  uint64_t new_generation() REQUIRES(meta_mutex) {
     uint64_t g = 0;
     while (g == 0) {
       g = rng();
@@ -217,8 +229,8 @@ struct ReplicatedVolume::Impl {
     return g;
   }
 
-  void event(int replica, std::string message) {
-    std::lock_guard lock(mutex);
+  void event(int replica, std::string message) EXCLUDES(mutex) {
+    MutexLock lock(mutex);
     if (replica >= 0) {
       spdlog::warn("volume {}: replica {} ({}): {}", options.name, replica,
                    names[static_cast<unsigned>(replica)], message);
@@ -333,11 +345,11 @@ struct ReplicatedVolume::Impl {
   // `quiet_seq` (optional) gets the sequence number up to which every
   // mutating request is covered by this checkpoint if none was ordered
   // after its barrier, else UINT64_MAX.
-  Status checkpoint_locked(uint64_t* quiet_seq = nullptr);
+  Status checkpoint_locked(uint64_t* quiet_seq = nullptr) REQUIRES(control_mutex);
   void dirty_clear_loop();
   void dirty_clear_round(uint64_t& clean_seq);
   void stop_dirty_clear();
-  Status with_barrier(const std::function<Status()>& fn);
+  Status with_barrier(const std::function<Status()>& fn) REQUIRES(control_mutex);
   uint32_t region_bytes() const { return static_cast<uint32_t>(region_size); }
   // Indices holding a replica (any state but kRemoved).
   [[nodiscard]] uint32_t present_mask() const {
@@ -351,8 +363,8 @@ struct ReplicatedVolume::Impl {
   }
 
   // ---- snapshot helpers (under meta_mutex) ----
-  [[nodiscard]] std::string replica_name(unsigned r) const {
-    std::lock_guard lock(mutex);
+  [[nodiscard]] std::string replica_name(unsigned r) const EXCLUDES(mutex) {
+    MutexLock lock(mutex);
     return "replica " + std::to_string(r) + " (" + names[r] + ")";
   }
   // Runs fn(store) on replica r's store thread.
@@ -404,13 +416,14 @@ struct ReplicatedVolume::Impl {
   Status refuse_while_rebuilding(const std::string& what);
 
   // ---- membership (docs/engine.md "Membership changes") ----
-  Status fence(unsigned r, const std::string& what);
+  Status fence(unsigned r, const std::string& what) REQUIRES(membership_mutex);
   Status check_new_binding(const ReplicaBinding& b, int except, const std::string& what) const;
-  Status install(unsigned r, const ReplicaBinding& b);
-  Status uninstall(unsigned r);
-  Status start_rebuild_locked(unsigned replica);
-  Status take_out(unsigned r, const std::string& what);
-  std::mutex membership_mutex;  // one membership change at a time
+  Status install(unsigned r, const ReplicaBinding& b) REQUIRES(membership_mutex);
+  Status uninstall(unsigned r) REQUIRES(membership_mutex);
+  Status start_rebuild_locked(unsigned replica) REQUIRES(membership_mutex);
+  Status take_out(unsigned r, const std::string& what) REQUIRES(membership_mutex);
+  // One membership change at a time.
+  Mutex membership_mutex ACQUIRED_AFTER(control_mutex);
 };
 
 }  // namespace ublkvol::engine

@@ -4,6 +4,19 @@
 
 namespace ublkvol::engine {
 
+namespace {
+// Reaps `q` unless another thread uses it (holds `m`). The fence calls it
+// with membership_mutex held, out of the lock order (impl.h): a try_lock
+// never waits, so it cannot deadlock, but the analysis checks the order on
+// try_lock too - hence outside it.
+void reap_if_free(Mutex& m, QueueState& q) NO_THREAD_SAFETY_ANALYSIS {
+  if (m.try_lock()) {
+    MutexLock lock(m, kAdoptLock);
+    q.reap();
+  }
+}
+}  // namespace
+
 // ---------------------------------------------------------------------------
 // Membership changes (docs/engine.md "Membership changes")
 // ---------------------------------------------------------------------------
@@ -23,12 +36,9 @@ Status ReplicatedVolume::Impl::fence(unsigned r, const std::string& what) {
       QueueState& q = *queues[i];
       bool idle = false;
       if (i == control_queue) {
-        std::unique_lock lock(control_mutex, std::try_to_lock);
-        if (lock.owns_lock()) {
-          q.reap();
-        }
+        reap_if_free(control_mutex, q);
       } else if (i == rebuild_queue) {
-        std::lock_guard lock(rebuild_mutex);
+        MutexLock lock(rebuild_mutex);
         if (!rebuild_running) {
           q.reap();
         }
@@ -87,11 +97,11 @@ Status ReplicatedVolume::Impl::check_new_binding(const ReplicaBinding& b, int ex
 // stale: not read, not written until its rebuild makes it a target.
 Status ReplicatedVolume::Impl::install(unsigned r, const ReplicaBinding& b) {
   {
-    std::lock_guard meta_lock(meta_mutex);
+    MutexLock meta_lock(meta_mutex);
     replicas[r] = b;
     ++binding_version[r];
     handled[r] = false;
-    std::lock_guard lock(mutex);
+    MutexLock lock(mutex);
     names[r] = std::string(b.store->name());
     last_error[r].clear();
   }
@@ -124,14 +134,14 @@ Status ReplicatedVolume::Impl::uninstall(unsigned r) {
     }
   }
   {
-    std::lock_guard lock(rebuild_mutex);
+    MutexLock lock(rebuild_mutex);
     // Queued jobs for the old binding must not run on a new one.
     jobs.erase(std::remove_if(jobs.begin(), jobs.end(),
                               [&](const Job& j) { return (j.targets & bit(r)) != 0; }),
                jobs.end());
   }
   {
-    std::lock_guard meta_lock(meta_mutex);
+    MutexLock meta_lock(meta_mutex);
     state[r].store(static_cast<uint8_t>(ReplicaState::kRemoved), std::memory_order_seq_cst);
     replicas[r] = {};
     ++binding_version[r];
@@ -167,7 +177,7 @@ Status ReplicatedVolume::Impl::take_out(unsigned r, const std::string& what) {
 
 Result<unsigned> ReplicatedVolume::add_replica(ReplicaBinding replica) {
   Impl& v = *impl_;
-  std::lock_guard membership_lock(v.membership_mutex);
+  MutexLock membership_lock(v.membership_mutex);
   std::string what = "volume " + v.options.name + ": add replica";
   if (v.closed) {
     return Error(ESHUTDOWN, what + ": the volume is closed");
@@ -192,7 +202,7 @@ Result<unsigned> ReplicatedVolume::add_replica(ReplicaBinding replica) {
 
 Status ReplicatedVolume::remove_replica(unsigned replica) {
   Impl& v = *impl_;
-  std::lock_guard membership_lock(v.membership_mutex);
+  MutexLock membership_lock(v.membership_mutex);
   std::string what = "volume " + v.options.name + ": replica " + std::to_string(replica);
   if (replica >= v.nreplicas || v.replica_state(replica) == ReplicaState::kRemoved) {
     return Error(EINVAL, "volume " + v.options.name + ": no replica " + std::to_string(replica));
@@ -201,7 +211,7 @@ Status ReplicatedVolume::remove_replica(unsigned replica) {
   UBLKVOL_TRY(v.fence(replica, what));
   std::string name;
   {
-    std::lock_guard lock(v.mutex);
+    MutexLock lock(v.mutex);
     name = v.names[replica];
   }
   UBLKVOL_TRY(v.uninstall(replica));
@@ -211,7 +221,7 @@ Status ReplicatedVolume::remove_replica(unsigned replica) {
 
 Status ReplicatedVolume::replace_replica(unsigned replica, ReplicaBinding binding) {
   Impl& v = *impl_;
-  std::lock_guard membership_lock(v.membership_mutex);
+  MutexLock membership_lock(v.membership_mutex);
   std::string what = "volume " + v.options.name + ": replica " + std::to_string(replica);
   if (replica >= v.nreplicas || v.replica_state(replica) == ReplicaState::kRemoved) {
     return Error(EINVAL, "volume " + v.options.name + ": no replica " + std::to_string(replica));
@@ -227,7 +237,7 @@ Status ReplicatedVolume::replace_replica(unsigned replica, ReplicaBinding bindin
   UBLKVOL_TRY(v.fence(replica, what));
   std::string old_name;
   {
-    std::lock_guard lock(v.mutex);
+    MutexLock lock(v.mutex);
     old_name = v.names[replica];
   }
   UBLKVOL_TRY(v.uninstall(replica));

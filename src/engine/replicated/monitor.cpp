@@ -14,7 +14,7 @@ void ReplicatedVolume::Impl::monitor_tick() {
   tick.fetch_add(1, std::memory_order_relaxed);
   {
     // Bindings change under meta_mutex (membership changes).
-    std::lock_guard meta_lock(meta_mutex);
+    MutexLock meta_lock(meta_mutex);
     for (unsigned r = 0; r < nreplicas; ++r) {
       ReplicaState s = replica_state(r);
       if ((s == ReplicaState::kInSync || s == ReplicaState::kRebuilding) && thread_exited(r)) {
@@ -27,7 +27,7 @@ void ReplicatedVolume::Impl::monitor_tick() {
 }
 
 void ReplicatedVolume::Impl::handle_failures() {
-  std::lock_guard meta_lock(meta_mutex);
+  MutexLock meta_lock(meta_mutex);
   uint32_t newly = 0;
   for (unsigned r = 0; r < nreplicas; ++r) {
     if (replica_state(r) == ReplicaState::kFailed && !handled[r]) {
@@ -38,7 +38,7 @@ void ReplicatedVolume::Impl::handle_failures() {
       std::string why = std::string(to_string(kind)) + " (" +
                         std::error_code(-err, std::generic_category()).message() + ")";
       {
-        std::lock_guard lock(mutex);
+        MutexLock lock(mutex);
         last_error[r] = why;
       }
       event(static_cast<int>(r), "dropped from the write set: " + why);
@@ -78,7 +78,7 @@ void ReplicatedVolume::Impl::handle_failures() {
   }
   unsigned in_sync = static_cast<unsigned>(std::popcount(mask_of(ReplicaState::kInSync)));
   {
-    std::lock_guard lock(mutex);
+    MutexLock lock(mutex);
     generation = g;
   }
   event(-1, "generation " + hex(g) + " after losing replica mask " + std::to_string(newly) + "; " +

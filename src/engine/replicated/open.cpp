@@ -50,8 +50,12 @@ Result<std::unique_ptr<ReplicatedVolume>> ReplicatedVolume::open(
   for (unsigned r = v.nreplicas; r < kMaxReplicas; ++r) {
     v.state[r].store(static_cast<uint8_t>(ReplicaState::kRemoved));
   }
-  for (unsigned r = 0; r < v.nreplicas; ++r) {
-    v.names[r] = std::string(v.replicas[r].store->name());
+  {
+    // Not shared yet; the lock only keeps the analysis exact.
+    MutexLock lock(v.mutex);
+    for (unsigned r = 0; r < v.nreplicas; ++r) {
+      v.names[r] = std::string(v.replicas[r].store->name());
+    }
   }
   v.deadline_ns = static_cast<uint64_t>(options.io_deadline.count()) * 1000000ULL;
   v.rebuild_rate.store(options.rebuild_bytes_per_second);
@@ -101,21 +105,25 @@ Result<std::unique_ptr<ReplicatedVolume>> ReplicatedVolume::open(
     return choice.error().with_context(what);
   }
   std::vector<Impl::Job> jobs;
+  uint64_t generation = 0;  // the volume's, published below
   if (choice->all_fresh) {
-    v.volume_uuid = v.new_generation();
-    v.generation = v.new_generation();
+    {
+      MutexLock meta_lock(v.meta_mutex);
+      v.volume_uuid = v.new_generation();
+      generation = v.new_generation();
+    }
     for (unsigned r = 0; r < v.nreplicas; ++r) {
       ReplicaMeta m = metas[r];
       m.fresh = false;
       m.volume_uuid = v.volume_uuid;
-      m.generation = v.generation;
-      m.bitmap_base = v.generation;
+      m.generation = generation;
+      m.bitmap_base = generation;
       UBLKVOL_TRY(v.write_meta(r, m));
       v.state[r].store(static_cast<uint8_t>(ReplicaState::kInSync));
     }
   } else {
     v.volume_uuid = metas[choice->source].volume_uuid;
-    v.generation = choice->generation;
+    generation = choice->generation;
     uint32_t newest = 0;
     for (unsigned r = 0; r < v.nreplicas; ++r) {
       ReplicaPlan plan = choice->plans[r];
@@ -161,7 +169,11 @@ Result<std::unique_ptr<ReplicatedVolume>> ReplicatedVolume::open(
       }
     }
   }
-  v.event(-1, "opened: generation " + hex(v.generation) + ", " +
+  {
+    MutexLock lock(v.mutex);
+    v.generation = generation;
+  }
+  v.event(-1, "opened: generation " + hex(generation) + ", " +
                   std::to_string(std::popcount(v.mask_of(ReplicaState::kInSync))) + " of " +
                   std::to_string(v.nreplicas) + " replicas in sync");
 

@@ -6,7 +6,7 @@
 namespace ublkvol::engine {
 
 Status ReplicatedVolume::Impl::start_job(const Job& job) {
-  std::lock_guard lock(rebuild_mutex);
+  MutexLock lock(rebuild_mutex);
   if (rebuild_stop) {
     return Error(ESHUTDOWN, "volume " + options.name + " is closing");
   }
@@ -26,7 +26,7 @@ Status ReplicatedVolume::Impl::start_job(const Job& job) {
 
 void ReplicatedVolume::Impl::rebuild_loop() {
   pthread_setname_np(pthread_self(), "vol-rebuild");
-  std::unique_lock lock(rebuild_mutex);
+  UniqueLock lock(rebuild_mutex);
   for (;;) {
     // Ends once the queue is empty (start_job() starts a new worker) rather
     // than waiting for the next job: a task runner may run this on a thread
@@ -54,7 +54,7 @@ void ReplicatedVolume::Impl::rebuild_loop() {
 Status ReplicatedVolume::Impl::rebuild_failed(const Job& job, const std::string& why) {
   std::string msg = "rebuild of replica mask " + std::to_string(job.targets) + " stopped: " + why;
   event(-1, msg);
-  std::lock_guard lock(mutex);
+  MutexLock lock(mutex);
   progress.active = false;
   progress.last_error = msg;
   return Error(EIO, "volume " + options.name + ": " + msg);
@@ -62,10 +62,10 @@ Status ReplicatedVolume::Impl::rebuild_failed(const Job& job, const std::string&
 
 // 1. Targets become rebuild targets (persisted) and join the write set.
 Status ReplicatedVolume::Impl::rebuild_join_targets(const Job& job) {
-  std::lock_guard meta_lock(meta_mutex);
+  MutexLock meta_lock(meta_mutex);
   uint64_t g = 0;
   {
-    std::lock_guard lock(mutex);
+    MutexLock lock(mutex);
     g = generation;
   }
   for (unsigned t = 0; t < nreplicas; ++t) {
@@ -115,7 +115,7 @@ Status ReplicatedVolume::Impl::rebuild_collect(const Job& job, std::vector<uint8
     return rebuild_failed(job, "rebuild queue busy");
   }
   q.run_until_done(barrier);
-  std::lock_guard meta_lock(meta_mutex);  // bindings stay put
+  MutexLock meta_lock(meta_mutex);  // bindings stay put
   if (job.full_from < size) {
     mapped = mapped_ranges_of(mask_of(ReplicaState::kInSync), job.targets);
   }
@@ -183,7 +183,7 @@ Status ReplicatedVolume::Impl::rebuild_copy(const Job& job, const RebuildPlan& p
   for (auto [rb, rlen] : ranges) {
     for (uint64_t off = rb; off < rb + rlen; off += chunk) {
       {
-        std::lock_guard lock(rebuild_mutex);
+        MutexLock lock(rebuild_mutex);
         if (rebuild_stop) {
           return rebuild_failed(job, "volume closing (resumable)");
         }
@@ -209,7 +209,7 @@ Status ReplicatedVolume::Impl::rebuild_copy(const Job& job, const RebuildPlan& p
       double rate =
           elapsed > 0 ? static_cast<double>(done) * 1e9 / static_cast<double>(elapsed) : 0;
       {
-        std::lock_guard lock(mutex);
+        MutexLock lock(mutex);
         progress.done_bytes = done;
         progress.percent =
             total > 0 ? 100.0 * static_cast<double>(done) / static_cast<double>(total) : 100.0;
@@ -218,7 +218,7 @@ Status ReplicatedVolume::Impl::rebuild_copy(const Job& job, const RebuildPlan& p
       }
       {
         // Under the lock, so wait_rebuild_progress() cannot miss it.
-        std::lock_guard rlock(rebuild_mutex);
+        MutexLock rlock(rebuild_mutex);
         rebuild_cv.notify_all();
       }
       // Persist the watermark now and then (whole-range part only).
@@ -230,7 +230,7 @@ Status ReplicatedVolume::Impl::rebuild_copy(const Job& job, const RebuildPlan& p
         if (flush_result != 0) {
           return rebuild_failed(job, "flush before persisting the watermark failed");
         }
-        std::lock_guard meta_lock(meta_mutex);
+        MutexLock meta_lock(meta_mutex);
         for (unsigned t = 0; t < nreplicas; ++t) {
           if ((job.targets & bit(t)) == 0) {
             continue;
@@ -249,9 +249,9 @@ Status ReplicatedVolume::Impl::rebuild_copy(const Job& job, const RebuildPlan& p
         uint64_t due_ns = done * 1000000000ULL / limit;
         uint64_t el = options.clock.now_ns() - start_ns;
         if (due_ns > el) {
-          std::unique_lock lock(rebuild_mutex);
-          rebuild_cv.wait_for(lock, std::chrono::nanoseconds(due_ns - el),
-                              [&] { return rebuild_stop; });
+          UniqueLock lock(rebuild_mutex);
+          rebuild_cv.wait_for(lock.native(), std::chrono::nanoseconds(due_ns - el),
+                              [&]() REQUIRES(rebuild_mutex) { return rebuild_stop; });
         }
       }
     }
@@ -261,10 +261,10 @@ Status ReplicatedVolume::Impl::rebuild_copy(const Job& job, const RebuildPlan& p
 
 // 5. Targets are in sync with the current generation.
 Status ReplicatedVolume::Impl::rebuild_finish(const Job& job) {
-  std::lock_guard meta_lock(meta_mutex);
+  MutexLock meta_lock(meta_mutex);
   uint64_t g = 0;
   {
-    std::lock_guard lock(mutex);
+    MutexLock lock(mutex);
     g = generation;
   }
   // Any in-sync replica's lineage is the volume's.
@@ -321,7 +321,7 @@ Status ReplicatedVolume::Impl::run_job(const Job& job) {
   const uint64_t total = plan.total;
   uint64_t start_ns = options.clock.now_ns();
   {
-    std::lock_guard lock(mutex);
+    MutexLock lock(mutex);
     progress = RebuildProgress{};
     progress.active = true;
     progress.targets = job.targets;
@@ -333,7 +333,7 @@ Status ReplicatedVolume::Impl::run_job(const Job& job) {
   UBLKVOL_TRY(rebuild_finish(job));
   double secs = static_cast<double>(options.clock.now_ns() - start_ns) / 1e9;
   {
-    std::lock_guard lock(mutex);
+    MutexLock lock(mutex);
     progress.active = false;
     progress.percent = 100.0;
     progress.eta_seconds = 0;
@@ -343,7 +343,7 @@ Status ReplicatedVolume::Impl::run_job(const Job& job) {
   event(-1, "rebuild of replica mask " + std::to_string(job.targets) +
                 " done: " + std::to_string(done) + " bytes in " + std::to_string(secs) + " s");
   if (mask_of(ReplicaState::kInSync) == present_mask()) {
-    std::lock_guard control_lock(control_mutex);
+    MutexLock control_lock(control_mutex);
     Status st = checkpoint_locked();
     if (!st.ok()) {
       spdlog::warn("volume {}: checkpoint after rebuild: {}", options.name, st.error().to_string());
@@ -513,7 +513,7 @@ Status ReplicatedVolume::Impl::refuse_while_rebuilding(const std::string& what) 
   uint32_t who = mask_of(ReplicaState::kRebuilding);
   bool running = false;
   {
-    std::lock_guard lock(rebuild_mutex);
+    MutexLock lock(rebuild_mutex);
     running = rebuild_running;
     for (const Job& j : jobs) {
       who |= j.targets;
@@ -524,7 +524,7 @@ Status ReplicatedVolume::Impl::refuse_while_rebuilding(const std::string& what) 
   }
   RebuildProgress p;
   {
-    std::lock_guard lock(mutex);
+    MutexLock lock(mutex);
     p = progress;
   }
   who |= p.active ? p.targets : 0U;

@@ -60,7 +60,7 @@ ReplicatedVolume::~ReplicatedVolume() {
   v.stop_verify_thread();
   v.stop_dirty_clear();
   {
-    std::lock_guard lock(v.rebuild_mutex);
+    MutexLock lock(v.rebuild_mutex);
     v.rebuild_stop = true;
   }
   v.rebuild_cv.notify_all();
@@ -99,7 +99,7 @@ VolumeStatus ReplicatedVolume::status() const {
   st.name = v.options.name;
   st.size_bytes = v.info.size_bytes;
   st.min_replicas = v.options.min_replicas;
-  std::lock_guard lock(v.mutex);
+  MutexLock lock(v.mutex);
   st.generation = v.generation;
   for (unsigned r = 0; r < v.nreplicas; ++r) {
     ReplicaStatus rs;
@@ -116,30 +116,30 @@ VolumeStatus ReplicatedVolume::status() const {
   st.events = v.events;
   st.rebuild = v.progress;
   st.verify = v.verify_status;
-  std::lock_guard checkpoint_lock(v.checkpoint_mutex);
+  MutexLock checkpoint_lock(v.checkpoint_mutex);
   st.checkpoints = v.checkpoints;
   st.last_checkpoint_pause_us = v.last_checkpoint_pause_us;
   return st;
 }
 
 Status ReplicatedVolume::start_rebuild(unsigned replica) {
-  std::lock_guard membership_lock(impl_->membership_mutex);
+  MutexLock membership_lock(impl_->membership_mutex);
   return impl_->start_rebuild_locked(replica);
 }
 
 Status ReplicatedVolume::wait_rebuild() {
   Impl& v = *impl_;
-  std::unique_lock lock(v.rebuild_mutex);
-  v.rebuild_cv.wait(lock, [&] { return !v.rebuild_running; });
+  UniqueLock lock(v.rebuild_mutex);
+  v.rebuild_cv.wait(lock.native(), [&]() REQUIRES(v.rebuild_mutex) { return !v.rebuild_running; });
   return v.rebuild_result;
 }
 
 bool ReplicatedVolume::wait_rebuild_progress(uint64_t done_bytes) {
   Impl& v = *impl_;
-  std::unique_lock lock(v.rebuild_mutex);
+  UniqueLock lock(v.rebuild_mutex);
   for (;;) {
     {
-      std::lock_guard plock(v.mutex);
+      MutexLock plock(v.mutex);
       if (v.progress.active && v.progress.done_bytes >= done_bytes) {
         return true;
       }
@@ -147,7 +147,7 @@ bool ReplicatedVolume::wait_rebuild_progress(uint64_t done_bytes) {
     if (!v.rebuild_running) {
       return false;
     }
-    v.rebuild_cv.wait(lock);
+    v.rebuild_cv.wait(lock.native());
   }
 }
 
@@ -157,14 +157,16 @@ void ReplicatedVolume::set_rebuild_rate(uint64_t bytes_per_second) {
 
 Status ReplicatedVolume::checkpoint() {
   Impl& v = *impl_;
-  std::lock_guard control_lock(v.control_mutex);
+  MutexLock control_lock(v.control_mutex);
   return v.checkpoint_locked();
 }
 
 bool ReplicatedVolume::wait_checkpoints(uint64_t count, std::chrono::milliseconds timeout) {
   Impl& v = *impl_;
-  std::unique_lock lock(v.checkpoint_mutex);
-  return v.checkpoint_cv.wait_for(lock, timeout, [&] { return v.checkpoints >= count; });
+  UniqueLock lock(v.checkpoint_mutex);
+  return v.checkpoint_cv.wait_for(lock.native(), timeout, [&]() REQUIRES(v.checkpoint_mutex) {
+    return v.checkpoints >= count;
+  });
 }
 
 Status ReplicatedVolume::close() {
@@ -173,12 +175,12 @@ Status ReplicatedVolume::close() {
   v.stop_verify_thread();
   {
     // A verify running on another thread stops at its next chunk.
-    std::lock_guard run_lock(v.verify_run_mutex);
+    MutexLock run_lock(v.verify_run_mutex);
     v.closed = true;
   }
   v.stop_dirty_clear();
   {
-    std::lock_guard lock(v.rebuild_mutex);
+    MutexLock lock(v.rebuild_mutex);
     v.rebuild_stop = true;
   }
   v.rebuild_cv.notify_all();

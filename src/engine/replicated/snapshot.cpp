@@ -32,11 +32,11 @@ Status ReplicatedVolume::Impl::refuse_if_lacking(const std::string& snapshot, ui
 // refused up front when an in-sync replica lacks the snapshot.
 Status ReplicatedVolume::create_snapshot(const std::string& snapshot) {
   Impl& v = *impl_;
-  std::lock_guard control_lock(v.control_mutex);
+  MutexLock control_lock(v.control_mutex);
   const std::string what = "volume " + v.options.name + ": snapshot create " + snapshot;
   return v.with_barrier([&]() -> Status {
     // Nothing is in flight; meta_mutex keeps rebuilds from starting.
-    std::lock_guard meta_lock(v.meta_mutex);
+    MutexLock meta_lock(v.meta_mutex);
     UBLKVOL_TRY(v.refuse_while_rebuilding(what));
     uint32_t done = 0;
     for (unsigned r = 0; r < v.nreplicas; ++r) {
@@ -58,8 +58,8 @@ Status ReplicatedVolume::create_snapshot(const std::string& snapshot) {
 
 Status ReplicatedVolume::delete_snapshot(const std::string& snapshot) {
   Impl& v = *impl_;
-  std::lock_guard control_lock(v.control_mutex);
-  std::lock_guard meta_lock(v.meta_mutex);
+  MutexLock control_lock(v.control_mutex);
+  MutexLock meta_lock(v.meta_mutex);
   const std::string what = "volume " + v.options.name + ": snapshot delete " + snapshot;
   UBLKVOL_TRY(v.refuse_while_rebuilding(what));
   const uint32_t holders = v.holders_of(snapshot, v.mask_of(ReplicaState::kInSync));
@@ -87,10 +87,10 @@ Status ReplicatedVolume::delete_snapshot(const std::string& snapshot) {
 
 Status ReplicatedVolume::revert_snapshot(const std::string& snapshot) {
   Impl& v = *impl_;
-  std::lock_guard control_lock(v.control_mutex);
+  MutexLock control_lock(v.control_mutex);
   const std::string what = "volume " + v.options.name + ": revert to snapshot " + snapshot;
   return v.with_barrier([&]() -> Status {
-    std::lock_guard meta_lock(v.meta_mutex);
+    MutexLock meta_lock(v.meta_mutex);
     UBLKVOL_TRY(v.refuse_while_rebuilding(what));
     const uint32_t targets = v.mask_of(ReplicaState::kInSync);
     UBLKVOL_TRY(v.refuse_if_lacking(snapshot, targets, what));
@@ -143,7 +143,7 @@ Status ReplicatedVolume::revert_snapshot(const std::string& snapshot) {
       }
     }
     {
-      std::lock_guard lock(v.mutex);
+      MutexLock lock(v.mutex);
       v.generation = g;
     }
     if (!failed.ok()) {
@@ -168,9 +168,9 @@ Status ReplicatedVolume::revert_snapshot(const std::string& snapshot) {
 Result<uint32_t> ReplicatedVolume::clone_snapshot(const std::string& snapshot,
                                                   const std::string& clone) {
   Impl& v = *impl_;
-  std::lock_guard control_lock(v.control_mutex);
-  std::lock_guard membership_lock(v.membership_mutex);  // bindings stay put
-  std::lock_guard meta_lock(v.meta_mutex);
+  MutexLock control_lock(v.control_mutex);
+  MutexLock membership_lock(v.membership_mutex);  // bindings stay put
+  MutexLock meta_lock(v.meta_mutex);
   const std::string what =
       "volume " + v.options.name + ": clone " + clone + " of snapshot " + snapshot;
   UBLKVOL_TRY(v.refuse_while_rebuilding(what));

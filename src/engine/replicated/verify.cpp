@@ -20,17 +20,17 @@ void add_range(std::vector<std::pair<uint64_t, uint64_t>>& list, uint64_t offset
 // interleave with a long (throttled) scrub instead of waiting for it.
 Result<VerifyReport> ReplicatedVolume::verify(const VerifyOptions& options) {
   Impl& v = *impl_;
-  std::unique_lock run_lock(v.verify_run_mutex, std::try_to_lock);
-  if (!run_lock.owns_lock()) {
+  if (!v.verify_run_mutex.try_lock()) {
     VerifyStatus now;
     {
-      std::lock_guard lock(v.mutex);
+      MutexLock lock(v.mutex);
       now = v.verify_status;
     }
     return Error(EBUSY, "volume " + v.options.name + ": a verify is already running (" +
                             std::to_string(now.done_bytes) + " of " +
                             std::to_string(now.total_bytes) + " bytes)");
   }
+  MutexLock run_lock(v.verify_run_mutex, kAdoptLock);
   if (v.closed) {
     return Error(ESHUTDOWN, "volume " + v.options.name + " is closed");
   }
@@ -45,7 +45,7 @@ Result<VerifyReport> ReplicatedVolume::verify(const VerifyOptions& options) {
   }
   AlignedBytes copy_buffer = io_buffer(chunk);
   {
-    std::lock_guard lock(v.mutex);
+    MutexLock lock(v.mutex);
     VerifyStatus& st = v.verify_status;
     st.active = true;
     st.repair = options.repair;
@@ -84,7 +84,7 @@ Result<VerifyReport> ReplicatedVolume::verify(const VerifyOptions& options) {
     uint64_t mismatched = 0;
     uint64_t repaired = 0;
     {
-      std::lock_guard control_lock(v.control_mutex);
+      MutexLock control_lock(v.control_mutex);
       auto mask = verify_op(off, len);
       if (!mask.ok()) {
         error = mask.error().to_string();
@@ -147,7 +147,7 @@ Result<VerifyReport> ReplicatedVolume::verify(const VerifyOptions& options) {
     report.bytes_compared += len;
     const uint64_t elapsed = v.options.clock.now_ns() - start_ns;
     {
-      std::lock_guard lock(v.mutex);
+      MutexLock lock(v.mutex);
       VerifyStatus& st = v.verify_status;
       st.done_bytes = report.bytes_compared;
       st.percent = 100.0 * static_cast<double>(st.done_bytes) / static_cast<double>(size);
@@ -159,8 +159,8 @@ Result<VerifyReport> ReplicatedVolume::verify(const VerifyOptions& options) {
     if (options.bytes_per_second > 0) {
       const uint64_t due_ns = report.bytes_compared * 1000000000ULL / options.bytes_per_second;
       if (due_ns > elapsed) {
-        std::unique_lock lock(v.verify_sleep_mutex);
-        v.verify_cv.wait_for(lock, std::chrono::nanoseconds(due_ns - elapsed),
+        UniqueLock lock(v.verify_sleep_mutex);
+        v.verify_cv.wait_for(lock.native(), std::chrono::nanoseconds(due_ns - elapsed),
                              [&] { return v.verify_cancel.load(); });
       }
     }
@@ -173,7 +173,7 @@ Result<VerifyReport> ReplicatedVolume::verify(const VerifyOptions& options) {
     return n;
   };
   {
-    std::lock_guard lock(v.mutex);
+    MutexLock lock(v.mutex);
     VerifyStatus& st = v.verify_status;
     st.active = false;
     ++st.runs;
@@ -192,7 +192,7 @@ Result<VerifyReport> ReplicatedVolume::verify(const VerifyOptions& options) {
   }
   {
     // Under the lock, so wait_verify() cannot miss it.
-    std::lock_guard lock(v.verify_bg_mutex);
+    MutexLock lock(v.verify_bg_mutex);
     v.verify_bg_cv.notify_all();
   }
   v.event(-1, std::string(options.repair ? "verify+repair: " : "verify: ") +
@@ -219,13 +219,15 @@ void ReplicatedVolume::start_verify_thread() {
     Impl& w = *impl_;
     const auto interval = w.options.scrub_interval;
     auto next = std::chrono::steady_clock::now() + interval;
-    std::unique_lock lock(w.verify_bg_mutex);
+    UniqueLock lock(w.verify_bg_mutex);
     for (;;) {
-      auto wake = [&] { return w.verify_bg_stop || w.verify_request.has_value(); };
+      auto wake = [&]() REQUIRES(w.verify_bg_mutex) {
+        return w.verify_bg_stop || w.verify_request.has_value();
+      };
       if (interval.count() > 0) {
-        w.verify_bg_cv.wait_until(lock, next, wake);
+        w.verify_bg_cv.wait_until(lock.native(), next, wake);
       } else {
-        w.verify_bg_cv.wait(lock, wake);
+        w.verify_bg_cv.wait(lock.native(), wake);
       }
       if (w.verify_bg_stop) {
         return;
@@ -261,11 +263,11 @@ Status ReplicatedVolume::start_verify(const VerifyOptions& options) {
   }
   VerifyStatus now;
   {
-    std::lock_guard lock(v.mutex);
+    MutexLock lock(v.mutex);
     now = v.verify_status;
   }
   {
-    std::lock_guard lock(v.verify_bg_mutex);
+    MutexLock lock(v.verify_bg_mutex);
     if (now.active || v.verify_request || v.verify_bg_running) {
       return Error(EBUSY, "volume " + v.options.name + ": a verify is already " +
                               (now.active || v.verify_bg_running
@@ -282,9 +284,9 @@ Status ReplicatedVolume::start_verify(const VerifyOptions& options) {
 
 bool ReplicatedVolume::wait_verify(uint64_t runs, std::chrono::milliseconds timeout) {
   Impl& v = *impl_;
-  std::unique_lock lock(v.verify_bg_mutex);
-  return v.verify_bg_cv.wait_for(lock, timeout, [&] {
-    std::lock_guard status_lock(v.mutex);
+  UniqueLock lock(v.verify_bg_mutex);
+  return v.verify_bg_cv.wait_for(lock.native(), timeout, [&] {
+    MutexLock status_lock(v.mutex);
     return v.verify_status.runs >= runs;
   });
 }
@@ -292,7 +294,7 @@ bool ReplicatedVolume::wait_verify(uint64_t runs, std::chrono::milliseconds time
 void ReplicatedVolume::cancel_verify() {
   Impl& v = *impl_;
   v.verify_cancel.store(true);
-  std::lock_guard lock(v.verify_sleep_mutex);
+  MutexLock lock(v.verify_sleep_mutex);
   v.verify_cv.notify_all();
 }
 
