@@ -326,6 +326,7 @@ struct ReplicatedVolume::Impl {
   void monitor_tick();
   void handle_failures();
   void rebuild_loop();
+  void rebuild_abandon(const Job& job);
   // A rebuild job, phase by phase (rebuild.cpp); each phase's failure is
   // already reported through rebuild_failed() when it returns an error.
   Status run_job(const Job& job);

@@ -41,12 +41,31 @@ void ReplicatedVolume::Impl::rebuild_loop() {
     jobs.pop_front();
     lock.unlock();
     Status st = run_job(job);
+    if (!st.ok()) {
+      rebuild_abandon(job);
+    }
     lock.lock();
     rebuild_result = st;
     if (jobs.empty()) {
       rebuild_running = false;
     }
     rebuild_cv.notify_all();
+  }
+}
+
+// A rebuild that stopped leaves none of its targets "rebuilding" with nothing
+// rebuilding them: they leave the write set (failed), so start_rebuild()
+// takes them again and resumes from the persisted watermark. They used to
+// stay kRebuilding for good, refused by start_rebuild() ("is rebuilding, not
+// failed or stale") and keeping every checkpoint off (engine_sim_test,
+// seed 7: a source read error stopped the copy).
+void ReplicatedVolume::Impl::rebuild_abandon(const Job& job) {
+  MutexLock meta_lock(meta_mutex);
+  for (unsigned t = 0; t < nreplicas; ++t) {
+    if ((job.targets & bit(t)) != 0 && job.versions[t] == binding_version[t] &&
+        replica_state(t) == ReplicaState::kRebuilding) {
+      report_failure(t, FailKind::kRebuildStopped, -EIO);
+    }
   }
 }
 
@@ -88,7 +107,15 @@ Status ReplicatedVolume::Impl::rebuild_join_targets(const Job& job) {
     meta.history = {};
     meta.rebuilding = true;
     meta.rebuild_generation = g;
-    meta.rebuild_watermark = job.full_from;
+    // Nothing is claimed copied until rebuild_copy() persists a watermark
+    // (after the dirty regions below full_from and a flush). Persisting
+    // job.full_from here claimed the part below it current while its dirty
+    // regions were still to copy: a resume after an interruption then took
+    // them from bitmaps that may since have left with a replaced or removed
+    // replica, and declared the target in sync over stale blocks
+    // (engine_sim_test, seed 14). An interrupted resync so resumes as a
+    // full rebuild.
+    meta.rebuild_watermark = 0;
     Status st = write_meta(t, meta);
     if (!st.ok()) {
       return rebuild_failed(job, st.error().to_string());
@@ -364,6 +391,13 @@ Status ReplicatedVolume::Impl::start_rebuild_locked(unsigned replica) {
   }
   if (v.thread_exited(replica)) {
     return Error(ESHUTDOWN, what + ": its store thread is not running");
+  }
+  if (s == ReplicaState::kFailed) {
+    // Its failure may not be handled yet (the monitor runs on its own): do
+    // it now. Once the replica is stale the monitor no longer sees it as
+    // failed, and the gen_hold its failure raised would never be lowered -
+    // every write acknowledgement held for good (engine_sim_test, seed 7).
+    v.handle_failures();
   }
   // Requests the store still holds from before it failed must finish first,
   // or they could land after the rebuild copied over them.

@@ -53,7 +53,15 @@ inline IoScratch& scratch(VolumeIo& io) {
   return *std::launder(reinterpret_cast<IoScratch*>(io.scratch));
 }
 
-enum class FailKind : uint8_t { kNone, kIoError, kDeadline, kThreadDied, kOperator, kMetadata };
+enum class FailKind : uint8_t {
+  kNone,
+  kIoError,
+  kDeadline,
+  kThreadDied,
+  kOperator,
+  kMetadata,
+  kRebuildStopped
+};
 
 inline const char* to_string(FailKind kind) {
   switch (kind) {
@@ -69,6 +77,8 @@ inline const char* to_string(FailKind kind) {
       return "taken out by operator";
     case FailKind::kMetadata:
       return "metadata update failed";
+    case FailKind::kRebuildStopped:
+      return "its rebuild stopped";
   }
   return "unknown";
 }
