@@ -4,6 +4,7 @@
 //   open.cpp               ReplicatedVolume::open(): generations, resync plan
 //   queue_path.{h,cpp}     per-queue data path (QueueState)
 //   queue_control.cpp      queue set-up, replica binding, internal operations
+//   slot.{h,cpp}           the request slot and its checked state machine
 //   write_order.{h,cpp}    the cross-queue write-ordering table
 //   monitor.cpp            failure monitoring, generation bump, fail_replica
 //   checkpoint.cpp         checkpoints and periodic dirty-bitmap clearing

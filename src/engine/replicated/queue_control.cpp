@@ -145,9 +145,7 @@ int QueueState::submit_op(InternalOp& op) {
   }
   publish(*s, b, e);
   if (conflicts(*s)) {
-    s->phase = Phase::kOrderWait;
-    s->next = blocked;
-    blocked = s;
+    block(*s);
   } else {
     resume(*s);
   }
@@ -158,7 +156,7 @@ int QueueState::submit_op(InternalOp& op) {
 void QueueState::release_barrier(InternalOp& op) {
   Slot& s = *op.slot;
   release_order(s);
-  s.completed = true;
+  apply(s, s.life.complete(), "complete");
   maybe_free(s);
   op.slot = nullptr;
 }

@@ -10,18 +10,25 @@ namespace ublkvol::engine::detail {
 Slot* QueueState::alloc_slot() {
   Slot* s = free_list;
   if (s == nullptr) {
-    return slots.fresh();  // never used before: default-constructed
+    Slot* fresh = slots.fresh();  // never used before: default-constructed
+    if (fresh != nullptr) {
+      apply(*fresh, fresh->life.allocate(), "allocate");
+    }
+    return fresh;
   }
   free_list = s->next;
   s->next = nullptr;
+  apply(*s, s->life.allocate(), "allocate");
   s->io = nullptr;
   s->op = nullptr;
-  s->completed = false;
-  s->held = false;
-  s->zombie = false;
-  s->ordered = false;
   s->sent = s->dispatched = s->acked = s->errors = s->tried = s->bad = 0;
   return s;
+}
+
+void QueueState::block(Slot& s) {
+  apply(s, s.life.block(), "block");
+  s.next = blocked;
+  blocked = &s;
 }
 
 void QueueState::complete_io(VolumeIo& io, int result) {
@@ -90,9 +97,7 @@ void QueueState::start_user(Slot& s, VolumeIo& io) {
   if (is_mutating(io.op)) {
     publish(s, io.offset, io.offset + io.length);
     if (conflicts(s)) {
-      s.phase = Phase::kOrderWait;
-      s.next = blocked;
-      blocked = &s;
+      block(s);
       return;
     }
   }
@@ -102,7 +107,7 @@ void QueueState::start_user(Slot& s, VolumeIo& io) {
 void QueueState::dispatch_user(Slot& s) {
   refresh_masks();
   VolumeIo& io = *s.io;
-  s.phase = Phase::kData;
+  apply(s, s.life.dispatch(), "dispatch");
   if (static_cast<unsigned>(std::popcount(in_sync_mask)) < vol->options.min_replicas) {
     release_order(s);
     finish_io(s, -EIO);
@@ -190,7 +195,7 @@ void QueueState::kick() {
 }
 
 void QueueState::fifo_touch(Slot& s) {
-  if (s.in_fifo) {
+  if (s.life.in_fifo()) {
     if (fifo_tail == &s) {
       s.issue_ns = vol->options.clock.now_ns();
       return;
@@ -198,7 +203,7 @@ void QueueState::fifo_touch(Slot& s) {
     fifo_remove(s);
   }
   s.issue_ns = vol->options.clock.now_ns();
-  s.in_fifo = true;
+  apply(s, s.life.enter_fifo(), "enter_fifo");
   s.fifo_next = nullptr;
   s.fifo_prev = fifo_tail;
   if (fifo_tail == nullptr) {
@@ -210,7 +215,7 @@ void QueueState::fifo_touch(Slot& s) {
 }
 
 void QueueState::fifo_remove(Slot& s) {
-  if (!s.in_fifo) {
+  if (!s.life.in_fifo()) {
     return;
   }
   if (s.fifo_prev != nullptr) {
@@ -224,7 +229,7 @@ void QueueState::fifo_remove(Slot& s) {
     fifo_tail = s.fifo_prev;
   }
   s.fifo_prev = s.fifo_next = nullptr;
-  s.in_fifo = false;
+  apply(s, s.life.leave_fifo(), "leave_fifo");
 }
 
 void QueueState::handle(ReplicaIo& sub) {
@@ -241,11 +246,11 @@ void QueueState::handle(ReplicaIo& sub) {
   int result = sub.result;
   if (result < 0) {
     s.errors |= bit(r);
-    if (s.phase == Phase::kData && s.vop == VolumeOp::kRead) {
+    if (s.life.phase() == Phase::kData && s.vop == VolumeOp::kRead) {
       // Read errors are repaired, not a reason to drop the replica.
       s.bad |= bit(r);
-    } else if (s.phase == Phase::kRepairRead || s.phase == Phase::kCopyRead ||
-               s.phase == Phase::kVerifyRead) {
+    } else if (s.life.phase() == Phase::kRepairRead || s.life.phase() == Phase::kCopyRead ||
+               s.life.phase() == Phase::kVerifyRead) {
       // Same for the other reads: retried elsewhere / reported.
     } else if (!vol->report_failure(r, FailKind::kIoError, result)) {
       spdlog::error("volume {}: {} on the last in-sync replica {} failed: {} (kept in service)",
@@ -267,8 +272,9 @@ void QueueState::handle(ReplicaIo& sub) {
 
 // Phases in which the slot's sub-requests read into a buffer.
 static bool reads_into_buffer(const Slot& s) {
-  return (s.phase == Phase::kData && s.vop == VolumeOp::kRead) || s.phase == Phase::kRepairRead ||
-         s.phase == Phase::kCopyRead || s.phase == Phase::kVerifyRead;
+  return (s.life.phase() == Phase::kData && s.vop == VolumeOp::kRead) ||
+         s.life.phase() == Phase::kRepairRead || s.life.phase() == Phase::kCopyRead ||
+         s.life.phase() == Phase::kVerifyRead;
 }
 
 // Drops the expectation of answers from `lost` replicas (dropped, dead or
@@ -284,10 +290,10 @@ void QueueState::lose(Slot& s, uint32_t lost) {
 }
 
 void QueueState::advance(Slot& s) {
-  if (s.sent != 0 && s.phase != Phase::kData) {
+  if (s.sent != 0 && s.life.phase() != Phase::kData) {
     return;
   }
-  switch (s.phase) {
+  switch (s.life.phase()) {
     case Phase::kData:
       if (s.vop == VolumeOp::kRead) {
         if (s.sent != 0) {
@@ -318,7 +324,7 @@ void QueueState::advance(Slot& s) {
         finish_io(s, 0);
         return;
       }
-      s.phase = Phase::kRepairWrite;
+      apply(s, s.life.repair_write(), "repair_write");
       s.acked = s.errors = 0;
       send_all(s, targets, ReplicaOp::kWrite, s.io->offset, s.io->length, s.io->buffer, false);
       return;
@@ -343,7 +349,7 @@ void QueueState::advance(Slot& s) {
         finish_op(s, -EIO);
         return;
       }
-      s.phase = Phase::kCopyWrite;
+      apply(s, s.life.copy_write(), "copy_write");
       s.acked = s.errors = 0;
       // Thin: zeros (unmapped on the source) go out as write-zeroes, which
       // allocate nothing on a thin target. (Internal queue: not the data path.)
@@ -382,7 +388,7 @@ void QueueState::check_done_write(Slot& s) {
     // Every live replica has applied it: later overlapping writes may go.
     release_order(s);
   }
-  if (!s.completed && !s.held) {
+  if (!s.life.completed() && s.life.list() != SlotList::kHeld) {
     // A replica that failed it yet stays in the write set (the last in-sync
     // one: kept in service) while others applied it: they now differ from
     // it, possibly where a rebuild already copied, or both are in sync by
@@ -403,7 +409,7 @@ void QueueState::check_done_write(Slot& s) {
     bool ok = (s.acked & in_sync_mask) != 0 &&
               static_cast<unsigned>(std::popcount(in_sync_mask)) >= vol->options.min_replicas;
     if (ok && vol->gen_hold.load(std::memory_order_seq_cst) != 0) {
-      s.held = true;
+      apply(s, s.life.hold(), "hold");
       s.next = held;
       held = &s;
       return;
@@ -422,18 +428,15 @@ void QueueState::start_repair(Slot& s) {
   s.tried = s.bad;
   publish(s, s.io->offset, s.io->offset + s.io->length);
   if (conflicts(s)) {
-    s.phase = Phase::kOrderWait;
-    s.next = blocked;
-    blocked = &s;
+    block(s);
     return;
   }
-  s.phase = Phase::kRepairRead;
   repair_read(s);
 }
 
 void QueueState::repair_read(Slot& s) {
   refresh_masks();
-  s.phase = Phase::kRepairRead;
+  apply(s, s.life.repair_read(), "repair_read");
   int r = pick_read(in_sync_mask & ~s.tried & ~s.pending);
   if (r < 0) {
     // No other good copy now: the data read earlier stands.
@@ -449,7 +452,7 @@ void QueueState::repair_read(Slot& s) {
 
 void QueueState::copy_read(Slot& s) {
   refresh_masks();
-  s.phase = Phase::kCopyRead;
+  apply(s, s.life.copy_read(), "copy_read");
   int r = pick_read(in_sync_mask & ~s.tried & ~s.pending & ~s.op->dst_mask);
   if (r < 0) {
     release_order(s);
@@ -466,7 +469,6 @@ void QueueState::resume(Slot& s) {
   switch (s.kind) {
     case SlotKind::kUser:
       if (s.vop == VolumeOp::kRead) {
-        s.phase = Phase::kRepairRead;
         repair_read(s);
       } else {
         dispatch_user(s);
@@ -478,7 +480,7 @@ void QueueState::resume(Slot& s) {
       return;
     case SlotKind::kVerify: {
       refresh_masks();
-      s.phase = Phase::kVerifyRead;
+      apply(s, s.life.verify_read(), "verify_read");
       s.acked = 0;
       for (unsigned r = 0; r < vol->nreplicas; ++r) {
         if ((in_sync_mask & bit(r)) != 0 && (s.pending & bit(r)) == 0) {
@@ -491,7 +493,7 @@ void QueueState::resume(Slot& s) {
       return;
     }
     case SlotKind::kBarrier:
-      s.phase = Phase::kGranted;
+      apply(s, s.life.grant(), "grant");
       s.op->slot = &s;
       s.op->done = true;
       return;
@@ -499,10 +501,9 @@ void QueueState::resume(Slot& s) {
 }
 
 void QueueState::finish_io(Slot& s, int result) {
-  s.completed = true;
-  if (s.ordered) {
+  apply(s, s.life.complete(), "complete");
+  if (s.life.lingering()) {
     // Still ordering later writes until a rebuilding replica applied it.
-    s.lingering = true;
     ++lingering;
   }
   complete_io(*s.io, result);
@@ -510,31 +511,31 @@ void QueueState::finish_io(Slot& s, int result) {
 }
 
 void QueueState::finish_op(Slot& s, int result) {
-  s.completed = true;
+  apply(s, s.life.complete(), "complete");
   s.op->result = result;
   s.op->done = true;
   maybe_free(s);
 }
 
 void QueueState::maybe_free(Slot& s) {
-  if (!s.completed || s.held) {
+  if (!s.life.completed() || s.life.list() == SlotList::kHeld) {
     return;
   }
   if (s.sent == 0) {
     fifo_remove(s);
   }
-  if (s.ordered) {
+  if (s.life.ordered()) {
     return;
   }
   if (s.pending != 0) {
-    if (!s.zombie && s.sent == 0) {
-      s.zombie = true;
+    if (s.life.list() != SlotList::kZombie && s.sent == 0) {
+      apply(s, s.life.bury(), "bury");
       s.next = zombies;
       zombies = &s;
     }
     return;
   }
-  if (s.zombie) {
+  if (s.life.list() == SlotList::kZombie) {
     // Unlink from the zombie list.
     Slot** p = &zombies;
     while (*p != nullptr && *p != &s) {
@@ -543,10 +544,10 @@ void QueueState::maybe_free(Slot& s) {
     if (*p != nullptr) {
       *p = s.next;
     }
-    s.zombie = false;
+    apply(s, s.life.unbury(), "unbury");
   }
   fifo_remove(s);
-  s.phase = Phase::kFree;
+  apply(s, s.life.release(), "release");
   s.next = free_list;
   free_list = &s;
   if (wait_head != nullptr) {
@@ -562,8 +563,8 @@ void QueueState::maybe_free(Slot& s) {
 // ---- ordering (the table and its correctness argument: write_order.h) ----
 
 void QueueState::publish(Slot& s, uint64_t b, uint64_t e) {
+  apply(s, s.life.publish(), "publish");
   order.publish(s, b, e, vol->next_seq);
-  s.ordered = true;
 }
 
 bool QueueState::conflicts(Slot& s) {
@@ -576,14 +577,13 @@ bool QueueState::conflicts(Slot& s) {
 }
 
 void QueueState::release_order(Slot& s) {
-  if (!s.ordered) {
+  if (!s.life.ordered()) {
     return;
   }
-  s.ordered = false;
-  if (s.lingering) {
-    s.lingering = false;
+  if (s.life.lingering()) {
     --lingering;
   }
+  apply(s, s.life.withdraw(), "withdraw");
   uint64_t waiters = order.withdraw(s);
   recheck_blocked = true;
   while (waiters != 0) {
@@ -606,14 +606,14 @@ void QueueState::recheck() {
     while (list != nullptr && n < batch.size()) {
       batch[n++] = list;
       list = list->next;
+      apply(*batch[n - 1], batch[n - 1]->life.unblock(), "unblock");
     }
     std::sort(batch.begin(), batch.begin() + n,
               [](const Slot* a, const Slot* b) { return a->my_seq < b->my_seq; });
     for (unsigned i = 0; i < n; ++i) {
       Slot& s = *batch[i];
       if (conflicts(s)) {
-        s.next = blocked;
-        blocked = &s;
+        block(s);
       } else {
         resume(s);
       }
@@ -644,7 +644,7 @@ void QueueState::on_state_change() {
     }
     if (lost != 0) {
       lose(*s, lost);
-    } else if (s->phase == Phase::kData && s->kind == SlotKind::kUser &&
+    } else if (s->life.phase() == Phase::kData && s->kind == SlotKind::kUser &&
                s->vop != VolumeOp::kRead) {
       // A replica may have joined the in-sync set or left it.
       check_done_write(*s);
@@ -735,7 +735,7 @@ unsigned QueueState::reap() {
     while (list != nullptr) {
       Slot* s = list;
       list = list->next;
-      s->held = false;
+      apply(*s, s->life.unhold(), "unhold");
       check_done_write(*s);
     }
   }

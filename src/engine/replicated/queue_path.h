@@ -91,6 +91,7 @@ struct QueueState {
 
   // ---- data path pieces ----
   Slot* alloc_slot();
+  void block(Slot& s);  // onto the blocked list (waits for the ordering)
   void start_user(Slot& s, VolumeIo& io);
   void refresh_masks();
   void send(Slot& s, unsigned r, ReplicaOp op, uint64_t offset, uint64_t length, std::byte* buffer,
