@@ -342,6 +342,9 @@ struct ReplicatedVolume::Impl {
   [[nodiscard]] RebuildPlan rebuild_plan(const Job& job, const std::vector<uint8_t>& dirty,
                                          const detail::Ranges& mapped) const;
   Status rebuild_copy(const Job& job, const RebuildPlan& plan, uint64_t start_ns, uint64_t& done);
+  Status rebuild_copy_with(const Job& job, const RebuildPlan& plan, uint64_t start_ns,
+                           uint64_t& done, std::byte* buffer);
+  void rebuild_quiesce(QueueState& q);
   Status rebuild_finish(const Job& job);
   Status start_job(const Job& job);
   // `quiet_seq` (optional) gets the sequence number up to which every

@@ -200,12 +200,44 @@ ReplicatedVolume::Impl::RebuildPlan ReplicatedVolume::Impl::rebuild_plan(
 //    counts the bytes copied.
 Status ReplicatedVolume::Impl::rebuild_copy(const Job& job, const RebuildPlan& plan,
                                             uint64_t start_ns, uint64_t& done) {
+  AlignedBytes buffer = io_buffer(options.rebuild_chunk_bytes);
+  Status st = rebuild_copy_with(job, plan, start_ns, done, buffer.get());
+  rebuild_quiesce(*queues[rebuild_queue]);
+  return st;
+}
+
+// The staging buffer is reused (next chunk) or freed (end of the job) only
+// once no copy sub-request points at it any more: a read or write cut off
+// at the deadline, or at a replica dropped meanwhile, stays at its store
+// until it answers. Freeing it at once let a late answer write freed memory
+// (engine_sim_test under ASan: heap-use-after-free after a stopped rebuild);
+// reusing it let a late read land in the next chunk's copy. Waits as long as
+// such a replica's store holds the request (not if its thread is gone).
+void ReplicatedVolume::Impl::rebuild_quiesce(QueueState& q) {
+  for (;;) {
+    q.reap();
+    bool busy = false;
+    for (unsigned r = 0; r < nreplicas && !busy; ++r) {
+      // A binding with requests outstanding cannot change (the membership
+      // fence waits for them), so thread_exited(r) is safe to ask.
+      busy = q.outstanding[r].load(std::memory_order_acquire) != 0 && !thread_exited(r);
+    }
+    if (!busy) {
+      return;
+    }
+    runner().wait(q.wake.get(), std::chrono::milliseconds(50));
+    drain_fd(q.wake.get());
+  }
+}
+
+Status ReplicatedVolume::Impl::rebuild_copy_with(const Job& job, const RebuildPlan& plan,
+                                                 uint64_t start_ns, uint64_t& done,
+                                                 std::byte* buffer) {
   const auto& ranges = plan.ranges;
   const uint64_t total = plan.total;
   const uint64_t full_from = plan.full_from;
   QueueState& q = *queues[rebuild_queue];
   const uint64_t chunk = options.rebuild_chunk_bytes;
-  AlignedBytes buffer = io_buffer(chunk);
   uint64_t since_persist = 0;
   for (auto [rb, rlen] : ranges) {
     for (uint64_t off = rb; off < rb + rlen; off += chunk) {
@@ -220,11 +252,12 @@ Status ReplicatedVolume::Impl::rebuild_copy(const Job& job, const RebuildPlan& p
       op.offset = off;
       op.length = std::min(chunk, rb + rlen - off);
       op.dst_mask = job.targets;
-      op.buffer = buffer.get();
+      op.buffer = buffer;
       if (q.submit_op(op) != 0) {
         return rebuild_failed(job, "rebuild queue busy");
       }
       q.run_until_done(op);
+      rebuild_quiesce(q);
       if (op.result != 0) {
         return rebuild_failed(
             job, std::string("copy at byte ") + std::to_string(off) + " failed (" +
