@@ -43,12 +43,14 @@
 #include <vector>
 
 #include "ublkvol/common/result.h"
+#include "ublkvol/engine/engine_clock.h"
 #include "ublkvol/engine/volume.h"
 
 namespace ublkvol::engine {
 
 class ReplicaStore;
-class StoreThread;
+class StoreExecutor;
+class TaskRunner;
 
 inline constexpr unsigned kMaxReplicas = 4;
 
@@ -66,7 +68,8 @@ const char* to_string(ReplicaState state);
 // store must be attached to the thread.
 struct ReplicaBinding {
   ReplicaStore* store = nullptr;
-  StoreThread* thread = nullptr;
+  // The store's owner: a StoreThread in production (store_executor.h).
+  StoreExecutor* thread = nullptr;
 };
 
 struct ReplicatedVolumeOptions {
@@ -102,6 +105,13 @@ struct ReplicatedVolumeOptions {
   std::chrono::milliseconds scrub_interval{0};
   uint64_t scrub_bytes_per_second = 0;
   bool scrub_repair = false;
+  // Time source for deadlines, monitor ticks, throttles and control-path
+  // timeouts: CLOCK_MONOTONIC unless given a ManualClock (the simulator).
+  EngineClock clock;
+  // Runs the monitor, rebuild, dirty-clear and verify activities and the
+  // control path's pauses (task_runner.h); nullptr: thread_task_runner().
+  // Must outlive the volume.
+  TaskRunner* task_runner = nullptr;
 };
 
 struct RebuildProgress {

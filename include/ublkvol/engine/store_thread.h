@@ -1,4 +1,5 @@
-// StoreThread: the one thread that owns a store (all ReplicaStores on one
+// StoreThread: the StoreExecutor (store_executor.h) of production - the one
+// thread that owns a store (all ReplicaStores on one
 // device / one DBS) and does its I/O. Shared-nothing: nothing else ever
 // touches the stores it owns.
 //
@@ -32,12 +33,9 @@
 
 #include "ublkvol/common/result.h"
 #include "ublkvol/engine/replica_store.h"
+#include "ublkvol/engine/store_executor.h"
 
 namespace ublkvol::engine {
-
-namespace detail {
-struct StoreChannel;
-}
 
 struct StoreThreadOptions {
   std::string name = "store";
@@ -49,19 +47,19 @@ struct StoreThreadOptions {
   std::chrono::microseconds spin_before_sleep{0};
 };
 
-class StoreThread {
+class StoreThread final : public StoreExecutor {
  public:
   static Result<std::unique_ptr<StoreThread>> start(const StoreThreadOptions& options = {});
   // Stops the thread (see stop()).
-  ~StoreThread();
+  ~StoreThread() override;
   StoreThread(const StoreThread&) = delete;
   StoreThread& operator=(const StoreThread&) = delete;
 
-  [[nodiscard]] std::string_view name() const;
+  [[nodiscard]] std::string_view name() const override;
 
   // Runs `fn` on the store thread and returns its result. Fails with
   // ESHUTDOWN if the thread has stopped or died.
-  Status call(const std::function<Status()>& fn);
+  Status call(const std::function<Status()>& fn) override;
 
   // Stores the thread serves (it polls them). Control path; `store` must
   // outlive its attachment.
@@ -69,10 +67,10 @@ class StoreThread {
   Status detach(ReplicaStore& store);
 
   // Engine plumbing: channels are added/removed by ReplicatedVolume.
-  Status add_channel(detail::StoreChannel& channel);
-  Status remove_channel(detail::StoreChannel& channel);
+  Status add_channel(detail::StoreChannel& channel) override;
+  Status remove_channel(detail::StoreChannel& channel) override;
   // Producer side: call after pushing requests (wakes the thread if asleep).
-  void ring_doorbell();
+  void ring_doorbell() override;
 
   // Ends the loop and joins. Requests still in flight are abandoned (their
   // completions never arrive): close the volumes first.
@@ -81,7 +79,7 @@ class StoreThread {
   // flight, as if it had crashed. exited() turns true after its last access
   // to any request, so the engine may then reclaim them.
   void kill_for_testing();
-  [[nodiscard]] bool exited() const;
+  [[nodiscard]] bool exited() const override;
 
   struct Impl;
 

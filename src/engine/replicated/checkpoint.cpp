@@ -33,7 +33,7 @@ Status ReplicatedVolume::Impl::checkpoint_locked(uint64_t* quiet_seq) {
   // after the barrier wait for its release, i.e. until every bitmap is
   // cleared; the stores then mark (and commit) their regions again before
   // issuing them. So a cleared bit never covers a write some replica lacks.
-  auto started = std::chrono::steady_clock::now();
+  auto started = options.clock.now();
   if (quiet_seq != nullptr) {
     *quiet_seq = UINT64_MAX;
   }
@@ -67,8 +67,8 @@ Status ReplicatedVolume::Impl::checkpoint_locked(uint64_t* quiet_seq) {
     return ok_status();
   });
   if (outcome.ok()) {
-    auto pause = std::chrono::duration_cast<std::chrono::microseconds>(
-        std::chrono::steady_clock::now() - started);
+    auto pause =
+        std::chrono::duration_cast<std::chrono::microseconds>(options.clock.now() - started);
     MutexLock lock(checkpoint_mutex);
     ++checkpoints;
     last_checkpoint_pause_us = static_cast<uint64_t>(pause.count());
@@ -139,8 +139,9 @@ void ReplicatedVolume::Impl::stop_dirty_clear() {
     dirty_clear_stop = true;
   }
   checkpoint_cv.notify_all();
-  if (dirty_clear_thread.joinable()) {
-    dirty_clear_thread.join();
+  if (dirty_clear_thread) {
+    dirty_clear_thread->join();
+    dirty_clear_thread.reset();
   }
 }
 

@@ -77,7 +77,8 @@
 #include "ublkvol/common/unique_fd.h"
 #include "ublkvol/engine/generation.h"
 #include "ublkvol/engine/replicated_volume.h"
-#include "ublkvol/engine/store_thread.h"
+#include "ublkvol/engine/store_executor.h"
+#include "ublkvol/engine/task_runner.h"
 
 #include "controller.h"
 #include "queue_path.h"
@@ -120,7 +121,7 @@ struct ReplicatedVolume::Impl {
   unsigned control_queue = 0;
 
   // Monitor.
-  std::thread monitor;
+  std::unique_ptr<BackgroundTask> monitor;
   UniqueFd monitor_fd;
   std::atomic<bool> stopping{false};
 
@@ -155,7 +156,9 @@ struct ReplicatedVolume::Impl {
     job.versions = binding_version;
     return job;
   }
-  std::thread rebuild_thread;
+  std::unique_ptr<BackgroundTask> rebuild_thread;
+  // A rebuild_loop() runs.
+  bool rebuild_worker GUARDED_BY(rebuild_mutex) = false;
   Mutex rebuild_mutex ACQUIRED_AFTER(membership_mutex);
   std::condition_variable rebuild_cv;  // waits through UniqueLock::native()
   std::deque<Job> jobs GUARDED_BY(rebuild_mutex);
@@ -172,7 +175,7 @@ struct ReplicatedVolume::Impl {
   // thread, not the monitor: a checkpoint drains in-flight writes, and a
   // write stuck at a hung replica only completes once the monitor's
   // deadline tick fails that replica.
-  std::thread dirty_clear_thread;
+  std::unique_ptr<BackgroundTask> dirty_clear_thread;
   mutable Mutex checkpoint_mutex ACQUIRED_AFTER(mutex);
   std::condition_variable checkpoint_cv;
   bool dirty_clear_stop GUARDED_BY(checkpoint_mutex) = false;
@@ -186,7 +189,7 @@ struct ReplicatedVolume::Impl {
   std::condition_variable verify_cv;
   VerifyStatus verify_status GUARDED_BY(mutex);
   // Background verifies (start_verify(), scheduled scrub): one thread.
-  std::thread verify_thread;
+  std::unique_ptr<BackgroundTask> verify_thread;
   Mutex verify_bg_mutex;  // the three fields below; may then take `mutex`
   std::condition_variable verify_bg_cv;
   std::optional<VerifyOptions> verify_request GUARDED_BY(verify_bg_mutex);
@@ -199,8 +202,9 @@ struct ReplicatedVolume::Impl {
       verify_bg_stop = true;
     }
     verify_bg_cv.notify_all();
-    if (verify_thread.joinable()) {
-      verify_thread.join();
+    if (verify_thread) {
+      verify_thread->join();
+      verify_thread.reset();
     }
   }
 
@@ -316,9 +320,14 @@ struct ReplicatedVolume::Impl {
     return bits;
   }
 
-  void monitor_loop();
+  // Background activities and control-path pauses (task_runner.h).
+  [[nodiscard]] TaskRunner& runner() const {
+    return options.task_runner != nullptr ? *options.task_runner : thread_task_runner();
+  }
+  void monitor_tick();
   void handle_failures();
   void rebuild_loop();
+  void rebuild_abandon(const Job& job);
   // A rebuild job, phase by phase (rebuild.cpp); each phase's failure is
   // already reported through rebuild_failed() when it returns an error.
   Status run_job(const Job& job);
@@ -333,6 +342,9 @@ struct ReplicatedVolume::Impl {
   [[nodiscard]] RebuildPlan rebuild_plan(const Job& job, const std::vector<uint8_t>& dirty,
                                          const detail::Ranges& mapped) const;
   Status rebuild_copy(const Job& job, const RebuildPlan& plan, uint64_t start_ns, uint64_t& done);
+  Status rebuild_copy_with(const Job& job, const RebuildPlan& plan, uint64_t start_ns,
+                           uint64_t& done, std::byte* buffer);
+  void rebuild_quiesce(QueueState& q);
   Status rebuild_finish(const Job& job);
   Status start_job(const Job& job);
   // `quiet_seq` (optional) gets the sequence number up to which every

@@ -28,8 +28,7 @@ void reap_if_free(Mutex& m, QueueState& q) NO_THREAD_SAFETY_ANALYSIS {
 Status ReplicatedVolume::Impl::fence(unsigned r, const std::string& what) {
   const uint64_t target = state_epoch.load(std::memory_order_seq_cst);
   poke_queues();
-  const auto limit =
-      std::chrono::steady_clock::now() + 2 * options.io_deadline + std::chrono::seconds(1);
+  const auto limit = options.clock.now() + 2 * options.io_deadline + std::chrono::seconds(1);
   std::string waiting;
   for (;;) {
     waiting.clear();
@@ -55,7 +54,7 @@ Status ReplicatedVolume::Impl::fence(unsigned r, const std::string& what) {
     if (waiting.empty()) {
       return ok_status();
     }
-    if (std::chrono::steady_clock::now() > limit) {
+    if (options.clock.now() > limit) {
       return Error(ETIMEDOUT,
                    std::string(what)
                        .append(": queue(s)")
@@ -64,8 +63,7 @@ Status ReplicatedVolume::Impl::fence(unsigned r, const std::string& what) {
                                "on wake_fd; a hung store keeps its requests)"));
     }
     // Control path: queues answer within a reap or a monitor tick.
-    pollfd p{monitor_fd.get(), 0, 0};
-    ::poll(&p, 1, 2);
+    runner().wait(-1, std::chrono::milliseconds(2));
   }
 }
 
@@ -172,8 +170,7 @@ Status ReplicatedVolume::Impl::take_out(unsigned r, const std::string& what) {
     signal_fd(monitor_fd.get());
   }
   while (gen_hold.load(std::memory_order_seq_cst) != 0) {
-    pollfd p{monitor_fd.get(), 0, 0};
-    ::poll(&p, 1, 1);
+    runner().wait(-1, std::chrono::milliseconds(1));
   }
   return ok_status();
 }

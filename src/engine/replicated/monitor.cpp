@@ -8,30 +8,22 @@ namespace ublkvol::engine {
 // ---------------------------------------------------------------------------
 // Monitor: deadline ticks, failure handling, generation bumps.
 // ---------------------------------------------------------------------------
-void ReplicatedVolume::Impl::monitor_loop() {
-  pthread_setname_np(pthread_self(), "vol-monitor");
-  uint64_t tick_ms = std::clamp<uint64_t>(deadline_ns / 4 / 1000000, 1, 1000);
-  while (!stopping.load(std::memory_order_acquire)) {
-    pollfd p{monitor_fd.get(), POLLIN, 0};
-    ::poll(&p, 1, static_cast<int>(tick_ms));
-    drain_fd(monitor_fd.get());
-    if (stopping.load(std::memory_order_acquire)) {
-      break;
-    }
-    tick.fetch_add(1, std::memory_order_relaxed);
-    {
-      // Bindings change under meta_mutex (membership changes).
-      MutexLock meta_lock(meta_mutex);
-      for (unsigned r = 0; r < nreplicas; ++r) {
-        ReplicaState s = replica_state(r);
-        if ((s == ReplicaState::kInSync || s == ReplicaState::kRebuilding) && thread_exited(r)) {
-          report_failure(r, FailKind::kThreadDied, -ESHUTDOWN);
-        }
+// One round of the monitor: a ticker of the task runner (open.cpp), run
+// every deadline/4 (at most 1 s) and whenever monitor_fd is signalled.
+void ReplicatedVolume::Impl::monitor_tick() {
+  tick.fetch_add(1, std::memory_order_relaxed);
+  {
+    // Bindings change under meta_mutex (membership changes).
+    MutexLock meta_lock(meta_mutex);
+    for (unsigned r = 0; r < nreplicas; ++r) {
+      ReplicaState s = replica_state(r);
+      if ((s == ReplicaState::kInSync || s == ReplicaState::kRebuilding) && thread_exited(r)) {
+        report_failure(r, FailKind::kThreadDied, -ESHUTDOWN);
       }
     }
-    handle_failures();
-    poke_queues();
   }
+  handle_failures();
+  poke_queues();
 }
 
 void ReplicatedVolume::Impl::handle_failures() {
@@ -125,7 +117,7 @@ Status ReplicatedVolume::fail_replica(unsigned replica, const std::string& reaso
   signal_fd(v.monitor_fd.get());
   // Wait for the generation bump so that status() reflects it.
   while (v.gen_hold.load() != 0) {
-    std::this_thread::yield();
+    v.runner().wait(-1, std::chrono::milliseconds(0));
   }
   return ok_status();
 }

@@ -189,9 +189,12 @@ Result<std::unique_ptr<ReplicatedVolume>> ReplicatedVolume::open(
         v, i, i < options.queues ? options.queue_depth : detail::kInternalQueueDepth));
   }
   Impl* raw = impl.get();
-  v.monitor = std::thread([raw] { raw->monitor_loop(); });
+  const uint64_t tick_ms = std::clamp<uint64_t>(v.deadline_ns / 4 / 1000000, 1, 1000);
+  v.monitor =
+      v.runner().start_ticker("vol-monitor", v.monitor_fd.get(), std::chrono::milliseconds(tick_ms),
+                              [raw] { raw->monitor_tick(); });
   if (options.dirty_clear_interval.count() > 0) {
-    v.dirty_clear_thread = std::thread([raw] { raw->dirty_clear_loop(); });
+    v.dirty_clear_thread = v.runner().start("vol-dirtyclear", [raw] { raw->dirty_clear_loop(); });
   }
   auto volume = std::unique_ptr<ReplicatedVolume>(new ReplicatedVolume(std::move(impl)));
   if (options.scrub_interval.count() > 0) {

@@ -33,7 +33,7 @@ Status QueueState::init(ReplicatedVolume::Impl& volume, unsigned queue_index, un
 // store thread if there is one, else adds one. Before r's state puts it in
 // any mask (so the queue thread only sends to r after this).
 Status QueueState::bind_replica(unsigned r) {
-  StoreThread* t = vol->replicas[r].thread;
+  StoreExecutor* t = vol->replicas[r].thread;
   StoreChannel* ch = nullptr;
   int free_entry = -1;
   for (unsigned i = 0; i < kMaxReplicas; ++i) {
@@ -116,8 +116,7 @@ void QueueState::shutdown() {
         }
       }
     }
-    pollfd p{wake.get(), POLLIN, 0};
-    ::poll(&p, 1, 100);
+    vol->runner().wait(wake.get(), std::chrono::milliseconds(100));
     drain_fd(wake.get());
   }
   for (unsigned i = 0; i < kMaxReplicas; ++i) {
@@ -168,8 +167,7 @@ void QueueState::run_until_done(InternalOp& op) {
     if (op.done) {
       break;
     }
-    pollfd p{wake.get(), POLLIN, 0};
-    ::poll(&p, 1, 50);
+    vol->runner().wait(wake.get(), std::chrono::milliseconds(50));
     drain_fd(wake.get());
   }
 }
@@ -180,8 +178,7 @@ void QueueState::run_until_idle() {
     if (in_flight == 0) {
       break;
     }
-    pollfd p{wake.get(), POLLIN, 0};
-    ::poll(&p, 1, 50);
+    vol->runner().wait(wake.get(), std::chrono::milliseconds(50));
     drain_fd(wake.get());
   }
 }

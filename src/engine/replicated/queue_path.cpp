@@ -197,12 +197,12 @@ void QueueState::kick() {
 void QueueState::fifo_touch(Slot& s) {
   if (s.life.in_fifo()) {
     if (fifo_tail == &s) {
-      s.issue_ns = now_ns();
+      s.issue_ns = vol->options.clock.now_ns();
       return;
     }
     fifo_remove(s);
   }
-  s.issue_ns = now_ns();
+  s.issue_ns = vol->options.clock.now_ns();
   apply(s, s.life.enter_fifo(), "enter_fifo");
   s.fifo_next = nullptr;
   s.fifo_prev = fifo_tail;
@@ -257,6 +257,13 @@ void QueueState::handle(ReplicaIo& sub) {
                     vol->options.name, to_string(sub.op), r,
                     std::error_code(-result, std::generic_category()).message());
     }
+  } else if (sub.op == ReplicaOp::kRead && (refresh_masks(), (in_sync_mask & bit(r)) == 0)) {
+    // Its replica left the in-sync set while the read was there (the read
+    // waited for the answer, on_state_change()): the data may be stale, or
+    // even hold bytes a late write of that dropped replica took from a
+    // buffer its caller had reused (engine_sim_test, seed 307). Read again
+    // from an in-sync replica.
+    s.errors |= bit(r);
   } else {
     s.acked |= bit(r);
   }
@@ -382,6 +389,23 @@ void QueueState::check_done_write(Slot& s) {
     release_order(s);
   }
   if (!s.life.completed() && s.life.list() != SlotList::kHeld) {
+    // A replica that failed it yet stays in the write set (the last in-sync
+    // one: kept in service) while others applied it: they now differ from
+    // it, possibly where a rebuild already copied, or both are in sync by
+    // now (a rebuild finished meanwhile). Take the ones that applied it out
+    // (they resync from the bitmaps later); the write fails. Before, it
+    // could complete with success and leave two in-sync replicas differing
+    // (engine_sim_test, seeds 483, 1086).
+    const uint32_t missed = s.errors & s.dispatched & write_mask;
+    const uint32_t applied = s.acked & write_mask;
+    if (is_mutating(s.vop) && missed != 0 && applied != 0) {
+      for (unsigned r = 0; r < vol->nreplicas; ++r) {
+        if ((applied & bit(r)) != 0) {
+          vol->report_failure(r, FailKind::kIoError, -EIO);
+        }
+      }
+      refresh_masks();
+    }
     bool ok = (s.acked & in_sync_mask) != 0 &&
               static_cast<unsigned>(std::popcount(in_sync_mask)) >= vol->options.min_replicas;
     if (ok && vol->gen_hold.load(std::memory_order_seq_cst) != 0) {
@@ -630,7 +654,7 @@ void QueueState::on_state_change() {
 }
 
 void QueueState::on_tick() {
-  uint64_t now = now_ns();
+  uint64_t now = vol->options.clock.now_ns();
   for (Slot* s = fifo_head; s != nullptr;) {
     Slot* next = s->fifo_next;
     // (Requests re-sent during this loop carry a later stamp than `now`.)
@@ -644,6 +668,21 @@ void QueueState::on_tick() {
       }
     }
     refresh_masks();
+    if (!reads_into_buffer(*s)) {
+      // A replica still in the write set - the last in-sync one, whose
+      // failure was refused - may still read this request's buffer: keep
+      // waiting for it (unless its store thread is gone). Completing now
+      // hands the buffer back, and the late write would store whatever the
+      // caller puts there next in the only in-sync copy (engine_sim_test,
+      // seed 14). The request now takes as long as that replica does.
+      uint32_t keep = overdue & write_mask;
+      for (unsigned r = 0; r < vol->nreplicas; ++r) {
+        if ((keep & bit(r)) != 0 && vol->thread_exited(r)) {
+          keep &= ~bit(r);
+        }
+      }
+      overdue &= ~keep;
+    }
     lose(*s, overdue);
     s = next;
   }

@@ -12,8 +12,13 @@ Status ReplicatedVolume::Impl::start_job(const Job& job) {
   }
   jobs.push_back(job);
   rebuild_running = true;
-  if (!rebuild_thread.joinable()) {
-    rebuild_thread = std::thread([this] { rebuild_loop(); });
+  if (!rebuild_worker) {
+    // The last worker ended when the queue ran empty (rebuild_loop()).
+    if (rebuild_thread) {
+      rebuild_thread->join();
+    }
+    rebuild_worker = true;
+    rebuild_thread = runner().start("vol-rebuild", [this] { rebuild_loop(); });
   }
   rebuild_cv.notify_all();
   return ok_status();
@@ -23,10 +28,12 @@ void ReplicatedVolume::Impl::rebuild_loop() {
   pthread_setname_np(pthread_self(), "vol-rebuild");
   UniqueLock lock(rebuild_mutex);
   for (;;) {
-    rebuild_cv.wait(lock.native(),
-                    [&]() REQUIRES(rebuild_mutex) { return rebuild_stop || !jobs.empty(); });
-    if (rebuild_stop) {
+    // Ends once the queue is empty (start_job() starts a new worker) rather
+    // than waiting for the next job: a task runner may run this on a thread
+    // that has other work (the simulator's one thread).
+    if (rebuild_stop || jobs.empty()) {
       rebuild_running = false;
+      rebuild_worker = false;
       rebuild_cv.notify_all();
       return;
     }
@@ -34,12 +41,31 @@ void ReplicatedVolume::Impl::rebuild_loop() {
     jobs.pop_front();
     lock.unlock();
     Status st = run_job(job);
+    if (!st.ok()) {
+      rebuild_abandon(job);
+    }
     lock.lock();
     rebuild_result = st;
     if (jobs.empty()) {
       rebuild_running = false;
     }
     rebuild_cv.notify_all();
+  }
+}
+
+// A rebuild that stopped leaves none of its targets "rebuilding" with nothing
+// rebuilding them: they leave the write set (failed), so start_rebuild()
+// takes them again and resumes from the persisted watermark. They used to
+// stay kRebuilding for good, refused by start_rebuild() ("is rebuilding, not
+// failed or stale") and keeping every checkpoint off (engine_sim_test,
+// seed 7: a source read error stopped the copy).
+void ReplicatedVolume::Impl::rebuild_abandon(const Job& job) {
+  MutexLock meta_lock(meta_mutex);
+  for (unsigned t = 0; t < nreplicas; ++t) {
+    if ((job.targets & bit(t)) != 0 && job.versions[t] == binding_version[t] &&
+        replica_state(t) == ReplicaState::kRebuilding) {
+      report_failure(t, FailKind::kRebuildStopped, -EIO);
+    }
   }
 }
 
@@ -81,7 +107,15 @@ Status ReplicatedVolume::Impl::rebuild_join_targets(const Job& job) {
     meta.history = {};
     meta.rebuilding = true;
     meta.rebuild_generation = g;
-    meta.rebuild_watermark = job.full_from;
+    // Nothing is claimed copied until rebuild_copy() persists a watermark
+    // (after the dirty regions below full_from and a flush). Persisting
+    // job.full_from here claimed the part below it current while its dirty
+    // regions were still to copy: a resume after an interruption then took
+    // them from bitmaps that may since have left with a replaced or removed
+    // replica, and declared the target in sync over stale blocks
+    // (engine_sim_test, seed 14). An interrupted resync so resumes as a
+    // full rebuild.
+    meta.rebuild_watermark = 0;
     Status st = write_meta(t, meta);
     if (!st.ok()) {
       return rebuild_failed(job, st.error().to_string());
@@ -166,12 +200,44 @@ ReplicatedVolume::Impl::RebuildPlan ReplicatedVolume::Impl::rebuild_plan(
 //    counts the bytes copied.
 Status ReplicatedVolume::Impl::rebuild_copy(const Job& job, const RebuildPlan& plan,
                                             uint64_t start_ns, uint64_t& done) {
+  AlignedBytes buffer = io_buffer(options.rebuild_chunk_bytes);
+  Status st = rebuild_copy_with(job, plan, start_ns, done, buffer.get());
+  rebuild_quiesce(*queues[rebuild_queue]);
+  return st;
+}
+
+// The staging buffer is reused (next chunk) or freed (end of the job) only
+// once no copy sub-request points at it any more: a read or write cut off
+// at the deadline, or at a replica dropped meanwhile, stays at its store
+// until it answers. Freeing it at once let a late answer write freed memory
+// (engine_sim_test under ASan: heap-use-after-free after a stopped rebuild);
+// reusing it let a late read land in the next chunk's copy. Waits as long as
+// such a replica's store holds the request (not if its thread is gone).
+void ReplicatedVolume::Impl::rebuild_quiesce(QueueState& q) {
+  for (;;) {
+    q.reap();
+    bool busy = false;
+    for (unsigned r = 0; r < nreplicas && !busy; ++r) {
+      // A binding with requests outstanding cannot change (the membership
+      // fence waits for them), so thread_exited(r) is safe to ask.
+      busy = q.outstanding[r].load(std::memory_order_acquire) != 0 && !thread_exited(r);
+    }
+    if (!busy) {
+      return;
+    }
+    runner().wait(q.wake.get(), std::chrono::milliseconds(50));
+    drain_fd(q.wake.get());
+  }
+}
+
+Status ReplicatedVolume::Impl::rebuild_copy_with(const Job& job, const RebuildPlan& plan,
+                                                 uint64_t start_ns, uint64_t& done,
+                                                 std::byte* buffer) {
   const auto& ranges = plan.ranges;
   const uint64_t total = plan.total;
   const uint64_t full_from = plan.full_from;
   QueueState& q = *queues[rebuild_queue];
   const uint64_t chunk = options.rebuild_chunk_bytes;
-  AlignedBytes buffer = io_buffer(chunk);
   uint64_t since_persist = 0;
   for (auto [rb, rlen] : ranges) {
     for (uint64_t off = rb; off < rb + rlen; off += chunk) {
@@ -186,11 +252,12 @@ Status ReplicatedVolume::Impl::rebuild_copy(const Job& job, const RebuildPlan& p
       op.offset = off;
       op.length = std::min(chunk, rb + rlen - off);
       op.dst_mask = job.targets;
-      op.buffer = buffer.get();
+      op.buffer = buffer;
       if (q.submit_op(op) != 0) {
         return rebuild_failed(job, "rebuild queue busy");
       }
       q.run_until_done(op);
+      rebuild_quiesce(q);
       if (op.result != 0) {
         return rebuild_failed(
             job, std::string("copy at byte ") + std::to_string(off) + " failed (" +
@@ -198,7 +265,7 @@ Status ReplicatedVolume::Impl::rebuild_copy(const Job& job, const RebuildPlan& p
       }
       done += op.length;
       since_persist += op.length;
-      uint64_t elapsed = now_ns() - start_ns;
+      uint64_t elapsed = options.clock.now_ns() - start_ns;
       double rate =
           elapsed > 0 ? static_cast<double>(done) * 1e9 / static_cast<double>(elapsed) : 0;
       {
@@ -240,7 +307,7 @@ Status ReplicatedVolume::Impl::rebuild_copy(const Job& job, const RebuildPlan& p
       uint64_t limit = rebuild_rate.load(std::memory_order_relaxed);
       if (limit > 0) {
         uint64_t due_ns = done * 1000000000ULL / limit;
-        uint64_t el = now_ns() - start_ns;
+        uint64_t el = options.clock.now_ns() - start_ns;
         if (due_ns > el) {
           UniqueLock lock(rebuild_mutex);
           rebuild_cv.wait_for(lock.native(), std::chrono::nanoseconds(due_ns - el),
@@ -312,7 +379,7 @@ Status ReplicatedVolume::Impl::run_job(const Job& job) {
   const RebuildPlan plan = rebuild_plan(job, dirty, mapped);
   const uint64_t full_from = plan.full_from;
   const uint64_t total = plan.total;
-  uint64_t start_ns = now_ns();
+  uint64_t start_ns = options.clock.now_ns();
   {
     MutexLock lock(mutex);
     progress = RebuildProgress{};
@@ -324,7 +391,7 @@ Status ReplicatedVolume::Impl::run_job(const Job& job) {
   uint64_t done = 0;
   UBLKVOL_TRY(rebuild_copy(job, plan, start_ns, done));
   UBLKVOL_TRY(rebuild_finish(job));
-  double secs = static_cast<double>(now_ns() - start_ns) / 1e9;
+  double secs = static_cast<double>(options.clock.now_ns() - start_ns) / 1e9;
   {
     MutexLock lock(mutex);
     progress.active = false;
@@ -357,6 +424,13 @@ Status ReplicatedVolume::Impl::start_rebuild_locked(unsigned replica) {
   }
   if (v.thread_exited(replica)) {
     return Error(ESHUTDOWN, what + ": its store thread is not running");
+  }
+  if (s == ReplicaState::kFailed) {
+    // Its failure may not be handled yet (the monitor runs on its own): do
+    // it now. Once the replica is stale the monitor no longer sees it as
+    // failed, and the gen_hold its failure raised would never be lowered -
+    // every write acknowledgement held for good (engine_sim_test, seed 7).
+    v.handle_failures();
   }
   // Requests the store still holds from before it failed must finish first,
   // or they could land after the rebuild copied over them.

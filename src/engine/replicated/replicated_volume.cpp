@@ -64,13 +64,13 @@ ReplicatedVolume::~ReplicatedVolume() {
     v.rebuild_stop = true;
   }
   v.rebuild_cv.notify_all();
-  if (v.rebuild_thread.joinable()) {
-    v.rebuild_thread.join();
+  if (v.rebuild_thread) {
+    v.rebuild_thread->join();
+    v.rebuild_thread.reset();
   }
   v.stopping.store(true);
-  signal_fd(v.monitor_fd.get());
-  if (v.monitor.joinable()) {
-    v.monitor.join();
+  if (v.monitor) {
+    v.monitor->join();  // stops the ticker
   }
   for (auto& q : v.queues) {
     q->shutdown();
@@ -184,8 +184,9 @@ Status ReplicatedVolume::close() {
     v.rebuild_stop = true;
   }
   v.rebuild_cv.notify_all();
-  if (v.rebuild_thread.joinable()) {
-    v.rebuild_thread.join();
+  if (v.rebuild_thread) {
+    v.rebuild_thread->join();
+    v.rebuild_thread.reset();
   }
   Status st = ok_status();
   if (v.mask_of(ReplicaState::kInSync) == v.present_mask()) {

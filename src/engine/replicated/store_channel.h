@@ -1,5 +1,5 @@
 // StoreChannel: the pair of rings between one queue thread of one volume and
-// one store thread (store_thread.h). Internal to the engine.
+// one store executor (store_executor.h; a StoreThread in production). Internal to the engine.
 #pragma once
 
 #include <array>
@@ -10,7 +10,7 @@
 #include "spsc_ring.h"
 
 namespace ublkvol::engine {
-class StoreThread;
+class StoreExecutor;
 }
 
 namespace ublkvol::engine::detail {
@@ -21,7 +21,7 @@ struct StoreChannel {
   SpscRing<ReplicaIo> requests;     // queue thread -> store thread
   SpscRing<ReplicaIo> completions;  // store thread -> queue thread
   int queue_wake_fd = -1;           // the queue's eventfd
-  StoreThread* thread = nullptr;
+  StoreExecutor* thread = nullptr;
   // Replica index (within the volume) -> its store, for replicas on this thread.
   std::array<ReplicaStore*, kMaxReplicas> stores{};
   // Store-thread private: a completion was pushed into an empty ring during

@@ -55,7 +55,7 @@ Result<VerifyReport> ReplicatedVolume::verify(const VerifyOptions& options) {
   }
   VerifyReport report;
   std::string error;
-  const uint64_t start_ns = now_ns();
+  const uint64_t start_ns = v.options.clock.now_ns();
   std::vector<detail::BlockVerdict> verdicts;
   // One ordered op on the control queue (caller holds control_mutex).
   auto run_op = [&](InternalOp& op) -> Status {
@@ -145,7 +145,7 @@ Result<VerifyReport> ReplicatedVolume::verify(const VerifyOptions& options) {
       }
     }
     report.bytes_compared += len;
-    const uint64_t elapsed = now_ns() - start_ns;
+    const uint64_t elapsed = v.options.clock.now_ns() - start_ns;
     {
       MutexLock lock(v.mutex);
       VerifyStatus& st = v.verify_status;
@@ -183,7 +183,7 @@ Result<VerifyReport> ReplicatedVolume::verify(const VerifyOptions& options) {
     st.last_mismatched_bytes = total(report.mismatches);
     st.last_repaired_bytes = total(report.repaired);
     st.last_unrepaired_bytes = total(report.unrepaired);
-    st.last_seconds = static_cast<double>(now_ns() - start_ns) / 1e9;
+    st.last_seconds = static_cast<double>(v.options.clock.now_ns() - start_ns) / 1e9;
     st.last_error = !error.empty() ? error : report.cancelled ? "cancelled" : "";
     st.last_mismatches.assign(
         report.mismatches.begin(),
@@ -211,10 +211,10 @@ Result<VerifyReport> ReplicatedVolume::verify(const VerifyOptions& options) {
 
 void ReplicatedVolume::start_verify_thread() {
   Impl& v = *impl_;
-  if (v.verify_thread.joinable()) {
+  if (v.verify_thread) {
     return;
   }
-  v.verify_thread = std::thread([this] {
+  v.verify_thread = v.runner().start("vol-verify", [this] {
     pthread_setname_np(pthread_self(), "vol-verify");
     Impl& w = *impl_;
     const auto interval = w.options.scrub_interval;

@@ -22,12 +22,6 @@ namespace ublkvol::engine::detail {
 
 inline constexpr uint32_t bit(unsigned r) { return 1U << r; }
 
-inline uint64_t now_ns() {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ULL + static_cast<uint64_t>(ts.tv_nsec);
-}
-
 inline bool is_mutating(VolumeOp op) {
   return op == VolumeOp::kWrite || op == VolumeOp::kDiscard || op == VolumeOp::kWriteZeroes;
 }
@@ -59,7 +53,15 @@ inline IoScratch& scratch(VolumeIo& io) {
   return *std::launder(reinterpret_cast<IoScratch*>(io.scratch));
 }
 
-enum class FailKind : uint8_t { kNone, kIoError, kDeadline, kThreadDied, kOperator, kMetadata };
+enum class FailKind : uint8_t {
+  kNone,
+  kIoError,
+  kDeadline,
+  kThreadDied,
+  kOperator,
+  kMetadata,
+  kRebuildStopped
+};
 
 inline const char* to_string(FailKind kind) {
   switch (kind) {
@@ -75,6 +77,8 @@ inline const char* to_string(FailKind kind) {
       return "taken out by operator";
     case FailKind::kMetadata:
       return "metadata update failed";
+    case FailKind::kRebuildStopped:
+      return "its rebuild stopped";
   }
   return "unknown";
 }
@@ -100,7 +104,6 @@ using detail::drain_fd;
 using detail::FailKind;
 using detail::hex;
 using detail::io_buffer;
-using detail::now_ns;
 using detail::signal_fd;
 using detail::to_string;
 }  // namespace ublkvol::engine
