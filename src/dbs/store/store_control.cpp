@@ -1,6 +1,7 @@
 // Store::Impl control operations: volumes, snapshots, clones, engine state,
 // and the checker. Each operation waits for the data path to go quiet, changes
-// the in-memory metadata, and commits before returning.
+// the in-memory metadata, and commits before returning. (~830 lines: one
+// quiesce-change-commit pattern per operation; the checker goes with them.)
 #include <algorithm>
 #include <bit>
 #include <cerrno>

@@ -1,5 +1,9 @@
 // Store::Impl data path: read / write / discard / write-zeroes / flush, and
 // the group-commit state machine behind flush.
+// Why one file of ~1,100 lines: the data path and the group commit share the
+// in-flight invariants listed below (which bit is set when, which extent may
+// be reused when); split apart, each half would be correct only by reference
+// to the other.
 //
 // Rules that make it crash-safe (docs/dbs.md):
 //   - a block's bit is set in memory only when its data write has completed,

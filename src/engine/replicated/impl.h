@@ -354,6 +354,8 @@ struct ReplicatedVolume::Impl {
   void dirty_clear_loop();
   void dirty_clear_round(uint64_t& clean_seq);
   void stop_dirty_clear();
+  // Refuses new rebuild jobs and joins the worker (close and destruction).
+  void stop_rebuild_worker();
   Status with_barrier(const std::function<Status()>& fn) REQUIRES(control_mutex);
   uint32_t region_bytes() const { return static_cast<uint32_t>(region_size); }
   // Indices holding a replica (any state but kRemoved).

@@ -24,6 +24,18 @@ Status ReplicatedVolume::Impl::start_job(const Job& job) {
   return ok_status();
 }
 
+void ReplicatedVolume::Impl::stop_rebuild_worker() {
+  {
+    MutexLock lock(rebuild_mutex);
+    rebuild_stop = true;
+  }
+  rebuild_cv.notify_all();
+  if (rebuild_thread) {
+    rebuild_thread->join();
+    rebuild_thread.reset();
+  }
+}
+
 void ReplicatedVolume::Impl::rebuild_loop() {
   pthread_setname_np(pthread_self(), "vol-rebuild");
   UniqueLock lock(rebuild_mutex);

@@ -59,15 +59,7 @@ ReplicatedVolume::~ReplicatedVolume() {
   cancel_verify();
   v.stop_verify_thread();
   v.stop_dirty_clear();
-  {
-    MutexLock lock(v.rebuild_mutex);
-    v.rebuild_stop = true;
-  }
-  v.rebuild_cv.notify_all();
-  if (v.rebuild_thread) {
-    v.rebuild_thread->join();
-    v.rebuild_thread.reset();
-  }
+  v.stop_rebuild_worker();
   v.stopping.store(true);
   if (v.monitor) {
     v.monitor->join();  // stops the ticker
@@ -179,15 +171,7 @@ Status ReplicatedVolume::close() {
     v.closed = true;
   }
   v.stop_dirty_clear();
-  {
-    MutexLock lock(v.rebuild_mutex);
-    v.rebuild_stop = true;
-  }
-  v.rebuild_cv.notify_all();
-  if (v.rebuild_thread) {
-    v.rebuild_thread->join();
-    v.rebuild_thread.reset();
-  }
+  v.stop_rebuild_worker();
   Status st = ok_status();
   if (v.mask_of(ReplicaState::kInSync) == v.present_mask()) {
     st = checkpoint();
