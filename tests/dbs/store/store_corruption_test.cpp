@@ -54,6 +54,20 @@ class CorruptionTest : public ::testing::Test {
     ASSERT_TRUE((*store)->commit().ok());
   }
 
+  // Writes a block and commits, over and over, until `done(stats)` holds:
+  // how the tests below roll the journal into checkpoints.
+  void commit_until(const std::function<bool(const StoreStats&)>& done) {
+    auto store = Store::open(*device_);
+    ASSERT_TRUE(store.ok());
+    Buffer data(kBlock);
+    for (int i = 0; !done((*store)->stats()); ++i) {
+      ASSERT_TRUE(
+          (*store)->write(volume_, static_cast<uint64_t>(i % 1000) * kBlock, data.span()).ok());
+      ASSERT_TRUE((*store)->commit().ok());
+      ASSERT_LT(i, 100000);
+    }
+  }
+
   // Expects open to fail with an error that names the device and contains
   // `needle`, without a single write, discard or flush reaching the device
   // and with its bytes untouched.
@@ -249,20 +263,9 @@ TEST_F(CorruptionTest, CorruptedCheckpointIsRefused) {
 }
 
 TEST_F(CorruptionTest, CorruptedNewestCheckpointWithLaterJournalIsRefused) {
-  {
-    auto store = Store::open(*device_);
-    ASSERT_TRUE(store.ok());
-    // Enough commits to roll the journal into a checkpoint, then one more.
-    Buffer data(kBlock);
-    uint64_t checkpoints = 0;
-    for (int i = 0; checkpoints == 0 || (*store)->stats().journal_blocks_used == 0; ++i) {
-      ASSERT_TRUE(
-          (*store)->write(volume_, static_cast<uint64_t>(i % 1000) * kBlock, data.span()).ok());
-      ASSERT_TRUE((*store)->commit().ok());
-      checkpoints = (*store)->stats().checkpoints;
-      ASSERT_LT(i, 100000);
-    }
-  }
+  // Enough commits to roll the journal into a checkpoint, then one more.
+  ASSERT_NO_FATAL_FAILURE(commit_until(
+      [](const StoreStats& st) { return st.checkpoints != 0 && st.journal_blocks_used != 0; }));
   auto loaded = detail::load_store(*device_, false, nullptr);
   ASSERT_TRUE(loaded.ok());
   ASSERT_GT(loaded->journal_pos, 0u);
@@ -276,17 +279,7 @@ TEST_F(CorruptionTest, CorruptedNewestCheckpointWithLaterJournalIsRefused) {
 // would silently drop what only the newer one holds; the epoch-start record
 // written after every checkpoint proves the newer one was complete.
 TEST_F(CorruptionTest, CorruptedNewestCheckpointWithoutLaterCommitsIsRefused) {
-  {
-    auto store = Store::open(*device_);
-    ASSERT_TRUE(store.ok());
-    Buffer data(kBlock);
-    for (int i = 0; (*store)->stats().checkpoints == 0; ++i) {
-      ASSERT_TRUE(
-          (*store)->write(volume_, static_cast<uint64_t>(i % 1000) * kBlock, data.span()).ok());
-      ASSERT_TRUE((*store)->commit().ok());
-      ASSERT_LT(i, 100000);
-    }
-  }
+  ASSERT_NO_FATAL_FAILURE(commit_until([](const StoreStats& st) { return st.checkpoints != 0; }));
   auto loaded = detail::load_store(*device_, false, nullptr);
   ASSERT_TRUE(loaded.ok());
   const uint64_t active = loaded->geometry.checkpoint_start[loaded->active_checkpoint];
@@ -302,18 +295,8 @@ TEST_F(CorruptionTest, CorruptedNewestCheckpointWithoutLaterCommitsIsRefused) {
 // back would roll the store back (and the next checkpoint, reusing that epoch
 // number, would make the stale blocks look like later commits).
 TEST_F(CorruptionTest, CorruptedNewestCheckpointAndJournalStartWithLaterCommitsIsRefused) {
-  {
-    auto store = Store::open(*device_);
-    ASSERT_TRUE(store.ok());
-    Buffer data(kBlock);
-    for (int i = 0; (*store)->stats().checkpoints == 0 || (*store)->stats().journal_blocks_used < 3;
-         ++i) {
-      ASSERT_TRUE(
-          (*store)->write(volume_, static_cast<uint64_t>(i % 1000) * kBlock, data.span()).ok());
-      ASSERT_TRUE((*store)->commit().ok());
-      ASSERT_LT(i, 100000);
-    }
-  }
+  ASSERT_NO_FATAL_FAILURE(commit_until(
+      [](const StoreStats& st) { return st.checkpoints != 0 && st.journal_blocks_used >= 3; }));
   auto loaded = detail::load_store(*device_, false, nullptr);
   ASSERT_TRUE(loaded.ok());
   ASSERT_GE(loaded->journal_pos, 3u);
