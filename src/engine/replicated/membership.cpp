@@ -15,6 +15,15 @@ void reap_if_free(Mutex& m, QueueState& q) NO_THREAD_SAFETY_ANALYSIS {
     q.reap();
   }
 }
+
+// "volume V: replica R" for a replica the volume holds; EINVAL naming it if
+// there is none (out of range or removed).
+Result<std::string> held_replica(const ReplicatedVolume::Impl& v, unsigned replica) {
+  if (replica >= v.nreplicas || v.replica_state(replica) == ReplicaState::kRemoved) {
+    return Error(EINVAL, "volume " + v.options.name + ": no replica " + std::to_string(replica));
+  }
+  return "volume " + v.options.name + ": replica " + std::to_string(replica);
+}
 }  // namespace
 
 // ---------------------------------------------------------------------------
@@ -203,10 +212,7 @@ Result<unsigned> ReplicatedVolume::add_replica(ReplicaBinding replica) {
 Status ReplicatedVolume::remove_replica(unsigned replica) {
   Impl& v = *impl_;
   MutexLock membership_lock(v.membership_mutex);
-  std::string what = "volume " + v.options.name + ": replica " + std::to_string(replica);
-  if (replica >= v.nreplicas || v.replica_state(replica) == ReplicaState::kRemoved) {
-    return Error(EINVAL, "volume " + v.options.name + ": no replica " + std::to_string(replica));
-  }
+  UBLKVOL_ASSIGN_OR_RETURN(const std::string what, held_replica(v, replica));
   UBLKVOL_TRY(v.take_out(replica, what));
   UBLKVOL_TRY(v.fence(replica, what));
   std::string name;
@@ -222,10 +228,7 @@ Status ReplicatedVolume::remove_replica(unsigned replica) {
 Status ReplicatedVolume::replace_replica(unsigned replica, ReplicaBinding binding) {
   Impl& v = *impl_;
   MutexLock membership_lock(v.membership_mutex);
-  std::string what = "volume " + v.options.name + ": replica " + std::to_string(replica);
-  if (replica >= v.nreplicas || v.replica_state(replica) == ReplicaState::kRemoved) {
-    return Error(EINVAL, "volume " + v.options.name + ": no replica " + std::to_string(replica));
-  }
+  UBLKVOL_ASSIGN_OR_RETURN(const std::string what, held_replica(v, replica));
   ReplicaState s = v.replica_state(replica);
   if (s != ReplicaState::kFailed && s != ReplicaState::kStale) {
     return Error(EBUSY, what + " is " + to_string(s) +
