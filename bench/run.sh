@@ -17,11 +17,17 @@
 #                   default when /dev/ublk-control exists. Needs --baseline.
 # Options:
 #   --quick              short runs: --runtime 2 --repeat 2 --size 256M, 8 MiB ext4 files,
-#                        100 files per metadata job, no -jN workloads (<= 10 min in the VM)
+#                        100 files per metadata job, only the job files marked '#@quick'
+#                        (17 of 43; <= 10 min in the VM)
 #   --runtime S          seconds per timed fio run (default 10)
 #   --repeat N           runs per workload and side, interleaved (default 3)
 #   --size SIZE          volume and baseline size, e.g. 256M, 2G (default 1G)
 #   --backend B          null | memory | replicated (default replicated)
+#   --via daemon|serve   replicated: how the target is made. daemon (default): as users
+#                        do - ublk-volumed started with a private state dir and socket,
+#                        then ublk-volume store add / volume create / volume expose.
+#                        serve: ublkvol-serve with --replica-file (no daemon). The null
+#                        and memory backends always use ublkvol-serve.
 #   --replicas N         replicated: replicas, 1..3 (default 1)
 #   --write-through      replicated: every write with FUA (ublkvol-serve --write-through);
 #                        default write-back (durable at FLUSH), the block-device contract
@@ -79,7 +85,7 @@ size_bytes() {
 
 mode="" command=matrix report_dir=""
 runtime="" repeat="" size="" quick=0
-backend=replicated replicas=1 write_through=0 queues="" workloads_arg="" no_ext4=0
+backend=replicated via=daemon replicas=1 write_through=0 queues="" workloads_arg="" no_ext4=0
 baseline="" store_dir="" with_inproc=0 out="" build="$ROOT/build/release" mem="" timeout_s=""
 
 need_arg() { [[ $# -ge 2 && -n "$2" && "$2" != --* ]] || die_usage "$1 needs a value"; }
@@ -104,6 +110,7 @@ while [[ $# -gt 0 ]]; do
     --size) need_arg "$@"; size=$2; shift 2 ;;
     --backend) need_arg "$@"; backend=$2; shift 2 ;;
     --replicas) need_arg "$@"; replicas=$2; shift 2 ;;
+    --via) need_arg "$@"; via=$2; shift 2 ;;
     --write-through) write_through=1; shift ;;
     --no-write-through) write_through=0; shift ;;
     --queues) need_arg "$@"; queues=$2; shift 2 ;;
@@ -136,6 +143,7 @@ size_b=$(size_bytes "$size")
 case "$backend" in null | memory | replicated) ;; *)
   die_usage "--backend '$backend' is not one of null, memory, replicated" ;;
 esac
+case "$via" in daemon | serve) ;; *) die_usage "--via '$via' is not one of daemon, serve" ;; esac
 [[ "$replicas" =~ ^[1-3]$ ]] || die_usage "--replicas '$replicas' must be 1, 2 or 3"
 [[ -z "$queues" || "$queues" =~ ^[1-9][0-9]*$ ]] || die_usage "--queues '$queues' is not a positive number"
 [[ -z "$timeout_s" || "$timeout_s" =~ ^[1-9][0-9]*$ ]] || die_usage "--timeout '$timeout_s' is not a positive number of seconds"
@@ -156,9 +164,8 @@ select_workloads() {
     for f in "$ROOT/bench/fio/$group"/*.fio; do
       name=$(basename "$f" .fio)
       keep=$((${#pats[@]} == 0))
-      # --quick leaves out the N-job variants unless asked for by name: under
-      # TCG their jobs compete with the server for the same 2 vCPUs.
-      ((quick && ${#pats[@]} == 0)) && [[ $name == *-jN ]] && keep=0
+      # --quick runs the job files marked '#@quick' unless workloads are named.
+      ((quick && ${#pats[@]} == 0)) && ! grep -q '^#@quick' "$f" && keep=0
       for pat in "${pats[@]}"; do
         # shellcheck disable=SC2053  # glob match on purpose
         [[ $name == $pat ]] && keep=1
@@ -266,7 +273,7 @@ fi
 env_settings=(
   "BENCH_WORKLOADS=${workloads[*]}" "BENCH_BACKEND=$backend" "BENCH_REPLICAS=$replicas"
   "BENCH_SIZE=$size_b" "BENCH_RUNTIME=$runtime" "BENCH_REPEAT=$repeat"
-  "BENCH_WRITE_THROUGH=$write_through")
+  "BENCH_WRITE_THROUGH=$write_through" "BENCH_VIA=$via")
 [[ -n "$queues" ]] && env_settings+=("BENCH_QUEUES=$queues")
 # --quick: smaller ext4 files and fewer metadata files (fio's untimed layout
 # dominates the wall time under TCG).
@@ -281,6 +288,13 @@ else
 fi
 serve=$build/tools/ublkvol-serve
 [[ -x "$serve" ]] || die_usage "$serve missing: build the target ublkvol-serve"
+daemon_bins=()
+if [[ "$via" == daemon && "$backend" == replicated ]]; then
+  daemon_bins=("$build/src/daemon/ublk-volumed" "$build/src/cli/ublk-volume")
+  for b in "${daemon_bins[@]}"; do
+    [[ -x "$b" ]] || die_usage "$b missing: build it (or use --via serve)"
+  done
+fi
 out=${out:-$(default_out "$backend")}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
@@ -290,7 +304,7 @@ log "$mode run: ${#workloads[@]} workloads x $repeat repeats x (target, baseline
 
 if [[ "$mode" == native ]]; then
   env_settings+=("BENCH_BASELINE=$baseline" "BENCH_STORE_DIR=${store_dir:-/dev/shm}")
-  PATH="$build/src/ublk:$PATH" env "${env_settings[@]}" BENCH_OUT="$out" \
+  PATH="$build/tools:$build/src/daemon:$build/src/cli:$PATH" env "${env_settings[@]}" BENCH_OUT="$out" \
     BENCH_FIO_DIR="$ROOT/bench/fio" BENCH_MODE=native bash "$ROOT/bench/lib/matrix.sh" ||
     die "the matrix failed"
 else
@@ -313,6 +327,7 @@ else
   vm_args=(--binary "$serve" --file "$ROOT/bench/fio:/opt/test/files/fio"
     --file "$ROOT/bench/lib:/opt/test/files/lib" --script "$ROOT/bench/lib/guest.sh"
     --mem "$mem" --timeout "$timeout_s" --log "$out/console.log")
+  for b in "${daemon_bins[@]}"; do vm_args+=(--binary "$b"); done
   for e in "${env_settings[@]}"; do vm_args+=(--env "$e"); done
   status=0
   "$ROOT/scripts/vm/run.sh" "${vm_args[@]}" >/dev/null || status=$?

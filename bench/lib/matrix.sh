@@ -11,6 +11,8 @@
 #   BENCH_WORKLOADS  workload names, in run order ("raw/NAME" or "ext4/NAME")
 #   BENCH_BACKEND    null | memory | replicated
 #   BENCH_REPLICAS   replicated: number of replicas (1..3)
+#   BENCH_VIA        replicated: daemon (ublk-volumed + ublk-volume, as users do;
+#                    default) or serve (ublkvol-serve --replica-file)
 #   BENCH_STORE_DIR  where the memory backend's file / the replica store files go
 #   BENCH_BASELINE   baseline device or file; "auto": null_blk (null backend) or
 #                    a brd RAM disk (memory, replicated) - VM only
@@ -46,6 +48,7 @@ FILE_MIB=${BENCH_FILE_MIB:-0}
 QUEUES=${BENCH_QUEUES:-$(nproc)}
 DEPTH=${BENCH_DEPTH:-128}
 WRITE_THROUGH=${BENCH_WRITE_THROUGH:-0}
+VIA=${BENCH_VIA:-daemon}
 read -ra WORKLOADS <<<"${BENCH_WORKLOADS:?}"
 SIZE_MIB=$((SIZE / 1048576))
 [ "$SIZE_MIB" -ge 16 ] || die "BENCH_SIZE $SIZE is below 16 MiB"
@@ -73,13 +76,58 @@ teardown() {
 }
 trap teardown EXIT
 
+# start_target_daemon: the replicated target as users make it - ublk-volumed
+# with a private config (state dir, socket, store dir in $WORK / $STORE_DIR),
+# one file store per replica, a volume, exposed; TARGET_DEV from its
+# `volume show --json`. The daemon deletes the device when it stops (the
+# device is no longer in use then: teardown unmounts first).
+start_target_daemon() {
+  local cfg=$WORK/ublk-volumed.json i stores=()
+  export UBLK_VOLUME_SOCKET=$WORK/control.sock
+  cat >"$cfg" <<EOF_CFG
+{ "state_dir": "$WORK/state", "control_socket": "$WORK/control.sock",
+  "store_dirs": ["$STORE_DIR"], "write_through": $([ "$WRITE_THROUGH" = 1 ] && echo true || echo false),
+  "log_level": "warn" }
+EOF_CFG
+  ublk-volumed --config "$cfg" >"$WORK/server.log" 2>&1 &
+  SERVER_PID=$!
+  i=0
+  until ublk-volume status >/dev/null 2>&1; do
+    kill -0 "$SERVER_PID" 2>/dev/null || {
+      cat "$WORK/server.log" >&2
+      die "ublk-volumed exited before it was ready"
+    }
+    i=$((i + 1))
+    [ $i -lt 3000 ] || die "ublk-volumed not answering on $UBLK_VOLUME_SOCKET after 60 s"
+    sleep 0.02
+  done
+  # A store holds the volume once fully written, plus its metadata.
+  local store_mib=$((SIZE_MIB + SIZE_MIB / 4 + 64))
+  for ((i = 0; i < REPLICAS; i++)); do
+    rm -f "$STORE_DIR/bench-store$i.dbs"
+    ublk-volume store add "s$i" "$STORE_DIR/bench-store$i.dbs" --format --size "${store_mib}M" \
+      >/dev/null || die "ublk-volume store add s$i failed"
+    CLEANUP+=("rm -f '$STORE_DIR/bench-store$i.dbs'")
+    stores+=("s$i")
+  done
+  ublk-volume volume create bench --size "${SIZE_MIB}M" --store "${stores[@]}" >/dev/null ||
+    die "ublk-volume volume create failed"
+  ublk-volume volume expose bench --queues "$QUEUES" --queue-depth "$DEPTH" >/dev/null ||
+    die "ublk-volume volume expose failed"
+  TARGET_DEV=$(ublk-volume --json volume show bench |
+    sed -n 's/.*"path" *: *"\(\/dev\/ublkb[0-9]*\)".*/\1/p' | head -n1)
+  [ -b "$TARGET_DEV" ] || die "volume show names no block device: $(ublk-volume --json volume show bench)"
+  TARGET_DESC="ublk-volumed volume, $REPLICAS replica(s) on DBS file stores in $STORE_DIR, $([ "$WRITE_THROUGH" = 1 ] && echo write-through || echo write-back), $QUEUES queue(s) x $DEPTH tags"
+}
+
 # start_target: serve the target volume and set TARGET_DEV, SERVER_PID (the
-# process whose CPU time is charged to the target) and TARGET_DESC.
-# This is the one place that knows how a target is made: to benchmark the
-# production daemon instead, replace the body with "start ublk-volumed, create
-# and attach the volume with ublk-volume, TARGET_DEV=the /dev/ublkbN it
-# printed, SERVER_PID=the daemon's pid" (see docs/performance.md).
+# process whose CPU time is charged to the target) and TARGET_DESC. The one
+# place that knows how a target is made.
 start_target() {
+  if [ "$BACKEND" = replicated ] && [ "$VIA" = daemon ]; then
+    start_target_daemon
+    return
+  fi
   local args=(--backend "$BACKEND" --size "$SIZE" --queues "$QUEUES" --depth "$DEPTH"
     --ready-file "$WORK/ready")
   case "$BACKEND" in
@@ -258,6 +306,7 @@ write_meta() {
     echo "fio_version=$(fio --version)"
     echo "backend=$BACKEND"
     echo "replicas=$([ "$BACKEND" = replicated ] && echo "$REPLICAS" || echo 0)"
+    echo "via=$([ "$BACKEND" = replicated ] && echo "$VIA" || echo serve)"
     echo "write_through=$WRITE_THROUGH"
     echo "queues=$QUEUES"
     echo "depth=$DEPTH"
@@ -316,6 +365,7 @@ for w in "${WORKLOADS[@]}"; do
           *seqwrite* | *file*) sub=$mnt/$name-$rep ;;
           *) sub=$mnt/$name ;;
         esac
+        grep -q '^#@fresh-dir' "$job" && sub=$mnt/$name-$rep
         mkdir -p "$sub"
         # Start every file workload from a cold page cache.
         sync
@@ -329,6 +379,6 @@ for w in "${WORKLOADS[@]}"; do
 done
 
 write_meta
-teardown || die "ublkvol-serve exited with an error: $(tail -5 "$WORK/server.log")"
+teardown || die "the target's server exited with an error: $(tail -5 "$WORK/server.log")"
 rm -rf "$WORK"
 log "done"
