@@ -60,6 +60,7 @@ class ReactorExecutor final : public StoreExecutor {
   void kill_for_testing();
   // Stopped reactor or killed executor.
   [[nodiscard]] bool exited() const override;
+  [[nodiscard]] reactor::Reactor* home_reactor() const override { return &reactor(); }
 
   struct Impl;
 

@@ -83,4 +83,6 @@ void StoreThread::kill_for_testing() { impl_->reactor->kill_for_testing(); }
 
 bool StoreThread::exited() const { return impl_->reactor->exited(); }
 
+reactor::Reactor* StoreThread::home_reactor() const { return impl_->reactor.get(); }
+
 }  // namespace ublkvol::engine

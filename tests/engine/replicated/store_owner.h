@@ -80,6 +80,7 @@ class StoreOwner final : public StoreExecutor {
   }
   void ring_doorbell() override { target_->ring_doorbell(); }
   [[nodiscard]] bool exited() const override { return target_->exited(); }
+  [[nodiscard]] reactor::Reactor* home_reactor() const override { return target_->home_reactor(); }
 
   Status attach(ReplicaStore& store) {
     return thread_ ? thread_->attach(store) : executor_->attach(store);
