@@ -2,6 +2,7 @@
 // fio io_uring O_DIRECT on the same files as the baseline, in the same run.
 //
 //   engine_bench [--dir /dev/shm] [--size 512M] [--runtime 2] [--rebuild-size 1G] [--json]
+//                [--reactors N]
 //                [--rounds 3] [--only randread,randwrite,null,qd1,rebuild]
 //                [--replicas 1 2 3]
 //
@@ -32,6 +33,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <future>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -43,8 +45,10 @@
 
 #include "ublkvol/dbs/file_device.h"
 #include "ublkvol/engine/raw_replica_store.h"
+#include "ublkvol/engine/reactor_executor.h"
 #include "ublkvol/engine/replicated_volume.h"
 #include "ublkvol/engine/store_thread.h"
+#include "ublkvol/reactor/reactor.h"
 
 #include "../common/process_usage.h"
 #include "../common/stale_scratch.h"
@@ -199,6 +203,7 @@ struct Replicas {
   std::vector<std::unique_ptr<NullReplicaStore>> nulls;
   std::vector<std::unique_ptr<RawReplicaStore>> stores;
   std::vector<std::unique_ptr<StoreThread>> threads;
+  std::vector<std::unique_ptr<ReactorExecutor>> executors;  // --reactors
   std::vector<ReplicaBinding> bindings;
 
   ~Replicas() {
@@ -211,6 +216,30 @@ struct Replicas {
 // StoreThreadOptions::spin_before_sleep for every store thread the
 // benchmark starts (--store-spin-us; several values = one engine row each).
 std::chrono::microseconds g_store_spin{0};
+// --reactors N: stores on N reactors (store i on reactor i mod N), the load
+// a poller of reactor 0; null (--reactors 0, the default): a StoreThread per
+// store and the load on the main thread, the shape before issue 14.
+std::unique_ptr<reactor::ReactorSet> g_reactor_set;
+
+// A store's owner: an executor on its reactor, or a thread of its own.
+StoreExecutor* start_owner(Replicas& reps, unsigned i, const std::string& name, ReplicaStore& store,
+                           std::chrono::microseconds idle_poll) {
+  if (g_reactor_set) {
+    auto ex = ReactorExecutor::create(g_reactor_set->for_store(i), name);
+    if (!ex.ok() || !(*ex)->attach(store).ok()) {
+      (void)std::fprintf(stderr, "engine_bench: cannot put store %s on a reactor\n", name.c_str());
+      // NOLINTNEXTLINE(concurrency-mt-unsafe): fatal exit; no two threads reach it at once
+      std::exit(1);
+    }
+    reps.executors.push_back(std::move(*ex));
+    return reps.executors.back().get();
+  }
+  auto thread = StoreThread::start({name, idle_poll, g_store_spin});
+  (void)(*thread)->attach(store);
+  reps.threads.push_back(std::move(thread.value()));
+  return reps.threads.back().get();
+}
+
 // FileDeviceOptions::submit_batch for every replica file (--submit-batch).
 unsigned g_submit_batch = dbs::FileDeviceOptions{}.submit_batch;
 
@@ -242,15 +271,11 @@ std::unique_ptr<Replicas> file_replicas(const std::vector<std::string>& files, u
       // NOLINTNEXTLINE(concurrency-mt-unsafe): fatal exit; no two threads reach it at once
       std::exit(1);
     }
-    StoreThreadOptions to;
-    to.name = "store" + std::to_string(i);
-    to.spin_before_sleep = g_store_spin;
-    auto thread = StoreThread::start(to);
-    (void)(*thread)->attach(**store);
-    reps->bindings.push_back({store->get(), thread->get()});
+    StoreExecutor* owner = start_owner(*reps, i, "store" + std::to_string(i), **store,
+                                       StoreThreadOptions{}.idle_poll_interval);
+    reps->bindings.push_back({store->get(), owner});
     reps->devices.push_back(std::move(dev.value()));
     reps->stores.push_back(std::move(store.value()));
-    reps->threads.push_back(std::move(thread.value()));
   }
   return reps;
 }
@@ -259,16 +284,14 @@ std::unique_ptr<Replicas> null_replicas(unsigned r, uint64_t size) {
   auto reps = std::make_unique<Replicas>();
   for (unsigned i = 0; i < r; ++i) {
     reps->nulls.push_back(std::make_unique<NullReplicaStore>(size));
-    auto thread = StoreThread::start(
-        {"null" + std::to_string(i), std::chrono::microseconds(200), g_store_spin});
-    (void)(*thread)->attach(*reps->nulls.back());
-    reps->bindings.push_back({reps->nulls.back().get(), thread->get()});
-    reps->threads.push_back(std::move(thread.value()));
+    StoreExecutor* owner = start_owner(*reps, i, "null" + std::to_string(i), *reps->nulls.back(),
+                                       std::chrono::microseconds(200));
+    reps->bindings.push_back({reps->nulls.back().get(), owner});
   }
   return reps;
 }
 
-// Runs 4 KiB random I/O at `qd` on queue 0 for `runtime` seconds.
+// Figures of one load run.
 struct LoadResult {
   uint64_t ios = 0;
   double seconds = 0;
@@ -277,8 +300,83 @@ struct LoadResult {
   double p99_us = 0;
 };
 
-LoadResult run_load(Volume& volume, VolumeQueue& q, VolumeOp op, unsigned qd, double runtime,
-                    const std::atomic<bool>* stop = nullptr) {
+// The load generator: one pass = submit every free slot, kick, reap. Runs on
+// the caller's thread (sleeping on the queue's wake fd when a pass did
+// nothing) or, with --reactors, as a poller of reactor 0.
+class LoadGen final : public reactor::Poller {
+ public:
+  LoadGen(Volume& volume, VolumeQueue& q, VolumeOp op, unsigned qd, double runtime,
+          const std::atomic<bool>* stop)
+      : q_(q), op_(op), ops_(qd), stop_(stop), blocks_(volume.info().size_bytes / 4096) {
+    lat_.reserve(4U << 20U);
+    pool_ = static_cast<std::byte*>(std::aligned_alloc(4096, size_t{qd} * 4096));
+    std::memset(pool_, 0x5A, size_t{qd} * 4096);
+    for (unsigned i = 0; i < qd; ++i) {
+      ops_[i].buf = pool_ + size_t{i} * 4096;
+      ops_[i].lat = &lat_;
+    }
+    cpu0_ = cpu_seconds();
+    t0_ = Clock::now();
+    end_ =
+        t0_ + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(runtime));
+  }
+  ~LoadGen() override { std::free(pool_); }
+  LoadGen(const LoadGen&) = delete;
+  LoadGen& operator=(const LoadGen&) = delete;
+
+  // One pass; how many I/Os completed.
+  unsigned step() {
+    if (running_) {
+      for (Op& o : ops_) {
+        if (o.busy) {
+          continue;
+        }
+        o.io = VolumeIo{};
+        o.io.op = op_;
+        o.io.offset = (rng_() % blocks_) * 4096;
+        o.io.length = 4096;
+        o.io.buffer = o.buf;
+        o.io.user_data = &o;
+        o.io.on_complete = &LoadGen::on_complete;
+        o.busy = true;
+        o.start = Clock::now();
+        q_.submit(o.io);
+      }
+      q_.kick();
+    }
+    unsigned ran = q_.reap();
+    result_.ios += ran;
+    unsigned busy = 0;
+    for (Op& o : ops_) {
+      busy += o.busy ? 1 : 0;
+    }
+    if (running_ && (Clock::now() >= end_ || (stop_ != nullptr && stop_->load()))) {
+      running_ = false;
+    }
+    if (!running_ && busy == 0 && !done_) {
+      done_ = true;
+      finish();
+    }
+    return ran;
+  }
+  [[nodiscard]] bool done() const { return done_; }
+
+  unsigned poll() override {
+    if (done_) {
+      return 0;
+    }
+    unsigned ran = step();
+    if (done_) {
+      finished_.set_value();
+    }
+    return ran;
+  }
+  [[nodiscard]] int wait_fd() const override { return q_.wake_fd(); }
+
+  std::future<void> finished() { return finished_.get_future(); }
+  [[nodiscard]] const LoadResult& result() const { return result_; }
+
+ private:
   struct Op {
     VolumeIo io;
     std::byte* buf = nullptr;
@@ -286,18 +384,7 @@ LoadResult run_load(Volume& volume, VolumeQueue& q, VolumeOp op, unsigned qd, do
     std::vector<uint32_t>* lat = nullptr;
     bool busy = false;
   };
-  std::vector<Op> ops(qd);
-  std::vector<uint32_t> lat;
-  lat.reserve(4U << 20U);
-  auto* pool = static_cast<std::byte*>(std::aligned_alloc(4096, size_t{qd} * 4096));
-  std::memset(pool, 0x5A, size_t{qd} * 4096);
-  std::mt19937_64 rng(42);
-  const uint64_t blocks = volume.info().size_bytes / 4096;
-  for (unsigned i = 0; i < qd; ++i) {
-    ops[i].buf = pool + size_t{i} * 4096;
-    ops[i].lat = &lat;
-  }
-  auto on_complete = [](VolumeIo& io, int result) {
+  static void on_complete(VolumeIo& io, int result) {
     auto& o = *static_cast<Op*>(io.user_data);
     o.busy = false;
     if (result != 0) {
@@ -309,58 +396,76 @@ LoadResult run_load(Volume& volume, VolumeQueue& q, VolumeOp op, unsigned qd, do
       o.lat->push_back(static_cast<uint32_t>(
           std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - o.start).count()));
     }
-  };
-  LoadResult r;
-  double cpu0 = cpu_seconds();
-  auto t0 = Clock::now();
-  auto end = t0 + std::chrono::duration<double>(runtime);
-  bool running = true;
-  unsigned busy = 0;
-  while (running || busy > 0) {
-    if (running) {
-      for (Op& o : ops) {
-        if (o.busy) {
-          continue;
-        }
-        o.io = VolumeIo{};
-        o.io.op = op;
-        o.io.offset = (rng() % blocks) * 4096;
-        o.io.length = 4096;
-        o.io.buffer = o.buf;
-        o.io.user_data = &o;
-        o.io.on_complete = on_complete;
-        o.busy = true;
-        o.start = Clock::now();
-        q.submit(o.io);
-      }
-      q.kick();
+  }
+  void finish() {
+    result_.seconds = std::chrono::duration<double>(Clock::now() - t0_).count();
+    result_.cpu = cpu_seconds() - cpu0_;
+    std::sort(lat_.begin(), lat_.end());
+    if (!lat_.empty()) {
+      result_.p50_us = lat_[lat_.size() / 2] / 1000.0;
+      result_.p99_us = lat_[lat_.size() * 99 / 100] / 1000.0;
     }
-    unsigned ran = q.reap();
-    r.ios += ran;
-    if (ran == 0) {
+  }
+
+  VolumeQueue& q_;
+  VolumeOp op_;
+  std::vector<Op> ops_;
+  const std::atomic<bool>* stop_;
+  uint64_t blocks_;
+  std::vector<uint32_t> lat_;
+  std::byte* pool_ = nullptr;
+  std::mt19937_64 rng_{42};
+  double cpu0_ = 0;
+  Clock::time_point t0_, end_;
+  bool running_ = true;
+  bool done_ = false;
+  LoadResult result_;
+  std::promise<void> finished_;
+};
+
+// Opens the volume's queue 0 where the load will run: on reactor 0 with
+// --reactors (so replicas on that reactor are called directly).
+ublkvol::Result<std::unique_ptr<VolumeQueue>> open_bench_queue(Volume& volume) {
+  if (!g_reactor_set) {
+    return volume.open_queue(0);
+  }
+  std::unique_ptr<VolumeQueue> q;
+  Status st = g_reactor_set->at(0).call([&]() -> Status {
+    auto opened = volume.open_queue(0);
+    if (!opened.ok()) {
+      return opened.error();
+    }
+    q = std::move(*opened);
+    return ok_status();
+  });
+  if (!st.ok()) {
+    return st.error();
+  }
+  return q;
+}
+
+// Runs 4 KiB random I/O at `qd` on `q` for `runtime` seconds.
+LoadResult run_load(Volume& volume, VolumeQueue& q, VolumeOp op, unsigned qd, double runtime,
+                    const std::atomic<bool>* stop = nullptr) {
+  LoadGen gen(volume, q, op, qd, runtime, stop);
+  if (g_reactor_set) {
+    reactor::Reactor& home = g_reactor_set->at(0);
+    std::future<void> finished = gen.finished();
+    (void)home.add(gen);
+    finished.wait();
+    (void)home.remove(gen);
+    return gen.result();
+  }
+  while (!gen.done()) {
+    if (gen.step() == 0 && !gen.done()) {
       pollfd p{q.wake_fd(), POLLIN, 0};
       ::poll(&p, 1, 100);
       uint64_t v = 0;
       ssize_t n = ::read(q.wake_fd(), &v, sizeof(v));
       (void)n;
     }
-    busy = 0;
-    for (Op& o : ops) {
-      busy += o.busy ? 1 : 0;
-    }
-    if (running && (Clock::now() >= end || (stop != nullptr && stop->load()))) {
-      running = false;
-    }
   }
-  r.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-  r.cpu = cpu_seconds() - cpu0;
-  std::sort(lat.begin(), lat.end());
-  if (!lat.empty()) {
-    r.p50_us = lat[lat.size() / 2] / 1000.0;
-    r.p99_us = lat[lat.size() * 99 / 100] / 1000.0;
-  }
-  std::free(pool);
-  return r;
+  return gen.result();
 }
 
 // A table row for an engine run: IOPS and latency from the load.
@@ -466,7 +571,25 @@ int main(int argc, char** argv) try {
   app.add_option("--submit-batch", submit_batches,
                  "FileDeviceOptions::submit_batch of the replica files (0 = submit at poll "
                  "only; several: one engine row each)");
+  unsigned reactors = 0;
+  app.add_option("--reactors", reactors,
+                 "run the stores on N reactors (store i on reactor i mod N) and the load as a "
+                 "poller of reactor 0; 0 (default): one store thread per store, load on the main "
+                 "thread (the shape before reactors)");
   CLI11_PARSE(app, argc, argv);
+  if (reactors > 0) {
+    ublkvol::reactor::ReactorSetOptions ro;
+    ro.name_prefix = "bench-reactor";
+    ro.count = reactors;
+    ro.busy_poll_interval = std::chrono::microseconds(200);
+    auto set = ublkvol::reactor::ReactorSet::start(ro);
+    if (!set.ok()) {
+      (void)std::fprintf(stderr, "engine_bench: %s\n", set.error().to_string().c_str());
+      return 1;
+    }
+    g_reactor_set = std::move(*set);
+  }
+  const std::string mode = reactors > 0 ? "reactors=" + std::to_string(reactors) : "threads";
   std::vector<std::string> only;
   for (size_t pos = 0; pos < only_list.size();) {
     size_t comma = only_list.find(',', pos);
@@ -532,7 +655,7 @@ int main(int argc, char** argv) try {
       o.dirty_clear_interval = std::chrono::milliseconds(dirty_clear_ms);
     }
     auto vol = value_or_exit(ReplicatedVolume::open(o, reps->bindings), "open volume");
-    auto q = value_or_exit(vol->open_queue(0), "open queue");
+    auto q = value_or_exit(open_bench_queue(*vol), "open queue");
     LoadResult lr = run_load(*vol, *q, op, 32, runtime);
     // NOLINTNEXTLINE(concurrency-mt-unsafe): nothing in this program calls setenv
     if (getenv("BENCH_DEBUG") != nullptr) {
@@ -635,7 +758,7 @@ int main(int argc, char** argv) try {
       ReplicatedVolumeOptions o;
       o.name = "null";
       auto vol = value_or_exit(ReplicatedVolume::open(o, reps->bindings), "open volume");
-      auto q = value_or_exit(vol->open_queue(0), "open queue");
+      auto q = value_or_exit(open_bench_queue(*vol), "open queue");
       LoadResult lr = run_load(*vol, *q, op, 32, runtime / 2);
       Result res = engine_row(op == VolumeOp::kRead ? "null-read" : "null-write",
                               "engine, null replicas", r, lr);
@@ -658,7 +781,7 @@ int main(int argc, char** argv) try {
     ReplicatedVolumeOptions o;
     o.name = "null";
     auto vol = value_or_exit(ReplicatedVolume::open(o, reps->bindings), "open volume");
-    auto q = value_or_exit(vol->open_queue(0), "open queue");
+    auto q = value_or_exit(open_bench_queue(*vol), "open queue");
     LoadResult lr = run_load(*vol, *q, VolumeOp::kWrite, 1, runtime / 2);
     Result res = engine_row("null-qd1", "engine, null replicas, write QD1", r, lr);
     res.cpu_us_per_io_per_replica = lr.cpu * 1e6 / static_cast<double>(lr.ios) / r;
@@ -693,7 +816,7 @@ int main(int argc, char** argv) try {
       std::thread load;
       if (loaded != 0) {
         load = std::thread([&] {
-          auto q = value_or_exit(vol->open_queue(0), "open queue");
+          auto q = value_or_exit(open_bench_queue(*vol), "open queue");
           lr = run_load(*vol, *q, VolumeOp::kWrite, 32, 3600, &stop);
         });
       }
@@ -729,6 +852,8 @@ int main(int argc, char** argv) try {
     j["rebuild_size_bytes"] = rebuild_size;
     j["runtime_s"] = runtime;
     j["rounds"] = rounds;
+    j["mode"] = mode;
+    j["reactors"] = reactors;
     for (const Result& r : results) {
       j["results"].push_back({{"scenario", r.scenario},
                               {"what", r.what},
@@ -743,6 +868,7 @@ int main(int argc, char** argv) try {
     }
     std::printf("%s\n", j.dump(2).c_str());
   } else {
+    std::printf("engine stores: %s\n", mode.c_str());
     std::printf("%-11s %-38s %2s %10s %9s %8s %8s %9s %6s\n", "scenario", "what", "R", "IOPS",
                 "MB/s", "p50 us", "p99 us", "cpu us/io", "x fio");
     for (const Result& r : results) {

@@ -14,7 +14,11 @@
 //   - call() runs a control function where the stores live (their owning
 //     thread) and returns its result;
 //   - exited() turns true only after the executor's last access to any
-//     request: the engine then reclaims requests that never came back.
+//     request: the engine then reclaims requests that never came back;
+//   - home_reactor(), if not null, is the reactor whose thread polls the
+//     stores: a queue living on that thread may call ReplicaStore::submit
+//     itself (a local channel, store_channel.h) - the executor then still
+//     polls the stores and runs the completions on that thread.
 //
 // Cost: ring_doorbell() is a virtual call once per kick() per store with new
 // requests (a batch, not an I/O); nothing else on the data path goes through
@@ -25,6 +29,10 @@
 #include <string_view>
 
 #include "ublkvol/common/result.h"
+
+namespace ublkvol::reactor {
+class Reactor;
+}
 
 namespace ublkvol::engine {
 
@@ -55,6 +63,11 @@ class StoreExecutor {
   // True once the executor will never touch a request again (stopped or
   // died); see the contract above.
   [[nodiscard]] virtual bool exited() const = 0;
+
+  // The reactor whose thread runs this executor's stores, if any. A queue
+  // opened on that reactor's thread submits to them directly (co-located
+  // dispatch, docs/engine.md "Reactors").
+  [[nodiscard]] virtual reactor::Reactor* home_reactor() const { return nullptr; }
 };
 
 }  // namespace ublkvol::engine

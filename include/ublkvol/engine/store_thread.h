@@ -80,6 +80,8 @@ class StoreThread final : public StoreExecutor {
   // to any request, so the engine may then reclaim them.
   void kill_for_testing();
   [[nodiscard]] bool exited() const override;
+  // Its own reactor (a queue opened on the store thread submits directly).
+  [[nodiscard]] reactor::Reactor* home_reactor() const override;
 
   struct Impl;
 

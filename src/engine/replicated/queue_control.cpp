@@ -48,6 +48,9 @@ Status QueueState::bind_replica(unsigned r) {
     // The store thread reads stores[r] only for requests of replica r, which
     // are pushed after this (ring release/acquire orders it).
     ch->stores[r] = vol->replicas[r].store;
+    if (ch->local) {
+      local_mask.fetch_or(bit(r), std::memory_order_relaxed);
+    }
     channel_of[r].store(ch, std::memory_order_release);
     return ok_status();
   }
@@ -61,7 +64,13 @@ Status QueueState::bind_replica(unsigned r) {
   ch->thread = t;
   ch->queue_wake_fd = wake.get();
   ch->stores[r] = vol->replicas[r].store;
-  UBLKVOL_TRY(t->add_channel(*ch));
+  ch->local = home != nullptr && t->home_reactor() == home;
+  if (!ch->local) {
+    UBLKVOL_TRY(t->add_channel(*ch));
+  }
+  if (ch->local) {
+    local_mask.fetch_or(bit(r), std::memory_order_relaxed);
+  }
   channel_of[r].store(ch, std::memory_order_release);
   channels[static_cast<unsigned>(free_entry)].store(ch, std::memory_order_release);
   return ok_status();
@@ -74,6 +83,7 @@ Status QueueState::bind_replica(unsigned r) {
 Status QueueState::unbind_replica(unsigned r) {
   StoreChannel* ch = channel_of[r].load(std::memory_order_acquire);
   channel_of[r].store(nullptr, std::memory_order_release);
+  local_mask.fetch_and(~bit(r), std::memory_order_relaxed);
   if (ch == nullptr) {
     return ok_status();
   }
@@ -88,8 +98,45 @@ Status QueueState::unbind_replica(unsigned r) {
       channels[i].store(nullptr, std::memory_order_release);
     }
   }
-  if (!ch->thread->exited()) {
+  if (!ch->local && !ch->thread->exited()) {
     return ch->thread->remove_channel(*ch);
+  }
+  return ok_status();
+}
+
+Status QueueState::leave_home() {
+  for (unsigned i = 0; i < kMaxReplicas; ++i) {
+    StoreChannel* c = channel(i);
+    if (c == nullptr || !c->local) {
+      continue;
+    }
+    c->local = false;
+    if (!c->thread->exited()) {
+      UBLKVOL_TRY(c->thread->add_channel(*c));
+    }
+  }
+  local_mask.store(0, std::memory_order_relaxed);
+  home = nullptr;
+  return ok_status();
+}
+
+Status QueueState::make_home(reactor::Reactor& reactor) {
+  home = &reactor;
+  for (unsigned i = 0; i < kMaxReplicas; ++i) {
+    StoreChannel* c = channel(i);
+    if (c == nullptr || c->local || c->thread->home_reactor() != &reactor) {
+      continue;
+    }
+    // On this reactor's thread: the executor is not polling the channel
+    // while we take it off (the call runs inline), and the queue has sent
+    // nothing through it yet (it was not open).
+    UBLKVOL_TRY(c->thread->remove_channel(*c));
+    c->local = true;
+    for (unsigned r = 0; r < vol->nreplicas; ++r) {
+      if (channel_of[r].load(std::memory_order_acquire) == c) {
+        local_mask.fetch_or(bit(r), std::memory_order_relaxed);
+      }
+    }
   }
   return ok_status();
 }
@@ -121,7 +168,7 @@ void QueueState::shutdown() {
   }
   for (unsigned i = 0; i < kMaxReplicas; ++i) {
     StoreChannel* c = channel(i);
-    if (c != nullptr && !c->thread->exited()) {
+    if (c != nullptr && !c->local && !c->thread->exited()) {
       (void)c->thread->remove_channel(*c);
     }
   }

@@ -7,6 +7,17 @@
 
 namespace ublkvol::engine::detail {
 
+// The completion of a co-located sub-request (send()): on the queue's own
+// thread, from the store's poll; reap() handles it.
+static void local_complete(ReplicaIo& io, int result) {
+  io.result = result;
+  auto* channel = static_cast<StoreChannel*>(io.user_data);
+  bool was_empty = false;
+  bool ok = channel->completions.push(&io, was_empty);
+  // Rings hold every request a queue can have in flight.
+  (void)ok;
+}
+
 Slot* QueueState::alloc_slot() {
   Slot* s = free_list;
   if (s == nullptr) {
@@ -123,6 +134,12 @@ void QueueState::dispatch_user(Slot& s) {
 }
 
 int QueueState::pick_read(uint32_t candidates) const {
+  // A replica on the queue's own reactor first: a function call, not a
+  // wake-up of another thread.
+  const uint32_t local = candidates & local_mask.load(std::memory_order_relaxed);
+  if (local != 0) {
+    candidates = local;
+  }
   int best = -1;
   for (unsigned r = 0; r < vol->nreplicas; ++r) {
     if ((candidates & bit(r)) != 0 &&
@@ -166,11 +183,21 @@ void QueueState::send(Slot& s, unsigned r, ReplicaOp op, uint64_t offset, uint64
   s.sent |= bit(r);
   inc_outstanding(r);
   StoreChannel* ch = channel_of[r].load(std::memory_order_relaxed);
-  bool was_empty = false;
-  bool ok = ch->requests.push(&sub, was_empty);
-  // Rings hold nslots * kMaxReplicas entries: never full.
-  (void)ok;
-  ch->pushed = true;
+  if (ch->local) {
+    // Co-located: the store lives on this thread. Its completion comes back
+    // through the channel's completion ring, pushed by the executor's poll
+    // on this same thread (reap() takes it from there: no re-entry into the
+    // slot's state machine from inside send()).
+    sub.on_complete = &local_complete;
+    sub.user_data = ch;
+    ch->stores[r]->submit(sub);
+  } else {
+    bool was_empty = false;
+    bool ok = ch->requests.push(&sub, was_empty);
+    // Rings hold nslots * kMaxReplicas entries: never full.
+    (void)ok;
+    ch->pushed = true;
+  }
   fifo_touch(s);
 }
 

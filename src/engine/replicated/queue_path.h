@@ -22,6 +22,10 @@
 #include "store_channel.h"
 #include "write_order.h"
 
+namespace ublkvol::reactor {
+class Reactor;
+}
+
 namespace ublkvol::engine::detail {
 
 // ---------------------------------------------------------------------------
@@ -45,6 +49,13 @@ struct QueueState {
   std::array<std::atomic<StoreChannel*>, kMaxReplicas> channel_of{};
   std::vector<std::unique_ptr<StoreChannel>> owned;  // control path only
   std::atomic<bool> opened{false};
+  // The reactor the queue was opened on (null: a plain thread), and the
+  // replicas whose stores it runs: sub-requests to them are submitted
+  // directly (StoreChannel::local) and reads prefer them. local_mask is
+  // written by bind/unbind_replica (control thread, replica fenced) before
+  // channel_of publishes the channel.
+  reactor::Reactor* home = nullptr;
+  std::atomic<uint32_t> local_mask{0};
   // The last state epoch this queue's thread acted on (end of reap()): the
   // membership fence waits for it (docs/engine.md "Membership changes").
   std::atomic<uint64_t> acked_epoch{0};
@@ -75,6 +86,12 @@ struct QueueState {
 
   // ---- lifecycle ----
   Status init(ReplicatedVolume::Impl& volume, unsigned queue_index, unsigned depth);
+  // At open_queue on a reactor's thread: turns the channels to executors of
+  // that reactor into local ones (queue_control.cpp).
+  Status make_home(reactor::Reactor& reactor);
+  // The reverse, for a queue re-opened elsewhere (closed queue: nothing in
+  // flight through its channels).
+  Status leave_home();
   void shutdown();
 
   // ---- VolumeQueue ----

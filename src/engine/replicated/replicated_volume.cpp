@@ -2,6 +2,8 @@
 // The work is done elsewhere; impl.h lists which file holds which concept.
 #include "ublkvol/engine/replicated_volume.h"
 
+#include "ublkvol/reactor/reactor.h"
+
 #include "impl.h"
 
 namespace ublkvol::engine {
@@ -81,6 +83,20 @@ Result<std::unique_ptr<VolumeQueue>> ReplicatedVolume::open_queue(unsigned index
   if (q.opened.exchange(true)) {
     return Error(EBUSY, "volume " + v.options.name + ": queue " + std::to_string(index) +
                             " is already open");
+  }
+  reactor::Reactor* here = reactor::Reactor::current();
+  if (q.home != here) {
+    // Opened before elsewhere: its local channels go back to their
+    // executors, then (on a reactor) the ones of this reactor turn local.
+    Status st = q.leave_home();
+    if (st.ok() && here != nullptr) {
+      st = q.make_home(*here);
+    }
+    if (!st.ok()) {
+      q.opened.store(false);
+      return st.error().with_context("volume " + v.options.name + ": queue " +
+                                     std::to_string(index));
+    }
   }
   return std::unique_ptr<VolumeQueue>(new ReplicatedQueue(q));
 }

@@ -29,6 +29,13 @@ struct StoreChannel {
   bool notify = false;
   // Queue-thread private: requests were pushed since the last kick().
   bool pushed = false;
+  // Co-located: the queue lives on the reactor that runs `thread`'s stores
+  // (StoreExecutor::home_reactor()). The queue then calls
+  // ReplicaStore::submit itself (no request ring, no doorbell), and the
+  // completion, run by the executor's poll on that same thread, is pushed
+  // into `completions` with no eventfd write: the queue's owner reaps on
+  // that thread's loop. Set before the queue's owner first uses the channel.
+  bool local = false;
 };
 
 }  // namespace ublkvol::engine::detail

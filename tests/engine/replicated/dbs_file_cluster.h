@@ -1,5 +1,6 @@
 // Test helper: replicas as DBS volumes in stores on real files (io_uring,
-// O_DIRECT) in a temporary directory, one store thread each, plus the
+// O_DIRECT) in a temporary directory, one store thread each (or executors on
+// shared reactors: store_owner.h), plus the
 // queries the tests compare replicas with (content, snapshots, free space).
 #pragma once
 
@@ -30,8 +31,10 @@ struct DbsFileCluster {
     std::unique_ptr<dbs::FileDevice> device;
     std::unique_ptr<dbs::Store> store;
     std::unique_ptr<DbsReplicaStore> replica;
-    std::unique_ptr<StoreThread> thread;
+    std::unique_ptr<StoreOwner> thread;
   };
+  // Before `replicas`: the executors on them go first.
+  std::unique_ptr<reactor::ReactorSet> reactors = start_store_reactors();
   std::string dir;
   uint64_t volume_size = 0;
   std::vector<Replica> replicas;
@@ -86,11 +89,8 @@ struct DbsFileCluster {
       EXPECT_TRUE(rep.ok()) << rep.error().to_string();
       r.replica = std::move(rep.value());
     }
-    StoreThreadOptions to;
-    to.name = "fstore" + std::to_string(i);
-    auto thread = StoreThread::start(to);
-    EXPECT_TRUE(thread.ok());
-    r.thread = std::move(thread.value());
+    r.thread = StoreOwner::start("fstore" + std::to_string(i),
+                                 reactors ? &reactors->for_store(i) : nullptr);
     if (r.replica) {
       EXPECT_TRUE(r.thread->attach(*r.replica).ok());
     }

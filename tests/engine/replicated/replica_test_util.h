@@ -1,5 +1,6 @@
 // Test helpers for the replicated engine: replicas on memory devices behind
-// a fault-injecting wrapper, one store thread each, a queue driver that runs
+// a fault-injecting wrapper, one store thread each (or executors on shared
+// reactors: store_owner.h), a queue driver that runs
 // a workload on its own thread, and a block-pattern reference model.
 #pragma once
 
@@ -28,6 +29,8 @@
 #include "ublkvol/engine/store_thread.h"
 #include "ublkvol/engine/volume.h"
 
+#include "store_owner.h"
+
 namespace ublkvol::engine::testing {
 
 // N replicas: memory device -> fault device -> raw replica store -> thread.
@@ -36,8 +39,11 @@ struct Cluster {
     std::unique_ptr<dbs::MemoryDevice> memory;
     std::unique_ptr<dbs::FaultDevice> fault;
     std::unique_ptr<RawReplicaStore> store;
-    std::unique_ptr<StoreThread> thread;
+    std::unique_ptr<StoreOwner> thread;
   };
+  // Before `replicas`: the executors on them go first.
+  std::unique_ptr<reactor::ReactorSet> reactors;
+  bool reactors_started = false;
   std::vector<Replica> replicas;
   uint64_t data_offset = 0;
 
@@ -69,10 +75,13 @@ struct Cluster {
       }
       r.store = std::move(store.value());
       data_offset = r.store->data_offset();
-      StoreThreadOptions to;
-      to.name = "store" + std::to_string(i);
-      auto thread = StoreThread::start(to);
-      r.thread = std::move(thread.value());
+      if (!reactors_started) {
+        reactors = start_store_reactors();
+        reactors_started = true;
+      }
+      r.thread =
+          StoreOwner::start("store" + std::to_string(i),
+                            reactors ? &reactors->for_store(static_cast<unsigned>(i)) : nullptr);
       (void)r.thread->attach(*r.store);
     }
   }

@@ -61,6 +61,29 @@ testing::WorkloadOptions small_workload(unsigned threads = 2) {
   return wo;
 }
 
+// The fixture option (store_owner.h) puts the stores where it says: a
+// StoreThread each (a reactor of its own, named after the store), or store i
+// on reactor i mod N; control calls run on that reactor.
+TEST(ReplicatedFaults, StoresRunWhereTheFixtureOptionSays) {
+  testing::Cluster cluster;
+  cluster.create(3, 1 << 20);
+  const unsigned n = testing::store_reactors_from_env();
+  ASSERT_EQ(cluster.reactors != nullptr, n > 0);
+  for (unsigned i = 0; i < 3; ++i) {
+    std::string where;
+    ASSERT_TRUE(cluster.replicas[i]
+                    .thread
+                    ->call([&]() -> Status {
+                      if (reactor::Reactor::current() != nullptr) {
+                        where = std::string(reactor::Reactor::current()->name());
+                      }
+                      return ok_status();
+                    })
+                    .ok());
+    EXPECT_EQ(where, n == 0 ? "store" + std::to_string(i) : "test-reactor" + std::to_string(i % n));
+  }
+}
+
 // ---- a replica fails its writes mid-workload ----
 TEST(ReplicatedFaults, WriteErrorDropsReplicaThenResyncOnlyDirtyRegions) {
   Cluster cluster;
