@@ -233,9 +233,15 @@ cp "$UBLKVOL_VM_BUSYBOX" "$ird/bin/busybox"
 for applet in sh mount umount switch_root insmod sleep cat echo mkdir ls; do
   ln -s busybox "$ird/bin/$applet"
 done
-# Load order from modprobe (dependencies first); builtins are skipped.
+# Load order from modprobe (dependencies first); builtins are skipped. A module the tree
+# does not have is built in: the 7.x packages ship no modules.builtin, so modprobe cannot
+# say "builtin" for ext4 there (the kernel mounts the root all the same).
 : >"$ird/lib/modules/load-order"
 for m in virtio_pci virtio_blk ext4; do
+  if ! modprobe -d "$root" -S "$kver" --show-depends "$m" >/dev/null 2>&1; then
+    ublkvol_vm_log "$m: not a module of $kver (built in)"
+    continue
+  fi
   while read -r kind path _; do
     [[ "$kind" == insmod ]] || continue
     name="$(basename "$path")"
