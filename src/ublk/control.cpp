@@ -81,8 +81,19 @@ Error describe_control_failure(uint32_t op, uint32_t dev_id, int negative_errno)
       cause = "permission denied: ublk devices need CAP_SYS_ADMIN";
       break;
     case EACCES:
-      cause = op == uapi::kCmdSetParams ? "parameters cannot change once the device is started"
-                                        : "permission denied";
+      if (op == uapi::kCmdAddDev) {
+        // ublk_drv's only EACCES on ADD_DEV for a server that could open
+        // /dev/ublk-control: ublks_added >= ublks_max.
+        cause =
+            "the host's ublk device limit is reached: the ublk_drv module parameter ublks_max "
+            "(default 64; /sys/module/ublk_drv/parameters/ublks_max) caps all ublk devices on "
+            "Linux <= 6.14 (unprivileged ones on later kernels); raise it (echo N > "
+            "/sys/module/ublk_drv/parameters/ublks_max, or modprobe ublk_drv ublks_max=N) or "
+            "delete unused devices";
+      } else {
+        cause = op == uapi::kCmdSetParams ? "parameters cannot change once the device is started"
+                                          : "permission denied";
+      }
       break;
     case EOPNOTSUPP:
       cause = "not supported by this kernel's ublk_drv (or not a ublk control device)";

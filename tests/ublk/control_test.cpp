@@ -49,6 +49,14 @@ TEST(ControlTest, FailureMessagesNameCommandDeviceAndCause) {
   EXPECT_EQ(describe_control_failure(uapi::kCmdSetParams, 2, -EACCES).message(),
             "ublk SET_PARAMS (device 2): parameters cannot change once the device is started");
   EXPECT_EQ(describe_control_failure(uapi::kCmdStartDev, 0, -EPERM).errno_value(), EPERM);
+  // ADD_DEV's EACCES is the driver's device limit (root passed the open of
+  // /dev/ublk-control): the message names the module parameter.
+  EXPECT_EQ(describe_control_failure(uapi::kCmdAddDev, uapi::kAutoDevId, -EACCES).message(),
+            "ublk ADD_DEV: the host's ublk device limit is reached: the ublk_drv module "
+            "parameter ublks_max (default 64; /sys/module/ublk_drv/parameters/ublks_max) caps "
+            "all ublk devices on Linux <= 6.14 (unprivileged ones on later kernels); raise it "
+            "(echo N > /sys/module/ublk_drv/parameters/ublks_max, or modprobe ublk_drv "
+            "ublks_max=N) or delete unused devices");
   EXPECT_STREQ(control_command_name(uapi::kCmdDelDevAsync), "DEL_DEV_ASYNC");
   EXPECT_STREQ(device_state_name(uapi::kDevStateQuiesced), "quiesced");
   EXPECT_EQ(block_device_path(12), "/dev/ublkb12");

@@ -218,7 +218,15 @@ inline constexpr uint64_t kFUserCopy = 1ULL << 7;
 inline constexpr uint64_t kFZoned = 1ULL << 8;
 // Linux >= 6.13.
 inline constexpr uint64_t kFUserRecoveryFailIo = 1ULL << 9;
+// Linux >= 6.16: UPDATE_SIZE resizes a live device; AUTO_BUF_REG registers the
+// request's pages as the io buffer (zero copy); QUIESCE_DEV parks a live
+// device for a server hand-over; PER_IO_DAEMON lets any task serve any tag.
 inline constexpr uint64_t kFUpdateSize = 1ULL << 10;
+inline constexpr uint64_t kFAutoBufReg = 1ULL << 11;
+inline constexpr uint64_t kFQuiesce = 1ULL << 12;
+inline constexpr uint64_t kFPerIoDaemon = 1ULL << 13;
+// Linux >= 6.17.
+inline constexpr uint64_t kFBufRegOffDaemon = 1ULL << 14;
 
 // Device states (ctrl dev_info.state).
 inline constexpr uint16_t kDevStateDead = 0;
