@@ -184,6 +184,16 @@ inline constexpr uint32_t kCmdGetFeatures = ioc(kIocRead, kIocType, 0x13, sizeof
 // Linux >= 6.9: DEL_DEV that does not wait for the last reference to go.
 inline constexpr uint32_t kCmdDelDevAsync = ioc(kIocRead, kIocType, 0x14, sizeof(CtrlCmd));
 
+// Linux >= 6.16 (UBLK_F_UPDATE_SIZE): data[0] = the new size in 512-byte
+// sectors of a live device.
+inline constexpr uint32_t kCmdUpdateSize =
+    ioc(kIocRead | kIocWrite, kIocType, 0x15, sizeof(CtrlCmd));
+// Linux >= 6.16 (UBLK_F_QUIESCE, with USER_RECOVERY): data[0] = timeout in ms;
+// parks a live device for a server hand-over (EBUSY if the server still holds
+// requests when it expires).
+inline constexpr uint32_t kCmdQuiesceDev =
+    ioc(kIocRead | kIocWrite, kIocType, 0x16, sizeof(CtrlCmd));
+
 // GET_FEATURES writes exactly this many bytes.
 inline constexpr uint32_t kFeaturesLen = 8;
 
