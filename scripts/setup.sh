@@ -61,7 +61,7 @@ else
 fi
 
 # VM test-bed kernel + ublk_drv module (cached; a no-op when present).
-"$ROOT/scripts/vm/fetch-kernel.sh"
+"$ROOT/scripts/vm/fetch-kernel.sh" --kernel all
 
 if [[ $BUILD -eq 1 ]]; then
   cd "$ROOT"

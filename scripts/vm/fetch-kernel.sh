@@ -1,47 +1,74 @@
 #!/usr/bin/env bash
-# Fetch the VM test bed's kernel: Debian trixie's 6.12 cloud kernel and ublk_drv.ko.
+# Fetch a VM test bed kernel: vmlinuz and ublk_drv.ko (plus a few block modules) of one
+# of the pinned Debian cloud kernels in scripts/vm/lib.sh (6.12 from trixie, 7.3 from
+# trixie-backports).
 #
-# Usage: scripts/vm/fetch-kernel.sh [--force] [--print-dir]
+# Usage: scripts/vm/fetch-kernel.sh [--kernel 6.12|7|all] [--force] [--print-dir]
+#   --kernel K   which kernel (default: $UBLKVOL_VM_KERNEL, else 6.12); "all" fetches each
+#   --force      fetch again even when cached
+#   --print-dir  print the kernel's cache directory and exit
 #
-# Downloads linux-image-6.12.*-cloud-amd64-unsigned with apt-get download from this
-# machine's own Debian mirror, using a PRIVATE apt state (lists, cache, status, sources)
-# in a temporary directory: the system's apt state is never read for packages nor
-# written. Signatures are verified the normal apt way: trixie's InRelease must carry a
-# good signature from a key in /usr/share/keyrings/debian-archive-keyring.gpg (it is
-# signed by the "Debian Archive Automatic Signing Key" 13/trixie and 12/bookworm keys,
-# both in Debian 12's debian-archive-keyring), and the .deb must match the hash in the
-# signed Packages index.
+# Downloads the pinned packages (package=version and sha256 in scripts/vm/lib.sh) with
+# apt-get download from this machine's own Debian mirror, using a PRIVATE apt state (lists,
+# cache, status, sources) in a temporary directory: the system's apt state is never read
+# for packages nor written. Signatures are verified the normal apt way: the suite's
+# InRelease must carry a good signature from a key in
+# /usr/share/keyrings/debian-archive-keyring.gpg (trixie and trixie-backports are signed
+# by the "Debian Archive Automatic Signing Key" 13/trixie and 12/bookworm keys, both in
+# Debian 12's debian-archive-keyring), each .deb must match the hash in the signed
+# Packages index, and also the sha256 pinned in lib.sh.
 #
-# Result in $UBLKVOL_VM_CACHE (default ~/.cache/ublk-volumed/vm):
+# Result in the kernel's cache directory ($UBLKVOL_VM_CACHE for 6.12,
+# $UBLKVOL_VM_CACHE/kernel-7 for 7; default UBLKVOL_VM_CACHE ~/.cache/ublk-volumed/vm):
 #   vmlinuz            the kernel image
 #   modules/*.ko       ublk_drv and a few block modules (uncompressed), modules/deps
-#   kernel-version     uname -r of the guest, e.g. 6.12.107+deb13-cloud-amd64
-#   kernel-package     package=version that was fetched, and its sha256
-#   complete           written last; its presence makes a re-run a no-op
+#   kernel-version     uname -r of the guest, e.g. 6.12.117+deb13-cloud-amd64
+#   kernel-package     per fetched package: package=version sha256=... mirror=...
+#   complete           written last; its presence (with the same pins) makes a re-run a no-op
 #
-# Environment: UBLKVOL_VM_CACHE, UBLKVOL_VM_MIRROR (override the mirror URL),
-#              UBLKVOL_VM_KERNEL_PACKAGE (exact package name instead of the newest).
+# Environment: UBLKVOL_VM_CACHE, UBLKVOL_VM_KERNEL, UBLKVOL_VM_MIRROR (override the
+#              mirror URL), UBLKVOL_VM_KEYRING.
 set -euo pipefail
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source-path=SCRIPTDIR
 source "$script_dir/lib.sh"
 
-force=0
-for arg in "$@"; do
-  case "$arg" in
-    --force) force=1 ;;
-    --print-dir) echo "$UBLKVOL_VM_CACHE"; exit 0 ;;
+force=0 print_dir=0 kernel="$UBLKVOL_VM_KERNEL"
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --force) force=1; shift ;;
+    --print-dir) print_dir=1; shift ;;
+    --kernel)
+      [[ $# -ge 2 ]] || ublkvol_vm_die "--kernel needs an argument (${UBLKVOL_VM_KERNELS[*]} or all)"
+      kernel="$2"; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    *) ublkvol_vm_die "unknown argument '$arg' (try --help)" ;;
+    *) ublkvol_vm_die "unknown argument '$1' (try --help)" ;;
   esac
 done
+if [[ "$kernel" == all ]]; then
+  for k in "${UBLKVOL_VM_KERNELS[@]}"; do
+    args=(--kernel "$k")
+    [[ $force == 0 ]] || args+=(--force)
+    [[ $print_dir == 0 ]] || args+=(--print-dir)
+    "$0" "${args[@]}"
+  done
+  exit 0
+fi
+ublkvol_vm_select_kernel "$kernel"
+cache="$UBLKVOL_VM_KERNEL_CACHE"
+if [[ $print_dir == 1 ]]; then
+  echo "$cache"
+  exit 0
+fi
 
-cache="$UBLKVOL_VM_CACHE"
-
+# The cache is complete when it holds what the pins in lib.sh name (a changed pin fetches
+# the new kernel).
+pins="$(for e in "${UBLKVOL_VM_KERNEL_DEBS[@]}"; do echo "${e%% *} sha256=${e##* }"; done)"
 cache_complete() {
   [[ -f "$cache/complete" && -f "$cache/vmlinuz" && -f "$cache/modules/ublk_drv.ko" &&
-     -f "$cache/kernel-version" ]]
+     -f "$cache/kernel-version" && -f "$cache/kernel-package" ]] &&
+    [[ "$(sed 's/ mirror=.*//' "$cache/kernel-package")" == "$pins" ]]
 }
 
 if [[ $force == 0 ]] && cache_complete; then
@@ -55,10 +82,6 @@ for tool in apt-get apt-cache dpkg-deb xz modinfo flock; do
 done
 modinfo_bin="$(command -v modinfo || echo /sbin/modinfo)"
 
-keyring="${UBLKVOL_VM_KEYRING:-/usr/share/keyrings/debian-archive-keyring.gpg}"
-[[ -r "$keyring" ]] ||
-  ublkvol_vm_die "$keyring missing: install debian-archive-keyring (it holds the key signing $UBLKVOL_VM_SUITE)"
-
 mkdir -p "$cache"
 exec 9>"$cache/.lock"
 flock 9 # concurrent callers (ctest -j, setup.sh) wait for the first fetch to finish
@@ -67,102 +90,32 @@ if [[ $force == 0 ]] && cache_complete; then
   exit 0
 fi
 
-# This machine's Debian mirror: the first non-security URIs line of the deb822 sources,
-# else the first such 'deb' line of sources.list, else deb.debian.org.
-find_mirror() {
-  local line uri
-  if [[ -n "${UBLKVOL_VM_MIRROR:-}" ]]; then
-    echo "$UBLKVOL_VM_MIRROR"; return
-  fi
-  for f in /etc/apt/sources.list.d/*.sources; do
-    [[ -r "$f" ]] || continue
-    while read -r line; do
-      uri="${line#URIs:}"
-      for u in $uri; do
-        [[ "$u" == *security* ]] && continue
-        [[ "$u" == http*://* ]] && { echo "$u"; return; }
-      done
-    done < <(grep -E '^URIs:' "$f")
-  done
-  if [[ -r /etc/apt/sources.list ]]; then
-    uri="$(awk '$1 == "deb" && $2 !~ /security/ && $2 ~ /^http/ { print $2; exit }' \
-      /etc/apt/sources.list)"
-    [[ -n "$uri" ]] && { echo "$uri"; return; }
-  fi
-  echo "http://deb.debian.org/debian"
-}
-mirror="$(find_mirror)"
+mirror="$(ublkvol_vm_find_mirror)"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/ublkvol-fetch-kernel.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$work"/apt/{lists/partial,cache/archives/partial} "$work/download" "$work/extract"
-: >"$work/apt/status"
-cat >"$work/apt/trixie.sources" <<EOF
-Types: deb
-URIs: $mirror
-Suites: $UBLKVOL_VM_SUITE
-Components: main
-Signed-By: $keyring
-EOF
-# apt drops root privileges to _apt for downloads; let it write our private dirs.
-if [[ $(id -u) == 0 ]] && id _apt >/dev/null 2>&1; then
-  chmod 755 "$work"
-  chown -R _apt "$work/apt/lists" "$work/download"
-fi
+mkdir -p "$work/extract"
 
-apt_opts=(
-  -o "Dir::State=$work/apt"
-  -o "Dir::State::Lists=$work/apt/lists"
-  -o "Dir::State::status=$work/apt/status"
-  -o "Dir::Cache=$work/apt/cache"
-  -o "Dir::Etc::SourceList=$work/apt/trixie.sources"
-  -o "Dir::Etc::SourceParts=/dev/null"
-  -o "Dir::Etc::Preferences=/dev/null"
-  -o "Dir::Etc::PreferencesParts=/dev/null"
-  -o "APT::Architectures::=amd64"
-  -o "Acquire::Languages=none"
-  -o "Acquire::Retries=2"
-)
+echo "Fetching the $UBLKVOL_VM_KERNEL_SUITE package index from $mirror (private apt state in $work)"
+ublkvol_vm_kernel_apt_update "$work/apt" "$mirror" "$work/update.log"
+for entry in "${UBLKVOL_VM_KERNEL_DEBS[@]}"; do
+  echo "Downloading ${entry%% *}"
+  deb="$(ublkvol_vm_kernel_download "$entry" "$work/download" "$work/download.log")"
+  dpkg-deb -x "$deb" "$work/extract"
+done
+package="${UBLKVOL_VM_KERNEL_DEBS[*]%% *}"
 
-echo "Fetching the $UBLKVOL_VM_SUITE package index from $mirror (private apt state in $work)"
-if ! apt-get "${apt_opts[@]}" update >"$work/update.log" 2>&1 ||
-   grep -qE '^(W|E|Err):' "$work/update.log"; then
-  cat "$work/update.log" >&2
-  if grep -qiE 'NO_PUBKEY|not signed|signature|EXPKEYSIG|BADSIG' "$work/update.log"; then
-    ublkvol_vm_die "the $UBLKVOL_VM_SUITE index from $mirror failed signature verification" \
-      "against $keyring (update debian-archive-keyring?). Refusing to continue unverified."
-  fi
-  ublkvol_vm_die "cannot fetch the $UBLKVOL_VM_SUITE index from mirror $mirror" \
-    "(unreachable? set UBLKVOL_VM_MIRROR=http://.../debian to use another one)"
-fi
-ls "$work"/apt/lists/*_dists_"${UBLKVOL_VM_SUITE}"_InRelease >/dev/null 2>&1 ||
-  ublkvol_vm_die "no signed InRelease for $UBLKVOL_VM_SUITE from $mirror"
-
-package="${UBLKVOL_VM_KERNEL_PACKAGE:-}"
-if [[ -z "$package" ]]; then
-  # Newest 6.12 cloud kernel in the suite (usually there is exactly one; during a point
-  # release there can be two).
-  package="$(apt-cache "${apt_opts[@]}" pkgnames linux-image-6.12 |
-    grep -E "$UBLKVOL_VM_KERNEL_PATTERN" | sort -V | tail -n1 || true)"
-  [[ -n "$package" ]] ||
-    ublkvol_vm_die "no package matching $UBLKVOL_VM_KERNEL_PATTERN in $UBLKVOL_VM_SUITE at $mirror"
-fi
-version="$(apt-cache "${apt_opts[@]}" show --no-all-versions "$package" |
-  awk '/^Version:/ { print $2; exit }')"
-[[ -n "$version" ]] || ublkvol_vm_die "package $package not found in $UBLKVOL_VM_SUITE"
-
-echo "Downloading $package ($version)"
-if ! (cd "$work/download" && apt-get "${apt_opts[@]}" download "$package=$version") \
-    >"$work/download.log" 2>&1; then
-  cat "$work/download.log" >&2
-  ublkvol_vm_die "apt-get download $package=$version failed (mirror $mirror)"
-fi
-deb="$(ls "$work"/download/*.deb)"
-dpkg-deb -x "$deb" "$work/extract"
-
+# The image is boot/vmlinuz-<kver> (linux-image-*, 6.12) or usr/lib/modules/<kver>/vmlinuz
+# (linux-binary-*, Debian's kernels since 6.19).
 vmlinuz="$(find "$work/extract/boot" -name 'vmlinuz-*' -print -quit 2>/dev/null || true)"
-[[ -n "$vmlinuz" ]] || ublkvol_vm_die "$package has no boot/vmlinuz-*"
-kver="${vmlinuz##*/vmlinuz-}"
+if [[ -n "$vmlinuz" ]]; then
+  kver="${vmlinuz##*/vmlinuz-}"
+else
+  vmlinuz="$(find "$work/extract/usr/lib/modules" "$work/extract/lib/modules" -mindepth 2 \
+    -maxdepth 2 -name vmlinuz -print -quit 2>/dev/null || true)"
+  [[ -n "$vmlinuz" ]] || ublkvol_vm_die "$package has no boot/vmlinuz-* nor lib/modules/*/vmlinuz"
+  kver="$(basename "$(dirname "$vmlinuz")")"
+fi
 moddir=""
 for d in "$work/extract/usr/lib/modules/$kver" "$work/extract/lib/modules/$kver"; do
   [[ -d "$d" ]] && { moddir="$d"; break; }
@@ -202,12 +155,13 @@ done
   ublkvol_vm_die "ublk_drv.ko vermagic does not match kernel $kver"
 
 echo "$kver" >"$stage/kernel-version"
-echo "$package=$version sha256=$(sha256sum "$deb" | cut -d' ' -f1) mirror=$mirror" \
-  >"$stage/kernel-package"
+for e in "${UBLKVOL_VM_KERNEL_DEBS[@]}"; do
+  echo "${e%% *} sha256=${e##* } mirror=$mirror"
+done >"$stage/kernel-package"
 
 rm -rf "$cache/vmlinuz" "$cache/modules" "$cache/kernel-version" "$cache/kernel-package" \
   "$cache/complete"
 mv "$stage/vmlinuz" "$stage/modules" "$stage/kernel-version" "$stage/kernel-package" "$cache/"
 rmdir "$stage"
 echo "$kver" >"$cache/complete"
-echo "VM kernel ready: $kver ($package $version) in $cache"
+echo "VM kernel ready: $kver ($package) in $cache"

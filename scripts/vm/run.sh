@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Run a test inside the real-ublk VM test bed (QEMU TCG, Debian 6.12 kernel, ublk_drv).
+# Run a test inside the real-ublk VM test bed (QEMU TCG, a Debian 6.12 or 7.3 kernel, ublk_drv).
 #
 # Usage:
 #   scripts/vm/run.sh [--binary PATH]... [--file SRC[:DEST]]... [--env NAME=VALUE]...
 #                     (--cmd 'guest shell command' | --script FILE)
 #                     [--timeout SECONDS] [--log FILE] [--smp N] [--mem SIZE]
 #                     [--disk SIZE]... [--append 'kernel args'] [--kernel-verbose]
+#                     [--kernel 6.12|7]
 #
 #   --binary PATH     program to run in the guest; lands in /opt/test/bin (on PATH), with
 #                     every library ldd lists. Repeatable.
@@ -21,6 +22,8 @@
 #   --smp N, --mem SIZE   guest CPUs (default 2) and memory (default 2G).
 #   --disk SIZE       add an empty sparse NVMe disk of SIZE (e.g. 1G): /dev/nvme0n1, ...
 #   --append ARGS     extra kernel command line.
+#   --kernel K        the guest kernel: 6.12 (Debian trixie, the default) or 7 (trixie-
+#                     backports 7.3); default $UBLKVOL_VM_KERNEL, else 6.12. Pins: lib.sh.
 #   --kernel-verbose  full kernel boot log (default: quiet + loglevel=5: warnings and oopses still show).
 #
 # The guest: bash (also /bin/sh) runs the test; busybox (static) applets + fio,
@@ -67,11 +70,14 @@ while [[ $# -gt 0 ]]; do
     --disk) need_arg "$@"; disks+=("$2"); shift 2 ;;
     --append) need_arg "$@"; append="$2"; shift 2 ;;
     --kernel-verbose) kernel_verbose=1; shift ;;
+    --kernel) need_arg "$@"; UBLKVOL_VM_KERNEL="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) ublkvol_vm_die "unknown argument '$1' (try --help)" ;;
   esac
 done
 [[ "${UBLKVOL_VM_KERNEL_VERBOSE:-0}" == 1 ]] && kernel_verbose=1
+ublkvol_vm_select_kernel "$UBLKVOL_VM_KERNEL"
+export UBLKVOL_VM_KERNEL
 
 # ---------------------------------------------------------------------------------------
 # Validate everything before doing any work.
@@ -100,9 +106,9 @@ for e in "${envs[@]}"; do
   [[ "$e" =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || ublkvol_vm_die "--env '$e' is not NAME=VALUE"
 done
 
-cache="$UBLKVOL_VM_CACHE"
+cache="$UBLKVOL_VM_KERNEL_CACHE"
 if [[ ! -f "$cache/complete" || ! -f "$cache/vmlinuz" || ! -f "$cache/modules/ublk_drv.ko" ]]; then
-  ublkvol_vm_die "no VM kernel in $cache: run scripts/setup.sh (or scripts/vm/fetch-kernel.sh)"
+  ublkvol_vm_die "no VM kernel $UBLKVOL_VM_KERNEL in $cache: run scripts/setup.sh (or scripts/vm/fetch-kernel.sh --kernel $UBLKVOL_VM_KERNEL)"
 fi
 kver="$(cat "$cache/kernel-version")"
 qemu="$(command -v qemu-system-x86_64 || true)"
@@ -279,7 +285,7 @@ else
 fi
 quote() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
 {
-  echo "export UBLKVOL_VM_TOKEN=$token"
+  echo "export UBLKVOL_VM_TOKEN=$token UBLKVOL_VM_KERNEL=$UBLKVOL_VM_KERNEL"
   for e in "${envs[@]}"; do echo "export ${e%%=*}=$(quote "${e#*=}")"; done
 } >"$stage/opt/test/env"
 write_cpio "$stage" "$work/test.cpio"

@@ -355,6 +355,17 @@ void render_status(std::ostream& out, const Json& status) {
     field(out, "ublk",
           flag(*u, "available") ? "available" : "NOT available: " + str(*u, "message"));
   }
+  if (auto k = status.find("kernel"); k != status.end() && k->is_object()) {
+    const std::string features = str(*k, "ublk_features");
+    field(out, "Kernel",
+          str(*k, "release") + (features.empty() ? ", ublk features unknown (ublk_drv not loaded)"
+                                                 : ", ublk features " + features +
+                                                       "; enabled: " + str(*k, "features_enabled") +
+                                                       "; turned off: " + str(*k, "features_off")));
+    if (const std::string w = str(*k, "warning"); !w.empty()) {
+      out << "WARNING: " << w << "\n";
+    }
+  }
   field(out, "Stores", str(status, "stores"));
   field(out, "Volumes", str(status, "volumes") + " (" + str(status, "exposed") + " exposed)");
   const auto& orphans = array(status, "orphans");

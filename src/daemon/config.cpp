@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "ublkvol/daemon/protocol.h"
+#include "ublkvol/ublk/features.h"
 
 namespace ublkvol::daemon {
 namespace {
@@ -130,6 +131,8 @@ Result<DaemonConfig> parse_config(std::string_view text, const std::string& orig
       UBLKVOL_TRY(read_uint(value, key, origin, config.min_replicas));
     } else if (key == "recoverable_devices") {
       UBLKVOL_TRY(read_bool(value, key, origin, config.recoverable_devices));
+    } else if (key == "ublk_features_off") {
+      UBLKVOL_TRY(read_string_list(value, key, origin, config.ublk_features_off));
     } else if (key == "write_through") {
       UBLKVOL_TRY(read_bool(value, key, origin, config.write_through));
     } else if (key == "store_data_order") {
@@ -183,6 +186,9 @@ Result<DaemonConfig> load_config(const std::string& path, bool must_exist) {
 }
 
 Status validate_config(const DaemonConfig& config) {
+  if (auto off = ublk::optional_features_mask(config.ublk_features_off); !off.ok()) {
+    return Error(EINVAL, "ublk_features_off: " + off.error().message());
+  }
   if (config.state_dir.empty() || config.state_dir.front() != '/') {
     return Error(EINVAL, "state_dir '" + config.state_dir + "' must be an absolute path");
   }

@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include "ublkvol/dbs/device_users.h"
+#include "ublkvol/ublk/uapi.h"
 
 #include "device_in_use.h"
 #include "handlers.h"
@@ -299,9 +300,17 @@ Result<Json> volume_resize(Registry& r, Params& p) {
   }
   if (volume->exposed || volume->device) {
     const std::string path = volume->device ? volume->device->block_path() : "a ublk device";
-    return Error(EBUSY, "volume " + named(name) + " is exposed as " + path +
-                            ": unexpose it, resize, expose it again (changing the size of a "
-                            "live ublk device needs UBLK_U_CMD_UPDATE_SIZE, Linux 6.14+)");
+    const std::string what = "volume " + named(name) + " is exposed as " + path;
+    // Growing a live device needs UPDATE_SIZE: name what is missing (the
+    // kernel feature, or the config key that turned it off). EBUSY either
+    // way: the volume is busy being a device.
+    if (Status live = r.require_optional_feature(ublk::uapi::kFUpdateSize); !live.ok()) {
+      return Error(EBUSY,
+                   what + ": " + live.error().message() + "; unexpose it, resize, expose it again");
+    }
+    return Error(EBUSY, what +
+                            ": online resize is not implemented yet (the kernel has "
+                            "UBLK_F_UPDATE_SIZE); unexpose it, resize, expose it again");
   }
   // A volume left closed (a resize that failed or crashed part-way leaves
   // replicas of different sizes, which the engine refuses to open) may be

@@ -1,5 +1,7 @@
 #include "registry.h"
 
+#include <sys/utsname.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
@@ -287,6 +289,55 @@ Status Registry::probe_ublk() const {
   }
   if (!needed.ok()) {
     return Error(ENODEV, needed.error().message());
+  }
+  return ok_status();
+}
+
+void Registry::read_kernel() {
+  utsname uts{};
+  kernel.release = ::uname(&uts) == 0 ? uts.release : "unknown";
+  // Validated with the config: the names are known.
+  auto off = ublk::optional_features_mask(config.ublk_features_off);
+  kernel.turned_off = off.ok() ? *off : 0;
+  kernel.warning = ublk::known_bad_kernel_warning(kernel.release);
+  if (!kernel.warning.empty()) {
+    spdlog::warn("kernel: {}", kernel.warning);
+  }
+  auto control = ublk::ControlDevice::open();
+  auto features = control.ok() ? control->get_features() : Result<uint64_t>(control.error());
+  if (!features.ok()) {
+    spdlog::info("kernel {}: ublk features unknown ({})", kernel.release,
+                 features.error().message());
+    return;
+  }
+  kernel.features = *features;
+  spdlog::info(
+      "kernel {}: ublk_drv features 0x{:x} ({}); optional features enabled: {}", kernel.release,
+      *features, ublk::describe_features(*features),
+      ublk::describe_features(ublk::optional_features_enabled(*features, kernel.turned_off)));
+}
+
+Result<uint64_t> Registry::ublk_features() {
+  if (!kernel.features) {
+    auto control = ublk::ControlDevice::open();
+    if (!control.ok()) {
+      return Error(ENODEV, control.error().message());
+    }
+    auto features = control->get_features();
+    if (!features.ok()) {
+      return Error(ENODEV, features.error().message());
+    }
+    kernel.features = *features;
+  }
+  return *kernel.features;
+}
+
+Status Registry::require_optional_feature(uint64_t flag) {
+  UBLKVOL_ASSIGN_OR_RETURN(const uint64_t available, ublk_features());
+  const std::string refusal =
+      ublk::optional_feature_refusal(flag, available, kernel.turned_off, kernel.release);
+  if (!refusal.empty()) {
+    return Error(EOPNOTSUPP, refusal);
   }
   return ok_status();
 }

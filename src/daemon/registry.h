@@ -155,6 +155,22 @@ class Registry {
   // ---- ublk (registry.cpp) ---------------------------------------------------
   // OK if ublk devices can be created; else ENODEV with the reason.
   [[nodiscard]] Status probe_ublk() const;
+  // The running kernel and its ublk driver: read once at start (logged, with
+  // a warning for a known-bad kernel), shown by daemon.status.
+  struct KernelInfo {
+    std::string release;               // uname -r
+    std::optional<uint64_t> features;  // GET_FEATURES; none while ublk_drv is not loaded
+    uint64_t turned_off = 0;           // config ublk_features_off, as a mask
+    std::string warning;               // ublk::known_bad_kernel_warning()
+  };
+  void read_kernel();
+  // The driver's features: those read at start, or (when ublk_drv was not
+  // loaded then) read now; ENODEV naming the cause if there is no driver.
+  Result<uint64_t> ublk_features();
+  // Whether an optional feature (ublk::optional_features()) is in use; else
+  // an EOPNOTSUPP error naming what is missing: the kernel feature (and
+  // the kernel) or the config key that turned it off.
+  Status require_optional_feature(uint64_t flag);
   Status create_device(VolumeEntry& v, unsigned queues, unsigned depth, int32_t dev_id);
 
   // ---- store health (registry.cpp) -------------------------------------------
@@ -201,6 +217,7 @@ class Registry {
   CrashPoints crash;
   // Queues of every engine: max(config.queues, CPUs), at most 60.
   unsigned engine_queues = 1;
+  KernelInfo kernel;
 
  private:
   Registry() = default;

@@ -2,10 +2,12 @@
 
 #include <unistd.h>
 
+#include <cstdio>
 #include <ctime>
 
 #include "ublkvol/common/version.h"
 #include "ublkvol/engine/replicated_volume.h"
+#include "ublkvol/ublk/features.h"
 
 #include "scrub.h"
 
@@ -49,6 +51,27 @@ Json histogram_json(const ublk::LatencyHistogram& h) {
   return {{"buckets", h.buckets}, {"sum_ns", h.sum_ns}};
 }
 
+namespace {
+// The kernel, its ublk features and the optional ones enabled (null when
+// ublk_drv was not loaded), the config's turned-off ones, a known-bad warning.
+Json kernel_json(const Registry::KernelInfo& k) {
+  Json j{{"release", k.release},
+         {"ublk_features", nullptr},
+         {"features_enabled", nullptr},
+         {"features_off", ublk::describe_features(k.turned_off)},
+         {"warning", k.warning}};
+  if (k.features) {
+    char hex[24];
+    (void)std::snprintf(hex, sizeof(hex), "0x%llx", static_cast<unsigned long long>(*k.features));
+    j["ublk_features"] = hex;
+    j["ublk_feature_names"] = ublk::describe_features(*k.features);
+    j["features_enabled"] =
+        ublk::describe_features(ublk::optional_features_enabled(*k.features, k.turned_off));
+  }
+  return j;
+}
+}  // namespace
+
 Json daemon_status_json(Registry& registry, const Status& ublk) {
   Json orphan_list = Json::array();
   for (const auto& [store, o] : registry.orphans()) {
@@ -64,6 +87,7 @@ Json daemon_status_json(Registry& registry, const Status& ublk) {
       {"ublk",
        {{"available", ublk.ok()},
         {"message", ublk.ok() ? std::string("ublk_drv is loaded") : ublk.error().message()}}},
+      {"kernel", kernel_json(registry.kernel)},
       {"stores", registry.stores.size()},
       {"volumes", registry.volumes.size()},
       {"exposed", registry.exposed_count()},

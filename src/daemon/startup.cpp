@@ -32,6 +32,7 @@ Result<std::unique_ptr<Registry>> Registry::start(const DaemonConfig& config) {
       registry->device_options().submit_batch);
   const unsigned cpus = std::max(1U, std::thread::hardware_concurrency());
   registry->engine_queues = std::min(60U, std::max(config.queues, cpus));
+  registry->read_kernel();
   UBLKVOL_ASSIGN_OR_RETURN(registry->intents, IntentLog::open(config.state_dir));
   registry->load(std::move(state));
   return registry;

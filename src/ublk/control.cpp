@@ -56,6 +56,10 @@ const char* control_command_name(uint32_t op) {
       return "GET_FEATURES";
     case uapi::kCmdDelDevAsync:
       return "DEL_DEV_ASYNC";
+    case uapi::kCmdUpdateSize:
+      return "UPDATE_SIZE";
+    case uapi::kCmdQuiesceDev:
+      return "QUIESCE_DEV";
     default:
       return "unknown command";
   }
@@ -81,16 +85,31 @@ Error describe_control_failure(uint32_t op, uint32_t dev_id, int negative_errno)
       cause = "permission denied: ublk devices need CAP_SYS_ADMIN";
       break;
     case EACCES:
-      cause = op == uapi::kCmdSetParams ? "parameters cannot change once the device is started"
-                                        : "permission denied";
+      if (op == uapi::kCmdAddDev) {
+        // ublk_drv's only EACCES on ADD_DEV for a server that could open
+        // /dev/ublk-control: ublks_added >= ublks_max.
+        cause =
+            "the host's ublk device limit is reached: the ublk_drv module parameter ublks_max "
+            "(default 64; /sys/module/ublk_drv/parameters/ublks_max) caps all ublk devices on "
+            "Linux <= 6.14 (unprivileged ones on later kernels); raise it (echo N > "
+            "/sys/module/ublk_drv/parameters/ublks_max, or modprobe ublk_drv ublks_max=N) or "
+            "delete unused devices";
+      } else {
+        cause = op == uapi::kCmdSetParams ? "parameters cannot change once the device is started"
+                                          : "permission denied";
+      }
       break;
     case EOPNOTSUPP:
       cause = "not supported by this kernel's ublk_drv (or not a ublk control device)";
       break;
     case EBUSY:
-      cause = op == uapi::kCmdStartUserRecovery
-                  ? "the device is not quiesced yet (its old server has not fully exited)"
-                  : "the device is busy";
+      if (op == uapi::kCmdStartUserRecovery) {
+        cause = "the device is not quiesced yet (its old server has not fully exited)";
+      } else if (op == uapi::kCmdQuiesceDev) {
+        cause = "the server still held requests when the quiesce timeout expired";
+      } else {
+        cause = "the device is busy";
+      }
       break;
     case EINVAL:
       switch (op) {
@@ -321,6 +340,20 @@ Status ControlDevice::end_user_recovery(uint32_t dev_id, pid_t server_pid) {
   uapi::CtrlCmd cmd = command_for(dev_id);
   cmd.data[0] = static_cast<uint64_t>(server_pid);
   auto r = run(uapi::kCmdEndUserRecovery, cmd);
+  return r ? ok_status() : Status(r.error());
+}
+
+Status ControlDevice::update_size(uint32_t dev_id, uint64_t size_bytes) {
+  uapi::CtrlCmd cmd = command_for(dev_id);
+  cmd.data[0] = size_bytes / 512;
+  auto r = run(uapi::kCmdUpdateSize, cmd);
+  return r ? ok_status() : Status(r.error());
+}
+
+Status ControlDevice::quiesce_device(uint32_t dev_id, uint32_t timeout_ms) {
+  uapi::CtrlCmd cmd = command_for(dev_id);
+  cmd.data[0] = timeout_ms;
+  auto r = run(uapi::kCmdQuiesceDev, cmd);
   return r ? ok_status() : Status(r.error());
 }
 

@@ -206,6 +206,34 @@ TEST(Render, OrphansAreWarnedAbout) {
   EXPECT_EQ(gc.str(), "store 'a': deleted 1 orphan volume(s):\n  v9 (8.0M)\n");
 }
 
+TEST(Render, StatusShowsTheKernelItsFeaturesAndAWarning) {
+  std::ostringstream status;
+  render_status(status, Json::parse(R"json({"version": "0.1.0", "pid": 42, "uptime_seconds": 1,
+      "state_dir": "/s", "ublk": {"available": true, "message": ""},
+      "kernel": {"release": "6.18.4-1", "ublk_features": "0x1fffff",
+                 "features_enabled": "UPDATE_SIZE", "features_off": "QUIESCE",
+                 "warning": "Linux 6.18.4-1 has known ublk_drv regressions"},
+      "stores": 0, "volumes": 0, "exposed": 0, "orphans": [], "pending_intents": 0})json"));
+  EXPECT_EQ(status.str(),
+            "Daemon:       ublk-volumed 0.1.0 (pid 42, up 1s)\n"
+            "State dir:    /s\n"
+            "ublk:         available\n"
+            "Kernel:       6.18.4-1, ublk features 0x1fffff; enabled: UPDATE_SIZE; turned off: "
+            "QUIESCE\n"
+            "WARNING: Linux 6.18.4-1 has known ublk_drv regressions\n"
+            "Stores:       0\n"
+            "Volumes:      0 (0 exposed)\n");
+  std::ostringstream unknown;
+  render_status(unknown, Json::parse(R"json({"version": "0.1.0", "pid": 42, "uptime_seconds": 1,
+      "state_dir": "/s", "kernel": {"release": "6.1.0", "ublk_features": null,
+      "features_enabled": null, "features_off": "none", "warning": ""}, "stores": 0,
+      "volumes": 0, "exposed": 0, "orphans": [], "pending_intents": 0})json"));
+  EXPECT_NE(
+      unknown.str().find("Kernel:       6.1.0, ublk features unknown (ublk_drv not loaded)\n"),
+      std::string::npos)
+      << unknown.str();
+}
+
 TEST(Render, EmptyListsSayHowToStart) {
   std::ostringstream out;
   render_volume_list(out, {{"volumes", Json::array()}});

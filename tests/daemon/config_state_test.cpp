@@ -56,7 +56,8 @@ TEST(Config, ParsesEveryKey) {
       R"({"state_dir":"/s","control_socket":"/r/c.sock","socket_group":"g","queues":2,
           "queue_depth":64,"io_deadline_ms":500,"rebuild_mb_per_s":100,"min_replicas":2,
           "recoverable_devices":false,"write_through":true,"log_level":"debug",
-          "store_data_order":"fua","store_submit_batch":0})",
+          "store_data_order":"fua","store_submit_batch":0,
+          "ublk_features_off":["QUIESCE","UPDATE_SIZE"]})",
       "c.json");
   ASSERT_TRUE(config.ok()) << config.error().message();
   EXPECT_EQ(config->state_dir, "/s");
@@ -70,6 +71,7 @@ TEST(Config, ParsesEveryKey) {
   EXPECT_EQ(config->log_level, "debug");
   EXPECT_EQ(config->store_data_order, "fua");
   EXPECT_EQ(config->store_submit_batch, 0u);
+  EXPECT_EQ(config->ublk_features_off, (std::vector<std::string>{"QUIESCE", "UPDATE_SIZE"}));
 }
 
 TEST(Config, RefusalsNameTheKey) {
@@ -90,6 +92,10 @@ TEST(Config, RefusalsNameTheKey) {
       {R"({"store_data_order":1})", "key 'store_data_order' must be a string"},
       {R"({"store_submit_batch":257})", "store_submit_batch 257 is out of range 0..256"},
       {R"({"queues":99999999999})", "too large"},
+      {R"({"ublk_features_off":["ZERO_COPY"]})",
+       "ublk_features_off: unknown optional ublk feature 'ZERO_COPY' (known: UPDATE_SIZE, "
+       "QUIESCE)"},
+      {R"({"ublk_features_off":"QUIESCE"})", "key 'ublk_features_off' must be"},
       {R"([1])", "must be a JSON object"},
       {R"({"a":)", "not valid JSON"},
   };

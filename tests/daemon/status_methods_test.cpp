@@ -1,4 +1,6 @@
 // daemon.status and stats in-process over memory stores (in_process.h).
+#include <sys/utsname.h>
+
 #include "ublkvol/engine/dbs_replica_store.h"
 
 #include "in_process.h"
@@ -27,6 +29,16 @@ TEST_F(StatusMethodsTest, DaemonStatusCounts) {
   ASSERT_EQ(status["orphans"].size(), 1U);
   EXPECT_EQ(status["orphans"][0]["volume"], "lost");
   EXPECT_TRUE(status["ublk"]["available"].is_boolean());
+  // The kernel, read at start: its release as uname(2) says, nothing turned off.
+  utsname uts{};
+  ASSERT_EQ(::uname(&uts), 0);
+  EXPECT_EQ(status["kernel"]["release"], uts.release);
+  EXPECT_EQ(status["kernel"]["features_off"], "none");
+  EXPECT_EQ(status["kernel"]["warning"], "");
+  // Without ublk_drv (the host) the features are unknown, not "none".
+  if (!status["ublk"]["available"].get<bool>()) {
+    EXPECT_TRUE(status["kernel"]["ublk_features"].is_null());
+  }
 }
 
 TEST_F(StatusMethodsTest, StatsOfVolumesNotExposed) {

@@ -48,6 +48,9 @@ struct DaemonConfig {
   // Expose devices with ublk user recovery, so a restarted daemon re-attaches
   // while applications only see a pause.
   bool recoverable_devices = true;
+  // Optional ublk features (ublk::optional_features(): "UPDATE_SIZE",
+  // "QUIESCE") the daemon must not use even when the kernel offers them.
+  std::vector<std::string> ublk_features_off;
   // Send every write to the replicas with FUA (each completes after a flushed
   // DBS commit and a device flush). Off (default): a completed write already
   // survives a daemon crash (SIGKILL) without it, because the stores journal

@@ -79,6 +79,13 @@ class ControlDevice {
   // END_USER_RECOVERY: blocks until every queue has fetched, then resumes
   // I/O (re-issuing what the old server held).
   Status end_user_recovery(uint32_t dev_id, pid_t server_pid);
+  // UPDATE_SIZE (UBLK_F_UPDATE_SIZE, Linux >= 6.16): the live device's new
+  // capacity in bytes (a multiple of 512).
+  Status update_size(uint32_t dev_id, uint64_t size_bytes);
+  // QUIESCE_DEV (UBLK_F_QUIESCE, Linux >= 6.16): stops the device's request
+  // flow for a server hand-over; EBUSY if requests are still held by the
+  // server after `timeout_ms`.
+  Status quiesce_device(uint32_t dev_id, uint32_t timeout_ms);
 
  private:
   struct Ring;

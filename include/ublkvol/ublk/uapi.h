@@ -184,6 +184,16 @@ inline constexpr uint32_t kCmdGetFeatures = ioc(kIocRead, kIocType, 0x13, sizeof
 // Linux >= 6.9: DEL_DEV that does not wait for the last reference to go.
 inline constexpr uint32_t kCmdDelDevAsync = ioc(kIocRead, kIocType, 0x14, sizeof(CtrlCmd));
 
+// Linux >= 6.16 (UBLK_F_UPDATE_SIZE): data[0] = the new size in 512-byte
+// sectors of a live device.
+inline constexpr uint32_t kCmdUpdateSize =
+    ioc(kIocRead | kIocWrite, kIocType, 0x15, sizeof(CtrlCmd));
+// Linux >= 6.16 (UBLK_F_QUIESCE, with USER_RECOVERY): data[0] = timeout in ms;
+// parks a live device for a server hand-over (EBUSY if the server still holds
+// requests when it expires).
+inline constexpr uint32_t kCmdQuiesceDev =
+    ioc(kIocRead | kIocWrite, kIocType, 0x16, sizeof(CtrlCmd));
+
 // GET_FEATURES writes exactly this many bytes.
 inline constexpr uint32_t kFeaturesLen = 8;
 
@@ -218,7 +228,15 @@ inline constexpr uint64_t kFUserCopy = 1ULL << 7;
 inline constexpr uint64_t kFZoned = 1ULL << 8;
 // Linux >= 6.13.
 inline constexpr uint64_t kFUserRecoveryFailIo = 1ULL << 9;
+// Linux >= 6.16: UPDATE_SIZE resizes a live device; AUTO_BUF_REG registers the
+// request's pages as the io buffer (zero copy); QUIESCE_DEV parks a live
+// device for a server hand-over; PER_IO_DAEMON lets any task serve any tag.
 inline constexpr uint64_t kFUpdateSize = 1ULL << 10;
+inline constexpr uint64_t kFAutoBufReg = 1ULL << 11;
+inline constexpr uint64_t kFQuiesce = 1ULL << 12;
+inline constexpr uint64_t kFPerIoDaemon = 1ULL << 13;
+// Linux >= 6.17.
+inline constexpr uint64_t kFBufRegOffDaemon = 1ULL << 14;
 
 // Device states (ctrl dev_info.state).
 inline constexpr uint16_t kDevStateDead = 0;

@@ -8,7 +8,8 @@
 #   --force      rebuild the image (and its base) even when cached
 #   --print-dir  print the image directory (built or not) and exit
 #
-# Two cached stages in $UBLKVOL_VM_CACHE/systemd/, so that changing the bed's configuration
+# One image per VM kernel (UBLKVOL_VM_KERNEL: 6.12 or 7, see scripts/vm/lib.sh), each in
+# that kernel's cache directory. Two cached stages in <kernel cache>/systemd/, so that changing the bed's configuration
 # (image/*) does not download and install packages again:
 #   base-<key>.tar  the package part: mmdebstrap minbase + packages + the kernel's module
 #                   tree (depmod'ed). Key: suite, apt sources, package list, kernel
@@ -28,16 +29,17 @@
 # The root filesystem uses the host's Debian release (VERSION_CODENAME in /etc/os-release,
 # bookworm here) so that binaries built on the host run in the guest, and the host's own apt
 # sources (/etc/apt/sources.list.d/*.sources, /etc/apt/sources.list): the mirror the
-# machine installs from. The kernel modules come from the same trixie kernel package as
-# scripts/vm/fetch-kernel.sh's vmlinuz (fetched again with a private apt state and checked
-# against the sha256 it recorded; fetch-kernel.sh keeps only a few modules).
+# machine installs from. The kernel modules come from the same pinned kernel package as
+# scripts/vm/fetch-kernel.sh's vmlinuz (the last entry of UBLKVOL_VM_KERNEL_DEBS in lib.sh,
+# fetched again with a private apt state and checked against the pinned sha256;
+# fetch-kernel.sh keeps only a few modules).
 #
 # Needs root (as on the project's machines and CI): mmdebstrap --mode=root (a chroot in
 # which mmdebstrap mounts proc/sys/dev), and a root-owned tree for mke2fs -d. Nothing is
 # loop-attached or mounted on the host for the image: mke2fs -d writes the ext4 image
 # straight from the directory.
 #
-# Environment: UBLKVOL_VM_CACHE, UBLKVOL_VM_MIRROR (one mirror URL instead of the host's
+# Environment: UBLKVOL_VM_CACHE, UBLKVOL_VM_KERNEL, UBLKVOL_VM_MIRROR (one mirror URL instead of the host's
 # sources), UBLKVOL_VM_SD_SUITE (Debian suite instead of the host's).
 set -euo pipefail
 
@@ -74,7 +76,8 @@ base_recipe=1
 image_size=3G
 inode_ratio=32768
 
-cache="$UBLKVOL_VM_CACHE"
+ublkvol_vm_select_kernel "$UBLKVOL_VM_KERNEL"
+cache="$UBLKVOL_VM_KERNEL_CACHE"
 sd_cache="$cache/systemd"
 
 # --- Inputs -------------------------------------------------------------------------------
@@ -107,7 +110,7 @@ host_sources() {
 sources_text="$(host_sources)"
 
 # The VM kernel (vmlinuz + a few modules) must be there: its package names the modules.
-"$vm_dir/fetch-kernel.sh" >/dev/null ||
+"$vm_dir/fetch-kernel.sh" --kernel "$UBLKVOL_VM_KERNEL" >/dev/null ||
   ublkvol_vm_die "cannot fetch the VM kernel (scripts/vm/fetch-kernel.sh failed)"
 kver="$(cat "$cache/kernel-version")"
 kernel_package_line="$(cat "$cache/kernel-package")"
@@ -189,51 +192,25 @@ build_base() {
   fi
   local mmdebstrap_s=$((SECONDS - started))
 
-  # The same package=version as fetch-kernel.sh fetched (recorded in kernel-package), from
-  # the mirror it used, with a private apt state: the system's apt state is never touched.
-  local kpkg kmirror ksha apt_dir deb kmods d
-  kpkg="${kernel_package_line%% *}"
+  # The pinned package with the modules (lib.sh), from the mirror fetch-kernel.sh used,
+  # with a private apt state: the system's apt state is never touched.
+  local kmirror deb kmods d
   kmirror="${kernel_package_line##*mirror=}"
-  ksha="$(sed -E 's/.*sha256=([0-9a-f]+).*/\1/' <<<"$kernel_package_line")"
-  apt_dir="$work/kapt"
-  mkdir -p "$apt_dir"/lists/partial "$apt_dir"/cache/archives/partial "$work/kdeb" "$work/kx"
-  : >"$apt_dir/status"
-  printf 'Types: deb\nURIs: %s\nSuites: %s\nComponents: main\nSigned-By: %s\n' \
-    "$kmirror" "$UBLKVOL_VM_SUITE" \
-    "${UBLKVOL_VM_KEYRING:-/usr/share/keyrings/debian-archive-keyring.gpg}" >"$apt_dir/kernel.sources"
-  # apt drops privileges to _apt for downloads.
-  if id _apt >/dev/null 2>&1; then
-    chmod 755 "$work"
-    chown -R _apt "$apt_dir/lists" "$work/kdeb"
-  fi
-  local apt_opts=(
-    -o "Dir::State=$apt_dir" -o "Dir::State::Lists=$apt_dir/lists"
-    -o "Dir::State::status=$apt_dir/status" -o "Dir::Cache=$apt_dir/cache"
-    -o "Dir::Etc::SourceList=$apt_dir/kernel.sources" -o "Dir::Etc::SourceParts=/dev/null"
-    -o "Dir::Etc::Preferences=/dev/null" -o "Dir::Etc::PreferencesParts=/dev/null"
-    -o "APT::Architectures::=amd64" -o "Acquire::Languages=none" -o "Acquire::Retries=2"
-  )
-  if ! apt-get "${apt_opts[@]}" update >>"$log" 2>&1 ||
-     ! (cd "$work/kdeb" && apt-get "${apt_opts[@]}" download "$kpkg") >>"$log" 2>&1; then
-    tail -n 20 "$log" >&2
-    ublkvol_vm_die "cannot download $kpkg from $kmirror ($UBLKVOL_VM_SUITE) for the image's modules"
-  fi
-  deb="$(ls "$work"/kdeb/*.deb)"
-  [[ "$(sha256sum "$deb" | cut -d' ' -f1)" == "$ksha" ]] ||
-    ublkvol_vm_die "$kpkg: the downloaded package differs from the one fetch-kernel.sh recorded" \
-      "(sha256 $ksha); run scripts/vm/fetch-kernel.sh --force"
+  mkdir -p "$work/kx"
+  ublkvol_vm_kernel_apt_update "$work/kapt" "$kmirror" "$work/kapt.log"
+  deb="$(ublkvol_vm_kernel_download "${UBLKVOL_VM_KERNEL_DEBS[-1]}" "$work/kdeb" "$work/kdeb.log")"
   dpkg-deb -x "$deb" "$work/kx"
   kmods=""
   for d in "$work/kx/usr/lib/modules/$kver" "$work/kx/lib/modules/$kver"; do
     [[ -d "$d" ]] && { kmods="$d"; break; }
   done
-  [[ -n "$kmods" ]] || ublkvol_vm_die "$kpkg has no modules for $kver"
+  [[ -n "$kmods" ]] || ublkvol_vm_die "${UBLKVOL_VM_KERNEL_DEBS[-1]%% *} has no modules for $kver"
   mkdir -p "$root/usr/lib/modules"
   mv "$kmods" "$root/usr/lib/modules/$kver"
-  rm -rf "$work/kx" "$work/kdeb" "$apt_dir"
+  rm -rf "$work/kx" "$work/kdeb" "$work/kapt"
   depmod -b "$root" "$kver"
   [[ -n "$(modprobe -d "$root" -S "$kver" --show-depends ublk_drv 2>/dev/null)" ]] ||
-    ublkvol_vm_die "ublk_drv is not in $kpkg's module tree"
+    ublkvol_vm_die "ublk_drv is not in ${UBLKVOL_VM_KERNEL_DEBS[-1]%% *}'s module tree"
   echo "mmdebstrap_s=$mmdebstrap_s base_s=$((SECONDS - started))" >"$root/.ublkvol-base-info"
   # Uncompressed: unpacking it for a new image takes seconds.
   tar -C "$root" --numeric-owner -cf "$base_tar.tmp.$$" .
@@ -256,9 +233,15 @@ cp "$UBLKVOL_VM_BUSYBOX" "$ird/bin/busybox"
 for applet in sh mount umount switch_root insmod sleep cat echo mkdir ls; do
   ln -s busybox "$ird/bin/$applet"
 done
-# Load order from modprobe (dependencies first); builtins are skipped.
+# Load order from modprobe (dependencies first); builtins are skipped. A module the tree
+# does not have is built in: the 7.x packages ship no modules.builtin, so modprobe cannot
+# say "builtin" for ext4 there (the kernel mounts the root all the same).
 : >"$ird/lib/modules/load-order"
 for m in virtio_pci virtio_blk ext4; do
+  if ! modprobe -d "$root" -S "$kver" --show-depends "$m" >/dev/null 2>&1; then
+    ublkvol_vm_log "$m: not a module of $kver (built in)"
+    continue
+  fi
   while read -r kind path _; do
     [[ "$kind" == insmod ]] || continue
     name="$(basename "$path")"

@@ -8,6 +8,7 @@
 #                             (--cmd 'guest shell command' | --script FILE)
 #                             [--timeout SECONDS] [--log FILE] [--smp N] [--mem SIZE]
 #                             [--disk SIZE]... [--append 'kernel args'] [--kernel-verbose]
+#                             [--kernel 6.12|7]
 #
 #   --binary PATH     program for the guest: /opt/test/bin (first on the test's PATH); the
 #                     libraries ldd lists that the image lacks are installed too. Repeatable.
@@ -23,6 +24,8 @@
 #   --smp N, --mem SIZE   guest CPUs (default 2) and memory (default 2G).
 #   --disk SIZE       add an empty sparse NVMe disk of SIZE: /dev/nvme0n1, ...
 #   --append ARGS     extra kernel command line.
+#   --kernel K        the guest kernel: 6.12 (Debian trixie, the default) or 7 (trixie-
+#                     backports 7.3); default $UBLKVOL_VM_KERNEL, else 6.12. Pins: lib.sh.
 #   --kernel-verbose  full kernel and systemd boot log.
 #
 # The guest: Debian (the host's release) minbase + systemd, udev, kmod, fio, e2fsprogs,
@@ -69,11 +72,14 @@ while [[ $# -gt 0 ]]; do
     --disk) need_arg "$@"; disks+=("$2"); shift 2 ;;
     --append) need_arg "$@"; append="$2"; shift 2 ;;
     --kernel-verbose) kernel_verbose=1; shift ;;
+    --kernel) need_arg "$@"; UBLKVOL_VM_KERNEL="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) ublkvol_vm_die "unknown argument '$1' (try --help)" ;;
   esac
 done
 [[ "${UBLKVOL_VM_KERNEL_VERBOSE:-0}" == 1 ]] && kernel_verbose=1
+ublkvol_vm_select_kernel "$UBLKVOL_VM_KERNEL"
+export UBLKVOL_VM_KERNEL
 
 # ---------------------------------------------------------------------------------------
 # Validate everything before doing any work.
@@ -118,7 +124,7 @@ if ! image_dir="$("$script_dir/build-image.sh" | tail -n1)" || [[ ! -f "$image_d
     "it needs mmdebstrap and this machine's Debian mirror: run scripts/setup.sh) (exit 125)" >&2
   exit 125
 fi
-cache="$UBLKVOL_VM_CACHE"
+cache="$UBLKVOL_VM_KERNEL_CACHE"
 kver="$(cat "$cache/kernel-version")"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/ublkvol-sdvm.XXXXXX")"
@@ -189,7 +195,7 @@ install -m 0755 "$script_dir/guest-run.sh" "$stage/bed/guest-run.sh"
 token="$(tr -d '-' </proc/sys/kernel/random/uuid)"
 quote() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
 {
-  echo "export UBLKVOL_VM_TOKEN=$token"
+  echo "export UBLKVOL_VM_TOKEN=$token UBLKVOL_VM_KERNEL=$UBLKVOL_VM_KERNEL"
   for e in "${envs[@]}"; do echo "export ${e%%=*}=$(quote "${e#*=}")"; done
 } >"$stage/env"
 payload_mib=$(($(du -sm "$stage" | cut -f1) * 5 / 4 + 16))
