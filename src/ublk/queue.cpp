@@ -101,11 +101,21 @@ class Ring {
   Ring& operator=(const Ring&) = delete;
 
   // Tries the cheapest task-run modes first and falls back on kernels that
-  // lack them. Returns the flags in use. `taskrun_flag` (external mode): the
-  // kernel also sets IORING_SQ_TASKRUN while completions wait for this thread
-  // to enter the kernel - with DEFER_TASKRUN they are not in the CQ until it
-  // does, and a poller that never waits in io_uring_enter must know when to.
-  Result<unsigned> init(unsigned entries, bool taskrun_flag) {
+  // lack them. Returns the flags in use.
+  //
+  // `external` (a poller sleeping on an eventfd registered on the ring, not
+  // in io_uring_enter): no DEFER_TASKRUN. With it, the kernel announces
+  // deferred completions by signalling that eventfd - and when the
+  // completion was triggered by an eventfd write (the volume's wake fd, the
+  // detach fd) it must defer the signal through RCU, which Linux 6.12 does
+  // once per registered eventfd: IO_EVENTFD_OP_SIGNAL_BIT is set and never
+  // cleared (io_uring/eventfd.c), so every later such wake-up is lost (seen
+  // as a detach that never ended). Without DEFER_TASKRUN, task work
+  // interrupts the sleep (TWA_SIGNAL[_NO_IPI] wakes the task), runs on the
+  // way back to user space and posts the CQE, whose eventfd signal comes
+  // from task context, never deferred. TASKRUN_FLAG: the kernel sets
+  // IORING_SQ_TASKRUN while task work waits, so poll() knows to enter.
+  Result<unsigned> init(unsigned entries, bool external) {
     const unsigned candidates[] = {
         IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_COOP_TASKRUN,
         IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN,
@@ -114,8 +124,13 @@ class Ring {
     };
     int rc = -EINVAL;
     for (unsigned flags : candidates) {
-      if (taskrun_flag && flags != 0) {
-        flags |= IORING_SETUP_TASKRUN_FLAG;  // valid with COOP_ or DEFER_TASKRUN only
+      if (external) {
+        if ((flags & IORING_SETUP_DEFER_TASKRUN) != 0) {
+          continue;
+        }
+        if (flags != 0) {
+          flags |= IORING_SETUP_TASKRUN_FLAG;  // valid with COOP_TASKRUN only
+        }
       }
       io_uring_params params{};
       params.flags = flags | IORING_SETUP_CQSIZE;
@@ -517,10 +532,9 @@ struct QueueRunner::Impl {
     }
     unsigned work = 0;
     if (!check_finished()) {
-      // Completions deferred to this task (DEFER_TASKRUN) or an overflowed
-      // CQ reach the CQ ring only inside io_uring_enter; the kernel says so
-      // in the SQ ring's flags (IORING_SETUP_TASKRUN_FLAG), so an idle poll
-      // costs no syscall.
+      // Task work not run yet (it posts the CQEs) or an overflowed CQ:
+      // enter the kernel once. The kernel says so in the SQ ring's flags
+      // (IORING_SETUP_TASKRUN_FLAG), so an idle poll costs no syscall.
       const unsigned kflags = IO_URING_READ_ONCE(*ring->get()->sq.kflags);
       if ((kflags & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW)) != 0) {
         const int rc = io_uring_get_events(ring->get());

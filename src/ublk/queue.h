@@ -14,9 +14,9 @@
 //     io_uring_submit_and_wait - the submit and the wait are one syscall.
 //   - set_up() then poll() from somebody else's loop (external mode, e.g. a
 //     reactor running several queues). wait_fd() is an eventfd registered on
-//     the ring (io_uring_register_eventfd): readable after a CQE is posted or,
-//     with DEFER_TASKRUN, as soon as completions wait to be flushed, which
-//     poll() does (io_uring_get_events) when the ring says so.
+//     the ring (io_uring_register_eventfd), readable after a CQE is posted;
+//     the ring has no DEFER_TASKRUN in this mode (queue.cpp, Ring::init, says
+//     why): pending task work interrupts the host's sleep and posts the CQEs.
 // Either way every call after set_up() comes from the thread that ran
 // set_up(): ublk takes a queue's commands from the task that fetched them,
 // and the ring is SINGLE_ISSUER.
