@@ -30,6 +30,20 @@
 //     devices first). A host being destroyed exits its threads first, then
 //     drops the pollers and kept resources.
 // Queues of several devices may share one thread; the host decides.
+//
+// Plugging in a reactor (issue 14): run_on posts the task to reactor
+// (ref.queue mod N) - a fixed mapping, so a recovered queue lands on the same
+// reactor; add_poller appends to that reactor's pollers and adds wait_fd() to
+// what it sleeps on (poll(2)/epoll, or a read/POLL_ADD on its own ring);
+// remove_poller marks it for removal after the pass; keep_until_exit appends
+// to a list the reactor destroys after its thread was joined. Nothing else
+// is needed: pinning and IO_FLUSHER are the reactor's (the device does
+// neither in external mode), and the queue's ring needs no help to wake the
+// reactor. That ring is COOP_TASKRUN, not DEFER_TASKRUN (src/ublk/queue.cpp,
+// Ring::init, says why): its completions run as task work of the reactor's
+// thread, which interrupts whatever sleep the reactor is in (poll(2),
+// epoll_wait, io_uring_enter all return or restart after running it) and then
+// make wait_fd() readable.
 #pragma once
 
 #include <cstdint>
