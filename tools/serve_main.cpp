@@ -32,6 +32,7 @@
 #include "ublkvol/ublk/device.h"
 #include "ublkvol/ublk/features.h"
 #include "ublkvol/ublk/recovery_record.h"
+#include "ublkvol/ublk/single_thread_host.h"
 
 #include "replicated_backend.h"
 #include "serve_config.h"
@@ -117,6 +118,7 @@ struct Args {
   std::string size;  // default: 1G (null, memory), the replicas' (replicated)
   std::string store_size = "0";
   std::string max_io = "0";
+  std::string queue_loop = "thread";
   bool recover = false;
   bool no_pin = false;
   bool no_io_flusher = false;
@@ -127,6 +129,11 @@ struct Args {
 
 int serve(Args& args) {
   ServeConfig& config = args.config;
+  auto queue_loop = parse_queue_loop(args.queue_loop);
+  if (!queue_loop) {
+    return fail(queue_loop.error());
+  }
+  config.queue_loop = *queue_loop;
   if (args.recover) {
     if (args.state_file.empty()) {
       return fail(Error(EINVAL, "--recover needs --state-file (written by the first server)"));
@@ -182,6 +189,19 @@ int serve(Args& args) {
   UniqueFd signal_fd(::signalfd(-1, &signals, SFD_CLOEXEC));
   if (!signal_fd) {
     return fail(errno_error("cannot create signalfd"));
+  }
+
+  // --queue-loop external: one thread runs every queue (created after the
+  // signal mask, which it inherits; destroyed after the device).
+  std::unique_ptr<SingleThreadQueueHost> host;
+  if (config.queue_loop == QueueLoop::kExternal) {
+    auto started = SingleThreadQueueHost::start(config.device.io_flusher);
+    if (!started) {
+      return fail(started.error());
+    }
+    host = std::move(started.value());
+    config.device.queue_loop = QueueLoop::kExternal;
+    config.device.queue_host = host.get();
   }
 
   // The replicated backend is kept by its own type too: stats and clean close.
@@ -373,6 +393,10 @@ int main(int argc, char** argv) try {
   app.add_flag("--recover", args.recover, "re-attach to the device in --state-file");
   app.add_option("--ready-file", args.ready_file, "write {dev_id, block_device, pid} when ready");
   app.add_option("--stats-file", args.stats_file, "write request counters here on exit / SIGUSR1");
+  app.add_option("--queue-loop", args.queue_loop,
+                 "thread: a thread per queue; external: every queue polled by one thread "
+                 "(the reactor model)")
+      ->capture_default_str();
   app.add_flag("--no-pin", args.no_pin, "do not pin queue threads to their CPUs");
   app.add_flag("--no-io-flusher", args.no_io_flusher, "do not mark queue threads IO_FLUSHER");
   try {

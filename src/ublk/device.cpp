@@ -15,6 +15,7 @@
 
 #include "ublkvol/ublk/control.h"
 #include "ublkvol/ublk/features.h"
+#include "ublkvol/ublk/queue_host.h"
 
 #include "queue.h"
 
@@ -54,9 +55,16 @@ struct UblkDevice::State {
   UniqueFd char_fd;
   UniqueFd finished_fd;
   std::unique_ptr<QueueCounters[]> counters;
-  std::vector<std::unique_ptr<QueueRunner>> runners;
+  // Shared with the QueueHost in external mode (it polls them, and keeps
+  // those whose ring must outlive its thread).
+  std::vector<std::shared_ptr<QueueRunner>> runners;
   std::vector<std::thread> threads;
+  // External mode: set by each queue as the last thing it does for us.
+  std::vector<std::future<void>> exits;
   std::atomic<unsigned> running{0};
+  // External mode: queues whose ring the host keeps until its thread exits
+  // (commands still with the driver); DEL_DEV must not wait for them.
+  std::atomic<unsigned> kept_by_host{0};
   mutable std::mutex status_mutex;  // control path only: guards queue_status
   Status queue_status;
   bool done = false;  // stopped, deleted or detached
@@ -80,9 +88,13 @@ struct UblkDevice::State {
     }
   }
 
-  // Starts one thread per queue and waits until each has its FETCH_REQs with
-  // the driver (or failed).
+  // Starts the queues (a thread each, or on the QueueHost) and waits until
+  // each has its FETCH_REQs with the driver (or failed).
   Status start_queues() {
+    const bool external = options.queue_loop == QueueLoop::kExternal;
+    if (external && options.queue_host == nullptr) {
+      return Error(EINVAL, name() + ": queue loop 'external' needs a queue host");
+    }
     auto fd = open_char_device(info.dev_id);
     if (!fd) {
       return fd.error();
@@ -103,8 +115,9 @@ struct UblkDevice::State {
       setup.depth = info.queue_depth;
       setup.buffer_bytes = info.max_io_buf_bytes;
       setup.char_fd = char_fd.get();
-      setup.io_flusher = options.io_flusher;
-      if (options.pin_queue_threads) {
+      setup.io_flusher = options.io_flusher && !external;
+      setup.external = external;
+      if (options.pin_queue_threads && !external) {
         auto cpus = control.get_queue_affinity(info.dev_id, static_cast<uint16_t>(q));
         if (cpus) {
           setup.pin = true;
@@ -121,9 +134,20 @@ struct UblkDevice::State {
       }
       auto promise = std::make_shared<std::promise<Status>>();
       ready.push_back(promise->get_future());
-      QueueRunner* raw = runner.value().get();
-      runners.push_back(std::move(runner.value()));
+      std::shared_ptr<QueueRunner> shared = std::move(runner.value());
+      runners.push_back(shared);
       running.fetch_add(1);
+      if (external) {
+        Status queued =
+            start_external(QueueRef{info.dev_id, static_cast<uint16_t>(q)}, shared, promise);
+        if (!queued.ok()) {
+          ready.pop_back();
+          first_error = queued;
+          break;
+        }
+        continue;
+      }
+      QueueRunner* raw = shared.get();
       threads.emplace_back([this, raw, promise] {
         Status status = raw->run([&promise](const Status& s) { promise->set_value(s); });
         on_queue_exit(status);
@@ -136,6 +160,50 @@ struct UblkDevice::State {
       }
     }
     return first_error;
+  }
+
+  // External mode: the queue is set up on the host's thread and polled there
+  // until it finishes; then the host drops it - or keeps it until that thread
+  // exits if its ring still has commands with the driver (queue_host.h).
+  Status start_external(const QueueRef& ref, const std::shared_ptr<QueueRunner>& runner,
+                        const std::shared_ptr<std::promise<Status>>& ready) {
+    QueueHost& host = *options.queue_host;
+    auto exited = std::make_shared<std::promise<void>>();
+    exits.push_back(exited->get_future());
+    // This queue's end, on the host's thread: nothing touches the device after
+    // exited is set (the device may be gone right after).
+    auto finish = [this, &host, ref, exited](const std::shared_ptr<QueueRunner>& r,
+                                             const Status& status) {
+      if (r->holds_driver_commands()) {
+        kept_by_host.fetch_add(1);
+        host.keep_until_exit(ref, r);
+      }
+      on_queue_exit(status);
+      exited->set_value();
+    };
+    // Weak: the runner owns this callback; the host holds the runner while it
+    // polls it, so lock() succeeds inside poll().
+    std::weak_ptr<QueueRunner> weak = runner;
+    runner->on_finished([&host, ref, weak, finish](const Status& status) {
+      std::shared_ptr<QueueRunner> r = weak.lock();
+      host.remove_poller(ref, *r);
+      finish(r, status);
+    });
+    Status queued = host.run_on(ref, [&host, ref, runner, ready, finish] {
+      Status s = runner->set_up();
+      if (s.ok()) {
+        host.add_poller(ref, runner);
+        ready->set_value(s);
+        return;
+      }
+      ready->set_value(s);
+      finish(runner, s);
+    });
+    if (!queued.ok()) {
+      exits.pop_back();
+      running.fetch_sub(1);
+    }
+    return queued;
   }
 
   void end_queues() {
@@ -151,7 +219,11 @@ struct UblkDevice::State {
         t.join();
       }
     }
+    for (auto& e : exits) {
+      e.wait();
+    }
     threads.clear();
+    exits.clear();
     runners.clear();
   }
 };
@@ -354,9 +426,12 @@ Status UblkDevice::stop_and_delete() {
   } else {
     s.join_queues();
   }
-  // DEL_DEV waits for /dev/ublkcN's last user: close ours first.
+  // DEL_DEV waits for /dev/ublkcN's last user: close ours first. A ring the
+  // queue host keeps until its thread exits is such a user too (external
+  // mode, STOP_DEV failed): then the driver deletes the device after that.
   s.char_fd.reset();
-  Status deleted = s.control.delete_device(s.info.dev_id, DeleteMode::kWait);
+  const DeleteMode mode = s.kept_by_host.load() > 0 ? DeleteMode::kAsync : DeleteMode::kWait;
+  Status deleted = s.control.delete_device(s.info.dev_id, mode);
   if (!deleted.ok() && deleted.error().errno_value() != ENODEV) {
     return deleted;
   }

@@ -25,7 +25,24 @@ uint32_t effective_max_io_bytes(const DeviceOptions& options, const engine::Volu
   return std::min(volume.max_io_bytes, uapi::kMaxIoBufBytes);
 }
 
+const char* to_string(QueueLoop loop) {
+  return loop == QueueLoop::kExternal ? "external" : "thread";
+}
+
+Result<QueueLoop> parse_queue_loop(const std::string& text) {
+  if (text == "thread") {
+    return QueueLoop::kThread;
+  }
+  if (text == "external") {
+    return QueueLoop::kExternal;
+  }
+  return Error(EINVAL, "unknown queue loop '" + text + "' (use thread or external)");
+}
+
 Status validate_device_options(const DeviceOptions& options, const engine::VolumeInfo& volume) {
+  if (options.queue_loop == QueueLoop::kExternal && options.queue_host == nullptr) {
+    return invalid("queue loop 'external' needs a queue host to run the queues (none was given)");
+  }
   if (options.queue_depth < 1 || options.queue_depth > uapi::kMaxQueueDepth) {
     return invalid("queue depth " + std::to_string(options.queue_depth) + " is out of range 1.." +
                    std::to_string(uapi::kMaxQueueDepth));

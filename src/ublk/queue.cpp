@@ -102,7 +102,20 @@ class Ring {
 
   // Tries the cheapest task-run modes first and falls back on kernels that
   // lack them. Returns the flags in use.
-  Result<unsigned> init(unsigned entries) {
+  //
+  // `external` (a poller sleeping on an eventfd registered on the ring, not
+  // in io_uring_enter): no DEFER_TASKRUN. With it, the kernel announces
+  // deferred completions by signalling that eventfd - and when the
+  // completion was triggered by an eventfd write (the volume's wake fd, the
+  // detach fd) it must defer the signal through RCU, which Linux 6.12 does
+  // once per registered eventfd: IO_EVENTFD_OP_SIGNAL_BIT is set and never
+  // cleared (io_uring/eventfd.c), so every later such wake-up is lost (seen
+  // as a detach that never ended). Without DEFER_TASKRUN, task work
+  // interrupts the sleep (TWA_SIGNAL[_NO_IPI] wakes the task), runs on the
+  // way back to user space and posts the CQE, whose eventfd signal comes
+  // from task context, never deferred. TASKRUN_FLAG: the kernel sets
+  // IORING_SQ_TASKRUN while task work waits, so poll() knows to enter.
+  Result<unsigned> init(unsigned entries, bool external) {
     const unsigned candidates[] = {
         IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_COOP_TASKRUN,
         IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN,
@@ -111,6 +124,14 @@ class Ring {
     };
     int rc = -EINVAL;
     for (unsigned flags : candidates) {
+      if (external) {
+        if ((flags & IORING_SETUP_DEFER_TASKRUN) != 0) {
+          continue;
+        }
+        if (flags != 0) {
+          flags |= IORING_SETUP_TASKRUN_FLAG;  // valid with COOP_TASKRUN only
+        }
+      }
       io_uring_params params{};
       params.flags = flags | IORING_SETUP_CQSIZE;
       params.cq_entries = entries * 2;
@@ -151,6 +172,9 @@ struct QueueRunner::Impl {
   engine::Volume& volume;
   QueueCounters& counters;
   UniqueFd detach_fd;
+  // External mode: the eventfd registered on the ring (wait_fd()).
+  UniqueFd ring_event_fd;
+  FinishedCallback finished_callback;
 
   // Declared before the ring so that they outlive it: the kernel may still
   // write the eventfd read buffers until the ring is gone.
@@ -164,6 +188,10 @@ struct QueueRunner::Impl {
 
   unsigned finished_tags = 0;
   bool detaching = false;
+  // Nothing more to do (finished()); closed: the VolumeQueue is gone and the
+  // FinishedCallback ran.
+  bool done = false;
+  bool closed = false;
   // First refusal by the driver, or a bookkeeping error.
   Status failure;
 
@@ -249,13 +277,23 @@ struct QueueRunner::Impl {
     volume_queue = std::move(opened.value());
 
     const unsigned entries = setup.depth + 2;
-    auto flags = ring->init(entries);
+    auto flags = ring->init(entries, setup.external);
     if (!flags) {
       return flags.error().with_context(where());
     }
     int rc = io_uring_register_files(ring->get(), &setup.char_fd, 1);
     if (rc < 0) {
       return Error(-rc, where() + ": cannot register /dev/ublkc with the io_uring");
+    }
+    if (setup.external) {
+      ring_event_fd = UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+      if (!ring_event_fd) {
+        return errno_error(where() + ": cannot create the ring's eventfd");
+      }
+      rc = io_uring_register_eventfd(ring->get(), ring_event_fd.get());
+      if (rc < 0) {
+        return Error(-rc, where() + ": cannot register an eventfd with the io_uring");
+      }
     }
 
     const auto page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
@@ -410,7 +448,8 @@ struct QueueRunner::Impl {
     }
   }
 
-  void process_completions() {
+  // Handles every CQE in the ring; returns how many.
+  unsigned process_completions() {
     io_uring_cqe* cqe = nullptr;
     unsigned head = 0;
     unsigned seen = 0;
@@ -434,33 +473,96 @@ struct QueueRunner::Impl {
       }
     }
     io_uring_cq_advance(ring->get(), seen);
+    return seen;
   }
 
+  // The CQEs that are visible, then the volume. Returns the work done.
+  unsigned process() {
+    unsigned work = process_completions();
+    volume_queue->kick();
+    work += volume_queue->reap();
+    return work;
+  }
+
+  // Whether the queue has nothing more to do; decides it once.
+  bool check_finished() {
+    if (done) {
+      return true;
+    }
+    if (!failure.ok() || finished_tags == setup.depth) {
+      // A refusal, or the driver aborted every tag: the device is stopping.
+      done = true;
+    } else if (detaching && volume_queue->in_flight() == 0) {
+      // Commits queued by the last reap go out; the tags then stay with the
+      // driver until the ring closes.
+      io_uring_submit(ring->get());
+      done = true;
+    }
+    return done;
+  }
+
+  // Backends without a wake fd finish work inside reap(): never sleep while
+  // they hold some.
+  [[nodiscard]] bool volume_busy() const {
+    return volume_queue != nullptr && volume_queue->in_flight() > 0 && volume_queue->wake_fd() < 0;
+  }
+
+  static bool enter_failed(int rc) {
+    return rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY && rc != -ETIME;
+  }
+
+  // Thread mode: the only poller of this thread, so it may sleep inside the
+  // submit - exactly one io_uring_enter per batch, as before the split.
   Status loop() {
-    while (failure.ok()) {
-      if (finished_tags == setup.depth) {
-        break;  // the driver aborted every tag: the device is stopping
-      }
-      if (detaching && volume_queue->in_flight() == 0) {
-        // Commits queued by the last reap go out; the tags then stay with the
-        // driver until the ring closes.
-        io_uring_submit(ring->get());
-        break;
-      }
-      // Backends without a wake fd finish work inside reap(): never sleep
-      // while they hold some.
-      const bool poll_only = volume_queue->in_flight() > 0 && volume_queue->wake_fd() < 0;
-      const int rc = io_uring_submit_and_wait(ring->get(), poll_only ? 0 : 1);
-      if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY && rc != -ETIME) {
+    while (!check_finished()) {
+      const int rc = io_uring_submit_and_wait(ring->get(), volume_busy() ? 0 : 1);
+      if (enter_failed(rc)) {
         fail(Error(-rc, where() + ": io_uring_enter failed"));
         break;
       }
-      process_completions();
-      volume_queue->kick();
-      volume_queue->reap();
+      process();
     }
     return failure;
   }
+
+  // External mode: one step, never blocking.
+  unsigned poll() {
+    if (closed) {
+      return 0;
+    }
+    unsigned work = 0;
+    if (!check_finished()) {
+      // Task work not run yet (it posts the CQEs) or an overflowed CQ:
+      // enter the kernel once. The kernel says so in the SQ ring's flags
+      // (IORING_SETUP_TASKRUN_FLAG), so an idle poll costs no syscall.
+      const unsigned kflags = IO_URING_READ_ONCE(*ring->get()->sq.kflags);
+      if ((kflags & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW)) != 0) {
+        const int rc = io_uring_get_events(ring->get());
+        if (enter_failed(rc)) {
+          fail(Error(-rc, where() + ": io_uring_enter failed"));
+        }
+      }
+      work = process();
+      if (io_uring_sq_ready(ring->get()) > 0) {
+        const int rc = io_uring_submit(ring->get());
+        if (enter_failed(rc)) {
+          fail(Error(-rc, where() + ": io_uring_enter failed"));
+        }
+      }
+    }
+    if (check_finished()) {
+      close_on_thread();
+      closed = true;
+      if (finished_callback) {
+        // Last: the callback may hand this runner to its next owner.
+        finished_callback(failure);
+      }
+    }
+    return work;
+  }
+
+  // The volume queue belongs to the thread that opened it: close it there.
+  void close_on_thread() { volume_queue.reset(); }
 };
 
 Result<std::unique_ptr<QueueRunner>> QueueRunner::make(const QueueSetup& setup,
@@ -475,22 +577,48 @@ Result<std::unique_ptr<QueueRunner>> QueueRunner::make(const QueueSetup& setup,
 }
 
 QueueRunner::QueueRunner(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+// The ring is closed only here, never when the queue finishes. Commands still
+// with the driver (after a detach) are cancelled by the kernel when the thread
+// that issued them exits, exactly as when the process is killed. Closing the
+// ring first and exiting that thread later with cancelable uring_cmds
+// outstanding trips a Linux 6.12 bug (tctx refcount underflow in
+// io_uring_cancel_generic, then an oops in io_ring_exit_work). So whoever owns
+// a runner that holds_driver_commands() destroys it only after that thread
+// has exited: thread mode joins the queue thread first; external mode hands
+// it to the QueueHost (keep_until_exit).
 QueueRunner::~QueueRunner() = default;
 
 Status QueueRunner::run(const ReadyCallback& ready) {
   Status setup = impl_->set_up();
   ready(setup);
   Status result = setup.ok() ? impl_->loop() : setup;
-  // The volume queue belongs to this thread: close it here.
-  //
-  // The ring must NOT be closed here. Commands still with the driver (after
-  // a detach) are cancelled by the kernel when this thread exits, exactly as
-  // when the process is killed. Closing the ring first and exiting with
-  // cancelable uring_cmds outstanding trips a Linux 6.12 bug (tctx refcount
-  // underflow in io_uring_cancel_generic, then an oops in
-  // io_ring_exit_work). The owner closes the ring after joining the thread.
-  impl_->volume_queue.reset();
+  impl_->close_on_thread();
+  impl_->closed = true;
   return result;
+}
+
+Status QueueRunner::set_up() { return impl_->set_up(); }
+
+void QueueRunner::on_finished(FinishedCallback callback) {
+  impl_->finished_callback = std::move(callback);
+}
+
+unsigned QueueRunner::poll() { return impl_->poll(); }
+
+int QueueRunner::wait_fd() const { return impl_->ring_event_fd.get(); }
+
+bool QueueRunner::busy() const { return !impl_->closed && impl_->volume_busy(); }
+
+bool QueueRunner::finished() const { return impl_->done; }
+
+bool QueueRunner::holds_driver_commands() const {
+  // Aborted or failed tags are back from the driver for good; any other tag
+  // that got its FETCH_REQ may still have a command there (conservative: a
+  // tag in the backend after a failure counts too).
+  return std::any_of(impl_->tags.begin(), impl_->tags.end(), [](const Impl::Tag& tag) {
+    return tag.state.state() != TagState::kIdle && !tag.state.finished();
+  });
 }
 
 void QueueRunner::request_detach() {

@@ -1,12 +1,25 @@
-// QueueRunner: the body of one ublk hardware-queue thread.
+// QueueRunner: one ublk hardware queue, as a reactor::Poller.
 //
-// It owns (and sets up on its own thread) the io_uring, the read-only mapping
-// of the queue's request descriptors, the 4 KiB-aligned tag buffers and the
-// VolumeQueue. Its loop: submit queued SQEs and wait; for every kernel CQE
-// hand the request to the volume (one VolumeIo per tag, reused); kick the
-// volume; reap volume completions, which queue COMMIT_AND_FETCH_REQs for the
-// next submit - one io_uring_enter per batch. The volume's wake_fd() (if it
-// has one) and a detach eventfd are read through the same ring.
+// It owns (and sets up on the thread that will run it) the io_uring, the
+// read-only mapping of the queue's request descriptors, the 4 KiB-aligned tag
+// buffers and the VolumeQueue. One step of work: for every kernel CQE hand the
+// request to the volume (one VolumeIo per tag, reused); kick the volume; reap
+// volume completions, which queue COMMIT_AND_FETCH_REQs; submit - one
+// io_uring_enter per batch. The volume's wake_fd() (if it has one) and a
+// detach eventfd are read through the same ring, so the ring is the only
+// thing a sleeping thread has to wait on.
+//
+// Two ways to run it (DeviceOptions::queue_loop, docs/ublk.md):
+//   - run(): the queue's own thread (thread mode). The loop sleeps inside
+//     io_uring_submit_and_wait - the submit and the wait are one syscall.
+//   - set_up() then poll() from somebody else's loop (external mode, e.g. a
+//     reactor running several queues). wait_fd() is an eventfd registered on
+//     the ring (io_uring_register_eventfd), readable after a CQE is posted;
+//     the ring has no DEFER_TASKRUN in this mode (queue.cpp, Ring::init, says
+//     why): pending task work interrupts the host's sleep and posts the CQEs.
+// Either way every call after set_up() comes from the thread that ran
+// set_up(): ublk takes a queue's commands from the task that fetched them,
+// and the ring is SINGLE_ISSUER.
 #pragma once
 
 #include <sched.h>
@@ -20,6 +33,7 @@
 #include "ublkvol/common/result.h"
 #include "ublkvol/common/unique_fd.h"
 #include "ublkvol/engine/volume.h"
+#include "ublkvol/reactor/poller.h"
 #include "ublkvol/ublk/device.h"
 
 namespace ublkvol::ublk {
@@ -35,6 +49,10 @@ struct QueueSetup {
   bool pin = false;
   cpu_set_t cpus{};
   bool io_flusher = false;
+  // External mode: register an eventfd on the ring for wait_fd() (thread mode
+  // has none: its loop waits in io_uring_enter, and an eventfd would cost a
+  // signal per CQE).
+  bool external = false;
 };
 
 // Per-queue counters: written by the queue thread only (relaxed stores, no
@@ -59,24 +77,58 @@ struct alignas(64) QueueCounters {
   void add_to(DeviceStats& stats) const;
 };
 
-class QueueRunner {
+class QueueRunner final : public reactor::Poller {
  public:
   // Called once by run(): OK when every tag has a FETCH_REQ with the driver
   // (START_DEV / END_USER_RECOVERY may proceed), or the setup error.
   using ReadyCallback = std::function<void(const Status&)>;
+  // Called once by poll(), on the polling thread, when the queue has finished
+  // (see finished()); the VolumeQueue is already closed. The poller must not
+  // be polled again.
+  using FinishedCallback = std::function<void(const Status&)>;
 
   static Result<std::unique_ptr<QueueRunner>> make(const QueueSetup& setup, engine::Volume& volume,
                                                    QueueCounters& counters);
-  ~QueueRunner();
+  ~QueueRunner() override;
   QueueRunner(const QueueRunner&) = delete;
   QueueRunner& operator=(const QueueRunner&) = delete;
 
-  // The thread body. Returns OK when every tag was aborted by the driver
-  // (device stopped or deleted) or after request_detach(); an error if setup
-  // failed or the driver refused a command.
+  // Thread mode: the thread body. set_up(), ready(status), then a loop that
+  // sleeps in io_uring_submit_and_wait until finished(). Returns OK when
+  // every tag was aborted by the driver (device stopped or deleted) or after
+  // request_detach(); an error if setup failed or the driver refused a
+  // command. The VolumeQueue is closed before it returns; the ring is not
+  // (see the destructor).
   Status run(const ReadyCallback& ready);
 
-  // Thread-safe: makes run() return as soon as the volume has nothing in
+  // External mode, on the thread that will poll: opens the VolumeQueue, sets
+  // up the ring (with the wait_fd() eventfd when QueueSetup::external),
+  // mappings and buffers, and submits a FETCH_REQ per tag. OK when every tag
+  // is with the driver. On an error some FETCH_REQs may be with the driver
+  // already: see holds_driver_commands().
+  Status set_up();
+  void on_finished(FinishedCallback callback);
+
+  // reactor::Poller. poll(): flushes deferred completions if the ring has
+  // some, handles the CQEs, kicks and reaps the volume, submits the commits
+  // without waiting; once finished(), closes the VolumeQueue and calls the
+  // FinishedCallback (once). Polling thread only.
+  unsigned poll() override;
+  [[nodiscard]] int wait_fd() const override;
+  // The volume has I/O in flight that only reap() notices (no wake fd).
+  [[nodiscard]] bool busy() const override;
+
+  // Every tag was aborted or failed, the driver refused a command, or a
+  // requested detach is done (nothing in flight at the volume, last commits
+  // submitted). Polling thread only.
+  [[nodiscard]] bool finished() const;
+  // Commands (FETCH_REQs) are still with the driver: after a detach, or a
+  // setup that failed half-way. Then the ring must not be closed before the
+  // thread that issued them has exited (the destructor says why): whoever
+  // owns the runner keeps it until then.
+  [[nodiscard]] bool holds_driver_commands() const;
+
+  // Thread-safe: makes the queue finish as soon as the volume has nothing in
   // flight. Tags stay with the driver until the ring closes.
   void request_detach();
 

@@ -40,6 +40,9 @@ struct ServeConfig {
   // server anyway (DBS journals new mappings before completing a write) and
   // is durable against power loss after the next FLUSH.
   bool write_through = false;
+  // --queue-loop: kExternal runs every queue on one SingleThreadQueueHost
+  // thread. device.queue_loop / queue_host are set once that host exists.
+  QueueLoop queue_loop = QueueLoop::kThread;
   DeviceOptions device;
 };
 

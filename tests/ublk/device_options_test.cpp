@@ -19,6 +19,23 @@ TEST(DeviceOptionsTest, DefaultsAreValid) {
   EXPECT_TRUE(validate_device_options(DeviceOptions{}, volume()).ok());
 }
 
+TEST(DeviceOptionsTest, QueueLoopExternalNeedsAHost) {
+  DeviceOptions o;
+  EXPECT_EQ(o.queue_loop, QueueLoop::kThread);
+  o.queue_loop = QueueLoop::kExternal;
+  EXPECT_EQ(message(validate_device_options(o, volume())),
+            "queue loop 'external' needs a queue host to run the queues (none was given)");
+  auto parsed = parse_queue_loop("external");
+  ASSERT_TRUE(parsed.ok());
+  EXPECT_EQ(*parsed, QueueLoop::kExternal);
+  EXPECT_STREQ(to_string(*parsed), "external");
+  ASSERT_TRUE(parse_queue_loop("thread").ok());
+  EXPECT_EQ(*parse_queue_loop("thread"), QueueLoop::kThread);
+  auto bad = parse_queue_loop("reactor");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.error().message(), "unknown queue loop 'reactor' (use thread or external)");
+}
+
 TEST(DeviceOptionsTest, BadParametersAreRefusedWithClearMessages) {
   DeviceOptions o;
   EXPECT_EQ(message(validate_device_options(o, volume(1ULL << 30U, 3000))),

@@ -18,7 +18,9 @@
 //
 // Each queue thread owns its io_uring, its descriptor mapping, its tag
 // buffers and its VolumeQueue; queue threads share nothing and allocate
-// nothing per request.
+// nothing per request. With DeviceOptions::queue_loop == kExternal there are
+// no queue threads: the QueueHost's threads run the queues (queue_host.h),
+// and "queue thread" above means the host thread that runs the queue.
 #pragma once
 
 #include <array>

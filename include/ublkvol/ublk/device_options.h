@@ -7,12 +7,28 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "ublkvol/common/result.h"
 #include "ublkvol/engine/volume.h"
 #include "ublkvol/ublk/uapi.h"
 
 namespace ublkvol::ublk {
+
+class QueueHost;
+
+// Who runs the hardware queues (docs/ublk.md, "Queue loops").
+enum class QueueLoop : uint8_t {
+  // One thread per queue, created by the device, sleeping in io_uring_enter.
+  kThread,
+  // DeviceOptions::queue_host runs every queue as a reactor::Poller on the
+  // thread(s) it picks (queue_host.h); the device creates no thread.
+  kExternal,
+};
+
+// "thread" / "external".
+const char* to_string(QueueLoop loop);
+Result<QueueLoop> parse_queue_loop(const std::string& text);
 
 struct DeviceOptions {
   // Device number N of /dev/ublkbN; -1 lets the driver pick the lowest free.
@@ -32,7 +48,11 @@ struct DeviceOptions {
   bool pin_queue_threads = true;
   // Mark queue threads PR_SET_IO_FLUSHER (needs CAP_SYS_RESOURCE; a warning
   // otherwise) so that memory reclaim never waits on them while they write.
+  // Thread mode only (external: the host's threads, its business).
   bool io_flusher = true;
+  QueueLoop queue_loop = QueueLoop::kThread;
+  // kExternal: runs the queues; must outlive the device. Not owned.
+  QueueHost* queue_host = nullptr;
 };
 
 inline constexpr uint32_t kMinBlockSize = 512;

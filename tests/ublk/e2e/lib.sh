@@ -120,9 +120,11 @@ wait_until() {
 
 # start_server ARGS... : starts ublkvol-serve in the background and waits for
 # its ready file. Sets SRV (pid) and DEV (/dev/ublkbN).
+# SERVE_ARGS (unquoted, may be empty) goes to every server, re-attaching ones too.
 start_server() {
   rm -f "$STATE/ready"
-  ublkvol-serve --ready-file "$STATE/ready" --stats-file "$STATE/stats" "$@" &
+  # shellcheck disable=SC2086
+  ublkvol-serve --ready-file "$STATE/ready" --stats-file "$STATE/stats" ${SERVE_ARGS:-} "$@" &
   SRV=$!
   wait_until 120 test -s "$STATE/ready" || fail "server did not become ready: ublkvol-serve $*"
   DEV=$(sed -n 's/.*"block_device":"\([^"]*\)".*/\1/p' "$STATE/ready")
