@@ -193,8 +193,18 @@ class DirectoryTarget final : public Target {
   }
 
   Status remove(const std::string& key) override {
-    if (::unlink(path(key).c_str()) != 0 && errno != ENOENT) {
+    if (::unlink(path(key).c_str()) != 0) {
+      if (errno == ENOENT) {
+        return ok_status();
+      }
       return errno_error(describe() + ": cannot remove " + key);
+    }
+    // Durable before anything that depends on it: a deleted manifest must
+    // not come back after a crash once garbage collection removed its chunks.
+    const size_t slash = key.rfind('/');
+    if (auto synced = fsync_dir(slash == std::string::npos ? root_ : path(key.substr(0, slash)));
+        !synced) {
+      return synced.error().with_context(describe());
     }
     return ok_status();
   }

@@ -5,7 +5,6 @@
 #pragma once
 
 #include <array>
-#include <compare>
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
@@ -25,7 +24,9 @@ struct ChunkHash {
   // Parses 64 hex digits (either case); EINVAL naming `text` otherwise.
   static Result<ChunkHash> parse_hex(std::string_view text);
 
-  auto operator<=>(const ChunkHash&) const = default;
+  bool operator==(const ChunkHash&) const = default;
+  // Any strict order (std::set of live chunks).
+  bool operator<(const ChunkHash& other) const { return bytes < other.bytes; }
 };
 
 // SHA-256 over the concatenation of `parts`.
