@@ -34,8 +34,9 @@ class StoreVolumeWriter final : public VolumeWriter {
 
 }  // namespace
 
-Result<Manifest> backup_snapshot(dbs::Store& store, Repository& repo, std::string_view volume,
-                                 std::string_view snapshot, const BackupOptions& options) {
+Result<BackupSource> backup_source(dbs::Store& store, Repository& repo, std::string_view volume,
+                                   std::string_view snapshot, const std::string& backup,
+                                   const std::string& parent) {
   UBLKVOL_ASSIGN_OR_RETURN(const dbs::VolumeId volume_id, store.find_volume(volume));
   UBLKVOL_ASSIGN_OR_RETURN(const dbs::SnapshotId snapshot_id,
                            store.find_snapshot(volume_id, snapshot));
@@ -47,27 +48,34 @@ Result<Manifest> backup_snapshot(dbs::Store& store, Repository& repo, std::strin
   source.snapshot_id = snapshot_id;
   source.size_bytes = info.size_bytes;
   UBLKVOL_ASSIGN_OR_RETURN(source.mapped, store.snapshot_mapped_ranges(snapshot_id));
-  if (!options.parent.empty()) {
-    auto parent = repo.get_manifest(options.parent);
-    if (!parent) {
-      return parent.error().with_context("backup '" + options.name + "': parent");
+  if (!parent.empty()) {
+    auto manifest = repo.get_manifest(parent);
+    if (!manifest) {
+      return manifest.error().with_context("backup '" + backup + "': parent");
     }
-    if (parent->store_uuid != source.store_uuid) {
-      return Error(EINVAL, "backup '" + options.name + "': parent backup '" + options.parent +
-                               "' was taken from store " + parent->store_uuid + ", not " +
+    if (manifest->store_uuid != source.store_uuid) {
+      return Error(EINVAL, "backup '" + backup + "': parent backup '" + parent +
+                               "' was taken from store " + manifest->store_uuid + ", not " +
                                source.store_uuid + ": make a full backup");
     }
-    auto changed = store.changed_ranges(parent->snapshot_id, snapshot_id);
+    auto changed = store.changed_ranges(manifest->snapshot_id, snapshot_id);
     if (!changed) {
       return changed.error().with_context(
-          "backup '" + options.name + "': parent backup '" + options.parent + "' (snapshot '" +
-          parent->snapshot + "', id " + std::to_string(parent->snapshot_id) +
+          "backup '" + backup + "': parent backup '" + parent + "' (snapshot '" +
+          manifest->snapshot + "', id " + std::to_string(manifest->snapshot_id) +
           ") cannot be the base of snapshot '" + std::string(snapshot) +
           "' (deleted, or not under it): make a full backup");
     }
     source.changed = std::move(*changed);
   }
-  StoreSnapshotReader reader(store, snapshot_id);
+  return source;
+}
+
+Result<Manifest> backup_snapshot(dbs::Store& store, Repository& repo, std::string_view volume,
+                                 std::string_view snapshot, const BackupOptions& options) {
+  UBLKVOL_ASSIGN_OR_RETURN(const BackupSource source, backup_source(store, repo, volume, snapshot,
+                                                                    options.name, options.parent));
+  StoreSnapshotReader reader(store, source.snapshot_id);
   return run_backup(repo, reader, source, options);
 }
 

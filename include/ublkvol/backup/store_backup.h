@@ -12,6 +12,13 @@
 
 namespace ublkvol::backup {
 
+// What a backup of `snapshot` of `volume` reads (the layer-map queries):
+// incremental from `parent` if not empty (see backup_snapshot). Call on the
+// store's thread; `backup` names the backup in errors.
+Result<BackupSource> backup_source(dbs::Store& store, Repository& repo, std::string_view volume,
+                                   std::string_view snapshot, const std::string& backup,
+                                   const std::string& parent);
+
 // Backs up snapshot `snapshot` of `volume`. With options.parent set, an
 // incremental backup: the parent's snapshot (by its id in the manifest) must
 // still be in this store, under `snapshot`; only the chunks with blocks
