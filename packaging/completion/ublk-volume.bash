@@ -35,7 +35,7 @@ _ublk_volume() {
       --socket=*) _ublk_volume_socket="${w#--socket=}" ;;
       --size|-s|--extent-size|--min-replicas|--queues|--queue-depth|--reason|--timeout|\
       --rate|-i|--interval|-c|--count|-o|--output|\
-      --snapshot|--to|--target|--name|--parent) ((i++)) ;;
+      --snapshot|--to|--target|--name|--parent|--volume|--store) ((i++)) ;;
       -*) ;;
       *) cmd+=("$w") ;;
     esac
@@ -83,9 +83,10 @@ _ublk_volume() {
       esac ;;
     backup)
       case "$sub" in
-        "") words_list="create list show verify delete" ;;
+        "") words_list="create list show verify delete restore" ;;
         create) opts+=" --snapshot --to --name --parent --rate --wait"
                 [[ $nargs -eq 0 ]] && words_list="$(_ublk_volume_names volumes)" ;;
+        restore) opts+=" --target --volume --store --min-replicas" ;;
         *) opts+=" --target" ;;
       esac ;;
     replica)

@@ -112,6 +112,8 @@ void add_backup_commands(CLI::App& app, CommandTree& tree) {
 
   struct Args {
     std::string volume, snapshot, target, name, parent;
+    std::vector<std::string> stores;
+    int64_t min_replicas = -1;
     double rate = -1;
     bool wait = false;
   };
@@ -198,6 +200,28 @@ void add_backup_commands(CLI::App& app, CommandTree& tree) {
                });
   c->add_option("name", a->name, "Backup name")->required();
   c->add_option("--target", a->target, "Target directory")->required();
+
+  c = tree.add(
+      backup, "restore", Method::kBackupRestore,
+      "  ublk-volume backup restore vol0-nightly-1 --target /mnt/backup --volume vol0-copy "
+      "--store a --store b\n",
+      [a](Session& s) {
+        Json params = {
+            {"target", a->target}, {"name", a->name}, {"volume", a->volume}, {"stores", a->stores}};
+        if (a->min_replicas >= 0) {
+          params["min_replicas"] = a->min_replicas;
+        }
+        auto r = s.call(Method::kBackupRestore, params);
+        return r ? s.done(*r,
+                          "restored backup '" + a->name + "' into new volume '" + a->volume + "'")
+                 : s.status();
+      });
+  c->add_option("name", a->name, "Backup name")->required();
+  c->add_option("--target", a->target, "Target directory")->required();
+  c->add_option("--volume", a->volume, "Name of the new volume")->required();
+  c->add_option("--store", a->stores, "A store for a replica (repeat for more replicas)")
+      ->required();
+  c->add_option("--min-replicas", a->min_replicas, "Replicas that must stay in sync");
 }
 
 }  // namespace ublkvol::cli

@@ -53,6 +53,7 @@ Result<Json> dispatch(Registry& r, const Request& request) {
       {Method::kBackupShow, &backup_show},
       {Method::kBackupVerify, &backup_verify},
       {Method::kBackupDelete, &backup_delete},
+      {Method::kBackupRestore, &backup_restore},
   }};
   const MethodInfo* method = find_method(request.method);
   if (method == nullptr) {

@@ -68,6 +68,7 @@ Result<Json> backup_list(Registry& r, Params& p);
 Result<Json> backup_show(Registry& r, Params& p);
 Result<Json> backup_verify(Registry& r, Params& p);
 Result<Json> backup_delete(Registry& r, Params& p);
+Result<Json> backup_restore(Registry& r, Params& p);
 
 Result<Json> daemon_status(Registry& r, Params& p);
 Result<Json> stats(Registry& r, Params& p);

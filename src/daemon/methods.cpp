@@ -43,6 +43,11 @@ constexpr ParamSpec kBackupCreate[] = {{"volume", K::kName, true},   {"snapshot"
                                        {"target", K::kString, true}, {"name", K::kName, false},
                                        {"parent", K::kName, false},  {"rate", K::kUint, false}};
 constexpr ParamSpec kBackupTarget[] = {{"target", K::kString, true}};
+constexpr ParamSpec kBackupRestore[] = {{"target", K::kString, true},
+                                        {"name", K::kName, true},
+                                        {"volume", K::kName, true, kMaxVolumeNameLength},
+                                        {"stores", K::kNameList, true},
+                                        {"min_replicas", K::kUint, false}};
 constexpr ParamSpec kBackupNamed[] = {{"target", K::kString, true}, {"name", K::kName, true}};
 
 constexpr std::span<const ParamSpec> kNoParams{};
@@ -112,6 +117,9 @@ constexpr std::array<MethodInfo, kMethodCount> kMethods = {{
      "Read and check every chunk of a backup (exit status 1 if problems are found)", kBackupNamed},
     {Method::kBackupDelete, "backup.delete", "Delete a backup and the chunks no other backup needs",
      kBackupNamed},
+    {Method::kBackupRestore, "backup.restore",
+     "Restore a backup into a new volume (every chunk checked before it is written)",
+     kBackupRestore},
 }};
 
 // The table is indexed by Method: a row out of place is a compile error.

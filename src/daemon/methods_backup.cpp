@@ -7,6 +7,7 @@
 
 #include "ublkvol/backup/gc.h"
 #include "ublkvol/backup/repository.h"
+#include "ublkvol/backup/restore.h"
 
 #include "handlers.h"
 #include "store_paths.h"
@@ -61,6 +62,37 @@ Result<TargetArgs> parse_target(Params& p, bool with_name) {
   UBLKVOL_TRY(check_may_use_targets(p));
   return a;
 }
+
+// Writes a restore into the DBS volume of every replica of a volume that was
+// just created and is not exposed: each replica receives the same bytes, so
+// they agree, and nothing else writes to the volume yet.
+class ReplicasWriter final : public backup::VolumeWriter {
+ public:
+  explicit ReplicasWriter(VolumeEntry& v) : volume_(v) {}
+  Status write(uint64_t offset, std::span<const std::byte> data) override {
+    for (auto& slot : volume_.slots) {
+      if (slot.store == nullptr) {
+        continue;
+      }
+      UBLKVOL_TRY(slot.store->run([&](dbs::Store& store) -> Status {
+        UBLKVOL_ASSIGN_OR_RETURN(const dbs::VolumeId id, store.find_volume(volume_.name));
+        return store.write(id, offset, data);
+      }));
+    }
+    return ok_status();
+  }
+  Status commit() {
+    for (auto& slot : volume_.slots) {
+      if (slot.store != nullptr) {
+        UBLKVOL_TRY(slot.store->run([](dbs::Store& store) { return store.commit(); }));
+      }
+    }
+    return ok_status();
+  }
+
+ private:
+  VolumeEntry& volume_;
+};
 
 }  // namespace
 
@@ -154,6 +186,45 @@ Result<Json> backup_delete(Registry& r, Params& p) {
   UBLKVOL_ASSIGN_OR_RETURN(const auto gc, backup::delete_backup(repo, a.name));
   spdlog::info("backup '{}' on {} deleted: {} chunks removed", a.name, a.target, gc.chunks_removed);
   return Json{{"chunks_removed", gc.chunks_removed}, {"chunks_live", gc.chunks_live}};
+}
+
+Result<Json> backup_restore(Registry& r, Params& p) {
+  UBLKVOL_ASSIGN_OR_RETURN(const std::string target_name, p.string("target"));
+  UBLKVOL_ASSIGN_OR_RETURN(const std::string name, p.name("name"));
+  UBLKVOL_ASSIGN_OR_RETURN(const std::string volume, p.name("volume"));
+  UBLKVOL_ASSIGN_OR_RETURN(const auto stores, p.name_list("stores", 1, engine::kMaxReplicas));
+  UBLKVOL_ASSIGN_OR_RETURN(const auto min_replicas, p.optional_uint("min_replicas"));
+  UBLKVOL_TRY(p.finish());
+  UBLKVOL_TRY(check_may_use_targets(p));
+  UBLKVOL_ASSIGN_OR_RETURN(auto target, backup::open_target(target_name));
+  backup::Repository repo(*target);
+  UBLKVOL_ASSIGN_OR_RETURN(const backup::Manifest manifest, repo.get_manifest(name));
+  // The new volume, as volume.create makes it (same checks, intent, state).
+  Json create{{"name", volume}, {"size", manifest.volume_size}, {"stores", stores}};
+  if (min_replicas) {
+    create["min_replicas"] = *min_replicas;
+  }
+  Params create_params(create, p.peer());
+  UBLKVOL_TRY(volume_create(r, create_params));
+  UBLKVOL_ASSIGN_OR_RETURN(VolumeEntry * v, r.volume_named(volume));
+  ReplicasWriter writer(*v);
+  auto restored = backup::run_restore(repo, name, writer, {});
+  Status done = restored.ok() ? writer.commit() : Status(restored.error());
+  if (!done) {
+    // Nothing half-restored stays: the new volume goes again.
+    const Json remove{{"name", volume}};  // Params keeps a reference: must outlive it
+    Params delete_params(remove, p.peer());
+    if (auto deleted = volume_delete(r, delete_params); !deleted) {
+      spdlog::error("backup.restore: could not delete the half-restored volume '{}': {}", volume,
+                    deleted.error().to_string());
+    }
+    return done.error();
+  }
+  spdlog::info("backup '{}' on {} restored into new volume '{}' ({} chunks)", name, target_name,
+               volume, manifest.entries.size());
+  return Json{{"volume", volume},
+              {"chunks", manifest.entries.size()},
+              {"data_bytes", manifest.data_blocks() * backup::kBlockBytes}};
 }
 
 }  // namespace ublkvol::daemon

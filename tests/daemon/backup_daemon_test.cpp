@@ -4,6 +4,7 @@
 // background job, and the test checks what landed on the target with the
 // backup library itself (a restore into memory, byte for byte).
 #include <cstring>
+#include <fstream>
 
 #include "ublkvol/backup/repository.h"
 #include "ublkvol/backup/restore.h"
@@ -104,11 +105,55 @@ TEST_F(BackupDaemonTest, CreateListShowVerifyDelete) {
     EXPECT_TRUE(writer.bytes == content);
   }
 
+  // Restore into a new volume through the daemon.
+  const Json restored =
+      ok("backup.restore",
+         {{"target", target}, {"name", "vol-s1"}, {"volume", "copy"}, {"stores", {"a"}}});
+  EXPECT_EQ(restored["chunks"], 3);
+  EXPECT_EQ(ok("volume.show", {{"name", "copy"}})["size_bytes"], kVolumeBytes);
+
+  // A flipped byte in a chunk: verify names backup and offset, restore
+  // refuses and leaves no volume behind.
+  {
+    auto t = backup::open_target(target);
+    backup::Repository repo(**t);
+    const auto manifest = repo.get_manifest("vol-s1");
+    ASSERT_TRUE(manifest.ok());
+    const auto& entry = manifest->entries[1];
+    const std::string file = target + "/" + backup::Repository::chunk_key(entry.hash);
+    std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(200);
+    f.put('\x5a');
+    f.close();
+    const std::string where = "backup 'vol-s1': volume offset " + std::to_string(entry.offset);
+    const Json problems = ok("backup.verify", {{"target", target}, {"name", "vol-s1"}})["problems"];
+    ASSERT_EQ(problems.size(), 1U);
+    EXPECT_NE(problems[0].get<std::string>().find(where), std::string::npos) << problems.dump();
+    refused("backup.restore",
+            {{"target", target}, {"name", "vol-s1"}, {"volume", "bad"}, {"stores", {"a"}}},
+            "corruption", where);
+    refused("volume.show", {{"name", "bad"}}, "not_found", "bad");
+  }
+
   const Json deleted = ok("backup.delete", {{"target", target}, {"name", "vol-s1"}});
   EXPECT_EQ(deleted["chunks_removed"], 3);
   EXPECT_TRUE(ok("backup.list", {{"target", target}})["backups"].empty());
   refused("backup.verify", {{"target", target}, {"name", "vol-s1"}}, "not_found",
           "no backup 'vol-s1'");
+
+  // The restored volume holds the snapshot's bytes (read from the store file
+  // once the daemon is gone).
+  EXPECT_EQ(stop(), 0);
+  dbs::FileDeviceOptions options;
+  auto device = dbs::FileDevice::open(store_path, options);
+  ASSERT_TRUE(device.ok());
+  auto store = dbs::Store::open(**device);
+  ASSERT_TRUE(store.ok()) << store.error().to_string();
+  auto* buffer = static_cast<std::byte*>(std::aligned_alloc(4096, kVolumeBytes));
+  ASSERT_TRUE((*store)->read(*(*store)->find_volume("copy"), 0, {buffer, kVolumeBytes}).ok());
+  EXPECT_TRUE(std::memcmp(buffer, content.data(), kVolumeBytes) == 0);
+  std::free(buffer);
+  EXPECT_TRUE((*store)->close().ok());
 }
 
 }  // namespace

@@ -46,8 +46,9 @@ enum class Method {
   kBackupShow,
   kBackupVerify,
   kBackupDelete,
+  kBackupRestore,
 };
-inline constexpr size_t kMethodCount = static_cast<size_t>(Method::kBackupDelete) + 1;
+inline constexpr size_t kMethodCount = static_cast<size_t>(Method::kBackupRestore) + 1;
 
 // The JSON type and the check a parameter gets (Params' accessors).
 enum class ParamKind {
