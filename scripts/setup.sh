@@ -30,6 +30,8 @@ PACKAGES=(
   # libraries
   liburing-dev libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev
+  # backups (src/backup): chunk compression, chunk hashes
+  libzstd-dev libssl-dev
   # benchmarks and e2e workloads
   fio gnuplot-nox
   # VM test bed (scripts/vm): emulator, initramfs contents, kernel fetch

@@ -24,7 +24,7 @@ _ublk_volume() {
   fi
 
   local global_opts="--socket --json --help --help-all"
-  local groups="store volume snapshot replica stats status version completion"
+  local groups="store volume snapshot backup replica stats status version completion"
 
   # Collect the command words typed so far (skipping options and their values).
   local i w cmd=() _ublk_volume_socket=""
@@ -34,7 +34,8 @@ _ublk_volume() {
       --socket) _ublk_volume_socket="${words[i+1]}"; ((i++)) ;;
       --socket=*) _ublk_volume_socket="${w#--socket=}" ;;
       --size|-s|--extent-size|--min-replicas|--queues|--queue-depth|--reason|--timeout|\
-      --rate|-i|--interval|-c|--count|-o|--output) ((i++)) ;;
+      --rate|-i|--interval|-c|--count|-o|--output|\
+      --snapshot|--to|--target|--name|--parent|--volume|--store) ((i++)) ;;
       -*) ;;
       *) cmd+=("$w") ;;
     esac
@@ -42,6 +43,8 @@ _ublk_volume() {
 
   case "$prev" in
     --socket|-o|--output) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+    --to|--target) COMPREPLY=($(compgen -d -- "$cur")); return ;;
+    --snapshot|--name|--parent) return ;;
     --size|-s|--extent-size) COMPREPLY=($(compgen -W "1G 10G 100G 1T" -- "$cur")); return ;;
     --store) COMPREPLY=($(compgen -W "$(_ublk_volume_names stores)" -- "$cur")); return ;;
     --min-replicas|--queues|--queue-depth|--reason|--timeout|--rate|-i|--interval|-c|--count) return ;;
@@ -77,6 +80,14 @@ _ublk_volume() {
            elif [[ $nargs -eq 1 && "$sub" != create && "$sub" != list ]]; then
              words_list="$(_ublk_volume_names snapshots "${cmd[2]}")"
            fi ;;
+      esac ;;
+    backup)
+      case "$sub" in
+        "") words_list="create list show verify delete restore" ;;
+        create) opts+=" --snapshot --to --name --parent --rate --wait"
+                [[ $nargs -eq 0 ]] && words_list="$(_ublk_volume_names volumes)" ;;
+        restore) opts+=" --target --volume --store --min-replicas" ;;
+        *) opts+=" --target" ;;
       esac ;;
     replica)
       case "$sub" in

@@ -84,6 +84,7 @@ int run_cli(int argc, const char* const* argv, const CliEnvironment& env) {
   add_store_commands(app, tree);
   add_volume_commands(app, tree);
   add_snapshot_commands(app, tree);
+  add_backup_commands(app, tree);
   add_replica_commands(app, tree);
 
   add_stats_command(app, tree);

@@ -15,6 +15,7 @@ void add_volume_commands(CLI::App& app, CommandTree& tree);    // commands_volum
 void add_snapshot_commands(CLI::App& app, CommandTree& tree);  // commands_snapshot.cpp
 void add_replica_commands(CLI::App& app, CommandTree& tree);   // commands_replica.cpp
 void add_stats_command(CLI::App& app, CommandTree& tree);      // commands_stats.cpp
+void add_backup_commands(CLI::App& app, CommandTree& tree);    // commands_backup.cpp
 
 // --wait of replica add/rebuild and replica verify (wait.cpp): poll
 // volume.show until the replica is in sync / the verify finished.

@@ -48,6 +48,12 @@ Result<Json> dispatch(Registry& r, const Request& request) {
       {Method::kReplicaRebuild, &replica_rebuild},
       {Method::kReplicaFail, &replica_fail},
       {Method::kReplicaVerify, &replica_verify},
+      {Method::kBackupCreate, &backup_create},
+      {Method::kBackupList, &backup_list},
+      {Method::kBackupShow, &backup_show},
+      {Method::kBackupVerify, &backup_verify},
+      {Method::kBackupDelete, &backup_delete},
+      {Method::kBackupRestore, &backup_restore},
   }};
   const MethodInfo* method = find_method(request.method);
   if (method == nullptr) {

@@ -5,6 +5,7 @@
 //   methods_snapshot.cpp  snapshot.create/list/delete/revert/clone
 //   methods_replica.cpp   replica.list/add/remove/rebuild/fail/verify
 //   methods_status.cpp    daemon.status, stats
+//   methods_backup.cpp    backup.create/list/show/verify/delete
 //
 // Each reads its params (Params: types, names, unknown fields), acts on the
 // registry and renders the answer (render.h). dispatch() (dispatch.cpp) picks
@@ -61,6 +62,13 @@ Result<Json> replica_remove(Registry& r, Params& p);
 Result<Json> replica_rebuild(Registry& r, Params& p);
 Result<Json> replica_fail(Registry& r, Params& p);
 Result<Json> replica_verify(Registry& r, Params& p);
+
+Result<Json> backup_create(Registry& r, Params& p);  // methods_backup.cpp
+Result<Json> backup_list(Registry& r, Params& p);
+Result<Json> backup_show(Registry& r, Params& p);
+Result<Json> backup_verify(Registry& r, Params& p);
+Result<Json> backup_delete(Registry& r, Params& p);
+Result<Json> backup_restore(Registry& r, Params& p);
 
 Result<Json> daemon_status(Registry& r, Params& p);
 Result<Json> stats(Registry& r, Params& p);

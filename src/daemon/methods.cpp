@@ -39,6 +39,16 @@ constexpr ParamSpec kReplicaFail[] = {{"volume", K::kName, true},
 constexpr ParamSpec kReplicaVerify[] = {
     {"volume", K::kName, true}, {"repair", K::kBool, false}, {"rate", K::kUint, false}};
 constexpr ParamSpec kStats[] = {{"volume", K::kName, false}};
+constexpr ParamSpec kBackupCreate[] = {{"volume", K::kName, true},   {"snapshot", K::kName, true},
+                                       {"target", K::kString, true}, {"name", K::kName, false},
+                                       {"parent", K::kName, false},  {"rate", K::kUint, false}};
+constexpr ParamSpec kBackupTarget[] = {{"target", K::kString, true}};
+constexpr ParamSpec kBackupRestore[] = {{"target", K::kString, true},
+                                        {"name", K::kName, true},
+                                        {"volume", K::kName, true, kMaxVolumeNameLength},
+                                        {"stores", K::kNameList, true},
+                                        {"min_replicas", K::kUint, false}};
+constexpr ParamSpec kBackupNamed[] = {{"target", K::kString, true}, {"name", K::kName, true}};
 
 constexpr std::span<const ParamSpec> kNoParams{};
 
@@ -97,6 +107,19 @@ constexpr std::array<MethodInfo, kMethodCount> kMethods = {{
      "Compare the replicas online (ordered against writes); --repair rewrites differences from "
      "the majority",
      kReplicaVerify},
+    {Method::kBackupCreate, "backup.create",
+     "Back up a snapshot to a target in the background (incremental with a parent backup)",
+     kBackupCreate},
+    {Method::kBackupList, "backup.list", "List the backups on a target and the backup jobs",
+     kBackupTarget},
+    {Method::kBackupShow, "backup.show", "Show one backup and its job's progress", kBackupNamed},
+    {Method::kBackupVerify, "backup.verify",
+     "Read and check every chunk of a backup (exit status 1 if problems are found)", kBackupNamed},
+    {Method::kBackupDelete, "backup.delete", "Delete a backup and the chunks no other backup needs",
+     kBackupNamed},
+    {Method::kBackupRestore, "backup.restore",
+     "Restore a backup into a new volume (every chunk checked before it is written)",
+     kBackupRestore},
 }};
 
 // The table is indexed by Method: a row out of place is a compile error.

@@ -202,6 +202,7 @@ Result<Json> store_remove(Registry& r, Params& p) {
                             list_names({users.begin(), users.end()}) +
                             " (remove those replicas or volumes first)");
   }
+  r.backup_jobs.stop_using(name);
   s->close();
   std::erase_if(r.stores, [&](const auto& e) { return e.get() == s; });
   spdlog::info("store '{}' removed (its content stays on the device)", name);

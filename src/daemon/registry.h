@@ -38,6 +38,7 @@
 #include "ublkvol/engine/store_thread.h"
 #include "ublkvol/ublk/device.h"
 
+#include "backup_jobs.h"
 #include "frontend_volume.h"
 #include "intent_log.h"
 #include "recovery.h"
@@ -218,6 +219,8 @@ class Registry {
   // Queues of every engine: max(config.queues, CPUs), at most 60.
   unsigned engine_queues = 1;
   KernelInfo kernel;
+  // Running backups (backup.create); stopped first at shutdown.
+  BackupJobs backup_jobs;
 
  private:
   Registry() = default;

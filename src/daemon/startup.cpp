@@ -254,6 +254,9 @@ Service::ShutdownReport Registry::shutdown() {
     return report;
   }
   shut_down_ = true;
+  // Backups read from the stores closed below: stop them first (each leaves
+  // a partial manifest that the same backup.create resumes).
+  backup_jobs.stop_all();
   for (auto& v : volumes) {
     if (!v->device) {
       continue;

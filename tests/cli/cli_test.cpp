@@ -426,7 +426,7 @@ TEST(Cli, UnknownCommandsAreNamed) {
   EXPECT_EQ(r.status, kUsage);
   EXPECT_EQ(r.err,
             "ublk-volume: unknown command 'frob' for 'ublk-volume' (one of: store, volume, "
-            "snapshot, replica, stats, status, version, completion)\n");
+            "snapshot, backup, replica, stats, status, version, completion)\n");
   r = run(d, {"--socket", "/x", "volume", "grow", "v"});
   EXPECT_EQ(r.status, kUsage);
   EXPECT_EQ(

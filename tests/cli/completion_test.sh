@@ -35,7 +35,7 @@ expect() {  # expect "WORDS TYPED" "EXPECTED COMPLETIONS (sorted, space separate
     failures=$((failures + 1))
   fi
 }
-expect "ublk-volume " "completion replica snapshot stats status store version volume"
+expect "ublk-volume " "backup completion replica snapshot stats status store version volume"
 expect "ublk-volume vol" "volume"
 expect "ublk-volume st" "stats status store"
 expect "ublk-volume volume " "create delete expose import list resize show unexpose"
@@ -44,6 +44,9 @@ expect "ublk-volume volume create v --st" "--store"
 expect "ublk-volume volume create v --size " "100G 10G 1G 1T"
 expect "ublk-volume replica " "add fail list rebuild remove verify"
 expect "ublk-volume replica rebuild v 1 --w" "--wait"
+expect "ublk-volume backup " "create delete list restore show verify"
+expect "ublk-volume backup create v --sn" "--snapshot"
+expect "ublk-volume backup verify b --ta" "--target"
 expect "ublk-volume snapshot " "clone create delete list revert"
 expect "ublk-volume store " "add check gc list remove show"
 expect "ublk-volume stats --p" "--prometheus"

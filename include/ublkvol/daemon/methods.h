@@ -41,8 +41,14 @@ enum class Method {
   kReplicaRebuild,
   kReplicaFail,
   kReplicaVerify,
+  kBackupCreate,
+  kBackupList,
+  kBackupShow,
+  kBackupVerify,
+  kBackupDelete,
+  kBackupRestore,
 };
-inline constexpr size_t kMethodCount = static_cast<size_t>(Method::kReplicaVerify) + 1;
+inline constexpr size_t kMethodCount = static_cast<size_t>(Method::kBackupRestore) + 1;
 
 // The JSON type and the check a parameter gets (Params' accessors).
 enum class ParamKind {

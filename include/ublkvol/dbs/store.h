@@ -241,6 +241,17 @@ class Store {
   [[nodiscard]] std::vector<SnapshotInfo> list_all_snapshots() const;
   [[nodiscard]] Result<SnapshotInfo> snapshot_info(SnapshotId snapshot) const;
   [[nodiscard]] Result<SnapshotId> find_snapshot(VolumeId volume, std::string_view name) const;
+  // Byte ranges that hold data in the snapshot (its layer or a layer under
+  // it), sorted and merged, at 4 KiB granularity (what a full backup reads).
+  [[nodiscard]] Result<std::vector<std::pair<uint64_t, uint64_t>>> snapshot_mapped_ranges(
+      SnapshotId snapshot) const;
+  // Byte ranges written after `base` up to `snapshot`: the blocks the layers
+  // from `snapshot` down to (not including) `base` hold - from the layer
+  // maps, no data is read. Every other block of `snapshot` reads as in
+  // `base` (what an incremental backup reads). EINVAL unless `base` is
+  // `snapshot` or a snapshot under it (the same chain).
+  [[nodiscard]] Result<std::vector<std::pair<uint64_t, uint64_t>>> changed_ranges(
+      SnapshotId base, SnapshotId snapshot) const;
 
   // ---- Asynchronous data path ----
   // Queues `io`; device requests go out in batches at kick()/poll().

@@ -1,0 +1,68 @@
+// Backup deletion and chunk garbage collection (include/ublkvol/backup/gc.h).
+#include "ublkvol/backup/gc.h"
+
+#include <cerrno>
+#include <set>
+
+namespace ublkvol::backup {
+
+namespace {
+
+// Collection proper; the caller holds the exclusive lock.
+Result<GcResult> collect_locked(Repository& repo) {
+  std::set<ChunkHash> live;
+  for (const bool partial : {false, true}) {
+    UBLKVOL_ASSIGN_OR_RETURN(auto names, repo.list_backups(partial));
+    for (const auto& name : names) {
+      auto manifest = partial ? repo.get_partial(name) : repo.get_manifest(name);
+      if (!manifest) {
+        // Its chunks are unknown: removing anything could lose them.
+        return manifest.error().with_context("garbage collection stopped before removing anything");
+      }
+      for (const auto& entry : manifest->entries) {
+        live.insert(entry.hash);
+      }
+    }
+  }
+  GcResult result;
+  result.chunks_live = live.size();
+  UBLKVOL_ASSIGN_OR_RETURN(auto keys, repo.target().list("chunks/"));
+  for (const auto& key : keys) {
+    const auto slash = key.rfind('/');
+    auto hash = ChunkHash::parse_hex(std::string_view(key).substr(slash + 1));
+    if (!hash || Repository::chunk_key(*hash) != key) {
+      continue;  // not a chunk this format writes: leave it alone
+    }
+    if (live.count(*hash) == 0) {
+      UBLKVOL_TRY(repo.target().remove(key));
+      ++result.chunks_removed;
+    }
+  }
+  UBLKVOL_TRY(repo.target().remove_temporaries());
+  return result;
+}
+
+}  // namespace
+
+Result<GcResult> collect_garbage(Repository& repo) {
+  UBLKVOL_ASSIGN_OR_RETURN(auto lock, repo.target().lock(/*exclusive=*/true));
+  return collect_locked(repo);
+}
+
+Result<GcResult> delete_backup(Repository& repo, std::string_view backup) {
+  UBLKVOL_TRY(check_backup_name(backup, "backup name"));
+  UBLKVOL_ASSIGN_OR_RETURN(auto lock, repo.target().lock(/*exclusive=*/true));
+  const std::string manifest = Repository::manifest_key(backup);
+  const std::string partial = Repository::partial_key(backup);
+  UBLKVOL_ASSIGN_OR_RETURN(const bool has_manifest, repo.target().exists(manifest));
+  UBLKVOL_ASSIGN_OR_RETURN(const bool has_partial, repo.target().exists(partial));
+  if (!has_manifest && !has_partial) {
+    return Error(ENOENT, repo.target().describe() + ": no backup '" + std::string(backup) + "'");
+  }
+  // Manifests first: from here on its chunks are garbage, whatever happens.
+  UBLKVOL_TRY(repo.target().remove(manifest));
+  UBLKVOL_TRY(repo.target().remove(partial));
+  return collect_locked(repo);
+}
+
+}  // namespace ublkvol::backup

@@ -1,0 +1,227 @@
+// ublk-volume backup create/list/show/verify/delete (docs/backup-format.md).
+#include <memory>
+#include <sstream>
+#include <string>
+
+#include "commands.h"
+#include "progress.h"
+#include "render.h"
+#include "table.h"
+
+namespace ublkvol::cli {
+namespace {
+
+std::string text(const Json& j, const char* key) {
+  const Json& v = j.contains(key) ? j.at(key) : Json();
+  if (v.is_string()) {
+    return v.get<std::string>();
+  }
+  return v.is_null() ? "-" : v.dump();
+}
+
+void render_backup_list(std::ostream& out, const Json& result) {
+  const Json backups = result.value("backups", Json::array());
+  if (backups.empty()) {
+    out << "no backups\n";
+  } else {
+    Table table({{"NAME"}, {"VOLUME"}, {"SNAPSHOT"}, {"PARENT"}, {"SIZE"}, {"DATA"}, {"CHUNKS"}});
+    for (const auto& b : backups) {
+      table.add_row({text(b, "name"), text(b, "volume"), text(b, "snapshot"),
+                     b.value("parent", std::string()).empty() ? "-" : text(b, "parent"),
+                     text(b, "size"), text(b, "data_bytes"), text(b, "chunks")});
+    }
+    table.print(out);
+  }
+  const Json jobs = result.value("jobs", Json::array());
+  if (!jobs.empty()) {
+    out << "\njobs:\n";
+    Table table({{"NAME"}, {"VOLUME"}, {"SNAPSHOT"}, {"STATE"}, {"PROGRESS"}, {"ERROR"}});
+    for (const auto& j : jobs) {
+      Progress p;
+      p.percent = j.value("percent", 0.0);
+      p.bytes_per_second = static_cast<double>(j.value("rate", uint64_t{0}));
+      p.eta_seconds = j["eta_seconds"].is_number() ? j["eta_seconds"].get<double>() : -1;
+      table.add_row({text(j, "name"), text(j, "volume"), text(j, "snapshot"), text(j, "state"),
+                     render_progress(p, 20), j.value("error", std::string())});
+    }
+    table.print(out);
+  }
+}
+
+void render_backup_show(std::ostream& out, const Json& result) {
+  if (result.contains("backup")) {
+    const Json& b = result["backup"];
+    for (const char* key :
+         {"name", "volume", "snapshot", "parent", "size", "data_bytes", "chunks", "create_time"}) {
+      out << key << ": " << text(b, key) << '\n';
+    }
+  }
+  for (const auto& j : result.value("jobs", Json::array())) {
+    out << "job: " << text(j, "state") << ", " << j.value("percent", 0.0) << "% ("
+        << text(j, "chunks_done") << "/" << text(j, "chunks_total") << " chunks)";
+    if (!j.value("error", std::string()).empty()) {
+      out << ": " << text(j, "error");
+    }
+    out << '\n';
+  }
+}
+
+// --wait: polls backup.show until the job is no longer running.
+ExitCode wait_for_backup(Session& s, const std::string& target, const std::string& name) {
+  ProgressReporter reporter(s.env().out, s.env().stdout_is_tty, "backup " + name);
+  for (;;) {
+    auto r = s.call(Method::kBackupShow, {{"target", target}, {"name", name}});
+    if (!r) {
+      return s.status();
+    }
+    const Json jobs = r->value("jobs", Json::array());
+    if (jobs.empty()) {
+      reporter.finish("done");
+      return ExitCode::kOk;
+    }
+    const Json& j = jobs.back();
+    Progress p;
+    p.percent = j.value("percent", 0.0);
+    p.bytes_per_second = static_cast<double>(j.value("rate", uint64_t{0}));
+    p.eta_seconds = j["eta_seconds"].is_number() ? j["eta_seconds"].get<double>() : -1;
+    reporter.update(p);
+    const std::string state = j.value("state", std::string());
+    if (state == "done") {
+      reporter.finish("done");
+      return ExitCode::kOk;
+    }
+    if (state != "running") {
+      reporter.finish(state + ": " + j.value("error", std::string()));
+      return ExitCode::kFailed;
+    }
+    s.env().sleep(kPollSeconds);
+  }
+}
+
+}  // namespace
+
+void add_backup_commands(CLI::App& app, CommandTree& tree) {
+  CLI::App* backup = app.add_subcommand("backup", "Back up snapshots to a directory and restore");
+  backup->require_subcommand(1);
+  backup->footer(
+      "Examples:\n"
+      "  ublk-volume backup create vol0 --snapshot nightly-1 --to /mnt/backup --wait\n"
+      "  ublk-volume backup create vol0 --snapshot nightly-2 --to /mnt/backup "
+      "--parent vol0-nightly-1\n"
+      "  ublk-volume backup verify vol0-nightly-2 --target /mnt/backup\n");
+
+  struct Args {
+    std::string volume, snapshot, target, name, parent;
+    std::vector<std::string> stores;
+    int64_t min_replicas = -1;
+    double rate = -1;
+    bool wait = false;
+  };
+  auto a = std::make_shared<Args>();
+
+  CLI::App* c = tree.add(
+      backup, "create", Method::kBackupCreate,
+      "  ublk-volume backup create vol0 --snapshot nightly-1 --to /mnt/backup --rate 200 --wait\n",
+      [a](Session& s) {
+        Json params = {{"volume", a->volume}, {"snapshot", a->snapshot}, {"target", a->target}};
+        if (!a->name.empty()) {
+          params["name"] = a->name;
+        }
+        if (!a->parent.empty()) {
+          params["parent"] = a->parent;
+        }
+        if (a->rate >= 0) {
+          params["rate"] = static_cast<uint64_t>(a->rate);
+        }
+        auto r = s.call(Method::kBackupCreate, params);
+        if (!r) {
+          return s.status();
+        }
+        const std::string name = r->value("name", a->name);
+        if (a->wait) {
+          return wait_for_backup(s, a->target, name);
+        }
+        return s.done(*r, "backup '" + name +
+                              "' started (follow it with: ublk-volume backup show " + name +
+                              " --target " + a->target + ")");
+      });
+  c->add_option("volume", a->volume, "Volume name")->required();
+  c->add_option("--snapshot", a->snapshot, "Snapshot to back up")->required();
+  c->add_option("--to", a->target, "Target: an absolute directory path (or dir:/path)")->required();
+  c->add_option("--name", a->name, "Backup name (default: VOLUME-SNAPSHOT)");
+  c->add_option("--parent", a->parent,
+                "Incremental: the backup of an older snapshot of the volume on the same target");
+  c->add_option("--rate", a->rate, "Read at most this many MB/s (default: unthrottled)")
+      ->check(CLI::NonNegativeNumber);
+  c->add_flag("--wait", a->wait, "Wait for the backup to finish, showing progress");
+
+  c = tree.add(backup, "list", Method::kBackupList,
+               "  ublk-volume backup list --target /mnt/backup\n", [a](Session& s) {
+                 return s.show(Method::kBackupList, {{"target", a->target}}, render_backup_list);
+               });
+  c->add_option("--target", a->target, "Target directory")->required();
+
+  c = tree.add(backup, "show", Method::kBackupShow,
+               "  ublk-volume backup show vol0-nightly-1 --target /mnt/backup\n", [a](Session& s) {
+                 return s.show(Method::kBackupShow, {{"target", a->target}, {"name", a->name}},
+                               render_backup_show);
+               });
+  c->add_option("name", a->name, "Backup name")->required();
+  c->add_option("--target", a->target, "Target directory")->required();
+
+  c = tree.add(backup, "verify", Method::kBackupVerify,
+               "  ublk-volume backup verify vol0-nightly-1 --target /mnt/backup\n",
+               [a](Session& s) {
+                 auto r = s.call(Method::kBackupVerify, {{"target", a->target}, {"name", a->name}});
+                 if (!r) {
+                   return s.status();
+                 }
+                 const Json problems = r->value("problems", Json::array());
+                 ExitCode printed = s.print(*r, [&](std::ostream& out, const Json&) {
+                   if (problems.empty()) {
+                     out << "backup '" << a->name << "': every chunk verified\n";
+                   }
+                   for (const auto& p : problems) {
+                     out << p.get<std::string>() << '\n';
+                   }
+                 });
+                 return problems.empty() ? printed : ExitCode::kFailed;
+               });
+  c->add_option("name", a->name, "Backup name")->required();
+  c->add_option("--target", a->target, "Target directory")->required();
+
+  c = tree.add(backup, "delete", Method::kBackupDelete,
+               "  ublk-volume backup delete vol0-nightly-1 --target /mnt/backup\n",
+               [a](Session& s) {
+                 auto r = s.call(Method::kBackupDelete, {{"target", a->target}, {"name", a->name}});
+                 return r ? s.done(*r, "deleted backup '" + a->name + "' (" +
+                                           text(*r, "chunks_removed") + " chunks removed)")
+                          : s.status();
+               });
+  c->add_option("name", a->name, "Backup name")->required();
+  c->add_option("--target", a->target, "Target directory")->required();
+
+  c = tree.add(
+      backup, "restore", Method::kBackupRestore,
+      "  ublk-volume backup restore vol0-nightly-1 --target /mnt/backup --volume vol0-copy "
+      "--store a --store b\n",
+      [a](Session& s) {
+        Json params = {
+            {"target", a->target}, {"name", a->name}, {"volume", a->volume}, {"stores", a->stores}};
+        if (a->min_replicas >= 0) {
+          params["min_replicas"] = a->min_replicas;
+        }
+        auto r = s.call(Method::kBackupRestore, params);
+        return r ? s.done(*r,
+                          "restored backup '" + a->name + "' into new volume '" + a->volume + "'")
+                 : s.status();
+      });
+  c->add_option("name", a->name, "Backup name")->required();
+  c->add_option("--target", a->target, "Target directory")->required();
+  c->add_option("--volume", a->volume, "Name of the new volume")->required();
+  c->add_option("--store", a->stores, "A store for a replica (repeat for more replicas)")
+      ->required();
+  c->add_option("--min-replicas", a->min_replicas, "Replicas that must stay in sync");
+}
+
+}  // namespace ublkvol::cli

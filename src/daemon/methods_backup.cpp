@@ -1,0 +1,230 @@
+// backup.create / list / show / verify / delete (docs/control-protocol.md,
+// docs/backup-format.md). create starts a background job (backup_jobs.h);
+// the others work on the target synchronously on the control thread.
+#include <algorithm>
+#include <cerrno>
+#include <spdlog/spdlog.h>
+
+#include "ublkvol/backup/gc.h"
+#include "ublkvol/backup/repository.h"
+#include "ublkvol/backup/restore.h"
+
+#include "handlers.h"
+#include "store_paths.h"
+
+namespace ublkvol::daemon {
+namespace {
+
+Json manifest_json(const backup::Manifest& m) {
+  return {{"name", m.name},
+          {"volume", m.volume},
+          {"snapshot", m.snapshot},
+          {"parent", m.parent},
+          {"size", m.volume_size},
+          {"chunks", m.entries.size()},
+          {"data_bytes", m.data_blocks() * backup::kBlockBytes},
+          {"create_time", m.create_time},
+          {"complete", m.complete}};
+}
+
+Json jobs_of(Registry& r, const std::string& target, const std::string& name = "") {
+  Json out = Json::array();
+  for (const auto& job : r.backup_jobs.list()) {
+    if (job["target"] == target && (name.empty() || job["name"] == name)) {
+      out.push_back(job);
+    }
+  }
+  return out;
+}
+
+// The daemon (root) reads, writes and deletes files under a target: only
+// root may name one (store.add's store_dirs rule has no equivalent here yet).
+Status check_may_use_targets(const Params& p) {
+  if (!may_name_any_path(p.peer())) {
+    return Error(EACCES, "backup targets may be named by root only (uid " +
+                             std::to_string(p.peer().uid) + ")");
+  }
+  return ok_status();
+}
+
+struct TargetArgs {
+  std::string target;
+  std::string name;
+};
+
+Result<TargetArgs> parse_target(Params& p, bool with_name) {
+  TargetArgs a;
+  UBLKVOL_ASSIGN_OR_RETURN(a.target, p.string("target"));
+  if (with_name) {
+    UBLKVOL_ASSIGN_OR_RETURN(a.name, p.name("name"));
+  }
+  UBLKVOL_TRY(p.finish());
+  UBLKVOL_TRY(check_may_use_targets(p));
+  return a;
+}
+
+// Writes a restore into the DBS volume of every replica of a volume that was
+// just created and is not exposed: each replica receives the same bytes, so
+// they agree, and nothing else writes to the volume yet.
+class ReplicasWriter final : public backup::VolumeWriter {
+ public:
+  explicit ReplicasWriter(VolumeEntry& v) : volume_(v) {}
+  Status write(uint64_t offset, std::span<const std::byte> data) override {
+    for (auto& slot : volume_.slots) {
+      if (slot.store == nullptr) {
+        continue;
+      }
+      UBLKVOL_TRY(slot.store->run([&](dbs::Store& store) -> Status {
+        UBLKVOL_ASSIGN_OR_RETURN(const dbs::VolumeId id, store.find_volume(volume_.name));
+        return store.write(id, offset, data);
+      }));
+    }
+    return ok_status();
+  }
+  Status commit() {
+    for (auto& slot : volume_.slots) {
+      if (slot.store != nullptr) {
+        UBLKVOL_TRY(slot.store->run([](dbs::Store& store) { return store.commit(); }));
+      }
+    }
+    return ok_status();
+  }
+
+ private:
+  VolumeEntry& volume_;
+};
+
+}  // namespace
+
+Result<Json> backup_create(Registry& r, Params& p) {
+  BackupJobSpec spec;
+  UBLKVOL_ASSIGN_OR_RETURN(spec.volume, p.name("volume"));
+  UBLKVOL_ASSIGN_OR_RETURN(spec.snapshot, p.name("snapshot"));
+  UBLKVOL_ASSIGN_OR_RETURN(spec.target, p.string("target"));
+  UBLKVOL_ASSIGN_OR_RETURN(auto name, p.optional_name("name"));
+  UBLKVOL_ASSIGN_OR_RETURN(auto parent, p.optional_name("parent"));
+  UBLKVOL_ASSIGN_OR_RETURN(auto rate, p.optional_uint("rate"));
+  UBLKVOL_TRY(p.finish());
+  UBLKVOL_TRY(check_may_use_targets(p));
+  spec.name = name.value_or(spec.volume + "-" + spec.snapshot);
+  spec.parent = parent.value_or("");
+  // MiB/s on the wire, as replica.verify's rate.
+  spec.rate_bytes_per_sec = rate.value_or(0) << 20U;
+  UBLKVOL_TRY(backup::check_backup_name(spec.name, "backup name"));
+  // Refuse a target that does not open now rather than in the job.
+  UBLKVOL_ASSIGN_OR_RETURN(auto target, backup::open_target(spec.target));
+  UBLKVOL_ASSIGN_OR_RETURN(VolumeEntry * v, r.open_volume_named(spec.volume));
+  UBLKVOL_ASSIGN_OR_RETURN(const std::vector<std::string> snapshots, r.list_snapshots(*v));
+  if (std::find(snapshots.begin(), snapshots.end(), spec.snapshot) == snapshots.end()) {
+    return Error(ENOENT,
+                 "volume " + named(spec.volume) + " has no snapshot " + named(spec.snapshot));
+  }
+  // One healthy replica is read: the first in sync.
+  const engine::VolumeStatus status = v->engine->status();
+  for (size_t i = 0; i < status.replicas.size() && i < v->slots.size(); ++i) {
+    StoreEntry* s = v->slots[i].store;
+    if (status.replicas[i].state != engine::ReplicaState::kInSync || s == nullptr || !s->online()) {
+      continue;
+    }
+    spec.store = s->name;
+    UBLKVOL_TRY(r.backup_jobs.start(spec, *s->store, *s->thread));
+    spdlog::info("backup '{}' of volume '{}' snapshot '{}' to {} started (replica on store '{}')",
+                 spec.name, spec.volume, spec.snapshot, spec.target, spec.store);
+    return Json{{"name", spec.name}, {"target", spec.target}, {"store", spec.store}};
+  }
+  return Error(EIO, "volume " + named(spec.volume) + " has no in-sync replica to back up from");
+}
+
+Result<Json> backup_list(Registry& r, Params& p) {
+  UBLKVOL_ASSIGN_OR_RETURN(const TargetArgs a, parse_target(p, false));
+  UBLKVOL_ASSIGN_OR_RETURN(auto target, backup::open_target(a.target));
+  backup::Repository repo(*target);
+  Json backups = Json::array();
+  UBLKVOL_ASSIGN_OR_RETURN(const auto names, repo.list_backups());
+  for (const auto& name : names) {
+    auto m = repo.get_manifest(name);
+    backups.push_back(m ? manifest_json(*m)
+                        : Json{{"name", name}, {"error", m.error().to_string()}});
+  }
+  UBLKVOL_ASSIGN_OR_RETURN(const auto partial, repo.list_backups(/*partial=*/true));
+  return Json{{"backups", backups}, {"partial", partial}, {"jobs", jobs_of(r, a.target)}};
+}
+
+Result<Json> backup_show(Registry& r, Params& p) {
+  UBLKVOL_ASSIGN_OR_RETURN(const TargetArgs a, parse_target(p, true));
+  UBLKVOL_ASSIGN_OR_RETURN(auto target, backup::open_target(a.target));
+  backup::Repository repo(*target);
+  Json out{{"name", a.name}, {"jobs", jobs_of(r, a.target, a.name)}};
+  auto m = repo.get_manifest(a.name);
+  if (m.ok()) {
+    out["backup"] = manifest_json(*m);
+  } else if (m.error().kind() != ErrorKind::kNotFound || out["jobs"].empty()) {
+    return m.error();
+  }
+  return out;
+}
+
+Result<Json> backup_verify(Registry& /*r*/, Params& p) {
+  UBLKVOL_ASSIGN_OR_RETURN(const TargetArgs a, parse_target(p, true));
+  UBLKVOL_ASSIGN_OR_RETURN(auto target, backup::open_target(a.target));
+  backup::Repository repo(*target);
+  UBLKVOL_ASSIGN_OR_RETURN(auto lock, target->lock(/*exclusive=*/false));
+  UBLKVOL_ASSIGN_OR_RETURN(const auto problems, repo.verify(a.name));
+  return Json{{"name", a.name}, {"problems", problems}};
+}
+
+Result<Json> backup_delete(Registry& r, Params& p) {
+  UBLKVOL_ASSIGN_OR_RETURN(const TargetArgs a, parse_target(p, true));
+  for (const auto& job : jobs_of(r, a.target, a.name)) {
+    if (job["state"] == "running") {
+      return Error(EBUSY, "backup " + named(a.name) + " to " + a.target +
+                              " is running (wait for it to finish)");
+    }
+  }
+  UBLKVOL_ASSIGN_OR_RETURN(auto target, backup::open_target(a.target));
+  backup::Repository repo(*target);
+  UBLKVOL_ASSIGN_OR_RETURN(const auto gc, backup::delete_backup(repo, a.name));
+  spdlog::info("backup '{}' on {} deleted: {} chunks removed", a.name, a.target, gc.chunks_removed);
+  return Json{{"chunks_removed", gc.chunks_removed}, {"chunks_live", gc.chunks_live}};
+}
+
+Result<Json> backup_restore(Registry& r, Params& p) {
+  UBLKVOL_ASSIGN_OR_RETURN(const std::string target_name, p.string("target"));
+  UBLKVOL_ASSIGN_OR_RETURN(const std::string name, p.name("name"));
+  UBLKVOL_ASSIGN_OR_RETURN(const std::string volume, p.name("volume"));
+  UBLKVOL_ASSIGN_OR_RETURN(const auto stores, p.name_list("stores", 1, engine::kMaxReplicas));
+  UBLKVOL_ASSIGN_OR_RETURN(const auto min_replicas, p.optional_uint("min_replicas"));
+  UBLKVOL_TRY(p.finish());
+  UBLKVOL_TRY(check_may_use_targets(p));
+  UBLKVOL_ASSIGN_OR_RETURN(auto target, backup::open_target(target_name));
+  backup::Repository repo(*target);
+  UBLKVOL_ASSIGN_OR_RETURN(const backup::Manifest manifest, repo.get_manifest(name));
+  // The new volume, as volume.create makes it (same checks, intent, state).
+  Json create{{"name", volume}, {"size", manifest.volume_size}, {"stores", stores}};
+  if (min_replicas) {
+    create["min_replicas"] = *min_replicas;
+  }
+  Params create_params(create, p.peer());
+  UBLKVOL_TRY(volume_create(r, create_params));
+  UBLKVOL_ASSIGN_OR_RETURN(VolumeEntry * v, r.volume_named(volume));
+  ReplicasWriter writer(*v);
+  auto restored = backup::run_restore(repo, name, writer, {});
+  Status done = restored.ok() ? writer.commit() : Status(restored.error());
+  if (!done) {
+    // Nothing half-restored stays: the new volume goes again.
+    const Json remove{{"name", volume}};  // Params keeps a reference: must outlive it
+    Params delete_params(remove, p.peer());
+    if (auto deleted = volume_delete(r, delete_params); !deleted) {
+      spdlog::error("backup.restore: could not delete the half-restored volume '{}': {}", volume,
+                    deleted.error().to_string());
+    }
+    return done.error();
+  }
+  spdlog::info("backup '{}' on {} restored into new volume '{}' ({} chunks)", name, target_name,
+               volume, manifest.entries.size());
+  return Json{{"volume", volume},
+              {"chunks", manifest.entries.size()},
+              {"data_bytes", manifest.data_blocks() * backup::kBlockBytes}};
+}
+
+}  // namespace ublkvol::daemon
