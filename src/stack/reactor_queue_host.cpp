@@ -3,6 +3,7 @@
 #include "ublkvol/stack/reactor_queue_host.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <spdlog/spdlog.h>
 #include <string>
 
@@ -69,6 +70,26 @@ void ReactorQueueHost::remove_poller(const ublk::QueueRef& ref, reactor::Poller&
 
 void ReactorQueueHost::keep_until_exit(const ublk::QueueRef& ref, std::shared_ptr<void> resources) {
   slot_of(ref).kept.push_back(std::move(resources));
+}
+
+Result<std::unique_ptr<reactor::ReactorSet>> start_reactors(unsigned count, bool pin,
+                                                            bool io_flusher) {
+  reactor::ReactorSetOptions options;
+  options.count = count;
+  options.pin = pin;
+  options.io_flusher = io_flusher;
+  auto set = reactor::ReactorSet::start(options);
+  if (!set && io_flusher && set.error().errno_value() == EPERM) {
+    spdlog::warn(
+        "reactors: PR_SET_IO_FLUSHER refused: memory reclaim may wait on them; grant "
+        "CAP_SYS_RESOURCE");
+    options.io_flusher = false;
+    set = reactor::ReactorSet::start(options);
+  }
+  if (!set) {
+    return set.error().with_context(std::to_string(count) + " reactors");
+  }
+  return set;
 }
 
 }  // namespace ublkvol::stack

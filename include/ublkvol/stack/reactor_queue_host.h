@@ -60,4 +60,10 @@ class ReactorQueueHost final : public ublk::QueueHost {
   std::vector<Slot> slots_;
 };
 
+// The reactors of a `--reactors N` / config `reactors` (0: one per CPU of
+// the affinity mask), pinned if `pin`. IO_FLUSHER needs CAP_SYS_RESOURCE:
+// refused, the set starts unmarked with a warning (as queue threads do).
+Result<std::unique_ptr<reactor::ReactorSet>> start_reactors(unsigned count, bool pin,
+                                                            bool io_flusher);
+
 }  // namespace ublkvol::stack
