@@ -43,6 +43,13 @@ TEST_F(ReactorsTest, StoresSpreadOverTheReactorsAndQueuesDefaultToOnePerReactor)
                     .ok());
     EXPECT_EQ(ran_on, &registry_->reactors->at(i % 2)) << names[i];
   }
+  // daemon.status lists the reactors and the stores each serves.
+  const Json status = ok("daemon.status");
+  ASSERT_TRUE(status.contains("reactors")) << status.dump();
+  ASSERT_EQ(status["reactors"].size(), 2U) << status.dump();
+  EXPECT_EQ(status["reactors"][0]["stores"], Json::array({"a", "c"})) << status.dump();
+  EXPECT_EQ(status["reactors"][1]["stores"], Json::array({"b"})) << status.dump();
+  EXPECT_EQ(status["reactors"][1]["cpu"], registry_->reactors->at(1).cpu()) << status.dump();
   const ublk::DeviceOptions device = registry_->device_base_options();
   EXPECT_EQ(device.queue_loop, ublk::QueueLoop::kExternal);
   EXPECT_EQ(device.queue_host, registry_->queue_host.get());
@@ -68,6 +75,7 @@ TEST_F(ReactorsTest, WithoutTheKeyStoresKeepAThreadEach) {
   config_.queues = 1;
   start();
   EXPECT_EQ(registry_->reactors, nullptr);
+  EXPECT_EQ(ok("daemon.status")["reactors"], Json::array());
   StoreEntry* s = add_memory_store("a");
   ASSERT_NE(s, nullptr);
   ASSERT_NE(s->thread->home_reactor(), nullptr);
