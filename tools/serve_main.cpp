@@ -28,6 +28,8 @@
 #include <string>
 #include <system_error>
 
+#include "ublkvol/reactor/reactor.h"
+#include "ublkvol/stack/reactor_queue_host.h"
 #include "ublkvol/ublk/control.h"
 #include "ublkvol/ublk/device.h"
 #include "ublkvol/ublk/features.h"
@@ -119,6 +121,7 @@ struct Args {
   std::string store_size = "0";
   std::string max_io = "0";
   std::string queue_loop = "thread";
+  int reactors = -1;  // --reactors; -1: not given
   bool recover = false;
   bool no_pin = false;
   bool no_io_flusher = false;
@@ -191,10 +194,27 @@ int serve(Args& args) {
     return fail(errno_error("cannot create signalfd"));
   }
 
-  // --queue-loop external: one thread runs every queue (created after the
-  // signal mask, which it inherits; destroyed after the device).
-  std::unique_ptr<SingleThreadQueueHost> host;
-  if (config.queue_loop == QueueLoop::kExternal) {
+  // --reactors N: queues and replica stores on one ReactorSet; else
+  // --queue-loop external: one thread runs every queue. Created after the
+  // signal mask, which the threads inherit; destroyed after the device and
+  // the backend (declared before them).
+  std::unique_ptr<reactor::ReactorSet> reactors;
+  std::unique_ptr<QueueHost> host;
+  if (args.reactors >= 0) {
+    auto started = stack::start_reactors(static_cast<unsigned>(args.reactors), !args.no_pin,
+                                         config.device.io_flusher);
+    if (!started) {
+      return fail(started.error());
+    }
+    reactors = std::move(started.value());
+    host = std::make_unique<stack::ReactorQueueHost>(*reactors);
+    config.reactors = reactors.get();
+    config.queue_loop = QueueLoop::kExternal;
+    config.device.queue_loop = QueueLoop::kExternal;
+    config.device.queue_host = host.get();
+    spdlog::info("{} reactors (ublk queue q on reactor q mod {}, replica i on reactor i mod {})",
+                 reactors->size(), reactors->size(), reactors->size());
+  } else if (config.queue_loop == QueueLoop::kExternal) {
     auto started = SingleThreadQueueHost::start(config.device.io_flusher);
     if (!started) {
       return fail(started.error());
@@ -397,7 +417,12 @@ int main(int argc, char** argv) try {
                  "thread: a thread per queue; external: every queue polled by one thread "
                  "(the reactor model)")
       ->capture_default_str();
-  app.add_flag("--no-pin", args.no_pin, "do not pin queue threads to their CPUs");
+  app.add_option("--reactors", args.reactors,
+                 "run the queues and the replica stores on N reactors (0: one per CPU of the "
+                 "affinity mask): queue q on reactor q mod N, replica i on reactor i mod N; "
+                 "implies --queue-loop external")
+      ->check(CLI::NonNegativeNumber);
+  app.add_flag("--no-pin", args.no_pin, "do not pin queue threads (or reactors) to their CPUs");
   app.add_flag("--no-io-flusher", args.no_io_flusher, "do not mark queue threads IO_FLUSHER");
   try {
     app.parse(argc, argv);

@@ -87,14 +87,29 @@ Status Registry::open_store(StoreEntry& entry, std::unique_ptr<dbs::FileDevice> 
   if (std::string same = same_store(watch->identity(), entry.uuid, &entry); !same.empty()) {
     return Error(EEXIST, "store " + named(entry.name) + " (" + entry.path + ") " + same);
   }
-  engine::StoreThreadOptions thread_options;
-  thread_options.name = "store-" + entry.name.substr(0, 8);
-  UBLKVOL_ASSIGN_OR_RETURN(entry.thread, engine::StoreThread::start(thread_options));
+  UBLKVOL_ASSIGN_OR_RETURN(entry.thread,
+                           engine::StoreThread::start(store_thread_options(entry.name, &entry)));
   entry.watch = std::move(*watch);
   entry.device = std::move(*device);
   entry.store = std::move(store);
   entry.error.clear();
   return ok_status();
+}
+
+engine::StoreThreadOptions Registry::store_thread_options(const std::string& name,
+                                                          const StoreEntry* entry) const {
+  engine::StoreThreadOptions options;
+  options.name = "store-" + name.substr(0, 8);
+  if (reactors) {
+    // Store i (its place in the registry; a new one goes last) on reactor
+    // i mod N: stores spread evenly over the reactors.
+    auto it =
+        std::find_if(stores.begin(), stores.end(),
+                     [entry](const std::unique_ptr<StoreEntry>& s) { return s.get() == entry; });
+    const auto index = static_cast<unsigned>(it - stores.begin());
+    options.reactor = &reactors->for_store(index);
+  }
+  return options;
 }
 
 engine::ReplicatedVolumeOptions Registry::engine_options(const VolumeEntry& v) const {
@@ -226,9 +241,8 @@ Result<StoreEntry*> Registry::add_open_store(const std::string& name, const std:
   if (std::string same = same_store(std::nullopt, entry->uuid, nullptr); !same.empty()) {
     return Error(EEXIST, "store " + named(name) + " " + same);
   }
-  engine::StoreThreadOptions thread_options;
-  thread_options.name = "store-" + name.substr(0, 8);
-  UBLKVOL_ASSIGN_OR_RETURN(entry->thread, engine::StoreThread::start(thread_options));
+  UBLKVOL_ASSIGN_OR_RETURN(entry->thread,
+                           engine::StoreThread::start(store_thread_options(name, nullptr)));
   entry->device = std::move(device);
   entry->store = std::move(store);
   StoreEntry* added = entry.get();

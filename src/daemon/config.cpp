@@ -106,6 +106,7 @@ Result<DaemonConfig> parse_config(std::string_view text, const std::string& orig
     return invalid(origin, std::string("must be a JSON object, not ") + doc.type_name());
   }
   DaemonConfig config;
+  bool queues_given = false;
   for (const auto& [key, value] : doc.items()) {
     if (key == "state_dir") {
       UBLKVOL_TRY(read_string(value, key, origin, config.state_dir));
@@ -115,6 +116,13 @@ Result<DaemonConfig> parse_config(std::string_view text, const std::string& orig
       UBLKVOL_TRY(read_string(value, key, origin, config.socket_group));
     } else if (key == "queues") {
       UBLKVOL_TRY(read_uint(value, key, origin, config.queues));
+      queues_given = true;
+    } else if (key == "reactors") {
+      if (!value.is_null()) {
+        unsigned n = 0;
+        UBLKVOL_TRY(read_uint(value, key, origin, n));
+        config.reactors = n;
+      }
     } else if (key == "queue_depth") {
       UBLKVOL_TRY(read_uint(value, key, origin, config.queue_depth));
     } else if (key == "io_deadline_ms") {
@@ -156,6 +164,12 @@ Result<DaemonConfig> parse_config(std::string_view text, const std::string& orig
     } else {
       return invalid(origin, "unknown key '" + key + "'");
     }
+  }
+  if (queues_given && config.queues == 0) {
+    return invalid(origin, "queues 0 is out of range 1..60");
+  }
+  if (config.reactors && !queues_given) {
+    config.queues = 0;  // one per reactor, once the daemon knows how many
   }
   Status valid = validate_config(config);
   if (!valid.ok()) {
@@ -199,7 +213,11 @@ Status validate_config(const DaemonConfig& config) {
     return Error(EINVAL, "control_socket '" + config.control_socket + "' is longer than " +
                              std::to_string(sizeof(sockaddr_un{}.sun_path) - 1) + " bytes");
   }
-  if (config.queues < 1 || config.queues > 60) {
+  if (config.reactors && *config.reactors > 1024) {
+    return Error(EINVAL, "reactors " + std::to_string(*config.reactors) +
+                             " is out of range 0..1024 (0: one per CPU)");
+  }
+  if ((config.queues < 1 && !config.reactors) || config.queues > 60) {
     return Error(EINVAL, "queues " + std::to_string(config.queues) + " is out of range 1..60");
   }
   if (config.queue_depth < 4 || config.queue_depth > 4096) {

@@ -342,9 +342,19 @@ Status Registry::require_optional_feature(uint64_t flag) {
   return ok_status();
 }
 
+ublk::DeviceOptions Registry::device_base_options() const {
+  ublk::DeviceOptions options;
+  if (queue_host) {
+    // Queue q on reactor q mod N, next to the stores (reactor_queue_host.h).
+    options.queue_loop = ublk::QueueLoop::kExternal;
+    options.queue_host = queue_host.get();
+  }
+  return options;
+}
+
 // NOLINTNEXTLINE(readability-make-member-function-const): exposes a volume this service owns
 Status Registry::create_device(VolumeEntry& v, unsigned queues, unsigned depth, int32_t dev_id) {
-  ublk::DeviceOptions options;
+  ublk::DeviceOptions options = device_base_options();
   options.dev_id = dev_id;
   options.queues = queues;
   options.queue_depth = depth;

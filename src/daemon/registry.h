@@ -36,6 +36,8 @@
 #include "ublkvol/engine/dbs_replica_store.h"
 #include "ublkvol/engine/replicated_volume.h"
 #include "ublkvol/engine/store_thread.h"
+#include "ublkvol/reactor/reactor.h"
+#include "ublkvol/stack/reactor_queue_host.h"
 #include "ublkvol/ublk/device.h"
 
 #include "backup_jobs.h"
@@ -173,6 +175,8 @@ class Registry {
   // the kernel) or the config key that turned it off.
   Status require_optional_feature(uint64_t flag);
   Status create_device(VolumeEntry& v, unsigned queues, unsigned depth, int32_t dev_id);
+  // Options every device starts from: its queues on the reactors if any.
+  [[nodiscard]] ublk::DeviceOptions device_base_options() const;
 
   // ---- store health (registry.cpp) -------------------------------------------
   void check_stores();
@@ -180,6 +184,10 @@ class Registry {
   // ---- the stack (assembly.cpp) ----------------------------------------------
   [[nodiscard]] dbs::FileDeviceOptions device_options() const;
   [[nodiscard]] dbs::OpenOptions store_open_options() const;
+  // How the thread of `entry` (or of a store about to be added, nullptr)
+  // is started: named after it, on reactor for_store(its index) if any.
+  [[nodiscard]] engine::StoreThreadOptions store_thread_options(const std::string& name,
+                                                                const StoreEntry* entry) const;
   // Opens `entry.path` (or takes `opened`, a device store.add just
   // formatted), opens and checks the DBS store, starts its thread.
   Status open_store(StoreEntry& entry, std::unique_ptr<dbs::FileDevice> opened = nullptr) const;
@@ -210,6 +218,11 @@ class Registry {
 
   DaemonConfig config;
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+  // config.reactors: the set the stores and the devices' queues run on, and
+  // the queue host over it (null: a thread each). Declared before stores and
+  // volumes so that they are destroyed after them.
+  std::unique_ptr<reactor::ReactorSet> reactors;
+  std::unique_ptr<stack::ReactorQueueHost> queue_host;
   std::vector<std::unique_ptr<StoreEntry>> stores;
   std::vector<std::unique_ptr<VolumeEntry>> volumes;
   SaveHook save_hook;

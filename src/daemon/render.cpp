@@ -72,6 +72,29 @@ Json kernel_json(const Registry::KernelInfo& k) {
 }
 }  // namespace
 
+// config.reactors: each reactor, its CPU (null: not pinned) and the stores it
+// serves; [] without reactors (a thread per store and queue).
+Json reactors_json(const Registry& registry) {
+  Json list = Json::array();
+  if (!registry.reactors) {
+    return list;
+  }
+  for (size_t i = 0; i < registry.reactors->size(); ++i) {
+    const reactor::Reactor& r = registry.reactors->at(i);
+    Json stores = Json::array();
+    for (const auto& s : registry.stores) {
+      if (s->thread && s->thread->home_reactor() == &r) {
+        stores.push_back(s->name);
+      }
+    }
+    list.push_back({{"index", i},
+                    {"name", std::string(r.name())},
+                    {"cpu", r.cpu() >= 0 ? Json(r.cpu()) : Json(nullptr)},
+                    {"stores", stores}});
+  }
+  return list;
+}
+
 Json daemon_status_json(Registry& registry, const Status& ublk) {
   Json orphan_list = Json::array();
   for (const auto& [store, o] : registry.orphans()) {
@@ -92,7 +115,8 @@ Json daemon_status_json(Registry& registry, const Status& ublk) {
       {"volumes", registry.volumes.size()},
       {"exposed", registry.exposed_count()},
       {"orphans", orphan_list},
-      {"pending_intents", registry.intents.pending().size()}};
+      {"pending_intents", registry.intents.pending().size()},
+      {"reactors", reactors_json(registry)}};
 }
 
 Json volume_stats_json(const VolumeEntry& v) {

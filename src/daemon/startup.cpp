@@ -30,8 +30,19 @@ Result<std::unique_ptr<Registry>> Registry::start(const DaemonConfig& config) {
           ? "FUA data writes (store_data_order fua)"
           : "one device flush per commit (store_data_order flush)",
       registry->device_options().submit_batch);
+  if (config.reactors) {
+    UBLKVOL_ASSIGN_OR_RETURN(registry->reactors,
+                             stack::start_reactors(*config.reactors, true, true));
+    registry->queue_host = std::make_unique<stack::ReactorQueueHost>(*registry->reactors);
+    if (registry->config.queues == 0) {
+      registry->config.queues = std::min(60U, static_cast<unsigned>(registry->reactors->size()));
+    }
+    spdlog::info("{} reactors: store i on reactor i mod {}, ublk queue q on reactor q mod {}",
+                 registry->reactors->size(), registry->reactors->size(),
+                 registry->reactors->size());
+  }
   const unsigned cpus = std::max(1U, std::thread::hardware_concurrency());
-  registry->engine_queues = std::min(60U, std::max(config.queues, cpus));
+  registry->engine_queues = std::min(60U, std::max(registry->config.queues, cpus));
   registry->read_kernel();
   UBLKVOL_ASSIGN_OR_RETURN(registry->intents, IntentLog::open(config.state_dir));
   registry->load(std::move(state));
@@ -222,7 +233,7 @@ void Registry::load(DaemonState state) {
 
 void Registry::reexpose(VolumeEntry& v) {
   const ExposeRecord record = *v.exposed;
-  ublk::DeviceOptions options;
+  ublk::DeviceOptions options = device_base_options();
   options.dev_id = static_cast<int32_t>(record.dev_id);
   options.queues = record.queues;
   options.queue_depth = record.queue_depth;

@@ -15,6 +15,7 @@
 #include "ublkvol/engine/replica_store.h"
 #include "ublkvol/engine/store_thread.h"
 #include "ublkvol/engine/write_through_queue.h"
+#include "ublkvol/reactor/reactor.h"
 #include "ublkvol/stack/store_stack.h"
 
 namespace ublkvol::ublk {
@@ -168,11 +169,15 @@ struct ReplicatedBackend::Impl {
   }
 
   // How every replica file's store is opened: counted, named after the
-  // file, one thread each.
-  static stack::StoreOptions store_options(Replica& r, size_t index) {
+  // file, one thread each - or served on reactor for_store(index) of
+  // config.reactors (--reactors).
+  static stack::StoreOptions store_options(const ServeConfig& config, Replica& r, size_t index) {
     stack::StoreOptions options;
     options.what = "replica file " + r.file;
     options.thread.name = "replica" + std::to_string(index);
+    if (config.reactors != nullptr) {
+      options.thread.reactor = &config.reactors->for_store(static_cast<unsigned>(index));
+    }
     ReplicaCounters* counters = &r.counters;
     options.wrap_device = [counters](dbs::BlockDevice& inner) {
       return std::unique_ptr<dbs::BlockDevice>(std::make_unique<CountingDevice>(inner, *counters));
@@ -242,8 +247,8 @@ Result<std::unique_ptr<ReplicatedBackend>> ReplicatedBackend::open(const ServeCo
     if (!device) {
       return device.error().with_context("replica file " + file);
     }
-    auto opened =
-        stack::open_store(std::move(*device), Impl::store_options(*replica, impl->replicas.size()));
+    auto opened = stack::open_store(std::move(*device),
+                                    Impl::store_options(config, *replica, impl->replicas.size()));
     if (!opened) {
       return opened.error();
     }
@@ -304,7 +309,7 @@ Result<std::unique_ptr<ReplicatedBackend>> ReplicatedBackend::open(const ServeCo
       if (!device) {
         return device.error().with_context("creating replica file " + r->file);
       }
-      stack::StoreOptions options = Impl::store_options(*r, i);
+      stack::StoreOptions options = Impl::store_options(config, *r, i);
       options.format = true;
       auto opened = stack::open_store(std::move(*device), options);
       if (!opened) {

@@ -13,6 +13,10 @@
 #include "ublkvol/ublk/device_options.h"
 #include "ublkvol/ublk/recovery_record.h"
 
+namespace ublkvol::reactor {
+class ReactorSet;
+}
+
 namespace ublkvol::ublk {
 
 // "4096", "64K", "512M", "1G", "2GiB", "1T" (binary units). Refuses empty,
@@ -43,6 +47,10 @@ struct ServeConfig {
   // --queue-loop: kExternal runs every queue on one SingleThreadQueueHost
   // thread. device.queue_loop / queue_host are set once that host exists.
   QueueLoop queue_loop = QueueLoop::kThread;
+  // --reactors: the set the queues (external) and, for replicated, the
+  // replica stores run on (store i on for_store(i)); set once it runs.
+  // nullptr: a thread per store.
+  reactor::ReactorSet* reactors = nullptr;
   DeviceOptions device;
 };
 

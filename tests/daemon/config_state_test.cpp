@@ -74,6 +74,24 @@ TEST(Config, ParsesEveryKey) {
   EXPECT_EQ(config->ublk_features_off, (std::vector<std::string>{"QUIESCE", "UPDATE_SIZE"}));
 }
 
+TEST(Config, ReactorsKey) {
+  const auto none = parse_config(R"({})", "c.json");
+  ASSERT_TRUE(none.ok()) << none.error().message();
+  EXPECT_FALSE(none->reactors.has_value());  // a thread per store and per queue
+  EXPECT_EQ(none->queues, 1u);
+  const auto off = parse_config(R"({"reactors":null})", "c.json");
+  ASSERT_TRUE(off.ok()) << off.error().message();
+  EXPECT_FALSE(off->reactors.has_value());
+  const auto two = parse_config(R"({"reactors":2})", "c.json");
+  ASSERT_TRUE(two.ok()) << two.error().message();
+  EXPECT_EQ(two->reactors, 2u);
+  EXPECT_EQ(two->queues, 0u);  // one per reactor, resolved at start
+  const auto per_cpu = parse_config(R"({"reactors":0,"queues":3})", "c.json");
+  ASSERT_TRUE(per_cpu.ok()) << per_cpu.error().message();
+  EXPECT_EQ(per_cpu->reactors, 0u);
+  EXPECT_EQ(per_cpu->queues, 3u);
+}
+
 TEST(Config, RefusalsNameTheKey) {
   const struct {
     const char* text;
@@ -92,6 +110,9 @@ TEST(Config, RefusalsNameTheKey) {
       {R"({"store_data_order":1})", "key 'store_data_order' must be a string"},
       {R"({"store_submit_batch":257})", "store_submit_batch 257 is out of range 0..256"},
       {R"({"queues":99999999999})", "too large"},
+      {R"({"reactors":"2"})", "key 'reactors' must be an unsigned integer"},
+      {R"({"reactors":2000})", "reactors 2000 is out of range 0..1024"},
+      {R"({"reactors":2,"queues":0})", "queues 0 is out of range"},
       {R"({"ublk_features_off":["ZERO_COPY"]})",
        "ublk_features_off: unknown optional ublk feature 'ZERO_COPY' (known: UPDATE_SIZE, "
        "QUIESCE)"},

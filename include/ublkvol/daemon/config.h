@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -29,7 +30,13 @@ struct DaemonConfig {
   std::string control_socket = "/run/ublk-volumed/control.sock";
   // Group that may use the socket besides root; ignored if it does not exist.
   std::string socket_group = "ublk-volume";
-  // Defaults for volume.expose (per request overridable).
+  // Reactors (docs/architecture.md "Reactors"): unset (null) = a thread per
+  // store and per ublk queue; N = the stores (store i on reactor i mod N) and
+  // the exposed devices' queues (queue q on reactor q mod N) all run on N
+  // pinned reactors; 0 = one reactor per CPU of the daemon's affinity mask.
+  std::optional<unsigned> reactors;
+  // Defaults for volume.expose (per request overridable). 0 only with
+  // `reactors` and `queues` not given: one queue per reactor.
   unsigned queues = 1;
   unsigned queue_depth = 128;
   // A replica request older than this fails the replica.

@@ -45,6 +45,11 @@ struct StoreThreadOptions {
   // (two context switches, plus the waker's eventfd write); longer idle
   // periods cost this much CPU each. 0: sleep at once.
   std::chrono::microseconds spin_before_sleep{0};
+  // Serve the stores on this reactor (a ReactorExecutor on it, shared with
+  // whatever else the reactor runs - ublk queues, other stores) instead of
+  // starting a thread of its own; the two options above are then the
+  // reactor's business. It must outlive the StoreThread. nullptr: own thread.
+  reactor::Reactor* reactor = nullptr;
 };
 
 class StoreThread final : public StoreExecutor {
@@ -72,8 +77,9 @@ class StoreThread final : public StoreExecutor {
   // Producer side: call after pushing requests (wakes the thread if asleep).
   void ring_doorbell() override;
 
-  // Ends the loop and joins. Requests still in flight are abandoned (their
-  // completions never arrive): close the volumes first.
+  // Ends the loop and joins (on a shared reactor: leaves it, synchronously).
+  // Requests still in flight are abandoned (their completions never
+  // arrive): close the volumes first.
   void stop();
   // Fault injection: the thread exits at once, completing nothing that is in
   // flight, as if it had crashed. exited() turns true after its last access

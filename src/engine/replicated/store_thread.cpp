@@ -3,6 +3,8 @@
 // implementation, not a second copy of it.
 #include "ublkvol/engine/store_thread.h"
 
+#include <atomic>
+
 #include "ublkvol/engine/reactor_executor.h"
 #include "ublkvol/reactor/reactor.h"
 
@@ -10,8 +12,18 @@ namespace ublkvol::engine {
 
 struct StoreThread::Impl {
   StoreThreadOptions options;
-  std::unique_ptr<reactor::Reactor> reactor;
+  std::unique_ptr<reactor::Reactor> own;  // null on a shared reactor
+  reactor::Reactor* reactor = nullptr;    // own.get() or options.reactor
   std::unique_ptr<ReactorExecutor> executor;
+  // Shared reactor: stop() destroyed the executor (it left the reactor).
+  std::atomic<bool> left{false};
+
+  [[nodiscard]] bool exited() const {
+    return left || (own != nullptr ? own->exited() : executor->exited());
+  }
+  [[nodiscard]] Error not_running() const {
+    return Error(ESHUTDOWN, "store thread " + options.name + " is not running");
+  }
 };
 
 StoreThread::StoreThread(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -20,13 +32,22 @@ StoreThread::~StoreThread() {
   stop();
   if (impl_) {
     impl_->executor.reset();
-    impl_->reactor.reset();
+    impl_->own.reset();
   }
 }
 
 Result<std::unique_ptr<StoreThread>> StoreThread::start(const StoreThreadOptions& options) {
   auto impl = std::make_unique<Impl>();
   impl->options = options;
+  if (options.reactor != nullptr) {
+    impl->reactor = options.reactor;
+    auto executor = ReactorExecutor::create(*options.reactor, options.name);
+    if (!executor.ok()) {
+      return executor.error();
+    }
+    impl->executor = std::move(*executor);
+    return std::unique_ptr<StoreThread>(new StoreThread(std::move(impl)));
+  }
   reactor::ReactorOptions ro;
   ro.name = options.name;
   ro.spin_before_sleep = options.spin_before_sleep;
@@ -37,7 +58,8 @@ Result<std::unique_ptr<StoreThread>> StoreThread::start(const StoreThreadOptions
   if (!reactor.ok()) {
     return reactor.error().with_context("store thread " + options.name);
   }
-  impl->reactor = std::move(*reactor);
+  impl->own = std::move(*reactor);
+  impl->reactor = impl->own.get();
   auto executor = ReactorExecutor::create(*impl->reactor, options.name);
   if (!executor.ok()) {
     return executor.error();
@@ -49,40 +71,59 @@ Result<std::unique_ptr<StoreThread>> StoreThread::start(const StoreThreadOptions
 std::string_view StoreThread::name() const { return impl_->options.name; }
 
 Status StoreThread::call(const std::function<Status()>& fn) {
-  if (impl_->reactor->exited()) {
-    return Error(ESHUTDOWN, "store thread " + impl_->options.name + " is not running");
+  if (impl_->exited()) {
+    return impl_->not_running();
   }
   Status st = impl_->executor->call(fn);
-  if (!st.ok() && st.error().errno_value() == ESHUTDOWN && impl_->reactor->exited()) {
+  if (!st.ok() && st.error().errno_value() == ESHUTDOWN && impl_->exited()) {
     return Error(ESHUTDOWN, "store thread " + impl_->options.name + " stopped");
   }
   return st;
 }
 
-Status StoreThread::attach(ReplicaStore& store) { return impl_->executor->attach(store); }
+Status StoreThread::attach(ReplicaStore& store) {
+  return impl_->left ? Status(impl_->not_running()) : impl_->executor->attach(store);
+}
 
-Status StoreThread::detach(ReplicaStore& store) { return impl_->executor->detach(store); }
+Status StoreThread::detach(ReplicaStore& store) {
+  // After stop() on a shared reactor nothing polls the store any more.
+  return impl_->left ? ok_status() : impl_->executor->detach(store);
+}
 
 Status StoreThread::add_channel(detail::StoreChannel& channel) {
-  return impl_->executor->add_channel(channel);
+  return impl_->left ? Status(impl_->not_running()) : impl_->executor->add_channel(channel);
 }
 
 Status StoreThread::remove_channel(detail::StoreChannel& channel) {
-  return impl_->executor->remove_channel(channel);
+  return impl_->left ? ok_status() : impl_->executor->remove_channel(channel);
 }
 
 void StoreThread::ring_doorbell() { impl_->reactor->wake(); }
 
 void StoreThread::stop() {
-  if (impl_ && impl_->reactor) {
-    impl_->reactor->stop();
+  if (!impl_) {
+    return;
+  }
+  if (impl_->own) {
+    impl_->own->stop();
+  } else if (!impl_->left) {
+    // Leaves the shared reactor (synchronous: the reactor polls none of its
+    // pollers after this); the reactor runs on for its other work.
+    impl_->executor.reset();
+    impl_->left = true;
   }
 }
 
-void StoreThread::kill_for_testing() { impl_->reactor->kill_for_testing(); }
+void StoreThread::kill_for_testing() {
+  if (impl_->own) {
+    impl_->own->kill_for_testing();
+  } else if (!impl_->left) {
+    impl_->executor->kill_for_testing();
+  }
+}
 
-bool StoreThread::exited() const { return impl_->reactor->exited(); }
+bool StoreThread::exited() const { return impl_->exited(); }
 
-reactor::Reactor* StoreThread::home_reactor() const { return impl_->reactor.get(); }
+reactor::Reactor* StoreThread::home_reactor() const { return impl_->reactor; }
 
 }  // namespace ublkvol::engine

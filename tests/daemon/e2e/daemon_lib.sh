@@ -33,11 +33,23 @@ start_daemon() {
   # An explicit --config must exist: an empty object means all defaults.
   # ($STATE exists in every bed; /var/lib may not exist before the daemon
   # creates its state dir.)
-  printf '{}\n' >"$STATE/config.json" || fail "cannot write $STATE/config.json"
+  # DAEMON_REACTORS=N (the *_reactors_e2e variants): config key reactors.
+  if [ -n "${DAEMON_REACTORS:-}" ]; then
+    printf '{"reactors":%s}\n' "$DAEMON_REACTORS" >"$STATE/config.json"
+  else
+    printf '{}\n' >"$STATE/config.json"
+  fi || fail "cannot write $STATE/config.json"
   ublk-volumed --config "$STATE/config.json" --state-dir "$SD" --socket "$SOCK" >>"$DAEMON_LOG" 2>&1 &
   DAEMON=$!
   SRV=$DAEMON
   wait_until 120 daemon_up || { tail -30 "$DAEMON_LOG"; fail "ublk-volumed did not come up"; }
+  if [ -n "${DAEMON_REACTORS:-}" ]; then
+    # The stores run on the reactors: daemon.status lists them, and the
+    # daemon has no store thread (store-*).
+    rpc daemon.status | grep -q "\"name\":\"reactor$((DAEMON_REACTORS - 1))\"" ||
+      fail "daemon.status lists no reactor$((DAEMON_REACTORS - 1)): $(rpc daemon.status)"
+    ! grep -q '^store-' /proc/"$DAEMON"/task/*/comm || fail "store threads with reactors on"
+  fi
 }
 
 # stop_daemon : SIGTERM; the daemon must exit 0.

@@ -1,0 +1,86 @@
+// Config key `reactors` (docs/operations.md): the daemon starts N reactors,
+// serves store i on reactor i mod N, exposes devices with their queues on
+// the same set (queue loop external through the ReactorQueueHost), and
+// defaults the queue count to N. In-process over memory stores.
+#include "ublkvol/reactor/reactor.h"
+
+#include "in_process.h"
+
+namespace ublkvol::daemon {
+namespace {
+
+using test_support::InProcessTest;
+using test_support::kMiB;
+
+class ReactorsTest : public InProcessTest {
+ protected:
+  void SetUp() override {
+    InProcessTest::SetUp();
+    // Restart the registry with 2 reactors and no `queues` key given.
+    registry_.reset();
+    config_.reactors = 2;
+    config_.queues = 0;
+    start();
+  }
+};
+
+TEST_F(ReactorsTest, StoresSpreadOverTheReactorsAndQueuesDefaultToOnePerReactor) {
+  ASSERT_NE(registry_->reactors, nullptr);
+  ASSERT_EQ(registry_->reactors->size(), 2U);
+  EXPECT_EQ(registry_->config.queues, 2U);
+  const char* names[] = {"a", "b", "c"};
+  for (unsigned i = 0; i < 3; ++i) {
+    StoreEntry* s = add_memory_store(names[i]);
+    ASSERT_NE(s, nullptr);
+    EXPECT_EQ(s->thread->home_reactor(), &registry_->reactors->at(i % 2)) << names[i];
+    // Control work for the store runs on that reactor.
+    reactor::Reactor* ran_on = nullptr;
+    ASSERT_TRUE(s->thread
+                    ->call([&] {
+                      ran_on = reactor::Reactor::current();
+                      return ok_status();
+                    })
+                    .ok());
+    EXPECT_EQ(ran_on, &registry_->reactors->at(i % 2)) << names[i];
+  }
+  // daemon.status lists the reactors and the stores each serves.
+  const Json status = ok("daemon.status");
+  ASSERT_TRUE(status.contains("reactors")) << status.dump();
+  ASSERT_EQ(status["reactors"].size(), 2U) << status.dump();
+  EXPECT_EQ(status["reactors"][0]["stores"], Json::array({"a", "c"})) << status.dump();
+  EXPECT_EQ(status["reactors"][1]["stores"], Json::array({"b"})) << status.dump();
+  EXPECT_EQ(status["reactors"][1]["cpu"], registry_->reactors->at(1).cpu()) << status.dump();
+  const ublk::DeviceOptions device = registry_->device_base_options();
+  EXPECT_EQ(device.queue_loop, ublk::QueueLoop::kExternal);
+  EXPECT_EQ(device.queue_host, registry_->queue_host.get());
+}
+
+TEST_F(ReactorsTest, VolumesOnStoresOnReactorsAreBuiltClosedAndReopened) {
+  ASSERT_NE(add_memory_store("a"), nullptr);
+  ASSERT_NE(add_memory_store("b"), nullptr);
+  ok("volume.create", {{"name", "v"}, {"size", 8 * kMiB}, {"stores", {"a", "b"}}});
+  auto v = registry_->open_volume_named("v");
+  ASSERT_TRUE(v.ok()) << v.error().message();
+  EXPECT_EQ((*v)->engine->info().size_bytes, 8 * kMiB);
+  ok("snapshot.create", {{"volume", "v"}, {"name", "s1"}});
+  Registry::close_volume(**v);
+  ASSERT_TRUE(registry_->reopen_volume(**v).ok());
+  EXPECT_TRUE(registry_->open_volume_named("v").ok());
+  EXPECT_EQ(registry_->find_store("b")->thread->home_reactor(), &registry_->reactors->at(1));
+}
+
+TEST_F(ReactorsTest, WithoutTheKeyStoresKeepAThreadEach) {
+  registry_.reset();
+  config_.reactors.reset();
+  config_.queues = 1;
+  start();
+  EXPECT_EQ(registry_->reactors, nullptr);
+  EXPECT_EQ(ok("daemon.status")["reactors"], Json::array());
+  StoreEntry* s = add_memory_store("a");
+  ASSERT_NE(s, nullptr);
+  ASSERT_NE(s->thread->home_reactor(), nullptr);
+  EXPECT_EQ(registry_->device_base_options().queue_loop, ublk::QueueLoop::kThread);
+}
+
+}  // namespace
+}  // namespace ublkvol::daemon
