@@ -18,22 +18,17 @@
 
 #include "ublkvol/common/unique_fd.h"
 
+#include "support/wait_until.h"
+
 namespace ublkvol::reactor {
 namespace {
 
 using namespace std::chrono_literals;
 
-// Waits (yielding) until `pred` holds or `bound` passed; the result of pred.
+// Waits of this file are bounded by 10s unless a call says otherwise.
 template <typename Pred>
 bool wait_until(Pred pred, std::chrono::milliseconds bound = 10s) {
-  auto end = std::chrono::steady_clock::now() + bound;
-  while (!pred()) {
-    if (std::chrono::steady_clock::now() > end) {
-      return pred();
-    }
-    std::this_thread::yield();
-  }
-  return true;
+  return ublkvol::test_support::wait_until(pred, bound);
 }
 
 // Work published in shared memory: producers add to `posted` (seq_cst) and

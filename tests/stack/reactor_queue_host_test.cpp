@@ -19,21 +19,17 @@
 
 #include "ublkvol/common/unique_fd.h"
 
+#include "support/wait_until.h"
+
 namespace ublkvol::stack {
 namespace {
 
 using namespace std::chrono_literals;
 
+// Waits of this file are bounded by 10s unless a call says otherwise.
 template <typename Pred>
 bool wait_until(Pred pred, std::chrono::milliseconds bound = 10s) {
-  const auto end = std::chrono::steady_clock::now() + bound;
-  while (!pred()) {
-    if (std::chrono::steady_clock::now() > end) {
-      return pred();
-    }
-    std::this_thread::yield();
-  }
-  return true;
+  return ublkvol::test_support::wait_until(pred, bound);
 }
 
 std::unique_ptr<reactor::ReactorSet> start_set(unsigned count) {

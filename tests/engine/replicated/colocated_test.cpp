@@ -19,6 +19,7 @@
 #include "ublkvol/reactor/reactor.h"
 
 #include "replica_test_util.h"
+#include "support/wait_until.h"
 
 namespace ublkvol::engine {
 namespace {
@@ -28,16 +29,10 @@ constexpr uint64_t kSize = 4 << 20;
 constexpr uint32_t kBlock = 4096;
 constexpr size_t kB = kBlock;  // for offsets (no 32-bit products)
 
+// Waits of this file are bounded by 20s unless a call says otherwise.
 template <typename Pred>
 bool wait_until(Pred pred, std::chrono::milliseconds bound = 20s) {
-  auto end = std::chrono::steady_clock::now() + bound;
-  while (!pred()) {
-    if (std::chrono::steady_clock::now() > end) {
-      return pred();
-    }
-    std::this_thread::yield();
-  }
-  return true;
+  return ublkvol::test_support::wait_until(pred, bound);
 }
 
 // One replica: memory device -> raw replica store -> executor on a reactor.
