@@ -201,8 +201,11 @@ int serve(Args& args) {
   std::unique_ptr<reactor::ReactorSet> reactors;
   std::unique_ptr<QueueHost> host;
   if (args.reactors >= 0) {
-    auto started = stack::start_reactors(static_cast<unsigned>(args.reactors), !args.no_pin,
-                                         config.device.io_flusher);
+    reactor::ReactorSetOptions reactor_options;
+    reactor_options.count = static_cast<unsigned>(args.reactors);
+    reactor_options.pin = !args.no_pin;
+    reactor_options.io_flusher = config.device.io_flusher;
+    auto started = stack::start_reactors(reactor_options);
     if (!started) {
       return fail(started.error());
     }

@@ -2,7 +2,7 @@
 // fio io_uring O_DIRECT on the same files as the baseline, in the same run.
 //
 //   engine_bench [--dir /dev/shm] [--size 512M] [--runtime 2] [--rebuild-size 1G] [--json]
-//                [--reactors N]
+//                [--reactors N] [--reactor-poll-us US] [--reactor-poll-max-percent P]
 //                [--rounds 3] [--only randread,randwrite,null,qd1,rebuild]
 //                [--replicas 1 2 3]
 //
@@ -372,6 +372,7 @@ class LoadGen final : public reactor::Poller {
     return ran;
   }
   [[nodiscard]] int wait_fd() const override { return q_.wake_fd(); }
+  [[nodiscard]] bool waiting() const override { return !done_ && q_.in_flight() > 0; }
 
   std::future<void> finished() { return finished_.get_future(); }
   [[nodiscard]] const LoadResult& result() const { return result_; }
@@ -576,12 +577,22 @@ int main(int argc, char** argv) try {
                  "run the stores on N reactors (store i on reactor i mod N) and the load as a "
                  "poller of reactor 0; 0 (default): one store thread per store, load on the main "
                  "thread (the shape before reactors)");
+  unsigned reactor_poll_us = 0;
+  app.add_option("--reactor-poll-us", reactor_poll_us,
+                 "with --reactors: adaptive polling, keep polling this long for completions "
+                 "in flight before sleeping (ReactorOptions::poll_in_flight; 0 = off)");
+  unsigned reactor_poll_max_percent = 50;
+  app.add_option("--reactor-poll-max-percent", reactor_poll_max_percent,
+                 "with --reactor-poll-us: at most this share of each reactor's time polling")
+      ->check(CLI::Range(1U, 100U));
   CLI11_PARSE(app, argc, argv);
   if (reactors > 0) {
     ublkvol::reactor::ReactorSetOptions ro;
     ro.name_prefix = "bench-reactor";
     ro.count = reactors;
     ro.busy_poll_interval = std::chrono::microseconds(200);
+    ro.poll_in_flight = std::chrono::microseconds(reactor_poll_us);
+    ro.poll_max_percent = reactor_poll_max_percent;
     auto set = ublkvol::reactor::ReactorSet::start(ro);
     if (!set.ok()) {
       (void)std::fprintf(stderr, "engine_bench: %s\n", set.error().to_string().c_str());
@@ -589,7 +600,11 @@ int main(int argc, char** argv) try {
     }
     g_reactor_set = std::move(*set);
   }
-  const std::string mode = reactors > 0 ? "reactors=" + std::to_string(reactors) : "threads";
+  std::string mode = reactors > 0 ? "reactors=" + std::to_string(reactors) : "threads";
+  if (reactors > 0 && reactor_poll_us > 0) {
+    mode += ", poll " + std::to_string(reactor_poll_us) + " us (max " +
+            std::to_string(reactor_poll_max_percent) + "%)";
+  }
   std::vector<std::string> only;
   for (size_t pos = 0; pos < only_list.size();) {
     size_t comma = only_list.find(',', pos);
@@ -854,6 +869,8 @@ int main(int argc, char** argv) try {
     j["rounds"] = rounds;
     j["mode"] = mode;
     j["reactors"] = reactors;
+    j["reactor_poll_us"] = reactor_poll_us;
+    j["reactor_poll_max_percent"] = reactor_poll_max_percent;
     for (const Result& r : results) {
       j["results"].push_back({{"scenario", r.scenario},
                               {"what", r.what},

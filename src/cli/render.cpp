@@ -346,6 +346,31 @@ void render_snapshot_list(std::ostream& out, const Json& result) {
   table.print(out);
 }
 
+namespace {
+
+// One line per reactor: its CPU, its load over the daemon's last sampling
+// interval (a second) and the stores it serves.
+void render_reactors(std::ostream& out, const Json& reactors) {
+  if (reactors.empty()) {
+    field(out, "Reactors", "none (config \"reactors\": null: a thread per store and per queue)");
+    return;
+  }
+  field(out, "Reactors",
+        std::to_string(reactors.size()) + " (busy and messages to other threads: last second)");
+  for (const auto& r : reactors) {
+    const std::string cpu = str(r, "cpu");
+    char load[96];
+    (void)std::snprintf(load, sizeof(load), "busy %5.1f%%  %9.0f msg/s",
+                        std::max(0.0, real(r, "busy_percent", 0)),
+                        std::max(0.0, real(r, "messages_per_second", 0)));
+    const std::string stores = join(array(r, "stores"));
+    out << "  " << str(r, "name") << "  CPU " << (cpu.empty() ? "-" : cpu) << "  " << load
+        << "  stores: " << (stores.empty() ? "-" : stores) << '\n';
+  }
+}
+
+}  // namespace
+
 void render_status(std::ostream& out, const Json& status) {
   field(out, "Daemon",
         "ublk-volumed " + str(status, "version") + " (pid " + str(status, "pid") + ", up " +
@@ -368,6 +393,9 @@ void render_status(std::ostream& out, const Json& status) {
   }
   field(out, "Stores", str(status, "stores"));
   field(out, "Volumes", str(status, "volumes") + " (" + str(status, "exposed") + " exposed)");
+  if (status.contains("reactors")) {
+    render_reactors(out, array(status, "reactors"));
+  }
   const auto& orphans = array(status, "orphans");
   if (!orphans.empty()) {
     std::string list;

@@ -117,6 +117,32 @@ Result<StatsSample> parse_stats(const Json& result) {
     }
     sample.volumes.push_back(std::move(c));
   }
+  if (auto reactors = result.find("reactors"); reactors != result.end()) {
+    if (!reactors->is_array()) {
+      return bad_field("result", "'reactors' is not an array");
+    }
+    for (const auto& r : *reactors) {
+      if (!r.is_object() || !r.contains("name") || !r["name"].is_string()) {
+        return bad_field("reactors[]", "entry without a 'name'");
+      }
+      ReactorCounters c;
+      c.name = r["name"].get<std::string>();
+      const std::string where = "reactor '" + c.name + "'";
+      if (auto cpu = r.find("cpu"); cpu != r.end() && cpu->is_number_integer()) {
+        c.cpu = std::to_string(cpu->get<int64_t>());
+      }
+      for (auto [key, value] : {std::pair{"busy_seconds", &c.busy_seconds},
+                                std::pair{"uptime_seconds", &c.uptime_seconds}}) {
+        auto it = r.find(key);
+        if (it == r.end() || !it->is_number()) {
+          return bad_field(where, std::string("'") + key + "' is not a number");
+        }
+        *value = it->get<double>();
+      }
+      UBLKVOL_ASSIGN_OR_RETURN(c.messages_sent, read_uint(r, "messages_sent", where));
+      sample.reactors.push_back(std::move(c));
+    }
+  }
   return sample;
 }
 
@@ -390,6 +416,28 @@ std::string prometheus_text(const StatsSample& sample) {
         out << prefix << "_sum{" << volume << "} " << number(h.sum_ns / 1e9) << '\n';
       }
       out << prefix << "_count{" << volume << "} " << cumulative << '\n';
+    }
+  }
+  // Reactors: rate(busy_seconds_total) is the share of a CPU each one used.
+  if (!sample.reactors.empty()) {
+    auto labels = [](const ReactorCounters& r) {
+      return "{reactor=\"" + label(r.name) + "\",cpu=\"" + label(r.cpu) + "\"} ";
+    };
+    out << "# HELP ublkvol_reactor_busy_seconds_total Time the reactor spent awake (polling, "
+           "running handlers).\n# TYPE ublkvol_reactor_busy_seconds_total counter\n";
+    for (const auto& r : sample.reactors) {
+      out << "ublkvol_reactor_busy_seconds_total" << labels(r) << number(r.busy_seconds) << '\n';
+    }
+    out << "# HELP ublkvol_reactor_uptime_seconds_total Time since the reactor started.\n"
+           "# TYPE ublkvol_reactor_uptime_seconds_total counter\n";
+    for (const auto& r : sample.reactors) {
+      out << "ublkvol_reactor_uptime_seconds_total" << labels(r) << number(r.uptime_seconds)
+          << '\n';
+    }
+    out << "# HELP ublkvol_reactor_messages_sent_total Wake-ups sent to other threads for "
+           "data-path work.\n# TYPE ublkvol_reactor_messages_sent_total counter\n";
+    for (const auto& r : sample.reactors) {
+      out << "ublkvol_reactor_messages_sent_total" << labels(r) << r.messages_sent << '\n';
     }
   }
   return out.str();

@@ -53,9 +53,19 @@ struct VolumeCounters {
   } verify;
 };
 
+// A reactor's cumulative counters (the "reactors" list; absent from older
+// daemons and empty with `"reactors": null`).
+struct ReactorCounters {
+  std::string name;
+  std::string cpu;  // "" when not pinned
+  double busy_seconds = 0, uptime_seconds = 0;
+  uint64_t messages_sent = 0;
+};
+
 struct StatsSample {
   uint64_t time_ns = 0;  // the daemon's monotonic clock at sampling time
   std::vector<VolumeCounters> volumes;
+  std::vector<ReactorCounters> reactors;
 };
 
 // Reads the daemon's `stats` result; the error names the missing/bad field.

@@ -118,11 +118,23 @@ Result<DaemonConfig> parse_config(std::string_view text, const std::string& orig
       UBLKVOL_TRY(read_uint(value, key, origin, config.queues));
       queues_given = true;
     } else if (key == "reactors") {
-      if (!value.is_null()) {
+      if (value.is_null()) {
+        config.reactors.reset();  // a thread per store and per queue
+      } else {
         unsigned n = 0;
         UBLKVOL_TRY(read_uint(value, key, origin, n));
         config.reactors = n;
       }
+    } else if (key == "reactor_poll_us") {
+      if (value.is_null()) {
+        config.reactor_poll_us.reset();  // automatic
+      } else {
+        unsigned us = 0;
+        UBLKVOL_TRY(read_uint(value, key, origin, us));
+        config.reactor_poll_us = us;
+      }
+    } else if (key == "reactor_poll_max_percent") {
+      UBLKVOL_TRY(read_uint(value, key, origin, config.reactor_poll_max_percent));
     } else if (key == "queue_depth") {
       UBLKVOL_TRY(read_uint(value, key, origin, config.queue_depth));
     } else if (key == "io_deadline_ms") {
@@ -168,8 +180,9 @@ Result<DaemonConfig> parse_config(std::string_view text, const std::string& orig
   if (queues_given && config.queues == 0) {
     return invalid(origin, "queues 0 is out of range 1..60");
   }
-  if (config.reactors && !queues_given) {
-    config.queues = 0;  // one per reactor, once the daemon knows how many
+  if (!queues_given) {
+    // With reactors: one per reactor, once the daemon knows how many.
+    config.queues = config.reactors ? 0 : 1;
   }
   Status valid = validate_config(config);
   if (!valid.ok()) {
@@ -199,6 +212,15 @@ Result<DaemonConfig> load_config(const std::string& path, bool must_exist) {
   return parse_config(text.str(), path);
 }
 
+std::chrono::microseconds reactor_poll_in_flight(const DaemonConfig& config, size_t cpus) {
+  if (config.reactor_poll_us) {
+    return std::chrono::microseconds(*config.reactor_poll_us);
+  }
+  // Polling pays only where reactors do not take the CPU another busy thread
+  // (the other reactor, the kernel's ublk and io_uring work) needs.
+  return cpus >= 4 ? std::chrono::microseconds(50) : std::chrono::microseconds(0);
+}
+
 Status validate_config(const DaemonConfig& config) {
   if (auto off = ublk::optional_features_mask(config.ublk_features_off); !off.ok()) {
     return Error(EINVAL, "ublk_features_off: " + off.error().message());
@@ -216,6 +238,15 @@ Status validate_config(const DaemonConfig& config) {
   if (config.reactors && *config.reactors > 1024) {
     return Error(EINVAL, "reactors " + std::to_string(*config.reactors) +
                              " is out of range 0..1024 (0: one per CPU)");
+  }
+  if (config.reactor_poll_us && *config.reactor_poll_us > 10'000) {
+    return Error(EINVAL, "reactor_poll_us " + std::to_string(*config.reactor_poll_us) +
+                             " is out of range 0..10000 (0: off, null: automatic)");
+  }
+  if (config.reactor_poll_max_percent < 1 || config.reactor_poll_max_percent > 100) {
+    return Error(EINVAL, "reactor_poll_max_percent " +
+                             std::to_string(config.reactor_poll_max_percent) +
+                             " is out of range 1..100");
   }
   if ((config.queues < 1 && !config.reactors) || config.queues > 60) {
     return Error(EINVAL, "queues " + std::to_string(config.queues) + " is out of range 1..60");

@@ -24,7 +24,7 @@ Result<Json> stats(Registry& r, Params& p) {
       list.push_back(volume_stats_json(*v));
     }
   }
-  return stats_json(std::move(list));
+  return stats_json(std::move(list), reactors_json(r));
 }
 
 }  // namespace ublkvol::daemon

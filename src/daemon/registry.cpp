@@ -365,6 +365,17 @@ Status Registry::create_device(VolumeEntry& v, unsigned queues, unsigned depth, 
   return ok_status();
 }
 
+void Registry::sample_reactors() {
+  if (!reactors) {
+    return;
+  }
+  reactor_samples.resize(reactors->size());
+  for (size_t i = 0; i < reactors->size(); ++i) {
+    reactor_samples[i].previous = reactor_samples[i].last;
+    reactor_samples[i].last = reactors->at(i).counters();
+  }
+}
+
 // Run periodically (daemon_main's timer): a store whose file was deleted or
 // replaced under it, or whose DBS store failed (a metadata write or flush
 // failed: I/O error, ENOSPC), is marked failed - state, reason, an event,

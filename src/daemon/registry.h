@@ -223,6 +223,16 @@ class Registry {
   // volumes so that they are destroyed after them.
   std::unique_ptr<reactor::ReactorSet> reactors;
   std::unique_ptr<stack::ReactorQueueHost> queue_host;
+  // Each reactor's counters at the last two samples (sample_reactors(), every
+  // store check): daemon.status shows the busy share and messages per second
+  // of the last interval without waiting for one. `previous` starts at zero
+  // (the reactor's start).
+  struct ReactorSamples {
+    reactor::ReactorCounters previous;
+    reactor::ReactorCounters last;
+  };
+  std::vector<ReactorSamples> reactor_samples;
+  void sample_reactors();
   std::vector<std::unique_ptr<StoreEntry>> stores;
   std::vector<std::unique_ptr<VolumeEntry>> volumes;
   SaveHook save_hook;

@@ -72,8 +72,11 @@ Json kernel_json(const Registry::KernelInfo& k) {
 }
 }  // namespace
 
-// config.reactors: each reactor, its CPU (null: not pinned) and the stores it
-// serves; [] without reactors (a thread per store and queue).
+// Each reactor, its CPU (null: not pinned), the stores it serves, its load:
+// busy_percent and messages_per_second over the last sampling interval (the
+// store check, every second; the first covers the time since start) and the
+// cumulative counters. [] with `"reactors": null` (a thread per store and
+// queue).
 Json reactors_json(const Registry& registry) {
   Json list = Json::array();
   if (!registry.reactors) {
@@ -87,10 +90,27 @@ Json reactors_json(const Registry& registry) {
         stores.push_back(s->name);
       }
     }
+    const reactor::ReactorCounters now = r.counters();
+    Registry::ReactorSamples window{{}, now};
+    if (i < registry.reactor_samples.size()) {
+      window = registry.reactor_samples[i];
+    }
+    const double seconds =
+        std::chrono::duration<double>(window.last.uptime - window.previous.uptime).count();
+    const double busy =
+        std::chrono::duration<double>(window.last.busy - window.previous.busy).count();
+    const auto messages =
+        static_cast<double>(window.last.messages_sent - window.previous.messages_sent);
     list.push_back({{"index", i},
                     {"name", std::string(r.name())},
                     {"cpu", r.cpu() >= 0 ? Json(r.cpu()) : Json(nullptr)},
-                    {"stores", stores}});
+                    {"stores", stores},
+                    {"busy_percent", seconds > 0 ? std::min(100.0, 100.0 * busy / seconds) : 0.0},
+                    {"messages_per_second", seconds > 0 ? messages / seconds : 0.0},
+                    {"busy_seconds", std::chrono::duration<double>(now.busy).count()},
+                    {"uptime_seconds", std::chrono::duration<double>(now.uptime).count()},
+                    {"messages_sent", now.messages_sent},
+                    {"sleeps", now.sleeps}});
   }
   return list;
 }
@@ -136,14 +156,15 @@ Json volume_stats_json(const VolumeEntry& v) {
           {"verify", verify_json(v.engine ? v.engine->status().verify : engine::VerifyStatus{})}};
 }
 
-Json stats_json(Json volumes) {
+Json stats_json(Json volumes, Json reactors) {
   Json bounds = Json::array();
   for (unsigned i = 0; i < ublk::kLatencyBuckets; ++i) {
     bounds.push_back(ublk::latency_bucket_upper_ns(i));
   }
   return Json{{"time_ns", monotonic_ns()},
               {"latency_bucket_upper_ns", bounds},
-              {"volumes", std::move(volumes)}};
+              {"volumes", std::move(volumes)},
+              {"reactors", std::move(reactors)}};
 }
 
 Json store_json(Registry& registry, StoreEntry& s) {

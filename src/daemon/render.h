@@ -22,8 +22,10 @@ Json orphan_json(const std::string& store, const Orphan& o);
 Json daemon_status_json(Registry& registry, const Status& ublk);
 // One volume's entry in stats: the frontend's counters since expose.
 Json volume_stats_json(const VolumeEntry& v);
-// stats' result around the entries.
-Json stats_json(Json volumes);
+// stats' result around the entries (volumes, and reactors_json()).
+Json stats_json(Json volumes, Json reactors);
+// The "reactors" list of daemon.status and stats (docs/control-protocol.md).
+Json reactors_json(const Registry& registry);
 Json histogram_json(const ublk::LatencyHistogram& h);
 
 // "2026-12-07T06:55:05Z"

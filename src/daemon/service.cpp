@@ -51,6 +51,9 @@ std::string Service::status_line() const {
 
 void Service::set_save_hook(SaveHook hook) { impl_->registry->save_hook = std::move(hook); }
 
-void Service::check_stores() { impl_->registry->check_stores(); }
+void Service::check_stores() {
+  impl_->registry->check_stores();
+  impl_->registry->sample_reactors();
+}
 
 }  // namespace ublkvol::daemon

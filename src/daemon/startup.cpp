@@ -31,15 +31,26 @@ Result<std::unique_ptr<Registry>> Registry::start(const DaemonConfig& config) {
           : "one device flush per commit (store_data_order flush)",
       registry->device_options().submit_batch);
   if (config.reactors) {
-    UBLKVOL_ASSIGN_OR_RETURN(registry->reactors,
-                             stack::start_reactors(*config.reactors, true, true));
+    reactor::ReactorSetOptions reactor_options;
+    reactor_options.count = *config.reactors;
+    reactor_options.pin = true;
+    reactor_options.io_flusher = true;
+    UBLKVOL_ASSIGN_OR_RETURN(const std::vector<int> cpus, reactor::affinity_cpus());
+    reactor_options.poll_in_flight = reactor_poll_in_flight(config, cpus.size());
+    reactor_options.poll_max_percent = config.reactor_poll_max_percent;
+    UBLKVOL_ASSIGN_OR_RETURN(registry->reactors, stack::start_reactors(reactor_options));
     registry->queue_host = std::make_unique<stack::ReactorQueueHost>(*registry->reactors);
     if (registry->config.queues == 0) {
       registry->config.queues = std::min(60U, static_cast<unsigned>(registry->reactors->size()));
     }
-    spdlog::info("{} reactors: store i on reactor i mod {}, ublk queue q on reactor q mod {}",
-                 registry->reactors->size(), registry->reactors->size(),
-                 registry->reactors->size());
+    spdlog::info(
+        "{} reactors: store i on reactor i mod {}, ublk queue q on reactor q mod {}; adaptive "
+        "polling {}",
+        registry->reactors->size(), registry->reactors->size(), registry->reactors->size(),
+        reactor_options.poll_in_flight.count() > 0
+            ? std::to_string(reactor_options.poll_in_flight.count()) + " us (at most " +
+                  std::to_string(reactor_options.poll_max_percent) + "% of each reactor)"
+            : std::string("off"));
   }
   const unsigned cpus = std::max(1U, std::thread::hardware_concurrency());
   registry->engine_queues = std::min(60U, std::max(registry->config.queues, cpus));

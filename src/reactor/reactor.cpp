@@ -49,6 +49,12 @@ inline void cpu_relax() {
 #endif
 }
 
+int64_t steady_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 timespec to_timespec(std::chrono::microseconds us) {
   timespec ts{};
   ts.tv_sec = static_cast<time_t>(us.count() / 1000000);
@@ -68,6 +74,17 @@ struct Reactor::Impl {
   std::atomic<bool> killed{false};
   std::atomic<bool> exited{false};
   std::atomic<uint64_t> sleeps{0};
+  // Counters (ReactorCounters). Written by the reactor's thread only (load +
+  // store, no read-modify-write on the data path), read by anyone.
+  const std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+  std::atomic<int64_t> asleep_ns{0};        // total time spent in ppoll
+  std::atomic<int64_t> asleep_since_ns{0};  // steady clock at ppoll entry; 0: awake
+  std::atomic<uint64_t> messages_sent{0};
+
+  void add_message_sent() {
+    messages_sent.store(messages_sent.load(std::memory_order_relaxed) + 1,
+                        std::memory_order_relaxed);
+  }
 
   // Control tasks (control path only; the data path never takes this lock).
   std::mutex task_mutex;
@@ -95,11 +112,52 @@ struct Reactor::Impl {
     }
   }
 
-  // One pass over the pollers; how much work they did, and whether one is
-  // busy.
-  unsigned poll_all(bool& busy) {
+  // Adaptive polling's budget (ReactorOptions::poll_max_percent): time spent
+  // polling without work, per window.
+  static constexpr int64_t kPollWindowNs = 10'000'000;
+  static constexpr int64_t kMaxPollPassNs = 50'000;
+  int64_t poll_window_start_ns = 0;
+  int64_t poll_spent_ns = 0;
+  int64_t poll_last_ns = 0;  // the previous adaptive iteration; 0: none just before
+
+  // Whether to poll once more instead of sleeping: a poller waits for a
+  // completion, the last work is recent enough, and the window's share is
+  // not spent.
+  bool poll_again(std::chrono::steady_clock::time_point last_work) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_work >= options.poll_in_flight) {
+      poll_last_ns = 0;
+      return false;
+    }
+    const int64_t now_ns =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count();
+    if (now_ns - poll_window_start_ns >= kPollWindowNs) {
+      poll_window_start_ns = now_ns;
+      poll_spent_ns = 0;
+    }
+    if (poll_last_ns != 0) {
+      // One pass takes well under a microsecond; a longer gap is time the
+      // thread was not running (preempted), which took no CPU from others.
+      poll_spent_ns += std::min<int64_t>(now_ns - poll_last_ns, kMaxPollPassNs);
+    }
+    const int64_t share =
+        kPollWindowNs * std::clamp<unsigned>(options.poll_max_percent, 1, 100) / 100;
+    if (poll_spent_ns >= share) {
+      poll_last_ns = 0;
+      return false;
+    }
+    poll_last_ns = now_ns;
+    return true;
+  }
+
+  // One pass over the pollers; how much work they did, whether one is busy,
+  // and (only when `check_waiting`) whether one waits for a completion.
+  unsigned poll_all(bool& busy, bool check_waiting = false, bool* waiting = nullptr) {
     unsigned work = 0;
     busy = false;
+    if (waiting != nullptr) {
+      *waiting = false;
+    }
     // By index: a poll() may add pollers (through call() on this thread).
     for (size_t i = 0; i < pollers.size(); ++i) {
       Poller* p = pollers[i];
@@ -110,6 +168,9 @@ struct Reactor::Impl {
       // Re-read: the poll may have removed it.
       if (pollers[i] != nullptr && pollers[i]->busy()) {
         busy = true;
+      }
+      if (check_waiting && pollers[i] != nullptr && pollers[i]->waiting()) {
+        *waiting = true;
       }
     }
     if (compact) {
@@ -135,7 +196,12 @@ struct Reactor::Impl {
       }
     }
     sleeps.fetch_add(1, std::memory_order_relaxed);
+    const int64_t fell_asleep = steady_ns();
+    asleep_since_ns.store(fell_asleep, std::memory_order_relaxed);
     int n = ::ppoll(fds.data(), fds.size(), timeout, nullptr);
+    asleep_since_ns.store(0, std::memory_order_relaxed);
+    asleep_ns.store(asleep_ns.load(std::memory_order_relaxed) + (steady_ns() - fell_asleep),
+                    std::memory_order_relaxed);
     if (n <= 0) {
       return;
     }
@@ -151,6 +217,7 @@ struct Reactor::Impl {
     const bool spins = options.spin_before_sleep.count() > 0;
     const timespec busy_interval = to_timespec(options.busy_poll_interval);
     const bool busy_sleeps = options.busy_poll_interval.count() > 0;
+    const bool adaptive = options.poll_in_flight.count() > 0;
     auto last_work = std::chrono::steady_clock::now();
     while (!ending()) {
       unsigned work = 0;
@@ -162,14 +229,20 @@ struct Reactor::Impl {
         }
       }
       bool busy = false;
-      work += poll_all(busy);
+      bool waiting = false;
+      work += poll_all(busy, adaptive, &waiting);
       if (work > 0) {
-        if (spins) {
+        if (spins || adaptive) {
           last_work = std::chrono::steady_clock::now();
+          poll_last_ns = 0;
         }
         continue;
       }
       if (busy && !busy_sleeps) {
+        continue;
+      }
+      if (waiting && poll_again(last_work)) {
+        cpu_relax();
         continue;
       }
       if (spins && std::chrono::steady_clock::now() - last_work < options.spin_before_sleep) {
@@ -280,6 +353,30 @@ Reactor* Reactor::current() { return t_current; }
 
 uint64_t Reactor::sleeps() const { return impl_->sleeps.load(std::memory_order_relaxed); }
 
+ReactorCounters Reactor::counters() const {
+  const Impl& s = *impl_;
+  ReactorCounters c;
+  const int64_t now = steady_ns();
+  c.uptime = std::chrono::steady_clock::now() - s.started;
+  int64_t asleep = s.asleep_ns.load(std::memory_order_relaxed);
+  if (const int64_t since = s.asleep_since_ns.load(std::memory_order_relaxed); since != 0) {
+    asleep += now - since;  // asleep right now
+  }
+  c.busy =
+      std::chrono::nanoseconds(std::clamp<int64_t>(c.uptime.count() - asleep, 0, c.uptime.count()));
+  c.sleeps = s.sleeps.load(std::memory_order_relaxed);
+  c.messages_sent = s.messages_sent.load(std::memory_order_relaxed);
+  return c;
+}
+
+bool Reactor::asleep() const { return impl_->asleep_since_ns.load(std::memory_order_relaxed) != 0; }
+
+void Reactor::count_message_sent() {
+  if (t_current != nullptr) {
+    t_current->impl_->add_message_sent();
+  }
+}
+
 Status Reactor::call(const std::function<Status()>& fn) {
   Impl& s = *impl_;
   if (is_current()) {
@@ -332,6 +429,9 @@ Status Reactor::remove(Poller& poller) {
 }
 
 void Reactor::wake() {
+  if (t_current != nullptr && t_current != this) {
+    t_current->impl_->add_message_sent();
+  }
   if (impl_->sleeping.load(std::memory_order_seq_cst)) {
     signal_fd(impl_->doorbell.get());
   }

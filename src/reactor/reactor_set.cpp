@@ -44,6 +44,8 @@ Result<std::unique_ptr<ReactorSet>> ReactorSet::start(const ReactorSetOptions& o
     o.io_flusher = options.io_flusher;
     o.spin_before_sleep = options.spin_before_sleep;
     o.busy_poll_interval = options.busy_poll_interval;
+    o.poll_in_flight = options.poll_in_flight;
+    o.poll_max_percent = options.poll_max_percent;
     auto r = Reactor::start(o);
     if (!r.ok()) {
       set->stop();

@@ -72,14 +72,10 @@ void ReactorQueueHost::keep_until_exit(const ublk::QueueRef& ref, std::shared_pt
   slot_of(ref).kept.push_back(std::move(resources));
 }
 
-Result<std::unique_ptr<reactor::ReactorSet>> start_reactors(unsigned count, bool pin,
-                                                            bool io_flusher) {
-  reactor::ReactorSetOptions options;
-  options.count = count;
-  options.pin = pin;
-  options.io_flusher = io_flusher;
+Result<std::unique_ptr<reactor::ReactorSet>> start_reactors(reactor::ReactorSetOptions options) {
+  const unsigned count = options.count;
   auto set = reactor::ReactorSet::start(options);
-  if (!set && io_flusher && set.error().errno_value() == EPERM) {
+  if (!set && options.io_flusher && set.error().errno_value() == EPERM) {
     spdlog::warn(
         "reactors: PR_SET_IO_FLUSHER refused: memory reclaim may wait on them; grant "
         "CAP_SYS_RESOURCE");

@@ -610,6 +610,10 @@ int QueueRunner::wait_fd() const { return impl_->ring_event_fd.get(); }
 
 bool QueueRunner::busy() const { return !impl_->closed && impl_->volume_busy(); }
 
+bool QueueRunner::waiting() const {
+  return !impl_->closed && impl_->volume_queue != nullptr && impl_->volume_queue->in_flight() > 0;
+}
+
 bool QueueRunner::finished() const { return impl_->done; }
 
 bool QueueRunner::holds_driver_commands() const {

@@ -117,6 +117,8 @@ class QueueRunner final : public reactor::Poller {
   [[nodiscard]] int wait_fd() const override;
   // The volume has I/O in flight that only reap() notices (no wake fd).
   [[nodiscard]] bool busy() const override;
+  // The volume has I/O in flight (adaptive polling waits for it).
+  [[nodiscard]] bool waiting() const override;
 
   // Every tag was aborted or failed, the driver refused a command, or a
   // requested detach is done (nothing in flight at the volume, last commits

@@ -234,6 +234,35 @@ TEST(Render, StatusShowsTheKernelItsFeaturesAndAWarning) {
       << unknown.str();
 }
 
+TEST(Render, StatusListsTheReactorsTheirLoadAndStores) {
+  std::ostringstream status;
+  render_status(status, Json::parse(R"json({"version": "0.1.0", "pid": 42, "uptime_seconds": 1,
+      "state_dir": "/s", "stores": 3, "volumes": 0, "exposed": 0, "orphans": [],
+      "pending_intents": 0, "reactors": [
+        {"index": 0, "name": "reactor0", "cpu": 0, "stores": ["a", "c"], "busy_percent": 12.34,
+         "messages_per_second": 3400.4, "busy_seconds": 1.0, "uptime_seconds": 9.0,
+         "messages_sent": 17, "sleeps": 5},
+        {"index": 1, "name": "reactor1", "cpu": null, "stores": [], "busy_percent": 0,
+         "messages_per_second": 0, "busy_seconds": 0, "uptime_seconds": 9.0,
+         "messages_sent": 0, "sleeps": 1}]})json"));
+  EXPECT_EQ(status.str(),
+            "Daemon:       ublk-volumed 0.1.0 (pid 42, up 1s)\n"
+            "State dir:    /s\n"
+            "Stores:       3\n"
+            "Volumes:      0 (0 exposed)\n"
+            "Reactors:     2 (busy and messages to other threads: last second)\n"
+            "  reactor0  CPU 0  busy  12.3%       3400 msg/s  stores: a, c\n"
+            "  reactor1  CPU -  busy   0.0%          0 msg/s  stores: -\n");
+  std::ostringstream threads;
+  render_status(threads, Json::parse(R"json({"version": "0.1.0", "pid": 42, "uptime_seconds": 1,
+      "state_dir": "/s", "stores": 0, "volumes": 0, "exposed": 0, "orphans": [],
+      "pending_intents": 0, "reactors": []})json"));
+  EXPECT_NE(threads.str().find("Reactors:     none (config \"reactors\": null: a thread per "
+                               "store and per queue)\n"),
+            std::string::npos)
+      << threads.str();
+}
+
 TEST(Render, EmptyListsSayHowToStart) {
   std::ostringstream out;
   render_volume_list(out, {{"volumes", Json::array()}});

@@ -205,6 +205,44 @@ TEST(Stats, PrometheusText) {
   }
 }
 
+// Reactors: cumulative busy time, uptime and messages per reactor.
+TEST(Stats, PrometheusReactorMetrics) {
+  Json result = sample(7, {volume("vol0", 0, 0, histogram({}), histogram({}))});
+  result["reactors"] = Json::array({{{"name", "reactor0"},
+                                     {"cpu", 0},
+                                     {"busy_seconds", 1.5},
+                                     {"uptime_seconds", 10.0},
+                                     {"messages_sent", 42},
+                                     {"busy_percent", 15.0},
+                                     {"messages_per_second", 4.2}},
+                                    {{"name", "reactor1"},
+                                     {"cpu", nullptr},
+                                     {"busy_seconds", 0.25},
+                                     {"uptime_seconds", 10.0},
+                                     {"messages_sent", 0}}});
+  auto s = parse_stats(result);
+  ASSERT_TRUE(s.ok()) << s.error().message();
+  const std::string text = prometheus_text(*s);
+  auto has = [&](const std::string& line) {
+    return text.find("\n" + line + "\n") != std::string::npos;
+  };
+  EXPECT_TRUE(has("# TYPE ublkvol_reactor_busy_seconds_total counter")) << text;
+  EXPECT_TRUE(has("ublkvol_reactor_busy_seconds_total{reactor=\"reactor0\",cpu=\"0\"} 1.5"))
+      << text;
+  EXPECT_TRUE(has("ublkvol_reactor_busy_seconds_total{reactor=\"reactor1\",cpu=\"\"} 0.25"))
+      << text;
+  EXPECT_TRUE(has("ublkvol_reactor_uptime_seconds_total{reactor=\"reactor0\",cpu=\"0\"} 10"))
+      << text;
+  EXPECT_TRUE(has("ublkvol_reactor_messages_sent_total{reactor=\"reactor0\",cpu=\"0\"} 42"))
+      << text;
+  // A malformed entry is named.
+  result["reactors"][1].erase("messages_sent");
+  auto bad = parse_stats(result);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.error().message().find("reactor 'reactor1'"), std::string::npos)
+      << bad.error().message();
+}
+
 // The last verify / scrub result of each volume (issue 12 item 7).
 TEST(Stats, PrometheusVerifyMetrics) {
   Json scrubbed = volume("vol0", 0, 0, histogram({}), histogram({}));

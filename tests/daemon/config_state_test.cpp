@@ -77,11 +77,18 @@ TEST(Config, ParsesEveryKey) {
 TEST(Config, ReactorsKey) {
   const auto none = parse_config(R"({})", "c.json");
   ASSERT_TRUE(none.ok()) << none.error().message();
-  EXPECT_FALSE(none->reactors.has_value());  // a thread per store and per queue
-  EXPECT_EQ(none->queues, 1u);
+  EXPECT_EQ(none->reactors, 0u);  // the default: one reactor per CPU
+  EXPECT_EQ(none->queues, 0u);    // one queue per reactor, resolved at start
+  const DaemonConfig defaults;
+  EXPECT_EQ(defaults.reactors, 0u);
+  EXPECT_EQ(defaults.queues, 0u);
   const auto off = parse_config(R"({"reactors":null})", "c.json");
   ASSERT_TRUE(off.ok()) << off.error().message();
-  EXPECT_FALSE(off->reactors.has_value());
+  EXPECT_FALSE(off->reactors.has_value());  // a thread per store and per queue
+  EXPECT_EQ(off->queues, 1u);
+  const auto off_queues = parse_config(R"({"reactors":null,"queues":4})", "c.json");
+  ASSERT_TRUE(off_queues.ok()) << off_queues.error().message();
+  EXPECT_EQ(off_queues->queues, 4u);
   const auto two = parse_config(R"({"reactors":2})", "c.json");
   ASSERT_TRUE(two.ok()) << two.error().message();
   EXPECT_EQ(two->reactors, 2u);
@@ -90,6 +97,23 @@ TEST(Config, ReactorsKey) {
   ASSERT_TRUE(per_cpu.ok()) << per_cpu.error().message();
   EXPECT_EQ(per_cpu->reactors, 0u);
   EXPECT_EQ(per_cpu->queues, 3u);
+}
+
+TEST(Config, ReactorPollingIsAutomaticUnlessGiven) {
+  const auto none = parse_config(R"({})", "c.json");
+  ASSERT_TRUE(none.ok()) << none.error().message();
+  EXPECT_FALSE(none->reactor_poll_us.has_value());
+  EXPECT_EQ(none->reactor_poll_max_percent, 50U);
+  // Automatic: off below 4 CPUs, 50 us from 4.
+  EXPECT_EQ(reactor_poll_in_flight(*none, 2).count(), 0);
+  EXPECT_EQ(reactor_poll_in_flight(*none, 4).count(), 50);
+  const auto given = parse_config(R"({"reactor_poll_us":20,"reactor_poll_max_percent":30})", "c");
+  ASSERT_TRUE(given.ok()) << given.error().message();
+  EXPECT_EQ(reactor_poll_in_flight(*given, 2).count(), 20);
+  EXPECT_EQ(given->reactor_poll_max_percent, 30U);
+  const auto off = parse_config(R"({"reactor_poll_us":0})", "c.json");
+  ASSERT_TRUE(off.ok()) << off.error().message();
+  EXPECT_EQ(reactor_poll_in_flight(*off, 64).count(), 0);
 }
 
 TEST(Config, RefusalsNameTheKey) {
@@ -112,6 +136,9 @@ TEST(Config, RefusalsNameTheKey) {
       {R"({"queues":99999999999})", "too large"},
       {R"({"reactors":"2"})", "key 'reactors' must be an unsigned integer"},
       {R"({"reactors":2000})", "reactors 2000 is out of range 0..1024"},
+      {R"({"reactor_poll_us":20000})", "reactor_poll_us 20000 is out of range 0..10000"},
+      {R"({"reactor_poll_max_percent":0})", "reactor_poll_max_percent 0 is out of range 1..100"},
+      {R"({"reactor_poll_max_percent":101})", "reactor_poll_max_percent 101 is out of range"},
       {R"({"reactors":2,"queues":0})", "queues 0 is out of range"},
       {R"({"ublk_features_off":["ZERO_COPY"]})",
        "ublk_features_off: unknown optional ublk feature 'ZERO_COPY' (known: UPDATE_SIZE, "

@@ -345,6 +345,132 @@ TEST(Reactor, PinnedThreadRunsOnItsCpu) {
   EXPECT_NE(bad.error().message().find("100000"), std::string::npos) << bad.error().message();
 }
 
+// Busy until `deadline`, with no fd: the loop never sleeps meanwhile.
+class BusyUntilPoller final : public Poller {
+ public:
+  unsigned poll() override { return 0; }
+  [[nodiscard]] int wait_fd() const override { return -1; }
+  [[nodiscard]] bool busy() const override {
+    return std::chrono::steady_clock::now() < deadline.load();
+  }
+  std::atomic<std::chrono::steady_clock::time_point> deadline{};
+};
+
+// counters(): busy time is time awake (an idle reactor's share stays small, a
+// busy poller's time counts whole), and messages_sent counts wake-ups sent
+// from a reactor to another thread - not its own, not a non-reactor thread's.
+TEST(Reactor, CountersShowBusyTimeAndMessagesSentToOtherThreads) {
+  auto a = Reactor::start({.name = "r-a"});
+  auto b = Reactor::start({.name = "r-b"});
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_TRUE(wait_until([&] { return (*a)->sleeps() > 0; }));
+
+  // Idle for >= 100 ms of its uptime: busy grows by far less.
+  const ReactorCounters idle0 = (*a)->counters();
+  ASSERT_TRUE(wait_until([&] { return (*a)->counters().uptime - idle0.uptime >= 100ms; }));
+  const ReactorCounters idle1 = (*a)->counters();
+  EXPECT_LT((idle1.busy - idle0.busy) * 2, idle1.uptime - idle0.uptime)
+      << "busy " << (idle1.busy - idle0.busy).count() << " ns of "
+      << (idle1.uptime - idle0.uptime).count() << " ns idle";
+
+  // A poller busy for 60 ms: all of it is busy time.
+  BusyUntilPoller busy;
+  busy.deadline = std::chrono::steady_clock::now() + 60ms;
+  const ReactorCounters busy0 = (*a)->counters();
+  ASSERT_TRUE((*a)->add(busy).ok());
+  ASSERT_TRUE(wait_until([&] { return !busy.busy(); }));
+  // Its loop notices the deadline and sleeps again.
+  ASSERT_TRUE(wait_until([&] { return (*a)->asleep(); }));
+  EXPECT_GE((*a)->counters().busy - busy0.busy, 50ms);
+  ASSERT_TRUE((*a)->remove(busy).ok());
+
+  // Messages: 5 wake-ups of b and 2 counted signals from a; 3 of a itself
+  // (not a message); 4 of b from this thread (not a reactor: not counted).
+  ASSERT_TRUE((*a)->call([&]() -> Status {
+                    for (int i = 0; i < 5; ++i) {
+                      (*b)->wake();
+                    }
+                    for (int i = 0; i < 3; ++i) {
+                      (*a)->wake();
+                    }
+                    Reactor::count_message_sent();
+                    Reactor::count_message_sent();
+                    return ok_status();
+                  })
+                  .ok());
+  for (int i = 0; i < 4; ++i) {
+    (*b)->wake();
+  }
+  Reactor::count_message_sent();
+  EXPECT_EQ((*a)->counters().messages_sent, 7U);
+  EXPECT_EQ((*b)->counters().messages_sent, 0U);
+  (*a)->stop();
+  (*b)->stop();
+}
+
+// Work announced through an fd, with a completion in flight while `waits`.
+class WaitingPoller final : public Poller {
+ public:
+  WaitingPoller() : fd(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {}
+  unsigned poll() override {
+    const uint64_t p = posted.load(std::memory_order_acquire);
+    const uint64_t c = consumed.load(std::memory_order_relaxed);
+    consumed.store(p, std::memory_order_release);
+    return static_cast<unsigned>(p - c);
+  }
+  [[nodiscard]] int wait_fd() const override { return fd.get(); }
+  [[nodiscard]] bool waiting() const override { return waits.load(); }
+  void post() {
+    posted.fetch_add(1, std::memory_order_release);
+    uint64_t one = 1;
+    ASSERT_EQ(::write(fd.get(), &one, sizeof(one)), 8);
+  }
+  UniqueFd fd;
+  std::atomic<uint64_t> posted{0};
+  std::atomic<uint64_t> consumed{0};
+  std::atomic<bool> waits{true};
+};
+
+// Adaptive polling (ReactorOptions::poll_in_flight): after work, a reactor
+// whose poller waits for a completion keeps polling instead of sleeping;
+// without a completion in flight, or with polling off, it sleeps; and the
+// CPU share cap makes it sleep even while a completion is in flight. (The
+// polling time, 60 s, outlasts every bounded wait here: a sleep can only come
+// from the rule under test.)
+TEST(Reactor, AdaptivePollingWaitsForCompletionsWithinItsShare) {
+  struct Case {
+    const char* what;
+    std::chrono::microseconds poll;
+    unsigned max_percent;
+    bool waits;
+    bool expect_sleep;
+  };
+  for (const Case c :
+       {Case{"polling, completion in flight", 60s, 100, true, false},
+        Case{"polling, nothing in flight", 60s, 100, false, true},
+        Case{"polling off", 0us, 100, true, true}, Case{"share of 5% spent", 60s, 5, true, true}}) {
+    auto r = Reactor::start(
+        {.name = "r-poll", .poll_in_flight = c.poll, .poll_max_percent = c.max_percent});
+    ASSERT_TRUE(r.ok()) << r.error().to_string();
+    WaitingPoller poller;
+    poller.waits = c.waits;
+    ASSERT_TRUE((*r)->add(poller).ok());
+    poller.post();  // work: the reactor polls it, then polls on or sleeps
+    ASSERT_TRUE(wait_until([&] { return poller.consumed.load() == 1; })) << c.what;
+    if (c.expect_sleep) {
+      EXPECT_TRUE(wait_until([&] { return (*r)->asleep(); })) << c.what;
+    } else {
+      // 200 ms of uptime after the work it has not slept once.
+      const uint64_t sleeps = (*r)->sleeps();
+      const ReactorCounters start = (*r)->counters();
+      ASSERT_TRUE(wait_until([&] { return (*r)->counters().uptime - start.uptime >= 200ms; }));
+      EXPECT_EQ((*r)->sleeps(), sleeps) << c.what;
+      EXPECT_FALSE((*r)->asleep()) << c.what;
+    }
+    (*r)->stop();
+  }
+}
+
 TEST(ReactorSet, DefaultsToOneReactorPerCpuInTheMaskEachPinned) {
   auto cpus = affinity_cpus();
   ASSERT_TRUE(cpus.ok());

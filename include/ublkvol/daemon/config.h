@@ -11,6 +11,7 @@
 // back to a default.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -30,14 +31,22 @@ struct DaemonConfig {
   std::string control_socket = "/run/ublk-volumed/control.sock";
   // Group that may use the socket besides root; ignored if it does not exist.
   std::string socket_group = "ublk-volume";
-  // Reactors (docs/architecture.md "Reactors"): unset (null) = a thread per
-  // store and per ublk queue; N = the stores (store i on reactor i mod N) and
-  // the exposed devices' queues (queue q on reactor q mod N) all run on N
-  // pinned reactors; 0 = one reactor per CPU of the daemon's affinity mask.
-  std::optional<unsigned> reactors;
-  // Defaults for volume.expose (per request overridable). 0 only with
-  // `reactors` and `queues` not given: one queue per reactor.
-  unsigned queues = 1;
+  // Reactors (docs/architecture.md "Reactors"): N = the stores (store i on
+  // reactor i mod N) and the exposed devices' queues (queue q on reactor q mod
+  // N) all run on N pinned reactors; 0 (the default) = one reactor per CPU of
+  // the daemon's affinity mask; unset (config `null`) = the older model, a
+  // thread per store and per ublk queue.
+  std::optional<unsigned> reactors = 0;
+  // Adaptive polling of the reactors (ReactorOptions::poll_in_flight): keep
+  // polling up to this many microseconds for completions in flight instead
+  // of sleeping. Unset (the default): 50 with at least 4 CPUs in the
+  // daemon's affinity mask, else 0 (off). At most reactor_poll_max_percent
+  // of each reactor's time goes to it.
+  std::optional<unsigned> reactor_poll_us;
+  unsigned reactor_poll_max_percent = 50;
+  // Defaults for volume.expose (per request overridable). 0 (the default, only
+  // with reactors) = one queue per reactor; without reactors the default is 1.
+  unsigned queues = 0;
   unsigned queue_depth = 128;
   // A replica request older than this fails the replica.
   uint64_t io_deadline_ms = 8000;
@@ -104,5 +113,10 @@ Result<DaemonConfig> load_config(const std::string& path, bool must_exist = fals
 // max_connections, max_connections_per_uid >= 1, request_timeout_ms and
 // idle_timeout_ms 100..86400000).
 Status validate_config(const DaemonConfig& config);
+
+// The reactors' adaptive polling time for a daemon with `cpus` CPUs in its
+// affinity mask: config.reactor_poll_us, or when unset 50 us with >= 4 CPUs
+// and 0 (off) with fewer.
+std::chrono::microseconds reactor_poll_in_flight(const DaemonConfig& config, size_t cpus);
 
 }  // namespace ublkvol::daemon

@@ -42,6 +42,12 @@ class Poller {
 
   // Work in flight that only poll() will notice: do not sleep.
   [[nodiscard]] virtual bool busy() const { return false; }
+
+  // Work in flight whose completion wait_fd() (or another poller) will
+  // announce - a request at a device or at another reactor. Only read when
+  // the reactor polls adaptively (ReactorOptions::poll_in_flight): it keeps
+  // polling for a while instead of sleeping, and saves the wake-up.
+  [[nodiscard]] virtual bool waiting() const { return false; }
 };
 
 }  // namespace ublkvol::reactor

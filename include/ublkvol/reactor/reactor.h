@@ -8,6 +8,8 @@
 //            work = sum of p.poll() over every poller
 //            if work > 0 or any p.busy():  continue
 //            [spin: keep looping for spin_before_sleep]
+//            [adaptive: keep looping for poll_in_flight while any
+//             p.waiting(), within poll_max_percent of its time]
 //            sleeping = true                          (seq_cst)
 //            re-check: poll every poller once more    (work > 0: continue)
 //            ppoll(doorbell + every poller's wait_fd())
@@ -60,6 +62,31 @@ struct ReactorOptions {
   // never sleeps while it is busy). The store thread's fault-injecting
   // stores use 200 us so that a delayed request does not cost a core.
   std::chrono::microseconds busy_poll_interval{0};
+  // Adaptive polling: while one of its pollers has work in flight
+  // (Poller::waiting()), an idle reactor keeps polling for up to this long
+  // after its last work instead of sleeping, so a completion costs no
+  // wake-up. 0: off (the default: on a machine with fewer cores than busy
+  // threads a polling reactor takes the CPU another one needs).
+  std::chrono::microseconds poll_in_flight{0};
+  // Adaptive polling never takes more than this share (percent, 1..100) of
+  // the reactor's time: polling without work is counted per 10 ms window,
+  // and once the window's share is spent the reactor sleeps as without it.
+  unsigned poll_max_percent = 50;
+};
+
+// What a reactor did since it started (Reactor::counters(); status and
+// Prometheus). Read from any thread; each field is exact on its own, the set
+// is not one atomic snapshot.
+struct ReactorCounters {
+  std::chrono::nanoseconds uptime{0};
+  // Time not spent asleep waiting for work (polling, running handlers and
+  // tasks): busy / uptime is the share of its CPU the reactor used.
+  std::chrono::nanoseconds busy{0};
+  uint64_t sleeps = 0;
+  // Wake-ups this reactor sent to other threads for data-path work: requests
+  // pushed to a store served elsewhere, completions to a queue elsewhere. A
+  // co-located hand-over (a call) sends none.
+  uint64_t messages_sent = 0;
 };
 
 class Reactor {
@@ -112,6 +139,13 @@ class Reactor {
 
   // How many loop iterations slept (tests, status).
   [[nodiscard]] uint64_t sleeps() const;
+  [[nodiscard]] ReactorCounters counters() const;
+  // Asleep right now, waiting for work (tests).
+  [[nodiscard]] bool asleep() const;
+  // Counts one message sent from the calling reactor to another thread (no-op
+  // on a thread that is not a reactor). wake() counts itself; an executor that
+  // signals another thread's eventfd calls this.
+  static void count_message_sent();
 
   struct Impl;
 
@@ -132,6 +166,8 @@ struct ReactorSetOptions {
   bool io_flusher = false;
   std::chrono::microseconds spin_before_sleep{0};
   std::chrono::microseconds busy_poll_interval{0};
+  std::chrono::microseconds poll_in_flight{0};
+  unsigned poll_max_percent = 50;
 };
 
 // The CPUs of the calling thread's affinity mask, in increasing order.

@@ -60,10 +60,9 @@ class ReactorQueueHost final : public ublk::QueueHost {
   std::vector<Slot> slots_;
 };
 
-// The reactors of a `--reactors N` / config `reactors` (0: one per CPU of
-// the affinity mask), pinned if `pin`. IO_FLUSHER needs CAP_SYS_RESOURCE:
+// The reactors of a `--reactors N` / config `reactors` (options.count 0:
+// one per CPU of the affinity mask). IO_FLUSHER needs CAP_SYS_RESOURCE:
 // refused, the set starts unmarked with a warning (as queue threads do).
-Result<std::unique_ptr<reactor::ReactorSet>> start_reactors(unsigned count, bool pin,
-                                                            bool io_flusher);
+Result<std::unique_ptr<reactor::ReactorSet>> start_reactors(reactor::ReactorSetOptions options);
 
 }  // namespace ublkvol::stack

@@ -45,6 +45,7 @@ struct ReactorExecutor::Impl final : public reactor::Poller {
   std::vector<detail::StoreChannel*> channels;
   std::vector<std::unique_ptr<StoreWaiter>> stores;
   bool waiting_without_fd = false;
+  bool any_in_flight = false;  // a store had requests in flight at the last poll
 
   static void on_complete(ReplicaIo& io, int result) {
     io.result = result;
@@ -74,9 +75,11 @@ struct ReactorExecutor::Impl final : public reactor::Poller {
       }
     }
     waiting_without_fd = false;
+    any_in_flight = false;
     for (auto& waiter : stores) {
       ReplicaStore* store = waiter->store();
       if (store->in_flight() > 0) {
+        any_in_flight = true;
         store->kick();
         work += store->poll(false);
         // Requests the completions submitted (e.g. data writes released
@@ -94,6 +97,7 @@ struct ReactorExecutor::Impl final : public reactor::Poller {
       if (ch->notify) {
         ch->notify = false;
         detail::signal_fd(ch->queue_wake_fd);
+        reactor::Reactor::count_message_sent();
       }
     }
     return work;
@@ -104,6 +108,10 @@ struct ReactorExecutor::Impl final : public reactor::Poller {
   // (a fault-injecting wrapper holding delayed requests) must be polled.
   [[nodiscard]] bool busy() const override {
     return waiting_without_fd && !dead.load(std::memory_order_relaxed);
+  }
+  // Requests at a device: adaptive polling waits for their completions.
+  [[nodiscard]] bool waiting() const override {
+    return any_in_flight && !dead.load(std::memory_order_relaxed);
   }
 };
 

@@ -33,7 +33,9 @@ start_daemon() {
   # An explicit --config must exist: an empty object means all defaults.
   # ($STATE exists in every bed; /var/lib may not exist before the daemon
   # creates its state dir.)
-  # DAEMON_REACTORS=N (the *_reactors_e2e variants): config key reactors.
+  # DAEMON_REACTORS (config key reactors): unset = the default (one reactor
+  # per CPU); N; or null (the *_threads_e2e variants: a thread per store and
+  # per queue).
   if [ -n "${DAEMON_REACTORS:-}" ]; then
     printf '{"reactors":%s}\n' "$DAEMON_REACTORS" >"$STATE/config.json"
   else
@@ -43,11 +45,16 @@ start_daemon() {
   DAEMON=$!
   SRV=$DAEMON
   wait_until 120 daemon_up || { tail -30 "$DAEMON_LOG"; fail "ublk-volumed did not come up"; }
-  if [ -n "${DAEMON_REACTORS:-}" ]; then
-    # The stores run on the reactors: daemon.status lists them, and the
+  if [ "${DAEMON_REACTORS:-}" = null ]; then
+    rpc daemon.status | grep -q '"reactors":\[\]' ||
+      fail "daemon.status lists reactors with reactors null: $(rpc daemon.status)"
+  else
+    # The stores run on the reactors: daemon.status lists them (the last one
+    # is reactor<N-1>, N = DAEMON_REACTORS or the VM's CPU count), and the
     # daemon has no store thread (store-*).
-    rpc daemon.status | grep -q "\"name\":\"reactor$((DAEMON_REACTORS - 1))\"" ||
-      fail "daemon.status lists no reactor$((DAEMON_REACTORS - 1)): $(rpc daemon.status)"
+    last=$((${DAEMON_REACTORS:-$(nproc)} - 1))
+    rpc daemon.status | grep -q "\"name\":\"reactor$last\"" ||
+      fail "daemon.status lists no reactor$last: $(rpc daemon.status)"
     ! grep -q '^store-' /proc/"$DAEMON"/task/*/comm || fail "store threads with reactors on"
   fi
 }
