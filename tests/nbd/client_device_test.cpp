@@ -158,8 +158,12 @@ TEST(NbdDevice, NbdkitFileOverTcpFuaTrimAndWriteZeroesReachTheFile) {
     const std::byte expected = i < 64 * kKiB ? std::byte{0} : data[i];
     ASSERT_EQ(back[i], expected) << "byte " << i;
   }
-  // Trim: a hint, it must succeed (nbdkit file punches a hole).
+  // Discard goes as write-zeroes (discard_as_zero): it reads back as zeros.
   ASSERT_TRUE(dbs::discard_sync(*device, 1 * kMiB + 128 * kKiB, 128 * kKiB).ok());
+  ASSERT_TRUE(dbs::read_sync(*device, 1 * kMiB, back.span()).ok());
+  for (size_t i = 128 * kKiB; i < back.size(); ++i) {
+    ASSERT_EQ(back[i], std::byte{0}) << "byte " << i;
+  }
   ASSERT_TRUE(dbs::flush_sync(*device).ok());
   pattern_round_trip(*device);
 }
@@ -220,6 +224,12 @@ TEST(NbdDevice, QemuNbdBigIoIsSplitAndReadsBackIdentical) {
   for (size_t i = 0; i < back.size(); i += 4096) {
     ASSERT_EQ(back[i], i < 8 * kMiB ? std::byte{0} : big[i]) << "byte " << i;
   }
+  // qemu-nbd ignores TRIM by default (no --discard=unmap); a discard still
+  // reads back as zeros, as on every other replica (discard_as_zero).
+  ASSERT_TRUE(dbs::discard_sync(*device, 16 * kMiB, 4 * kMiB).ok());
+  AlignedBuffer discarded(4 * kMiB);
+  ASSERT_TRUE(dbs::read_sync(*device, 16 * kMiB, discarded.span()).ok());
+  EXPECT_TRUE(discarded.all_equal(std::byte{0}));
 }
 
 TEST(NbdDevice, OpenErrorsNameTheUriAndTheProblem) {

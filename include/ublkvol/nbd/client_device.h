@@ -31,8 +31,9 @@
 //                  connection covers writes completed on all of them);
 //                  completes successfully at once on a server without a
 //                  write cache (no SEND_FLUSH flag);
-//   DISCARD        NBD_CMD_TRIM; a hint: succeeds without effect if the
-//                  server cannot trim;
+//   DISCARD        as WRITE_ZEROES (discard_as_zero, the default: replicas
+//                  must agree), or NBD_CMD_TRIM, a hint that succeeds
+//                  without effect if the server cannot trim;
 //   WRITE_ZEROES   NBD_CMD_WRITE_ZEROES, else writes of a zeroed buffer.
 //
 // Failures: a connection that dies (reset, EOF, protocol error) fails its
@@ -73,6 +74,13 @@ struct NbdDeviceOptions {
   uint64_t max_request_bytes = 0;
   // Refuse (at open) an export the server offers read-only unless set.
   bool read_only = false;
+  // DISCARD as NBD_CMD_WRITE_ZEROES (without NO_HOLE, so the server may
+  // still deallocate): the range then reads as zeros on every server, and
+  // replicas on different servers agree. NBD TRIM leaves the content
+  // unspecified (qemu-nbd ignores it unless --discard=unmap), which would
+  // let a remote replica differ from local ones after a discard. Off: TRIM,
+  // a pure hint.
+  bool discard_as_zero = true;
   // Bound on connecting and negotiating one connection.
   unsigned connect_timeout_ms = 10000;
 };
@@ -108,6 +116,10 @@ class NbdDevice final : public dbs::BlockDevice {
   [[nodiscard]] int completion_fd() const override;
 
   [[nodiscard]] const std::string& uri() const { return uri_; }
+  // Shuts every socket down: commands in flight fail (ENOTCONN or the
+  // socket error) at the next poll(), later requests at once. For a replica
+  // the engine has dropped whose server stopped answering.
+  void disconnect();
   // Connections opened / still alive.
   [[nodiscard]] unsigned connections() const { return static_cast<unsigned>(conns_.size()); }
   [[nodiscard]] unsigned live_connections() const;

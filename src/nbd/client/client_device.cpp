@@ -5,6 +5,7 @@
 #include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -57,7 +58,6 @@ bool is_nbd_uri(std::string_view text) {
 
 struct NbdDevice::Connection {
   nbd_handle* handle = nullptr;
-  int fd = -1;
   unsigned index = 0;
   unsigned in_flight = 0;
   bool dead = false;
@@ -190,7 +190,6 @@ Status NbdDevice::connect_all() {
     // Reads land in the caller's buffer; libnbd need not zero it first.
     nbd_set_pread_initialize(conn->handle, false);
     UBLKVOL_TRY(connect_bounded(conn->handle, uri_, options_.connect_timeout_ms));
-    conn->fd = nbd_aio_get_fd(conn->handle);
     return conn;
   };
 
@@ -284,6 +283,17 @@ unsigned NbdDevice::live_connections() const {
       std::count_if(conns_.begin(), conns_.end(), [](const auto& c) { return !c->dead; }));
 }
 
+void NbdDevice::disconnect() {
+  for (auto& conn : conns_) {
+    // The fd is asked for each time: libnbd closes the socket of a handle
+    // that died, and the number may since belong to another connection.
+    const int fd = conn->dead ? -1 : nbd_aio_get_fd(conn->handle);
+    if (fd >= 0) {
+      ::shutdown(fd, SHUT_RDWR);
+    }
+  }
+}
+
 void NbdDevice::submit(dbs::IoRequest& request) {
   ++in_flight_;
   const int invalid = dbs::detail::validate_request(request, size_bytes_, kBlockSize);
@@ -324,8 +334,9 @@ void NbdDevice::issue() {
     dbs::IoRequest& request = *waiting_head_;
     if (head_tracker_ == nullptr) {
       // Hints and flushes the server has no use for complete at once.
-      const bool no_op = (request.op == dbs::IoOp::kDiscard && !caps_.trim) ||
-                         (request.op == dbs::IoOp::kFlush && !caps_.flush);
+      const bool no_op =
+          (request.op == dbs::IoOp::kDiscard && !options_.discard_as_zero && !caps_.trim) ||
+          (request.op == dbs::IoOp::kFlush && !caps_.flush);
       if (no_op || live_connections() == 0) {
         dbs::detail::queue_pop(waiting_head_, waiting_tail_);
         fail_locally(request, no_op ? 0 : -ENOTCONN);
@@ -376,6 +387,9 @@ bool NbdDevice::issue_piece(dbs::IoRequest& request, Tracker& tracker) {
     return true;
   }
   dbs::IoOp op = request.op;
+  if (op == dbs::IoOp::kDiscard && options_.discard_as_zero) {
+    op = dbs::IoOp::kWriteZeroes;
+  }
   std::byte* buffer = request.buffer == nullptr ? nullptr : request.buffer + tracker.cursor;
   uint64_t limit = max_request_bytes_;
   if (op == dbs::IoOp::kWriteZeroes && !caps_.zero) {
@@ -472,7 +486,11 @@ void NbdDevice::mark_dead(Connection& conn, const char* what) {
   last_error_ = uri_ + ": connection " + std::to_string(conn.index + 1) + ": " + what + ": " +
                 libnbd_message();
   if (epoll_fd_ >= 0 && conn.registered_events != 0) {
-    epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, conn.fd, nullptr);
+    // A socket libnbd already closed left the epoll set by itself.
+    const int fd = nbd_aio_get_fd(conn.handle);
+    if (fd >= 0) {
+      epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
+    }
     conn.registered_events = 0;
   }
 }
@@ -483,6 +501,11 @@ void NbdDevice::pump(int timeout_ms) {
     if (conn->dead) {
       continue;
     }
+    const int fd = nbd_aio_get_fd(conn->handle);
+    if (fd < 0) {
+      mark_dead(*conn, "connection lost");
+      continue;
+    }
     const unsigned direction = nbd_aio_get_direction(conn->handle);
     short events = 0;
     if ((direction & LIBNBD_AIO_DIRECTION_READ) != 0) {
@@ -491,7 +514,7 @@ void NbdDevice::pump(int timeout_ms) {
     if ((direction & LIBNBD_AIO_DIRECTION_WRITE) != 0) {
       events |= POLLOUT;
     }
-    pollfds_[count] = pollfd{.fd = conn->fd, .events = events, .revents = 0};
+    pollfds_[count] = pollfd{.fd = fd, .events = events, .revents = 0};
     polled_[count] = conn.get();
     ++count;
   }
@@ -640,6 +663,10 @@ void NbdDevice::update_interest() const {
     if (conn->dead) {
       continue;
     }
+    const int fd = nbd_aio_get_fd(conn->handle);
+    if (fd < 0) {
+      continue;  // dead; the next poll() marks it
+    }
     const unsigned direction = nbd_aio_get_direction(conn->handle);
     uint32_t want = EPOLLIN;
     if ((direction & LIBNBD_AIO_DIRECTION_WRITE) != 0) {
@@ -651,8 +678,7 @@ void NbdDevice::update_interest() const {
     epoll_event event{};
     event.events = want;
     event.data.u64 = conn->index;
-    epoll_ctl(epoll_fd_, conn->registered_events == 0 ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, conn->fd,
-              &event);
+    epoll_ctl(epoll_fd_, conn->registered_events == 0 ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, &event);
     conn->registered_events = want;
   }
 }
