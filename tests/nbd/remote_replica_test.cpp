@@ -6,7 +6,8 @@
 // with the local ones through the file nbdkit serves.
 //
 // Failures (DESIGN.md guarantee 4, as for local replicas): the server
-// SIGKILLed mid-workload, and SIGSTOPped past the I/O deadline. Each time:
+// SIGKILLed mid-workload, SIGSTOPped past the I/O deadline, and a restart
+// with an older generation on the export. Each time:
 // no I/O error reaches the volume, the replica is dropped, the keeper
 // reconnects with backoff once the server is back, the replica resyncs only
 // its dirty regions (rebuild.full_from == size, total < size) and is
@@ -73,6 +74,70 @@ TEST(RemoteReplica, ServerStoppedPastTheDeadlineIsDroppedThenResyncsWhenItResume
   // write of the dropped connection can land after the resync.
   c.keeper_error = "waiting for the server to answer";
   fail_and_return(c);
+}
+
+// The remote replica drops out (server killed) and misses writes; then the
+// whole process goes down without a clean close and comes back with the
+// server. Which replica is current is decided by the persisted generations:
+// the remote one, with an older generation on its export, opens stale - never
+// in sync - and is resynced from its dirty regions before it counts again.
+TEST(RemoteReplica, OlderGenerationOnTheExportIsNotTrustedAfterARestart) {
+  RemoteFixture f;
+  f.cluster.create(2, kSize, kRegion);
+  auto remote = f.open_remote(/*format=*/true);
+  ASSERT_NE(remote, nullptr);
+  ReplicatedVolumeOptions o;
+  o.queues = 2;
+  o.io_deadline = std::chrono::milliseconds(1000);
+  o.auto_rebuild = false;
+  auto volume = f.open_volume(*remote, o);
+  ASSERT_NE(volume, nullptr);
+  auto wo = small_workload();
+  wo.trigger_after = 200;
+  wo.trigger = [&] { f.server.stop(SIGKILL); };
+  engine::testing::Workload w(*volume, wo);
+  w.run();
+  EXPECT_EQ(w.errors.load(), 0U);
+  ASSERT_TRUE(wait_state(*volume, kRemote, ReplicaState::kFailed));
+  const uint64_t current = volume->status().generation;
+
+  // Crash: no close, no checkpoint. Then everything comes back.
+  volume.reset();
+  remote.reset();
+  f.cluster.stop();
+  f.cluster.start();
+  f.server.restart();
+  remote = f.open_remote(/*format=*/false);
+  ASSERT_NE(remote, nullptr);
+  EXPECT_NE(remote->store().meta().generation, current) << "the export missed the bump";
+  volume = f.open_volume(*remote, o);
+  ASSERT_NE(volume, nullptr);
+  // After a crash the engine reads from one source chosen by generation
+  // and resyncs the others before they are readable; the remote replica is
+  // never that source and never in sync at open.
+  engine::VolumeStatus st = volume->status();
+  EXPECT_NE(st.replicas[kRemote].state, ReplicaState::kInSync);
+  EXPECT_GE(st.in_sync, 1U);
+  EXPECT_LE(st.in_sync, 2U);
+
+  for (unsigned i = 0; i < 3; ++i) {
+    if (volume->status().replicas[i].state == ReplicaState::kStale) {
+      ASSERT_TRUE(volume->start_rebuild(i).ok());
+    }
+  }
+  ASSERT_TRUE(test_support::wait_until(
+      [&] {
+        const auto now = volume->status();
+        return !now.rebuild.active && now.in_sync == 3;
+      },
+      std::chrono::seconds(30)));
+  st = volume->status();
+  EXPECT_EQ(st.rebuild.full_from, kSize) << "expected a dirty-region resync";
+  EXPECT_LE(st.rebuild.total_bytes, uint64_t{2} << 20);
+  ASSERT_TRUE(volume->close().ok());
+  volume.reset();
+  engine::testing::expect_replicas_match_model(f.cluster, 0b11, kSize, w);
+  f.expect_remote_matches_local();
 }
 
 }  // namespace
