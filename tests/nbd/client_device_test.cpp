@@ -348,5 +348,45 @@ TEST(NbdDevice, CompletionFdBecomesReadableWhenARepliesArrive) {
   EXPECT_EQ(bad.result, -EINVAL);
 }
 
+// nbds+unix:// with a PSK file (libnbd URI rules): the session is TLS and
+// data round-trips; a wrong key or a plain nbd:// URI is refused by the
+// server, which requires TLS.
+TEST(NbdDevice, TlsWithAPskFileRoundTripsAndAWrongKeyOrPlainTextIsRefused) {
+  dbs::testing::TempPath good("/var/tmp", "psk-good");
+  dbs::testing::TempPath bad("/var/tmp", "psk-bad");
+  auto write_file = [](const std::string& path, const std::string& text) {
+    const int fd = ::open(path.c_str(), O_CREAT | O_WRONLY | O_TRUNC, 0600);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::write(fd, text.data(), text.size()), static_cast<ssize_t>(text.size()));
+    ::close(fd);
+  };
+  write_file(good.path(), "alice:0123456789abcdef0123456789abcdef\n");
+  write_file(bad.path(), "alice:fedcba9876543210fedcba9876543210\n");
+  NbdTestServer server(
+      {"nbdkit", "-f", "--tls=require", "--tls-psk=" + good.path(), "memory", "8M"},
+      Transport::kUnix);
+  const std::string socket = server.uri().substr(server.uri().find("?socket=") + 8);
+  const std::string tls_uri = "nbds+unix://alice@/?socket=" + socket;
+
+  auto device = open_or_fail(tls_uri + "&tls-psk-file=" + good.path());
+  ASSERT_NE(device, nullptr);
+  AlignedBuffer data(64 * kKiB);
+  data.fill_pattern(5);
+  ASSERT_TRUE(dbs::write_sync(*device, 0, data.span(), /*fua=*/true).ok());
+  AlignedBuffer back(64 * kKiB);
+  ASSERT_TRUE(dbs::read_sync(*device, 0, back.span()).ok());
+  EXPECT_TRUE(back.has_pattern(5));
+
+  NbdDeviceOptions quick;
+  quick.connect_timeout_ms = 5000;
+  auto wrong = NbdDevice::open(tls_uri + "&tls-psk-file=" + bad.path(), quick);
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_NE(wrong.error().message().find("cannot connect"), std::string::npos)
+      << wrong.error().to_string();
+  auto plain = NbdDevice::open(server.uri(), quick);
+  ASSERT_FALSE(plain.ok());
+  EXPECT_NE(plain.error().message().find(server.uri()), std::string::npos);
+}
+
 }  // namespace
 }  // namespace ublkvol::nbd

@@ -66,7 +66,16 @@ struct NbdDevice::Connection {
   Connection() = default;
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
-  ~Connection() { nbd_close(handle); }
+  ~Connection() {
+    // A polite NBD_CMD_DISC when nothing is in flight (never blocks: the
+    // asynchronous call only queues and tries to send it), so the server
+    // ends the session (and TLS) cleanly instead of seeing a torn socket.
+    if (handle != nullptr && !dead && nbd_aio_is_ready(handle) == 1 &&
+        nbd_aio_in_flight(handle) == 0) {
+      (void)nbd_aio_disconnect(handle, 0);
+    }
+    nbd_close(handle);
+  }
 };
 
 // Per request in flight: progress of its pieces and its first error.
