@@ -34,6 +34,8 @@ PACKAGES=(
   libzstd-dev libssl-dev
   # benchmarks and e2e workloads
   fio gnuplot-nox
+  # remote replicas over NBD (src/nbd/client, docs/nbd.md): libnbd, test servers
+  libnbd-dev libnbd-bin nbdkit
   # VM test bed (scripts/vm): emulator, initramfs contents, kernel fetch
   qemu-system-x86 busybox-static cpio xz-utils e2fsprogs util-linux kmod
   # systemd VM test bed (scripts/vm/systemd): root image builder, qcow2 overlays

@@ -1,0 +1,216 @@
+// RemoteReplica and RemoteReplicaKeeper (remote_replica.h).
+#include "ublkvol/nbd/remote_replica.h"
+
+#include <algorithm>
+#include <utility>
+
+namespace ublkvol::nbd {
+
+Status format_remote_replica(const std::string& uri, const engine::RawReplicaFormatOptions& format,
+                             const NbdDeviceOptions& device) {
+  UBLKVOL_ASSIGN_OR_RETURN(auto nbd, NbdDevice::open(uri, device));
+  Status formatted = engine::format_raw_replica(*nbd, format);
+  if (!formatted.ok()) {
+    return formatted.error().with_context("formatting a remote replica");
+  }
+  return ok_status();
+}
+
+Result<std::unique_ptr<RemoteReplica>> RemoteReplica::open(const std::string& uri,
+                                                           const RemoteReplicaOptions& options) {
+  std::unique_ptr<RemoteReplica> replica(new RemoteReplica());
+  replica->uri_ = uri;
+  UBLKVOL_ASSIGN_OR_RETURN(replica->device_, NbdDevice::open(uri, options.device));
+  auto store = engine::open_raw_replica(*replica->device_);
+  if (!store.ok()) {
+    return store.error().with_context("remote replica");
+  }
+  replica->store_ = std::move(*store);
+  UBLKVOL_ASSIGN_OR_RETURN(replica->thread_, engine::StoreThread::start(options.thread));
+  UBLKVOL_TRY(replica->thread_->attach(*replica->store_));
+  return replica;
+}
+
+RemoteReplica::~RemoteReplica() {
+  if (thread_) {
+    if (store_) {
+      (void)thread_->detach(*store_);
+    }
+    thread_->stop();
+  }
+  store_.reset();
+  device_.reset();
+}
+
+engine::ReplicaBinding RemoteReplica::binding() { return {store_.get(), thread_.get()}; }
+
+Result<RemoteReplica::Stats> RemoteReplica::stats() {
+  Stats stats;
+  UBLKVOL_TRY(thread_->call([&]() -> Status {
+    stats.uri = uri_;
+    stats.connections = device_->connections();
+    stats.live_connections = device_->live_connections();
+    stats.requests = device_->latency().count();
+    stats.failed = device_->counters().failed;
+    stats.latency_p50_us = device_->latency().quantile_us(500);
+    stats.latency_p99_us = device_->latency().quantile_us(990);
+    stats.last_error = device_->last_error();
+    return ok_status();
+  }));
+  return stats;
+}
+
+Status RemoteReplica::disconnect() {
+  return thread_->call([&]() -> Status {
+    device_->disconnect();
+    return ok_status();
+  });
+}
+
+Result<RemoteReplica::Pending> RemoteReplica::pending() {
+  Pending pending;
+  UBLKVOL_TRY(thread_->call([&]() -> Status {
+    pending.in_flight = device_->in_flight();
+    pending.live_connections = device_->live_connections();
+    return ok_status();
+  }));
+  return pending;
+}
+
+RemoteReplicaKeeper::RemoteReplicaKeeper(engine::ReplicatedVolume& volume, unsigned index,
+                                         std::unique_ptr<RemoteReplica> replica,
+                                         RemoteReplicaOptions options, ReconnectBackoff backoff)
+    : volume_(volume),
+      index_(index),
+      options_(std::move(options)),
+      backoff_(backoff),
+      uri_(replica->uri()),
+      replica_(std::move(replica)),
+      delay_(backoff.initial) {
+  thread_ = std::thread([this] { run(); });
+}
+
+RemoteReplicaKeeper::~RemoteReplicaKeeper() { stop(); }
+
+void RemoteReplicaKeeper::stop() {
+  {
+    const std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  if (thread_.joinable()) {
+    thread_.join();
+  }
+}
+
+uint64_t RemoteReplicaKeeper::reconnects() const {
+  const std::lock_guard lock(mutex_);
+  return reconnects_;
+}
+
+uint64_t RemoteReplicaKeeper::attempts() const {
+  const std::lock_guard lock(mutex_);
+  return attempts_;
+}
+
+std::chrono::milliseconds RemoteReplicaKeeper::delay() const {
+  const std::lock_guard lock(mutex_);
+  return delay_;
+}
+
+std::string RemoteReplicaKeeper::last_error() const {
+  const std::lock_guard lock(mutex_);
+  return last_error_;
+}
+
+Result<RemoteReplica::Stats> RemoteReplicaKeeper::stats() {
+  // The replica is only swapped by the keeper thread, under the mutex.
+  const std::lock_guard lock(mutex_);
+  return replica_->stats();
+}
+
+void RemoteReplicaKeeper::run() {
+  std::unique_lock lock(mutex_);
+  while (!stopping_) {
+    // A timed wait on the stop condition: the backoff delay between checks.
+    wake_.wait_for(lock, delay_, [this] { return stopping_; });
+    if (stopping_) {
+      break;
+    }
+    lock.unlock();
+    const engine::VolumeStatus status = volume_.status();
+    const engine::ReplicaState state = index_ < status.replicas.size()
+                                           ? status.replicas[index_].state
+                                           : engine::ReplicaState::kRemoved;
+    const bool wanted =
+        state == engine::ReplicaState::kFailed || state == engine::ReplicaState::kStale;
+    const bool replaced = wanted && try_reconnect();
+    lock.lock();
+    if (!wanted || replaced) {
+      delay_ = backoff_.initial;
+    } else {
+      delay_ = std::min(delay_ * 2, backoff_.max);
+    }
+  }
+}
+
+bool RemoteReplicaKeeper::try_reconnect() {
+  RemoteReplica* old = nullptr;
+  {
+    const std::lock_guard lock(mutex_);
+    ++attempts_;
+    old = replica_.get();
+  }
+  // A stalled server still holding the old connection's commands would
+  // execute them after the resync: wait until it answered them (header).
+  auto pending = old->pending();
+  if (pending.ok() && pending->in_flight > 0 && pending->live_connections > 0) {
+    const auto now = std::chrono::steady_clock::now();
+    const std::lock_guard lock(mutex_);
+    if (stalled_since_ == std::chrono::steady_clock::time_point{}) {
+      stalled_since_ = now;
+    }
+    if (now - stalled_since_ < backoff_.stalled_wait) {
+      last_error_ = uri_ + ": waiting for the server to answer " +
+                    std::to_string(pending->in_flight) +
+                    " command(s) of the dropped connection before reconnecting";
+      return false;
+    }
+    last_error_ = uri_ + ": the server did not answer " + std::to_string(pending->in_flight) +
+                  " command(s) of the dropped connection within " +
+                  std::to_string(backoff_.stalled_wait.count()) + " ms; connection cut";
+  }
+  {
+    const std::lock_guard lock(mutex_);
+    stalled_since_ = {};
+  }
+  // Nothing of the old connection may still arrive (or we gave up on it):
+  // close it so its store's requests end and the engine can let go of it.
+  (void)old->disconnect();
+  auto fresh = RemoteReplica::open(uri_, options_);
+  if (!fresh.ok()) {
+    const std::lock_guard lock(mutex_);
+    last_error_ = fresh.error().to_string();
+    return false;
+  }
+  Status replaced = volume_.replace_replica(index_, (*fresh)->binding());
+  if (!replaced.ok()) {
+    const std::lock_guard lock(mutex_);
+    last_error_ = "replica " + std::to_string(index_) + " (" + uri_ +
+                  "): replace: " + replaced.error().to_string();
+    return false;
+  }
+  auto old_stats = old->stats();
+  std::unique_ptr<RemoteReplica> retired;
+  {
+    const std::lock_guard lock(mutex_);
+    last_error_ = "reconnected; the previous connection ended with: " +
+                  (old_stats.ok() ? old_stats->last_error : old_stats.error().to_string());
+    retired = std::exchange(replica_, std::move(*fresh));
+    ++reconnects_;
+  }
+  retired.reset();  // the engine no longer touches it (replace_replica)
+  return true;
+}
+
+}  // namespace ublkvol::nbd
