@@ -73,9 +73,13 @@ Result<Json> grow_exposed_volume(Registry& r, VolumeEntry& volume, uint64_t new_
   const std::string what = "volume " + named(volume.name) + " (" + path + ")";
   const auto paused = std::chrono::steady_clock::now();
   if (Status quiesced = volume.device->quiesce_and_detach(kQuiesceTimeout); !quiesced.ok()) {
-    return quiesced.error().with_context(what +
-                                         ": cannot quiesce the device for the resize "
-                                         "(nothing changed)");
+    // A QUIESCE_DEV that timed out leaves the driver holding new requests
+    // back: go on with a plain detach - the re-attach below releases them,
+    // and what the queues held is re-issued, as after a restart.
+    spdlog::warn("{}: {}; detaching without quiescing", what, quiesced.error().message());
+    if (Status detached = volume.device->detach(); !detached.ok()) {
+      return detached.error().with_context(what + ": cannot detach the device for the resize");
+    }
   }
   volume.device.reset();
   // From here on the device waits, quiesced, for a server: it is re-attached
