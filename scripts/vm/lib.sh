@@ -69,7 +69,7 @@ UBLKVOL_VM_MODULES=(
 # preference to PATH (FEATURE_SH_STANDALONE), so under it `losetup` or `blkdiscard` would
 # silently be busybox's cut-down versions instead of the real tools listed here.
 UBLKVOL_VM_REQUIRED_TOOLS=(bash fio mkfs.ext4 e2fsck blkdiscard blockdev losetup)
-UBLKVOL_VM_OPTIONAL_TOOLS=(mke2fs dumpe2fs debugfs lsblk strace)
+UBLKVOL_VM_OPTIONAL_TOOLS=(mke2fs dumpe2fs debugfs resize2fs lsblk strace)
 
 # Busybox must be the static build (busybox-static): it provides the guest's coreutils,
 # mount, insmod, poweroff, ... (as symlinks; a tool listed above replaces its applet).

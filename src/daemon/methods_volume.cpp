@@ -11,6 +11,7 @@
 #include "device_in_use.h"
 #include "handlers.h"
 #include "render.h"
+#include "resize.h"
 
 namespace ublkvol::daemon {
 namespace {
@@ -48,7 +49,9 @@ Result<NewVolumeArgs> parse_new_volume(Registry& r, Params& p, bool with_size) {
   return a;
 }
 
-// Grows a volume that is not exposed: closes its engine and replicas, grows
+}  // namespace
+
+// Grows a volume that has no device: closes its engine and replicas, grows
 // every replica's DBS volume (new range reads as zeros, the dirty bitmap is
 // resized by DBS), reopens. DbsReplicaStore and the engine take the size
 // (and dirty-region size) from the DBS volume when they open, so nothing of
@@ -107,8 +110,6 @@ Result<Json> grow_volume(Registry& r, VolumeEntry& volume, uint64_t new_size) {
   spdlog::info("volume '{}' grown from {} to {} bytes", volume.name, old_size, new_size);
   return volume_json(r, volume);
 }
-
-}  // namespace
 
 Result<Json> volume_create(Registry& r, Params& p) {
   UBLKVOL_ASSIGN_OR_RETURN(const NewVolumeArgs a, parse_new_volume(r, p, /*with_size=*/true));
@@ -298,19 +299,10 @@ Result<Json> volume_resize(Registry& r, Params& p) {
   if (size == volume->size_bytes) {
     return volume_json(r, *volume);
   }
-  if (volume->exposed || volume->device) {
-    const std::string path = volume->device ? volume->device->block_path() : "a ublk device";
-    const std::string what = "volume " + named(name) + " is exposed as " + path;
-    // Growing a live device needs UPDATE_SIZE: name what is missing (the
-    // kernel feature, or the config key that turned it off). EBUSY either
-    // way: the volume is busy being a device.
-    if (Status live = r.require_optional_feature(ublk::uapi::kFUpdateSize); !live.ok()) {
-      return Error(EBUSY,
-                   what + ": " + live.error().message() + "; unexpose it, resize, expose it again");
-    }
-    return Error(EBUSY, what +
-                            ": online resize is not implemented yet (the kernel has "
-                            "UBLK_F_UPDATE_SIZE); unexpose it, resize, expose it again");
+  const bool exposed = volume->exposed || volume->device;
+  if (exposed) {
+    // Needs UPDATE_SIZE and QUIESCE: the refusal names what is missing.
+    UBLKVOL_TRY(check_online_resize(r, *volume));
   }
   // A volume left closed (a resize that failed or crashed part-way leaves
   // replicas of different sizes, which the engine refuses to open) may be
@@ -329,7 +321,7 @@ Result<Json> volume_resize(Registry& r, Params& p) {
     return Error(EBUSY, "volume " + named(name) +
                             " is rebuilding a replica; resize after the rebuild completes");
   }
-  return grow_volume(r, *volume, size);
+  return exposed ? grow_exposed_volume(r, *volume, size) : grow_volume(r, *volume, size);
 }
 
 }  // namespace ublkvol::daemon

@@ -359,6 +359,11 @@ Status Registry::create_device(VolumeEntry& v, unsigned queues, unsigned depth, 
   options.queues = queues;
   options.queue_depth = depth;
   options.recoverable = config.recoverable_devices;
+  // QUIESCE where the kernel has it and the config leaves it on: online
+  // resize and quiesced restarts (docs/operations.md "Kernels").
+  options.quiesce =
+      kernel.features && (ublk::optional_features_enabled(*kernel.features, kernel.turned_off) &
+                          ublk::uapi::kFQuiesce) != 0;
   UBLKVOL_ASSIGN_OR_RETURN(v.device, ublk::UblkDevice::create(*v.frontend, options));
   const auto& info = v.device->info();
   v.exposed = ExposeRecord{v.device->id(), info.nr_hw_queues, info.queue_depth};

@@ -4,9 +4,11 @@
 // and everything is closed (docs/daemon.md "Start-up and recovery",
 // "Signals and shutdown").
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <exception>
 #include <spdlog/spdlog.h>
+#include <string>
 #include <thread>
 
 #include "ublkvol/dbs/device_users.h"
@@ -15,6 +17,34 @@
 #include "registry.h"
 
 namespace ublkvol::daemon {
+namespace {
+
+// Within systemd's TimeoutStopSec (90 s) with room for the volumes' close.
+constexpr std::chrono::seconds kHandOverQuiesceTimeout{10};
+
+// Leaves a device in use to the next daemon. With UBLK_F_QUIESCE (6.16+) the
+// driver first stops handing out requests and the queues finish the ones
+// they hold, so the next process has nothing to re-issue; otherwise, or if
+// the quiesce fails, a plain detach (the requests held are re-issued after
+// the next process's recovery, as after a kill). Returns " (quiesced)" or "".
+std::string hand_over(VolumeEntry& v) {
+  ublk::UblkDevice& device = *v.device;
+  if (device.quiescable()) {
+    Status quiesced = device.quiesce_and_detach(kHandOverQuiesceTimeout);
+    if (quiesced.ok()) {
+      return " (quiesced)";
+    }
+    spdlog::warn("volume '{}': {}; detaching without quiescing", v.name,
+                 quiesced.error().message());
+  }
+  Status detached = device.detach();
+  if (!detached.ok()) {
+    spdlog::error("volume '{}': detach failed: {}", v.name, detached.error().message());
+  }
+  return "";
+}
+
+}  // namespace
 
 Result<std::unique_ptr<Registry>> Registry::start(const DaemonConfig& config) {
   UBLKVOL_TRY(validate_config(config));
@@ -287,12 +317,10 @@ Service::ShutdownReport Registry::shutdown() {
     auto in_use = block_device_in_use(path);
     if (in_use.ok() && *in_use) {
       const std::string holder = dbs::describe_device_users(path);
-      Status detached = v->device->detach();
-      const std::string line =
-          v->name + " (" + path + ")" + (holder.empty() ? ": in use" : ": " + holder);
-      if (!detached.ok()) {
-        spdlog::error("volume '{}': detach failed: {}", v->name, detached.error().message());
-      }
+      const std::string how = hand_over(*v);
+      std::string line = v->name + " (" + path + ")";
+      line += holder.empty() ? ": in use" : ": " + holder;
+      line += how;
       spdlog::warn("{} is in use: detached, left for the next ublk-volumed to re-attach", line);
       report.detached.push_back(line);
     } else {

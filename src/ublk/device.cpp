@@ -5,9 +5,11 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <future>
+#include <limits>
 #include <mutex>
 #include <spdlog/spdlog.h>
 #include <thread>
@@ -256,6 +258,10 @@ Result<std::unique_ptr<UblkDevice>> UblkDevice::create(engine::Volume& volume,
   if (options.recoverable) {
     UBLKVOL_TRY(require_features(*features, kRecoveryFeatures, "transparent daemon restart"));
     wanted |= kRecoveryFeatures;
+    // QUIESCE needs USER_RECOVERY (the driver refuses it alone).
+    if (options.quiesce && (*features & uapi::kFQuiesce) != 0) {
+      wanted |= uapi::kFQuiesce;
+    }
   }
 
   uapi::CtrlDevInfo request{};
@@ -451,6 +457,49 @@ Status UblkDevice::detach() {
                  s.name());
   }
   return ok_status();
+}
+
+bool UblkDevice::quiescable() const { return (state_->info.flags & uapi::kFQuiesce) != 0; }
+
+Status UblkDevice::quiesce_and_detach(std::chrono::milliseconds timeout) {
+  State& s = *state_;
+  if (s.done) {
+    return ok_status();
+  }
+  if (!quiescable()) {
+    return Error(EOPNOTSUPP, s.name() + " was created without UBLK_F_QUIESCE");
+  }
+  // QUIESCE_DEV returns once every queue has an idle tag; then new requests
+  // wait in the driver (re-queued until the next server's recovery ends)
+  // and the idle tags' commands come back aborted. The queues keep running
+  // meanwhile: the requests they hold complete normally in detach(), which
+  // waits until the volume has nothing in flight.
+  const auto ms = static_cast<uint32_t>(
+      std::clamp<int64_t>(timeout.count(), 1, std::numeric_limits<uint32_t>::max()));
+  UBLKVOL_TRY(s.control.quiesce_device(s.info.dev_id, ms));
+  return detach();
+}
+
+Status UblkDevice::wait_released(uint32_t dev_id, std::chrono::milliseconds timeout) {
+  UBLKVOL_ASSIGN_OR_RETURN(ControlDevice control, ControlDevice::open());
+  const std::string name = "ublk device " + std::to_string(dev_id);
+  // The rings of the ended queues close asynchronously in the kernel; only
+  // then is /dev/ublkcN released and the device quiesced. No event tells
+  // this process, so the state is polled (bounded by `timeout`), as
+  // recover() polls START_USER_RECOVERY.
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (true) {
+    UBLKVOL_ASSIGN_OR_RETURN(const uapi::CtrlDevInfo info, control.get_device_info(dev_id));
+    if (info.state != uapi::kDevStateLive) {
+      return ok_status();
+    }
+    if (std::chrono::steady_clock::now() >= deadline) {
+      return Error(EBUSY, name + " is still live " + std::to_string(timeout.count()) +
+                              " ms after its queues ended (its queue rings or /dev/ublkc" +
+                              std::to_string(dev_id) + " are still open)");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
 }
 
 std::vector<DeviceStats> UblkDevice::queue_stats() const {

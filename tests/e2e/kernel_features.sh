@@ -5,8 +5,9 @@
 # `status --json` show the release, the features and the optional ones enabled
 # (none on 6.12; UPDATE_SIZE|QUIESCE on 7.x); the config key
 # ublk_features_off turns one off; growing an exposed volume is refused with
-# a message naming the missing kernel feature on 6.12 (and on 7.x, until
-# online resize lands, saying so).
+# a message naming the missing kernel feature on 6.12, and on 7.x with
+# QUIESCE turned off naming the config key (online resize quiesces the
+# device; resize_online_e2e_k7 grows one).
 # shellcheck disable=SC1091  # installed in the guest by the ctest registration
 . /opt/test/files/daemon_lib.sh
 
@@ -79,8 +80,8 @@ case "$UBLKVOL_VM_KERNEL" in
       fail "the 6.12 refusal does not name UBLK_F_UPDATE_SIZE and the kernel"
     ;;
   7)
-    echo "$msg" | grep -qF "online resize is not implemented yet (the kernel has UBLK_F_UPDATE_SIZE)" ||
-      fail "the 7.x refusal does not say online resize is not implemented yet"
+    echo "$msg" | grep -qF "volume 'v0' is exposed as $DEV: online resize needs UBLK_F_QUIESCE, which the configuration turns off (ublk_features_off); unexpose it, resize, expose it again" ||
+      fail "the 7.x refusal with QUIESCE off does not name UBLK_F_QUIESCE and ublk_features_off"
     ;;
 esac
 [ "$(blockdev --getsize64 "$DEV")" = 33554432 ] || fail "$DEV changed size"

@@ -9,6 +9,10 @@
 #   systemctl kill -s KILL ublk-volumed   -> systemd restarts it (Restart=on-failure), the
 #                                            new daemon re-attaches to the live device
 #   fio finishes with 0 errors; replicas back in sync
+#   ext4 on v0, mounted, fio verify into a file in it; systemctl restart -> the device
+#                                            (in use) is handed over: quiesced first where
+#                                            the kernel has QUIESCE (7.x), detached on 6.12;
+#                                            the new daemon re-attaches; 0 fio errors
 #   systemctl stop ublk-volumed           -> inactive (not failed), result success, the
 #                                            device deleted, no errors in the journal
 # Binaries: ublk-volumed, ublk-volume. Files: systemd_lib.sh, ublk-volumed.service,
@@ -118,6 +122,34 @@ step "replicas back in sync"
 start=$(now)
 wait_until 240 all_in_sync || fail "replicas did not get back in sync: $(replica_states v0)"
 ok "replicas in sync $(elapsed "$start") s after fio ended"
+
+step "systemctl restart with v0 mounted and fio verify writing into it"
+quiesce=""
+ublk-volume status | grep -q "enabled: [A-Z_|]*QUIESCE" && quiesce=" (quiesced)"
+mkfs.ext4 -q -F "$DEV" || fail "mkfs.ext4 $DEV"
+mkdir -p /mnt/v0
+mount "$DEV" /mnt/v0 || fail "mount $DEV"
+base=$(writes_completed "$DEV")
+start_verify_fio /mnt/v0/f 16M 3
+wait_until 180 writes_flowing "$DEV" "$base" 1000 || fail "fio's writes do not reach $DEV"
+kill -0 "$FIO" 2>/dev/null || fail "fio ended before the restart: $(cat "$STATE/fio")"
+restart_at=$(journal_cursor)
+start=$(now)
+systemctl restart "$UNIT" || fail "systemctl restart $UNIT"
+[[ "$(systemctl is-active "$UNIT")" == active ]] || fail "$UNIT not active after the restart"
+ok "systemctl restart returned in $(elapsed "$start") s"
+wait_until 30 journal_has "$restart_at" "$UNIT" "left for recovery: v0 ($DEV): mounted on /mnt/v0$quiesce" ||
+  fail "the stopping daemon did not log handing $DEV over${quiesce:+ quiesced}"
+if [[ -z "$quiesce" ]] && journal_has "$restart_at" "$UNIT" "(quiesced)"; then
+  fail "a device was quiesced although the kernel has no QUIESCE"
+fi
+wait_until 30 journal_has "$restart_at" "$UNIT" "re-attached to $DEV" ||
+  fail "the restarted daemon did not log re-attaching to $DEV"
+finish_verify_fio
+umount /mnt/v0 || fail "umount /mnt/v0"
+errors=$(journal_errors_since "$restart_at" "$UNIT")
+[[ -z "$errors" ]] || fail "errors in the journal across the restart: $errors"
+ok "$DEV handed over${quiesce:+ quiesced} and re-attached; fio: 0 errors"
 
 stop_unit_cleanly "$UNIT"
 wait_until 60 no_ublk_devices || fail "ublk devices left after stop: $(ls /dev/ublk*)"

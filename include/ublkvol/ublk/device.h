@@ -13,6 +13,10 @@
 //   detach():   queue threads end without stopping the device; a recoverable
 //               device waits (quiesced) for recover(), any other is removed
 //               by the driver.
+//   quiesce_and_detach(): (UBLK_F_QUIESCE, Linux >= 6.16) QUIESCE_DEV first:
+//               the driver stops handing out requests and the queues finish
+//               the ones they hold, then detach(). The next server finds
+//               (almost) nothing to re-issue.
 // The destructor runs stop_and_delete() unless detach() or
 // stop_and_delete() ran.
 //
@@ -106,6 +110,18 @@ class UblkDevice {
   Status stop_and_delete();
   // Ends the queue threads, leaving the device to the driver (see above).
   Status detach();
+  // Whether the device was created with UBLK_F_QUIESCE.
+  [[nodiscard]] bool quiescable() const;
+  // QUIESCE_DEV (waits up to `timeout` for the driver), then detach(). On an
+  // error (no UBLK_F_QUIESCE on the device: EOPNOTSUPP; the driver's
+  // refusal or timeout) the device is untouched and still served: the
+  // caller may detach() instead.
+  Status quiesce_and_detach(std::chrono::milliseconds timeout);
+  // After a detach by this process: waits up to `timeout` until the driver
+  // has released the device (its state leaves "live": the queue rings and
+  // /dev/ublkcN are closed), so that recover() may take it over in the same
+  // process.
+  static Status wait_released(uint32_t dev_id, std::chrono::milliseconds timeout);
 
   [[nodiscard]] DeviceStats stats() const;
   // The same, per hardware queue.

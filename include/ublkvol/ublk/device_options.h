@@ -44,6 +44,10 @@ struct DeviceOptions {
   // Create the device with UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_REISSUE:
   // it outlives this process, and a new one can re-attach (UblkDevice::recover).
   bool recoverable = false;
+  // With `recoverable`, also create it with UBLK_F_QUIESCE when the kernel
+  // has it (Linux >= 6.16): UblkDevice::quiesce_and_detach() can then hand
+  // the device over with nothing in flight.
+  bool quiesce = false;
   // Pin each queue thread to the CPUs the driver maps to its queue.
   bool pin_queue_threads = true;
   // Mark queue threads PR_SET_IO_FLUSHER (needs CAP_SYS_RESOURCE; a warning
