@@ -60,7 +60,7 @@ void BackupJobs::run(Job& job, dbs::Store& store, engine::StoreExecutor& executo
     job.state = state;
     job.error = error;
   };
-  auto target = backup::open_target(spec.target);
+  auto target = backup::open_target(spec.target, spec.s3);
   if (!target) {
     finish("failed", target.error().to_string());
     return;

@@ -28,7 +28,8 @@ namespace ublkvol::daemon {
 
 struct BackupJobSpec {
   std::string name;
-  std::string target;  // as the operator gave it (open_target)
+  std::string target;    // as the operator gave it (open_target)
+  backup::S3Options s3;  // how to reach an s3:// target
   std::string volume;
   std::string snapshot;
   std::string parent;

@@ -12,6 +12,7 @@
 #include "ublkvol/dbs/store.h"
 #include "ublkvol/engine/dbs_replica_store.h"
 
+#include "../backup/s3_server.h"
 #include "daemon_fixture.h"
 
 namespace ublkvol::daemon::test_support {
@@ -154,6 +155,64 @@ TEST_F(BackupDaemonTest, CreateListShowVerifyDelete) {
   EXPECT_TRUE(std::memcmp(buffer, content.data(), kVolumeBytes) == 0);
   std::free(buffer);
   EXPECT_TRUE((*store)->close().ok());
+}
+
+// The same methods on an s3:// target (a real s3rver on loopback): the
+// daemon reaches it with the endpoint and credentials file of the request.
+TEST_F(BackupDaemonTest, S3Target) {
+  backup::testing::S3Server server;
+  ASSERT_EQ(server.start(), "") << "the S3 test server did not start";
+  const std::string store_path = dir_ + "/store-a";
+  const std::vector<std::byte> content = prepare_store(store_path);
+  start();
+  ok("store.add", {{"name", "a"}, {"path", store_path}});
+  ok("volume.import", {{"name", "vol"}, {"stores", {"a"}}});
+  const std::string url = std::string("s3://") + backup::testing::S3Server::kBucket + "/daemon";
+  const Json target{{"target", url},
+                    {"s3_endpoint", server.endpoint()},
+                    {"s3_credentials", server.credentials_file()}};
+  auto with = [&](Json extra) {
+    Json params = target;
+    params.update(extra);
+    return params;
+  };
+
+  refused("backup.create",
+          {{"volume", "vol"},
+           {"snapshot", "s1"},
+           {"target", url},
+           {"s3_endpoint", server.endpoint()},
+           {"s3_credentials", "relative/file"}},
+          "invalid_argument", "s3_credentials 'relative/file' is not an absolute path");
+  refused("backup.list",
+          {{"target", url}, {"s3_endpoint", server.endpoint()}, {"s3_credentials", dir_ + "/none"}},
+          "not_found", "S3 credentials file " + dir_ + "/none: cannot open it");
+
+  ok("backup.create", with({{"volume", "vol"}, {"snapshot", "s1"}, {"name", "b1"}}));
+  const Json shown = wait_for("backup.show", with({{"name", "b1"}}), [](const Json& r) {
+    return !r["jobs"].empty() && r["jobs"][0]["state"] != "running";
+  });
+  ASSERT_EQ(shown["jobs"][0]["state"], "done") << shown.dump() << log_text();
+  EXPECT_EQ(shown["backup"]["chunks"], 3);
+  EXPECT_EQ(ok("backup.list", target)["backups"].size(), 1U);
+  EXPECT_TRUE(ok("backup.verify", with({{"name", "b1"}}))["problems"].empty());
+  {
+    backup::S3Options s3;
+    s3.endpoint = server.endpoint();
+    s3.credentials_file = server.credentials_file();
+    auto t = backup::open_target(url, s3);
+    ASSERT_TRUE(t.ok()) << t.error().to_string();
+    backup::Repository repo(**t);
+    MemoryWriter writer(kVolumeBytes);
+    auto restored = backup::run_restore(repo, "b1", writer, {});
+    ASSERT_TRUE(restored.ok()) << restored.error().to_string();
+    EXPECT_TRUE(writer.bytes == content);
+  }
+  EXPECT_EQ(
+      ok("backup.restore", with({{"name", "b1"}, {"volume", "copy"}, {"stores", {"a"}}}))["chunks"],
+      3);
+  EXPECT_EQ(ok("backup.delete", with({{"name", "b1"}}))["chunks_removed"], 3);
+  EXPECT_TRUE(ok("backup.list", target)["backups"].empty());
 }
 
 }  // namespace
