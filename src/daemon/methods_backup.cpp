@@ -202,6 +202,7 @@ Result<Json> backup_delete(Registry& r, Params& p) {
   }
   UBLKVOL_ASSIGN_OR_RETURN(auto target, backup::open_target(a.target, a.s3));
   backup::Repository repo(*target);
+  r.backup_jobs.forget(a.target, a.name);
   UBLKVOL_ASSIGN_OR_RETURN(const auto gc, backup::delete_backup(repo, a.name));
   spdlog::info("backup '{}' on {} deleted: {} chunks removed", a.name, a.target, gc.chunks_removed);
   return Json{{"chunks_removed", gc.chunks_removed}, {"chunks_live", gc.chunks_live}};
