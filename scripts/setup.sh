@@ -30,8 +30,9 @@ PACKAGES=(
   # libraries
   liburing-dev libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev
-  # backups (src/backup): chunk compression, chunk hashes
-  libzstd-dev libssl-dev
+  # backups (src/backup): chunk compression, chunk hashes, the S3 target; the
+  # S3 test server (s3rver, from npm: below)
+  libzstd-dev libssl-dev libcurl4-openssl-dev nodejs
   # benchmarks and e2e workloads
   fio gnuplot-nox
   # remote replicas over NBD (src/nbd/client, docs/nbd.md): libnbd, test servers
@@ -43,6 +44,10 @@ PACKAGES=(
   apt-utils dpkg-dev ca-certificates debian-archive-keyring gpgv
 )
 
+SUDO=()
+if [[ $(id -u) -ne 0 ]]; then
+  SUDO=(sudo)
+fi
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
@@ -52,16 +57,27 @@ done
 
 if [[ ${#missing[@]} -gt 0 ]]; then
   echo "setup: installing ${#missing[@]} package(s): ${missing[*]}"
-  SUDO=()
-  if [[ $(id -u) -ne 0 ]]; then
+  if [[ ${#SUDO[@]} -gt 0 ]]; then
     command -v sudo >/dev/null || { echo "setup: not root and no sudo: cannot install packages" >&2; exit 1; }
-    SUDO=(sudo)
   fi
   export DEBIAN_FRONTEND=noninteractive
   "${SUDO[@]}" apt-get update -q
   "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null
 else
   echo "setup: all ${#PACKAGES[@]} packages present"
+fi
+
+# The S3-compatible server the backup tests start (tests/backup/s3_server.h):
+# s3rver from npm, pinned in tests/backup/s3rver/package-lock.json, installed
+# into tests/backup/s3rver/node_modules (a no-op when present). Debian's nodejs
+# has no npm; NodeSource's carries its own.
+S3RVER_DIR="$ROOT/tests/backup/s3rver"
+if [[ ! -x "$S3RVER_DIR/node_modules/.bin/s3rver" ]]; then
+  if ! command -v npm >/dev/null; then
+    "${SUDO[@]}" apt-get install -y -q --no-install-recommends npm </dev/null
+  fi
+  echo "setup: installing s3rver (npm ci in $S3RVER_DIR)"
+  npm ci --prefix "$S3RVER_DIR" --no-audit --no-fund </dev/null
 fi
 
 # VM test-bed kernel + ublk_drv module (cached; a no-op when present).

@@ -274,19 +274,4 @@ Result<std::unique_ptr<Target>> open_directory_target(const std::string& root, P
   return std::unique_ptr<Target>(std::make_unique<DirectoryTarget>(root, std::move(hook)));
 }
 
-Result<std::unique_ptr<Target>> open_target(std::string_view url) {
-  if (url.starts_with("dir:")) {
-    url.remove_prefix(4);
-  }
-  if (!url.starts_with("/")) {
-    return Error(EINVAL, "backup target '" + std::string(url) +
-                             "' is not supported: give an absolute directory path or dir:/path");
-  }
-  std::string root(url);
-  while (root.size() > 1 && root.back() == '/') {
-    root.pop_back();
-  }
-  return open_directory_target(root);
-}
-
 }  // namespace ublkvol::backup

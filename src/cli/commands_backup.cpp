@@ -1,4 +1,5 @@
 // ublk-volume backup create/list/show/verify/delete (docs/backup-format.md).
+#include <filesystem>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -67,10 +68,11 @@ void render_backup_show(std::ostream& out, const Json& result) {
 }
 
 // --wait: polls backup.show until the job is no longer running.
-ExitCode wait_for_backup(Session& s, const std::string& target, const std::string& name) {
+ExitCode wait_for_backup(Session& s, Json target, const std::string& name) {
   ProgressReporter reporter(s.env().out, s.env().stdout_is_tty, "backup " + name);
+  target["name"] = name;
   for (;;) {
-    auto r = s.call(Method::kBackupShow, {{"target", target}, {"name", name}});
+    auto r = s.call(Method::kBackupShow, target);
     if (!r) {
       return s.status();
     }
@@ -101,29 +103,70 @@ ExitCode wait_for_backup(Session& s, const std::string& target, const std::strin
 }  // namespace
 
 void add_backup_commands(CLI::App& app, CommandTree& tree) {
-  CLI::App* backup = app.add_subcommand("backup", "Back up snapshots to a directory and restore");
+  CLI::App* backup =
+      app.add_subcommand("backup", "Back up snapshots to a directory or S3 and restore");
   backup->require_subcommand(1);
   backup->footer(
       "Examples:\n"
       "  ublk-volume backup create vol0 --snapshot nightly-1 --to /mnt/backup --wait\n"
       "  ublk-volume backup create vol0 --snapshot nightly-2 --to /mnt/backup "
       "--parent vol0-nightly-1\n"
-      "  ublk-volume backup verify vol0-nightly-2 --target /mnt/backup\n");
+      "  ublk-volume backup verify vol0-nightly-2 --target /mnt/backup\n"
+      "  ublk-volume backup create vol0 --snapshot nightly-1 --to s3://backups/host1 "
+      "--s3-endpoint http://10.0.0.5:9000 --s3-credentials /etc/ublk-volumed/s3-credentials\n");
 
   struct Args {
     std::string volume, snapshot, target, name, parent;
+    std::string s3_endpoint, s3_region, s3_credentials;
     std::vector<std::string> stores;
     int64_t min_replicas = -1;
     double rate = -1;
     bool wait = false;
+
+    // The target and how to reach it (s3://), as the daemon's params.
+    [[nodiscard]] Json target_params() const {
+      Json params{{"target", target}};
+      if (!s3_endpoint.empty()) {
+        params["s3_endpoint"] = s3_endpoint;
+      }
+      if (!s3_region.empty()) {
+        params["s3_region"] = s3_region;
+      }
+      if (!s3_credentials.empty()) {
+        // The daemon has its own working directory.
+        std::error_code ec;
+        const auto absolute = std::filesystem::absolute(s3_credentials, ec);
+        params["s3_credentials"] = ec ? s3_credentials : absolute.string();
+      }
+      return params;
+    }
+    Json with_name() const {
+      Json params = target_params();
+      params["name"] = name;
+      return params;
+    }
   };
   auto a = std::make_shared<Args>();
+  // --target/--to and the S3 options, on every subcommand.
+  auto add_target = [a](CLI::App* c, const char* flag) {
+    c->add_option(flag, a->target,
+                  "Target: an absolute directory path (or dir:/path), or s3://bucket/prefix")
+        ->required();
+    c->add_option("--s3-endpoint", a->s3_endpoint,
+                  "S3 endpoint URL, e.g. http://10.0.0.5:9000 (default: AWS, from the region)");
+    c->add_option("--s3-region", a->s3_region, "S3 region (default: us-east-1)");
+    c->add_option("--s3-credentials", a->s3_credentials,
+                  "File with aws_access_key_id / aws_secret_access_key, mode 600 "
+                  "(default: /etc/ublk-volumed/s3-credentials)");
+  };
 
   CLI::App* c = tree.add(
       backup, "create", Method::kBackupCreate,
       "  ublk-volume backup create vol0 --snapshot nightly-1 --to /mnt/backup --rate 200 --wait\n",
       [a](Session& s) {
-        Json params = {{"volume", a->volume}, {"snapshot", a->snapshot}, {"target", a->target}};
+        Json params = a->target_params();
+        params["volume"] = a->volume;
+        params["snapshot"] = a->snapshot;
         if (!a->name.empty()) {
           params["name"] = a->name;
         }
@@ -139,7 +182,7 @@ void add_backup_commands(CLI::App& app, CommandTree& tree) {
         }
         const std::string name = r->value("name", a->name);
         if (a->wait) {
-          return wait_for_backup(s, a->target, name);
+          return wait_for_backup(s, a->target_params(), name);
         }
         return s.done(*r, "backup '" + name +
                               "' started (follow it with: ublk-volume backup show " + name +
@@ -147,7 +190,7 @@ void add_backup_commands(CLI::App& app, CommandTree& tree) {
       });
   c->add_option("volume", a->volume, "Volume name")->required();
   c->add_option("--snapshot", a->snapshot, "Snapshot to back up")->required();
-  c->add_option("--to", a->target, "Target: an absolute directory path (or dir:/path)")->required();
+  add_target(c, "--to");
   c->add_option("--name", a->name, "Backup name (default: VOLUME-SNAPSHOT)");
   c->add_option("--parent", a->parent,
                 "Incremental: the backup of an older snapshot of the volume on the same target");
@@ -157,22 +200,21 @@ void add_backup_commands(CLI::App& app, CommandTree& tree) {
 
   c = tree.add(backup, "list", Method::kBackupList,
                "  ublk-volume backup list --target /mnt/backup\n", [a](Session& s) {
-                 return s.show(Method::kBackupList, {{"target", a->target}}, render_backup_list);
+                 return s.show(Method::kBackupList, a->target_params(), render_backup_list);
                });
-  c->add_option("--target", a->target, "Target directory")->required();
+  add_target(c, "--target");
 
   c = tree.add(backup, "show", Method::kBackupShow,
                "  ublk-volume backup show vol0-nightly-1 --target /mnt/backup\n", [a](Session& s) {
-                 return s.show(Method::kBackupShow, {{"target", a->target}, {"name", a->name}},
-                               render_backup_show);
+                 return s.show(Method::kBackupShow, a->with_name(), render_backup_show);
                });
   c->add_option("name", a->name, "Backup name")->required();
-  c->add_option("--target", a->target, "Target directory")->required();
+  add_target(c, "--target");
 
   c = tree.add(backup, "verify", Method::kBackupVerify,
                "  ublk-volume backup verify vol0-nightly-1 --target /mnt/backup\n",
                [a](Session& s) {
-                 auto r = s.call(Method::kBackupVerify, {{"target", a->target}, {"name", a->name}});
+                 auto r = s.call(Method::kBackupVerify, a->with_name());
                  if (!r) {
                    return s.status();
                  }
@@ -188,26 +230,27 @@ void add_backup_commands(CLI::App& app, CommandTree& tree) {
                  return problems.empty() ? printed : ExitCode::kFailed;
                });
   c->add_option("name", a->name, "Backup name")->required();
-  c->add_option("--target", a->target, "Target directory")->required();
+  add_target(c, "--target");
 
   c = tree.add(backup, "delete", Method::kBackupDelete,
                "  ublk-volume backup delete vol0-nightly-1 --target /mnt/backup\n",
                [a](Session& s) {
-                 auto r = s.call(Method::kBackupDelete, {{"target", a->target}, {"name", a->name}});
+                 auto r = s.call(Method::kBackupDelete, a->with_name());
                  return r ? s.done(*r, "deleted backup '" + a->name + "' (" +
                                            text(*r, "chunks_removed") + " chunks removed)")
                           : s.status();
                });
   c->add_option("name", a->name, "Backup name")->required();
-  c->add_option("--target", a->target, "Target directory")->required();
+  add_target(c, "--target");
 
   c = tree.add(
       backup, "restore", Method::kBackupRestore,
       "  ublk-volume backup restore vol0-nightly-1 --target /mnt/backup --volume vol0-copy "
       "--store a --store b\n",
       [a](Session& s) {
-        Json params = {
-            {"target", a->target}, {"name", a->name}, {"volume", a->volume}, {"stores", a->stores}};
+        Json params = a->with_name();
+        params["volume"] = a->volume;
+        params["stores"] = a->stores;
         if (a->min_replicas >= 0) {
           params["min_replicas"] = a->min_replicas;
         }
@@ -217,7 +260,7 @@ void add_backup_commands(CLI::App& app, CommandTree& tree) {
                  : s.status();
       });
   c->add_option("name", a->name, "Backup name")->required();
-  c->add_option("--target", a->target, "Target directory")->required();
+  add_target(c, "--target");
   c->add_option("--volume", a->volume, "Name of the new volume")->required();
   c->add_option("--store", a->stores, "A store for a replica (repeat for more replicas)")
       ->required();

@@ -4,6 +4,7 @@
 #include <cerrno>
 #include <spdlog/spdlog.h>
 
+#include "ublkvol/backup/hash.h"
 #include "ublkvol/backup/repository.h"
 #include "ublkvol/backup/store_backup.h"
 
@@ -27,10 +28,107 @@ class ExecutorReader final : public backup::SnapshotReader {
   dbs::SnapshotId snapshot_;
 };
 
+Result<std::string> string_field(const Json& json, const char* key) {
+  if (!json.contains(key) || !json.at(key).is_string()) {
+    return Error(EINVAL, std::string("field '") + key + "' is missing or not a string");
+  }
+  return json.at(key).get<std::string>();
+}
+
 }  // namespace
 
+Json backup_job_to_json(const BackupJobSpec& spec) {
+  return {{"kind", "backup"},
+          {"name", spec.name},
+          {"target", spec.target},
+          {"s3_endpoint", spec.s3.endpoint},
+          {"s3_region", spec.s3.region},
+          {"s3_credentials", spec.s3.credentials_file},
+          {"volume", spec.volume},
+          {"snapshot", spec.snapshot},
+          {"parent", spec.parent},
+          {"store", spec.store},
+          {"rate", spec.rate_bytes_per_sec}};
+}
+
+Result<BackupJobSpec> backup_job_from_json(const Json& json) {
+  if (!json.is_object() || json.value("kind", std::string()) != "backup") {
+    return Error(EINVAL, "not a backup job");
+  }
+  BackupJobSpec spec;
+  UBLKVOL_ASSIGN_OR_RETURN(spec.name, string_field(json, "name"));
+  UBLKVOL_ASSIGN_OR_RETURN(spec.target, string_field(json, "target"));
+  UBLKVOL_ASSIGN_OR_RETURN(spec.s3.endpoint, string_field(json, "s3_endpoint"));
+  UBLKVOL_ASSIGN_OR_RETURN(spec.s3.region, string_field(json, "s3_region"));
+  UBLKVOL_ASSIGN_OR_RETURN(spec.s3.credentials_file, string_field(json, "s3_credentials"));
+  UBLKVOL_ASSIGN_OR_RETURN(spec.volume, string_field(json, "volume"));
+  UBLKVOL_ASSIGN_OR_RETURN(spec.snapshot, string_field(json, "snapshot"));
+  UBLKVOL_ASSIGN_OR_RETURN(spec.parent, string_field(json, "parent"));
+  UBLKVOL_ASSIGN_OR_RETURN(spec.store, string_field(json, "store"));
+  if (!json.contains("rate") || !json.at("rate").is_number_unsigned()) {
+    return Error(EINVAL, "field 'rate' is missing or not an unsigned integer");
+  }
+  spec.rate_bytes_per_sec = json.at("rate").get<uint64_t>();
+  return spec;
+}
+
+std::string BackupJobs::state_key(const BackupJobSpec& spec) {
+  // One file per (target, name), as one job per (target, name) runs.
+  const std::string id = spec.target + "\n" + spec.name;
+  return "jobs/" + backup::sha256({std::as_bytes(std::span(id))}).hex().substr(0, 32) + ".json";
+}
+
+Status BackupJobs::persist_in(const std::string& state_dir) {
+  UBLKVOL_ASSIGN_OR_RETURN(states_, backup::open_directory_target(state_dir + "/backup-jobs"));
+  // Temporaries of a put the last daemon did not finish.
+  return states_->remove_temporaries();
+}
+
+std::vector<BackupJobSpec> BackupJobs::persisted() const {
+  std::vector<BackupJobSpec> out;
+  if (!states_) {
+    return out;
+  }
+  auto keys = states_->list("jobs/");
+  if (!keys) {
+    spdlog::error("backup jobs: {}", keys.error().to_string());
+    return out;
+  }
+  for (const auto& key : *keys) {
+    auto bytes = states_->get(key);
+    Result<BackupJobSpec> spec = Error(EINVAL, "unreadable");
+    if (bytes) {
+      const std::string text(reinterpret_cast<const char*>(bytes->data()), bytes->size());
+      const Json json = Json::parse(text, nullptr, /*allow_exceptions=*/false);
+      spec = json.is_discarded() ? Result<BackupJobSpec>(Error(EINVAL, "not JSON"))
+                                 : backup_job_from_json(json);
+    } else {
+      spec = bytes.error();
+    }
+    if (!spec) {
+      spdlog::error("backup job state file {}/{}: {}: left alone, not resumed", states_->describe(),
+                    key, spec.error().message());
+      continue;
+    }
+    out.push_back(std::move(*spec));
+  }
+  return out;
+}
+
+void BackupJobs::add_waiting(const BackupJobSpec& spec, const std::string& why) {
+  auto job = std::make_unique<Job>();
+  job->spec = spec;
+  job->resumed = true;
+  {
+    std::lock_guard lock(job->mutex);
+    job->state = "waiting";
+    job->error = why;
+  }
+  jobs_.push_back(std::move(job));
+}
+
 Status BackupJobs::start(const BackupJobSpec& spec, dbs::Store& store,
-                         engine::StoreExecutor& executor) {
+                         engine::StoreExecutor& executor, bool resumed) {
   for (const auto& job : jobs_) {
     std::lock_guard lock(job->mutex);
     if (job->state == "running" && job->spec.name == spec.name && job->spec.target == spec.target) {
@@ -42,8 +140,15 @@ Status BackupJobs::start(const BackupJobSpec& spec, dbs::Store& store,
     std::lock_guard lock(job->mutex);
     return job->spec.name == spec.name && job->spec.target == spec.target;
   });
+  if (states_) {
+    const std::string text = backup_job_to_json(spec).dump();
+    if (auto saved = states_->put(state_key(spec), std::as_bytes(std::span(text))); !saved) {
+      return saved.error().with_context("backup '" + spec.name + "': cannot record the job");
+    }
+  }
   auto job = std::make_unique<Job>();
   job->spec = spec;
+  job->resumed = resumed;
   Job& j = *job;
   jobs_.push_back(std::move(job));
   j.thread = std::jthread([this, &j, &store, &executor](const std::stop_token& stop) {
@@ -56,11 +161,16 @@ void BackupJobs::run(Job& job, dbs::Store& store, engine::StoreExecutor& executo
                      const std::stop_token& stop) {
   const BackupJobSpec& spec = job.spec;
   auto finish = [&](const std::string& state, const std::string& error) {
+    // Done or failed: nothing to resume. Stopped: the file stays, and the
+    // next daemon start resumes the job.
+    if (state != "stopped") {
+      remove_state(spec);
+    }
     std::lock_guard lock(job.mutex);
     job.state = state;
     job.error = error;
   };
-  auto target = backup::open_target(spec.target);
+  auto target = backup::open_target(spec.target, spec.s3);
   if (!target) {
     finish("failed", target.error().to_string());
     return;
@@ -127,6 +237,7 @@ Json BackupJobs::list() const {
                    {"parent", job->spec.parent},
                    {"store", job->spec.store},
                    {"state", job->state},
+                   {"resumed", job->resumed},
                    {"error", job->error},
                    {"percent", percent},
                    {"bytes_read", p.bytes_read},
@@ -134,7 +245,8 @@ Json BackupJobs::list() const {
                    {"eta_seconds", eta},
                    {"chunks_total", p.chunks_total},
                    {"chunks_done", p.chunks_done},
-                   {"chunks_written", p.chunks_written}});
+                   {"chunks_written", p.chunks_written},
+                   {"chunks_reused", p.chunks_reused}});
   }
   return out;
 }
@@ -145,6 +257,34 @@ void BackupJobs::stop_using(const std::string& store) {
       job->thread.request_stop();
       job->thread.join();
     }
+    // The store goes for good: nothing to resume at the next start (the
+    // partial manifest stays on the target for a backup.create to resume).
+    if (job->spec.store == store) {
+      remove_state(job->spec);
+    }
+  }
+}
+
+void BackupJobs::forget(const std::string& target, const std::string& name) {
+  std::erase_if(jobs_, [&](const auto& job) {
+    if (job->spec.target != target || job->spec.name != name) {
+      return false;
+    }
+    std::lock_guard lock(job->mutex);
+    return job->state != "running";  // a finished thread: joined by the erase
+  });
+  BackupJobSpec spec;
+  spec.target = target;
+  spec.name = name;
+  remove_state(spec);
+}
+
+void BackupJobs::remove_state(const BackupJobSpec& spec) {
+  if (!states_) {
+    return;
+  }
+  if (auto removed = states_->remove(state_key(spec)); !removed) {
+    spdlog::error("backup '{}': {}", spec.name, removed.error().to_string());
   }
 }
 

@@ -47,14 +47,32 @@ Status check_may_use_targets(const Params& p) {
   return ok_status();
 }
 
+// How to reach an s3:// target: s3_endpoint, s3_region, s3_credentials (a
+// file the daemon reads: an absolute path).
+Result<backup::S3Options> parse_s3(Params& p) {
+  backup::S3Options s3;
+  UBLKVOL_ASSIGN_OR_RETURN(auto endpoint, p.optional_string("s3_endpoint"));
+  UBLKVOL_ASSIGN_OR_RETURN(auto region, p.optional_string("s3_region"));
+  UBLKVOL_ASSIGN_OR_RETURN(auto credentials, p.optional_string("s3_credentials"));
+  s3.endpoint = endpoint.value_or("");
+  s3.region = region.value_or("");
+  s3.credentials_file = credentials.value_or("");
+  if (!s3.credentials_file.empty() && s3.credentials_file.front() != '/') {
+    return Error(EINVAL, "s3_credentials '" + s3.credentials_file + "' is not an absolute path");
+  }
+  return s3;
+}
+
 struct TargetArgs {
   std::string target;
   std::string name;
+  backup::S3Options s3;
 };
 
 Result<TargetArgs> parse_target(Params& p, bool with_name) {
   TargetArgs a;
   UBLKVOL_ASSIGN_OR_RETURN(a.target, p.string("target"));
+  UBLKVOL_ASSIGN_OR_RETURN(a.s3, parse_s3(p));
   if (with_name) {
     UBLKVOL_ASSIGN_OR_RETURN(a.name, p.name("name"));
   }
@@ -104,6 +122,7 @@ Result<Json> backup_create(Registry& r, Params& p) {
   UBLKVOL_ASSIGN_OR_RETURN(auto name, p.optional_name("name"));
   UBLKVOL_ASSIGN_OR_RETURN(auto parent, p.optional_name("parent"));
   UBLKVOL_ASSIGN_OR_RETURN(auto rate, p.optional_uint("rate"));
+  UBLKVOL_ASSIGN_OR_RETURN(spec.s3, parse_s3(p));
   UBLKVOL_TRY(p.finish());
   UBLKVOL_TRY(check_may_use_targets(p));
   spec.name = name.value_or(spec.volume + "-" + spec.snapshot);
@@ -112,7 +131,7 @@ Result<Json> backup_create(Registry& r, Params& p) {
   spec.rate_bytes_per_sec = rate.value_or(0) << 20U;
   UBLKVOL_TRY(backup::check_backup_name(spec.name, "backup name"));
   // Refuse a target that does not open now rather than in the job.
-  UBLKVOL_ASSIGN_OR_RETURN(auto target, backup::open_target(spec.target));
+  UBLKVOL_ASSIGN_OR_RETURN(auto target, backup::open_target(spec.target, spec.s3));
   UBLKVOL_ASSIGN_OR_RETURN(VolumeEntry * v, r.open_volume_named(spec.volume));
   UBLKVOL_ASSIGN_OR_RETURN(const std::vector<std::string> snapshots, r.list_snapshots(*v));
   if (std::find(snapshots.begin(), snapshots.end(), spec.snapshot) == snapshots.end()) {
@@ -137,7 +156,7 @@ Result<Json> backup_create(Registry& r, Params& p) {
 
 Result<Json> backup_list(Registry& r, Params& p) {
   UBLKVOL_ASSIGN_OR_RETURN(const TargetArgs a, parse_target(p, false));
-  UBLKVOL_ASSIGN_OR_RETURN(auto target, backup::open_target(a.target));
+  UBLKVOL_ASSIGN_OR_RETURN(auto target, backup::open_target(a.target, a.s3));
   backup::Repository repo(*target);
   Json backups = Json::array();
   UBLKVOL_ASSIGN_OR_RETURN(const auto names, repo.list_backups());
@@ -152,7 +171,7 @@ Result<Json> backup_list(Registry& r, Params& p) {
 
 Result<Json> backup_show(Registry& r, Params& p) {
   UBLKVOL_ASSIGN_OR_RETURN(const TargetArgs a, parse_target(p, true));
-  UBLKVOL_ASSIGN_OR_RETURN(auto target, backup::open_target(a.target));
+  UBLKVOL_ASSIGN_OR_RETURN(auto target, backup::open_target(a.target, a.s3));
   backup::Repository repo(*target);
   Json out{{"name", a.name}, {"jobs", jobs_of(r, a.target, a.name)}};
   auto m = repo.get_manifest(a.name);
@@ -166,7 +185,7 @@ Result<Json> backup_show(Registry& r, Params& p) {
 
 Result<Json> backup_verify(Registry& /*r*/, Params& p) {
   UBLKVOL_ASSIGN_OR_RETURN(const TargetArgs a, parse_target(p, true));
-  UBLKVOL_ASSIGN_OR_RETURN(auto target, backup::open_target(a.target));
+  UBLKVOL_ASSIGN_OR_RETURN(auto target, backup::open_target(a.target, a.s3));
   backup::Repository repo(*target);
   UBLKVOL_ASSIGN_OR_RETURN(auto lock, target->lock(/*exclusive=*/false));
   UBLKVOL_ASSIGN_OR_RETURN(const auto problems, repo.verify(a.name));
@@ -181,8 +200,9 @@ Result<Json> backup_delete(Registry& r, Params& p) {
                               " is running (wait for it to finish)");
     }
   }
-  UBLKVOL_ASSIGN_OR_RETURN(auto target, backup::open_target(a.target));
+  UBLKVOL_ASSIGN_OR_RETURN(auto target, backup::open_target(a.target, a.s3));
   backup::Repository repo(*target);
+  r.backup_jobs.forget(a.target, a.name);
   UBLKVOL_ASSIGN_OR_RETURN(const auto gc, backup::delete_backup(repo, a.name));
   spdlog::info("backup '{}' on {} deleted: {} chunks removed", a.name, a.target, gc.chunks_removed);
   return Json{{"chunks_removed", gc.chunks_removed}, {"chunks_live", gc.chunks_live}};
@@ -194,9 +214,10 @@ Result<Json> backup_restore(Registry& r, Params& p) {
   UBLKVOL_ASSIGN_OR_RETURN(const std::string volume, p.name("volume"));
   UBLKVOL_ASSIGN_OR_RETURN(const auto stores, p.name_list("stores", 1, engine::kMaxReplicas));
   UBLKVOL_ASSIGN_OR_RETURN(const auto min_replicas, p.optional_uint("min_replicas"));
+  UBLKVOL_ASSIGN_OR_RETURN(const auto s3, parse_s3(p));
   UBLKVOL_TRY(p.finish());
   UBLKVOL_TRY(check_may_use_targets(p));
-  UBLKVOL_ASSIGN_OR_RETURN(auto target, backup::open_target(target_name));
+  UBLKVOL_ASSIGN_OR_RETURN(auto target, backup::open_target(target_name, s3));
   backup::Repository repo(*target);
   UBLKVOL_ASSIGN_OR_RETURN(const backup::Manifest manifest, repo.get_manifest(name));
   // The new volume, as volume.create makes it (same checks, intent, state).

@@ -87,6 +87,9 @@ Result<std::unique_ptr<Registry>> Registry::start(const DaemonConfig& config) {
   registry->read_kernel();
   UBLKVOL_ASSIGN_OR_RETURN(registry->intents, IntentLog::open(config.state_dir));
   registry->load(std::move(state));
+  // Backups a stop or crash interrupted go on (backup_jobs.h).
+  UBLKVOL_TRY(registry->backup_jobs.persist_in(config.state_dir));
+  resume_backup_jobs(*registry);
   return registry;
 }
 

@@ -1,22 +1,27 @@
-// Backups of DBS snapshots on real files (an O_DIRECT store file, a
-// directory target): the layer-map queries, full + incremental round trips
-// (byte-identical, chunk counts from the changed blocks), corruption found
-// by verify and restore, an interrupted backup resuming, delete + GC.
+// Backups of DBS snapshots on real files (an O_DIRECT store file) to each
+// kind of target - a directory, and S3 (a real s3rver on loopback): the
+// layer-map queries, full + incremental round trips (byte-identical, chunk
+// counts from the changed blocks), corruption found by verify and restore,
+// an interrupted backup resuming, delete + GC. The suite is parameterised by
+// the target; everything but the target is the same.
 #include "ublkvol/backup/store_backup.h"
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <gtest/gtest.h>
 
 #include "ublkvol/backup/gc.h"
 #include "ublkvol/dbs/file_device.h"
 
+#include "s3_server.h"
 #include "temp_dir.h"
 
 namespace ublkvol::backup {
 namespace {
 
-using testing::flip_byte;
+using testing::S3Server;
 using testing::TempDir;
 constexpr uint64_t kMiB = 1 << 20;
 constexpr uint64_t kVolumeBytes = 64 * kMiB;
@@ -30,9 +35,56 @@ struct Aligned {
   size_t size;
 };
 
-class StoreBackupTest : public ::testing::Test {
+enum class TargetKind { kDirectory, kS3 };
+
+std::string kind_name(const ::testing::TestParamInfo<TargetKind>& info) {
+  return info.param == TargetKind::kDirectory ? "Directory" : "S3";
+}
+
+// A put that fails (as a crash would) when the hook says so, before the
+// object reaches the wrapped target: the same on every kind of target.
+class FaultyTarget final : public Target {
+ public:
+  using Hook = std::function<Status(const std::string& key)>;
+  FaultyTarget(std::unique_ptr<Target> inner, Hook hook)
+      : inner_(std::move(inner)), hook_(std::move(hook)) {}
+  [[nodiscard]] std::string describe() const override { return inner_->describe(); }
+  [[nodiscard]] Result<bool> exists(const std::string& key) override { return inner_->exists(key); }
+  Status put(const std::string& key, std::span<const std::byte> data) override {
+    if (hook_) {
+      UBLKVOL_TRY(hook_(key));
+    }
+    return inner_->put(key, data);
+  }
+  [[nodiscard]] Result<std::vector<std::byte>> get(const std::string& key) override {
+    return inner_->get(key);
+  }
+  [[nodiscard]] Result<std::vector<std::string>> list(const std::string& prefix) override {
+    return inner_->list(prefix);
+  }
+  Status remove(const std::string& key) override { return inner_->remove(key); }
+  [[nodiscard]] Result<std::unique_ptr<TargetLock>> lock(bool exclusive) override {
+    return inner_->lock(exclusive);
+  }
+  Status remove_temporaries() override { return inner_->remove_temporaries(); }
+
+ private:
+  std::unique_ptr<Target> inner_;
+  Hook hook_;
+};
+
+class StoreBackupTest : public ::testing::TestWithParam<TargetKind> {
  protected:
+  static void SetUpTestSuite() {
+    server_ = std::make_unique<S3Server>();
+    server_error_ = server_->start();
+  }
+  static void TearDownTestSuite() { server_.reset(); }
+
   void SetUp() override {
+    if (GetParam() == TargetKind::kS3) {
+      ASSERT_EQ(server_error_, "") << "the S3 test server did not start";
+    }
     dbs::FileDeviceOptions options;
     options.create_size = 256 * kMiB;
     auto device = dbs::FileDevice::open(store_dir_.path() + "/store", options);
@@ -53,12 +105,36 @@ class StoreBackupTest : public ::testing::Test {
     }
   }
 
-  void open_repo(PutHook hook = {}) {
+  void open_repo(FaultyTarget::Hook hook = {}) {
     repo_.reset();
-    auto target = open_directory_target(target_dir_.path() + "/backups", std::move(hook));
+    Result<std::unique_ptr<Target>> target = Error(EINVAL, "no target");
+    if (GetParam() == TargetKind::kDirectory) {
+      target = open_target(target_dir_.path() + "/backups");
+    } else {
+      // A prefix per test: the tests share one server and bucket.
+      S3Options s3;
+      s3.endpoint = server_->endpoint();
+      s3.credentials_file = server_->credentials_file();
+      s3.lock_dir = target_dir_.path();
+      const auto* test = ::testing::UnitTest::GetInstance()->current_test_info();
+      std::string prefix = std::string(test->test_suite_name()) + "-" + test->name();
+      std::replace(prefix.begin(), prefix.end(), '/', '-');
+      target = open_target(std::string("s3://") + S3Server::kBucket + "/" + prefix, s3);
+    }
     ASSERT_TRUE(target.ok()) << target.error().to_string();
-    target_ = std::move(*target);
+    target_ = std::make_unique<FaultyTarget>(std::move(*target), std::move(hook));
     repo_ = std::make_unique<Repository>(*target_);
+  }
+
+  // Flips the bits of one byte of a stored object (through the target, so
+  // the same on every kind).
+  bool flip_object(const std::string& key, size_t at) {
+    auto data = target_->get(key);
+    if (!data || data->size() <= at) {
+      return false;
+    }
+    (*data)[at] = ~(*data)[at];
+    return target_->put(key, *data).ok();
   }
 
   // Writes `blocks` blocks at `offset`, each filled from (offset, seed).
@@ -121,6 +197,8 @@ class StoreBackupTest : public ::testing::Test {
     EXPECT_TRUE(read_volume(*restored) == expected) << backup << " restored different bytes";
   }
 
+  static inline std::unique_ptr<S3Server> server_;
+  static inline std::string server_error_;
   TempDir store_dir_;
   TempDir target_dir_;
   std::unique_ptr<dbs::FileDevice> device_;
@@ -130,7 +208,7 @@ class StoreBackupTest : public ::testing::Test {
   std::unique_ptr<Repository> repo_;
 };
 
-TEST_F(StoreBackupTest, LayerMapQueries) {
+TEST_P(StoreBackupTest, LayerMapQueries) {
   write(0, 2, 1);
   write(5 * kMiB, 1, 2);
   const auto s1 = snapshot("s1");
@@ -150,7 +228,7 @@ TEST_F(StoreBackupTest, LayerMapQueries) {
   EXPECT_EQ(wrong.error().kind(), ErrorKind::kInvalidArgument);
 }
 
-TEST_F(StoreBackupTest, FullAndIncrementalRoundTrip) {
+TEST_P(StoreBackupTest, FullAndIncrementalRoundTrip) {
   write_first_stage();
   const auto s1 = snapshot("s1");
   BackupProgress p1;
@@ -186,14 +264,13 @@ TEST_F(StoreBackupTest, FullAndIncrementalRoundTrip) {
   EXPECT_EQ(backup("b2", "s2", "b1").error().kind(), ErrorKind::kAlreadyExists);
 }
 
-TEST_F(StoreBackupTest, CorruptionIsReportedAndNothingIsRestored) {
+TEST_P(StoreBackupTest, CorruptionIsReportedAndNothingIsRestored) {
   write_first_stage();
   snapshot("s1");
   auto b1 = backup("b1", "s1");
   ASSERT_TRUE(b1.ok());
   const ManifestEntry& victim = b1->entries[4];
-  ASSERT_TRUE(
-      flip_byte(target_dir_.path() + "/backups/" + Repository::chunk_key(victim.hash), 120));
+  ASSERT_TRUE(flip_object(Repository::chunk_key(victim.hash), 120));
   const std::string where = "backup 'b1': volume offset " + std::to_string(victim.offset) + ": ";
   auto problems = repo_->verify("b1");
   ASSERT_TRUE(problems.ok());
@@ -207,7 +284,7 @@ TEST_F(StoreBackupTest, CorruptionIsReportedAndNothingIsRestored) {
   EXPECT_FALSE(store_->find_volume("r1").ok()) << "a half-restored volume was left behind";
 
   // A damaged manifest: entry 2 is named, nothing is restored.
-  ASSERT_TRUE(flip_byte(target_dir_.path() + "/backups/backups/b1.manifest", 1024 + 2 * 48 + 3));
+  ASSERT_TRUE(flip_object("backups/b1.manifest", 1024 + 2 * 48 + 3));
   restored = restore_to_new_volume(*store_, *repo_, "b1", "r1", {});
   ASSERT_FALSE(restored.ok());
   EXPECT_NE(restored.error().message().find(
@@ -219,17 +296,17 @@ TEST_F(StoreBackupTest, CorruptionIsReportedAndNothingIsRestored) {
   EXPECT_FALSE(store_->find_volume("r1").ok());
 }
 
-TEST_F(StoreBackupTest, InterruptedBackupResumes) {
+TEST_P(StoreBackupTest, InterruptedBackupResumes) {
   write_first_stage();
   const auto s1 = snapshot("s1");
   // "Crash" at the 6th chunk put, after its temporary file was written.
   int chunk_puts = 0;
-  open_repo([&](const std::string& key, PutStep step) -> Status {
-    if (key.starts_with("chunks/") && step == PutStep::kTempWritten && ++chunk_puts == 6) {
+  ASSERT_NO_FATAL_FAILURE(open_repo([&](const std::string& key) -> Status {
+    if (key.starts_with("chunks/") && ++chunk_puts == 6) {
       return Error(EIO, "injected crash");
     }
     return ok_status();
-  });
+  }));
   auto crashed = backup("b1", "s1", "", nullptr, /*checkpoint_chunks=*/2);
   ASSERT_FALSE(crashed.ok());
   EXPECT_EQ(crashed.error().message(), "injected crash");
@@ -242,7 +319,7 @@ TEST_F(StoreBackupTest, InterruptedBackupResumes) {
   }
 
   // A stop request on the resumed run: checkpointed, ECANCELED.
-  open_repo();
+  ASSERT_NO_FATAL_FAILURE(open_repo());
   std::stop_source stop;
   BackupProgress seen;
   BackupOptions options;
@@ -275,7 +352,7 @@ TEST_F(StoreBackupTest, InterruptedBackupResumes) {
   expect_restores_to("b1", read_snapshot(s1), "r1");
 }
 
-TEST_F(StoreBackupTest, DeleteCollectsOnlyUnneededChunks) {
+TEST_P(StoreBackupTest, DeleteCollectsOnlyUnneededChunks) {
   write_first_stage();
   const auto s1 = snapshot("s1");
   ASSERT_TRUE(backup("b1", "s1").ok());
@@ -286,15 +363,15 @@ TEST_F(StoreBackupTest, DeleteCollectsOnlyUnneededChunks) {
   ASSERT_EQ(target_->list("chunks/")->size(), 12U);
 
   // A damaged manifest stops collection before anything is removed.
-  const std::string b2_file = target_dir_.path() + "/backups/backups/b2.manifest";
-  ASSERT_TRUE(flip_byte(b2_file, 5));
+  const std::string b2_file = "backups/b2.manifest";
+  ASSERT_TRUE(flip_object(b2_file, 5));
   auto refused = delete_backup(*repo_, "b1");
   ASSERT_FALSE(refused.ok());
   EXPECT_NE(refused.error().message().find("garbage collection stopped before removing anything"),
             std::string::npos)
       << refused.error().message();
   EXPECT_EQ(target_->list("chunks/")->size(), 12U);
-  ASSERT_TRUE(flip_byte(b2_file, 5));  // repaired
+  ASSERT_TRUE(flip_object(b2_file, 5));  // repaired
 
   // b1 is gone already (its manifest was removed first); collecting now
   // frees only b1's versions of chunks 0 and 12, which b2 does not name.
@@ -313,6 +390,9 @@ TEST_F(StoreBackupTest, DeleteCollectsOnlyUnneededChunks) {
   EXPECT_TRUE(target_->list("chunks/")->empty());
   EXPECT_EQ(delete_backup(*repo_, "b2").error().kind(), ErrorKind::kNotFound);
 }
+
+INSTANTIATE_TEST_SUITE_P(Targets, StoreBackupTest,
+                         ::testing::Values(TargetKind::kDirectory, TargetKind::kS3), kind_name);
 
 }  // namespace
 }  // namespace ublkvol::backup

@@ -252,6 +252,30 @@ TEST(Cli, EveryCommandSendsTheDocumentedRequest) {
   }
 }
 
+TEST(Cli, BackupS3OptionsReachTheDaemon) {
+  FakeDaemon d;
+  d.ok("backup.list", {{"backups", Json::array()}, {"partial", Json::array()}});
+  d.ok("backup.create", {{"name", "v-s"}});
+  auto r = run(
+      d, {"backup", "list", "--target", "s3://bk/host1", "--s3-endpoint", "http://127.0.0.1:9000",
+          "--s3-region", "eu-west-1", "--s3-credentials", "/etc/creds"});
+  EXPECT_EQ(r.status, kOk) << r.err;
+  ASSERT_EQ(d.calls.size(), 1u);
+  EXPECT_EQ(d.calls[0].params, (Json{{"target", "s3://bk/host1"},
+                                     {"s3_endpoint", "http://127.0.0.1:9000"},
+                                     {"s3_region", "eu-west-1"},
+                                     {"s3_credentials", "/etc/creds"}}));
+  // A relative credentials file is made absolute: the daemon has its own
+  // working directory.
+  r = run(d, {"backup", "create", "v", "--snapshot", "s", "--to", "s3://bk", "--s3-credentials",
+              "creds"});
+  EXPECT_EQ(r.status, kOk) << r.err;
+  ASSERT_EQ(d.calls.size(), 2u);
+  EXPECT_EQ(d.calls[1].params["s3_credentials"],
+            (std::filesystem::current_path() / "creds").string());
+  EXPECT_FALSE(d.calls[1].params.contains("s3_endpoint"));
+}
+
 TEST(Cli, DaemonErrorsMapToExitStatuses) {
   struct Case {
     ErrorCode code;

@@ -6,12 +6,14 @@
 #include <cstring>
 #include <fstream>
 
+#include "ublkvol/backup/hash.h"
 #include "ublkvol/backup/repository.h"
 #include "ublkvol/backup/restore.h"
 #include "ublkvol/dbs/file_device.h"
 #include "ublkvol/dbs/store.h"
 #include "ublkvol/engine/dbs_replica_store.h"
 
+#include "../backup/s3_server.h"
 #include "daemon_fixture.h"
 
 namespace ublkvol::daemon::test_support {
@@ -154,6 +156,184 @@ TEST_F(BackupDaemonTest, CreateListShowVerifyDelete) {
   EXPECT_TRUE(std::memcmp(buffer, content.data(), kVolumeBytes) == 0);
   std::free(buffer);
   EXPECT_TRUE((*store)->close().ok());
+}
+
+// The same methods on an s3:// target (a real s3rver on loopback): the
+// daemon reaches it with the endpoint and credentials file of the request.
+TEST_F(BackupDaemonTest, S3Target) {
+  backup::testing::S3Server server;
+  ASSERT_EQ(server.start(), "") << "the S3 test server did not start";
+  const std::string store_path = dir_ + "/store-a";
+  const std::vector<std::byte> content = prepare_store(store_path);
+  start();
+  ok("store.add", {{"name", "a"}, {"path", store_path}});
+  ok("volume.import", {{"name", "vol"}, {"stores", {"a"}}});
+  const std::string url = std::string("s3://") + backup::testing::S3Server::kBucket + "/daemon";
+  const Json target{{"target", url},
+                    {"s3_endpoint", server.endpoint()},
+                    {"s3_credentials", server.credentials_file()}};
+  auto with = [&](Json extra) {
+    Json params = target;
+    params.update(extra);
+    return params;
+  };
+
+  refused("backup.create",
+          {{"volume", "vol"},
+           {"snapshot", "s1"},
+           {"target", url},
+           {"s3_endpoint", server.endpoint()},
+           {"s3_credentials", "relative/file"}},
+          "invalid_argument", "s3_credentials 'relative/file' is not an absolute path");
+  refused("backup.list",
+          {{"target", url}, {"s3_endpoint", server.endpoint()}, {"s3_credentials", dir_ + "/none"}},
+          "not_found", "S3 credentials file " + dir_ + "/none: cannot open it");
+
+  ok("backup.create", with({{"volume", "vol"}, {"snapshot", "s1"}, {"name", "b1"}}));
+  const Json shown = wait_for("backup.show", with({{"name", "b1"}}), [](const Json& r) {
+    return !r["jobs"].empty() && r["jobs"][0]["state"] != "running";
+  });
+  ASSERT_EQ(shown["jobs"][0]["state"], "done") << shown.dump() << log_text();
+  EXPECT_EQ(shown["backup"]["chunks"], 3);
+  EXPECT_EQ(ok("backup.list", target)["backups"].size(), 1U);
+  EXPECT_TRUE(ok("backup.verify", with({{"name", "b1"}}))["problems"].empty());
+  {
+    backup::S3Options s3;
+    s3.endpoint = server.endpoint();
+    s3.credentials_file = server.credentials_file();
+    auto t = backup::open_target(url, s3);
+    ASSERT_TRUE(t.ok()) << t.error().to_string();
+    backup::Repository repo(**t);
+    MemoryWriter writer(kVolumeBytes);
+    auto restored = backup::run_restore(repo, "b1", writer, {});
+    ASSERT_TRUE(restored.ok()) << restored.error().to_string();
+    EXPECT_TRUE(writer.bytes == content);
+  }
+  EXPECT_EQ(
+      ok("backup.restore", with({{"name", "b1"}, {"volume", "copy"}, {"stores", {"a"}}}))["chunks"],
+      3);
+  EXPECT_EQ(ok("backup.delete", with({{"name", "b1"}}))["chunks_removed"], 3);
+  EXPECT_TRUE(ok("backup.list", target)["backups"].empty());
+}
+
+// A backup is resumable after the daemon is SIGKILLed mid-way: the job's
+// state file brings it back at start-up, the chunks stored before the kill
+// are not written again (content addressed), and what lands restores to the
+// snapshot's bytes.
+TEST_F(BackupDaemonTest, BackupResumesAfterSigkill) {
+  constexpr uint64_t kChunks = 48;
+  constexpr uint64_t kBytes = 128 * kMiB;
+  const std::string store_path = dir_ + "/store-a";
+  // 16 blocks (64 KiB) in each of 48 chunks: 3 MiB to read, 3 s at 1 MiB/s.
+  std::vector<std::byte> content(kBytes);
+  {
+    dbs::FileDeviceOptions options;
+    options.create_size = 160 * kMiB;
+    auto device = dbs::FileDevice::open(store_path, options);
+    ASSERT_TRUE(device.ok());
+    ASSERT_TRUE(dbs::Store::format(**device).ok());
+    auto store = dbs::Store::open(**device);
+    ASSERT_TRUE(store.ok());
+    ASSERT_TRUE(engine::create_dbs_replica(**store, "vol", kBytes).ok());
+    const dbs::VolumeId id = *(*store)->find_volume("vol");
+    constexpr size_t kRun = 16 * 4096;
+    auto* buffer = static_cast<std::byte*>(std::aligned_alloc(4096, kRun));
+    for (uint64_t c = 0; c < kChunks; ++c) {
+      const uint64_t offset = c * 2 * kMiB + (c % 7) * 4096;
+      for (size_t i = 0; i < kRun; ++i) {
+        buffer[i] = static_cast<std::byte>((i / 512 * 13 + c * 29) | 1U);
+      }
+      ASSERT_TRUE((*store)->write(id, offset, {buffer, kRun}).ok());
+      std::memcpy(content.data() + offset, buffer, kRun);
+    }
+    std::free(buffer);
+    ASSERT_TRUE((*store)->commit().ok());
+    ASSERT_TRUE((*store)->create_snapshot(id, "s1").ok());
+    ASSERT_TRUE((*store)->close().ok());
+  }
+  start();
+  ok("store.add", {{"name", "a"}, {"path", store_path}});
+  ok("volume.import", {{"name", "vol"}, {"stores", {"a"}}});
+  const std::string target = dir_ + "/backups";
+  ok("backup.create",
+     {{"volume", "vol"}, {"snapshot", "s1"}, {"target", target}, {"name", "b"}, {"rate", 1}});
+  const Json midway =
+      wait_for("backup.show", {{"target", target}, {"name", "b"}}, [](const Json& r) {
+        return !r["jobs"].empty() && r["jobs"][0]["chunks_done"].get<uint64_t>() >= 4;
+      });
+  ASSERT_EQ(midway["jobs"][0]["state"], "running") << midway.dump();
+  EXPECT_EQ(midway["jobs"][0]["resumed"], false);
+  EXPECT_EQ(stop(SIGKILL), 128 + SIGKILL);
+
+  // Mid-way for real: no manifest, the job's state file is there.
+  const std::string jobs_dir = dir_ + "/state/backup-jobs/jobs";
+  ASSERT_TRUE(fs::is_directory(jobs_dir)) << "the daemon keeps no job state files";
+  ASSERT_EQ(std::distance(fs::directory_iterator(jobs_dir), fs::directory_iterator()), 1);
+  {
+    auto t = backup::open_target(target);
+    ASSERT_TRUE(t.ok());
+    backup::Repository repo(**t);
+    EXPECT_TRUE(repo.list_backups()->empty()) << "the backup finished before the kill";
+  }
+
+  start();  // the store and volume come back from state.json, the job from its file
+  const Json resumed = wait_for(
+      "backup.show", {{"target", target}, {"name", "b"}},
+      [](const Json& r) { return !r["jobs"].empty() && r["jobs"][0]["state"] != "running"; }, 60);
+  ASSERT_FALSE(resumed["jobs"].empty()) << "the job was not resumed:\n" << log_text();
+  const Json& job = resumed["jobs"][0];
+  ASSERT_EQ(job["state"], "done") << resumed.dump() << log_text();
+  EXPECT_EQ(job["resumed"], true);
+  EXPECT_EQ(job["chunks_total"], kChunks);
+  // The chunks stored before the kill were read again but not written.
+  EXPECT_GE(job["chunks_reused"].get<uint64_t>(), 4U) << job.dump();
+  EXPECT_EQ(job["chunks_written"].get<uint64_t>() + job["chunks_reused"].get<uint64_t>(), kChunks);
+  EXPECT_EQ(resumed["backup"]["chunks"], kChunks);
+  EXPECT_TRUE(fs::is_empty(jobs_dir)) << "the finished job's state file is still there";
+  EXPECT_TRUE(ok("backup.verify", {{"target", target}, {"name", "b"}})["problems"].empty());
+  auto t = backup::open_target(target);
+  ASSERT_TRUE(t.ok());
+  backup::Repository repo(**t);
+  MemoryWriter writer(kBytes);
+  auto restored = backup::run_restore(repo, "b", writer, {});
+  ASSERT_TRUE(restored.ok()) << restored.error().to_string();
+  EXPECT_TRUE(writer.bytes == content) << "the resumed backup restores other bytes";
+}
+
+// A job state file the daemon cannot use is left alone with an error, and
+// a job whose store is gone waits (listed) instead of failing the start.
+TEST_F(BackupDaemonTest, UnusableJobStateFiles) {
+  const std::string jobs_dir = dir_ + "/state/backup-jobs/jobs";
+  fs::create_directories(jobs_dir);
+  std::string waiting;
+  {
+    std::ofstream(jobs_dir + "/garbage.json") << "{not json";
+    const Json spec{{"kind", "backup"},  {"name", "b"},      {"target", dir_ + "/backups"},
+                    {"s3_endpoint", ""}, {"s3_region", ""},  {"s3_credentials", ""},
+                    {"volume", "vol"},   {"snapshot", "s1"}, {"parent", ""},
+                    {"store", "gone"},   {"rate", 0}};
+    // Named as the daemon names it (sha256 of target and name).
+    const std::string id = dir_ + "/backups\nb";
+    waiting = jobs_dir + "/" + backup::sha256({std::as_bytes(std::span(id))}).hex().substr(0, 32) +
+              ".json";
+    std::ofstream(waiting) << spec.dump();
+  }
+  start();
+  const Json list = ok("backup.list", {{"target", dir_ + "/backups"}});
+  ASSERT_EQ(list["jobs"].size(), 1U) << list.dump();
+  EXPECT_EQ(list["jobs"][0]["state"], "waiting");
+  EXPECT_EQ(list["jobs"][0]["error"], "store 'gone' is not available: not resumed");
+  EXPECT_NE(log_text().find("garbage.json: not JSON: left alone, not resumed"), std::string::npos)
+      << log_text();
+  EXPECT_TRUE(fs::exists(jobs_dir + "/garbage.json"));
+  EXPECT_TRUE(fs::exists(waiting));
+
+  // Deleting the backup drops the waiting job (else the next start would
+  // resume it), also when there is no backup to delete.
+  refused("backup.delete", {{"target", dir_ + "/backups"}, {"name", "b"}}, "not_found",
+          "no backup 'b'");
+  EXPECT_FALSE(fs::exists(waiting));
+  EXPECT_TRUE(ok("backup.list", {{"target", dir_ + "/backups"}})["jobs"].empty());
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <span>
@@ -57,7 +58,17 @@ using PutHook = std::function<Status(const std::string& key, PutStep step)>;
 // fsync the directory. lock() is flock(2) on <root>/lock.
 Result<std::unique_ptr<Target>> open_directory_target(const std::string& root, PutHook hook = {});
 
-// Opens the target an operator names: "dir:/path" or an absolute path.
-Result<std::unique_ptr<Target>> open_target(std::string_view url);
+// Where an s3:// target is and how to reach it (include/ublkvol/backup/s3_target.h).
+struct S3Options {
+  std::string endpoint;          // "http://127.0.0.1:9000"; "" = https://s3.<region>.amazonaws.com
+  std::string region;            // "" = us-east-1
+  std::string credentials_file;  // "" = /etc/ublk-volumed/s3-credentials
+  std::string lock_dir;          // "" = /run/lock (local lock files, see S3Target)
+  uint32_t list_page_keys = 0;   // keys per listing page; 0 = the server's (1000). Tests: small
+};
+
+// Opens the target an operator names: "dir:/path", an absolute path, or
+// "s3://bucket/prefix" (reached as `s3` says).
+Result<std::unique_ptr<Target>> open_target(std::string_view url, const S3Options& s3 = {});
 
 }  // namespace ublkvol::backup
