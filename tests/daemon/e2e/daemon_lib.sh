@@ -33,9 +33,8 @@ start_daemon() {
   # An explicit --config must exist: an empty object means all defaults.
   # ($STATE exists in every bed; /var/lib may not exist before the daemon
   # creates its state dir.)
-  # DAEMON_REACTORS (config key reactors): unset = the default (one reactor
-  # per CPU); N; or null (the *_threads_e2e variants: a thread per store and
-  # per queue).
+  # DAEMON_REACTORS (config key reactors): unset = the default (a thread per
+  # store and per queue); N (the *_reactors_e2e variants); null.
   if [ -n "${DAEMON_REACTORS:-}" ]; then
     printf '{"reactors":%s}\n' "$DAEMON_REACTORS" >"$STATE/config.json"
   else
@@ -45,14 +44,13 @@ start_daemon() {
   DAEMON=$!
   SRV=$DAEMON
   wait_until 120 daemon_up || { tail -30 "$DAEMON_LOG"; fail "ublk-volumed did not come up"; }
-  if [ "${DAEMON_REACTORS:-}" = null ]; then
+  if [ "${DAEMON_REACTORS:-null}" = null ]; then
     rpc daemon.status | grep -q '"reactors":\[\]' ||
-      fail "daemon.status lists reactors with reactors null: $(rpc daemon.status)"
+      fail "daemon.status lists reactors without the config key: $(rpc daemon.status)"
   else
     # The stores run on the reactors: daemon.status lists them (the last one
-    # is reactor<N-1>, N = DAEMON_REACTORS or the VM's CPU count), and the
-    # daemon has no store thread (store-*).
-    last=$((${DAEMON_REACTORS:-$(nproc)} - 1))
+    # is reactor<N-1>), and the daemon has no store thread (store-*).
+    last=$((DAEMON_REACTORS - 1))
     rpc daemon.status | grep -q "\"name\":\"reactor$last\"" ||
       fail "daemon.status lists no reactor$last: $(rpc daemon.status)"
     ! grep -q '^store-' /proc/"$DAEMON"/task/*/comm || fail "store threads with reactors on"
