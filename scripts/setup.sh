@@ -32,6 +32,8 @@ PACKAGES=(
   libgtest-dev libgmock-dev
   # backups (src/backup): chunk compression, chunk hashes
   libzstd-dev libssl-dev
+  # NBD export (src/nbd/server): TLS; libnbd, nbdinfo/nbdcopy and nbdkit for its tests
+  libgnutls28-dev libnbd-dev libnbd-bin nbdkit
   # benchmarks and e2e workloads
   fio gnuplot-nox
   # VM test bed (scripts/vm): emulator, initramfs contents, kernel fetch
