@@ -35,8 +35,9 @@ PACKAGES=(
   libzstd-dev libssl-dev libcurl4-openssl-dev nodejs
   # benchmarks and e2e workloads
   fio gnuplot-nox
-  # remote replicas over NBD (src/nbd/client, docs/nbd.md): libnbd, test servers
-  libnbd-dev libnbd-bin nbdkit
+  # NBD (src/nbd, docs/nbd.md, docs/nbd-export.md): libnbd for remote replicas,
+  # GnuTLS for the export; nbdinfo/nbdcopy and nbdkit for the tests
+  libnbd-dev libnbd-bin nbdkit libgnutls28-dev
   # VM test bed (scripts/vm): emulator, initramfs contents, kernel fetch
   qemu-system-x86 busybox-static cpio xz-utils e2fsprogs util-linux kmod
   # systemd VM test bed (scripts/vm/systemd): root image builder, qcow2 overlays

@@ -83,6 +83,7 @@ int run_cli(int argc, const char* const* argv, const CliEnvironment& env) {
   CommandTree tree;
   add_store_commands(app, tree);
   add_volume_commands(app, tree);
+  add_export_commands(app, tree);
   add_snapshot_commands(app, tree);
   add_backup_commands(app, tree);
   add_replica_commands(app, tree);

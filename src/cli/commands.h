@@ -12,6 +12,7 @@ namespace ublkvol::cli {
 
 void add_store_commands(CLI::App& app, CommandTree& tree);     // commands_store.cpp
 void add_volume_commands(CLI::App& app, CommandTree& tree);    // commands_volume.cpp
+void add_export_commands(CLI::App& app, CommandTree& tree);    // commands_export.cpp (after volume)
 void add_snapshot_commands(CLI::App& app, CommandTree& tree);  // commands_snapshot.cpp
 void add_replica_commands(CLI::App& app, CommandTree& tree);   // commands_replica.cpp
 void add_stats_command(CLI::App& app, CommandTree& tree);      // commands_stats.cpp

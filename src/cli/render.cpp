@@ -288,6 +288,13 @@ void render_volume(std::ostream& out, const Json& volume) {
   } else {
     field(out, "Device", "not exposed");
   }
+  if (auto e = volume.find("export"); e != volume.end() && e->is_object()) {
+    field(out, "Export",
+          flag(*e, "running")
+              ? "nbd on " + str(*e, "address") + " (TLS " + str(*e, "tls") + ", " +
+                    str(*e, "connections") + " of " + str(*e, "max_connections") + " connections)"
+              : "nbd on " + str(*e, "listen") + " - not running (see the daemon's log)");
+  }
   const auto& snapshots = array(volume, "snapshots");
   field(out, "Snapshots", snapshots.empty() ? "none" : join(snapshots));
   if (auto rb = volume.find("rebuild"); rb != volume.end() && rb->is_object()) {
@@ -392,7 +399,10 @@ void render_status(std::ostream& out, const Json& status) {
     }
   }
   field(out, "Stores", str(status, "stores"));
-  field(out, "Volumes", str(status, "volumes") + " (" + str(status, "exposed") + " exposed)");
+  const bool exports = status.contains("exported") && str(status, "exported") != "0";
+  field(out, "Volumes",
+        str(status, "volumes") + " (" + str(status, "exposed") + " exposed" +
+            (exports ? ", " + str(status, "exported") + " exported over NBD" : "") + ")");
   if (status.contains("reactors")) {
     render_reactors(out, array(status, "reactors"));
   }

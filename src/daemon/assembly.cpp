@@ -115,7 +115,9 @@ engine::StoreThreadOptions Registry::store_thread_options(const std::string& nam
 engine::ReplicatedVolumeOptions Registry::engine_options(const VolumeEntry& v) const {
   engine::ReplicatedVolumeOptions options;
   options.name = v.name;
-  options.queues = engine_queues;
+  // Queues 0..engine_queues-1 serve a ublk device; the last one an NBD
+  // export (exports.cpp), which no device ever uses.
+  options.queues = engine_queues + 1;
   options.queue_depth = config.queue_depth;
   options.min_replicas = v.min_replicas;
   options.io_deadline = std::chrono::milliseconds(config.io_deadline_ms);
@@ -142,6 +144,10 @@ Status Registry::open_slot(VolumeEntry& v, ReplicaSlot& slot, const std::string&
 
 // Detaches the slot's replica from its thread and destroys it there.
 void Registry::close_slot(ReplicaSlot& slot) {
+  if (slot.export_allocation) {
+    slot.export_allocation->invalidate();  // waits for a BLOCK_STATUS query on it
+    slot.export_allocation.reset();
+  }
   if (slot.replica && slot.store != nullptr && slot.store->thread) {
     (void)slot.store->thread->detach(*slot.replica);
     (void)slot.store->thread->call([&]() {
@@ -168,6 +174,7 @@ Status Registry::open_engine(VolumeEntry& v) {
 }
 
 void Registry::close_volume(VolumeEntry& v) {
+  stop_export(v);  // its thread has a queue of the engine
   if (v.engine) {
     Status closed = v.engine->close();
     if (!closed.ok()) {

@@ -37,6 +37,8 @@ Result<Json> dispatch(Registry& r, const Request& request) {
       {Method::kVolumeExpose, &volume_expose},
       {Method::kVolumeUnexpose, &volume_unexpose},
       {Method::kVolumeResize, &volume_resize},
+      {Method::kVolumeExport, &volume_export},
+      {Method::kVolumeUnexport, &volume_unexport},
       {Method::kSnapshotCreate, &snapshot_create},
       {Method::kSnapshotList, &snapshot_list},
       {Method::kSnapshotDelete, &snapshot_delete},

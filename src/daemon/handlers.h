@@ -49,6 +49,8 @@ Result<Json> volume_delete(Registry& r, Params& p);
 Result<Json> volume_expose(Registry& r, Params& p);
 Result<Json> volume_unexpose(Registry& r, Params& p);
 Result<Json> volume_resize(Registry& r, Params& p);
+Result<Json> volume_export(Registry& r, Params& p);  // methods_export.cpp
+Result<Json> volume_unexport(Registry& r, Params& p);
 
 Result<Json> snapshot_create(Registry& r, Params& p);
 Result<Json> snapshot_list(Registry& r, Params& p);

@@ -23,6 +23,14 @@ constexpr ParamSpec kVolumeImport[] = {
     {"name", K::kName, true}, {"stores", K::kNameList, true}, {"min_replicas", K::kUint, false}};
 constexpr ParamSpec kVolumeExpose[] = {
     {"name", K::kName, true}, {"queues", K::kUint, false}, {"queue_depth", K::kUint, false}};
+constexpr ParamSpec kVolumeExport[] = {{"name", K::kName, true},
+                                       {"listen", K::kString, true},
+                                       {"tls_psk", K::kString, false},
+                                       {"tls_cert", K::kString, false},
+                                       {"tls_key", K::kString, false},
+                                       {"tls_ca", K::kString, false},
+                                       {"insecure_plain", K::kBool, false},
+                                       {"max_connections", K::kUint, false}};
 constexpr ParamSpec kVolumeResize[] = {{"name", K::kName, true}, {"size", K::kSize, true}};
 constexpr ParamSpec kSnapshotCreate[] = {{"volume", K::kName, true},
                                          {"name", K::kName, true, kMaxSnapshotNameLength}};
@@ -85,6 +93,10 @@ constexpr std::array<MethodInfo, kMethodCount> kMethods = {{
     {Method::kVolumeUnexpose, "volume.unexpose",
      "Remove a volume's block device (refused while it is in use)", kName},
     {Method::kVolumeResize, "volume.resize", "Grow a volume (shrinking is refused)", kVolumeResize},
+    {Method::kVolumeExport, "volume.export",
+     "Serve a volume over NBD (TLS required on TCP; re-exported after a restart)", kVolumeExport},
+    {Method::kVolumeUnexport, "volume.unexport",
+     "Stop a volume's NBD export (new clients refused, connections closed)", kName},
     {Method::kSnapshotCreate, "snapshot.create", "Take a snapshot (O(1), the volume stays online)",
      kSnapshotCreate},
     {Method::kSnapshotList, "snapshot.list", "List a volume's snapshots", kVolume},

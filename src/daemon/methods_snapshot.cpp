@@ -95,6 +95,10 @@ Result<Json> snapshot_revert(Registry& r, Params& p) {
   if (v->device) {
     return Error(EBUSY, "volume " + named(a.volume) + " is exposed (unexpose it before reverting)");
   }
+  if (v->nbd_export) {
+    return Error(EBUSY, "volume " + named(a.volume) + " is exported over NBD on " +
+                            v->nbd_export->address() + " (unexport it before reverting)");
+  }
   UBLKVOL_TRY(snapshot_op(r, IntentOp::kSnapshotRevert, *v, a.name,
                           [&] { return v->engine->revert_snapshot(a.name); }));
   spdlog::info("volume '{}': reverted to snapshot '{}'", a.volume, a.name);

@@ -205,6 +205,10 @@ Result<Json> volume_delete(Registry& r, Params& p) {
   if (volume->device || volume->exposed) {
     return Error(EBUSY, "volume " + named(name) + " is exposed (unexpose it first)");
   }
+  if (volume->exported) {
+    return Error(EBUSY, "volume " + named(name) + " is exported over NBD on " +
+                            volume->exported->listen + " (volume unexport it first)");
+  }
   std::vector<StoreEntry*> holders;
   for (auto& slot : volume->slots) {
     if (slot.store != nullptr) {

@@ -201,6 +201,7 @@ DaemonState Registry::snapshot_state() const {
       record.stores.push_back(missing);
     }
     record.exposed = v->exposed;
+    record.exported = v->exported;
     state.volumes.push_back(std::move(record));
   }
   return state;

@@ -36,11 +36,13 @@
 #include "ublkvol/engine/dbs_replica_store.h"
 #include "ublkvol/engine/replicated_volume.h"
 #include "ublkvol/engine/store_thread.h"
+#include "ublkvol/nbd/server.h"
 #include "ublkvol/reactor/reactor.h"
 #include "ublkvol/stack/reactor_queue_host.h"
 #include "ublkvol/ublk/device.h"
 
 #include "backup_jobs.h"
+#include "exports.h"
 #include "frontend_volume.h"
 #include "intent_log.h"
 #include "recovery.h"
@@ -85,6 +87,8 @@ struct StoreEntry {
 struct ReplicaSlot {
   StoreEntry* store = nullptr;  // nullptr: no replica at this engine index
   std::unique_ptr<engine::DbsReplicaStore> replica;
+  // Set while an NBD export reads this replica's mappings (exports.h).
+  std::shared_ptr<ExportAllocation> export_allocation;
 };
 
 struct VolumeEntry {
@@ -102,6 +106,10 @@ struct VolumeEntry {
   // Persisted intent: exposed as this device (also while the device is not
   // there because ublk is unavailable).
   std::optional<ExposeRecord> exposed;
+  // Persisted intent: exported over NBD (exports.h); the running export,
+  // declared after the engine so that it stops first.
+  std::optional<ExportRecord> exported;
+  std::unique_ptr<nbd::NbdExport> nbd_export;
   std::string error;  // the volume could not be opened
 
   // The names of the stores holding its (open) replicas, by index.

@@ -134,6 +134,8 @@ Json daemon_status_json(Registry& registry, const Status& ublk) {
       {"stores", registry.stores.size()},
       {"volumes", registry.volumes.size()},
       {"exposed", registry.exposed_count()},
+      {"exported", std::count_if(registry.volumes.begin(), registry.volumes.end(),
+                                 [](const auto& v) { return v->nbd_export != nullptr; })},
       {"orphans", orphan_list},
       {"pending_intents", registry.intents.pending().size()},
       {"reactors", reactors_json(registry)}};
@@ -230,6 +232,7 @@ Json volume_json(Registry& registry, VolumeEntry& v) {
               {"in_sync", 0},
               {"online", false},
               {"device", nullptr},
+              {"export", export_json(v)},
               {"replicas", Json::array()},
               {"rebuild",
                {{"active", false},

@@ -83,7 +83,8 @@ Result<std::unique_ptr<Registry>> Registry::start(const DaemonConfig& config) {
             : std::string("off"));
   }
   const unsigned cpus = std::max(1U, std::thread::hardware_concurrency());
-  registry->engine_queues = std::min(60U, std::max(registry->config.queues, cpus));
+  // The engine takes at most 60 queues; the last is reserved for NBD exports.
+  registry->engine_queues = std::min(59U, std::max(registry->config.queues, cpus));
   registry->read_kernel();
   UBLKVOL_ASSIGN_OR_RETURN(registry->intents, IntentLog::open(config.state_dir));
   registry->load(std::move(state));
@@ -201,6 +202,7 @@ void Registry::load(DaemonState state) {
     v->size_bytes = record.size_bytes;
     v->min_replicas = record.min_replicas;
     v->exposed = record.exposed;
+    v->exported = record.exported;
     size_t next = 0;
     for (const auto& store_name : record.stores) {
       StoreEntry* s = find_store(store_name);
@@ -254,6 +256,7 @@ void Registry::load(DaemonState state) {
         "ublk-volume store gc)",
         o.first, o.second.volume, o.second.size_bytes);
   }
+  start_recorded_exports(*this);  // NBD exports (exports.h)
   // Re-expose: re-attach to devices a previous process left, else create.
   bool any_exposed = false;
   for (auto& v : volumes) {
@@ -312,6 +315,9 @@ Service::ShutdownReport Registry::shutdown() {
   // Backups read from the stores closed below: stop them first (each leaves
   // a partial manifest that the same backup.create resumes).
   backup_jobs.stop_all();
+  for (auto& v : volumes) {
+    stop_export(*v);  // NBD clients first: no new requests while devices go
+  }
   for (auto& v : volumes) {
     if (!v->device) {
       continue;

@@ -64,6 +64,9 @@ std::string state_to_json(const DaemonState& state) {
                            {"queues", v.exposed->queues},
                            {"queue_depth", v.exposed->queue_depth}};
     }
+    if (v.exported) {
+      volume["export"] = export_record_to_json(*v.exported);
+    }
     volumes.push_back(std::move(volume));
   }
   nlohmann::json doc = {
@@ -130,9 +133,16 @@ Result<StoreRecord> parse_store(const Json& s, const std::string& what) {
   return record;
 }
 
-Result<VolumeRecord> parse_volume(const Json& v, const std::string& what) {
-  UBLKVOL_TRY(exact_keys(v, what, {"name", "size_bytes", "stores", "min_replicas", "exposed"}));
+Result<VolumeRecord> parse_volume(const Json& given, const std::string& what) {
+  // "export" is optional (older files, unexported volumes): read apart.
+  Json v = given;
   VolumeRecord record;
+  if (v.is_object() && v.contains("export")) {
+    UBLKVOL_ASSIGN_OR_RETURN(record.exported,
+                             export_record_from_json(v.at("export"), what + ": export"));
+    v.erase("export");
+  }
+  UBLKVOL_TRY(exact_keys(v, what, {"name", "size_bytes", "stores", "min_replicas", "exposed"}));
   UBLKVOL_ASSIGN_OR_RETURN(record.name, string_field(v, what, "name"));
   UBLKVOL_TRY(validate_name(record.name, what + ": name"));
   UBLKVOL_ASSIGN_OR_RETURN(record.size_bytes, uint_field<uint64_t>(v, what, "size_bytes"));

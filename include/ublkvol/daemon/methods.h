@@ -30,6 +30,8 @@ enum class Method {
   kVolumeExpose,
   kVolumeUnexpose,
   kVolumeResize,
+  kVolumeExport,
+  kVolumeUnexport,
   kSnapshotCreate,
   kSnapshotList,
   kSnapshotDelete,

@@ -22,6 +22,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
@@ -46,6 +47,19 @@ struct ExposeRecord {
   bool operator==(const ExposeRecord&) const = default;
 };
 
+// An NBD export of the volume (volume.export; src/daemon/exports.cpp): re-made
+// at start. TLS files are paths the daemon reads at each start.
+struct ExportRecord {
+  std::string listen;  // "HOST:PORT", "[IPV6]:PORT" or "unix:/path"
+  std::string tls_psk;
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_ca;
+  bool insecure_plain = false;
+  unsigned max_connections = 16;
+  bool operator==(const ExportRecord&) const = default;
+};
+
 struct VolumeRecord {
   std::string name;
   uint64_t size_bytes = 0;
@@ -53,6 +67,8 @@ struct VolumeRecord {
   std::vector<std::string> stores;
   unsigned min_replicas = 1;
   std::optional<ExposeRecord> exposed;
+  // Written as "export" only when set (files without it are older or unexported).
+  std::optional<ExportRecord> exported;
   bool operator==(const VolumeRecord&) const = default;
 };
 
@@ -63,6 +79,9 @@ struct DaemonState {
 };
 
 std::string state_to_json(const DaemonState& state);
+// The "export" object of a volume record (export_record.cpp).
+nlohmann::json export_record_to_json(const ExportRecord& record);
+Result<ExportRecord> export_record_from_json(const nlohmann::json& object, const std::string& what);
 // `origin` names the document in messages.
 Result<DaemonState> state_from_json(const std::string& text, const std::string& origin);
 
