@@ -131,9 +131,14 @@ struct Reactor::Impl {
     }
     const int64_t now_ns =
         std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count();
+    if (options.poll_max_percent >= 100) {
+      return true;  // no cap
+    }
     if (now_ns - poll_window_start_ns >= kPollWindowNs) {
+      // A new window: the time since the last pass belongs to the old one.
       poll_window_start_ns = now_ns;
       poll_spent_ns = 0;
+      poll_last_ns = 0;
     }
     if (poll_last_ns != 0) {
       // One pass takes well under a microsecond; a longer gap is time the

@@ -66,7 +66,7 @@ class CounterPoller final : public Poller {
 };
 
 // Work announced through its own eventfd (poller.h's first wake-up way).
-class FdPoller final : public Poller {
+class FdPoller : public Poller {
  public:
   FdPoller() : fd(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {}
   unsigned poll() override {
@@ -408,26 +408,10 @@ TEST(Reactor, CountersShowBusyTimeAndMessagesSentToOtherThreads) {
   (*b)->stop();
 }
 
-// Work announced through an fd, with a completion in flight while `waits`.
-class WaitingPoller final : public Poller {
+// An FdPoller with a completion in flight while `waits`.
+class WaitingPoller final : public FdPoller {
  public:
-  WaitingPoller() : fd(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {}
-  unsigned poll() override {
-    const uint64_t p = posted.load(std::memory_order_acquire);
-    const uint64_t c = consumed.load(std::memory_order_relaxed);
-    consumed.store(p, std::memory_order_release);
-    return static_cast<unsigned>(p - c);
-  }
-  [[nodiscard]] int wait_fd() const override { return fd.get(); }
   [[nodiscard]] bool waiting() const override { return waits.load(); }
-  void post() {
-    posted.fetch_add(1, std::memory_order_release);
-    uint64_t one = 1;
-    ASSERT_EQ(::write(fd.get(), &one, sizeof(one)), 8);
-  }
-  UniqueFd fd;
-  std::atomic<uint64_t> posted{0};
-  std::atomic<uint64_t> consumed{0};
   std::atomic<bool> waits{true};
 };
 

@@ -32,12 +32,8 @@ class NbdHostileTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ASSERT_FALSE(dir_.path().empty());
-    engine::SimpleVolumeOptions vo;
-    vo.name = "vol";
-    vo.size_bytes = kSize;
-    auto v = engine::make_memory_volume(vo);
-    ASSERT_TRUE(v.ok());
-    volume_ = std::move(*v);
+    volume_ = testing::make_test_volume(kSize);
+    ASSERT_NE(volume_, nullptr);
     socket_ = dir_.path() + "/nbd.sock";
     ExportOptions o;
     o.name = "vol";
@@ -133,14 +129,11 @@ class NbdHostileTest : public ::testing::Test {
     return proto::get32(r.data() + 4);
   }
 
-  struct Closer {
-    void operator()(nbd_handle* h) const { nbd_close(h); }
-  };
   TempDir dir_;
   std::string socket_;
   std::unique_ptr<engine::Volume> volume_;
   std::unique_ptr<NbdExport> export_;
-  std::unique_ptr<nbd_handle, Closer> good_;
+  testing::NbdHandle good_;
 };
 
 TEST_F(NbdHostileTest, GarbageInsteadOfAHandshakeClosesThatConnectionOnly) {

@@ -2,6 +2,7 @@
 // a raw blocking client socket with a bounded receive timeout.
 #pragma once
 
+#include <libnbd.h>
 #include <stdlib.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -14,13 +15,33 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <memory>
 #include <netinet/in.h>
 #include <string>
 #include <vector>
 
 #include "ublkvol/common/unique_fd.h"
+#include "ublkvol/engine/volume.h"
 
 namespace ublkvol::nbd::testing {
+
+// A libnbd handle, closed on scope exit.
+struct NbdHandleCloser {
+  void operator()(nbd_handle* h) const { nbd_close(h); }
+};
+using NbdHandle = std::unique_ptr<nbd_handle, NbdHandleCloser>;
+
+// The exported test volume: RAM-backed, named "vol", of `size` bytes; in
+// `backing_file` (if given) so a test can compare the bytes.
+inline std::unique_ptr<engine::Volume> make_test_volume(uint64_t size,
+                                                        const std::string& backing_file = {}) {
+  engine::SimpleVolumeOptions vo;
+  vo.name = "vol";
+  vo.size_bytes = size;
+  vo.backing_file = backing_file;
+  auto v = engine::make_memory_volume(vo);
+  return v.ok() ? std::move(*v) : nullptr;
+}
 
 class TempDir {
  public:

@@ -24,22 +24,14 @@ using testing::TempDir;
 
 constexpr uint64_t kSize = 64ULL << 20U;
 
-struct NbdHandleCloser {
-  void operator()(nbd_handle* h) const { nbd_close(h); }
-};
-using NbdHandle = std::unique_ptr<nbd_handle, NbdHandleCloser>;
+using testing::NbdHandle;
 
 class NbdServerTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ASSERT_FALSE(dir_.path().empty());
-    engine::SimpleVolumeOptions vo;
-    vo.name = "vol";
-    vo.size_bytes = kSize;
-    vo.backing_file = dir_.path() + "/volume.bin";
-    auto v = engine::make_memory_volume(vo);
-    ASSERT_TRUE(v.ok()) << v.error().to_string();
-    volume_ = std::move(*v);
+    volume_ = testing::make_test_volume(kSize, dir_.path() + "/volume.bin");
+    ASSERT_NE(volume_, nullptr);
     socket_ = dir_.path() + "/nbd.sock";
   }
 

@@ -31,21 +31,14 @@ constexpr uint64_t kSize = 16ULL << 20U;
 constexpr const char* kKey = "0123456789abcdef0123456789abcdef";
 constexpr const char* kWrongKey = "fedcba9876543210fedcba9876543210";
 
-struct Closer {
-  void operator()(nbd_handle* h) const { nbd_close(h); }
-};
-using NbdHandle = std::unique_ptr<nbd_handle, Closer>;
+using testing::NbdHandle;
 
 class NbdTlsTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ASSERT_FALSE(dir_.path().empty());
-    engine::SimpleVolumeOptions vo;
-    vo.name = "vol";
-    vo.size_bytes = kSize;
-    auto v = engine::make_memory_volume(vo);
-    ASSERT_TRUE(v.ok());
-    volume_ = std::move(*v);
+    volume_ = testing::make_test_volume(kSize);
+    ASSERT_NE(volume_, nullptr);
     write_file("server.psk", std::string("alice:") + kKey + "\n");
     write_file("right.psk", std::string("alice:") + kKey + "\n");
     write_file("wrong.psk", std::string("alice:") + kWrongKey + "\n");
