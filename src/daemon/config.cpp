@@ -178,7 +178,7 @@ Result<DaemonConfig> parse_config(std::string_view text, const std::string& orig
     }
   }
   if (queues_given && config.queues == 0) {
-    return invalid(origin, "queues 0 is out of range 1..60");
+    return invalid(origin, "queues 0 is out of range 1..59");
   }
   if (!queues_given) {
     // With reactors: one per reactor, once the daemon knows how many.
@@ -248,8 +248,9 @@ Status validate_config(const DaemonConfig& config) {
                              std::to_string(config.reactor_poll_max_percent) +
                              " is out of range 1..100");
   }
-  if ((config.queues < 1 && !config.reactors) || config.queues > 60) {
-    return Error(EINVAL, "queues " + std::to_string(config.queues) + " is out of range 1..60");
+  if ((config.queues < 1 && !config.reactors) || config.queues > 59) {
+    return Error(EINVAL, "queues " + std::to_string(config.queues) +
+                             " is out of range 1..59 (the 60th engine queue is the NBD export's)");
   }
   if (config.queue_depth < 4 || config.queue_depth > 4096) {
     return Error(EINVAL,

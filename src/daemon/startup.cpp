@@ -71,7 +71,7 @@ Result<std::unique_ptr<Registry>> Registry::start(const DaemonConfig& config) {
     UBLKVOL_ASSIGN_OR_RETURN(registry->reactors, stack::start_reactors(reactor_options));
     registry->queue_host = std::make_unique<stack::ReactorQueueHost>(*registry->reactors);
     if (registry->config.queues == 0) {
-      registry->config.queues = std::min(60U, static_cast<unsigned>(registry->reactors->size()));
+      registry->config.queues = std::min(59U, static_cast<unsigned>(registry->reactors->size()));
     }
     spdlog::info(
         "{} reactors: store i on reactor i mod {}, ublk queue q on reactor q mod {}; adaptive "

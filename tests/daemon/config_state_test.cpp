@@ -125,6 +125,7 @@ TEST(Config, RefusalsNameTheKey) {
       {R"({"queues":"2"})", "key 'queues' must be an unsigned integer"},
       {R"({"queues":-1})", "key 'queues' must be an unsigned integer, not -1"},
       {R"({"queues":0})", "queues 0 is out of range"},
+      {R"({"queues":60})", "queues 60 is out of range 1..59"},
       {R"({"queue_depth":99999})", "queue_depth 99999"},
       {R"({"recoverable_devices":1})", "key 'recoverable_devices' must be true or false"},
       {R"({"state_dir":"relative"})", "must be an absolute path"},
