@@ -5,22 +5,11 @@
 #include <memory>
 #include <openssl/evp.h>
 
+#include "ublkvol/common/hex.h"
+
 namespace ublkvol::backup {
 
 namespace {
-
-int hex_value(char c) {
-  if (c >= '0' && c <= '9') {
-    return c - '0';
-  }
-  if (c >= 'a' && c <= 'f') {
-    return c - 'a' + 10;
-  }
-  if (c >= 'A' && c <= 'F') {
-    return c - 'A' + 10;
-  }
-  return -1;
-}
 
 struct MdCtxDeleter {
   void operator()(EVP_MD_CTX* ctx) const { EVP_MD_CTX_free(ctx); }
@@ -44,8 +33,8 @@ Result<ChunkHash> ChunkHash::parse_hex(std::string_view text) {
     return Error(EINVAL, "'" + std::string(text) + "' is not a chunk hash (64 hex digits)");
   }
   for (size_t i = 0; i < hash.bytes.size(); ++i) {
-    const int hi = hex_value(text[2 * i]);
-    const int lo = hex_value(text[2 * i + 1]);
+    const int hi = hex_digit_value(text[2 * i]);
+    const int lo = hex_digit_value(text[2 * i + 1]);
     if (hi < 0 || lo < 0) {
       return Error(EINVAL, "'" + std::string(text) + "' is not a chunk hash (64 hex digits)");
     }

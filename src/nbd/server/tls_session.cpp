@@ -11,25 +11,14 @@
 #include <map>
 #include <string>
 
+#include "ublkvol/common/hex.h"
+
 namespace ublkvol::nbd {
 
 namespace {
 // nbdkit's default priority with the PSK key exchanges added.
 constexpr const char* kPskPriority = "NORMAL:-VERS-SSL3.0:+ECDHE-PSK:+DHE-PSK:+PSK";
 constexpr const char* kX509Priority = "NORMAL:-VERS-SSL3.0";
-
-int hex_value(char c) {
-  if (c >= '0' && c <= '9') {
-    return c - '0';
-  }
-  if (c >= 'a' && c <= 'f') {
-    return c - 'a' + 10;
-  }
-  if (c >= 'A' && c <= 'F') {
-    return c - 'A' + 10;
-  }
-  return -1;
-}
 
 std::string gnutls_error(int rc) { return gnutls_strerror(rc); }
 }  // namespace
@@ -88,8 +77,8 @@ Result<std::map<std::string, std::string>> read_psk_file(const std::string& path
     }
     std::string key;
     for (size_t i = 0; i < hex.size(); i += 2) {
-      const int hi = hex_value(hex[i]);
-      const int lo = hex_value(hex[i + 1]);
+      const int hi = hex_digit_value(hex[i]);
+      const int lo = hex_digit_value(hex[i + 1]);
       if (hi < 0 || lo < 0) {
         return Error(EINVAL, where + ": the key is not hexadecimal");
       }
