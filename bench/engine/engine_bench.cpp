@@ -582,6 +582,13 @@ int main(int argc, char** argv) try {
                  "with --reactors: adaptive polling, keep polling this long for completions "
                  "in flight before sleeping (ReactorOptions::poll_in_flight; 0 = off)");
   unsigned reactor_poll_max_percent = 50;
+  std::string rebuild_chunk_s = "1M";
+  app.add_option("--rebuild-chunk", rebuild_chunk_s,
+                 "rebuild: the copy unit (ReplicatedVolumeOptions::rebuild_chunk_bytes)");
+  unsigned rebuild_busy_percent = ReplicatedVolumeOptions{}.rebuild_busy_percent;
+  app.add_option("--rebuild-busy-percent", rebuild_busy_percent,
+                 "rebuild: share of the time it takes while user I/O runs (100: no yielding)")
+      ->check(CLI::Range(1U, 100U));
   app.add_option("--reactor-poll-max-percent", reactor_poll_max_percent,
                  "with --reactor-poll-us: at most this share of each reactor's time polling")
       ->check(CLI::Range(1U, 100U));
@@ -824,6 +831,8 @@ int main(int argc, char** argv) try {
       std::vector<ReplicaBinding> b = {reps0->bindings[0], reps1->bindings[0]};
       ReplicatedVolumeOptions o;
       o.name = "rebuild";
+      o.rebuild_chunk_bytes = static_cast<uint32_t>(parse_size(rebuild_chunk_s));
+      o.rebuild_busy_percent = rebuild_busy_percent;
       auto t0 = Clock::now();
       auto vol = value_or_exit(ReplicatedVolume::open(o, b), "open volume");
       std::atomic<bool> stop{false};
@@ -842,6 +851,13 @@ int main(int argc, char** argv) try {
         load.join();
       }
       RebuildProgress p = vol->status().rebuild;
+      // NOLINTNEXTLINE(concurrency-mt-unsafe): nothing in this program calls setenv
+      if (getenv("BENCH_DEBUG") != nullptr) {
+        (void)std::fprintf(stderr, "engine_bench: rebuild %s: %llu steps, %llu waits (%.3f s)\n",
+                           loaded != 0 ? "under load" : "idle",
+                           static_cast<unsigned long long>(p.pieces),
+                           static_cast<unsigned long long>(p.yields), p.yielded_seconds);
+      }
       Result res{"rebuild",
                  loaded != 0 ? "full rebuild under 4K randwrite QD32" : "full rebuild idle", 2};
       res.mb_per_s = static_cast<double>(p.total_bytes) / secs / 1e6;
@@ -865,6 +881,8 @@ int main(int argc, char** argv) try {
     nlohmann::json j;
     j["size_bytes"] = size;
     j["rebuild_size_bytes"] = rebuild_size;
+    j["rebuild_chunk_bytes"] = parse_size(rebuild_chunk_s);
+    j["rebuild_busy_percent"] = rebuild_busy_percent;
     j["runtime_s"] = runtime;
     j["rounds"] = rounds;
     j["mode"] = mode;

@@ -122,6 +122,7 @@ engine::ReplicatedVolumeOptions Registry::engine_options(const VolumeEntry& v) c
   options.min_replicas = v.min_replicas;
   options.io_deadline = std::chrono::milliseconds(config.io_deadline_ms);
   options.rebuild_bytes_per_second = config.rebuild_mb_per_s << 20U;
+  options.rebuild_busy_percent = config.rebuild_busy_percent;
   apply_scrub_config(config, options);
   return options;
 }

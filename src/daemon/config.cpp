@@ -141,6 +141,8 @@ Result<DaemonConfig> parse_config(std::string_view text, const std::string& orig
       UBLKVOL_TRY(read_uint(value, key, origin, config.io_deadline_ms));
     } else if (key == "rebuild_mb_per_s") {
       UBLKVOL_TRY(read_uint(value, key, origin, config.rebuild_mb_per_s));
+    } else if (key == "rebuild_busy_percent") {
+      UBLKVOL_TRY(read_uint(value, key, origin, config.rebuild_busy_percent));
     } else if (key == "scrub_interval_s") {
       UBLKVOL_TRY(read_uint(value, key, origin, config.scrub_interval_s));
     } else if (key == "scrub_mb_per_s") {
@@ -267,6 +269,10 @@ Status validate_config(const DaemonConfig& config) {
   if (config.rebuild_mb_per_s > (uint64_t{1} << 30)) {
     return Error(EINVAL, "rebuild_mb_per_s " + std::to_string(config.rebuild_mb_per_s) +
                              " is out of range 0..1073741824");
+  }
+  if (config.rebuild_busy_percent < 1 || config.rebuild_busy_percent > 100) {
+    return Error(EINVAL, "rebuild_busy_percent " + std::to_string(config.rebuild_busy_percent) +
+                             " is out of range 1..100");
   }
   if (config.scrub_interval_s > 366ULL * 24 * 3600 || config.scrub_mb_per_s > (uint64_t{1} << 30)) {
     return Error(EINVAL, "scrub_interval_s " + std::to_string(config.scrub_interval_s) +

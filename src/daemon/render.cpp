@@ -241,6 +241,9 @@ Json volume_json(Registry& registry, VolumeEntry& v) {
                 {"eta_seconds", 0},
                 {"done_bytes", 0},
                 {"total_bytes", 0},
+                {"pieces", 0},
+                {"yields", 0},
+                {"yielded_seconds", 0},
                 {"last_error", ""}}},
               {"events", Json::array()},
               {"verify", verify_json({})},
@@ -287,6 +290,9 @@ Json volume_json(Registry& registry, VolumeEntry& v) {
                     {"eta_seconds", rb.eta_seconds},
                     {"done_bytes", rb.done_bytes},
                     {"total_bytes", rb.total_bytes},
+                    {"pieces", rb.pieces},
+                    {"yields", rb.yields},
+                    {"yielded_seconds", rb.yielded_seconds},
                     {"last_error", rb.last_error}};
   out["verify"] = verify_json(status.verify);
   for (const auto& e : status.events) {

@@ -54,7 +54,8 @@ TEST(Config, DefaultsWhenMissing) {
 TEST(Config, ParsesEveryKey) {
   const auto config = parse_config(
       R"({"state_dir":"/s","control_socket":"/r/c.sock","socket_group":"g","queues":2,
-          "queue_depth":64,"io_deadline_ms":500,"rebuild_mb_per_s":100,"min_replicas":2,
+          "queue_depth":64,"io_deadline_ms":500,"rebuild_mb_per_s":100,"rebuild_busy_percent":35,
+          "min_replicas":2,
           "recoverable_devices":false,"write_through":true,"log_level":"debug",
           "store_data_order":"fua","store_submit_batch":0,
           "ublk_features_off":["QUIESCE","UPDATE_SIZE"]})",
@@ -65,6 +66,7 @@ TEST(Config, ParsesEveryKey) {
   EXPECT_EQ(config->queue_depth, 64u);
   EXPECT_EQ(config->io_deadline_ms, 500u);
   EXPECT_EQ(config->rebuild_mb_per_s, 100u);
+  EXPECT_EQ(config->rebuild_busy_percent, 35u);
   EXPECT_EQ(config->min_replicas, 2u);
   EXPECT_FALSE(config->recoverable_devices);
   EXPECT_TRUE(config->write_through);
@@ -141,6 +143,8 @@ TEST(Config, RefusalsNameTheKey) {
       {R"({"reactor_poll_max_percent":0})", "reactor_poll_max_percent 0 is out of range 1..100"},
       {R"({"reactor_poll_max_percent":101})", "reactor_poll_max_percent 101 is out of range"},
       {R"({"reactors":2,"queues":0})", "queues 0 is out of range"},
+      {R"({"rebuild_busy_percent":0})", "rebuild_busy_percent 0 is out of range 1..100"},
+      {R"({"rebuild_busy_percent":101})", "rebuild_busy_percent 101 is out of range 1..100"},
       {R"({"ublk_features_off":["ZERO_COPY"]})",
        "ublk_features_off: unknown optional ublk feature 'ZERO_COPY' (known: UPDATE_SIZE, "
        "QUIESCE)"},

@@ -103,6 +103,7 @@ TEST_F(DaemonTest, EveryMethodHappyPath) {
   Json after = ok("volume.show", {{"name", "v0"}});
   EXPECT_EQ(after["replicas"].size(), 3u);
   EXPECT_TRUE(after["rebuild"].contains("percent"));
+  EXPECT_TRUE(after["rebuild"].contains("yields"));
 
   Json stats = ok("stats");
   EXPECT_EQ(stats["latency_bucket_upper_ns"].size(), 32u);

@@ -53,6 +53,10 @@ struct DaemonConfig {
   uint64_t io_deadline_ms = 8000;
   // Rebuild/resync throttle in MiB/s (0 = unthrottled).
   uint64_t rebuild_mb_per_s = 0;
+  // Share of the time (percent) a rebuild takes while user I/O runs; it
+  // copies at full speed when the volume is idle (docs/engine.md "Rebuild
+  // pacing"). 100 = never yield.
+  unsigned rebuild_busy_percent = 20;
   // Scheduled scrub of every volume (docs/operations.md "Verify and scrub"): a
   // background verify every scrub_interval_s seconds (0 = off, the default),
   // throttled to scrub_mb_per_s MiB/s (0 = unthrottled), rewriting

@@ -86,6 +86,13 @@ struct ReplicatedVolumeOptions {
   // Rebuild: copy unit and throttle (0 = unthrottled).
   uint32_t rebuild_chunk_bytes = 1U << 20U;
   uint64_t rebuild_bytes_per_second = 0;
+  // Yielding to user I/O (docs/engine.md "Rebuild pacing"): while user
+  // requests arrive, the copy goes in pieces of at most rebuild_busy_io_bytes
+  // (one store step stays short) and waits after each piece so that it takes
+  // at most rebuild_busy_percent of the time. 100 = never wait. With no user
+  // I/O it copies whole chunks back to back.
+  uint32_t rebuild_busy_io_bytes = 128U << 10U;
+  unsigned rebuild_busy_percent = 20;
   // Persist the rebuild watermark after this many bytes copied.
   uint64_t rebuild_persist_bytes = 64ULL << 20U;
   // Start rebuilds of stale replicas found at open().
@@ -125,6 +132,11 @@ struct RebuildProgress {
   double percent = 0;
   double bytes_per_second = 0;
   double eta_seconds = 0;
+  // Copy steps so far, and how many of them were followed by a wait for user
+  // I/O (and the time waited): "Rebuild pacing" in docs/engine.md.
+  uint64_t pieces = 0;
+  uint64_t yields = 0;
+  double yielded_seconds = 0;
   // Result of the last finished rebuild (empty while none finished / ok).
   std::string last_error;
   uint64_t completed = 0;  // rebuilds finished successfully

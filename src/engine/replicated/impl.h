@@ -345,6 +345,8 @@ struct ReplicatedVolume::Impl {
   Status rebuild_copy_with(const Job& job, const RebuildPlan& plan, uint64_t start_ns,
                            uint64_t& done, std::byte* buffer);
   void rebuild_quiesce(QueueState& q);
+  [[nodiscard]] uint64_t user_requests() const;
+  void rebuild_yield(uint64_t wait_ns);
   Status rebuild_finish(const Job& job);
   Status start_job(const Job& job);
   // `quiet_seq` (optional) gets the sequence number up to which every

@@ -27,6 +27,12 @@ Result<std::unique_ptr<ReplicatedVolume>> ReplicatedVolume::open(
       options.rebuild_chunk_bytes > (64U << 20U)) {
     return Error(EINVAL, what + ": rebuild chunk must be a multiple of 4096 up to 64 MiB");
   }
+  if (options.rebuild_busy_io_bytes < 4096 || options.rebuild_busy_io_bytes % 4096 != 0) {
+    return Error(EINVAL, what + ": rebuild_busy_io_bytes must be a positive multiple of 4096");
+  }
+  if (options.rebuild_busy_percent < 1 || options.rebuild_busy_percent > 100) {
+    return Error(EINVAL, what + ": rebuild_busy_percent must be between 1 and 100");
+  }
   if (options.io_deadline.count() <= 0) {
     return Error(EINVAL, what + ": the I/O deadline must be positive");
   }

@@ -72,6 +72,7 @@ void QueueState::refresh_masks() {
 
 void QueueState::submit(VolumeIo& io) {
   ++in_flight;
+  submitted.store(submitted.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   const VolumeInfo& info = vol->info;
   int err = 0;
   if (io.op != VolumeOp::kFlush) {

@@ -73,6 +73,10 @@ struct QueueState {
   // Sub-requests at each replica's store. Written by the queue thread only
   // (plain load + store, no RMW); read by the membership fence.
   std::array<std::atomic<uint32_t>, kMaxReplicas> outstanding{};
+  // Requests submitted to this queue so far. Written by the queue thread only
+  // (plain load + store, no RMW); the rebuild reads the user queues' counts to
+  // see whether user I/O is running ("Rebuild pacing", docs/engine.md).
+  std::atomic<uint64_t> submitted{0};
   unsigned in_flight = 0;
   unsigned lingering = 0;  // completed requests still holding an ordering entry
   uint64_t seen_tick = 0;

@@ -2,6 +2,7 @@
 // the rebuild worker thread and its job's phases, start_rebuild, and the
 // thin-rebuild helpers (mapped ranges, space check).
 #include "impl.h"
+#include "rebuild_pacing.h"
 
 namespace ublkvol::engine {
 
@@ -249,10 +250,12 @@ Status ReplicatedVolume::Impl::rebuild_copy_with(const Job& job, const RebuildPl
   const uint64_t total = plan.total;
   const uint64_t full_from = plan.full_from;
   QueueState& q = *queues[rebuild_queue];
-  const uint64_t chunk = options.rebuild_chunk_bytes;
+  detail::RebuildPacer pacer(options.rebuild_chunk_bytes, options.rebuild_busy_io_bytes,
+                             options.rebuild_busy_percent, user_requests());
   uint64_t since_persist = 0;
+  uint64_t step = 0;  // this step's length (the pacer picks the next one)
   for (auto [rb, rlen] : ranges) {
-    for (uint64_t off = rb; off < rb + rlen; off += chunk) {
+    for (uint64_t off = rb; off < rb + rlen; off += step) {
       {
         MutexLock lock(rebuild_mutex);
         if (rebuild_stop) {
@@ -262,14 +265,17 @@ Status ReplicatedVolume::Impl::rebuild_copy_with(const Job& job, const RebuildPl
       InternalOp op;
       op.kind = SlotKind::kCopy;
       op.offset = off;
-      op.length = std::min(chunk, rb + rlen - off);
+      op.length = step = pacer.next_length(off, rb + rlen);
       op.dst_mask = job.targets;
       op.buffer = buffer;
+      const uint64_t step_start_ns = options.clock.now_ns();
       if (q.submit_op(op) != 0) {
         return rebuild_failed(job, "rebuild queue busy");
       }
       q.run_until_done(op);
       rebuild_quiesce(q);
+      const uint64_t wait_ns =
+          pacer.after_step(options.clock.now_ns() - step_start_ns, user_requests());
       if (op.result != 0) {
         return rebuild_failed(
             job, std::string("copy at byte ") + std::to_string(off) + " failed (" +
@@ -287,6 +293,7 @@ Status ReplicatedVolume::Impl::rebuild_copy_with(const Job& job, const RebuildPl
             total > 0 ? 100.0 * static_cast<double>(done) / static_cast<double>(total) : 100.0;
         progress.bytes_per_second = rate;
         progress.eta_seconds = rate > 0 ? static_cast<double>(total - done) / rate : 0;
+        ++progress.pieces;
       }
       {
         // Under the lock, so wait_rebuild_progress() cannot miss it.
@@ -315,6 +322,9 @@ Status ReplicatedVolume::Impl::rebuild_copy_with(const Job& job, const RebuildPl
           }
         }
       }
+      if (wait_ns > 0) {
+        rebuild_yield(wait_ns);
+      }
       // Throttle: sleep until the copy is back under the configured rate.
       uint64_t limit = rebuild_rate.load(std::memory_order_relaxed);
       if (limit > 0) {
@@ -329,6 +339,30 @@ Status ReplicatedVolume::Impl::rebuild_copy_with(const Job& job, const RebuildPl
     }
   }
   return ok_status();
+}
+
+// User requests submitted to the volume so far (the user queues' counts).
+uint64_t ReplicatedVolume::Impl::user_requests() const {
+  uint64_t n = 0;
+  for (unsigned i = 0; i < options.queues; ++i) {
+    n += queues[i]->submitted.load(std::memory_order_relaxed);
+  }
+  return n;
+}
+
+// The pacer's wait after a step that ran beside user I/O; cut short when the
+// volume closes. Counted in the progress.
+void ReplicatedVolume::Impl::rebuild_yield(uint64_t wait_ns) {
+  const uint64_t t0 = options.clock.now_ns();
+  {
+    UniqueLock lock(rebuild_mutex);
+    rebuild_cv.wait_for(lock.native(), std::chrono::nanoseconds(wait_ns),
+                        [&]() REQUIRES(rebuild_mutex) { return rebuild_stop; });
+  }
+  const uint64_t waited = options.clock.now_ns() - t0;
+  MutexLock lock(mutex);
+  ++progress.yields;
+  progress.yielded_seconds += static_cast<double>(waited) / 1e9;
 }
 
 // 5. Targets are in sync with the current generation.
