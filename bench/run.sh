@@ -32,6 +32,8 @@
 #   --write-through      replicated: every write with FUA (ublkvol-serve --write-through);
 #                        default write-back (durable at FLUSH), the block-device contract
 #   --queues N           ublk queues of the target (default: CPUs of the machine under test)
+#   --reactors N         --via daemon: the daemon's config key reactors (N reactor threads
+#                        serve queues and stores; default: the daemon's default)
 #   --workloads LIST     comma-separated names or globs (e.g. 'randread-*,ext4-filecreate');
 #                        default: every job file under bench/fio/raw and bench/fio/ext4
 #   --no-ext4            raw block workloads only
@@ -85,7 +87,7 @@ size_bytes() {
 
 mode="" command=matrix report_dir=""
 runtime="" repeat="" size="" quick=0
-backend=replicated via=daemon replicas=1 write_through=0 queues="" workloads_arg="" no_ext4=0
+backend=replicated via=daemon replicas=1 write_through=0 queues="" reactors="" workloads_arg="" no_ext4=0
 baseline="" store_dir="" with_inproc=0 out="" build="$ROOT/build/release" mem="" timeout_s=""
 
 need_arg() { [[ $# -ge 2 && -n "$2" && "$2" != --* ]] || die_usage "$1 needs a value"; }
@@ -114,6 +116,7 @@ while [[ $# -gt 0 ]]; do
     --write-through) write_through=1; shift ;;
     --no-write-through) write_through=0; shift ;;
     --queues) need_arg "$@"; queues=$2; shift 2 ;;
+    --reactors) need_arg "$@"; reactors=$2; shift 2 ;;
     --workloads) need_arg "$@"; workloads_arg=$2; shift 2 ;;
     --no-ext4) no_ext4=1; shift ;;
     --baseline) need_arg "$@"; baseline=$2; shift 2 ;;
@@ -146,6 +149,7 @@ esac
 case "$via" in daemon | serve) ;; *) die_usage "--via '$via' is not one of daemon, serve" ;; esac
 [[ "$replicas" =~ ^[1-3]$ ]] || die_usage "--replicas '$replicas' must be 1, 2 or 3"
 [[ -z "$queues" || "$queues" =~ ^[1-9][0-9]*$ ]] || die_usage "--queues '$queues' is not a positive number"
+[[ -z "$reactors" || "$reactors" =~ ^[0-9]+$ ]] || die_usage "--reactors '$reactors' is not a number"
 [[ -z "$timeout_s" || "$timeout_s" =~ ^[1-9][0-9]*$ ]] || die_usage "--timeout '$timeout_s' is not a positive number of seconds"
 [[ -z "$mem" || "$mem" =~ ^[1-9][0-9]*[MG]$ ]] || die_usage "--mem '$mem' is not a size like 3G"
 [[ -d "$build" ]] || die_usage "--build-dir $build: no such directory (build first: cmake --preset release && cmake --build build/release)"
@@ -275,6 +279,7 @@ env_settings=(
   "BENCH_SIZE=$size_b" "BENCH_RUNTIME=$runtime" "BENCH_REPEAT=$repeat"
   "BENCH_WRITE_THROUGH=$write_through" "BENCH_VIA=$via")
 [[ -n "$queues" ]] && env_settings+=("BENCH_QUEUES=$queues")
+[[ -n "$reactors" ]] && env_settings+=("BENCH_REACTORS=$reactors")
 # --quick: smaller ext4 files and fewer metadata files (fio's untimed layout
 # dominates the wall time under TCG).
 ((quick)) && env_settings+=("BENCH_FILE_MIB=8" "BENCH_NRFILES=100")

@@ -23,6 +23,7 @@
 #   BENCH_NRFILES    files per job of the metadata workloads
 #   BENCH_FILE_MIB   MiB per file of the ext4 data workloads (4 files; default SIZE / 8)
 #   BENCH_QUEUES, BENCH_DEPTH   ublk queues and tags per queue of the target
+#   BENCH_REACTORS   daemon target: the config key reactors (unset: the daemon's default)
 #   BENCH_WRITE_THROUGH         replicated: 0 write-back (default), 1 write-through (every write FUA)
 set -uo pipefail
 
@@ -87,7 +88,7 @@ start_target_daemon() {
   cat >"$cfg" <<EOF_CFG
 { "state_dir": "$WORK/state", "control_socket": "$WORK/control.sock",
   "store_dirs": ["$STORE_DIR"], "write_through": $([ "$WRITE_THROUGH" = 1 ] && echo true || echo false),
-  "log_level": "warn" }
+  "log_level": "warn"${BENCH_REACTORS:+, \"reactors\": $BENCH_REACTORS} }
 EOF_CFG
   ublk-volumed --config "$cfg" >"$WORK/server.log" 2>&1 &
   SERVER_PID=$!
