@@ -55,15 +55,6 @@ Status check_online_resize(Registry& r, VolumeEntry& volume) {
                             "recoverable_devices false): online resize quiesces the device" +
                             kOffline);
   }
-  if (r.queue_host) {
-    // The reactors keep a detached queue's ring (and so /dev/ublkcN) open
-    // until they stop (queue_host.h): the device could not be re-attached
-    // by this process.
-    return Error(EBUSY, what +
-                            ": online resize does not work with the config key 'reactors' yet "
-                            "(the reactors hold the detached queues until they stop)" +
-                            kOffline);
-  }
   return ok_status();
 }
 
