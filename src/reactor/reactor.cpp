@@ -356,6 +356,12 @@ int Reactor::cpu() const { return impl_->options.cpu; }
 
 Reactor* Reactor::current() { return t_current; }
 
+Reactor::CurrentForTesting::CurrentForTesting(Reactor& reactor) : previous_(t_current) {
+  t_current = &reactor;
+}
+
+Reactor::CurrentForTesting::~CurrentForTesting() { t_current = previous_; }
+
 uint64_t Reactor::sleeps() const { return impl_->sleeps.load(std::memory_order_relaxed); }
 
 ReactorCounters Reactor::counters() const {

@@ -109,6 +109,23 @@ class Reactor {
   static Reactor* current();
   [[nodiscard]] bool is_current() const { return current() == this; }
 
+  // Testing only: while the guard lives, current() on the constructing
+  // thread returns `reactor`, as if that reactor's loop ran here. The engine
+  // simulator (tests/engine/sim) drives every queue and store from its one
+  // thread and uses this to put queues "on" a reactor, so the co-located
+  // dispatch (a direct call to the store) runs under its seeds too. Only
+  // the identity is borrowed: nothing is run on the reactor's own thread.
+  class CurrentForTesting {
+   public:
+    explicit CurrentForTesting(Reactor& reactor);
+    ~CurrentForTesting();
+    CurrentForTesting(const CurrentForTesting&) = delete;
+    CurrentForTesting& operator=(const CurrentForTesting&) = delete;
+
+   private:
+    Reactor* previous_;
+  };
+
   // Runs `fn` on the reactor and returns its result (inline if called on
   // the reactor). ESHUTDOWN if the reactor stopped or died first.
   Status call(const std::function<Status()>& fn);

@@ -234,6 +234,11 @@ class SimExecutor final : public StoreExecutor {
   }
   void ring_doorbell() override {}
   [[nodiscard]] bool exited() const override { return dead_; }
+  // Co-located variant: the executor's stores "live on" `home` (an idle
+  // reactor whose identity the simulator borrows, Reactor::CurrentForTesting),
+  // so a queue opened there calls the store directly (StoreChannel::local).
+  [[nodiscard]] reactor::Reactor* home_reactor() const override { return home_; }
+  void set_home(reactor::Reactor* home) { home_ = home; }
 
   // ---- simulator side ----
   // Channels with a request waiting (indices into the channel list).
@@ -276,6 +281,7 @@ class SimExecutor final : public StoreExecutor {
   std::string name_;
   SimStore& store_;
   std::vector<detail::StoreChannel*> channels_;
+  reactor::Reactor* home_ = nullptr;
   bool dead_ = false;
 };
 
