@@ -37,6 +37,9 @@ using testing::TcpProxy;
 inline constexpr uint64_t kSize = uint64_t{8} << 20;
 inline constexpr uint64_t kRegion = uint64_t{64} << 10;
 inline constexpr unsigned kRemote = 2;  // engine index of the remote replica
+// The volumes' I/O deadline; the remote replica's device cuts its
+// connections at half of it (RemoteReplicaOptions::io_deadline).
+inline constexpr std::chrono::milliseconds kDeadline{1000};
 
 // A sparse backing file for `nbdkit file`, removed at the end.
 class BackingFile {
@@ -94,6 +97,7 @@ struct RemoteFixture {
     // long enough for a server just forked on a loaded machine.
     options.device.connect_timeout_ms = 2000;
     options.thread.name = "remote";
+    options.io_deadline = kDeadline;
     if (format) {
       engine::RawReplicaFormatOptions fo;
       fo.region_bytes = kRegion;
@@ -169,7 +173,7 @@ inline void fail_and_return(const FaultCase& c) {
   ASSERT_NE(remote, nullptr);
   ReplicatedVolumeOptions o;
   o.queues = 2;
-  o.io_deadline = std::chrono::milliseconds(1000);
+  o.io_deadline = kDeadline;
   auto volume = f.open_volume(*remote, o);
   ASSERT_NE(volume, nullptr);
   ReconnectBackoff backoff;
