@@ -20,11 +20,13 @@ namespace {
 
 using namespace testing_remote;  // NOLINT(google-build-using-namespace): the shared fixture
 
-// Large enough that the stalled server's socket buffers cannot take every
-// write: libnbd then still holds unsent bytes of some buffers.
-constexpr uint64_t kVolumeBytes = uint64_t{64} << 20;
+constexpr uint64_t kVolumeBytes = uint64_t{16} << 20;
 constexpr uint32_t kIoBytes = 1U << 20U;
-constexpr unsigned kWrites = 48;
+// The engine test's writes (the whole volume).
+constexpr unsigned kVolumeWrites = 16;
+// The device test's: more than the stalled server's socket buffers take, so
+// libnbd still holds unsent bytes of some buffers at the cut.
+constexpr unsigned kWrites = 32;
 constexpr std::byte kMarker{0xB2};
 constexpr std::chrono::milliseconds kDeadline{600};
 
@@ -33,6 +35,15 @@ struct Io {
   std::unique_ptr<std::byte, decltype(&std::free)> buffer{nullptr, &std::free};
   int result = 1;  // 1: not completed yet
 };
+
+// libc scans, not std::find/count: fast in the sanitizer builds too.
+bool contains(const std::byte* bytes, size_t length, std::byte value) {
+  return std::memchr(bytes, static_cast<int>(value), length) != nullptr;
+}
+
+bool all_equal(const std::byte* bytes, size_t length, std::byte value) {
+  return length == 0 || (bytes[0] == value && std::memcmp(bytes, bytes + 1, length - 1) == 0);
+}
 
 void on_done(engine::VolumeIo& io, int result) { static_cast<Io*>(io.user_data)->result = result; }
 
@@ -157,7 +168,7 @@ TEST(RemoteReplicaBuffers, WriteCompletedPastTheDeadlineNeverSendsTheReusedBuffe
   uint64_t data_offset = s.remote->store().data_offset();
   s.server.signal_and_wait_stopped();
   std::vector<Io> writes;
-  for (unsigned i = 0; i < kWrites; ++i) {
+  for (unsigned i = 0; i < kVolumeWrites; ++i) {
     writes.push_back(make_io(engine::VolumeOp::kWrite, uint64_t{i} * kIoBytes, std::byte{0xA1}));
   }
   ASSERT_TRUE(run(*s.queue, writes)) << "the writes must complete from the local replica";
@@ -176,12 +187,11 @@ TEST(RemoteReplicaBuffers, WriteCompletedPastTheDeadlineNeverSendsTheReusedBuffe
   }
   s.server.signal(SIGCONT);
   ASSERT_TRUE(s.remote_settled());
-  const std::vector<std::byte> remote = s.file.read(data_offset, uint64_t{kWrites} * kIoBytes);
+  const std::vector<std::byte> remote =
+      s.file.read(data_offset, uint64_t{kVolumeWrites} * kIoBytes);
   unsigned reused_blocks = 0;
   for (uint64_t off = 0; off < remote.size(); off += 4096) {
-    if (std::find(remote.begin() + static_cast<ptrdiff_t>(off),
-                  remote.begin() + static_cast<ptrdiff_t>(off + 4096),
-                  kMarker) != remote.begin() + static_cast<ptrdiff_t>(off + 4096)) {
+    if (contains(remote.data() + off, 4096, kMarker)) {
       ++reused_blocks;
     }
   }
@@ -201,13 +211,88 @@ TEST(RemoteReplicaBuffers, ReadCompletedPastTheDeadlineNeverLandsInTheReusedBuff
   reads.push_back(make_io(engine::VolumeOp::kRead, 0, std::byte{0}));
   ASSERT_TRUE(run(*s.queue, reads)) << "the read must complete from the local replica";
   ASSERT_EQ(reads[0].result, 0);
-  EXPECT_EQ(std::count(reads[0].buffer.get(), reads[0].buffer.get() + kIoBytes, std::byte{0x4C}),
-            kIoBytes);
+  EXPECT_TRUE(all_equal(reads[0].buffer.get(), kIoBytes, std::byte{0x4C}));
   std::memset(reads[0].buffer.get(), static_cast<int>(kMarker), kIoBytes);
   s.server.signal(SIGCONT);
   ASSERT_TRUE(s.remote_settled());
-  EXPECT_EQ(std::count(reads[0].buffer.get(), reads[0].buffer.get() + kIoBytes, kMarker), kIoBytes)
+  EXPECT_TRUE(all_equal(reads[0].buffer.get(), kIoBytes, kMarker))
       << "a late reply of the stalled server landed in a buffer the engine had handed back";
+}
+
+// The same at the device: writes larger than the stalled sockets take, so
+// libnbd holds unsent bytes of them when the command timeout cuts the
+// connections. Those bytes never leave after the requests failed.
+TEST(NbdDeviceCut, CommandTimeoutFailsTheWritesAndNeverSendsTheirBuffersLater) {
+  BackingFile file(uint64_t{kWrites} * kIoBytes);
+  NbdTestServer server(server_command(Server::kQemuNbd, file.path()),
+                       NbdTestServer::Transport::kTcp);
+  NbdDeviceOptions options;
+  options.connections = 2;
+  options.command_timeout_ms = 300;
+  auto opened = NbdDevice::open(server.uri(), options);
+  ASSERT_TRUE(opened.ok()) << opened.error().to_string();
+  NbdDevice& device = **opened;
+  const int completion_fd = device.completion_fd();  // as a store thread: sleeps on it
+  ASSERT_GE(completion_fd, 0);
+  server.signal_and_wait_stopped();
+  struct Write {
+    dbs::IoRequest request;
+    int result = 1;
+  };
+  std::vector<Io> buffers;
+  std::vector<Write> writes(kWrites);
+  for (unsigned i = 0; i < kWrites; ++i) {
+    buffers.push_back(make_io(engine::VolumeOp::kWrite, 0, std::byte{0xA1}));
+    Write& w = writes[i];
+    w.request.op = dbs::IoOp::kWrite;
+    w.request.offset = uint64_t{i} * kIoBytes;
+    w.request.length = kIoBytes;
+    w.request.buffer = buffers.back().buffer.get();
+    w.request.user_data = &w;
+    w.request.on_complete = [](dbs::IoRequest& request, int result) {
+      static_cast<Write*>(request.user_data)->result = result;
+    };
+    device.submit(w.request);
+  }
+  device.kick();
+  // Sleep on the completion fd as the owner does: the device's timer must
+  // wake it for the timeout.
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (device.in_flight() > 0 && std::chrono::steady_clock::now() < end) {
+    pollfd pfd{.fd = completion_fd, .events = POLLIN, .revents = 0};
+    ::poll(&pfd, 1, 1000);
+    device.poll(false);
+  }
+  ASSERT_EQ(device.in_flight(), 0U) << "the stalled writes never failed";
+  for (const Write& w : writes) {
+    EXPECT_EQ(w.result, -ETIMEDOUT);
+  }
+  EXPECT_EQ(device.counters().cuts, 1U);
+  EXPECT_EQ(device.live_connections(), 0U);
+  EXPECT_NE(device.last_error().find("no answer within 300 ms"), std::string::npos)
+      << device.last_error();
+  for (Io& b : buffers) {
+    std::memset(b.buffer.get(), static_cast<int>(kMarker), kIoBytes);
+  }
+  server.signal(SIGCONT);
+  ASSERT_TRUE(test_support::wait_until(
+      [&] {
+        device.poll_draining();
+        return device.draining() == 0;
+      },
+      std::chrono::seconds(20)))
+      << "the server never closed the cut connections";
+  const std::vector<std::byte> bytes = file.read(0, uint64_t{kWrites} * kIoBytes);
+  EXPECT_FALSE(contains(bytes.data(), bytes.size(), kMarker))
+      << "bytes of a failed write's buffer reached the export after the cut";
+  // Later requests fail at once.
+  Write late;
+  late.request.op = dbs::IoOp::kFlush;
+  late.request.user_data = &late;
+  late.request.on_complete = writes[0].request.on_complete;
+  device.submit(late.request);
+  device.poll(false);
+  EXPECT_EQ(late.result, -ENOTCONN);
 }
 
 }  // namespace
