@@ -62,7 +62,8 @@
 //
 // Allocation: the command slots are allocated at open. libnbd itself
 // allocates a small command record per NBD command (its API has no way to
-// avoid that); docs/nbd.md notes it.
+// avoid that): one allocation per I/O, measured, none of them ours
+// (nbd_client_device_alloc_test; docs/nbd.md).
 #pragma once
 
 #include <poll.h>
