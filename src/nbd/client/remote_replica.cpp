@@ -149,8 +149,19 @@ void RemoteReplicaKeeper::run() {
     const engine::ReplicaState state = index_ < status.replicas.size()
                                            ? status.replicas[index_].state
                                            : engine::ReplicaState::kRemoved;
-    const bool wanted =
-        state == engine::ReplicaState::kFailed || state == engine::ReplicaState::kStale;
+    bool wanted = state == engine::ReplicaState::kFailed;
+    if (state == engine::ReplicaState::kStale) {
+      // Stale with live connections is one the engine will rebuild through
+      // them - e.g. the replica this keeper just handed over, before its
+      // resync started: cutting it would turn the resync into a full copy.
+      RemoteReplica* current = nullptr;
+      {
+        const std::lock_guard guard(mutex_);  // `lock` is released here
+        current = replica_.get();
+      }
+      auto pending = current->pending();
+      wanted = !pending.ok() || pending->live_connections == 0;
+    }
     const bool replaced = wanted && try_reconnect();
     lock.lock();
     if (!wanted || replaced) {
