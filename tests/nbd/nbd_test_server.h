@@ -9,9 +9,13 @@
 // The listening socket stays open here, so restart() starts a new server
 // on the same address (a "returning" remote replica). The server gets
 // PR_SET_PDEATHSIG so it never outlives a crashed test.
+// TcpListen puts the TCP socket on another address, optionally inside a
+// network namespace (netns_link.h): created by a helper thread that joined
+// it, so the server's connections cross that namespace's link.
 #pragma once
 
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -27,17 +31,26 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <thread>
 #include <vector>
 
 namespace ublkvol::nbd::testing {
 
+// Where a TCP server listens (NbdTestServer::TcpListen).
+struct NbdTcpListen {
+  std::string address = "127.0.0.1";
+  std::string netns_path;  // empty: the test's own namespace
+};
+
 class NbdTestServer {
  public:
   enum class Transport { kUnix, kTcp };
+  using TcpListen = NbdTcpListen;
 
   // `argv`: the server command without a listen option, e.g.
   // {"nbdkit", "-f", "memory", "64M"} or {"qemu-nbd", "-f", "raw", "PATH"}.
-  NbdTestServer(std::vector<std::string> argv, Transport transport)
+  NbdTestServer(std::vector<std::string> argv, Transport transport,
+                const TcpListen& tcp = TcpListen{})
       : argv_(std::move(argv)), transport_(transport) {
     if (transport == Transport::kUnix) {
       char dir_template[] = "/tmp/ublkvol-nbd-XXXXXX";
@@ -56,19 +69,20 @@ class NbdTestServer {
       }
       uri_ = "nbd+unix:///?socket=" + socket_path_;
     } else {
-      listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      listen_fd_ = tcp.netns_path.empty() ? ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)
+                                          : socket_in_netns(tcp.netns_path);
       sockaddr_in addr{};
       addr.sin_family = AF_INET;
-      addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      ::inet_pton(AF_INET, tcp.address.c_str(), &addr.sin_addr);
       addr.sin_port = 0;
       if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-        throw std::runtime_error(std::string("bind 127.0.0.1:0: ") +
-                                 std::generic_category().message(errno));
+        throw std::runtime_error("bind " + tcp.address +
+                                 ":0: " + std::generic_category().message(errno));
       }
       socklen_t len = sizeof addr;
       ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len);
       port_ = ntohs(addr.sin_port);
-      uri_ = "nbd://127.0.0.1:" + std::to_string(port_) + "/";
+      uri_ = "nbd://" + tcp.address + ":" + std::to_string(port_) + "/";
     }
     if (::listen(listen_fd_, 64) != 0) {
       throw std::runtime_error(std::string("listen: ") + std::generic_category().message(errno));
@@ -128,6 +142,29 @@ class NbdTestServer {
   }
 
  private:
+  // A TCP socket of the namespace at `path` (a socket stays in the
+  // namespace it was created in). setns(CLONE_NEWNET) moves only the
+  // calling thread, so a short-lived thread does it.
+  static int socket_in_netns(const std::string& path) {
+    int fd = -1;
+    int err = 0;
+    std::thread([&] {
+      const int ns = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+      if (ns < 0 || ::setns(ns, CLONE_NEWNET) != 0) {
+        err = errno;
+      } else {
+        fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      }
+      if (ns >= 0) {
+        ::close(ns);
+      }
+    }).join();
+    if (fd < 0) {
+      throw std::runtime_error("socket in " + path + ": " + std::generic_category().message(err));
+    }
+    return fd;
+  }
+
   void start() {
     std::vector<char*> args;
     args.reserve(argv_.size() + 1);

@@ -23,6 +23,7 @@
 #include "../engine/replicated/workload.h"
 #include "../support/wait_until.h"
 #include "nbd_test_server.h"
+#include "netns_link.h"
 #include "tcp_proxy.h"
 
 namespace ublkvol::nbd {
@@ -32,11 +33,15 @@ using engine::ReplicaState;
 using engine::ReplicatedVolume;
 using engine::ReplicatedVolumeOptions;
 using testing::NbdTestServer;
+using testing::NetnsLink;
 using testing::TcpProxy;
 
 inline constexpr uint64_t kSize = uint64_t{8} << 20;
 inline constexpr uint64_t kRegion = uint64_t{64} << 10;
 inline constexpr unsigned kRemote = 2;  // engine index of the remote replica
+// The volumes' I/O deadline; the remote replica's device cuts its
+// connections at half of it (RemoteReplicaOptions::io_deadline).
+inline constexpr std::chrono::milliseconds kDeadline{1000};
 
 // A sparse backing file for `nbdkit file`, removed at the end.
 class BackingFile {
@@ -75,14 +80,19 @@ inline std::vector<std::string> server_command(Server server, const std::string&
 }
 
 struct RemoteFixture {
-  explicit RemoteFixture(Server kind = Server::kNbdkit)
-      : server(server_command(kind, file.path()), NbdTestServer::Transport::kTcp) {}
+  // With `netns`, the server listens inside that namespace, across its veth.
+  explicit RemoteFixture(Server kind = Server::kNbdkit, NetnsLink* netns = nullptr)
+      : server(server_command(kind, file.path()), NbdTestServer::Transport::kTcp,
+               netns != nullptr ? NbdTestServer::TcpListen{netns->ns_address(), netns->netns_path()}
+                                : NbdTestServer::TcpListen{}),
+        link(netns) {}
 
   engine::testing::Cluster cluster;  // the two local replicas
   BackingFile file{kSize + (uint64_t{2} << 20)};
   NbdTestServer server;
   // Between the client and the server when a test wants network faults.
   std::unique_ptr<TcpProxy> proxy;
+  NetnsLink* link = nullptr;  // the server's namespace link, if any
   RemoteReplicaOptions options;
 
   [[nodiscard]] std::string uri() const { return proxy ? proxy->uri() : server.uri(); }
@@ -94,6 +104,7 @@ struct RemoteFixture {
     // long enough for a server just forked on a loaded machine.
     options.device.connect_timeout_ms = 2000;
     options.thread.name = "remote";
+    options.io_deadline = kDeadline;
     if (format) {
       engine::RawReplicaFormatOptions fo;
       fo.region_bytes = kRegion;
@@ -151,6 +162,7 @@ inline bool wait_state(const ReplicatedVolume& volume, unsigned index, ReplicaSt
 struct FaultCase {
   Server server = Server::kNbdkit;
   bool proxy = false;
+  bool netns = false;  // the server in its own network namespace (netns_link.h)
   std::function<void(RemoteFixture&)> fail;
   std::function<void(RemoteFixture&)> restore;
   const char* replica_error = "";  // in the engine's last_error of the replica
@@ -160,7 +172,11 @@ struct FaultCase {
 };
 
 inline void fail_and_return(const FaultCase& c) {
-  RemoteFixture f(c.server);
+  std::unique_ptr<NetnsLink> netns;
+  if (c.netns) {
+    netns = std::make_unique<NetnsLink>();
+  }
+  RemoteFixture f(c.server, netns.get());
   if (c.proxy) {
     f.proxy = std::make_unique<TcpProxy>(f.server.port());
   }
@@ -169,7 +185,7 @@ inline void fail_and_return(const FaultCase& c) {
   ASSERT_NE(remote, nullptr);
   ReplicatedVolumeOptions o;
   o.queues = 2;
-  o.io_deadline = std::chrono::milliseconds(1000);
+  o.io_deadline = kDeadline;
   auto volume = f.open_volume(*remote, o);
   ASSERT_NE(volume, nullptr);
   ReconnectBackoff backoff;

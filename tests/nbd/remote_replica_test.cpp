@@ -69,10 +69,13 @@ TEST(RemoteReplica, ServerStoppedPastTheDeadlineIsDroppedThenResyncsWhenItResume
   c.server = Server::kQemuNbd;
   c.fail = [](RemoteFixture& f) { f.server.signal_and_wait_stopped(); };
   c.restore = [](RemoteFixture& f) { f.server.signal(SIGCONT); };
-  c.replica_error = "deadline";
-  // It waits for the stopped server's answers before reconnecting, so no
-  // write of the dropped connection can land after the resync.
-  c.keeper_error = "waiting for the server to answer";
+  // The device cuts its connections at half the deadline, before the
+  // engine hands the requests' buffers back.
+  c.replica_error = "Connection timed out";
+  // It waits for the stopped server to close the cut connections before
+  // reconnecting, so no write of the dropped connection lands after the
+  // resync.
+  c.keeper_error = "waiting for the server to answer (or close) 2 cut connection(s)";
   fail_and_return(c);
 }
 
@@ -88,7 +91,7 @@ TEST(RemoteReplica, OlderGenerationOnTheExportIsNotTrustedAfterARestart) {
   ASSERT_NE(remote, nullptr);
   ReplicatedVolumeOptions o;
   o.queues = 2;
-  o.io_deadline = std::chrono::milliseconds(1000);
+  o.io_deadline = kDeadline;
   o.auto_rebuild = false;
   auto volume = f.open_volume(*remote, o);
   ASSERT_NE(volume, nullptr);

@@ -1,6 +1,7 @@
 // TcpProxy: a loopback TCP proxy between an NBD client and server, for
 // network fault tests: pass bytes through, hold them back (a partition:
-// nothing crosses, connections stay up; released in order on heal), delay
+// nothing crosses, connections stay up; released in order on heal - a
+// half-close (FIN) too, behind the bytes before it), delay
 // every byte by a fixed time, or reset every connection (RST).
 //
 // One thread, poll(2) over the listening socket and both ends of every
@@ -95,10 +96,12 @@ class TcpProxy {
     Clock::time_point due;
     std::vector<char> bytes;
     size_t sent = 0;
+    bool fin = false;  // the sender's EOF: shut the other side's write half when due
   };
   struct Link {
-    int fd[2] = {-1, -1};        // 0: client side, 1: server side
-    std::deque<Chunk> queue[2];  // queue[i]: read from fd[i], to go to fd[1 - i]
+    int fd[2] = {-1, -1};          // 0: client side, 1: server side
+    std::deque<Chunk> queue[2];    // queue[i]: read from fd[i], to go to fd[1 - i]
+    bool eof[2] = {false, false};  // fd[i] sent its FIN (queued as a `fin` chunk)
     bool open = true;
   };
 
@@ -171,6 +174,13 @@ class TcpProxy {
           auto& queue = link->queue[dir];
           while (mode != Mode::kPartition && !queue.empty() && queue.front().due <= now) {
             Chunk& chunk = queue.front();
+            if (chunk.fin) {
+              // A half-close crosses in order, behind the bytes before it
+              // (held by a partition like them).
+              ::shutdown(link->fd[1 - dir], SHUT_WR);
+              queue.pop_front();
+              continue;
+            }
             const ssize_t n = ::send(link->fd[1 - dir], chunk.bytes.data() + chunk.sent,
                                      chunk.bytes.size() - chunk.sent, MSG_NOSIGNAL);
             if (n < 0) {
@@ -189,6 +199,10 @@ class TcpProxy {
             next_due = std::min(next_due, link->queue[dir].front().due);
           }
         }
+        if (link->open && link->eof[0] && link->eof[1] && link->queue[0].empty() &&
+            link->queue[1].empty()) {
+          close_link(*link, false);
+        }
       }
       fds.clear();
       owners.clear();
@@ -198,9 +212,12 @@ class TcpProxy {
       owners.emplace_back(nullptr, 1);
       for (auto& link : links_) {
         for (int side = 0; side < 2 && link->open; ++side) {
-          short events = POLLIN;
+          short events = link->eof[side] ? 0 : POLLIN;
           if (!link->queue[1 - side].empty() && mode != Mode::kPartition) {
             events |= POLLOUT;  // bytes waiting to go to this side
+          }
+          if (events == 0) {
+            continue;
           }
           fds.push_back({.fd = link->fd[side], .events = events, .revents = 0});
           owners.emplace_back(link.get(), side);
@@ -225,13 +242,22 @@ class TcpProxy {
       for (size_t i = 2; i < fds.size(); ++i) {
         Link& link = *owners[i].first;
         const int side = owners[i].second;
-        if (!link.open || (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) == 0) {
+        if (!link.open || link.eof[side] || (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) == 0) {
           continue;
         }
         char buffer[65536];
         const ssize_t n = ::recv(link.fd[side], buffer, sizeof buffer, 0);
-        if (n == 0 || (n < 0 && errno != EAGAIN)) {
+        if (n < 0 && errno != EAGAIN) {
           close_link(link, false);
+          continue;
+        }
+        if (n == 0) {
+          // EOF: passed on as a half-close once the bytes before it went.
+          link.eof[side] = true;
+          Chunk chunk;
+          chunk.due = Clock::now() + (mode == Mode::kDelay ? delay : std::chrono::milliseconds{});
+          chunk.fin = true;
+          link.queue[side].push_back(std::move(chunk));
           continue;
         }
         if (n > 0) {

@@ -43,9 +43,27 @@
 // error handling take it from there. Server errors map to their errno.
 // last_error() names the URI and what libnbd said.
 //
+// Buffers of a replica the engine drops: the engine hands a request's
+// buffer back to its caller when it gives up on this device (a missed
+// deadline, or any failure that takes the replica out while other commands
+// are still here). From then on no libnbd command may read from it (unsent
+// bytes of a write) or write into it (a late read reply). So the device
+// cuts itself first: on a command older than `command_timeout_ms` (set
+// below the engine's deadline), on a failed non-read command, or on a
+// connection that died, every connection is closed in libnbd (nbd_close:
+// libnbd forgets its commands and their buffers) and their commands fail
+// with -ETIMEDOUT / -EIO / -ENOTCONN before any of those failures is
+// reported. The socket itself is kept (a dup) and half-closed: the server
+// never sees the rest of a partly sent command, gets EOF after the
+// complete ones, and its remaining replies are read into a scratch buffer
+// and dropped until it closes the connection (draining()), so a keeper can
+// wait until the server is done with the old connection before resyncing.
+// The normal path stays copy-free: libnbd works on the callers' buffers.
+//
 // Allocation: the command slots are allocated at open. libnbd itself
 // allocates a small command record per NBD command (its API has no way to
-// avoid that); docs/nbd.md notes it.
+// avoid that): one allocation per I/O, measured, none of them ours
+// (nbd_client_device_alloc_test; docs/nbd.md).
 #pragma once
 
 #include <poll.h>
@@ -83,6 +101,10 @@ struct NbdDeviceOptions {
   bool discard_as_zero = true;
   // Bound on connecting and negotiating one connection.
   unsigned connect_timeout_ms = 10000;
+  // A request not answered within this time cuts every connection (see
+  // "Buffers of a replica the engine drops" above); 0: never. For a
+  // replica, below the engine's deadline (RemoteReplica uses half of it).
+  unsigned command_timeout_ms = 0;
 };
 
 // True if `text` looks like an NBD URI (nbd:, nbds:, nbd+unix:, nbds+unix:),
@@ -116,13 +138,24 @@ class NbdDevice final : public dbs::BlockDevice {
   [[nodiscard]] int completion_fd() const override;
 
   [[nodiscard]] const std::string& uri() const { return uri_; }
-  // Shuts every socket down: commands in flight fail (ENOTCONN or the
-  // socket error) at the next poll(), later requests at once. For a replica
-  // the engine has dropped whose server stopped answering.
+  // Cuts every connection (see "Buffers of a replica the engine drops"):
+  // commands in flight fail with -ENOTCONN at the next poll(), later
+  // requests at once; the cut sockets are drained until the server closes
+  // them (draining()). For a replica the engine has dropped.
   void disconnect();
   // Connections opened / still alive.
   [[nodiscard]] unsigned connections() const { return static_cast<unsigned>(conns_.size()); }
   [[nodiscard]] unsigned live_connections() const;
+  // Cut connections whose server has not closed them yet (its replies are
+  // read and dropped until it does).
+  [[nodiscard]] unsigned draining() const;
+  // Reads (and drops) what the servers of cut connections sent, closing
+  // those at EOF. poll() does it too, but the owner polls a device only
+  // while requests are in flight: a keeper waiting for draining() == 0
+  // calls this (on the owning thread).
+  void poll_draining();
+  // Stops reading the cut connections and closes them (draining() == 0).
+  void abandon_draining();
   [[nodiscard]] bool multi_conn() const { return multi_conn_; }
   [[nodiscard]] uint64_t max_request_bytes() const { return max_request_bytes_; }
   // What the server offers.
@@ -143,6 +176,7 @@ class NbdDevice final : public dbs::BlockDevice {
     uint64_t split_requests = 0;  // requests sent as several commands
     uint64_t fua_emulated = 0;    // FUA writes completed by write + flush
     uint64_t failed = 0;          // requests completed with an error
+    uint64_t cuts = 0;            // times every connection was cut (see above)
   };
   [[nodiscard]] const Counters& counters() const { return counters_; }
 
@@ -174,6 +208,15 @@ class NbdDevice final : public dbs::BlockDevice {
   // FUA write); true if the request's callback ran.
   bool finish_request(Tracker& tracker);
   void fail_locally(dbs::IoRequest& request, int result);
+  // Closes every connection in libnbd (keeping a half-closed dup of each
+  // live socket to drain) and fails the commands libnbd had not finished
+  // with `-err`, before any of them is reported.
+  void cut_all(int err, const std::string& why);
+  // Cuts if a command is older than command_timeout_ms (checked at most
+  // every quarter of it).
+  void check_timeouts();
+  void drain(Connection& conn);
+  void arm_timer();
   void update_interest() const;
   void signal_local() const;
 
@@ -212,6 +255,19 @@ class NbdDevice final : public dbs::BlockDevice {
   std::vector<pollfd> pollfds_;      // pump()'s poll set, sized at open
   std::vector<Connection*> polled_;  // connection of each pollfds_ entry
   uint64_t zero_buffer_bytes_ = 0;
+
+  // Timeout checks: a one-shot timerfd in the epoll set (when
+  // completion_fd() is used) wakes the owner for the next check.
+  uint64_t check_period_ns_ = 0;
+  uint64_t next_check_ns_ = 0;
+  mutable int timer_fd_ = -1;
+  mutable bool timer_armed_ = false;
+  // A non-read command failed (set in libnbd's callback, where its handle
+  // cannot be closed): cut before reporting it.
+  bool cut_pending_ = false;
+  std::string cut_cause_;
+  // Replies read from cut connections land here and are dropped.
+  std::vector<std::byte> drain_scratch_;
 
   std::string last_error_;
   LatencyHistogram latency_;

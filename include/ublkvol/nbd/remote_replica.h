@@ -18,12 +18,13 @@
 // Cutting that connection does not stop it (the commands are in its socket
 // buffer or already running), and a write landing after the resync copied
 // its region would leave the replica silently different. So while the old
-// connection is alive with commands in flight the keeper does not
-// reconnect: it waits for the server to answer them (or for the connection
-// to die with the server), for at most `stalled_wait`; after that (a host
+// connection is alive with commands in flight, or cut but not yet closed
+// by the server (the device drains it: the server closes it once it has
+// read our EOF after the last complete command), the keeper does not
+// reconnect: it waits, for at most `stalled_wait`; after that (a host
 // that vanished leaves an idle TCP connection that never dies by itself)
-// it cuts the connection and goes on, noting it in last_error(). NBD has no
-// per-connection fencing; docs/nbd.md.
+// it abandons the connection and goes on, noting it in last_error(). NBD
+// has no per-connection fencing; docs/nbd.md.
 #pragma once
 
 #include <chrono>
@@ -46,6 +47,12 @@ namespace ublkvol::nbd {
 struct RemoteReplicaOptions {
   NbdDeviceOptions device;
   engine::StoreThreadOptions thread;
+  // The I/O deadline of the volume the replica joins
+  // (ReplicatedVolumeOptions::io_deadline). Unless device.command_timeout_ms
+  // is set, the device cuts its connections when a command is older than
+  // half of it - before the engine gives up on the request and hands its
+  // buffer back (client_device.h). 0: no cut.
+  std::chrono::milliseconds io_deadline{8000};
 };
 
 // Formats a fresh replica on the export at `uri` (synchronous).
@@ -80,14 +87,17 @@ class RemoteReplica {
   };
   // Read on the owning thread.
   Result<Stats> stats();
-  // Shuts the sockets down (on the owning thread): commands in flight fail
-  // at the next poll, new ones at once. The server may still execute what
-  // it had received (see the keeper's comment).
+  // Cuts the connections and stops draining them (on the owning thread):
+  // commands in flight fail at the next poll, new ones at once. The server
+  // may still execute what it had received (see the keeper's comment).
   Status disconnect();
-  // Commands at the server and live connections, read on the owning thread.
+  // Commands at the server, live connections, and cut connections the
+  // server has not closed yet (read now: what arrived on them is drained
+  // first); on the owning thread.
   struct Pending {
     unsigned in_flight = 0;
     unsigned live_connections = 0;
+    unsigned draining = 0;
   };
   Result<Pending> pending();
 

@@ -1,11 +1,13 @@
 // NbdDevice: BlockDevice over libnbd's asynchronous API (client_device.h).
 #include "ublkvol/nbd/client_device.h"
 
+#include <fcntl.h>
 #include <libnbd.h>
 #include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -28,6 +30,8 @@ constexpr uint64_t kDefaultMaxRequest = uint64_t{32} << 20;
 constexpr uint64_t kMaxNoPayloadRequest = uint64_t{1} << 30;
 // Zeroed buffer used when the server has no WRITE_ZEROES.
 constexpr uint64_t kZeroBufferBytes = uint64_t{1} << 20;
+// Replies of cut connections are read in pieces of this size and dropped.
+constexpr size_t kDrainScratchBytes = size_t{64} << 10;
 
 uint64_t now_ns() {
   timespec ts{};
@@ -62,6 +66,9 @@ struct NbdDevice::Connection {
   unsigned in_flight = 0;
   bool dead = false;
   uint32_t registered_events = 0;  // what epoll_fd_ watches (0: not added)
+  // After a cut (handle closed): our half-closed dup of the socket, read
+  // until the server closes it; -1 when none.
+  int drain_fd = -1;
 
   Connection() = default;
   Connection(const Connection&) = delete;
@@ -74,7 +81,10 @@ struct NbdDevice::Connection {
         nbd_aio_in_flight(handle) == 0) {
       (void)nbd_aio_disconnect(handle, 0);
     }
-    nbd_close(handle);
+    nbd_close(handle);  // no-op on nullptr (a cut connection)
+    if (drain_fd >= 0) {
+      ::close(drain_fd);
+    }
   }
 };
 
@@ -94,6 +104,9 @@ struct NbdDevice::Command {
   Tracker* tracker = nullptr;
   Connection* conn = nullptr;
   int result = 0;
+  dbs::IoOp op = dbs::IoOp::kRead;
+  bool busy = false;  // handed to libnbd, not yet retired by complete_done()
+  bool done = false;  // finished (by libnbd or by a cut), on the done list
   Command* next_done = nullptr;
 };
 
@@ -109,6 +122,9 @@ NbdDevice::~NbdDevice() {
   }
   if (event_fd_ >= 0) {
     ::close(event_fd_);
+  }
+  if (timer_fd_ >= 0) {
+    ::close(timer_fd_);
   }
   std::free(zero_buffer_);  // NOLINT(cppcoreguidelines-no-malloc): aligned_alloc'd
 }
@@ -284,6 +300,12 @@ Status NbdDevice::connect_all() {
   }
   pollfds_.resize(conns_.size());
   polled_.resize(conns_.size());
+  if (options_.command_timeout_ms != 0) {
+    check_period_ns_ =
+        std::max<uint64_t>(uint64_t{options_.command_timeout_ms} * 1'000'000 / 4, 1'000'000);
+    next_check_ns_ = now_ns() + check_period_ns_;
+  }
+  drain_scratch_.resize(kDrainScratchBytes);
   return ok_status();
 }
 
@@ -292,14 +314,150 @@ unsigned NbdDevice::live_connections() const {
       std::count_if(conns_.begin(), conns_.end(), [](const auto& c) { return !c->dead; }));
 }
 
-void NbdDevice::disconnect() {
+unsigned NbdDevice::draining() const {
+  return static_cast<unsigned>(
+      std::count_if(conns_.begin(), conns_.end(), [](const auto& c) { return c->drain_fd >= 0; }));
+}
+
+void NbdDevice::disconnect() { cut_all(ENOTCONN, "disconnected"); }
+
+void NbdDevice::poll_draining() {
   for (auto& conn : conns_) {
+    if (conn->drain_fd >= 0) {
+      drain(*conn);
+    }
+  }
+}
+
+void NbdDevice::abandon_draining() {
+  for (auto& conn : conns_) {
+    if (conn->drain_fd >= 0) {
+      if (epoll_fd_ >= 0) {
+        epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, conn->drain_fd, nullptr);
+      }
+      ::close(conn->drain_fd);
+      conn->drain_fd = -1;
+    }
+  }
+}
+
+void NbdDevice::cut_all(int err, const std::string& why) {
+  cut_pending_ = false;
+  bool cut = false;
+  for (auto& conn : conns_) {
+    if (conn->handle == nullptr) {
+      continue;
+    }
+    cut = true;
     // The fd is asked for each time: libnbd closes the socket of a handle
     // that died, and the number may since belong to another connection.
-    const int fd = conn->dead ? -1 : nbd_aio_get_fd(conn->handle);
+    const bool alive =
+        !conn->dead && nbd_aio_is_dead(conn->handle) != 1 && nbd_aio_is_closed(conn->handle) != 1;
+    const int fd = alive ? nbd_aio_get_fd(conn->handle) : -1;
     if (fd >= 0) {
-      ::shutdown(fd, SHUT_RDWR);
+      if (epoll_fd_ >= 0 && conn->registered_events != 0) {
+        epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
+      }
+      // Keep the socket open past nbd_close, write side shut: the server
+      // gets EOF after the complete commands and never the rest of a partly
+      // sent one.
+      conn->drain_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+      if (conn->drain_fd >= 0) {
+        ::shutdown(conn->drain_fd, SHUT_WR);
+        if (epoll_fd_ >= 0) {
+          epoll_event event{};
+          event.events = EPOLLIN;
+          event.data.u64 = conn->index;
+          epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, conn->drain_fd, &event);
+        }
+      }
     }
+    conn->registered_events = 0;
+    conn->dead = true;
+    // libnbd forgets every command of the handle, and with them the
+    // callers' buffers; their completion callbacks are not called.
+    nbd_close(conn->handle);
+    conn->handle = nullptr;
+  }
+  for (auto& command : commands_) {
+    if (command.busy && !command.done) {
+      command.done = true;
+      command.result = -err;
+      command.next_done = nullptr;
+      if (done_tail_ == nullptr) {
+        done_head_ = &command;
+      } else {
+        done_tail_->next_done = &command;
+      }
+      done_tail_ = &command;
+    }
+  }
+  if (cut) {
+    ++counters_.cuts;
+    last_error_ = uri_ + ": " + why + "; every connection cut";
+    signal_local();
+  }
+}
+
+void NbdDevice::check_timeouts() {
+  if (check_period_ns_ == 0) {
+    return;
+  }
+  const uint64_t now = now_ns();
+  if (now < next_check_ns_) {
+    return;
+  }
+  next_check_ns_ = now + check_period_ns_;
+  if (timer_fd_ >= 0 && timer_armed_) {
+    uint64_t expirations = 0;
+    [[maybe_unused]] const ssize_t n = ::read(timer_fd_, &expirations, sizeof expirations);
+    timer_armed_ = false;
+  }
+  const uint64_t limit_ns = uint64_t{options_.command_timeout_ms} * 1'000'000;
+  for (const auto& command : commands_) {
+    if (command.busy && !command.done && now - command.tracker->start_ns >= limit_ns) {
+      cut_all(ETIMEDOUT, "no answer within " + std::to_string(options_.command_timeout_ms) +
+                             " ms (" + dbs::to_string(command.op) + ")");
+      break;
+    }
+  }
+  if (in_flight_ > 0) {
+    arm_timer();
+  }
+}
+
+void NbdDevice::arm_timer() {
+  if (timer_fd_ < 0 || timer_armed_) {
+    return;
+  }
+  // One-shot at the next check: it fires at or after next_check_ns_ (the
+  // same clock), so the woken poll() always runs the check and reads it.
+  itimerspec spec{};
+  const uint64_t now = now_ns();
+  const uint64_t delay = next_check_ns_ > now ? next_check_ns_ - now : 1;
+  spec.it_value.tv_sec = static_cast<time_t>(delay / 1'000'000'000);
+  spec.it_value.tv_nsec = static_cast<long>(delay % 1'000'000'000);
+  if (timerfd_settime(timer_fd_, 0, &spec, nullptr) == 0) {
+    timer_armed_ = true;
+  }
+}
+
+void NbdDevice::drain(Connection& conn) {
+  for (;;) {
+    const ssize_t n = ::read(conn.drain_fd, drain_scratch_.data(), drain_scratch_.size());
+    if (n > 0) {
+      continue;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+      return;
+    }
+    // EOF or an error: the server is done with this connection.
+    if (epoll_fd_ >= 0) {
+      epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, conn.drain_fd, nullptr);
+    }
+    ::close(conn.drain_fd);
+    conn.drain_fd = -1;
+    return;
   }
 }
 
@@ -427,6 +585,9 @@ bool NbdDevice::send(Connection& conn, Tracker& tracker, dbs::IoOp op, uint64_t 
   command->tracker = &tracker;
   command->conn = &conn;
   command->result = 0;
+  command->op = op;
+  command->busy = true;
+  command->done = false;
   command->next_done = nullptr;
   // Counted before the call: libnbd may complete the command (e.g. the
   // connection dies while sending) before nbd_aio_* returns.
@@ -466,6 +627,7 @@ bool NbdDevice::send(Connection& conn, Tracker& tracker, dbs::IoOp op, uint64_t 
   if (tracker.error == 0) {
     tracker.error = -err;
   }
+  command->busy = false;
   free_commands_.push_back(command);
   if (dead) {
     mark_dead(conn, "connection lost");
@@ -477,7 +639,18 @@ int NbdDevice::on_command_done(void* user_data, int* error) {
   auto* command = static_cast<Command*>(user_data);
   command->result = (error != nullptr && *error != 0) ? -*error : 0;
   NbdDevice& device = *command->device;
+  command->done = true;
   command->next_done = nullptr;
+  if (command->result != 0 && command->op != dbs::IoOp::kRead) {
+    // The engine takes the replica out on this failure and stops waiting
+    // for its other commands: cut before it is reported (poll()). Not
+    // here: a handle cannot be closed inside its own callback.
+    if (!device.cut_pending_) {
+      device.cut_pending_ = true;
+      device.cut_cause_ = std::string(dbs::to_string(command->op)) +
+                          " failed: " + std::generic_category().message(-command->result);
+    }
+  }
   if (device.done_tail_ == nullptr) {
     device.done_head_ = command;
   } else {
@@ -492,8 +665,8 @@ void NbdDevice::mark_dead(Connection& conn, const char* what) {
     return;
   }
   conn.dead = true;
-  last_error_ = uri_ + ": connection " + std::to_string(conn.index + 1) + ": " + what + ": " +
-                libnbd_message();
+  const std::string why =
+      "connection " + std::to_string(conn.index + 1) + ": " + what + ": " + libnbd_message();
   if (epoll_fd_ >= 0 && conn.registered_events != 0) {
     // A socket libnbd already closed left the epoll set by itself.
     const int fd = nbd_aio_get_fd(conn.handle);
@@ -502,11 +675,20 @@ void NbdDevice::mark_dead(Connection& conn, const char* what) {
     }
     conn.registered_events = 0;
   }
+  // Its commands failed; the engine drops the replica on that and hands
+  // back the buffers of the commands still on the other connections.
+  cut_all(ENOTCONN, why);
 }
 
 void NbdDevice::pump(int timeout_ms) {
   nfds_t count = 0;
   for (auto& conn : conns_) {
+    if (conn->drain_fd >= 0) {
+      pollfds_[count] = pollfd{.fd = conn->drain_fd, .events = POLLIN, .revents = 0};
+      polled_[count] = conn.get();
+      ++count;
+      continue;
+    }
     if (conn->dead) {
       continue;
     }
@@ -537,6 +719,10 @@ void NbdDevice::pump(int timeout_ms) {
   for (nfds_t i = 0; i < count; ++i) {
     const short revents = pollfds_[i].revents;
     Connection& conn = *polled_[i];
+    if (revents != 0 && conn.drain_fd >= 0 && pollfds_[i].fd == conn.drain_fd) {
+      drain(conn);
+      continue;
+    }
     if (revents == 0 || conn.dead) {
       continue;
     }
@@ -565,11 +751,14 @@ unsigned NbdDevice::complete_done() {
     Tracker& tracker = *command->tracker;
     Connection& conn = *command->conn;
     --conn.in_flight;
+    command->busy = false;
     if (command->result != 0) {
       if (tracker.error == 0) {
         tracker.error = command->result;
       }
-      if (nbd_aio_is_dead(conn.handle) == 1 || nbd_aio_is_closed(conn.handle) == 1) {
+      if (conn.handle == nullptr) {
+        // Cut (last_error_ says why).
+      } else if (nbd_aio_is_dead(conn.handle) == 1 || nbd_aio_is_closed(conn.handle) == 1) {
         mark_dead(conn, "connection lost");
       } else {
         last_error_ = uri_ + ": " + dbs::to_string(tracker.request->op) +
@@ -620,8 +809,19 @@ unsigned NbdDevice::poll(bool wait) {
   unsigned ran = 0;
   bool first = true;
   for (;;) {
-    pump(first || !wait ? 0 : -1);
+    int timeout_ms = first || !wait ? 0 : -1;
+    if (timeout_ms < 0 && check_period_ns_ != 0) {
+      const uint64_t now = now_ns();
+      timeout_ms =
+          next_check_ns_ > now ? static_cast<int>((next_check_ns_ - now + 999'999) / 1'000'000) : 0;
+    }
+    pump(timeout_ms);
     first = false;
+    // Before any failure is reported: the engine hands buffers back on it.
+    if (cut_pending_) {
+      cut_all(EIO, cut_cause_);
+    }
+    check_timeouts();
     ran += complete_done();
     if (local_head_ != nullptr) {
       if (event_fd_ >= 0) {
@@ -641,6 +841,9 @@ unsigned NbdDevice::poll(bool wait) {
       break;
     }
   }
+  if (in_flight_ > 0) {
+    arm_timer();  // a syscall at most once per check period
+  }
   update_interest();
   return ran;
 }
@@ -656,6 +859,24 @@ int NbdDevice::completion_fd() const {
     event.events = EPOLLIN;
     event.data.u64 = ~uint64_t{0};
     epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, event_fd_, &event);
+    if (check_period_ns_ != 0) {
+      // Wakes a sleeping owner for the next timeout check.
+      timer_fd_ = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+      if (timer_fd_ >= 0) {
+        epoll_event timer{};
+        timer.events = EPOLLIN;
+        timer.data.u64 = ~uint64_t{0} - 1;
+        epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, timer_fd_, &timer);
+      }
+    }
+    for (const auto& conn : conns_) {
+      if (conn->drain_fd >= 0) {
+        epoll_event drain{};
+        drain.events = EPOLLIN;
+        drain.data.u64 = conn->index;
+        epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, conn->drain_fd, &drain);
+      }
+    }
     update_interest();
     if (local_head_ != nullptr) {
       signal_local();

@@ -20,7 +20,11 @@ Result<std::unique_ptr<RemoteReplica>> RemoteReplica::open(const std::string& ur
                                                            const RemoteReplicaOptions& options) {
   std::unique_ptr<RemoteReplica> replica(new RemoteReplica());
   replica->uri_ = uri;
-  UBLKVOL_ASSIGN_OR_RETURN(replica->device_, NbdDevice::open(uri, options.device));
+  NbdDeviceOptions device = options.device;
+  if (device.command_timeout_ms == 0) {
+    device.command_timeout_ms = static_cast<unsigned>(options.io_deadline.count() / 2);
+  }
+  UBLKVOL_ASSIGN_OR_RETURN(replica->device_, NbdDevice::open(uri, device));
   auto store = engine::open_raw_replica(*replica->device_);
   if (!store.ok()) {
     return store.error().with_context("remote replica");
@@ -63,6 +67,7 @@ Result<RemoteReplica::Stats> RemoteReplica::stats() {
 Status RemoteReplica::disconnect() {
   return thread_->call([&]() -> Status {
     device_->disconnect();
+    device_->abandon_draining();
     return ok_status();
   });
 }
@@ -72,6 +77,8 @@ Result<RemoteReplica::Pending> RemoteReplica::pending() {
   UBLKVOL_TRY(thread_->call([&]() -> Status {
     pending.in_flight = device_->in_flight();
     pending.live_connections = device_->live_connections();
+    device_->poll_draining();
+    pending.draining = device_->draining();
     return ok_status();
   }));
   return pending;
@@ -142,8 +149,19 @@ void RemoteReplicaKeeper::run() {
     const engine::ReplicaState state = index_ < status.replicas.size()
                                            ? status.replicas[index_].state
                                            : engine::ReplicaState::kRemoved;
-    const bool wanted =
-        state == engine::ReplicaState::kFailed || state == engine::ReplicaState::kStale;
+    bool wanted = state == engine::ReplicaState::kFailed;
+    if (state == engine::ReplicaState::kStale) {
+      // Stale with live connections is one the engine will rebuild through
+      // them - e.g. the replica this keeper just handed over, before its
+      // resync started: cutting it would turn the resync into a full copy.
+      RemoteReplica* current = nullptr;
+      {
+        const std::lock_guard guard(mutex_);  // `lock` is released here
+        current = replica_.get();
+      }
+      auto pending = current->pending();
+      wanted = !pending.ok() || pending->live_connections == 0;
+    }
     const bool replaced = wanted && try_reconnect();
     lock.lock();
     if (!wanted || replaced) {
@@ -164,21 +182,23 @@ bool RemoteReplicaKeeper::try_reconnect() {
   // A stalled server still holding the old connection's commands would
   // execute them after the resync: wait until it answered them (header).
   auto pending = old->pending();
-  if (pending.ok() && pending->in_flight > 0 && pending->live_connections > 0) {
+  const bool held = pending.ok() && pending->in_flight > 0 && pending->live_connections > 0;
+  if (held || (pending.ok() && pending->draining > 0)) {
+    const std::string what = held ? std::to_string(pending->in_flight) + " command(s)"
+                                  : std::to_string(pending->draining) + " cut connection(s)";
     const auto now = std::chrono::steady_clock::now();
     const std::lock_guard lock(mutex_);
     if (stalled_since_ == std::chrono::steady_clock::time_point{}) {
       stalled_since_ = now;
     }
     if (now - stalled_since_ < backoff_.stalled_wait) {
-      last_error_ = uri_ + ": waiting for the server to answer " +
-                    std::to_string(pending->in_flight) +
-                    " command(s) of the dropped connection before reconnecting";
+      last_error_ = uri_ + ": waiting for the server to answer (or close) " + what +
+                    " of the dropped connection before reconnecting";
       return false;
     }
-    last_error_ = uri_ + ": the server did not answer " + std::to_string(pending->in_flight) +
-                  " command(s) of the dropped connection within " +
-                  std::to_string(backoff_.stalled_wait.count()) + " ms; connection cut";
+    last_error_ = uri_ + ": the server did not answer (or close) " + what +
+                  " of the dropped connection within " +
+                  std::to_string(backoff_.stalled_wait.count()) + " ms; connection abandoned";
   }
   {
     const std::lock_guard lock(mutex_);
