@@ -71,7 +71,8 @@ nlohmann::json stats_json(const DeviceStats& s) {
           {"fua_writes", s.fua_writes}, {"flushes", s.flushes},
           {"discards", s.discards},     {"write_zeroes", s.write_zeroes},
           {"bytes_read", s.bytes_read}, {"bytes_written", s.bytes_written},
-          {"errors", s.errors}};
+          {"errors", s.errors},         {"zero_copy_ios", s.zero_copy_ios},
+          {"copied_ios", s.copied_ios}};
 }
 
 nlohmann::json replica_json(const ReplicaReport& r) {
@@ -125,6 +126,7 @@ struct Args {
   bool recover = false;
   bool no_pin = false;
   bool no_io_flusher = false;
+  bool no_zero_copy = false;
   std::string state_file;
   std::string ready_file;
   std::string stats_file;
@@ -225,6 +227,16 @@ int serve(Args& args) {
     host = std::move(started.value());
     config.device.queue_loop = QueueLoop::kExternal;
     config.device.queue_host = host.get();
+  }
+
+  // Zero copy (docs/zero-copy.md) where it fits: one replica whose store is
+  // served by the reactor of every queue (replica 0 is on reactor 0, queue q
+  // on reactor q mod N), so its I/O goes out on the queue's ring. The kernel
+  // decides the rest (AUTO_BUF_REG, 6.16+; ignored on 6.12).
+  if (!args.no_zero_copy && config.backend == "replicated" && reactors != nullptr &&
+      config.replica_files.size() == 1 && (reactors->size() == 1 || config.device.queues == 1)) {
+    config.device.zero_copy = true;
+    config.device.zero_copy_direct = true;
   }
 
   // The replicated backend is kept by its own type too: stats and clean close.
@@ -397,6 +409,9 @@ int main(int argc, char** argv) try {
   app.add_option("--volume-name", args.config.volume_name,
                  "replicated: the volume's name inside each store")
       ->capture_default_str();
+  app.add_option("--snapshot", args.config.snapshot_name,
+                 "replicated: snapshot the volume in every replica under this name before "
+                 "serving (not with --recover)");
   app.add_option("--block-size", args.config.block_size, "logical block size (512..4096)")
       ->capture_default_str();
   app.add_option("--backing-file", args.config.backing_file,
@@ -427,6 +442,9 @@ int main(int argc, char** argv) try {
       ->check(CLI::NonNegativeNumber);
   app.add_flag("--no-pin", args.no_pin, "do not pin queue threads (or reactors) to their CPUs");
   app.add_flag("--no-io-flusher", args.no_io_flusher, "do not mark queue threads IO_FLUSHER");
+  app.add_flag("--no-zero-copy", args.no_zero_copy,
+               "copy mode even where zero copy fits (replicated, 1 replica, --reactors with the "
+               "replica's reactor running every queue; kernel with AUTO_BUF_REG, 6.16+)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -119,6 +119,8 @@ struct UblkDevice::State {
       setup.char_fd = char_fd.get();
       setup.io_flusher = options.io_flusher && !external;
       setup.external = external;
+      setup.zero_copy = (info.flags & uapi::kFAutoBufReg) != 0;
+      setup.zero_copy_direct = setup.zero_copy && options.zero_copy_direct;
       if (options.pin_queue_threads && !external) {
         auto cpus = control.get_queue_affinity(info.dev_id, static_cast<uint16_t>(q));
         if (cpus) {
@@ -262,6 +264,9 @@ Result<std::unique_ptr<UblkDevice>> UblkDevice::create(engine::Volume& volume,
     if (options.quiesce && (*features & uapi::kFQuiesce) != 0) {
       wanted |= uapi::kFQuiesce;
     }
+  }
+  if (options.zero_copy && (*features & kZeroCopyFeatures) == kZeroCopyFeatures) {
+    wanted |= kZeroCopyFeatures;
   }
 
   uapi::CtrlDevInfo request{};
@@ -458,6 +463,8 @@ Status UblkDevice::detach() {
   }
   return ok_status();
 }
+
+bool UblkDevice::zero_copy() const { return (state_->info.flags & uapi::kFAutoBufReg) != 0; }
 
 bool UblkDevice::quiescable() const { return (state_->info.flags & uapi::kFQuiesce) != 0; }
 

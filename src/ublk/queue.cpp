@@ -16,6 +16,7 @@
 #include <system_error>
 #include <vector>
 
+#include "ublkvol/dbs/fixed_buffer.h"
 #include "ublkvol/ublk/uapi.h"
 
 #include "request.h"
@@ -37,6 +38,8 @@ void QueueCounters::add_to(DeviceStats& stats) const {
   stats.bytes_read += bytes_read.load(std::memory_order_relaxed);
   stats.bytes_written += bytes_written.load(std::memory_order_relaxed);
   stats.errors += errors.load(std::memory_order_relaxed);
+  stats.zero_copy_ios += zero_copy_ios.load(std::memory_order_relaxed);
+  stats.copied_ios += copied_ios.load(std::memory_order_relaxed);
   for (unsigned i = 0; i < kLatencyBuckets; ++i) {
     stats.read_latency.buckets[i] += read_latency[i].load(std::memory_order_relaxed);
     stats.write_latency.buckets[i] += write_latency[i].load(std::memory_order_relaxed);
@@ -165,6 +168,8 @@ struct QueueRunner::Impl {
     Impl* owner = nullptr;
     // CLOCK_MONOTONIC when the request went to the volume (0: not timed).
     uint64_t start_ns = 0;
+    // Zero copy served by copy: a READ whose data goes back with pwrite.
+    bool copy_back = false;
     engine::VolumeIo io;
   };
 
@@ -180,6 +185,10 @@ struct QueueRunner::Impl {
   // write the eventfd read buffers until the ring is gone.
   Mapping descriptors;
   Mapping buffers;
+  // Zero copy, direct: the PROT_NONE window naming the tags' fixed buffers
+  // (registered in this thread's dbs::FixedBufferWindows while set up).
+  Mapping window;
+  bool window_registered = false;
   uint64_t wake_value = 0;
   uint64_t detach_value = 0;
   std::vector<Tag> tags;
@@ -233,7 +242,16 @@ struct QueueRunner::Impl {
     cmd.q_id = setup.queue_id;
     cmd.tag = tag.index;
     cmd.result = tag.result;
-    cmd.addr = reinterpret_cast<uintptr_t>(tag.buffer);
+    if (setup.zero_copy) {
+      // AUTO_BUF_REG: the next request's pages become fixed buffer `tag` of
+      // this ring (the SQE's addr says which; the command's addr stays 0).
+      // FALLBACK: if that fails the request still comes, flagged
+      // NEED_REG_BUF, and is served by copy.
+      cmd.addr = 0;
+      sqe->addr = uapi::auto_buf_reg_addr(tag.index, uapi::kAutoBufRegFallback);
+    } else {
+      cmd.addr = reinterpret_cast<uintptr_t>(tag.buffer);
+    }
     std::memcpy(static_cast<void*>(sqe->cmd), &cmd, sizeof(cmd));
     sqe->user_data = user_data(Completion::kTagCommand, tag.index);
     return true;
@@ -270,18 +288,29 @@ struct QueueRunner::Impl {
           where(), std::error_code(errno, std::generic_category()).message());
     }
 
+    int rc = 0;
     auto opened = volume.open_queue(setup.queue_id);
     if (!opened) {
       return opened.error().with_context(where());
     }
     volume_queue = std::move(opened.value());
 
-    const unsigned entries = setup.depth + 2;
+    // Zero copy, direct: the volume's store I/O goes out on this ring too,
+    // a request may be several pieces (extents, snapshot layers).
+    const unsigned entries = setup.zero_copy_direct ? setup.depth * 4 + 2 : setup.depth + 2;
     auto flags = ring->init(entries, setup.external);
     if (!flags) {
       return flags.error().with_context(where());
     }
-    int rc = io_uring_register_files(ring->get(), &setup.char_fd, 1);
+    if (setup.zero_copy) {
+      // One empty fixed-buffer slot per tag for AUTO_BUF_REG to fill.
+      rc = io_uring_register_buffers_sparse(ring->get(), setup.depth);
+      if (rc < 0) {
+        return Error(-rc, where() + ": cannot register " + std::to_string(setup.depth) +
+                              " sparse fixed buffers with the io_uring (zero copy)");
+      }
+    }
+    rc = io_uring_register_files(ring->get(), &setup.char_fd, 1);
     if (rc < 0) {
       return Error(-rc, where() + ": cannot register /dev/ublkc with the io_uring");
     }
@@ -313,6 +342,9 @@ struct QueueRunner::Impl {
                          " bytes of tag buffers");
     }
     buffers = Mapping(bufs, buffer_bytes);
+    if (setup.zero_copy_direct) {
+      UBLKVOL_TRY(set_up_window(buffer_bytes));
+    }
 
     tags.resize(setup.depth);
     for (unsigned i = 0; i < setup.depth; ++i) {
@@ -350,9 +382,57 @@ struct QueueRunner::Impl {
     return ok_status();
   }
 
+  // Zero copy, direct: reserves the window (address space only) and
+  // registers it for this thread's file devices.
+  Status set_up_window(size_t bytes) {
+    void* base =
+        ::mmap(nullptr, bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (base == MAP_FAILED) {
+      return errno_error(where() + ": cannot reserve the zero-copy window");
+    }
+    window = Mapping(base, bytes);
+    dbs::FixedBufferWindow w;
+    w.base = static_cast<std::byte*>(base);
+    w.stride = setup.buffer_bytes;
+    w.slots = setup.depth;
+    w.first_index = 0;
+    w.ring = ring->get();
+    // The driver's request buffers start at offset 0.
+    w.addr_of_slot = [](const dbs::FixedBufferWindow&, uint32_t) { return uint64_t{0}; };
+    if (!dbs::FixedBufferWindows::current().add(w)) {
+      return Error(ENOSPC, where() + ": too many zero-copy queues on one thread (at most " +
+                               std::to_string(dbs::FixedBufferWindows::kMaxWindows) + ")");
+    }
+    window_registered = true;
+    return ok_status();
+  }
+
+  [[nodiscard]] std::byte* window_address(const Tag& tag) const {
+    return static_cast<std::byte*>(window.base()) + size_t{tag.index} * setup.buffer_bytes;
+  }
+
   static void on_volume_done(engine::VolumeIo& io, int result) {
     Tag& tag = *static_cast<Tag*>(io.user_data);
+    if (tag.copy_back) {
+      tag.copy_back = false;
+      if (result >= 0 && !tag.owner->copy_to_request(tag)) {
+        result = -EIO;
+      }
+    }
     tag.owner->answer(tag, commit_result(io.op, io.length, result));
+  }
+
+  // Zero copy served by copy (UBLK_F_USER_COPY): the request's pages <->
+  // the tag buffer, synchronously on the queue's thread.
+  [[nodiscard]] bool copy_from_request(Tag& tag) const {
+    const auto offset = static_cast<off_t>(uapi::user_copy_offset(setup.queue_id, tag.index));
+    const ssize_t n = ::pread(setup.char_fd, tag.buffer, tag.io.length, offset);
+    return n == static_cast<ssize_t>(tag.io.length);
+  }
+  [[nodiscard]] bool copy_to_request(Tag& tag) const {
+    const auto offset = static_cast<off_t>(uapi::user_copy_offset(setup.queue_id, tag.index));
+    const ssize_t n = ::pwrite(setup.char_fd, tag.buffer, tag.io.length, offset);
+    return n == static_cast<ssize_t>(tag.io.length);
   }
 
   // Records the answer to a tag's request and queues its COMMIT_AND_FETCH_REQ.
@@ -390,11 +470,27 @@ struct QueueRunner::Impl {
 
   void start_request(Tag& tag) {
     tag.start_ns = 0;
+    tag.copy_back = false;
     const uapi::IoDesc desc = descriptor_array()[tag.index];
-    const int check = translate_request(desc, tag.buffer, setup.buffer_bytes, tag.io);
+    const bool direct =
+        setup.zero_copy_direct && (desc.op_flags & uapi::kIoFNeedRegBuf) == 0 && window_registered;
+    const int check = translate_request(desc, direct ? window_address(tag) : tag.buffer,
+                                        setup.buffer_bytes, tag.io);
     if (check != 0) {
       answer(tag, check);
       return;
+    }
+    if (setup.zero_copy && tag.io.buffer != nullptr) {
+      if (direct) {
+        bump(counters.zero_copy_ios);
+      } else {
+        bump(counters.copied_ios);
+        if (tag.io.op == engine::VolumeOp::kWrite && !copy_from_request(tag)) {
+          answer(tag, -EIO);
+          return;
+        }
+        tag.copy_back = tag.io.op == engine::VolumeOp::kRead;
+      }
     }
     switch (tag.io.op) {
       case engine::VolumeOp::kRead:
@@ -457,6 +553,11 @@ struct QueueRunner::Impl {
       ++seen;
       const uint64_t data = cqe->user_data;
       const int res = cqe->res;
+      if (dbs::is_ring_guest(data)) {
+        // Zero copy: a store's read/write on a tag's fixed buffer.
+        dbs::complete_ring_guest(data, res);
+        continue;
+      }
       switch (kind_of(data)) {
         case Completion::kTagCommand:
           on_tag_completion(tag_of(data), res);
@@ -562,7 +663,17 @@ struct QueueRunner::Impl {
   }
 
   // The volume queue belongs to the thread that opened it: close it there.
-  void close_on_thread() { volume_queue.reset(); }
+  // So does the zero-copy window's entry in the thread's table.
+  void close_on_thread() {
+    volume_queue.reset();
+    remove_window();
+  }
+  void remove_window() {
+    if (window_registered) {
+      dbs::FixedBufferWindows::current().remove(static_cast<std::byte*>(window.base()));
+      window_registered = false;
+    }
+  }
 };
 
 Result<std::unique_ptr<QueueRunner>> QueueRunner::make(const QueueSetup& setup,
@@ -590,7 +701,7 @@ QueueRunner::QueueRunner(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 QueueRunner::~QueueRunner() = default;
 
 Status QueueRunner::run(const ReadyCallback& ready) {
-  Status setup = impl_->set_up();
+  Status setup = set_up();
   ready(setup);
   Status result = setup.ok() ? impl_->loop() : setup;
   impl_->close_on_thread();
@@ -598,7 +709,14 @@ Status QueueRunner::run(const ReadyCallback& ready) {
   return result;
 }
 
-Status QueueRunner::set_up() { return impl_->set_up(); }
+Status QueueRunner::set_up() {
+  Status status = impl_->set_up();
+  if (!status.ok()) {
+    // This thread's file devices must not find a window whose ring goes.
+    impl_->remove_window();
+  }
+  return status;
+}
 
 void QueueRunner::on_finished(FinishedCallback callback) {
   impl_->finished_callback = std::move(callback);

@@ -53,6 +53,16 @@ struct QueueSetup {
   // has none: its loop waits in io_uring_enter, and an eventfd would cost a
   // signal per CQE).
   bool external = false;
+  // The device has UBLK_F_AUTO_BUF_REG | UBLK_F_USER_COPY (docs/zero-copy.md):
+  // each data request's pages arrive registered as fixed buffer `tag` of the
+  // queue's ring. Requests are then served either directly (below) or by
+  // copy: pread/pwrite on /dev/ublkcN into the tag buffer.
+  bool zero_copy = false;
+  // With zero_copy: hand data requests to the volume as addresses in a
+  // PROT_NONE window of the queue's ring (dbs/fixed_buffer.h). Only for a
+  // volume whose every replica does its I/O on this queue's thread through a
+  // FileDevice (the caller's guarantee, DeviceOptions::zero_copy_direct).
+  bool zero_copy_direct = false;
 };
 
 // Per-queue counters: written by the queue thread only (relaxed stores, no
@@ -68,6 +78,10 @@ struct alignas(64) QueueCounters {
   std::atomic<uint64_t> bytes_read{0};
   std::atomic<uint64_t> bytes_written{0};
   std::atomic<uint64_t> errors{0};
+  // Zero copy: data requests served on the request's own pages, and those
+  // of a zero-copy device served by copy (NEED_REG_BUF, or not direct).
+  std::atomic<uint64_t> zero_copy_ios{0};
+  std::atomic<uint64_t> copied_ios{0};
   // Latency histograms (device.h, kLatencyBuckets), same single-writer rule.
   std::array<std::atomic<uint64_t>, kLatencyBuckets> read_latency{};
   std::array<std::atomic<uint64_t>, kLatencyBuckets> write_latency{};

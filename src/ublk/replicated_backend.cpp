@@ -329,6 +329,22 @@ Result<std::unique_ptr<ReplicatedBackend>> ReplicatedBackend::open(const ServeCo
       spdlog::info("replica file {}: new replica volume '{}' of {} bytes", r->file,
                    config.volume_name, size);
     }
+    if (!config.snapshot_name.empty() && !recovering) {
+      // --snapshot: a DBS snapshot of the replica volume, so that later
+      // reads fall through its layer (the zero-copy e2e test reads pieces
+      // of one request from the head, the snapshot and holes).
+      UBLKVOL_TRY(r->store.run([&](dbs::Store& store) -> Status {
+        UBLKVOL_ASSIGN_OR_RETURN(const dbs::VolumeId id, store.find_volume(config.volume_name));
+        auto snapshot = store.create_snapshot(id, config.snapshot_name);
+        if (!snapshot) {
+          return snapshot.error().with_context("replica file " + r->file + ": snapshot '" +
+                                               config.snapshot_name + "'");
+        }
+        return ok_status();
+      }));
+      spdlog::info("replica file {}: snapshot '{}' of volume '{}'", r->file, config.snapshot_name,
+                   config.volume_name);
+    }
     auto replica = stack::open_replica(r->store, config.volume_name);
     if (!replica) {
       return replica.error();

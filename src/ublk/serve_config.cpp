@@ -106,6 +106,9 @@ Status validate_serve_config(const ServeConfig& config) {
   if (config.backend != "replicated" && !config.replica_files.empty()) {
     return Error(EINVAL, "--replica-file needs the replicated backend");
   }
+  if (config.backend != "replicated" && !config.snapshot_name.empty()) {
+    return Error(EINVAL, "--snapshot needs the replicated backend");
+  }
   uint64_t size = config.size_bytes;
   if (config.backend == "replicated") {
     UBLKVOL_TRY(validate_replicated(config));

@@ -39,6 +39,10 @@ struct ServeConfig {
   std::vector<std::string> replica_files;
   uint64_t store_size_bytes = 0;
   std::string volume_name = "ublkvol";
+  // Replicated only, not when recovering: take a DBS snapshot of this name
+  // of the volume in every replica before serving (tests: reads then fall
+  // through the snapshot's layer).
+  std::string snapshot_name;
   // Replicated only: every write is sent with FUA (durable on completion;
   // slow). Off (default): write-back - a completed write survives a killed
   // server anyway (DBS journals new mappings before completing a write) and

@@ -25,6 +25,7 @@ TEST(FeaturesTest, DescribesKnownAndUnknownBits) {
 TEST(FeaturesTest, RequiredFeatureSetsAreTheDocumentedBits) {
   EXPECT_EQ(kRequiredFeatures, uapi::kFCmdIoctlEncode);
   EXPECT_EQ(kRecoveryFeatures, uapi::kFUserRecovery | uapi::kFUserRecoveryReissue);
+  EXPECT_EQ(kZeroCopyFeatures, uapi::kFAutoBufReg | uapi::kFUserCopy);
 }
 
 TEST(FeaturesTest, MissingFeatureIsNamed) {

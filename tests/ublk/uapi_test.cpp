@@ -96,5 +96,23 @@ TEST(UapiTest, DescriptorMmapLayout) {
   EXPECT_EQ(io_desc_array_bytes(4096, 4096), 98304U);
 }
 
+TEST(UapiTest, AutoBufRegAddressCarriesIndexAndFlags) {
+  // ublk_auto_buf_reg_to_sqe_addr(): index bits 0-15, flags 16-23, reserved 0.
+  EXPECT_EQ(auto_buf_reg_addr(0, 0), 0U);
+  EXPECT_EQ(auto_buf_reg_addr(7, kAutoBufRegFallback), 0x10007U);
+  EXPECT_EQ(auto_buf_reg_addr(4095, kAutoBufRegFallback), 0x10fffU);
+  EXPECT_EQ(kIoFNeedRegBuf, 1U << 17);
+  EXPECT_EQ(kFAutoBufReg, 1ULL << 11);
+  EXPECT_EQ(kFUserCopy, 1ULL << 7);
+}
+
+TEST(UapiTest, UserCopyOffsetsNameQueueAndTag) {
+  // UBLKSRV_IO_BUF_OFFSET + (q_id << UBLK_QID_OFF) + (tag << UBLK_TAG_OFF),
+  // UBLK_TAG_OFF = 25, UBLK_QID_OFF = 41.
+  EXPECT_EQ(user_copy_offset(0, 0), 0x80000000ULL);
+  EXPECT_EQ(user_copy_offset(0, 1), 0x80000000ULL + (1ULL << 25));
+  EXPECT_EQ(user_copy_offset(2, 3), 0x80000000ULL + (2ULL << 41) + (3ULL << 25));
+}
+
 }  // namespace
 }  // namespace ublkvol::ublk::uapi

@@ -27,6 +27,7 @@
 #include <string_view>
 
 #include "ublkvol/common/result.h"
+#include "ublkvol/dbs/fixed_buffer.h"
 
 namespace ublkvol::dbs {
 
@@ -48,8 +49,12 @@ struct IoRequest {
   // Ignored for kFlush.
   uint64_t offset = 0;
   uint64_t length = 0;
-  // kRead / kWrite: `length` bytes, aligned to kIoAlignment.
+  // kRead / kWrite: `length` bytes, aligned to kIoAlignment. May lie in a
+  // zero-copy window (fixed_buffer.h): memory only the device's ring reaches.
   std::byte* buffer = nullptr;
+  // kRead only: fill `buffer` with zeros instead of reading the device (a
+  // hole DBS answers for a buffer it must not touch, fixed_buffer.h).
+  bool zero_fill = false;
   // Runs exactly once, from BlockDevice::poll(), on the owning thread.
   IoCallback on_complete = nullptr;
   // Free for the submitter (e.g. a pointer back to its own state).
@@ -62,6 +67,9 @@ struct IoRequest {
   // each request is only ever held by one device at a time.
   IoRequest* device_next = nullptr;
   int device_result = 0;
+  // A device that issues the request on another owner's ring (zero copy) is
+  // called back through this.
+  RingGuest device_guest;
 };
 
 // Every data buffer handed to a BlockDevice must be aligned to this (O_DIRECT).

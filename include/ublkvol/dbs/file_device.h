@@ -33,7 +33,12 @@
 // How each operation reaches the kernel (all asynchronous via io_uring):
 //   READ / WRITE    IORING_OP_READ / IORING_OP_WRITE (READ_FIXED/WRITE_FIXED
 //                   for buffers inside a registered region, see
-//                   register_buffers()).
+//                   register_buffers()). A buffer inside a zero-copy window
+//                   of the calling thread (fixed_buffer.h) goes out as
+//                   READ_FIXED/WRITE_FIXED on the window's ring (the ublk
+//                   queue's), whose owner hands the CQE back (RingGuest).
+//   READ zero_fill  memset of the buffer, or for a windowed buffer a
+//                   READ_FIXED from /dev/zero on the window's ring.
 //   WRITE + fua     IORING_OP_WRITE with RWF_DSYNC: on a block device this is
 //                   a REQ_FUA write (the kernel emulates FUA with a post-flush
 //                   if the disk lacks it); on a file the filesystem syncs just
@@ -204,6 +209,8 @@ class FileDevice final : public BlockDevice {
     uint64_t sync_discards = 0;     // BLKDISCARD fallbacks run inside poll()
     uint64_t discards_ignored = 0;  // discards the device does not support
     uint64_t ring_rebuilds = 0;     // ring moved to another owning thread
+    uint64_t zero_copy_ios = 0;     // reads/writes issued on a zero-copy window's ring
+    uint64_t zero_fills = 0;        // zero_fill reads (holes) answered without the file
   };
   [[nodiscard]] const Counters& counters() const { return counters_; }
 
@@ -253,6 +260,15 @@ class FileDevice final : public BlockDevice {
   // is prepared and sleeps (batched, see FileDeviceOptions::wait_batch).
   int submit_and_wait();
   void rearm_completion_fd();
+  // Zero copy (fixed_buffer.h): the read/write of `request` (or its
+  // remainder) on `window`'s ring; a zero_fill read into ordinary memory.
+  void prepare_guest(IoRequest& request, const FixedBufferWindow& window);
+  void fill_zeros_locally(IoRequest& request);
+  void submit_guests();
+  static void on_guest_cqe(RingGuest& guest, int32_t result);
+  void complete_guest(IoRequest& request, int result);
+  // /dev/zero, opened on first use (zero_fill reads into windows).
+  int zero_fd();
 
   std::string path_;
   FileDeviceOptions options_;
@@ -281,6 +297,13 @@ class FileDevice final : public BlockDevice {
   // Completed outside the ring, callbacks pending (result in device_result).
   IoRequest* local_head_ = nullptr;
   IoRequest* local_tail_ = nullptr;
+
+  // Zero copy: requests on other rings, SQEs written there but not yet
+  // submitted (to guest_ring_; one ring at a time, see prepare_guest()).
+  unsigned in_guest_ = 0;
+  unsigned guest_unsubmitted_ = 0;
+  io_uring* guest_ring_ = nullptr;
+  UniqueFd zero_fd_;
 
   std::vector<Region> regions_;
   std::vector<iovec> region_iovecs_;  // for re-registering after a rebuild

@@ -67,6 +67,10 @@ struct DeviceStats {
   uint64_t bytes_written = 0;
   // Requests answered with an error (by the volume or by the frontend).
   uint64_t errors = 0;
+  // Zero copy (docs/zero-copy.md): READ/WRITE requests served on the
+  // request's own pages, and those of a zero-copy device served by copy.
+  uint64_t zero_copy_ios = 0;
+  uint64_t copied_ios = 0;
   // Time in the volume per request (completed ones; reads / writes incl. FUA).
   LatencyHistogram read_latency;
   LatencyHistogram write_latency;
@@ -110,6 +114,8 @@ class UblkDevice {
   Status stop_and_delete();
   // Ends the queue threads, leaving the device to the driver (see above).
   Status detach();
+  // Whether the device was created with UBLK_F_AUTO_BUF_REG (zero copy).
+  [[nodiscard]] bool zero_copy() const;
   // Whether the device was created with UBLK_F_QUIESCE.
   [[nodiscard]] bool quiescable() const;
   // QUIESCE_DEV (waits up to `timeout` for the driver), then detach(). On an

@@ -54,6 +54,16 @@ struct DeviceOptions {
   // otherwise) so that memory reclaim never waits on them while they write.
   // Thread mode only (external: the host's threads, its business).
   bool io_flusher = true;
+  // Zero copy (docs/zero-copy.md): create the device with
+  // UBLK_F_AUTO_BUF_REG | UBLK_F_USER_COPY when the kernel has both (Linux
+  // >= 6.16); on older kernels (6.12) it is ignored: copy mode as before.
+  bool zero_copy = false;
+  // With zero_copy: the volume's replicas all do their I/O on the queue's
+  // thread through a dbs::FileDevice (one local replica whose store is served
+  // by the reactor that runs the queue), so requests go to the volume as
+  // fixed-buffer windows and nothing is copied. Without it every data
+  // request of a zero-copy device is copied by pread/pwrite on /dev/ublkcN.
+  bool zero_copy_direct = false;
   QueueLoop queue_loop = QueueLoop::kThread;
   // kExternal: runs the queues; must outlive the device. Not owned.
   QueueHost* queue_host = nullptr;

@@ -29,6 +29,10 @@ std::string feature_name(uint64_t flag);
 inline constexpr uint64_t kRequiredFeatures = 1ULL << 6;  // UBLK_F_CMD_IOCTL_ENCODE
 // What daemon restarts without I/O errors need.
 inline constexpr uint64_t kRecoveryFeatures = (1ULL << 3) | (1ULL << 4);
+// Zero copy (docs/zero-copy.md): AUTO_BUF_REG (6.16) registers each request's
+// pages in the queue's ring; USER_COPY serves the requests that cannot use
+// them (NEED_REG_BUF fallback) by pread/pwrite on /dev/ublkcN.
+inline constexpr uint64_t kZeroCopyFeatures = (1ULL << 11) | (1ULL << 7);
 
 // OK if `available` has every bit of `needed`; otherwise an error naming each
 // missing feature and what it is for (`purpose`, e.g. "transparent daemon

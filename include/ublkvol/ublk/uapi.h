@@ -261,6 +261,9 @@ inline constexpr uint32_t kIoFMeta = 1U << 11;
 inline constexpr uint32_t kIoFFua = 1U << 13;
 inline constexpr uint32_t kIoFNoUnmap = 1U << 15;
 inline constexpr uint32_t kIoFSwap = 1U << 16;
+// UBLK_F_AUTO_BUF_REG with kAutoBufRegFallback: the driver could not register
+// the request's pages in the ring; the server serves it another way (6.16+).
+inline constexpr uint32_t kIoFNeedRegBuf = 1U << 17;
 
 // Parameter types and basic attributes.
 inline constexpr uint32_t kParamTypeBasic = 1U << 0;
@@ -272,6 +275,27 @@ inline constexpr uint32_t kAttrReadOnly = 1U << 0;
 inline constexpr uint32_t kAttrRotational = 1U << 1;
 inline constexpr uint32_t kAttrVolatileCache = 1U << 2;
 inline constexpr uint32_t kAttrFua = 1U << 3;
+
+// ---------------------------------------------------------------------------
+// UBLK_F_AUTO_BUF_REG (6.16+): FETCH_REQ / COMMIT_AND_FETCH_REQ carry, in
+// IoCmd::addr, where the driver registers the next request's pages - buffer
+// `index` of the io_uring the command came from - instead of a buffer address:
+// bits 0-15 index, 16-23 flags, 24-63 reserved (must be 0).
+// ---------------------------------------------------------------------------
+inline constexpr uint8_t kAutoBufRegFallback = 1U << 0;
+constexpr uint64_t auto_buf_reg_addr(uint16_t index, uint8_t flags) {
+  return uint64_t{index} | (uint64_t{flags} << 16U);
+}
+
+// UBLK_F_USER_COPY: pread/pwrite on /dev/ublkcN at this offset (plus the byte
+// offset inside the request) copy out of / into the request's pages.
+inline constexpr uint64_t kIoBufOffset = 0x80000000ULL;
+inline constexpr unsigned kIoBufBits = 25;
+inline constexpr unsigned kTagBits = 16;
+constexpr uint64_t user_copy_offset(uint16_t queue, uint16_t tag) {
+  return kIoBufOffset + (uint64_t{queue} << (kIoBufBits + kTagBits)) +
+         (uint64_t{tag} << kIoBufBits);
+}
 
 // ---------------------------------------------------------------------------
 // Limits and the /dev/ublkcN mmap layout.

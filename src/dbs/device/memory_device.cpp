@@ -82,7 +82,11 @@ void MemoryDevice::execute(IoRequest& request) {
     std::byte* range = data_.data() + request.offset;
     switch (request.op) {
       case IoOp::kRead:
-        std::memcpy(request.buffer, range, request.length);
+        if (request.zero_fill) {
+          std::memset(request.buffer, 0, request.length);
+        } else {
+          std::memcpy(request.buffer, range, request.length);
+        }
         counters_.reads++;
         counters_.bytes_read += request.length;
         break;

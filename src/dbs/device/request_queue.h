@@ -81,6 +81,7 @@ inline IoRequest forwarded_request(const IoRequest& outer, IoCallback on_complet
   inner.offset = outer.offset;
   inner.length = outer.length;
   inner.buffer = outer.buffer;
+  inner.zero_fill = outer.zero_fill;
   inner.on_complete = on_complete;
   inner.user_data = user_data;
   return inner;

@@ -253,6 +253,7 @@ SubIo* Store::Impl::take_sub() {
     sub->sets_bits = false;
     sub->freed_phys = kNoExtent;
     sub->request.fua = false;
+    sub->request.zero_fill = false;
   }
   return sub;
 }
@@ -423,8 +424,23 @@ bool Store::Impl::issue_read(StoreIo& io, Layer& top, bool top_is_head) {
       }
       std::byte* buffer = io.buffer + io.store_cursor;
       const uint64_t bytes = uint64_t{end - b} * kBlock;
-      if (src < 0) {
+      if (src < 0 && FixedBufferWindows::current().find(buffer, bytes) == nullptr) {
         std::memset(buffer, 0, bytes);  // no layer holds these blocks
+      } else if (src < 0) {
+        // A zero-copy request (fixed_buffer.h): this process cannot touch
+        // its memory, so the device fills the hole.
+        SubIo* sub = take_sub();
+        if (sub == nullptr) {
+          return false;
+        }
+        sub->parent = &io;
+        sub->request.op = IoOp::kRead;
+        sub->request.zero_fill = true;
+        sub->request.offset = 0;
+        sub->request.length = bytes;
+        sub->request.buffer = buffer;
+        ++io.store_pending;
+        device_.submit(sub->request);
       } else {
         SubIo* sub = take_sub();
         if (sub == nullptr) {
