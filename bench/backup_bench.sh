@@ -6,11 +6,12 @@
 # object: per place, the three phases (seconds, MiB/s, CPU s per GiB) and the
 # baselines (dd with 2 MiB blocks + fsync, cp + sync; wall and CPU s per GiB).
 #
-# Usage: bench/backup_bench.sh [--size-mib N] [--changed-percent P]
+# Usage: bench/backup_bench.sh [--size-mib N] [--changed-percent P] [--workers W]
 #                              [--tmpfs DIR] [--disk DIR] [--build-dir DIR]
 #   --size-mib N         volume size (default 4096 = 4 GiB; the store file,
 #                        the target and the baselines need ~4x that per place)
 #   --changed-percent P  chunks rewritten before the incremental (default 10)
+#   --workers W          threads hashing + compressing chunks (default 0 = one per CPU)
 #   --tmpfs DIR          tmpfs place (default /dev/shm); --disk DIR (default /var/tmp)
 #   --build-dir DIR      where backup_bench was built (default build/release)
 # A quick check that it works: bench/backup_bench.sh --size-mib 64
@@ -20,6 +21,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SIZE_MIB=4096
 CHANGED=10
+WORKERS=0
 TMPFS=/dev/shm
 DISK=/var/tmp
 BUILD="$ROOT/build/release"
@@ -27,15 +29,17 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --size-mib) SIZE_MIB="${2:?--size-mib needs a number}"; shift ;;
     --changed-percent) CHANGED="${2:?--changed-percent needs a number}"; shift ;;
+    --workers) WORKERS="${2:?--workers needs a number}"; shift ;;
     --tmpfs) TMPFS="${2:?--tmpfs needs a directory}"; shift ;;
     --disk) DISK="${2:?--disk needs a directory}"; shift ;;
     --build-dir) BUILD="${2:?--build-dir needs a directory}"; shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "backup_bench.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
   shift
 done
 [[ "$SIZE_MIB" =~ ^[1-9][0-9]*$ ]] || { echo "backup_bench.sh: --size-mib '$SIZE_MIB' is not a positive number" >&2; exit 2; }
+[[ "$WORKERS" =~ ^[0-9]+$ ]] || { echo "backup_bench.sh: --workers '$WORKERS' is not a number" >&2; exit 2; }
 BENCH="$BUILD/bench/backup/backup_bench"
 [[ -x "$BENCH" ]] || { echo "backup_bench.sh: $BENCH is missing: cmake --build --preset release --target backup_bench" >&2; exit 2; }
 
@@ -59,7 +63,7 @@ place() {  # name dir
   work="$(mktemp -d "$dir/ublkvol-backup-bench-XXXXXX")"
   trap 'rm -rf "$work"' RETURN
   local backup
-  backup="$("$BENCH" --dir "$work/bench" --size-mib "$SIZE_MIB" --changed-percent "$CHANGED")"
+  backup="$("$BENCH" --dir "$work/bench" --size-mib "$SIZE_MIB" --changed-percent "$CHANGED" --workers "$WORKERS")"
   rm -rf "$work/bench"
   # The same number of bytes through dd and cp (from a file of random data,
   # made outside the timing).

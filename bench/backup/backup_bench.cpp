@@ -84,11 +84,14 @@ int main(int argc, char** argv) try {
   std::string dir;
   uint64_t size_mib = 4096;
   unsigned changed_percent = 10;
+  unsigned workers = 0;
   app.add_option("--dir", dir, "Scratch directory (store file and target; emptied after)")
       ->required();
   app.add_option("--size-mib", size_mib, "Volume size in MiB (default 4096)");
   app.add_option("--changed-percent", changed_percent,
                  "Chunks rewritten before the incremental backup (default 10)");
+  app.add_option("--workers", workers,
+                 "Threads hashing and compressing chunks (default 0 = one per CPU, at most 16)");
   CLI11_PARSE(app, argc, argv);
   const uint64_t size = size_mib * kMiB;
   const uint64_t chunks = size / backup::kChunkBytes;
@@ -114,10 +117,14 @@ int main(int argc, char** argv) try {
 
   auto target = check(backup::open_target(dir + "/target"), "target");
   backup::Repository repo(*target);
-  Json out{{"size_bytes", size}, {"changed_percent", changed_percent}, {"dir", dir}};
+  Json out{{"size_bytes", size},
+           {"changed_percent", changed_percent},
+           {"dir", dir},
+           {"workers", workers}};
 
   backup::BackupOptions options;
   options.name = "full";
+  options.workers = workers;
   Phase full;
   check(backup::backup_snapshot(*store, repo, "vol", "s1", options), "full backup");
   out["full_backup"] = full.finish(size);

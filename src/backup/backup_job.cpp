@@ -6,8 +6,10 @@
 #include <cstring>
 #include <ctime>
 #include <map>
+#include <thread>
 
 #include "aligned_buffer.h"
+#include "chunk_pipeline.h"
 
 namespace ublkvol::backup {
 
@@ -36,10 +38,10 @@ class ChunkBuilder {
   ChunkBuilder(SnapshotReader& reader, const BackupSource& source)
       : reader_(reader), source_(source), buffer_(kChunkBytes) {}
 
-  // The chunk at `chunk_offset`: the snapshot's mapped blocks there, all-zero
-  // blocks left out as holes. `bytes_read` grows by what was read.
-  Result<ChunkContent> build(uint64_t chunk_offset, uint64_t& bytes_read) {
-    ChunkContent chunk;
+  // Fills the empty `chunk` with the chunk at `chunk_offset`: the snapshot's
+  // mapped blocks there, all-zero blocks left out as holes. `bytes_read`
+  // grows by what was read.
+  Status build(uint64_t chunk_offset, uint64_t& bytes_read, ChunkContent& chunk) {
     const uint64_t end = std::min(chunk_offset + kChunkBytes, source_.size_bytes);
     // Ranges ending at or before the chunk are behind us: chunks come in
     // ascending order, so the cursor only moves forward.
@@ -64,7 +66,7 @@ class ChunkBuilder {
         }
       }
     }
-    return chunk;
+    return ok_status();
   }
 
  private:
@@ -169,26 +171,25 @@ Result<Manifest> run_backup(Repository& repo, SnapshotReader& reader, const Back
 
   ChunkBuilder builder(reader, source);
   detail::Throttle throttle(options.rate_bytes_per_sec);
+  const unsigned cpus = std::max(1U, std::thread::hardware_concurrency());
+  detail::ChunkPipeline pipeline(options.workers != 0 ? options.workers : std::min(cpus, 16U),
+                                 /*level=*/3);
   uint64_t since_checkpoint = 0;
-  for (const uint64_t offset : todo) {
-    if (options.stop.stop_requested()) {
-      take_inherited(offset);
-      UBLKVOL_TRY(checkpoint(offset));
-      return Error(ECANCELED, what + " stopped at volume offset " + std::to_string(offset) +
-                                  "; run it again to resume");
-    }
-    take_inherited(offset);
-    inherited.erase(offset);
-    UBLKVOL_ASSIGN_OR_RETURN(ChunkContent chunk, builder.build(offset, progress.bytes_read));
-    if (chunk.block_count() > 0) {
-      bool written = false;
-      UBLKVOL_ASSIGN_OR_RETURN(const ChunkHash hash, repo.put_chunk(chunk, &written));
+  // Hashed and encoded chunks come back in read order: the entries, the
+  // progress and the checkpoints are those of a single thread.
+  const detail::ChunkPipeline::Retire retire = [&](detail::ChunkPipeline::Slot& slot) -> Status {
+    take_inherited(slot.offset);
+    inherited.erase(slot.offset);
+    if (slot.chunk.block_count() > 0) {
+      UBLKVOL_ASSIGN_OR_RETURN(
+          const bool written,
+          repo.put_encoded_chunk(slot.hash, std::span(slot.file).first(slot.file_bytes)));
       if (written) {
         ++progress.chunks_written;
       } else {
         ++progress.chunks_reused;
       }
-      out.entries.push_back({offset, hash, chunk.block_count()});
+      out.entries.push_back({slot.offset, slot.hash, slot.chunk.block_count()});
     }
     ++progress.chunks_done;
     if (options.on_progress) {
@@ -196,9 +197,38 @@ Result<Manifest> run_backup(Repository& repo, SnapshotReader& reader, const Back
     }
     if (++since_checkpoint == options.checkpoint_chunks) {
       since_checkpoint = 0;
-      UBLKVOL_TRY(checkpoint(offset + kChunkBytes));
+      UBLKVOL_TRY(checkpoint(slot.offset + kChunkBytes));
     }
+    return ok_status();
+  };
+  // A stop: the chunks retired so far are checkpointed; the ones read but
+  // not retired yet are read again by the resume.
+  auto stopped = [&](uint64_t offset) -> Error {
+    const uint64_t at = pipeline.abandon().value_or(offset);
+    take_inherited(at);
+    if (auto saved = checkpoint(at); !saved) {
+      return saved.error();
+    }
+    return Error(ECANCELED, what + " stopped at volume offset " + std::to_string(at) +
+                                "; run it again to resume");
+  };
+  for (const uint64_t offset : todo) {
+    if (options.stop.stop_requested()) {
+      return stopped(offset);
+    }
+    UBLKVOL_ASSIGN_OR_RETURN(detail::ChunkPipeline::Slot * slot,
+                             pipeline.next(retire, options.stop));
+    if (slot == nullptr) {
+      return stopped(offset);
+    }
+    slot->offset = offset;
+    UBLKVOL_TRY(builder.build(offset, progress.bytes_read, slot->chunk));
+    pipeline.submit(*slot);
     throttle.wait(progress.bytes_read, options.stop);
+  }
+  UBLKVOL_TRY(pipeline.drain(retire, options.stop));
+  if (auto left = pipeline.abandon()) {
+    return stopped(*left);  // stopped while the last chunks were retired
   }
   take_inherited(UINT64_MAX);
   out.complete = true;

@@ -6,6 +6,7 @@
 #include <bit>
 #include <cerrno>
 #include <cstring>
+#include <new>
 
 #include "ublkvol/common/crc32c.h"
 
@@ -34,7 +35,7 @@ constexpr size_t kEntryBytes = 48;
 constexpr uint32_t kFlagComplete = 1;
 
 template <typename T>
-void put(std::vector<std::byte>& out, size_t at, T value) {
+void put(std::span<std::byte> out, size_t at, T value) {
   std::memcpy(out.data() + at, &value, sizeof(T));
 }
 
@@ -90,11 +91,19 @@ ChunkHash chunk_hash(const ChunkContent& chunk) {
   return sha256({as_bytes_of(chunk.present), std::span<const std::byte>(chunk.data)});
 }
 
-std::vector<std::byte> encode_chunk(const ChunkContent& chunk, int level) {
+namespace {
+
+// The chunk file of `chunk` into `out` (at least header + compress bound
+// long); `context` null: a one-off context (ZSTD_compress). The same bytes
+// either way: a context carries no state from one frame to the next.
+size_t encode_into(const ChunkContent& chunk, int level, ZSTD_CCtx* context,
+                   std::span<std::byte> out) {
   const size_t bound = ZSTD_compressBound(chunk.data.size());
-  std::vector<std::byte> out(kChunkHeaderBytes + std::max(bound, chunk.data.size()));
-  size_t stored = ZSTD_compress(out.data() + kChunkHeaderBytes, bound, chunk.data.data(),
-                                chunk.data.size(), level);
+  size_t stored = context != nullptr
+                      ? ZSTD_compressCCtx(context, out.data() + kChunkHeaderBytes, bound,
+                                          chunk.data.data(), chunk.data.size(), level)
+                      : ZSTD_compress(out.data() + kChunkHeaderBytes, bound, chunk.data.data(),
+                                      chunk.data.size(), level);
   Compression compression = Compression::kZstd;
   if (ZSTD_isError(stored) != 0U || stored >= chunk.data.size()) {
     // Incompressible data is kept raw: never bigger than the blocks themselves.
@@ -102,17 +111,48 @@ std::vector<std::byte> encode_chunk(const ChunkContent& chunk, int level) {
     stored = chunk.data.size();
     std::memcpy(out.data() + kChunkHeaderBytes, chunk.data.data(), stored);
   }
-  out.resize(kChunkHeaderBytes + stored);
-  std::memcpy(out.data(), kChunkMagic, sizeof(kChunkMagic));
-  put<uint32_t>(out, 8, kVersion);
-  put<uint32_t>(out, 12, static_cast<uint32_t>(compression));
-  put<uint32_t>(out, 16, chunk.block_count());
-  put<uint32_t>(out, 20, static_cast<uint32_t>(stored));
-  put<uint32_t>(out, 24, crc32c(std::span(out).subspan(kChunkHeaderBytes)));
-  std::memcpy(out.data() + 32, chunk.present.data(), sizeof(ChunkBitmap));
-  put<uint32_t>(out, kChunkHeaderCrcAt,
-                crc_without_field(std::span(out).first(kChunkHeaderBytes), kChunkHeaderCrcAt));
+  const std::span<std::byte> file = out.first(kChunkHeaderBytes + stored);
+  std::memcpy(file.data(), kChunkMagic, sizeof(kChunkMagic));
+  put<uint32_t>(file, 8, kVersion);
+  put<uint32_t>(file, 12, static_cast<uint32_t>(compression));
+  put<uint32_t>(file, 16, chunk.block_count());
+  put<uint32_t>(file, 20, static_cast<uint32_t>(stored));
+  put<uint32_t>(file, 24, crc32c(file.subspan(kChunkHeaderBytes)));
+  std::memcpy(file.data() + 32, chunk.present.data(), sizeof(ChunkBitmap));
+  put<uint32_t>(file, kChunkHeaderCrcAt,
+                crc_without_field(file.first(kChunkHeaderBytes), kChunkHeaderCrcAt));
+  return file.size();
+}
+
+size_t encoded_bound(const ChunkContent& chunk) {
+  return kChunkHeaderBytes + std::max(ZSTD_compressBound(chunk.data.size()), chunk.data.size());
+}
+
+}  // namespace
+
+std::vector<std::byte> encode_chunk(const ChunkContent& chunk, int level) {
+  std::vector<std::byte> out(encoded_bound(chunk));
+  out.resize(encode_into(chunk, level, nullptr, out));
   return out;
+}
+
+ChunkEncoder::ChunkEncoder(int level) : level_(level), context_(ZSTD_createCCtx()) {
+  if (context_ == nullptr) {
+    throw std::bad_alloc();
+  }
+}
+
+ChunkEncoder::~ChunkEncoder() { ZSTD_freeCCtx(static_cast<ZSTD_CCtx*>(context_)); }
+
+size_t ChunkEncoder::encode(const ChunkContent& chunk, std::vector<std::byte>& out) {
+  // Sized once for a whole 2 MiB chunk, so a smaller chunk never shrinks it
+  // and a later bigger one never grows it again.
+  const size_t need =
+      std::max(encoded_bound(chunk), kChunkHeaderBytes + ZSTD_compressBound(kChunkBytes));
+  if (out.size() < need) {
+    out.resize(need);
+  }
+  return encode_into(chunk, level_, static_cast<ZSTD_CCtx*>(context_), out);
 }
 
 Result<ChunkContent> decode_chunk(std::span<const std::byte> file, const ChunkHash& expected) {

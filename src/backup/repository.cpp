@@ -38,6 +38,15 @@ Result<ChunkHash> Repository::put_chunk(const ChunkContent& chunk, bool* written
   return hash;
 }
 
+Result<bool> Repository::put_encoded_chunk(const ChunkHash& hash, std::span<const std::byte> file) {
+  const std::string key = chunk_key(hash);
+  UBLKVOL_ASSIGN_OR_RETURN(const bool present, target_.exists(key));
+  if (!present) {
+    UBLKVOL_TRY(target_.put(key, file));
+  }
+  return !present;
+}
+
 Result<ChunkContent> Repository::get_chunk(const ChunkHash& hash) {
   const std::string key = chunk_key(hash);
   auto file = target_.get(key);

@@ -15,11 +15,21 @@ Result<Manifest> run_restore(Repository& repo, std::string_view backup, VolumeWr
   UBLKVOL_ASSIGN_OR_RETURN(Manifest manifest, repo.get_manifest(backup));
   RestoreProgress progress;
   progress.chunks_total = manifest.entries.size();
+  if (manifest.entries.empty() && options.checkpoint) {
+    UBLKVOL_TRY(options.checkpoint(manifest.volume_size));
+  }
   // The store writes with O_DIRECT straight from the buffer: the decoded
   // blocks are laid out at their place in an aligned chunk buffer.
   detail::AlignedBuffer buffer(kChunkBytes);
   detail::Throttle throttle(options.rate_bytes_per_sec);
-  for (const auto& entry : manifest.entries) {
+  uint32_t since_checkpoint = 0;
+  for (size_t i = 0; i < manifest.entries.size(); ++i) {
+    const ManifestEntry& entry = manifest.entries[i];
+    if (entry.offset < options.resume_offset) {
+      ++progress.chunks_done;
+      ++progress.chunks_skipped;
+      continue;
+    }
     if (options.stop.stop_requested()) {
       return Error(ECANCELED,
                    what + ": restore stopped at volume offset " + std::to_string(entry.offset));
@@ -64,10 +74,22 @@ Result<Manifest> run_restore(Repository& repo, std::string_view backup, VolumeWr
       progress.bytes_written += length;
     }
     ++progress.chunks_done;
+    const bool last = i + 1 == manifest.entries.size();
+    if (options.checkpoint && (++since_checkpoint == options.checkpoint_chunks || last)) {
+      since_checkpoint = 0;
+      const uint64_t next = last ? manifest.volume_size : manifest.entries[i + 1].offset;
+      if (auto saved = options.checkpoint(next); !saved) {
+        return saved.error().with_context(what + ": checkpoint at volume offset " +
+                                          std::to_string(next));
+      }
+    }
     if (options.on_progress) {
       options.on_progress(progress);
     }
     throttle.wait(progress.bytes_written, options.stop);
+  }
+  if (options.on_progress) {
+    options.on_progress(progress);  // also when every chunk was skipped
   }
   return manifest;
 }

@@ -1,4 +1,4 @@
-// ublk-volume backup create/list/show/verify/delete (docs/backup-format.md).
+// ublk-volume backup create/list/show/verify/delete/restore (docs/backup-format.md).
 #include <filesystem>
 #include <memory>
 #include <sstream>
@@ -36,14 +36,15 @@ void render_backup_list(std::ostream& out, const Json& result) {
   const Json jobs = result.value("jobs", Json::array());
   if (!jobs.empty()) {
     out << "\njobs:\n";
-    Table table({{"NAME"}, {"VOLUME"}, {"SNAPSHOT"}, {"STATE"}, {"PROGRESS"}, {"ERROR"}});
+    Table table({{"KIND"}, {"NAME"}, {"VOLUME"}, {"SNAPSHOT"}, {"STATE"}, {"PROGRESS"}, {"ERROR"}});
     for (const auto& j : jobs) {
       Progress p;
       p.percent = j.value("percent", 0.0);
       p.bytes_per_second = static_cast<double>(j.value("rate", uint64_t{0}));
       p.eta_seconds = j["eta_seconds"].is_number() ? j["eta_seconds"].get<double>() : -1;
-      table.add_row({text(j, "name"), text(j, "volume"), text(j, "snapshot"), text(j, "state"),
-                     render_progress(p, 20), j.value("error", std::string())});
+      table.add_row({j.value("kind", std::string("backup")), text(j, "name"), text(j, "volume"),
+                     text(j, "snapshot"), text(j, "state"), render_progress(p, 20),
+                     j.value("error", std::string())});
     }
     table.print(out);
   }
@@ -58,7 +59,11 @@ void render_backup_show(std::ostream& out, const Json& result) {
     }
   }
   for (const auto& j : result.value("jobs", Json::array())) {
-    out << "job: " << text(j, "state") << ", " << j.value("percent", 0.0) << "% ("
+    out << j.value("kind", std::string("backup")) << " job";
+    if (j.value("kind", std::string()) == "restore") {
+      out << " into volume " << text(j, "volume");
+    }
+    out << ": " << text(j, "state") << ", " << j.value("percent", 0.0) << "% ("
         << text(j, "chunks_done") << "/" << text(j, "chunks_total") << " chunks)";
     if (!j.value("error", std::string()).empty()) {
       out << ": " << text(j, "error");
@@ -67,33 +72,40 @@ void render_backup_show(std::ostream& out, const Json& result) {
   }
 }
 
-// --wait: polls backup.show until the job is no longer running.
-ExitCode wait_for_backup(Session& s, Json target, const std::string& name) {
-  ProgressReporter reporter(s.env().out, s.env().stdout_is_tty, "backup " + name);
+// --wait: polls backup.show until the job of `kind` ("backup", "restore",
+// "delete"; into `volume` for a restore) is no longer running.
+ExitCode wait_for_job(Session& s, Json target, const std::string& name, const std::string& kind,
+                      const std::string& volume = "") {
+  ProgressReporter reporter(s.env().out, s.env().stdout_is_tty, kind + " " + name);
   target["name"] = name;
   for (;;) {
     auto r = s.call(Method::kBackupShow, target);
     if (!r) {
       return s.status();
     }
-    const Json jobs = r->value("jobs", Json::array());
-    if (jobs.empty()) {
+    Json job;
+    for (const auto& j : r->value("jobs", Json::array())) {
+      if (j.value("kind", std::string("backup")) == kind &&
+          (volume.empty() || j.value("volume", std::string()) == volume)) {
+        job = j;
+      }
+    }
+    if (job.is_null()) {
       reporter.finish("done");
       return ExitCode::kOk;
     }
-    const Json& j = jobs.back();
     Progress p;
-    p.percent = j.value("percent", 0.0);
-    p.bytes_per_second = static_cast<double>(j.value("rate", uint64_t{0}));
-    p.eta_seconds = j["eta_seconds"].is_number() ? j["eta_seconds"].get<double>() : -1;
+    p.percent = job.value("percent", 0.0);
+    p.bytes_per_second = static_cast<double>(job.value("rate", uint64_t{0}));
+    p.eta_seconds = job["eta_seconds"].is_number() ? job["eta_seconds"].get<double>() : -1;
     reporter.update(p);
-    const std::string state = j.value("state", std::string());
+    const std::string state = job.value("state", std::string());
     if (state == "done") {
       reporter.finish("done");
       return ExitCode::kOk;
     }
     if (state != "running") {
-      reporter.finish(state + ": " + j.value("error", std::string()));
+      reporter.finish(state + ": " + job.value("error", std::string()));
       return ExitCode::kFailed;
     }
     s.env().sleep(kPollSeconds);
@@ -182,7 +194,7 @@ void add_backup_commands(CLI::App& app, CommandTree& tree) {
         }
         const std::string name = r->value("name", a->name);
         if (a->wait) {
-          return wait_for_backup(s, a->target_params(), name);
+          return wait_for_job(s, a->target_params(), name, "backup");
         }
         return s.done(*r, "backup '" + name +
                               "' started (follow it with: ublk-volume backup show " + name +
@@ -235,13 +247,27 @@ void add_backup_commands(CLI::App& app, CommandTree& tree) {
   c = tree.add(backup, "delete", Method::kBackupDelete,
                "  ublk-volume backup delete vol0-nightly-1 --target /mnt/backup\n",
                [a](Session& s) {
-                 auto r = s.call(Method::kBackupDelete, a->with_name());
-                 return r ? s.done(*r, "deleted backup '" + a->name + "' (" +
-                                           text(*r, "chunks_removed") + " chunks removed)")
-                          : s.status();
+                 Json params = a->with_name();
+                 if (a->rate >= 0) {
+                   params["rate"] = static_cast<uint64_t>(a->rate);
+                 }
+                 auto r = s.call(Method::kBackupDelete, params);
+                 if (!r) {
+                   return s.status();
+                 }
+                 if (a->wait) {
+                   return wait_for_job(s, a->target_params(), a->name, "delete");
+                 }
+                 return s.done(*r, "deleting backup '" + a->name +
+                                       "' (follow it with: ublk-volume backup show " + a->name +
+                                       " --target " + a->target + ")");
                });
   c->add_option("name", a->name, "Backup name")->required();
   add_target(c, "--target");
+  c->add_option("--rate", a->rate,
+                "Remove at most this many chunk objects per second (default: unthrottled)")
+      ->check(CLI::NonNegativeNumber);
+  c->add_flag("--wait", a->wait, "Wait for the delete to finish, showing progress");
 
   c = tree.add(
       backup, "restore", Method::kBackupRestore,
@@ -254,10 +280,19 @@ void add_backup_commands(CLI::App& app, CommandTree& tree) {
         if (a->min_replicas >= 0) {
           params["min_replicas"] = a->min_replicas;
         }
+        if (a->rate >= 0) {
+          params["rate"] = static_cast<uint64_t>(a->rate);
+        }
         auto r = s.call(Method::kBackupRestore, params);
-        return r ? s.done(*r,
-                          "restored backup '" + a->name + "' into new volume '" + a->volume + "'")
-                 : s.status();
+        if (!r) {
+          return s.status();
+        }
+        if (a->wait) {
+          return wait_for_job(s, a->target_params(), a->name, "restore", a->volume);
+        }
+        return s.done(*r, "restoring backup '" + a->name + "' into new volume '" + a->volume +
+                              "' (usable once done; follow it with: ublk-volume backup show " +
+                              a->name + " --target " + a->target + ")");
       });
   c->add_option("name", a->name, "Backup name")->required();
   add_target(c, "--target");
@@ -265,6 +300,9 @@ void add_backup_commands(CLI::App& app, CommandTree& tree) {
   c->add_option("--store", a->stores, "A store for a replica (repeat for more replicas)")
       ->required();
   c->add_option("--min-replicas", a->min_replicas, "Replicas that must stay in sync");
+  c->add_option("--rate", a->rate, "Write at most this many MB/s (default: unthrottled)")
+      ->check(CLI::NonNegativeNumber);
+  c->add_flag("--wait", a->wait, "Wait for the restore to finish, showing progress");
 }
 
 }  // namespace ublkvol::cli

@@ -71,6 +71,9 @@ Result<Json> backup_show(Registry& r, Params& p);
 Result<Json> backup_verify(Registry& r, Params& p);
 Result<Json> backup_delete(Registry& r, Params& p);
 Result<Json> backup_restore(Registry& r, Params& p);
+// Starts (or, at start-up, resumes) the restore job `spec` into every
+// replica of `v` (methods_backup.cpp).
+Status start_restore_job(Registry& r, VolumeEntry& v, const BackupJobSpec& spec, bool resumed);
 
 Result<Json> daemon_status(Registry& r, Params& p);
 Result<Json> stats(Registry& r, Params& p);

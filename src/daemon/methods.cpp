@@ -55,8 +55,11 @@ constexpr ParamSpec kBackupRestore[] = {{"target", K::kString, true},
                                         {"name", K::kName, true},
                                         {"volume", K::kName, true, kMaxVolumeNameLength},
                                         {"stores", K::kNameList, true},
-                                        {"min_replicas", K::kUint, false}};
+                                        {"min_replicas", K::kUint, false},
+                                        {"rate", K::kUint, false}};
 constexpr ParamSpec kBackupNamed[] = {{"target", K::kString, true}, {"name", K::kName, true}};
+constexpr ParamSpec kBackupDelete[] = {
+    {"target", K::kString, true}, {"name", K::kName, true}, {"rate", K::kUint, false}};
 
 constexpr std::span<const ParamSpec> kNoParams{};
 
@@ -127,10 +130,11 @@ constexpr std::array<MethodInfo, kMethodCount> kMethods = {{
     {Method::kBackupShow, "backup.show", "Show one backup and its job's progress", kBackupNamed},
     {Method::kBackupVerify, "backup.verify",
      "Read and check every chunk of a backup (exit status 1 if problems are found)", kBackupNamed},
-    {Method::kBackupDelete, "backup.delete", "Delete a backup and the chunks no other backup needs",
-     kBackupNamed},
+    {Method::kBackupDelete, "backup.delete",
+     "Delete a backup and the chunks no other backup needs, in the background", kBackupDelete},
     {Method::kBackupRestore, "backup.restore",
-     "Restore a backup into a new volume (every chunk checked before it is written)",
+     "Restore a backup into a new volume in the background (every chunk checked before it is "
+     "written; the volume is usable once it is done)",
      kBackupRestore},
 }};
 

@@ -1,6 +1,7 @@
 // backup.create / list / show / verify / delete (docs/control-protocol.md,
-// docs/backup-format.md). create starts a background job (backup_jobs.h);
-// the others work on the target synchronously on the control thread.
+// docs/backup-format.md). create, restore and delete start background jobs
+// (backup_jobs.h); list, show and verify work on the target on the control
+// thread.
 #include <algorithm>
 #include <cerrno>
 #include <spdlog/spdlog.h>
@@ -81,37 +82,6 @@ Result<TargetArgs> parse_target(Params& p, bool with_name) {
   return a;
 }
 
-// Writes a restore into the DBS volume of every replica of a volume that was
-// just created and is not exposed: each replica receives the same bytes, so
-// they agree, and nothing else writes to the volume yet.
-class ReplicasWriter final : public backup::VolumeWriter {
- public:
-  explicit ReplicasWriter(VolumeEntry& v) : volume_(v) {}
-  Status write(uint64_t offset, std::span<const std::byte> data) override {
-    for (auto& slot : volume_.slots) {
-      if (slot.store == nullptr) {
-        continue;
-      }
-      UBLKVOL_TRY(slot.store->run([&](dbs::Store& store) -> Status {
-        UBLKVOL_ASSIGN_OR_RETURN(const dbs::VolumeId id, store.find_volume(volume_.name));
-        return store.write(id, offset, data);
-      }));
-    }
-    return ok_status();
-  }
-  Status commit() {
-    for (auto& slot : volume_.slots) {
-      if (slot.store != nullptr) {
-        UBLKVOL_TRY(slot.store->run([](dbs::Store& store) { return store.commit(); }));
-      }
-    }
-    return ok_status();
-  }
-
- private:
-  VolumeEntry& volume_;
-};
-
 }  // namespace
 
 Result<Json> backup_create(Registry& r, Params& p) {
@@ -128,7 +98,7 @@ Result<Json> backup_create(Registry& r, Params& p) {
   spec.name = name.value_or(spec.volume + "-" + spec.snapshot);
   spec.parent = parent.value_or("");
   // MiB/s on the wire, as replica.verify's rate.
-  spec.rate_bytes_per_sec = rate.value_or(0) << 20U;
+  spec.rate = rate.value_or(0) << 20U;
   UBLKVOL_TRY(backup::check_backup_name(spec.name, "backup name"));
   // Refuse a target that does not open now rather than in the job.
   UBLKVOL_ASSIGN_OR_RETURN(auto target, backup::open_target(spec.target, spec.s3));
@@ -193,59 +163,90 @@ Result<Json> backup_verify(Registry& /*r*/, Params& p) {
 }
 
 Result<Json> backup_delete(Registry& r, Params& p) {
-  UBLKVOL_ASSIGN_OR_RETURN(const TargetArgs a, parse_target(p, true));
-  for (const auto& job : jobs_of(r, a.target, a.name)) {
-    if (job["state"] == "running") {
-      return Error(EBUSY, "backup " + named(a.name) + " to " + a.target +
-                              " is running (wait for it to finish)");
-    }
+  BackupJobSpec spec;
+  spec.kind = BackupJobKind::kDelete;
+  UBLKVOL_ASSIGN_OR_RETURN(spec.target, p.string("target"));
+  UBLKVOL_ASSIGN_OR_RETURN(spec.name, p.name("name"));
+  // Chunk objects removed per second (object stores limit requests).
+  UBLKVOL_ASSIGN_OR_RETURN(const auto rate, p.optional_uint("rate"));
+  UBLKVOL_ASSIGN_OR_RETURN(spec.s3, parse_s3(p));
+  UBLKVOL_TRY(p.finish());
+  UBLKVOL_TRY(check_may_use_targets(p));
+  spec.rate = rate.value_or(0);
+  UBLKVOL_TRY(r.backup_jobs.may_delete(spec.target, spec.name));
+  UBLKVOL_ASSIGN_OR_RETURN(auto target, backup::open_target(spec.target, spec.s3));
+  // Finished jobs of the backup (and their state files) go, also when there
+  // is no backup left to delete.
+  r.backup_jobs.forget(spec.target, spec.name);
+  UBLKVOL_ASSIGN_OR_RETURN(const bool has_manifest,
+                           target->exists(backup::Repository::manifest_key(spec.name)));
+  UBLKVOL_ASSIGN_OR_RETURN(const bool has_partial,
+                           target->exists(backup::Repository::partial_key(spec.name)));
+  if (!has_manifest && !has_partial) {
+    return Error(ENOENT, target->describe() + ": no backup " + named(spec.name));
   }
-  UBLKVOL_ASSIGN_OR_RETURN(auto target, backup::open_target(a.target, a.s3));
-  backup::Repository repo(*target);
-  r.backup_jobs.forget(a.target, a.name);
-  UBLKVOL_ASSIGN_OR_RETURN(const auto gc, backup::delete_backup(repo, a.name));
-  spdlog::info("backup '{}' on {} deleted: {} chunks removed", a.name, a.target, gc.chunks_removed);
-  return Json{{"chunks_removed", gc.chunks_removed}, {"chunks_live", gc.chunks_live}};
+  UBLKVOL_TRY(r.backup_jobs.start_delete(spec));
+  spdlog::info("delete of backup '{}' on {} started", spec.name, spec.target);
+  return Json{{"name", spec.name}, {"target", spec.target}, {"state", "running"}};
 }
 
 Result<Json> backup_restore(Registry& r, Params& p) {
-  UBLKVOL_ASSIGN_OR_RETURN(const std::string target_name, p.string("target"));
-  UBLKVOL_ASSIGN_OR_RETURN(const std::string name, p.name("name"));
-  UBLKVOL_ASSIGN_OR_RETURN(const std::string volume, p.name("volume"));
-  UBLKVOL_ASSIGN_OR_RETURN(const auto stores, p.name_list("stores", 1, engine::kMaxReplicas));
+  BackupJobSpec spec;
+  spec.kind = BackupJobKind::kRestore;
+  UBLKVOL_ASSIGN_OR_RETURN(spec.target, p.string("target"));
+  UBLKVOL_ASSIGN_OR_RETURN(spec.name, p.name("name"));
+  UBLKVOL_ASSIGN_OR_RETURN(spec.volume, p.name("volume"));
+  UBLKVOL_ASSIGN_OR_RETURN(spec.stores, p.name_list("stores", 1, engine::kMaxReplicas));
   UBLKVOL_ASSIGN_OR_RETURN(const auto min_replicas, p.optional_uint("min_replicas"));
-  UBLKVOL_ASSIGN_OR_RETURN(const auto s3, parse_s3(p));
+  UBLKVOL_ASSIGN_OR_RETURN(const auto rate, p.optional_uint("rate"));
+  UBLKVOL_ASSIGN_OR_RETURN(spec.s3, parse_s3(p));
   UBLKVOL_TRY(p.finish());
   UBLKVOL_TRY(check_may_use_targets(p));
-  UBLKVOL_ASSIGN_OR_RETURN(auto target, backup::open_target(target_name, s3));
+  spec.rate = rate.value_or(0) << 20U;  // MiB/s written, as backup.create's rate
+  UBLKVOL_ASSIGN_OR_RETURN(auto target, backup::open_target(spec.target, spec.s3));
   backup::Repository repo(*target);
-  UBLKVOL_ASSIGN_OR_RETURN(const backup::Manifest manifest, repo.get_manifest(name));
+  UBLKVOL_ASSIGN_OR_RETURN(const backup::Manifest manifest, repo.get_manifest(spec.name));
+  UBLKVOL_TRY(r.check_new_volume_name(spec.volume));
+  // The job's state file first: from here on, across crashes, the volume
+  // is not usable until the restore is done (BackupJobs::restoring).
+  UBLKVOL_TRY(r.backup_jobs.record_restore(spec));
   // The new volume, as volume.create makes it (same checks, intent, state).
-  Json create{{"name", volume}, {"size", manifest.volume_size}, {"stores", stores}};
+  Json create{{"name", spec.volume}, {"size", manifest.volume_size}, {"stores", spec.stores}};
   if (min_replicas) {
     create["min_replicas"] = *min_replicas;
   }
   Params create_params(create, p.peer());
-  UBLKVOL_TRY(volume_create(r, create_params));
-  UBLKVOL_ASSIGN_OR_RETURN(VolumeEntry * v, r.volume_named(volume));
-  ReplicasWriter writer(*v);
-  auto restored = backup::run_restore(repo, name, writer, {});
-  Status done = restored.ok() ? writer.commit() : Status(restored.error());
-  if (!done) {
-    // Nothing half-restored stays: the new volume goes again.
-    const Json remove{{"name", volume}};  // Params keeps a reference: must outlive it
-    Params delete_params(remove, p.peer());
-    if (auto deleted = volume_delete(r, delete_params); !deleted) {
-      spdlog::error("backup.restore: could not delete the half-restored volume '{}': {}", volume,
-                    deleted.error().to_string());
-    }
-    return done.error();
+  if (auto created = volume_create(r, create_params); !created) {
+    r.backup_jobs.forget_restore(spec.volume);
+    return created.error();
   }
-  spdlog::info("backup '{}' on {} restored into new volume '{}' ({} chunks)", name, target_name,
-               volume, manifest.entries.size());
-  return Json{{"volume", volume},
+  UBLKVOL_ASSIGN_OR_RETURN(VolumeEntry * v, r.volume_named(spec.volume));
+  UBLKVOL_TRY(start_restore_job(r, *v, spec, /*resumed=*/false));
+  spdlog::info("restore of backup '{}' on {} into new volume '{}' started ({} chunks)", spec.name,
+               spec.target, spec.volume, manifest.entries.size());
+  return Json{{"volume", spec.volume},
+              {"name", spec.name},
+              {"target", spec.target},
+              {"state", "running"},
               {"chunks", manifest.entries.size()},
               {"data_bytes", manifest.data_blocks() * backup::kBlockBytes}};
+}
+
+Status start_restore_job(Registry& r, VolumeEntry& v, const BackupJobSpec& spec, bool resumed) {
+  std::vector<RestoreReplica> replicas;
+  for (auto& slot : v.slots) {
+    if (slot.store == nullptr) {
+      continue;
+    }
+    if (!slot.store->online()) {
+      return Error(EIO, "store " + named(slot.store->name) + " is failed: " + slot.store->error);
+    }
+    replicas.push_back({slot.store->name, slot.store->store.get(), slot.store->thread.get()});
+  }
+  if (replicas.empty()) {
+    return Error(EIO, "volume " + named(v.name) + " has no replica to restore into");
+  }
+  return r.backup_jobs.start_restore(spec, std::move(replicas), resumed);
 }
 
 }  // namespace ublkvol::daemon

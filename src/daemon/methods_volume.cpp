@@ -209,6 +209,8 @@ Result<Json> volume_delete(Registry& r, Params& p) {
     return Error(EBUSY, "volume " + named(name) + " is exported over NBD on " +
                             volume->exported->listen + " (volume unexport it first)");
   }
+  // Deleting a volume a restore writes stops the restore (backup_jobs.h).
+  r.backup_jobs.forget_restore(name);
   std::vector<StoreEntry*> holders;
   for (auto& slot : volume->slots) {
     if (slot.store != nullptr) {
@@ -302,6 +304,9 @@ Result<Json> volume_resize(Registry& r, Params& p) {
   }
   if (size == volume->size_bytes) {
     return volume_json(r, *volume);
+  }
+  if (auto why = r.backup_jobs.restoring(name)) {
+    return Error(EBUSY, "volume " + named(name) + " is " + *why + ": resize it once it is done");
   }
   const bool exposed = volume->exposed || volume->device;
   if (exposed) {

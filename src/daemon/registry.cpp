@@ -126,6 +126,12 @@ Result<VolumeEntry*> Registry::open_volume_named(const std::string& name) {
   if (!(*v)->engine) {
     return Error(EIO, "volume " + named(name) + " is not open: " + (*v)->error);
   }
+  // Nothing may expose, export, snapshot or change a volume a restore is
+  // still writing (backup_jobs.h).
+  if (auto why = backup_jobs.restoring(name)) {
+    return Error(EBUSY,
+                 "volume " + named(name) + " is " + *why + ": usable once the restore is done");
+  }
   return v;
 }
 

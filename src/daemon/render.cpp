@@ -250,6 +250,9 @@ Json volume_json(Registry& registry, VolumeEntry& v) {
               {"snapshots", Json::array()},
               {"missing_stores", v.missing_stores},
               {"error", v.error.empty() ? Json(nullptr) : Json(v.error)}};
+  if (auto why = registry.backup_jobs.restoring(v.name)) {
+    out["restoring"] = *why;  // not usable until the restore is done
+  }
   if (v.device) {
     const auto& info = v.device->info();
     out["device"] = {{"path", v.device->block_path()},

@@ -276,6 +276,32 @@ TEST(Cli, BackupS3OptionsReachTheDaemon) {
   EXPECT_FALSE(d.calls[1].params.contains("s3_endpoint"));
 }
 
+// backup restore / delete --rate --wait: the rate reaches the daemon, and
+// --wait follows the job of that kind (and volume), not another job of the
+// same backup.
+TEST(Cli, BackupRestoreAndDeleteWaitForTheirJob) {
+  FakeDaemon d;
+  d.ok("backup.restore", {{"volume", "copy"}, {"state", "running"}});
+  d.ok("backup.delete", {{"name", "b"}, {"state", "running"}});
+  d.ok("backup.show",
+       {{"name", "b"},
+        {"jobs",
+         {{{"kind", "backup"}, {"volume", "v"}, {"state", "running"}, {"percent", 5.0}},
+          {{"kind", "restore"}, {"volume", "copy"}, {"state", "done"}, {"percent", 100.0}},
+          {{"kind", "delete"}, {"volume", ""}, {"state", "failed"}, {"error", "disk on fire"}}}}});
+  auto r = run(d, {"backup", "restore", "b", "--target", "/t", "--volume", "copy", "--store", "a",
+                   "--rate", "5", "--wait"});
+  EXPECT_EQ(r.status, kOk) << r.err;
+  ASSERT_EQ(d.calls.size(), 2u);
+  EXPECT_EQ(d.calls[0].params["rate"], 5);
+  EXPECT_EQ(d.calls[1].method, "backup.show");
+  r = run(d, {"backup", "delete", "b", "--target", "/t", "--rate", "20", "--wait"});
+  EXPECT_NE(r.status, kOk);
+  EXPECT_NE(r.out.find("disk on fire"), std::string::npos) << r.out;
+  ASSERT_EQ(d.calls.size(), 4u);
+  EXPECT_EQ(d.calls[2].params["rate"], 20);
+}
+
 TEST(Cli, DaemonErrorsMapToExitStatuses) {
   struct Case {
     ErrorCode code;

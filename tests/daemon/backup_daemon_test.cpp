@@ -9,6 +9,7 @@
 #include "ublkvol/backup/hash.h"
 #include "ublkvol/backup/repository.h"
 #include "ublkvol/backup/restore.h"
+#include "ublkvol/backup/store_backup.h"
 #include "ublkvol/dbs/file_device.h"
 #include "ublkvol/dbs/store.h"
 #include "ublkvol/engine/dbs_replica_store.h"
@@ -62,6 +63,76 @@ class BackupDaemonTest : public DaemonTest {
     EXPECT_TRUE((*store)->close().ok());
     return content;
   }
+
+  // Writes 16 blocks (64 KiB) into each of `chunks` 2 MiB chunks of volume
+  // `id` (pattern from `seed`, so other seeds make other chunks) and into
+  // `content`.
+  static void write_chunks(dbs::Store& store, dbs::VolumeId id, uint64_t chunks, uint64_t seed,
+                           std::vector<std::byte>& content) {
+    constexpr size_t kRun = 16 * 4096;
+    auto* buffer = static_cast<std::byte*>(std::aligned_alloc(4096, kRun));
+    for (uint64_t c = 0; c < chunks; ++c) {
+      const uint64_t offset = c * 2 * kMiB + (c % 7) * 4096;
+      for (size_t i = 0; i < kRun; ++i) {
+        buffer[i] = static_cast<std::byte>((i / 512 * 13 + c * 29 + seed * 101) | 1U);
+      }
+      ASSERT_TRUE(store.write(id, offset, {buffer, kRun}).ok());
+      std::memcpy(content.data() + offset, buffer, kRun);
+    }
+    std::free(buffer);
+  }
+
+  // A formatted, empty store file.
+  static void empty_store(const std::string& path, uint64_t bytes) {
+    dbs::FileDeviceOptions options;
+    options.create_size = bytes;
+    auto device = dbs::FileDevice::open(path, options);
+    ASSERT_TRUE(device.ok());
+    ASSERT_TRUE(dbs::Store::format(**device).ok());
+  }
+
+  // Volume `volume` of the store file at `path`, read whole.
+  static std::vector<std::byte> read_volume(const std::string& path, const std::string& volume,
+                                            uint64_t bytes) {
+    dbs::FileDeviceOptions options;
+    auto device = dbs::FileDevice::open(path, options);
+    EXPECT_TRUE(device.ok());
+    auto store = dbs::Store::open(**device);
+    EXPECT_TRUE(store.ok()) << store.error().to_string();
+    std::vector<std::byte> out(bytes);
+    auto* buffer = static_cast<std::byte*>(std::aligned_alloc(4096, bytes));
+    auto id = (*store)->find_volume(volume);
+    EXPECT_TRUE(id.ok()) << id.error().to_string();
+    EXPECT_TRUE((*store)->read(*id, 0, {buffer, bytes}).ok());
+    std::memcpy(out.data(), buffer, bytes);
+    std::free(buffer);
+    EXPECT_TRUE((*store)->close().ok());
+    return out;
+  }
+
+  // The job of `kind` (into `volume` if given) of backup `name`, once
+  // it no longer runs (or after `seconds`).
+  Json finished_job(const Json& target, const std::string& name, const std::string& kind,
+                    int seconds = 15, const std::string& volume = "") {
+    Json params = target;
+    params["name"] = name;
+    auto job_of = [kind, volume](const Json& r) {
+      for (const auto& job : r["jobs"]) {
+        if (job["kind"] == kind && (volume.empty() || job["volume"] == volume)) {
+          return job;
+        }
+      }
+      return Json();
+    };
+    const Json shown = wait_for(
+        "backup.show", params,
+        [&](const Json& r) {
+          const Json job = job_of(r);
+          return !job.is_null() && job["state"] != "running";
+        },
+        seconds);
+    return job_of(shown);
+  }
 };
 
 TEST_F(BackupDaemonTest, CreateListShowVerifyDelete) {
@@ -107,12 +178,19 @@ TEST_F(BackupDaemonTest, CreateListShowVerifyDelete) {
     EXPECT_TRUE(writer.bytes == content);
   }
 
-  // Restore into a new volume through the daemon.
+  // Restore into a new volume through the daemon (a background job).
   const Json restored =
       ok("backup.restore",
          {{"target", target}, {"name", "vol-s1"}, {"volume", "copy"}, {"stores", {"a"}}});
   EXPECT_EQ(restored["chunks"], 3);
-  EXPECT_EQ(ok("volume.show", {{"name", "copy"}})["size_bytes"], kVolumeBytes);
+  const Json restore_job = finished_job({{"target", target}}, "vol-s1", "restore");
+  ASSERT_EQ(restore_job["state"], "done") << restore_job.dump() << log_text();
+  EXPECT_EQ(restore_job["volume"], "copy");
+  EXPECT_EQ(restore_job["percent"], 100.0);
+  EXPECT_EQ(restore_job["bytes_written"], 3 * 64 * 4096);
+  const Json copy = ok("volume.show", {{"name", "copy"}});
+  EXPECT_EQ(copy["size_bytes"], kVolumeBytes);
+  EXPECT_FALSE(copy.contains("restoring")) << copy.dump();
 
   // A flipped byte in a chunk: verify names backup and offset, restore
   // refuses and leaves no volume behind.
@@ -131,13 +209,26 @@ TEST_F(BackupDaemonTest, CreateListShowVerifyDelete) {
     const Json problems = ok("backup.verify", {{"target", target}, {"name", "vol-s1"}})["problems"];
     ASSERT_EQ(problems.size(), 1U);
     EXPECT_NE(problems[0].get<std::string>().find(where), std::string::npos) << problems.dump();
-    refused("backup.restore",
-            {{"target", target}, {"name", "vol-s1"}, {"volume", "bad"}, {"stores", {"a"}}},
-            "corruption", where);
+    // The restore fails at that chunk; its volume stays blocked (it holds
+    // part of the backup) until it is deleted.
+    ok("backup.restore",
+       {{"target", target}, {"name", "vol-s1"}, {"volume", "bad"}, {"stores", {"a"}}});
+    const Json failed = finished_job({{"target", target}}, "vol-s1", "restore", 15, "bad");
+    ASSERT_EQ(failed["state"], "failed") << failed.dump();
+    EXPECT_EQ(failed["volume"], "bad");
+    EXPECT_NE(failed["error"].get<std::string>().find(where), std::string::npos) << failed.dump();
+    const Json bad = ok("volume.show", {{"name", "bad"}});
+    ASSERT_TRUE(bad.contains("restoring")) << bad.dump();
+    EXPECT_NE(bad["restoring"].get<std::string>().find(where), std::string::npos) << bad.dump();
+    refused("snapshot.create", {{"volume", "bad"}, {"name", "s"}}, "busy",
+            "volume 'bad' is being restored from backup 'vol-s1'");
+    ok("volume.delete", {{"name", "bad"}});
     refused("volume.show", {{"name", "bad"}}, "not_found", "bad");
   }
 
-  const Json deleted = ok("backup.delete", {{"target", target}, {"name", "vol-s1"}});
+  ok("backup.delete", {{"target", target}, {"name", "vol-s1"}});
+  const Json deleted = finished_job({{"target", target}}, "vol-s1", "delete");
+  ASSERT_EQ(deleted["state"], "done") << deleted.dump() << log_text();
   EXPECT_EQ(deleted["chunks_removed"], 3);
   EXPECT_TRUE(ok("backup.list", {{"target", target}})["backups"].empty());
   refused("backup.verify", {{"target", target}, {"name", "vol-s1"}}, "not_found",
@@ -212,7 +303,9 @@ TEST_F(BackupDaemonTest, S3Target) {
   EXPECT_EQ(
       ok("backup.restore", with({{"name", "b1"}, {"volume", "copy"}, {"stores", {"a"}}}))["chunks"],
       3);
-  EXPECT_EQ(ok("backup.delete", with({{"name", "b1"}}))["chunks_removed"], 3);
+  EXPECT_EQ(finished_job(target, "b1", "restore")["state"], "done") << log_text();
+  ok("backup.delete", with({{"name", "b1"}}));
+  EXPECT_EQ(finished_job(target, "b1", "delete")["chunks_removed"], 3) << log_text();
   EXPECT_TRUE(ok("backup.list", target)["backups"].empty());
 }
 
@@ -298,6 +391,176 @@ TEST_F(BackupDaemonTest, BackupResumesAfterSigkill) {
   auto restored = backup::run_restore(repo, "b", writer, {});
   ASSERT_TRUE(restored.ok()) << restored.error().to_string();
   EXPECT_TRUE(writer.bytes == content) << "the resumed backup restores other bytes";
+}
+
+// A restore is a background job: the control thread answers while a
+// throttled restore runs, the volume cannot be exposed or snapshotted until
+// it is done, and a SIGKILL mid-way resumes at start-up after the last
+// checkpoint (the chunks committed on every replica are not read again);
+// both replicas end byte-identical to the snapshot.
+TEST_F(BackupDaemonTest, RestoreResumesAfterSigkill) {
+  constexpr uint64_t kChunks = 48;
+  constexpr uint64_t kBytes = 128 * kMiB;
+  const std::string store_a = dir_ + "/store-a";
+  const std::string store_b = dir_ + "/store-b";
+  const std::string target = dir_ + "/backups";
+  std::vector<std::byte> content(kBytes);
+  {
+    // The backup, made with the library before the daemon starts.
+    dbs::FileDeviceOptions options;
+    options.create_size = 160 * kMiB;
+    auto device = dbs::FileDevice::open(store_a, options);
+    ASSERT_TRUE(device.ok());
+    ASSERT_TRUE(dbs::Store::format(**device).ok());
+    auto store = dbs::Store::open(**device);
+    ASSERT_TRUE(store.ok());
+    ASSERT_TRUE(engine::create_dbs_replica(**store, "vol", kBytes).ok());
+    const dbs::VolumeId id = *(*store)->find_volume("vol");
+    write_chunks(**store, id, kChunks, 1, content);
+    ASSERT_TRUE((*store)->commit().ok());
+    ASSERT_TRUE((*store)->create_snapshot(id, "s1").ok());
+    auto t = backup::open_target(target);
+    ASSERT_TRUE(t.ok());
+    backup::Repository repo(**t);
+    backup::BackupOptions backup_options;
+    backup_options.name = "b";
+    auto made = backup::backup_snapshot(**store, repo, "vol", "s1", backup_options);
+    ASSERT_TRUE(made.ok()) << made.error().to_string();
+    ASSERT_EQ(made->entries.size(), kChunks);
+    ASSERT_TRUE((*store)->close().ok());
+  }
+  empty_store(store_b, 160 * kMiB);
+  start();
+  ok("store.add", {{"name", "a"}, {"path", store_a}});
+  ok("store.add", {{"name", "b"}, {"path", store_b}});
+  // 64 KiB per chunk at 1 MiB/s: 16 chunks (one checkpoint) a second, 3 s in all.
+  const Json started = ok(
+      "backup.restore",
+      {{"target", target}, {"name", "b"}, {"volume", "copy"}, {"stores", {"a", "b"}}, {"rate", 1}});
+  EXPECT_EQ(started["state"], "running");
+  const Json midway =
+      wait_for("backup.show", {{"target", target}, {"name", "b"}}, [](const Json& r) {
+        return !r["jobs"].empty() && r["jobs"][0]["chunks_done"].get<uint64_t>() >= 20;
+      });
+  ASSERT_EQ(midway["jobs"][0]["kind"], "restore") << midway.dump();
+  ASSERT_EQ(midway["jobs"][0]["state"], "running") << midway.dump();
+  EXPECT_EQ(midway["jobs"][0]["resumed"], false);
+  EXPECT_GT(midway["jobs"][0]["percent"].get<double>(), 0.0);
+  EXPECT_TRUE(midway["jobs"][0]["eta_seconds"].is_number()) << midway.dump();
+  // The control thread answers meanwhile, and the volume is not usable.
+  EXPECT_EQ(ok("daemon.status")["volumes"], 1) << "daemon.status";
+  const Json copy = ok("volume.show", {{"name", "copy"}});
+  ASSERT_TRUE(copy.contains("restoring")) << copy.dump();
+  refused("volume.expose", {{"name", "copy"}}, "busy",
+          "volume 'copy' is being restored from backup 'b'");
+  refused("snapshot.create", {{"volume", "copy"}, {"name", "s"}}, "busy", "being restored");
+  refused("volume.resize", {{"name", "copy"}, {"size", 256 * kMiB}}, "busy", "being restored");
+  refused("backup.delete", {{"target", target}, {"name", "b"}}, "busy",
+          "is being restored into volume 'copy'");
+  const Json still = ok("backup.show", {{"target", target}, {"name", "b"}});
+  ASSERT_EQ(still["jobs"][0]["state"], "running") << "the restore ended before the checks";
+  EXPECT_EQ(stop(SIGKILL), 128 + SIGKILL);
+
+  const std::string jobs_dir = dir_ + "/state/backup-jobs/jobs";
+  ASSERT_EQ(std::distance(fs::directory_iterator(jobs_dir), fs::directory_iterator()), 1);
+
+  start();  // stores and volume from state.json, the restore from its state file
+  refused("volume.expose", {{"name", "copy"}}, "busy", "being restored");
+  const Json job = finished_job({{"target", target}}, "b", "restore", 60);
+  ASSERT_EQ(job["state"], "done") << job.dump() << log_text();
+  EXPECT_EQ(job["resumed"], true);
+  EXPECT_EQ(job["chunks_total"], kChunks);
+  EXPECT_EQ(job["chunks_done"], kChunks);
+  // Resumed after a checkpoint: what was committed before it was not read again.
+  EXPECT_GE(job["chunks_skipped"].get<uint64_t>(), 16U) << job.dump();
+  EXPECT_LT(job["chunks_skipped"].get<uint64_t>(), kChunks) << job.dump();
+  EXPECT_FALSE(ok("volume.show", {{"name", "copy"}}).contains("restoring"));
+  EXPECT_TRUE(fs::is_empty(jobs_dir)) << "the finished restore's state file is still there";
+  EXPECT_TRUE(ok("backup.verify", {{"target", target}, {"name", "b"}})["problems"].empty());
+  EXPECT_EQ(stop(), 0);
+  EXPECT_TRUE(read_volume(store_a, "copy", kBytes) == content) << "replica on a";
+  EXPECT_TRUE(read_volume(store_b, "copy", kBytes) == content) << "replica on b";
+}
+
+// A delete is a background job too: SIGKILLed mid-way (its manifest is
+// removed first, some chunks after it), the restarted daemon finishes the
+// collection from the manifests left - and never removes a chunk the
+// remaining backup needs.
+TEST_F(BackupDaemonTest, DeleteResumesAfterSigkill) {
+  constexpr uint64_t kChunks = 48;
+  constexpr uint64_t kChanged = 12;
+  constexpr uint64_t kBytes = 128 * kMiB;
+  const std::string store_a = dir_ + "/store-a";
+  const std::string target = dir_ + "/backups";
+  std::vector<std::byte> first(kBytes);
+  std::vector<std::byte> second;
+  {
+    dbs::FileDeviceOptions options;
+    options.create_size = 160 * kMiB;
+    auto device = dbs::FileDevice::open(store_a, options);
+    ASSERT_TRUE(device.ok());
+    ASSERT_TRUE(dbs::Store::format(**device).ok());
+    auto store = dbs::Store::open(**device);
+    ASSERT_TRUE(store.ok());
+    ASSERT_TRUE(engine::create_dbs_replica(**store, "vol", kBytes).ok());
+    const dbs::VolumeId id = *(*store)->find_volume("vol");
+    write_chunks(**store, id, kChunks, 1, first);
+    ASSERT_TRUE((*store)->commit().ok());
+    ASSERT_TRUE((*store)->create_snapshot(id, "s1").ok());
+    // s2: the first kChanged chunks rewritten, the others shared with s1.
+    second = first;
+    write_chunks(**store, id, kChanged, 2, second);
+    ASSERT_TRUE((*store)->commit().ok());
+    ASSERT_TRUE((*store)->create_snapshot(id, "s2").ok());
+    auto t = backup::open_target(target);
+    ASSERT_TRUE(t.ok());
+    backup::Repository repo(**t);
+    for (const auto& [name, snapshot] : {std::pair{"b1", "s1"}, std::pair{"b2", "s2"}}) {
+      backup::BackupOptions backup_options;
+      backup_options.name = name;
+      auto made = backup::backup_snapshot(**store, repo, "vol", snapshot, backup_options);
+      ASSERT_TRUE(made.ok()) << made.error().to_string();
+    }
+    ASSERT_EQ(repo.target().list("chunks/")->size(), kChunks + kChanged);
+    ASSERT_TRUE((*store)->close().ok());
+  }
+  start();
+  // 12 chunks only b1 names, removed at 4 a second: 3 s.
+  ok("backup.delete", {{"target", target}, {"name", "b1"}, {"rate", 4}});
+  const Json midway =
+      wait_for("backup.show", {{"target", target}, {"name", "b1"}}, [](const Json& r) {
+        return !r["jobs"].empty() && r["jobs"][0]["chunks_removed"].get<uint64_t>() >= 2;
+      });
+  ASSERT_EQ(midway["jobs"][0]["kind"], "delete") << midway.dump();
+  ASSERT_EQ(midway["jobs"][0]["state"], "running") << midway.dump();
+  EXPECT_FALSE(midway.contains("backup")) << "the manifest goes first";
+  refused("backup.delete", {{"target", target}, {"name", "b1"}}, "busy", "is being deleted");
+  EXPECT_EQ(stop(SIGKILL), 128 + SIGKILL);
+  {
+    auto t = backup::open_target(target);
+    ASSERT_TRUE(t.ok());
+    const size_t left = (*t)->list("chunks/")->size();
+    EXPECT_LT(left, kChunks + kChanged - 1) << "nothing was removed before the kill";
+    EXPECT_GT(left, kChunks) << "the delete finished before the kill";
+  }
+
+  start();  // the delete resumes from its state file
+  const Json job = finished_job({{"target", target}}, "b1", "delete", 60);
+  ASSERT_EQ(job["state"], "done") << job.dump() << log_text();
+  EXPECT_EQ(job["resumed"], true);
+  const Json list = ok("backup.list", {{"target", target}});
+  ASSERT_EQ(list["backups"].size(), 1U) << list.dump();
+  EXPECT_EQ(list["backups"][0]["name"], "b2");
+  EXPECT_TRUE(ok("backup.verify", {{"target", target}, {"name", "b2"}})["problems"].empty());
+  auto t = backup::open_target(target);
+  ASSERT_TRUE(t.ok());
+  EXPECT_EQ((*t)->list("chunks/")->size(), kChunks) << "b2's chunks, and only those";
+  backup::Repository repo(**t);
+  MemoryWriter writer(kBytes);
+  auto restored = backup::run_restore(repo, "b2", writer, {});
+  ASSERT_TRUE(restored.ok()) << restored.error().to_string();
+  EXPECT_TRUE(writer.bytes == second);
+  EXPECT_TRUE(fs::is_empty(dir_ + "/state/backup-jobs/jobs"));
 }
 
 // A job state file the daemon cannot use is left alone with an error, and

@@ -64,6 +64,9 @@ struct BackupOptions {
   uint64_t rate_bytes_per_sec = 0;  // 0 = unthrottled
   uint32_t checkpoint_chunks = 64;  // a partial manifest every this many chunks read
   uint64_t create_time = 0;         // 0 = now
+  // Threads hashing and compressing chunks (0 = one per CPU, at most 16);
+  // the output is the same for any count (docs/backup-format.md, "Workers").
+  unsigned workers = 0;
   std::function<void(const BackupProgress&)> on_progress;
   std::stop_token stop;  // stop requested: a partial manifest is written, ECANCELED
 };

@@ -56,6 +56,25 @@ ChunkHash chunk_hash(const ChunkContent& chunk);
 // compression does not shrink it).
 std::vector<std::byte> encode_chunk(const ChunkContent& chunk, int level = 3);
 
+// Encodes chunks like encode_chunk (the same bytes) with one zstd context
+// and the caller's output buffer reused from chunk to chunk: no allocation
+// per chunk once the buffer has its full size. One per thread.
+class ChunkEncoder {
+ public:
+  explicit ChunkEncoder(int level = 3);
+  ~ChunkEncoder();
+  ChunkEncoder(const ChunkEncoder&) = delete;
+  ChunkEncoder& operator=(const ChunkEncoder&) = delete;
+
+  // Encodes `chunk` into `out` (grown once to the largest chunk file, never
+  // shrunk) and returns the file's length.
+  size_t encode(const ChunkContent& chunk, std::vector<std::byte>& out);
+
+ private:
+  int level_;
+  void* context_;  // ZSTD_CCtx (zstd.h stays out of this header)
+};
+
 // Parses and checks a chunk file: magic, version, header CRC, payload CRC,
 // decompressed length, and that its content hashes to `expected`. Errors are
 // EUCLEAN (corruption) and say which check failed.

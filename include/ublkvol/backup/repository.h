@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -35,6 +36,9 @@ class Repository {
   // already (content addressing: same content, same object). Returns the
   // hash; `written` (if given) says whether an object was written.
   Result<ChunkHash> put_chunk(const ChunkContent& chunk, bool* written = nullptr);
+  // The same for a chunk hashed and encoded already (ChunkEncoder): puts
+  // `file` as chunk `hash` unless it is stored; true if it was written.
+  Result<bool> put_encoded_chunk(const ChunkHash& hash, std::span<const std::byte> file);
   // Reads and checks a chunk; errors are the target's or EUCLEAN from
   // decode_chunk, prefixed with the key.
   Result<ChunkContent> get_chunk(const ChunkHash& hash);
