@@ -35,14 +35,15 @@ _ublk_volume() {
       --socket=*) _ublk_volume_socket="${w#--socket=}" ;;
       --size|-s|--extent-size|--min-replicas|--queues|--queue-depth|--reason|--timeout|\
       --rate|-i|--interval|-c|--count|-o|--output|\
-      --snapshot|--to|--target|--name|--parent|--volume|--store) ((i++)) ;;
+      --snapshot|--to|--target|--name|--parent|--volume|--store|--remote|--tls-psk|--psk-file) ((i++)) ;;
       -*) ;;
       *) cmd+=("$w") ;;
     esac
   done
 
   case "$prev" in
-    --socket|-o|--output) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+    --socket|-o|--output|--tls-psk|--psk-file) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+    --remote) return ;;
     --to|--target) COMPREPLY=($(compgen -d -- "$cur")); return ;;
     --snapshot|--name|--parent) return ;;
     --size|-s|--extent-size) COMPREPLY=($(compgen -W "1G 10G 100G 1T" -- "$cur")); return ;;
@@ -66,7 +67,7 @@ _ublk_volume() {
     volume)
       case "$sub" in
         "") words_list="create import list show delete expose unexpose resize export unexport" ;;
-        create) opts+=" --size --store --min-replicas" ;;
+        create) opts+=" --size --store --min-replicas --remote --tls-psk --insecure-plain" ;;
         import) opts+=" --store --min-replicas" ;;
         expose) opts+=" --queues --queue-depth"
                 [[ $nargs -eq 0 ]] && words_list="$(_ublk_volume_names volumes)" ;;
@@ -93,11 +94,13 @@ _ublk_volume() {
       esac ;;
     replica)
       case "$sub" in
-        "") words_list="list add remove rebuild fail verify" ;;
-        add) opts+=" --wait --timeout"
+        "") words_list="list add remove replace rebuild fail verify" ;;
+        add) opts+=" --wait --timeout --tls-psk --insecure-plain"
              [[ $nargs -eq 0 ]] && words_list="$(_ublk_volume_names volumes)"
              [[ $nargs -eq 1 ]] && words_list="$(_ublk_volume_names stores)" ;;
         rebuild) opts+=" --wait --timeout"
+                 [[ $nargs -eq 0 ]] && words_list="$(_ublk_volume_names volumes)" ;;
+        replace) opts+=" --wait --timeout --tls-psk --insecure-plain"
                  [[ $nargs -eq 0 ]] && words_list="$(_ublk_volume_names volumes)" ;;
         fail) opts+=" --reason --force"
               [[ $nargs -eq 0 ]] && words_list="$(_ublk_volume_names volumes)" ;;

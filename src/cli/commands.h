@@ -18,6 +18,15 @@ void add_replica_commands(CLI::App& app, CommandTree& tree);   // commands_repli
 void add_stats_command(CLI::App& app, CommandTree& tree);      // commands_stats.cpp
 void add_backup_commands(CLI::App& app, CommandTree& tree);    // commands_backup.cpp
 
+// Remote replicas (remote_options.cpp): the URI option (`uri_option`, ""
+// for a positional one the caller adds), --tls-psk and --insecure-plain;
+// whether a replica target is a URI rather than a store name; the params.
+void add_remote_options(CLI::App* c, std::string& uri, std::string& tls_psk, bool& insecure_plain,
+                        const std::string& uri_option);
+bool is_remote_target(const std::string& target);
+void add_remote_params(Json& params, const std::string& key, const std::string& uri,
+                       const std::string& tls_psk, bool insecure_plain);
+
 // --wait of replica add/rebuild and replica verify (wait.cpp): poll
 // volume.show until the replica is in sync / the verify finished.
 ExitCode wait_for_replica(Session& s, const std::string& volume, uint64_t index, double timeout);

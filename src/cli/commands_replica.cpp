@@ -15,10 +15,14 @@ void add_replica_commands(CLI::App& app, CommandTree& tree) {
       "Replace a failed replica:\n"
       "  ublk-volume replica list vol0\n"
       "  ublk-volume replica remove vol0 1\n"
-      "  ublk-volume replica add vol0 s3 --wait\n");
+      "  ublk-volume replica add vol0 s3 --wait\n"
+      "A replica on another host (its daemon: ublk-volume volume export ... --tls-psk F):\n"
+      "  ublk-volume replica add vol0 nbds://alice@hostB:10809/vol0r --tls-psk F --wait\n");
 
   struct Args {
     std::string volume, store, reason;
+    std::string tls_psk;  // replica add with a URI
+    bool insecure_plain = false;
     uint64_t index = 0;
     bool wait = false;
     bool force = false;
@@ -44,9 +48,19 @@ void add_replica_commands(CLI::App& app, CommandTree& tree) {
                          });
   c->add_option("volume", a->volume, "Volume name")->required();
 
-  c = tree.add(replica, "add", Method::kReplicaAdd, "  ublk-volume replica add vol0 s3 --wait\n",
+  c = tree.add(replica, "add", Method::kReplicaAdd,
+               "  ublk-volume replica add vol0 s3 --wait\n"
+               "  ublk-volume replica add vol0 nbds://alice@hostB:10809/vol0r \\\n"
+               "      --tls-psk /etc/ublk-volumed/nbd.psk --wait\n",
                [a](Session& s) {
-                 auto r = s.call(Method::kReplicaAdd, {{"volume", a->volume}, {"store", a->store}});
+                 const bool remote = is_remote_target(a->store);
+                 Json params = {{"volume", a->volume}};
+                 if (remote) {
+                   add_remote_params(params, "uri", a->store, a->tls_psk, a->insecure_plain);
+                 } else {
+                   params["store"] = a->store;
+                 }
+                 auto r = s.call(Method::kReplicaAdd, params);
                  if (!r) {
                    return s.status();
                  }
@@ -55,12 +69,16 @@ void add_replica_commands(CLI::App& app, CommandTree& tree) {
                    return wait_for_replica(s, a->volume, index, a->timeout);
                  }
                  return s.done(*r, "added replica " + std::to_string(index) + " of volume '" +
-                                       a->volume + "' on store '" + a->store +
+                                       a->volume + "' on " + (remote ? "" : "store ") + "'" +
+                                       a->store +
                                        "' (rebuilding; follow it with: ublk-volume volume show " +
                                        a->volume + ")");
                });
   c->add_option("volume", a->volume, "Volume name")->required();
-  c->add_option("store", a->store, "Store for the new replica")->required();
+  c->add_option("target", a->store,
+                "Store for the new replica, or an NBD URI (a replica on another host's export)")
+      ->required();
+  add_remote_options(c, a->store, a->tls_psk, a->insecure_plain, "");
   add_wait(c);
 
   c = tree.add(
@@ -75,6 +93,35 @@ void add_replica_commands(CLI::App& app, CommandTree& tree) {
   c->add_option("index", a->index, "Replica index (see replica list)")
       ->required()
       ->check(CLI::NonNegativeNumber);
+
+  auto rp = std::make_shared<Args>();
+  c = tree.add(replica, "replace", Method::kReplicaReplace,
+               "  ublk-volume replica replace vol0 1 nbds://alice@hostC:10809/vol0r \\\n"
+               "      --tls-psk /etc/ublk-volumed/nbd.psk --wait\n",
+               [rp, a](Session& s) {
+                 Json params = {{"volume", rp->volume}, {"index", rp->index}};
+                 add_remote_params(params, "uri", rp->store, rp->tls_psk, rp->insecure_plain);
+                 auto r = s.call(Method::kReplicaReplace, params);
+                 if (!r) {
+                   return s.status();
+                 }
+                 const uint64_t index = r->value("index", uint64_t{0});
+                 if (a->wait) {
+                   return wait_for_replica(s, rp->volume, index, a->timeout);
+                 }
+                 return s.done(*r, "replaced replica " + std::to_string(rp->index) +
+                                       " of volume '" + rp->volume + "' by " + rp->store +
+                                       " (replica " + std::to_string(index) +
+                                       ", rebuilding; follow it with: ublk-volume volume show " +
+                                       rp->volume + ")");
+               });
+  c->add_option("volume", rp->volume, "Volume name")->required();
+  c->add_option("index", rp->index, "Replica index to replace (see replica list)")
+      ->required()
+      ->check(CLI::NonNegativeNumber);
+  c->add_option("uri", rp->store, "NBD URI of the new replica (another host's export)")->required();
+  add_remote_options(c, rp->store, rp->tls_psk, rp->insecure_plain, "");
+  add_wait(c);
 
   c = tree.add(
       replica, "rebuild", Method::kReplicaRebuild, "  ublk-volume replica rebuild vol0 1 --wait\n",

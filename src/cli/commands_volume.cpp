@@ -21,12 +21,16 @@ void add_volume_commands(CLI::App& app, CommandTree& tree) {
     std::string name, size;
     std::vector<std::string> stores;
     uint64_t min_replicas = 0;
+    std::string remote, tls_psk;  // a replica on an NBD export (docs/nbd.md)
+    bool insecure_plain = false;
   };
   auto create = std::make_shared<CreateArgs>();
   CLI::App* c = tree.add(
       volume, "create", Method::kVolumeCreate,
       "  ublk-volume volume create vol0 --size 10G --store s0 s1 s2\n"
-      "  ublk-volume volume create db --size 1.5T --store s0,s1 --min-replicas 1\n",
+      "  ublk-volume volume create db --size 1.5T --store s0,s1 --min-replicas 1\n"
+      "  ublk-volume volume create vol1 --size 10G --store s0 \\\n"
+      "      --remote nbds://alice@hostB:10809/vol1r --tls-psk /etc/ublk-volumed/nbd.psk\n",
       [create](Session& s) {
         auto size = size_argument(s, create->size, "--size");
         if (!size) {
@@ -36,13 +40,16 @@ void add_volume_commands(CLI::App& app, CommandTree& tree) {
         if (create->min_replicas > 0) {
           params["min_replicas"] = create->min_replicas;
         }
+        add_remote_params(params, "remote", create->remote, create->tls_psk,
+                          create->insecure_plain);
         auto r = s.call(Method::kVolumeCreate, params);
         if (!r) {
           return s.status();
         }
         return s.done(*r, "created volume '" + create->name + "' (" + format_size(*size) + ", " +
                               std::to_string(create->stores.size()) + " replica(s) on " +
-                              join(create->stores) + ")");
+                              join(create->stores) +
+                              (create->remote.empty() ? "" : " + remote " + create->remote) + ")");
       });
   c->add_option("name", create->name, "Volume name")->required();
   c->add_option("-s,--size", create->size, "Size, e.g. 10G, 512M, 1.5T (multiple of 4K)")
@@ -54,6 +61,7 @@ void add_volume_commands(CLI::App& app, CommandTree& tree) {
                 "Replicas that must stay in sync for the volume to stay online "
                 "(default: the daemon's config)")
       ->check(CLI::PositiveNumber);
+  add_remote_options(c, create->remote, create->tls_psk, create->insecure_plain, "--remote");
 
   auto adopt = std::make_shared<CreateArgs>();
   c = tree.add(volume, "import", Method::kVolumeImport,

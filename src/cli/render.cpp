@@ -79,7 +79,7 @@ size_t in_sync_count(const Json& volume) {
 // on stores that are not available (missing_stores): a missing replica
 // counts, or "2/2 in sync" would hide it.
 size_t replica_count(const Json& volume) {
-  size_t n = array(volume, "missing_stores").size();
+  size_t n = array(volume, "missing_stores").size() + array(volume, "pending_remotes").size();
   for (const auto& r : array(volume, "replicas")) {
     n += str(r, "state") != "removed";
   }
@@ -227,8 +227,55 @@ void render_replica_list(std::ostream& out, const Json& replicas) {
   Table table(
       {{"INDEX", A::kRight}, {"STORE"}, {"STATE"}, {"GENERATION", A::kRight}, {"LAST-ERROR"}});
   for (const auto& r : replicas) {
-    table.add_row({str(r, "index"), str(r, "store"), str(r, "state"),
-                   format_generation(r.value("generation", Json())), str(r, "last_error")});
+    // A remote replica (on an NBD export) shows its URI where a store name goes.
+    const Json remote = r.value("remote", Json());
+    table.add_row({str(r, "index"), remote.is_object() ? str(remote, "uri") : str(r, "store"),
+                   str(r, "state"), format_generation(r.value("generation", Json())),
+                   str(r, "last_error")});
+  }
+  table.print(out);
+}
+
+// volume show's "Remote replicas:" table: one row per replica on an NBD
+// export (in the engine, then those not reached since start).
+void render_remote_replicas(std::ostream& out, const Json& volume) {
+  Json rows = Json::array();
+  for (const auto& r : array(volume, "replicas")) {
+    if (r.value("remote", Json()).is_object()) {
+      Json row = r["remote"];
+      row["index"] = r.value("index", Json());
+      rows.push_back(row);
+    }
+  }
+  for (const auto& p : array(volume, "pending_remotes")) {
+    rows.push_back({{"index", "-"},
+                    {"uri", p.value("uri", "")},
+                    {"state", "connecting"},
+                    {"last_error", p.value("error", "")}});
+  }
+  if (rows.empty()) {
+    return;
+  }
+  out << "Remote replicas:\n";
+  using A = Table::Align;
+  Table table({{"INDEX", A::kRight},
+               {"URI"},
+               {"STATE"},
+               {"CONN", A::kRight},
+               {"P50", A::kRight},
+               {"P99", A::kRight},
+               {"RECONNECTS", A::kRight},
+               {"LAST-ERROR"}});
+  for (const auto& r : rows) {
+    const auto us = [&](const char* key) {
+      return r.contains(key) ? str(r, key) + "us" : std::string("-");
+    };
+    table.add_row(
+        {str(r, "index"), str(r, "uri"), str(r, "state"),
+         r.contains("connections") ? str(r, "live_connections") + "/" + str(r, "connections")
+                                   : std::string("-"),
+         us("latency_p50_us"), us("latency_p99_us"),
+         r.contains("reconnects") ? str(r, "reconnects") : std::string("-"), str(r, "last_error")});
   }
   table.print(out);
 }
@@ -321,7 +368,15 @@ void render_volume(std::ostream& out, const Json& volume) {
                         {"generation", nullptr},
                         {"last_error", "store unavailable"}});
   }
+  for (const auto& p : array(volume, "pending_remotes")) {
+    replicas.push_back({{"index", "-"},
+                        {"store", p.value("uri", "")},
+                        {"state", "connecting"},
+                        {"generation", nullptr},
+                        {"last_error", p.value("error", "")}});
+  }
   render_replica_list(out, replicas);
+  render_remote_replicas(out, volume);
   const auto& events = array(volume, "events");
   if (!events.empty()) {
     out << "Events:\n";

@@ -20,8 +20,10 @@ void render_volume_list(std::ostream& out, const Json& result);     // volume.li
 void render_volume(std::ostream& out, const Json& volume);          // volume.show
 void render_verify(std::ostream& out, const Json& verify);          // volume.show "verify"
 void render_replica_list(std::ostream& out, const Json& replicas);  // array
-void render_snapshot_list(std::ostream& out, const Json& result);   // snapshot.list
-void render_status(std::ostream& out, const Json& status);          // daemon.status
+// volume.show's remote replicas (URI, state, connections, latency, errors).
+void render_remote_replicas(std::ostream& out, const Json& volume);
+void render_snapshot_list(std::ostream& out, const Json& result);  // snapshot.list
+void render_status(std::ostream& out, const Json& status);         // daemon.status
 void render_store_gc(std::ostream& out, const std::string& name, const Json& result);  // store.gc
 
 // A generation id (random 64-bit, docs/engine.md) as 16 hex digits, as the

@@ -115,6 +115,26 @@ Result<StatsSample> parse_stats(const Json& result) {
         c.verify.last_unrepaired_bytes = last->value("unrepaired_bytes", uint64_t{0});
       }
     }
+    if (auto remotes = v.find("remote_replicas"); remotes != v.end() && remotes->is_array()) {
+      for (const auto& r : *remotes) {
+        if (!r.is_object()) {
+          return bad_field(where, "'remote_replicas' holds a non-object");
+        }
+        VolumeCounters::Remote remote;
+        const Json index = r.value("index", Json());
+        remote.index = index.is_number_unsigned() ? std::to_string(index.get<uint64_t>()) : "";
+        remote.uri = r.value("uri", "");
+        remote.state = r.value("state", "");
+        remote.connections = r.value("connections", uint64_t{0});
+        remote.live_connections = r.value("live_connections", uint64_t{0});
+        remote.requests = r.value("requests", uint64_t{0});
+        remote.failed_requests = r.value("failed_requests", uint64_t{0});
+        remote.latency_p50_us = r.value("latency_p50_us", uint64_t{0});
+        remote.latency_p99_us = r.value("latency_p99_us", uint64_t{0});
+        remote.reconnects = r.value("reconnects", uint64_t{0});
+        c.remotes.push_back(std::move(remote));
+      }
+    }
     sample.volumes.push_back(std::move(c));
   }
   if (auto reactors = result.find("reactors"); reactors != result.end()) {
@@ -416,6 +436,64 @@ std::string prometheus_text(const StatsSample& sample) {
         out << prefix << "_sum{" << volume << "} " << number(h.sum_ns / 1e9) << '\n';
       }
       out << prefix << "_count{" << volume << "} " << cumulative << '\n';
+    }
+  }
+  // Remote replicas: one series per replica (labels volume, index, uri);
+  // the state is a label of ublkvol_remote_replica_state, 1 for the current.
+  bool any_remote = false;
+  for (const auto& v : sample.volumes) {
+    any_remote = any_remote || !v.remotes.empty();
+  }
+  if (any_remote) {
+    struct RemoteMetric {
+      const char* name;
+      const char* type;
+      const char* help;
+      uint64_t VolumeCounters::Remote::*field;
+      double scale;
+    };
+    static const RemoteMetric kRemote[] = {
+        {"connections", "gauge", "NBD connections opened to the remote replica's export.",
+         &VolumeCounters::Remote::connections, 1},
+        {"live_connections", "gauge", "NBD connections to the export still alive.",
+         &VolumeCounters::Remote::live_connections, 1},
+        {"requests_total", "counter", "Requests completed by the current connection set.",
+         &VolumeCounters::Remote::requests, 1},
+        {"failed_requests_total", "counter", "Requests completed with an error.",
+         &VolumeCounters::Remote::failed_requests, 1},
+        {"latency_p50_seconds", "gauge", "Median request latency (upper bound of its bucket).",
+         &VolumeCounters::Remote::latency_p50_us, 1e-6},
+        {"latency_p99_seconds", "gauge", "99th percentile request latency (bucket upper bound).",
+         &VolumeCounters::Remote::latency_p99_us, 1e-6},
+        {"reconnects_total", "counter", "Reconnects (each followed by a resync or rebuild).",
+         &VolumeCounters::Remote::reconnects, 1},
+    };
+    auto labels = [](const VolumeCounters& v, const VolumeCounters::Remote& r) {
+      return "{volume=\"" + label(v.name) + "\",index=\"" + label(r.index) + "\",uri=\"" +
+             label(r.uri) + "\"";
+    };
+    out << "# HELP ublkvol_remote_replica_state The remote replica's state (in_sync, resyncing, "
+           "out, connecting) as a label; 1 for the current one.\n"
+           "# TYPE ublkvol_remote_replica_state gauge\n";
+    for (const auto& v : sample.volumes) {
+      for (const auto& r : v.remotes) {
+        out << "ublkvol_remote_replica_state" << labels(v, r) << ",state=\"" << label(r.state)
+            << "\"} 1\n";
+      }
+    }
+    for (const auto& metric : kRemote) {
+      out << "# HELP ublkvol_remote_replica_" << metric.name << ' ' << metric.help << '\n';
+      out << "# TYPE ublkvol_remote_replica_" << metric.name << ' ' << metric.type << '\n';
+      for (const auto& v : sample.volumes) {
+        for (const auto& r : v.remotes) {
+          out << "ublkvol_remote_replica_" << metric.name << labels(v, r) << "} ";
+          if (metric.scale == 1) {
+            out << r.*metric.field << '\n';
+          } else {
+            out << number(static_cast<double>(r.*metric.field) * metric.scale) << '\n';
+          }
+        }
+      }
     }
   }
   // Reactors: rate(busy_seconds_total) is the share of a CPU each one used.

@@ -51,6 +51,14 @@ struct VolumeCounters {
     uint64_t last_bytes = 0, last_mismatched_bytes = 0, last_repaired_bytes = 0;
     uint64_t last_unrepaired_bytes = 0;
   } verify;
+  // Replicas on NBD exports (the "remote_replicas" list; absent from older
+  // daemons). index is "" while the replica was not reached since start.
+  struct Remote {
+    std::string index, uri, state;
+    uint64_t connections = 0, live_connections = 0, requests = 0, failed_requests = 0;
+    uint64_t latency_p50_us = 0, latency_p99_us = 0, reconnects = 0;
+  };
+  std::vector<Remote> remotes;
 };
 
 // A reactor's cumulative counters (the "reactors" list; absent from older

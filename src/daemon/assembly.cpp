@@ -157,6 +157,9 @@ void Registry::close_slot(ReplicaSlot& slot) {
     });
   }
   slot.replica.reset();
+  if (slot.remote) {
+    slot.remote->release();  // the record stays: see replica.remove for dropping it
+  }
 }
 
 Status Registry::open_engine(VolumeEntry& v) {
@@ -164,18 +167,31 @@ Status Registry::open_engine(VolumeEntry& v) {
   for (auto& slot : v.slots) {
     if (slot.store != nullptr) {
       bindings.push_back({slot.replica.get(), slot.store->thread.get()});
+    } else if (slot.remote) {
+      bindings.push_back(slot.remote->binding());
     }
   }
   engine::ReplicatedVolumeOptions options = engine_options(v);
   options.min_replicas = std::min<unsigned>(v.min_replicas, bindings.size());
   UBLKVOL_ASSIGN_OR_RETURN(v.engine, stack::open_volume(options, std::move(bindings)));
   v.frontend = std::make_unique<FrontendVolume>(*v.engine, config.write_through);
+  // Remote replicas: from now on their keepers reconnect them (remote_replicas.h).
+  for (unsigned i = 0; i < v.slots.size(); ++i) {
+    if (v.slots[i].remote) {
+      start_keeper(*v.slots[i].remote, *v.engine, i);
+    }
+  }
   v.error.clear();
   return ok_status();
 }
 
 void Registry::close_volume(VolumeEntry& v) {
   stop_export(v);  // its thread has a queue of the engine
+  for (auto& slot : v.slots) {
+    if (slot.remote) {
+      slot.remote->stop();  // no reconnect into an engine that closes
+    }
+  }
   if (v.engine) {
     Status closed = v.engine->close();
     if (!closed.ok()) {
@@ -192,7 +208,8 @@ void Registry::close_volume(VolumeEntry& v) {
 // Opens a volume whose replicas exist in `slot_stores` (by index), adds it.
 Result<VolumeEntry*> Registry::open_new_volume(const std::string& name, uint64_t size,
                                                unsigned min_replicas,
-                                               const std::vector<StoreEntry*>& slot_stores) {
+                                               const std::vector<StoreEntry*>& slot_stores,
+                                               const std::vector<RemoteReplicaRecord>& remotes) {
   auto v = std::make_unique<VolumeEntry>();
   v->name = name;
   v->size_bytes = size;
@@ -204,6 +221,19 @@ Result<VolumeEntry*> Registry::open_new_volume(const std::string& name, uint64_t
       close_volume(*v);
       return opened.error();
     }
+  }
+  for (size_t i = 0; i < remotes.size(); ++i) {
+    ReplicaSlot& slot = v->slots[slot_stores.size() + i];
+    auto region = local_region_bytes(*v);
+    auto replica = region.ok() ? create_remote_replica(remotes[i], name, size, *region)
+                               : Result<std::unique_ptr<nbd::RemoteReplica>>(region.error());
+    if (!replica.ok()) {
+      close_volume(*v);
+      return replica.error();
+    }
+    slot.remote = std::make_unique<RemoteSlot>();
+    slot.remote->record = remotes[i];
+    slot.remote->opened = std::move(*replica);
   }
   Status opened = open_engine(*v);  // its errors name the volume (stack::open_volume)
   if (!opened.ok()) {
@@ -233,6 +263,22 @@ Status Registry::reopen_volume(VolumeEntry& volume) {
     spdlog::error("volume '{}' cannot be reopened: {}", volume.name, volume.error);
   }
   return opened;
+}
+
+Result<uint64_t> Registry::local_region_bytes(VolumeEntry& v) {
+  for (auto& slot : v.slots) {
+    if (slot.store != nullptr && slot.replica && slot.store->thread) {
+      uint64_t region = 0;
+      UBLKVOL_TRY(slot.store->thread->call([&]() {
+        region = slot.replica->region_bytes();
+        return ok_status();
+      }));
+      return region;
+    }
+  }
+  return Error(EINVAL, "volume " + named(v.name) +
+                           " has no open local replica to take the dirty-region size from; a "
+                           "remote replica needs one");
 }
 
 Result<StoreEntry*> Registry::add_open_store(const std::string& name, const std::string& path,

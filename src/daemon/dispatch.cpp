@@ -47,6 +47,7 @@ Result<Json> dispatch(Registry& r, const Request& request) {
       {Method::kReplicaList, &replica_list},
       {Method::kReplicaAdd, &replica_add},
       {Method::kReplicaRemove, &replica_remove},
+      {Method::kReplicaReplace, &replica_replace},  // methods_remote_replica.cpp
       {Method::kReplicaRebuild, &replica_rebuild},
       {Method::kReplicaFail, &replica_fail},
       {Method::kReplicaVerify, &replica_verify},

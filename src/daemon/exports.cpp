@@ -66,8 +66,13 @@ Status start_export(Registry& r, VolumeEntry& v, const ExportRecord& record) {
                  "volume " + named(v.name) + " is already exported on " + v.nbd_export->address());
   }
   auto alloc = std::make_shared<ExportAllocation>();
+  // A remote replica's mappings cannot be read here (and it may be the only
+  // one in sync): then no sources, every range is data.
+  const bool any_remote = std::any_of(v.slots.begin(), v.slots.end(), [](const ReplicaSlot& slot) {
+    return slot.remote != nullptr;
+  });
   for (const auto& slot : v.slots) {
-    if (slot.store != nullptr && slot.replica && slot.store->online()) {
+    if (!any_remote && slot.store != nullptr && slot.replica && slot.store->online()) {
       alloc->sources.push_back({slot.store->thread.get(), slot.store->store.get(), v.name});
     }
   }

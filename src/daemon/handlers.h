@@ -61,6 +61,7 @@ Result<Json> snapshot_clone(Registry& r, Params& p);
 Result<Json> replica_list(Registry& r, Params& p);
 Result<Json> replica_add(Registry& r, Params& p);
 Result<Json> replica_remove(Registry& r, Params& p);
+Result<Json> replica_replace(Registry& r, Params& p);  // methods_remote_replica.cpp
 Result<Json> replica_rebuild(Registry& r, Params& p);
 Result<Json> replica_fail(Registry& r, Params& p);
 Result<Json> replica_verify(Registry& r, Params& p);

@@ -18,7 +18,10 @@ constexpr ParamSpec kStoreGc[] = {{"name", K::kName, true}, {"dry_run", K::kBool
 constexpr ParamSpec kVolumeCreate[] = {{"name", K::kName, true, kMaxVolumeNameLength},
                                        {"size", K::kSize, true},
                                        {"stores", K::kNameList, true},
-                                       {"min_replicas", K::kUint, false}};
+                                       {"min_replicas", K::kUint, false},
+                                       {"remote", K::kString, false},
+                                       {"tls_psk", K::kString, false},
+                                       {"insecure_plain", K::kBool, false}};
 constexpr ParamSpec kVolumeImport[] = {
     {"name", K::kName, true}, {"stores", K::kNameList, true}, {"min_replicas", K::kUint, false}};
 constexpr ParamSpec kVolumeExpose[] = {
@@ -38,7 +41,16 @@ constexpr ParamSpec kSnapshot[] = {{"volume", K::kName, true}, {"name", K::kName
 constexpr ParamSpec kSnapshotClone[] = {{"volume", K::kName, true},
                                         {"snapshot", K::kName, true},
                                         {"clone", K::kName, true, kMaxVolumeNameLength}};
-constexpr ParamSpec kReplicaAdd[] = {{"volume", K::kName, true}, {"store", K::kName, true}};
+constexpr ParamSpec kReplicaAdd[] = {{"volume", K::kName, true},
+                                     {"store", K::kName, false},
+                                     {"uri", K::kString, false},
+                                     {"tls_psk", K::kString, false},
+                                     {"insecure_plain", K::kBool, false}};
+constexpr ParamSpec kReplicaReplace[] = {{"volume", K::kName, true},
+                                         {"index", K::kUint, true},
+                                         {"uri", K::kString, true},
+                                         {"tls_psk", K::kString, false},
+                                         {"insecure_plain", K::kBool, false}};
 constexpr ParamSpec kReplica[] = {{"volume", K::kName, true}, {"index", K::kUint, true}};
 constexpr ParamSpec kReplicaFail[] = {{"volume", K::kName, true},
                                       {"index", K::kUint, true},
@@ -111,9 +123,11 @@ constexpr std::array<MethodInfo, kMethodCount> kMethods = {{
     {Method::kSnapshotClone, "snapshot.clone",
      "Create a new volume from a snapshot (thin: shares its data)", kSnapshotClone},
     {Method::kReplicaList, "replica.list", "List a volume's replicas and their states", kVolume},
-    {Method::kReplicaAdd, "replica.add", "Add a replica on a store; it rebuilds online",
-     kReplicaAdd},
+    {Method::kReplicaAdd, "replica.add",
+     "Add a replica on a store or an NBD export (--uri); it rebuilds online", kReplicaAdd},
     {Method::kReplicaRemove, "replica.remove", "Remove a replica from a volume", kReplica},
+    {Method::kReplicaReplace, "replica.replace",
+     "Replace a replica by one on an NBD export (full online rebuild)", kReplicaReplace},
     {Method::kReplicaRebuild, "replica.rebuild",
      "Resync a failed or stale replica (only what changed)", kReplica},
     {Method::kReplicaFail, "replica.fail",

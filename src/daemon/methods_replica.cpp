@@ -28,7 +28,7 @@ Result<ReplicaArgs> parse_replica(Params& p) {
 // The open volume `a.volume`, which must have a replica at `a.index`.
 Result<VolumeEntry*> volume_with_replica(Registry& r, const ReplicaArgs& a) {
   UBLKVOL_ASSIGN_OR_RETURN(VolumeEntry * v, r.open_volume_named(a.volume));
-  if (a.index >= engine::kMaxReplicas || v->slots[a.index].store == nullptr) {
+  if (a.index >= engine::kMaxReplicas || !v->slots[a.index].used()) {
     return Error(ENOENT,
                  "volume " + named(a.volume) + " has no replica " + std::to_string(a.index));
   }
@@ -45,8 +45,17 @@ Result<Json> replica_list(Registry& r, Params& p) {
 
 Result<Json> replica_add(Registry& r, Params& p) {
   UBLKVOL_ASSIGN_OR_RETURN(const std::string volume, p.name("volume"));
-  UBLKVOL_ASSIGN_OR_RETURN(const std::string store, p.name("store"));
+  UBLKVOL_ASSIGN_OR_RETURN(const std::optional<std::string> store_given, p.optional_name("store"));
+  UBLKVOL_ASSIGN_OR_RETURN(const auto remote, parse_remote_params(p, "uri", /*required=*/false));
   UBLKVOL_TRY(p.finish());
+  if (store_given.has_value() == remote.has_value()) {
+    return invalid("give either 'store' (a local replica) or 'uri' (a replica on an NBD export)");
+  }
+  if (remote) {
+    UBLKVOL_TRY(check_remote_params(*remote, p));
+    return add_remote_replica(r, volume, *remote);
+  }
+  const std::string& store = *store_given;
   UBLKVOL_ASSIGN_OR_RETURN(VolumeEntry * v, r.open_volume_named(volume));
   UBLKVOL_ASSIGN_OR_RETURN(StoreEntry * s, r.store_named(store));
   for (const auto& slot : v->slots) {
@@ -59,8 +68,8 @@ Result<Json> replica_add(Registry& r, Params& p) {
     return invalid("store " + named(store) + " is failed: " + s->error);
   }
   // A free slot must exist (the engine reuses the lowest free index).
-  if (std::none_of(v->slots.begin(), v->slots.end(),
-                   [](const ReplicaSlot& slot) { return slot.store == nullptr; })) {
+  if (std::all_of(v->slots.begin(), v->slots.end(),
+                  [](const ReplicaSlot& slot) { return slot.used(); })) {
     return invalid("volume " + named(volume) + " already has " +
                    std::to_string(engine::kMaxReplicas) + " replicas");
   }
@@ -98,6 +107,16 @@ Result<Json> replica_remove(Registry& r, Params& p) {
   const auto index = static_cast<unsigned>(a.index);
   UBLKVOL_TRY(v->engine->remove_replica(index));
   ReplicaSlot& slot = v->slots[index];
+  if (slot.remote) {
+    // The engine no longer uses it; its keeper sees it removed and stops
+    // reconnecting. The export keeps its data (another host's business).
+    const std::string uri = slot.remote->record.uri;
+    Registry::close_slot(slot);
+    slot.remote.reset();
+    spdlog::info("volume '{}': remote replica {} ({}) removed", v->name, index, uri);
+    UBLKVOL_TRY(r.save());
+    return Json::object();
+  }
   StoreEntry* store = slot.store;
   Registry::close_slot(slot);
   slot.store = nullptr;

@@ -9,7 +9,15 @@ namespace ublkvol::daemon {
 
 Result<Json> daemon_status(Registry& r, Params& p) {
   UBLKVOL_TRY(p.finish());
-  return daemon_status_json(r, r.probe_ublk());
+  Json status = daemon_status_json(r, r.probe_ublk());
+  Json remotes = Json::array();
+  for (auto& v : r.volumes) {
+    for (auto& entry : remote_replicas_json(*v)) {
+      remotes.push_back(std::move(entry));
+    }
+  }
+  status["remote_replicas"] = std::move(remotes);
+  return status;
 }
 
 Result<Json> stats(Registry& r, Params& p) {
@@ -21,7 +29,9 @@ Result<Json> stats(Registry& r, Params& p) {
   Json list = Json::array();
   for (auto& v : r.volumes) {
     if (!only || v->name == *only) {
-      list.push_back(volume_stats_json(*v));
+      Json entry = volume_stats_json(*v);
+      entry["remote_replicas"] = remote_replicas_json(*v);  // remote_replicas.h
+      list.push_back(std::move(entry));
     }
   }
   return stats_json(std::move(list), reactors_json(r));

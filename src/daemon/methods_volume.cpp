@@ -23,7 +23,8 @@ struct NewVolumeArgs {
   uint64_t size = 0;  // volume.create only
   std::vector<std::string> stores;
   unsigned min_replicas = 1;
-  std::vector<StoreEntry*> chosen;  // the stores, online
+  std::vector<StoreEntry*> chosen;           // the stores, online
+  std::vector<RemoteReplicaRecord> remotes;  // volume.create only (remote_replicas.h)
 };
 
 Result<NewVolumeArgs> parse_new_volume(Registry& r, Params& p, bool with_size) {
@@ -31,12 +32,24 @@ Result<NewVolumeArgs> parse_new_volume(Registry& r, Params& p, bool with_size) {
   UBLKVOL_ASSIGN_OR_RETURN(a.name, p.name("name"));
   if (with_size) {
     UBLKVOL_ASSIGN_OR_RETURN(a.size, p.size("size"));
+    UBLKVOL_ASSIGN_OR_RETURN(auto remote, parse_remote_params(p, "remote", /*required=*/false));
+    if (remote) {
+      a.remotes.push_back(std::move(*remote));
+    }
   }
   UBLKVOL_ASSIGN_OR_RETURN(a.stores, p.name_list("stores", 1, engine::kMaxReplicas));
   UBLKVOL_ASSIGN_OR_RETURN(const std::optional<uint64_t> min, p.optional_uint("min_replicas"));
   UBLKVOL_TRY(p.finish());
   UBLKVOL_TRY(r.check_new_volume_name(a.name));
-  const auto count = static_cast<unsigned>(a.stores.size());
+  for (const auto& remote : a.remotes) {
+    UBLKVOL_TRY(check_remote_params(remote, p));
+    UBLKVOL_TRY(check_uri_unused(r, remote.uri));
+  }
+  if (a.stores.size() + a.remotes.size() > engine::kMaxReplicas) {
+    return invalid("volume " + named(a.name) + ": at most " + std::to_string(engine::kMaxReplicas) +
+                   " replicas (stores and remote)");
+  }
+  const auto count = static_cast<unsigned>(a.stores.size() + a.remotes.size());
   if (min && (*min < 1 || *min > count)) {
     return invalid("field 'min_replicas' " + std::to_string(*min) +
                    " must be between 1 and the replica count " + std::to_string(count));
@@ -145,14 +158,14 @@ Result<Json> volume_create(Registry& r, Params& p) {
     created.push_back(s);
     r.crash.step("volume.create: replica created");
   }
-  auto v = r.open_new_volume(a.name, a.size, a.min_replicas, a.chosen);
+  auto v = r.open_new_volume(a.name, a.size, a.min_replicas, a.chosen, a.remotes);
   if (!v.ok()) {
     undo();
     return v.error();
   }
   r.crash.step("volume.create: volume opened");
-  spdlog::info("volume '{}' created: {} bytes, {} replicas, min_replicas {}", a.name, a.size,
-               a.chosen.size(), a.min_replicas);
+  spdlog::info("volume '{}' created: {} bytes, {} replicas ({} remote), min_replicas {}", a.name,
+               a.size, a.chosen.size() + a.remotes.size(), a.remotes.size(), a.min_replicas);
   UBLKVOL_TRY(r.saved_or_kept(guard));
   r.crash.step("volume.create: state saved");
   return volume_json(r, **v);
@@ -318,6 +331,15 @@ Result<Json> volume_resize(Registry& r, Params& p) {
   // resized again: that grows the remaining replicas and reopens it.
   if (!volume->engine && volume->replica_stores().empty()) {
     return Error(EIO, "volume " + named(name) + " is not open: " + volume->error);
+  }
+  if (std::any_of(volume->slots.begin(), volume->slots.end(),
+                  [](const ReplicaSlot& slot) { return slot.remote != nullptr; }) ||
+      !volume->pending_remotes.empty()) {
+    // A remote replica's export is another host's volume: growing it is
+    // that host's step, not ours (remote_replicas.h).
+    return Error(ENOTSUP, "volume " + named(name) +
+                              " has a remote replica; remove it (replica remove), resize, then "
+                              "add it again on an export grown on its host");
   }
   if (!volume->missing_stores.empty()) {
     // Their replicas would keep the old size (and a different dirty-region

@@ -206,6 +206,14 @@ DaemonState Registry::snapshot_state() const {
     for (const auto& missing : v->missing_stores) {
       record.stores.push_back(missing);
     }
+    for (const auto& slot : v->slots) {
+      if (slot.remote) {
+        record.remotes.push_back(slot.remote->record);
+      }
+    }
+    for (const auto& pending : v->pending_remotes) {
+      record.remotes.push_back(pending->record);
+    }
     record.exposed = v->exposed;
     record.exported = v->exported;
     state.volumes.push_back(std::move(record));

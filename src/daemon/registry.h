@@ -46,6 +46,7 @@
 #include "frontend_volume.h"
 #include "intent_log.h"
 #include "recovery.h"
+#include "remote_replicas.h"
 #include "store_identity.h"
 
 namespace ublkvol::daemon {
@@ -85,8 +86,12 @@ struct StoreEntry {
 };
 
 struct ReplicaSlot {
-  StoreEntry* store = nullptr;  // nullptr: no replica at this engine index
+  StoreEntry* store = nullptr;  // nullptr: no local replica at this engine index
   std::unique_ptr<engine::DbsReplicaStore> replica;
+  // A replica on an NBD export instead (remote_replicas.h); store stays nullptr.
+  std::unique_ptr<RemoteSlot> remote;
+  // A replica (local or remote) is at this index.
+  [[nodiscard]] bool used() const { return store != nullptr || remote != nullptr; }
   // Set while an NBD export reads this replica's mappings (exports.h).
   std::shared_ptr<ExportAllocation> export_allocation;
 };
@@ -100,6 +105,9 @@ struct VolumeEntry {
   // Replicas on stores that were not online at start: kept in the state file
   // so that nothing is forgotten, reported by volume.show.
   std::vector<std::string> missing_stores;
+  // Remote replicas that could not be reached at start: kept in the state
+  // file, retried, and joined (full rebuild) once they answer.
+  std::vector<std::unique_ptr<PendingRemote>> pending_remotes;
   std::unique_ptr<engine::ReplicatedVolume> engine;
   std::unique_ptr<FrontendVolume> frontend;
   std::unique_ptr<ublk::UblkDevice> device;
@@ -207,10 +215,12 @@ class Registry {
   // store (superblock uuid), with the reason; "" if none.
   [[nodiscard]] std::string same_store(const std::optional<FileIdentity>& identity,
                                        const std::string& uuid, const StoreEntry* self) const;
-  // Opens a volume whose replicas exist on `slot_stores` (by index) and adds it.
+  // Opens a volume whose replicas exist on `slot_stores` (by index) and adds
+  // it; `remotes` are formatted for it and follow the local replicas.
   Result<VolumeEntry*> open_new_volume(const std::string& name, uint64_t size,
                                        unsigned min_replicas,
-                                       const std::vector<StoreEntry*>& slot_stores);
+                                       const std::vector<StoreEntry*>& slot_stores,
+                                       const std::vector<RemoteReplicaRecord>& remotes = {});
   // Opens the replicas and the engine of a closed volume (its slots keep
   // their stores). On failure the volume stays closed with `error` set.
   Status reopen_volume(VolumeEntry& volume);
@@ -218,6 +228,9 @@ class Registry {
   Status open_slot(VolumeEntry& v, ReplicaSlot& slot, const std::string& replica_name);
   // Detaches the slot's replica from its thread and destroys it there.
   static void close_slot(ReplicaSlot& slot);
+  // The dirty-region size of the volume's first open local replica (what a
+  // remote replica is formatted with: the engine wants them equal).
+  static Result<uint64_t> local_region_bytes(VolumeEntry& v);
   Status open_engine(VolumeEntry& v);
   static void close_volume(VolumeEntry& v);
 
@@ -260,6 +273,10 @@ class Registry {
   void load(DaemonState state);
   std::vector<uint64_t> recover_intents(DaemonState& state);
   bool agree_on_size(VolumeEntry& v);
+  // Opens the remote replicas of a volume being loaded into the slots from
+  // `next` on (advancing it); unreachable ones go to pending_remotes.
+  static void load_remotes(VolumeEntry& v, const std::vector<RemoteReplicaRecord>& remotes,
+                           size_t& next);
   void reexpose(VolumeEntry& v);
 
   bool shut_down_ = false;

@@ -244,11 +244,14 @@ Json volume_json(Registry& registry, VolumeEntry& v) {
                 {"pieces", 0},
                 {"yields", 0},
                 {"yielded_seconds", 0},
+                {"full_from", 0},
+                {"completed", 0},
                 {"last_error", ""}}},
               {"events", Json::array()},
               {"verify", verify_json({})},
               {"snapshots", Json::array()},
               {"missing_stores", v.missing_stores},
+              {"pending_remotes", pending_remotes_json(v)},
               {"error", v.error.empty() ? Json(nullptr) : Json(v.error)}};
   if (auto why = registry.backup_jobs.restoring(v.name)) {
     out["restoring"] = *why;  // not usable until the restore is done
@@ -268,7 +271,16 @@ Json volume_json(Registry& registry, VolumeEntry& v) {
   unsigned in_sync = status.in_sync;
   for (size_t i = 0; i < status.replicas.size() && i < v.slots.size(); ++i) {
     const auto& r = status.replicas[i];
-    if (r.state == ReplicaState::kRemoved || v.slots[i].store == nullptr) {
+    if (r.state == ReplicaState::kRemoved || !v.slots[i].used()) {
+      continue;
+    }
+    if (v.slots[i].remote) {
+      out["replicas"].push_back({{"index", i},
+                                 {"store", nullptr},
+                                 {"remote", remote_json(*v.slots[i].remote, r.state)},
+                                 {"state", state_name(r.state)},
+                                 {"generation", r.generation},
+                                 {"last_error", r.last_error}});
       continue;
     }
     // A replica on a failed store is never reported in sync, even while
@@ -296,6 +308,9 @@ Json volume_json(Registry& registry, VolumeEntry& v) {
                     {"pieces", rb.pieces},
                     {"yields", rb.yields},
                     {"yielded_seconds", rb.yielded_seconds},
+                    // full_from == size: dirty regions only (a resync)
+                    {"full_from", rb.full_from},
+                    {"completed", rb.completed},
                     {"last_error", rb.last_error}};
   out["verify"] = verify_json(status.verify);
   for (const auto& e : status.events) {

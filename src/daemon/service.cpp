@@ -54,6 +54,7 @@ void Service::set_save_hook(SaveHook hook) { impl_->registry->save_hook = std::m
 void Service::check_stores() {
   impl_->registry->check_stores();
   impl_->registry->sample_reactors();
+  join_pending_remotes(*impl_->registry);  // remote_replicas.h
 }
 
 }  // namespace ublkvol::daemon

@@ -222,6 +222,7 @@ void Registry::load(DaemonState state) {
       }
       ++next;
     }
+    load_remotes(*v, record.remotes, next);
     if (next == 0) {
       v->error = "no replica of the volume is available";
     } else {

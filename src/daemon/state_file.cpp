@@ -17,7 +17,10 @@ namespace ublkvol::daemon {
 namespace {
 
 constexpr const char* kFormat = "ublk-volumed-state";
+// Version 2: volumes may have "remote_replicas". Files without any are
+// still written as version 1, so an older daemon reads them.
 constexpr int kVersion = 1;
+constexpr int kVersionRemotes = 2;
 
 Error bad(const std::string& origin, const std::string& what) {
   return Error(EINVAL, origin + ": " + what);
@@ -67,10 +70,21 @@ std::string state_to_json(const DaemonState& state) {
     if (v.exported) {
       volume["export"] = export_record_to_json(*v.exported);
     }
+    if (!v.remotes.empty()) {
+      nlohmann::json remotes = nlohmann::json::array();
+      for (const auto& remote : v.remotes) {
+        remotes.push_back(remote_record_to_json(remote));
+      }
+      volume["remote_replicas"] = std::move(remotes);
+    }
     volumes.push_back(std::move(volume));
   }
-  nlohmann::json doc = {
-      {"format", kFormat}, {"version", kVersion}, {"stores", stores}, {"volumes", volumes}};
+  const bool any_remote = std::any_of(state.volumes.begin(), state.volumes.end(),
+                                      [](const VolumeRecord& v) { return !v.remotes.empty(); });
+  nlohmann::json doc = {{"format", kFormat},
+                        {"version", any_remote ? kVersionRemotes : kVersion},
+                        {"stores", stores},
+                        {"volumes", volumes}};
   return doc.dump(2) + "\n";
 }
 
@@ -133,10 +147,29 @@ Result<StoreRecord> parse_store(const Json& s, const std::string& what) {
   return record;
 }
 
-Result<VolumeRecord> parse_volume(const Json& given, const std::string& what) {
+Result<VolumeRecord> parse_volume(const Json& given, const std::string& what, uint64_t version) {
   // "export" is optional (older files, unexported volumes): read apart.
   Json v = given;
   VolumeRecord record;
+  // "remote_replicas": version 2 only (in a version 1 file it is unknown).
+  if (version >= kVersionRemotes && v.is_object() && v.contains("remote_replicas")) {
+    const Json& remotes = v.at("remote_replicas");
+    if (!remotes.is_array() || remotes.empty()) {
+      return Error(EINVAL, what + ": 'remote_replicas' must be a non-empty array");
+    }
+    for (size_t i = 0; i < remotes.size(); ++i) {
+      UBLKVOL_ASSIGN_OR_RETURN(
+          auto remote,
+          remote_record_from_json(remotes[i], what + ": remote replica " + std::to_string(i)));
+      for (const auto& other : record.remotes) {
+        if (other.uri == remote.uri) {
+          return Error(EINVAL, what + " lists remote replica " + remote.uri + " twice");
+        }
+      }
+      record.remotes.push_back(std::move(remote));
+    }
+    v.erase("remote_replicas");
+  }
   if (v.is_object() && v.contains("export")) {
     UBLKVOL_ASSIGN_OR_RETURN(record.exported,
                              export_record_from_json(v.at("export"), what + ": export"));
@@ -165,11 +198,10 @@ Result<VolumeRecord> parse_volume(const Json& given, const std::string& what) {
     record.stores.push_back(std::move(store_name));
   }
   UBLKVOL_ASSIGN_OR_RETURN(record.min_replicas, uint_field<unsigned>(v, what, "min_replicas"));
-  if (record.min_replicas < 1 ||
-      (!record.stores.empty() && record.min_replicas > record.stores.size())) {
+  const size_t replicas = record.stores.size() + record.remotes.size();
+  if (record.min_replicas < 1 || (replicas != 0 && record.min_replicas > replicas)) {
     return Error(EINVAL, what + ": min_replicas " + std::to_string(record.min_replicas) +
-                             " is not in 1.." + std::to_string(record.stores.size()) +
-                             " (its replica count)");
+                             " is not in 1.." + std::to_string(replicas) + " (its replica count)");
   }
   const Json& exposed = v.at("exposed");
   if (!exposed.is_null()) {
@@ -204,9 +236,11 @@ Result<DaemonState> state_from_json(const std::string& text, const std::string& 
                std::string("not a ublk-volumed state file (format is not '") + kFormat + "')");
   }
   if (!doc.contains("version") || !doc["version"].is_number_unsigned() ||
-      doc["version"].get<uint64_t>() != kVersion) {
-    return bad(origin, "unsupported state file version (this daemon reads version 1)");
+      (doc["version"].get<uint64_t>() != kVersion &&
+       doc["version"].get<uint64_t>() != kVersionRemotes)) {
+    return bad(origin, "unsupported state file version (this daemon reads versions 1 and 2)");
   }
+  const uint64_t version = doc["version"].get<uint64_t>();
   if (Status keys = exact_keys(doc, "the document", {"format", "version", "stores", "volumes"});
       !keys.ok()) {
     return bad(origin, keys.error().message());
@@ -248,7 +282,7 @@ Result<DaemonState> state_from_json(const std::string& text, const std::string& 
                              (v.is_object() && v.contains("name") && v["name"].is_string()
                                   ? " ('" + v["name"].get<std::string>() + "')"
                                   : std::string());
-    auto record = parse_volume(v, what);
+    auto record = parse_volume(v, what, version);
     if (!record.ok()) {
       return bad(origin, record.error().message());
     }

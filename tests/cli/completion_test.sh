@@ -42,7 +42,7 @@ expect "ublk-volume volume " "create delete export expose import list resize sho
 expect "ublk-volume --json volume cr" "create"
 expect "ublk-volume volume create v --st" "--store"
 expect "ublk-volume volume create v --size " "100G 10G 1G 1T"
-expect "ublk-volume replica " "add fail list rebuild remove verify"
+expect "ublk-volume replica " "add fail list rebuild remove replace verify"
 expect "ublk-volume replica rebuild v 1 --w" "--wait"
 expect "ublk-volume backup " "create delete list restore show verify"
 expect "ublk-volume backup create v --sn" "--snapshot"

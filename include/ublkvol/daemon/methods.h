@@ -40,6 +40,7 @@ enum class Method {
   kReplicaList,
   kReplicaAdd,
   kReplicaRemove,
+  kReplicaReplace,
   kReplicaRebuild,
   kReplicaFail,
   kReplicaVerify,

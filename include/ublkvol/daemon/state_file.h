@@ -7,6 +7,11 @@
 //                 "min_replicas": 1,
 //                 "exposed": {"dev_id": 0, "queues": 2, "queue_depth": 128}}]}
 //
+// Version 2 (written only when a volume has remote replicas; version 1
+// files load unchanged) adds to a volume
+//   "remote_replicas": [{"uri": "nbds://a@hostB:10809/v", "tls_psk": "/etc/psk",
+//                        "insecure_plain": false}]
+//
 // Everything else (data, snapshots, replica generations, dirty bitmaps) lives
 // in the stores themselves; this file only says which stores to open, which
 // volumes have replicas where, and which were exposed (so a restart
@@ -60,6 +65,16 @@ struct ExportRecord {
   bool operator==(const ExportRecord&) const = default;
 };
 
+// A replica on another host: an NBD export holding the RawReplicaStore
+// layout (docs/nbd.md), kept by the daemon's remote slots
+// (src/daemon/remote_replicas.h). Only file paths are kept, never a key.
+struct RemoteReplicaRecord {
+  std::string uri;              // nbd://, nbds://, nbd+unix://, nbds+unix:// (libnbd's rules)
+  std::string tls_psk;          // PSK file (username:hexkey lines) for an nbds URI, or ""
+  bool insecure_plain = false;  // the operator asked for plain nbd:// over TCP
+  bool operator==(const RemoteReplicaRecord&) const = default;
+};
+
 struct VolumeRecord {
   std::string name;
   uint64_t size_bytes = 0;
@@ -69,6 +84,10 @@ struct VolumeRecord {
   std::optional<ExposeRecord> exposed;
   // Written as "export" only when set (files without it are older or unexported).
   std::optional<ExportRecord> exported;
+  // Written as "remote_replicas" only when set; a file with any is version 2
+  // (an older daemon refuses it rather than drop the remote replicas).
+  // They follow `stores` in the engine's replica order.
+  std::vector<RemoteReplicaRecord> remotes;
   bool operator==(const VolumeRecord&) const = default;
 };
 
@@ -82,6 +101,10 @@ std::string state_to_json(const DaemonState& state);
 // The "export" object of a volume record (export_record.cpp).
 nlohmann::json export_record_to_json(const ExportRecord& record);
 Result<ExportRecord> export_record_from_json(const nlohmann::json& object, const std::string& what);
+// One entry of a volume's "remote_replicas" (remote_record.cpp).
+nlohmann::json remote_record_to_json(const RemoteReplicaRecord& record);
+Result<RemoteReplicaRecord> remote_record_from_json(const nlohmann::json& object,
+                                                    const std::string& what);
 // `origin` names the document in messages.
 Result<DaemonState> state_from_json(const std::string& text, const std::string& origin);
 
