@@ -32,13 +32,21 @@ ReplicatedVolumeOptions yield_options() {
   return o;
 }
 
-// Fills the whole volume through replica 0 alone, so the copy has data.
-void fill_through_first_replica(Cluster& cluster) {
+// Opens the volume on replica 0 alone (replica 1 joins later); nullptr and a
+// test failure naming the error if that fails.
+std::unique_ptr<ReplicatedVolume> open_first_replica(Cluster& cluster) {
   auto only0 = cluster.bindings();
   only0.resize(1);
   auto v = ReplicatedVolume::open(yield_options(), only0);
-  ASSERT_TRUE(v.ok()) << v.error().to_string();
-  auto q = (*v)->open_queue(0);
+  EXPECT_TRUE(v.ok()) << v.error().to_string();
+  return v.ok() ? std::move(*v) : nullptr;
+}
+
+// Fills the whole volume through replica 0 alone, so the copy has data.
+void fill_through_first_replica(Cluster& cluster) {
+  auto v = open_first_replica(cluster);
+  ASSERT_NE(v, nullptr);
+  auto q = v->open_queue(0);
   ASSERT_TRUE(q.ok());
   auto buf = testing::make_buffer(kChunk);
   for (uint64_t off = 0; off < kSize; off += kChunk) {
@@ -49,7 +57,7 @@ void fill_through_first_replica(Cluster& cluster) {
               0);
   }
   q->reset();
-  ASSERT_TRUE((*v)->close().ok());
+  ASSERT_TRUE(v->close().ok());
 }
 
 void expect_replicas_identical(Cluster& cluster) {
@@ -84,18 +92,16 @@ TEST(RebuildYield, IdleRebuildCopiesWholeChunksWithoutWaiting) {
   Cluster cluster;
   cluster.create(2, kSize);
   fill_through_first_replica(cluster);
-  auto only0 = cluster.bindings();
-  only0.resize(1);
-  auto v = ReplicatedVolume::open(yield_options(), only0);
-  ASSERT_TRUE(v.ok()) << v.error().to_string();
-  ASSERT_TRUE((*v)->add_replica(cluster.bindings()[1]).ok());
-  ASSERT_TRUE((*v)->wait_rebuild().ok());
-  RebuildProgress p = (*v)->status().rebuild;
+  auto v = open_first_replica(cluster);
+  ASSERT_NE(v, nullptr);
+  ASSERT_TRUE(v->add_replica(cluster.bindings()[1]).ok());
+  ASSERT_TRUE(v->wait_rebuild().ok());
+  RebuildProgress p = v->status().rebuild;
   EXPECT_EQ(p.total_bytes, kSize);
   EXPECT_EQ(p.pieces, kSize / kChunk);
   EXPECT_EQ(p.yields, 0U);
   EXPECT_EQ(p.yielded_seconds, 0.0);
-  ASSERT_TRUE((*v)->close().ok());
+  ASSERT_TRUE(v->close().ok());
   expect_replicas_identical(cluster);
 }
 
@@ -103,11 +109,9 @@ TEST(RebuildYield, RebuildUnderWritesCopiesSmallPiecesAndWaits) {
   Cluster cluster;
   cluster.create(2, kSize);
   fill_through_first_replica(cluster);
-  auto only0 = cluster.bindings();
-  only0.resize(1);
-  auto v = ReplicatedVolume::open(yield_options(), only0);
-  ASSERT_TRUE(v.ok()) << v.error().to_string();
-  ReplicatedVolume& volume = **v;
+  auto v = open_first_replica(cluster);
+  ASSERT_NE(v, nullptr);
+  ReplicatedVolume& volume = *v;
 
   // Foreground: rewrites blocks with the same content, QD1, until told to
   // stop; the test starts the rebuild once it has completed some writes.
