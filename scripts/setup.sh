@@ -38,6 +38,8 @@ PACKAGES=(
   # NBD (src/nbd, docs/nbd.md, docs/nbd-export.md): libnbd for remote replicas,
   # GnuTLS for the export; nbdinfo/nbdcopy and nbdkit for the tests
   libnbd-dev libnbd-bin nbdkit libgnutls28-dev
+  # the remote replica partition test (ip netns, veth)
+  iproute2
   # VM test bed (scripts/vm): emulator, initramfs contents, kernel fetch
   qemu-system-x86 busybox-static cpio xz-utils e2fsprogs util-linux kmod
   # systemd VM test bed (scripts/vm/systemd): root image builder, qcow2 overlays
