@@ -1,5 +1,8 @@
 // engine_bench: the replicated volume engine in-process (no ublk), against
 // fio io_uring O_DIRECT on the same files as the baseline, in the same run.
+// (One file of ~900 lines: every scenario shares the option parsing, the
+// alternating fio/engine rounds and the one results table; a split would
+// scatter one benchmark's flow over files that only it uses.)
 //
 //   engine_bench [--dir /dev/shm] [--size 512M] [--runtime 2] [--rebuild-size 1G] [--json]
 //                [--reactors N] [--reactor-poll-us US] [--reactor-poll-max-percent P]

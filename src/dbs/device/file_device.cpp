@@ -1,3 +1,8 @@
+// FileDevice (include/ublkvol/dbs/file_device.h): the io_uring block device
+// under DBS. One file of ~820 lines: submission, completion, the batching
+// and the fixed-buffer (zero-copy) path all work on the same ring state.
+// Splitting the fixed-buffer path into its own file is the next step if it
+// grows.
 #include "ublkvol/dbs/file_device.h"
 
 #include <fcntl.h>

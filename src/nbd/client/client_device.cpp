@@ -1,4 +1,7 @@
 // NbdDevice: BlockDevice over libnbd's asynchronous API (client_device.h).
+// One file of ~920 lines: connect, submit, poll, the command timeout and the
+// cut-and-drain of dead connections all act on the same connection and
+// command records; the cut logic is the candidate to move out next.
 #include "ublkvol/nbd/client_device.h"
 
 #include <fcntl.h>

@@ -1,5 +1,8 @@
 // engine_sim_test: the replicated engine driven by one OS thread, where a
 // seed decides every interleaving (docs/testing.md "Engine simulator").
+// (~1,000 lines in one file: the World's steps, model and checks share its
+// state; the reusable parts - stores, executors, task runner - are in
+// sim_parts.h.)
 //
 // Per seed: a ReplicatedVolume on 2-3 SimStores (one SimExecutor each), 1-2
 // user queues, a random workload of reads, writes, write-zeroes, discards and
