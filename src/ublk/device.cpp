@@ -210,9 +210,9 @@ struct UblkDevice::State {
     return queued;
   }
 
-  void end_queues() {
+  void end_queues(bool driver_aborts = false) {
     for (auto& r : runners) {
-      r->request_detach();
+      r->request_detach(driver_aborts);
     }
     join_queues();
   }
@@ -449,13 +449,15 @@ Status UblkDevice::stop_and_delete() {
   return ok_status();
 }
 
-Status UblkDevice::detach() {
+Status UblkDevice::detach() { return detach_queues(false); }
+
+Status UblkDevice::detach_queues(bool driver_aborts) {
   State& s = *state_;
   if (s.done) {
     return ok_status();
   }
   s.done = true;
-  s.end_queues();
+  s.end_queues(driver_aborts);
   s.char_fd.reset();
   if ((s.info.flags & uapi::kFUserRecovery) == 0) {
     spdlog::warn("{}: detached from a device without user recovery: the driver removes it",
@@ -479,12 +481,15 @@ Status UblkDevice::quiesce_and_detach(std::chrono::milliseconds timeout) {
   // QUIESCE_DEV returns once every queue has an idle tag; then new requests
   // wait in the driver (re-queued until the next server's recovery ends)
   // and the idle tags' commands come back aborted. The queues keep running
-  // meanwhile: the requests they hold complete normally in detach(), which
-  // waits until the volume has nothing in flight.
+  // meanwhile: the requests they hold complete normally in the detach, which
+  // waits until the volume has nothing in flight - and, on reactors, until
+  // each queue has seen its tags' aborts, so that its ring closes at once
+  // and the next server (or this process, after an online resize) can take
+  // the device over.
   const auto ms = static_cast<uint32_t>(
       std::clamp<int64_t>(timeout.count(), 1, std::numeric_limits<uint32_t>::max()));
   UBLKVOL_TRY(s.control.quiesce_device(s.info.dev_id, ms));
-  return detach();
+  return detach_queues(true);
 }
 
 Status UblkDevice::wait_released(uint32_t dev_id, std::chrono::milliseconds timeout) {

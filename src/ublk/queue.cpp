@@ -8,10 +8,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <ctime>
+#include <optional>
 #include <spdlog/spdlog.h>
 #include <system_error>
 #include <vector>
@@ -197,6 +200,15 @@ struct QueueRunner::Impl {
 
   unsigned finished_tags = 0;
   bool detaching = false;
+  // request_detach(true): the driver has cancelled every tag's command (a
+  // quiesced device), so the queue waits - at most kAbortWait from when it
+  // could otherwise finish - until it has seen them all come back. Their
+  // CQEs arrive as task work, possibly after the detach wake-up; a queue
+  // that finished before them would still hold driver commands and keep
+  // its ring (and /dev/ublkcN) open until the reactor's thread exits.
+  std::atomic<bool> expect_aborts{false};
+  std::optional<std::chrono::steady_clock::time_point> abort_deadline;
+  static constexpr std::chrono::seconds kAbortWait{5};
   // Nothing more to do (finished()); closed: the VolumeQueue is gone and the
   // FinishedCallback ran.
   bool done = false;
@@ -597,9 +609,28 @@ struct QueueRunner::Impl {
       // Commits queued by the last reap go out; the tags then stay with the
       // driver until the ring closes.
       io_uring_submit(ring->get());
-      done = true;
+      done = !awaiting_aborts();
     }
     return done;
+  }
+
+  // After a quiesced detach: not every tag's abort is in yet, and the wait
+  // is still within its bound.
+  bool awaiting_aborts() {
+    if (!expect_aborts.load(std::memory_order_acquire) || !setup.external ||
+        finished_tags == setup.depth) {
+      return false;
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (!abort_deadline) {
+      abort_deadline = now + kAbortWait;
+    }
+    if (now < *abort_deadline) {
+      return true;
+    }
+    spdlog::warn("{}: {} of {} tags' commands not back {} s after a quiesced detach", where(),
+                 setup.depth - finished_tags, setup.depth, kAbortWait.count());
+    return false;
   }
 
   // Backends without a wake fd finish work inside reap(): never sleep while
@@ -726,7 +757,11 @@ unsigned QueueRunner::poll() { return impl_->poll(); }
 
 int QueueRunner::wait_fd() const { return impl_->ring_event_fd.get(); }
 
-bool QueueRunner::busy() const { return !impl_->closed && impl_->volume_busy(); }
+bool QueueRunner::busy() const {
+  // Waiting for a quiesced device's aborts: poll again instead of sleeping
+  // (they come within microseconds; the wait is bounded).
+  return !impl_->closed && (impl_->volume_busy() || impl_->abort_deadline.has_value());
+}
 
 bool QueueRunner::waiting() const {
   return !impl_->closed && impl_->volume_queue != nullptr && impl_->volume_queue->in_flight() > 0;
@@ -743,7 +778,10 @@ bool QueueRunner::holds_driver_commands() const {
   });
 }
 
-void QueueRunner::request_detach() {
+void QueueRunner::request_detach(bool driver_aborts) {
+  if (driver_aborts) {
+    impl_->expect_aborts.store(true, std::memory_order_release);
+  }
   const uint64_t one = 1;
   // An eventfd write of 8 bytes cannot be short; failure would mean the fd
   // is gone, which the owner prevents.

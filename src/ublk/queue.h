@@ -145,8 +145,12 @@ class QueueRunner final : public reactor::Poller {
   [[nodiscard]] bool holds_driver_commands() const;
 
   // Thread-safe: makes the queue finish as soon as the volume has nothing in
-  // flight. Tags stay with the driver until the ring closes.
-  void request_detach();
+  // flight. Tags stay with the driver until the ring closes - unless
+  // `driver_aborts` (the device was quiesced: QUIESCE_DEV cancelled every
+  // tag's command before it returned): then an external-mode queue also
+  // waits (bounded) until it has seen every abort, so it holds no driver
+  // command and its owner can close its ring at once.
+  void request_detach(bool driver_aborts = false);
 
  private:
   struct Impl;

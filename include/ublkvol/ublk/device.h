@@ -136,6 +136,8 @@ class UblkDevice {
  private:
   struct State;
   explicit UblkDevice(std::unique_ptr<State> state);
+  // detach(); `driver_aborts`: after QUIESCE_DEV (QueueRunner::request_detach).
+  Status detach_queues(bool driver_aborts);
   std::unique_ptr<State> state_;
 };
 
