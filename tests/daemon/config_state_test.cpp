@@ -79,11 +79,11 @@ TEST(Config, ParsesEveryKey) {
 TEST(Config, ReactorsKey) {
   const auto none = parse_config(R"({})", "c.json");
   ASSERT_TRUE(none.ok()) << none.error().message();
-  EXPECT_FALSE(none->reactors.has_value());  // the default: a thread per store and queue
-  EXPECT_EQ(none->queues, 1u);
+  EXPECT_EQ(none->reactors, 0u);  // the default: one reactor per CPU
+  EXPECT_EQ(none->queues, 0u);    // one queue per reactor, resolved at start
   const DaemonConfig defaults;
-  EXPECT_FALSE(defaults.reactors.has_value());
-  EXPECT_EQ(defaults.queues, 1u);
+  EXPECT_EQ(defaults.reactors, 0u);
+  EXPECT_EQ(defaults.queues, 0u);
   const auto off = parse_config(R"({"reactors":null})", "c.json");
   ASSERT_TRUE(off.ok()) << off.error().message();
   EXPECT_FALSE(off->reactors.has_value());  // a thread per store and per queue

@@ -7,8 +7,9 @@
 # online; the old data intact; a file written and verified in the new space;
 # fio ends with 0 errors; shrinking is refused; after a daemon restart (the
 # mounted device is re-attached) the device and the volume are 128 MiB; then
-# the daemon restarts with 2 reactors and grows it again, 128 -> 160 MiB,
-# under fio verify (the reactors release a quiesced queue's ring at once).
+# the daemon (reactors by default: they release a quiesced queue's ring at
+# once) restarts with reactors null (a thread per store and per queue) and
+# grows it again, 128 -> 160 MiB, under fio verify.
 # shellcheck disable=SC1091  # installed in the guest by the ctest registration
 . /opt/test/files/daemon_lib.sh
 
@@ -100,19 +101,19 @@ fio --name=new --filename=/mnt/v0/new --size=48M --ioengine=io_uring --direct=1 
     >"$STATE/fio-new2" 2>&1 || fail "re-verifying /mnt/v0/new: $(cat "$STATE/fio-new2")"
 ok "128 MiB after the restart, data verified"
 
-step "with the queues and stores on 2 reactors (config key reactors): grow 128 -> 160 MiB under fio"
+step "with a thread per store and per queue (config reactors null): grow 128 -> 160 MiB under fio"
 stop_daemon
-DAEMON_REACTORS=2 start_daemon
+DAEMON_REACTORS=null start_daemon
 fio --name=bg2 --filename=/mnt/v0/bg2 --size=8M --ioengine=io_uring --direct=1 --rw=randwrite \
     --bs=4k --iodepth=16 --loops=2 --verify=crc32c --verify_backlog=256 --verify_fatal=1 \
     --do_verify=1 --output-format=terse >"$STATE/fio2" 2>&1 &
 FIO=$!
 writes_base=$(volume_stat v0 writes)
-wait_until 180 writes_flowing || fail "no fio writes reached the daemon on reactors"
-msg=$($CLI volume resize v0 160M 2>&1) || fail "volume resize v0 160M on reactors: $msg"
+wait_until 180 writes_flowing || fail "no fio writes reached the daemon on threads"
+msg=$($CLI volume resize v0 160M 2>&1) || fail "volume resize v0 160M on threads: $msg"
 [ "$(blockdev --getsize64 "$DEV")" = $((160 << 20)) ] || fail "$DEV is not 160 MiB"
 resize2fs "$DEV" >"$STATE/resize2fs2" 2>&1 || fail "resize2fs: $(cat "$STATE/resize2fs2")"
-wait_exit 420 "$FIO" "fio on reactors"
+wait_exit 420 "$FIO" "fio on threads"
 fio_rc=$?
 [ "$fio_rc" -eq 0 ] || fail "fio exit $fio_rc: $(cat "$STATE/fio2")"
 [ "$(terse_line "$STATE/fio2" | cut -d';' -f5)" = "0" ] || fail "fio errors: $(cat "$STATE/fio2")"
@@ -121,5 +122,5 @@ umount /mnt/v0 || fail "umount"
 e2fsck -fn "$DEV" >"$STATE/fsck" 2>&1 || fail "e2fsck: $(cat "$STATE/fsck")"
 rpc volume.unexpose '{"name":"v0"}' >/dev/null || fail "unexpose"
 stop_daemon
-ok "160 MiB on 2 reactors, fio 0 errors, old data intact, filesystem clean"
+ok "160 MiB on threads, fio 0 errors, old data intact, filesystem clean"
 echo "PASS"

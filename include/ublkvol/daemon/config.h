@@ -33,11 +33,10 @@ struct DaemonConfig {
   std::string socket_group = "ublk-volume";
   // Reactors (docs/architecture.md "Reactors"): N = the stores (store i on
   // reactor i mod N) and the exposed devices' queues (queue q on reactor q mod
-  // N) all run on N pinned reactors; 0 = one reactor per CPU of the daemon's
-  // affinity mask; unset (config `null`, the default) = a thread per store and
-  // per ublk queue. Not yet the default: online resize re-attaches a device in
-  // the same process, which reactors cannot do yet (online_resize.cpp).
-  std::optional<unsigned> reactors;
+  // N) all run on N pinned reactors; 0 (the default) = one reactor per CPU of
+  // the daemon's affinity mask; unset (config `null`) = the older model, a
+  // thread per store and per ublk queue.
+  std::optional<unsigned> reactors = 0;
   // Adaptive polling of the reactors (ReactorOptions::poll_in_flight): keep
   // polling up to this many microseconds for completions in flight instead
   // of sleeping. Unset (the default): 50 with at least 4 CPUs in the
@@ -46,8 +45,9 @@ struct DaemonConfig {
   std::optional<unsigned> reactor_poll_us;
   unsigned reactor_poll_max_percent = 50;
   // Defaults for volume.expose (per request overridable). 0 (only with
-  // reactors, the default there) = one queue per reactor.
-  unsigned queues = 1;
+  // reactors, the default there) = one queue per reactor; without reactors
+  // the default is 1.
+  unsigned queues = 0;
   unsigned queue_depth = 128;
   // A replica request older than this fails the replica.
   uint64_t io_deadline_ms = 8000;

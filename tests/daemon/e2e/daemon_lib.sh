@@ -33,8 +33,9 @@ start_daemon() {
   # An explicit --config must exist: an empty object means all defaults.
   # ($STATE exists in every bed; /var/lib may not exist before the daemon
   # creates its state dir.)
-  # DAEMON_REACTORS (config key reactors): unset = the default (a thread per
-  # store and per queue); N (the *_reactors_e2e variants); null.
+  # DAEMON_REACTORS (config key reactors): unset = the default (one reactor
+  # per CPU); N; null (a thread per store and per queue: the *_threads_e2e
+  # variants).
   if [ -n "${DAEMON_REACTORS:-}" ]; then
     printf '{"reactors":%s}\n' "$DAEMON_REACTORS" >"$STATE/config.json"
   else
@@ -44,13 +45,14 @@ start_daemon() {
   DAEMON=$!
   SRV=$DAEMON
   wait_until 120 daemon_up || { tail -30 "$DAEMON_LOG"; fail "ublk-volumed did not come up"; }
-  if [ "${DAEMON_REACTORS:-null}" = null ]; then
+  if [ "${DAEMON_REACTORS:-}" = null ]; then
     rpc daemon.status | grep -q '"reactors":\[\]' ||
-      fail "daemon.status lists reactors without the config key: $(rpc daemon.status)"
+      fail "daemon.status lists reactors with reactors null: $(rpc daemon.status)"
   else
     # The stores run on the reactors: daemon.status lists them (the last one
-    # is reactor<N-1>), and the daemon has no store thread (store-*).
-    last=$((DAEMON_REACTORS - 1))
+    # is reactor<N-1>; by default one per CPU), and the daemon has no store
+    # thread (store-*).
+    last=$((${DAEMON_REACTORS:-$(nproc)} - 1))
     rpc daemon.status | grep -q "\"name\":\"reactor$last\"" ||
       fail "daemon.status lists no reactor$last: $(rpc daemon.status)"
     ! grep -q '^store-' /proc/"$DAEMON"/task/*/comm || fail "store threads with reactors on"
