@@ -341,6 +341,12 @@ void render_volume(std::ostream& out, const Json& volume) {
               ? "nbd on " + str(*e, "address") + " (TLS " + str(*e, "tls") + ", " +
                     str(*e, "connections") + " of " + str(*e, "max_connections") + " connections)"
               : "nbd on " + str(*e, "listen") + " - not running (see the daemon's log)");
+    // The export's peer control channel (remote replicas' snapshots; docs/nbd.md).
+    if (auto c = e->find("control"); c != e->end() && c->is_object()) {
+      field(out, "Peer control",
+            (*c)["address"].is_string() ? "snapshots on " + str(*c, "address")
+                                        : "not running: " + str(*c, "error"));
+    }
   }
   const auto& snapshots = array(volume, "snapshots");
   field(out, "Snapshots", snapshots.empty() ? "none" : join(snapshots));

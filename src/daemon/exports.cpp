@@ -100,6 +100,21 @@ Status start_export(Registry& r, VolumeEntry& v, const ExportRecord& record) {
   }
   v.nbd_export = std::move(*started);
   v.exported = record;
+  if (wants_peer_control(record)) {
+    // Without it the export still serves data; only the snapshots of a
+    // remote replica on it fail (and say why).
+    auto control =
+        start_peer_control(v.name, record, v.nbd_export->address(), r.config.control_socket);
+    if (control.ok()) {
+      v.peer_control = std::move(*control);
+      spdlog::info("volume '{}': peer control channel (snapshots) on {}", v.name,
+                   v.peer_control->listener->address());
+    } else {
+      v.peer_control = std::make_unique<PeerControl>();
+      v.peer_control->error = control.error().message();
+      spdlog::warn("volume '{}': no peer control channel: {}", v.name, v.peer_control->error);
+    }
+  }
   spdlog::info("volume '{}' exported over NBD on {} (TLS: {}, at most {} connections)", v.name,
                v.nbd_export->address(), tls_mode(record), record.max_connections);
   return ok_status();
@@ -110,6 +125,7 @@ void stop_export(VolumeEntry& v) {
     return;
   }
   const std::string address = v.nbd_export->address();
+  v.peer_control.reset();
   v.nbd_export.reset();  // joins the export's thread
   spdlog::info("volume '{}': NBD export on {} stopped", v.name, address);
 }
@@ -148,6 +164,7 @@ Json export_json(const VolumeEntry& v) {
     j["protocol_errors"] = s.protocol_errors;
     j["requests"] = s.requests;
   }
+  j["control"] = peer_control_json(v.peer_control.get());
   return j;
 }
 

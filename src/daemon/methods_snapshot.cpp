@@ -39,6 +39,21 @@ Result<VolumeEntry*> volume_with_snapshot(Registry& r, const SnapshotArgs& a) {
   return v;
 }
 
+// Revert and clone run on every replica's store; a remote replica's peer
+// only takes, deletes and lists snapshots (docs/nbd.md).
+Status refuse_with_remote(const VolumeEntry& v, const std::string& what) {
+  for (const auto& slot : v.slots) {
+    if (slot.remote != nullptr) {
+      return Error(ENOTSUP, what + " of volume " + named(v.name) +
+                                " refused, nothing changed: its replica on " +
+                                slot.remote->record.uri +
+                                " is remote (a remote replica supports snapshot create, delete and "
+                                "list only; remove it first, and add it again after)");
+    }
+  }
+  return ok_status();
+}
+
 // A snapshot operation of the engine (all replicas or none, but not across
 // a crash) inside an intent.
 Status snapshot_op(Registry& r, IntentOp op, VolumeEntry& v, const std::string& snapshot,
@@ -92,6 +107,7 @@ Result<Json> snapshot_revert(Registry& r, Params& p) {
   UBLKVOL_ASSIGN_OR_RETURN(const SnapshotArgs a, parse_snapshot(p, "name"));
   UBLKVOL_TRY(p.finish());
   UBLKVOL_ASSIGN_OR_RETURN(VolumeEntry * v, volume_with_snapshot(r, a));
+  UBLKVOL_TRY(refuse_with_remote(*v, "revert to snapshot " + named(a.name)));
   if (v->device) {
     return Error(EBUSY, "volume " + named(a.volume) + " is exposed (unexpose it before reverting)");
   }
@@ -110,6 +126,7 @@ Result<Json> snapshot_clone(Registry& r, Params& p) {
   UBLKVOL_ASSIGN_OR_RETURN(const SnapshotArgs a, parse_snapshot(p, "snapshot"));
   UBLKVOL_TRY(p.finish());
   UBLKVOL_ASSIGN_OR_RETURN(VolumeEntry * origin, volume_with_snapshot(r, a));
+  UBLKVOL_TRY(refuse_with_remote(*origin, "clone of snapshot " + named(a.name)));
   UBLKVOL_TRY(r.check_new_volume_name(clone));
   UBLKVOL_ASSIGN_OR_RETURN(
       const uint64_t intent,

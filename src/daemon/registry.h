@@ -45,6 +45,7 @@
 #include "exports.h"
 #include "frontend_volume.h"
 #include "intent_log.h"
+#include "peer_control.h"
 #include "recovery.h"
 #include "remote_replicas.h"
 #include "store_identity.h"
@@ -118,6 +119,8 @@ struct VolumeEntry {
   // declared after the engine so that it stops first.
   std::optional<ExportRecord> exported;
   std::unique_ptr<nbd::NbdExport> nbd_export;
+  // The export's peer control channel (peer_control.h), stopped before it.
+  std::unique_ptr<PeerControl> peer_control;
   std::string error;  // the volume could not be opened
 
   // The names of the stores holding its (open) replicas, by index.

@@ -243,7 +243,8 @@ Json remote_json(RemoteSlot& slot, engine::ReplicaState state) {
               {"reconnects", 0},
               {"attempts", 0},
               {"retry_delay_ms", 0},
-              {"last_error", ""}};
+              {"last_error", ""},
+              {"owed_snapshot_deletes", Json::array()}};
   if (!slot.keeper) {
     return out;
   }
@@ -257,6 +258,7 @@ Json remote_json(RemoteSlot& slot, engine::ReplicaState state) {
     out["failed_requests"] = stats->failed;
     out["latency_p50_us"] = stats->latency_p50_us;
     out["latency_p99_us"] = stats->latency_p99_us;
+    out["owed_snapshot_deletes"] = stats->owed_snapshot_deletes;
     if (last_error.empty()) {
       last_error = stats->last_error;
     }

@@ -33,8 +33,10 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "ublkvol/common/result.h"
 #include "ublkvol/engine/raw_replica_store.h"
@@ -43,6 +45,36 @@
 #include "ublkvol/nbd/client_device.h"
 
 namespace ublkvol::nbd {
+
+// Snapshot deletes a remote replica owes its peer (docs/nbd.md "Snapshots
+// of a remote replica"): a delete or roll back that could not reach the
+// peer, a create whose answer was lost. Shared by every RemoteReplica the
+// keeper opens on the same export, so a reconnect retries them. In memory
+// only: a daemon restart forgets it (the operator sees the leftover in the
+// peer's `snapshot list`; the log names it).
+class SnapshotLedger {
+ public:
+  void owe(const std::string& snapshot) {
+    const std::lock_guard lock(mutex_);
+    owed_.insert(snapshot);
+  }
+  void settled(const std::string& snapshot) {
+    const std::lock_guard lock(mutex_);
+    owed_.erase(snapshot);
+  }
+  [[nodiscard]] bool owes(const std::string& snapshot) const {
+    const std::lock_guard lock(mutex_);
+    return owed_.contains(snapshot);
+  }
+  [[nodiscard]] std::vector<std::string> owed() const {
+    const std::lock_guard lock(mutex_);
+    return {owed_.begin(), owed_.end()};
+  }
+
+ private:
+  mutable std::mutex mutex_;
+  std::set<std::string> owed_;
+};
 
 struct RemoteReplicaOptions {
   NbdDeviceOptions device;
@@ -53,6 +85,11 @@ struct RemoteReplicaOptions {
   // half of it - before the engine gives up on the request and hands its
   // buffer back (client_device.h). 0: no cut.
   std::chrono::milliseconds io_deadline{8000};
+  // Snapshots: the deadline of one call on the peer's control channel
+  // (connect, TLS, the peer's snapshot, the answer).
+  std::chrono::milliseconds control_timeout{10000};
+  // Created by open() when null; the keeper passes its replica's on.
+  std::shared_ptr<SnapshotLedger> ledger;
 };
 
 // Formats a fresh replica on the export at `uri` (synchronous).
@@ -74,6 +111,7 @@ class RemoteReplica {
   [[nodiscard]] engine::ReplicaBinding binding();
   [[nodiscard]] const std::string& uri() const { return uri_; }
   [[nodiscard]] engine::RawReplicaStore& store() { return *store_; }
+  [[nodiscard]] const std::shared_ptr<SnapshotLedger>& ledger() const { return ledger_; }
 
   struct Stats {
     std::string uri;
@@ -84,6 +122,8 @@ class RemoteReplica {
     uint64_t latency_p50_us = 0;  // bucket upper bounds (latency_histogram.h)
     uint64_t latency_p99_us = 0;
     std::string last_error;
+    // Snapshot deletes owed to the peer (SnapshotLedger).
+    std::vector<std::string> owed_snapshot_deletes;
   };
   // Read on the owning thread.
   Result<Stats> stats();
@@ -107,6 +147,9 @@ class RemoteReplica {
   std::string uri_;
   std::unique_ptr<NbdDevice> device_;
   std::unique_ptr<engine::RawReplicaStore> store_;
+  // What the engine binds: store_ plus snapshots on the peer.
+  std::unique_ptr<engine::ReplicaStore> front_;
+  std::shared_ptr<SnapshotLedger> ledger_;
   std::unique_ptr<engine::StoreThread> thread_;
 };
 

@@ -2,7 +2,10 @@
 #include "ublkvol/nbd/remote_replica.h"
 
 #include <algorithm>
+#include <spdlog/spdlog.h>
 #include <utility>
+
+#include "remote_snapshots.h"
 
 namespace ublkvol::nbd {
 
@@ -30,23 +33,37 @@ Result<std::unique_ptr<RemoteReplica>> RemoteReplica::open(const std::string& ur
     return store.error().with_context("remote replica");
   }
   replica->store_ = std::move(*store);
+  replica->ledger_ = options.ledger ? options.ledger : std::make_shared<SnapshotLedger>();
+  auto front = std::make_unique<RemoteSnapshotStore>(*replica->store_, uri, options.control_timeout,
+                                                     replica->ledger_);
+  RemoteSnapshotStore& snapshots = *front;
+  replica->front_ = std::move(front);
   UBLKVOL_ASSIGN_OR_RETURN(replica->thread_, engine::StoreThread::start(options.thread));
-  UBLKVOL_TRY(replica->thread_->attach(*replica->store_));
+  UBLKVOL_TRY(replica->thread_->attach(*replica->front_));
+  if (!replica->ledger_->owed().empty()) {
+    // A (re)connect retries the snapshot deletes the peer is owed; what
+    // still fails stays recorded for the next snapshot call.
+    const Status settled = replica->thread_->call([&] { return snapshots.settle(); });
+    if (!settled.ok()) {
+      spdlog::warn("{}", settled.error().message());
+    }
+  }
   return replica;
 }
 
 RemoteReplica::~RemoteReplica() {
   if (thread_) {
-    if (store_) {
-      (void)thread_->detach(*store_);
+    if (front_) {
+      (void)thread_->detach(*front_);
     }
     thread_->stop();
   }
+  front_.reset();
   store_.reset();
   device_.reset();
 }
 
-engine::ReplicaBinding RemoteReplica::binding() { return {store_.get(), thread_.get()}; }
+engine::ReplicaBinding RemoteReplica::binding() { return {front_.get(), thread_.get()}; }
 
 Result<RemoteReplica::Stats> RemoteReplica::stats() {
   Stats stats;
@@ -59,6 +76,7 @@ Result<RemoteReplica::Stats> RemoteReplica::stats() {
     stats.latency_p50_us = device_->latency().quantile_us(500);
     stats.latency_p99_us = device_->latency().quantile_us(990);
     stats.last_error = device_->last_error();
+    stats.owed_snapshot_deletes = ledger_->owed();
     return ok_status();
   }));
   return stats;
@@ -94,6 +112,9 @@ RemoteReplicaKeeper::RemoteReplicaKeeper(engine::ReplicatedVolume& volume, unsig
       uri_(replica->uri()),
       replica_(std::move(replica)),
       delay_(backoff.initial) {
+  if (!options_.ledger) {
+    options_.ledger = replica_->ledger();  // reconnects keep the owed deletes
+  }
   thread_ = std::thread([this] { run(); });
 }
 
