@@ -66,13 +66,15 @@ _ublk_volume() {
       esac ;;
     volume)
       case "$sub" in
-        "") words_list="create import list show delete expose unexpose resize export unexport" ;;
+        "") words_list="create import list show delete expose unexpose resize open export unexport" ;;
         create) opts+=" --size --store --min-replicas --remote --tls-psk --insecure-plain" ;;
         import) opts+=" --store --min-replicas" ;;
         expose) opts+=" --queues --queue-depth"
                 [[ $nargs -eq 0 ]] && words_list="$(_ublk_volume_names volumes)" ;;
         export) opts+=" --listen --tls-psk --tls-cert --tls-key --tls-ca --insecure-plain --max-connections"
                 [[ $nargs -eq 0 ]] && words_list="$(_ublk_volume_names volumes)" ;;
+        open) opts+=" --accept-data-loss"
+              [[ $nargs -eq 0 ]] && words_list="$(_ublk_volume_names volumes)" ;;
         show|delete|unexpose|resize|unexport) [[ $nargs -eq 0 ]] && words_list="$(_ublk_volume_names volumes)" ;;
       esac ;;
     snapshot)

@@ -1,4 +1,4 @@
-// ublk-volume volume create/import/list/show/delete/expose/unexpose/resize.
+// ublk-volume volume create/import/list/show/delete/expose/unexpose/resize/open.
 #include <memory>
 #include <string>
 #include <vector>
@@ -166,6 +166,27 @@ void add_volume_commands(CLI::App& app, CommandTree& tree) {
                });
   c->add_option("name", resize->name, "Volume name")->required();
   c->add_option("size", resize->size, "New size, e.g. 20G")->required();
+
+  struct OpenArgs {
+    std::string name;
+    bool accept_data_loss = false;
+  };
+  auto open = std::make_shared<OpenArgs>();
+  c = tree.add(volume, "open", Method::kVolumeOpen,
+               "  ublk-volume volume open vol0                     # its missing store is back\n"
+               "  ublk-volume volume open vol0 --accept-data-loss  # without the missing replica\n",
+               [open](Session& s) {
+                 Json params = {{"name", open->name}};
+                 if (open->accept_data_loss) {
+                   params["accept_data_loss"] = true;
+                 }
+                 auto r = s.call(Method::kVolumeOpen, params);
+                 return r ? s.done(*r, "opened volume '" + open->name + "'") : s.status();
+               });
+  c->add_option("name", open->name, "Volume name")->required();
+  c->add_flag("--accept-data-loss", open->accept_data_loss,
+              "Open without the missing replicas even if they may hold newer acknowledged "
+              "writes: those writes are lost, the replicas leave the volume");
 }
 
 }  // namespace ublkvol::cli

@@ -173,6 +173,7 @@ Status Registry::open_engine(VolumeEntry& v) {
   }
   engine::ReplicatedVolumeOptions options = engine_options(v);
   options.min_replicas = std::min<unsigned>(v.min_replicas, bindings.size());
+  options.accept_missing_in_sync = v.accept_missing_in_sync;
   UBLKVOL_ASSIGN_OR_RETURN(v.engine, stack::open_volume(options, std::move(bindings)));
   v.frontend = std::make_unique<FrontendVolume>(*v.engine, config.write_through);
   // Remote replicas: from now on their keepers reconnect them (remote_replicas.h).

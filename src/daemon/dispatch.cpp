@@ -39,6 +39,7 @@ Result<Json> dispatch(Registry& r, const Request& request) {
       {Method::kVolumeResize, &volume_resize},
       {Method::kVolumeExport, &volume_export},
       {Method::kVolumeUnexport, &volume_unexport},
+      {Method::kVolumeOpen, &volume_open},
       {Method::kSnapshotCreate, &snapshot_create},
       {Method::kSnapshotList, &snapshot_list},
       {Method::kSnapshotDelete, &snapshot_delete},

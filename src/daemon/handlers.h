@@ -51,6 +51,7 @@ Result<Json> volume_unexpose(Registry& r, Params& p);
 Result<Json> volume_resize(Registry& r, Params& p);
 Result<Json> volume_export(Registry& r, Params& p);  // methods_export.cpp
 Result<Json> volume_unexport(Registry& r, Params& p);
+Result<Json> volume_open(Registry& r, Params& p);  // held_volume.cpp
 
 Result<Json> snapshot_create(Registry& r, Params& p);
 Result<Json> snapshot_list(Registry& r, Params& p);

@@ -58,6 +58,8 @@ constexpr ParamSpec kReplicaFail[] = {{"volume", K::kName, true},
                                       {"force", K::kBool, false}};
 constexpr ParamSpec kReplicaVerify[] = {
     {"volume", K::kName, true}, {"repair", K::kBool, false}, {"rate", K::kUint, false}};
+constexpr ParamSpec kVolumeOpen[] = {{"name", K::kName, true},
+                                     {"accept_data_loss", K::kBool, false}};
 constexpr ParamSpec kStats[] = {{"volume", K::kName, false}};
 constexpr ParamSpec kBackupCreate[] = {{"volume", K::kName, true},   {"snapshot", K::kName, true},
                                        {"target", K::kString, true}, {"name", K::kName, false},
@@ -112,6 +114,10 @@ constexpr std::array<MethodInfo, kMethodCount> kMethods = {{
      "Serve a volume over NBD (TLS required on TCP; re-exported after a restart)", kVolumeExport},
     {Method::kVolumeUnexport, "volume.unexport",
      "Stop a volume's NBD export (new clients refused, connections closed)", kName},
+    {Method::kVolumeOpen, "volume.open",
+     "Open a volume that could not be opened (e.g. held back for a missing replica that may "
+     "hold newer writes) with the replicas available now",
+     kVolumeOpen},
     {Method::kSnapshotCreate, "snapshot.create", "Take a snapshot (O(1), the volume stays online)",
      kSnapshotCreate},
     {Method::kSnapshotList, "snapshot.list", "List a volume's snapshots", kVolume},

@@ -59,6 +59,11 @@ inline constexpr const char* kMetaSuffix = ".engine-meta";
 std::string named(const std::string& name);
 // "'a', 'b'".
 std::string list_names(const std::vector<std::string>& names);
+struct VolumeEntry;
+// The error of a volume the engine refused to open because a replica in sync
+// at its newest generation is missing (ENOLINK): the engine's message, what
+// is unavailable, and the operator's ways out (held_volume.cpp).
+std::string held_back_message(const VolumeEntry& v, const std::string& engine_message);
 
 struct StoreEntry {
   std::string name;
@@ -122,6 +127,9 @@ struct VolumeEntry {
   // The export's peer control channel (peer_control.h), stopped before it.
   std::unique_ptr<PeerControl> peer_control;
   std::string error;  // the volume could not be opened
+  // The next open_engine() passes the engine's accept_missing_in_sync
+  // (volume.open --accept-data-loss, held_volume.cpp).
+  bool accept_missing_in_sync = false;
 
   // The names of the stores holding its (open) replicas, by index.
   [[nodiscard]] std::vector<std::string> replica_stores() const;
@@ -227,6 +235,13 @@ class Registry {
   // Opens the replicas and the engine of a closed volume (its slots keep
   // their stores). On failure the volume stays closed with `error` set.
   Status reopen_volume(VolumeEntry& volume);
+  // volume.open (held_volume.cpp): opens a volume that is not open - one
+  // held back because a replica in sync at its newest generation is missing
+  // (docs/operations.md, "A volume held back for a missing replica") or one
+  // whose replicas failed to open - with the replicas available now; with
+  // `accept_data_loss`, without the missing ones (dropped from the volume).
+  // Re-exposes and re-exports it as recorded.
+  Status open_held_volume(VolumeEntry& volume, bool accept_data_loss);
   // Opens the replica `replica_name` in the slot's store and attaches it.
   Status open_slot(VolumeEntry& v, ReplicaSlot& slot, const std::string& replica_name);
   // Detaches the slot's replica from its thread and destroys it there.

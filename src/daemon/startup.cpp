@@ -4,6 +4,7 @@
 // and everything is closed (docs/daemon.md "Start-up and recovery",
 // "Signals and shutdown").
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <exception>
@@ -228,7 +229,9 @@ void Registry::load(DaemonState state) {
     } else {
       Status opened = open_engine(*v);
       if (!opened.ok()) {
-        v->error = opened.error().message();
+        v->error = opened.error().errno_value() == ENOLINK
+                       ? held_back_message(*v, opened.error().message())
+                       : opened.error().message();
       } else {
         sizes_adopted = agree_on_size(*v) || sizes_adopted;
       }

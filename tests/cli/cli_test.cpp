@@ -482,7 +482,7 @@ TEST(Cli, UnknownCommandsAreNamed) {
   EXPECT_EQ(
       r.err,
       "ublk-volume: unknown command 'grow' for 'ublk-volume volume' (one of: create, import, list, "
-      "show, delete, expose, unexpose, resize, export, unexport)\n");
+      "show, delete, expose, unexpose, resize, open, export, unexport)\n");
 }
 
 TEST(Cli, StatsLeavesOutVolumesThatAreNotExposed) {

@@ -32,6 +32,7 @@ enum class Method {
   kVolumeResize,
   kVolumeExport,
   kVolumeUnexport,
+  kVolumeOpen,
   kSnapshotCreate,
   kSnapshotList,
   kSnapshotDelete,

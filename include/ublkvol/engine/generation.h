@@ -11,8 +11,13 @@
 //     then - if B's bitmap reaches back that far (bitmap_base);
 //   - neither in the other's history: they diverged (a split) or are
 //     unrelated; nothing automatic may pick one.
+// Comparing only what is present cannot see a newer replica that is missing
+// at open, so each replica also records the ids of the replicas in sync at
+// its generation (ReplicaMeta::in_sync) and open() refuses while one of them
+// is missing (check_in_sync; docs/engine.md "In-sync sets").
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -57,5 +62,31 @@ struct GenerationChoice {
 // volumes, no replica with consistent data.
 Result<GenerationChoice> choose_generation(const std::vector<ReplicaMeta>& metas,
                                            const std::vector<std::string>& names);
+
+using InSyncSet = std::array<uint64_t, kInSyncSetSize>;
+
+// The set holding `ids` (non-zero, distinct, at most kInSyncSetSize of them).
+InSyncSet make_in_sync_set(const std::vector<uint64_t>& ids);
+
+// Moves `m` to the new generation `g` (the old one goes to the history) with
+// `members` as the replicas in sync at g.
+void advance_generation(ReplicaMeta& m, uint64_t g, const InSyncSet& members);
+
+struct InSyncCheck {
+  // No replica at the generation recorded its set (written by an older
+  // version): nothing can be checked.
+  bool unknown = true;
+  // The union of the sets recorded at the generation.
+  std::vector<uint64_t> members;
+  // Members that none of the given replicas is.
+  std::vector<uint64_t> missing;
+};
+
+// Which replicas recorded in sync at `generation` (by the given replicas that
+// are at it) are not among the given ones.
+InSyncCheck check_in_sync(const std::vector<ReplicaMeta>& metas, uint64_t generation);
+
+// A replica id or generation for messages (16 hex digits).
+std::string id_string(uint64_t id);
 
 }  // namespace ublkvol::engine

@@ -85,6 +85,9 @@ struct ReplicaIo {
 // Generation ids are random non-zero 64-bit values (DRBD-style UUIDs): two
 // replicas that each moved on independently can never end up with equal ids.
 inline constexpr size_t kGenerationHistory = 8;
+// Capacity of the in-sync set (ReplicaMeta::in_sync): the engine's
+// kMaxReplicas (replicated_volume.h checks they agree).
+inline constexpr size_t kInSyncSetSize = 4;
 
 struct ReplicaMeta {
   // The volume this replica belongs to (0 until the engine first opens it).
@@ -103,6 +106,17 @@ struct ReplicaMeta {
   bool rebuilding = false;
   uint64_t rebuild_generation = 0;
   uint64_t rebuild_watermark = 0;
+  // This replica's identity: a random non-zero id the engine assigns when it
+  // first opens the replica (0: not yet assigned, e.g. written by an older
+  // version).
+  uint64_t replica_id = 0;
+  // The ids of every replica in sync at `generation` (this one included),
+  // 0-padded; written at every generation bump and before a rebuilt replica
+  // joins the in-sync set. All zero: unknown (an older format). open()
+  // refuses to start on replicas at the newest present generation when a
+  // member of this set is missing: it may have moved on (docs/engine.md
+  // "In-sync sets").
+  std::array<uint64_t, kInSyncSetSize> in_sync{};
 };
 
 class ReplicaStore {

@@ -119,6 +119,15 @@ struct ReplicatedVolumeOptions {
   // control path's pauses (task_runner.h); nullptr: thread_task_runner().
   // Must outlive the volume.
   TaskRunner* task_runner = nullptr;
+  // open() refuses (ENOLINK) when a replica recorded in sync at the newest
+  // present generation is not among the given replicas: it may have moved
+  // on and hold acknowledged writes the others lack (docs/engine.md
+  // "In-sync sets"). With this set the volume opens anyway on what is
+  // present and moves it to a new generation, so the missing replica, if
+  // it returns newer, is a split rather than silently overwritten. The
+  // operator's explicit choice to lose the writes only the missing replica
+  // holds.
+  bool accept_missing_in_sync = false;
 };
 
 struct RebuildProgress {

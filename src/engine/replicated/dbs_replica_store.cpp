@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstddef>
 #include <cstring>
 #include <new>
 
@@ -15,12 +16,16 @@ namespace ublkvol::engine {
 namespace {
 
 constexpr uint64_t kBlock = 4096;
-constexpr char kMagic[8] = {'U', 'B', 'V', 'D', 'B', 'S', 'M', '1'};
+// Format 2 ("...M2") appends replica_id and in_sync; its CRC covers the
+// whole struct. Format 1 ("...M1", CRC over the struct without them) still
+// opens, as "no id, in-sync set unknown", and is rewritten as format 2.
+constexpr char kMagic[8] = {'U', 'B', 'V', 'D', 'B', 'S', 'M', '2'};
+constexpr char kMagicNoInSync[8] = {'U', 'B', 'V', 'D', 'B', 'S', 'M', '1'};
 
 // The metadata volume's one block.
 struct MetaBlock {
   char magic[8];
-  uint32_t crc;  // CRC32C of the struct with crc = 0
+  uint32_t crc;  // CRC32C of the struct with crc = 0 (format 1: up to replica_id)
   uint32_t flags;
   uint64_t volume_uuid;
   uint64_t generation;
@@ -28,7 +33,11 @@ struct MetaBlock {
   uint64_t bitmap_base;
   uint64_t rebuild_generation;
   uint64_t rebuild_watermark;
+  // Format 2 on.
+  uint64_t replica_id;
+  uint64_t in_sync[kInSyncSetSize];
 };
+constexpr size_t kMetaBlockV1Bytes = offsetof(MetaBlock, replica_id);
 constexpr uint32_t kFlagFresh = 1;
 constexpr uint32_t kFlagRebuilding = 2;
 
@@ -47,6 +56,8 @@ void encode(const ReplicaMeta& m, std::byte* block) {
   b.bitmap_base = m.bitmap_base;
   b.rebuild_generation = m.rebuild_generation;
   b.rebuild_watermark = m.rebuild_watermark;
+  b.replica_id = m.replica_id;
+  std::copy(m.in_sync.begin(), m.in_sync.end(), b.in_sync);
   b.crc = crc32c(&b, sizeof(b));
   std::memset(block, 0, kBlock);
   std::memcpy(block, &b, sizeof(b));
@@ -57,7 +68,11 @@ bool decode(const std::byte* block, ReplicaMeta& m) {
   std::memcpy(&b, block, sizeof(b));
   uint32_t crc = b.crc;
   b.crc = 0;
-  if (std::memcmp(b.magic, kMagic, sizeof(kMagic)) != 0 || crc32c(&b, sizeof(b)) != crc) {
+  const bool v1 = std::memcmp(b.magic, kMagicNoInSync, sizeof(kMagicNoInSync)) == 0;
+  if (!v1 && std::memcmp(b.magic, kMagic, sizeof(kMagic)) != 0) {
+    return false;
+  }
+  if (crc32c(&b, v1 ? kMetaBlockV1Bytes : sizeof(b)) != crc) {
     return false;
   }
   m.fresh = (b.flags & kFlagFresh) != 0;
@@ -68,6 +83,10 @@ bool decode(const std::byte* block, ReplicaMeta& m) {
   m.bitmap_base = b.bitmap_base;
   m.rebuild_generation = b.rebuild_generation;
   m.rebuild_watermark = b.rebuild_watermark;
+  if (!v1) {
+    m.replica_id = b.replica_id;
+    std::copy(std::begin(b.in_sync), std::end(b.in_sync), m.in_sync.begin());
+  }
   return true;
 }
 

@@ -1,6 +1,7 @@
 // Generation comparison and the open-time choice (generation.h).
 #include "ublkvol/engine/generation.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cinttypes>
 #include <cstdio>
@@ -140,6 +141,51 @@ Result<GenerationChoice> choose_generation(const std::vector<ReplicaMeta>& metas
     }
   }
   return choice;
+}
+
+std::string id_string(uint64_t id) { return hex(id); }
+
+InSyncSet make_in_sync_set(const std::vector<uint64_t>& ids) {
+  InSyncSet set{};
+  size_t n = 0;
+  for (uint64_t id : ids) {
+    if (id != 0 && n < set.size() &&
+        std::find(set.begin(), set.begin() + n, id) == set.begin() + n) {
+      set[n++] = id;
+    }
+  }
+  return set;
+}
+
+void advance_generation(ReplicaMeta& m, uint64_t g, const InSyncSet& members) {
+  std::copy_backward(m.history.begin(), m.history.end() - 1, m.history.end());
+  m.history[0] = m.generation;
+  m.generation = g;
+  m.in_sync = members;
+}
+
+InSyncCheck check_in_sync(const std::vector<ReplicaMeta>& metas, uint64_t generation) {
+  InSyncCheck check;
+  for (const ReplicaMeta& m : metas) {
+    if (m.generation != generation || m.in_sync[0] == 0) {
+      continue;
+    }
+    check.unknown = false;
+    for (uint64_t id : m.in_sync) {
+      if (id != 0 &&
+          std::find(check.members.begin(), check.members.end(), id) == check.members.end()) {
+        check.members.push_back(id);
+      }
+    }
+  }
+  for (uint64_t id : check.members) {
+    bool present = std::any_of(metas.begin(), metas.end(),
+                               [id](const ReplicaMeta& m) { return m.replica_id == id; });
+    if (!present) {
+      check.missing.push_back(id);
+    }
+  }
+  return check;
 }
 
 }  // namespace ublkvol::engine

@@ -92,6 +92,8 @@ using detail::QueueState;
 using detail::SlotKind;
 using detail::StoreChannel;
 
+static_assert(kMaxReplicas <= kInSyncSetSize, "ReplicaMeta::in_sync must hold every replica");
+
 struct ReplicatedVolume::Impl {
   ReplicatedVolumeOptions options;
   VolumeInfo info;
@@ -347,7 +349,9 @@ struct ReplicatedVolume::Impl {
   void rebuild_quiesce(QueueState& q);
   [[nodiscard]] uint64_t user_requests() const;
   void rebuild_yield(uint64_t wait_ns);
-  Status rebuild_finish(const Job& job);
+  Status rebuild_finish(const Job& job) EXCLUDES(meta_mutex);
+  Result<InSyncSet> extended_in_sync_set(const Job& job, const ReplicaMeta& lineage)
+      REQUIRES(meta_mutex);
   Status start_job(const Job& job);
   // `quiet_seq` (optional) gets the sequence number up to which every
   // mutating request is covered by this checkpoint if none was ordered

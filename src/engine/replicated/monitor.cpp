@@ -50,19 +50,38 @@ void ReplicatedVolume::Impl::handle_failures() {
   // The survivors move to a new generation before anything the lost
   // replica(s) missed is acknowledged (gen_hold keeps those acks back).
   uint64_t g = new_generation();
+  // Every replica that moves to g records who else does (the in-sync set,
+  // docs/engine.md "In-sync sets"); one whose write fails below is in the
+  // set all the same, which only makes an open without it refuse.
+  std::array<ReplicaMeta, kMaxReplicas> metas{};
+  std::array<Status, kMaxReplicas> read{};
+  std::vector<uint64_t> members;
   for (unsigned r = 0; r < nreplicas; ++r) {
     ReplicaState s = replica_state(r);
     if ((s != ReplicaState::kInSync && s != ReplicaState::kRebuilding) || thread_exited(r)) {
       continue;
     }
     Result<ReplicaMeta> m = read_meta(r);
-    Status st = m.ok() ? ok_status() : Status(m.error());
-    if (m.ok()) {
-      ReplicaMeta meta = *m;
+    if (!m.ok()) {
+      read[r] = m.error();
+      continue;
+    }
+    metas[r] = *m;
+    if (s == ReplicaState::kInSync) {
+      members.push_back(m->replica_id);
+    }
+  }
+  const InSyncSet set = make_in_sync_set(members);
+  for (unsigned r = 0; r < nreplicas; ++r) {
+    ReplicaState s = replica_state(r);
+    if ((s != ReplicaState::kInSync && s != ReplicaState::kRebuilding) || thread_exited(r)) {
+      continue;
+    }
+    Status st = read[r];
+    if (st.ok()) {
+      ReplicaMeta meta = metas[r];
       if (s == ReplicaState::kInSync) {
-        std::copy_backward(meta.history.begin(), meta.history.end() - 1, meta.history.end());
-        meta.history[0] = meta.generation;
-        meta.generation = g;
+        advance_generation(meta, g, set);
       } else {
         meta.rebuild_generation = g;
       }

@@ -5,6 +5,47 @@
 
 namespace ublkvol::engine {
 
+namespace {
+
+// The open-time fence (docs/engine.md "In-sync sets"): refuses (ENOLINK)
+// while a replica recorded in sync at `generation`, the newest present one,
+// is not among `metas`; it may have moved on. True: one is missing and
+// options.accept_missing_in_sync lets the open go on.
+Result<bool> check_missing_in_sync(const ReplicatedVolumeOptions& options,
+                                   const std::vector<ReplicaMeta>& metas, uint64_t generation) {
+  const InSyncCheck check = check_in_sync(metas, generation);
+  if (check.unknown) {
+    spdlog::warn(
+        "volume {}: generation {} has no recorded in-sync set (written by an older version): "
+        "cannot tell whether a missing replica is newer; opening on the replicas present",
+        options.name, id_string(generation));
+    return false;
+  }
+  if (check.missing.empty()) {
+    return false;
+  }
+  std::string ids;
+  for (uint64_t id : check.missing) {
+    ids += (ids.empty() ? "" : ", ") + id_string(id);
+  }
+  std::string what = "volume " + options.name + ": " + std::to_string(check.missing.size()) +
+                     " of the " + std::to_string(check.members.size()) +
+                     " replicas in sync at generation " + id_string(generation) +
+                     (check.missing.size() == 1 ? " is" : " are") + " missing (replica id " + ids +
+                     ")";
+  if (options.accept_missing_in_sync) {
+    spdlog::warn("{}; opening without (accepted): writes only they hold are lost", what);
+    return true;
+  }
+  // "unavailable" (not the default kind of ENOLINK): a replica is missing.
+  return Error(ErrorKind::kUnavailable, ENOLINK,
+               what +
+                   ": they may hold acknowledged writes the present replicas lack; "
+                   "bring them back, or accept losing those writes explicitly");
+}
+
+}  // namespace
+
 Result<std::unique_ptr<ReplicatedVolume>> ReplicatedVolume::open(
     const ReplicatedVolumeOptions& options, std::vector<ReplicaBinding> replicas) {
   std::string what = "volume " + options.name;
@@ -110,20 +151,46 @@ Result<std::unique_ptr<ReplicatedVolume>> ReplicatedVolume::open(
   if (!choice.ok()) {
     return choice.error().with_context(what);
   }
+  bool advance = false;  // move the up-to-date replicas to a new generation
+  if (!choice->all_fresh) {
+    Result<bool> fenced = check_missing_in_sync(options, metas, choice->generation);
+    if (!fenced.ok()) {
+      return fenced.error();
+    }
+    advance = *fenced;
+  }
+  // Every replica gets its identity on first open (also one written by an
+  // older version), before any in-sync set could name it.
+  for (unsigned r = 0; r < v.nreplicas; ++r) {
+    if (metas[r].replica_id == 0) {
+      {
+        MutexLock meta_lock(v.meta_mutex);
+        metas[r].replica_id = v.new_generation();
+      }
+      UBLKVOL_TRY(v.write_meta(r, metas[r]));
+    }
+  }
   std::vector<Impl::Job> jobs;
   uint64_t generation = 0;  // the volume's, published below
   if (choice->all_fresh) {
+    std::vector<uint64_t> ids;
     {
       MutexLock meta_lock(v.meta_mutex);
       v.volume_uuid = v.new_generation();
       generation = v.new_generation();
     }
+    ids.reserve(metas.size());
+    for (const ReplicaMeta& m : metas) {
+      ids.push_back(m.replica_id);
+    }
+    const InSyncSet set = make_in_sync_set(ids);
     for (unsigned r = 0; r < v.nreplicas; ++r) {
       ReplicaMeta m = metas[r];
       m.fresh = false;
       m.volume_uuid = v.volume_uuid;
       m.generation = generation;
       m.bitmap_base = generation;
+      m.in_sync = set;
       UBLKVOL_TRY(v.write_meta(r, m));
       v.state[r].store(static_cast<uint8_t>(ReplicaState::kInSync));
     }
@@ -174,6 +241,35 @@ Result<std::unique_ptr<ReplicatedVolume>> ReplicatedVolume::open(
         jobs.insert(jobs.begin(), job);
       }
     }
+  }
+  if (advance) {
+    // Opened without a replica that may have moved on (the caller accepted
+    // it): the present ones move to a new generation, so that replica, if
+    // it returns newer, is refused as a split instead of being taken as
+    // the source or overwritten silently.
+    std::vector<uint64_t> ids;
+    uint64_t g = 0;
+    {
+      MutexLock meta_lock(v.meta_mutex);
+      g = v.new_generation();
+    }
+    for (unsigned r = 0; r < v.nreplicas; ++r) {
+      if (choice->plans[r] == ReplicaPlan::kUpToDate) {
+        ids.push_back(metas[r].replica_id);
+      }
+    }
+    const InSyncSet set = make_in_sync_set(ids);
+    for (unsigned r = 0; r < v.nreplicas; ++r) {
+      if (choice->plans[r] == ReplicaPlan::kUpToDate) {
+        ReplicaMeta m = metas[r];
+        advance_generation(m, g, set);
+        UBLKVOL_TRY(v.write_meta(r, m));
+      }
+    }
+    spdlog::warn(
+        "{}: opened without replicas in sync at generation {} (accepted): now generation {}", what,
+        hex(generation), hex(g));
+    generation = g;
   }
   {
     MutexLock lock(v.mutex);

@@ -56,7 +56,10 @@ namespace {
 
 constexpr uint64_t kBlock = 4096;
 constexpr char kMagic[8] = {'U', 'B', 'V', 'R', 'E', 'P', 'L', '1'};
-constexpr uint32_t kVersion = 1;
+// Version 2 added replica_id and in_sync; version 1 headers still open (they
+// read as "no id, in-sync set unknown") and are rewritten as version 2.
+constexpr uint32_t kVersion = 2;
+constexpr uint32_t kVersionNoInSync = 1;
 constexpr uint32_t kFlagFresh = 1;
 constexpr uint32_t kFlagRebuilding = 2;
 constexpr uint64_t kDataAlign = 1U << 20U;
@@ -80,6 +83,9 @@ struct OnDiskHeader {
   uint64_t bitmap_base;
   uint64_t rebuild_generation;
   uint64_t rebuild_watermark;
+  // Version 2 on (zero in a version 1 block).
+  uint64_t replica_id;
+  uint64_t in_sync[kInSyncSetSize];
 };
 static_assert(sizeof(OnDiskHeader) <= kBlock);
 
@@ -113,6 +119,8 @@ void encode(const ReplicaMeta& meta, const Geometry& geo, uint64_t device_size, 
   h.bitmap_base = meta.bitmap_base;
   h.rebuild_generation = meta.rebuild_generation;
   h.rebuild_watermark = meta.rebuild_watermark;
+  h.replica_id = meta.replica_id;
+  std::copy(meta.in_sync.begin(), meta.in_sync.end(), h.in_sync);
   std::memcpy(block, &h, sizeof(h));
   h.crc = crc32c(block, kBlock);
   std::memcpy(block, &h, sizeof(h));
@@ -124,7 +132,7 @@ std::string decode(const std::byte* block, uint64_t device_size, OnDiskHeader& o
   if (std::memcmp(out.magic, kMagic, sizeof(kMagic)) != 0) {
     return "bad magic (not a replica)";
   }
-  if (out.version != kVersion) {
+  if (out.version != kVersion && out.version != kVersionNoInSync) {
     return "unsupported version " + std::to_string(out.version);
   }
   std::byte copy[kBlock];
@@ -159,6 +167,10 @@ ReplicaMeta meta_from(const OnDiskHeader& h) {
   m.bitmap_base = h.bitmap_base;
   m.rebuild_generation = h.rebuild_generation;
   m.rebuild_watermark = h.rebuild_watermark;
+  if (h.version != kVersionNoInSync) {
+    m.replica_id = h.replica_id;
+    std::copy(std::begin(h.in_sync), std::end(h.in_sync), m.in_sync.begin());
+  }
   return m;
 }
 

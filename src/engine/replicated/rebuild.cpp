@@ -118,6 +118,10 @@ Status ReplicatedVolume::Impl::rebuild_join_targets(const Job& job) {
     meta.volume_uuid = volume_uuid;
     meta.generation = 0;
     meta.history = {};
+    meta.in_sync = {};
+    if (meta.replica_id == 0) {
+      meta.replica_id = new_generation();  // a new replica's identity
+    }
     meta.rebuilding = true;
     meta.rebuild_generation = g;
     // Nothing is claimed copied until rebuild_copy() persists a watermark
@@ -370,6 +374,47 @@ void ReplicatedVolume::Impl::rebuild_yield(uint64_t wait_ns) {
   progress.yielded_seconds += static_cast<double>(waited) / 1e9;
 }
 
+// The in-sync set at the current generation once the job's targets joined:
+// the set recorded so far, every replica in sync now, and the targets. Ids of
+// replicas no longer bound to the volume are dropped only if the set would
+// overflow: such a replica left out of sync (a bump followed) or never
+// reached the generation. An unknown set (recorded by an older version)
+// stays unknown: it cannot be completed from what is present.
+Result<InSyncSet> ReplicatedVolume::Impl::extended_in_sync_set(const Job& job,
+                                                               const ReplicaMeta& lineage) {
+  if (lineage.in_sync[0] == 0) {
+    return InSyncSet{};
+  }
+  std::vector<uint64_t> ids(lineage.in_sync.begin(), lineage.in_sync.end());
+  std::vector<uint64_t> bound;
+  for (unsigned r = 0; r < nreplicas; ++r) {
+    const ReplicaState s = replica_state(r);
+    if (s == ReplicaState::kRemoved) {
+      continue;
+    }
+    const bool member = s == ReplicaState::kInSync || (job.targets & bit(r)) != 0;
+    Result<ReplicaMeta> m = read_meta(r);
+    if (!m.ok()) {
+      if (!member) {
+        continue;  // e.g. a failed replica whose store thread died: not needed
+      }
+      return rebuild_failed(job, m.error().to_string()).error();
+    }
+    bound.push_back(m->replica_id);
+    if (member) {
+      ids.push_back(m->replica_id);
+    }
+  }
+  std::erase(ids, 0);
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  if (ids.size() > kInSyncSetSize) {
+    std::erase_if(
+        ids, [&](uint64_t id) { return std::find(bound.begin(), bound.end(), id) == bound.end(); });
+  }
+  return make_in_sync_set(ids);
+}
+
 // 5. Targets are in sync with the current generation.
 Status ReplicatedVolume::Impl::rebuild_finish(const Job& job) {
   MutexLock meta_lock(meta_mutex);
@@ -389,6 +434,29 @@ Status ReplicatedVolume::Impl::rebuild_finish(const Job& job) {
       }
     }
   }
+  // The targets join the in-sync set at g on every in-sync replica BEFORE
+  // they are in sync (docs/engine.md "In-sync sets"): a target could make
+  // the next generation, and a later open on replicas still at g must then
+  // know to wait for it.
+  UBLKVOL_ASSIGN_OR_RETURN(const InSyncSet set, extended_in_sync_set(job, lineage));
+  for (unsigned r = 0; r < nreplicas; ++r) {
+    if (replica_state(r) != ReplicaState::kInSync) {
+      continue;
+    }
+    Result<ReplicaMeta> m = read_meta(r);
+    if (!m.ok()) {
+      return rebuild_failed(job, m.error().to_string());
+    }
+    if (m->in_sync != set) {
+      ReplicaMeta meta = *m;
+      meta.in_sync = set;
+      Status st = write_meta(r, meta);
+      if (!st.ok()) {
+        return rebuild_failed(job, "recording the in-sync set on replica " + std::to_string(r) +
+                                       ": " + st.error().to_string());
+      }
+    }
+  }
   for (unsigned t = 0; t < nreplicas; ++t) {
     if ((job.targets & bit(t)) == 0) {
       continue;
@@ -403,6 +471,7 @@ Status ReplicatedVolume::Impl::rebuild_finish(const Job& job) {
     ReplicaMeta meta = *m;
     meta.generation = g;
     meta.history = lineage.history;
+    meta.in_sync = set;
     meta.rebuilding = false;
     meta.rebuild_generation = 0;
     meta.rebuild_watermark = 0;

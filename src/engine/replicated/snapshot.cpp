@@ -126,15 +126,23 @@ Status ReplicatedVolume::revert_snapshot(const std::string& snapshot) {
     // the revert: a replica that was out (or failed to revert) holds data
     // the bitmaps do not describe and rebuilds fully when it returns.
     const uint64_t g = v.new_generation();
+    std::vector<uint64_t> members;  // the in-sync set at g: the reverted replicas
+    for (unsigned r = 0; r < v.nreplicas; ++r) {
+      if ((done & bit(r)) != 0) {
+        Result<ReplicaMeta> m = v.read_meta(r);
+        if (m.ok()) {
+          members.push_back(m->replica_id);
+        }
+      }
+    }
+    const InSyncSet set = make_in_sync_set(members);
     for (unsigned r = 0; r < v.nreplicas; ++r) {
       if ((done & bit(r)) == 0) {
         continue;
       }
       Status st = v.on_store(r, [&](ReplicaStore& s) -> Status {
         ReplicaMeta m = s.meta();
-        std::copy_backward(m.history.begin(), m.history.end() - 1, m.history.end());
-        m.history[0] = m.generation;
-        m.generation = g;
+        advance_generation(m, g, set);
         UBLKVOL_TRY(s.write_meta(m));
         return s.clear_dirty();  // bitmap_base = g; nothing in flight, all durable
       });
@@ -188,13 +196,26 @@ Result<uint32_t> ReplicatedVolume::clone_snapshot(const std::string& snapshot,
   meta.volume_uuid = v.new_generation();
   meta.generation = v.new_generation();
   meta.bitmap_base = meta.generation;
+  // Each clone replica gets its own id; all of them are in sync at the
+  // clone's first generation.
+  std::array<uint64_t, kMaxReplicas> ids{};
+  std::vector<uint64_t> members;
+  for (unsigned r = 0; r < v.nreplicas; ++r) {
+    if ((targets & bit(r)) != 0) {
+      ids[r] = v.new_generation();
+      members.push_back(ids[r]);
+    }
+  }
+  meta.in_sync = make_in_sync_set(members);
   uint32_t done = 0;
   for (unsigned r = 0; r < v.nreplicas; ++r) {
     if ((targets & bit(r)) == 0) {
       continue;
     }
+    ReplicaMeta replica_meta = meta;
+    replica_meta.replica_id = ids[r];
     Status st = v.on_store(r, [&](ReplicaStore& s) {
-      Status made = s.clone_snapshot(snapshot, clone, meta);
+      Status made = s.clone_snapshot(snapshot, clone, replica_meta);
       if (!made.ok()) {
         (void)s.delete_clone(clone);  // whatever part of it was made
       }
