@@ -101,6 +101,11 @@ Result<StatsSample> parse_stats(const Json& result) {
           Field{"bytes_written", &c.bytes_written}, Field{"errors", &c.errors}}) {
       UBLKVOL_ASSIGN_OR_RETURN(*f.value, read_uint(v, f.key, where));
     }
+    for (Field f : {Field{"zero_copy_ios", &c.zero_copy_ios}, Field{"copied_ios", &c.copied_ios}}) {
+      if (v.contains(f.key)) {  // newer daemons only
+        UBLKVOL_ASSIGN_OR_RETURN(*f.value, read_uint(v, f.key, where));
+      }
+    }
     UBLKVOL_ASSIGN_OR_RETURN(c.read_latency, read_histogram(v, "read_latency_ns", bounds, where));
     UBLKVOL_ASSIGN_OR_RETURN(c.write_latency, read_histogram(v, "write_latency_ns", bounds, where));
     if (auto verify = v.find("verify"); verify != v.end() && verify->is_object()) {
@@ -355,6 +360,10 @@ std::string prometheus_text(const StatsSample& sample) {
        &VolumeCounters::bytes_written},
       {"errors_total", "Requests completed with an error since the volume was exposed.",
        &VolumeCounters::errors},
+      {"zero_copy_ios_total", "Data requests served on their own pages (zero copy).",
+       &VolumeCounters::zero_copy_ios},
+      {"copied_ios_total", "Data requests of a zero-copy device served by copy.",
+       &VolumeCounters::copied_ios},
   };
   for (const auto& counter : kCounters) {
     out << "# HELP ublkvol_volume_" << counter.name << ' ' << counter.help << '\n';

@@ -40,6 +40,9 @@ struct VolumeCounters {
   bool exposed = true;
   uint64_t reads = 0, writes = 0, flushes = 0, discards = 0;
   uint64_t bytes_read = 0, bytes_written = 0, errors = 0;
+  // Zero copy: data requests served on their own pages / by copy on a
+  // zero-copy device (0 from daemons that do not report them).
+  uint64_t zero_copy_ios = 0, copied_ios = 0;
   LatencyHistogram read_latency, write_latency;
   // Online verify / scrub (the "verify" object; absent from older daemons).
   struct Verify {

@@ -162,11 +162,18 @@ void Registry::close_slot(ReplicaSlot& slot) {
   }
 }
 
+engine::ReplicaBinding StoreEntry::binding(engine::ReplicaStore* replica) const {
+  // A DBS store on a FileDevice turns window addresses of its thread into
+  // READ_FIXED / WRITE_FIXED (docs/zero-copy.md); a MemoryDevice would not.
+  const bool fixed = dynamic_cast<const dbs::FileDevice*>(device.get()) != nullptr;
+  return {replica, thread.get(), fixed};
+}
+
 Status Registry::open_engine(VolumeEntry& v) {
   std::vector<engine::ReplicaBinding> bindings;
   for (auto& slot : v.slots) {
     if (slot.store != nullptr) {
-      bindings.push_back({slot.replica.get(), slot.store->thread.get()});
+      bindings.push_back(slot.store->binding(slot.replica.get()));
     } else if (slot.remote) {
       bindings.push_back(slot.remote->binding());
     }

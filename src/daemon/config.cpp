@@ -157,6 +157,8 @@ Result<DaemonConfig> parse_config(std::string_view text, const std::string& orig
       UBLKVOL_TRY(read_string_list(value, key, origin, config.ublk_features_off));
     } else if (key == "write_through") {
       UBLKVOL_TRY(read_bool(value, key, origin, config.write_through));
+    } else if (key == "zero_copy") {
+      UBLKVOL_TRY(read_bool(value, key, origin, config.zero_copy));
     } else if (key == "store_data_order") {
       UBLKVOL_TRY(read_string(value, key, origin, config.store_data_order));
     } else if (key == "store_submit_batch") {

@@ -88,7 +88,7 @@ Result<Json> replica_add(Registry& r, Params& p) {
     (void)Registry::delete_replica_data(*s, volume);
     return opened.error();
   }
-  auto index = v->engine->add_replica({slot.replica.get(), s->thread.get()});
+  auto index = v->engine->add_replica(s->binding(slot.replica.get()));
   if (!index.ok()) {
     Registry::close_slot(slot);
     (void)Registry::delete_replica_data(*s, volume);

@@ -363,6 +363,11 @@ ublk::DeviceOptions Registry::device_base_options() const {
     // Queue q on reactor q mod N, next to the stores (reactor_queue_host.h).
     options.queue_loop = ublk::QueueLoop::kExternal;
     options.queue_host = queue_host.get();
+    // Zero copy needs the queue and the stores on one reactor's ring; the
+    // engine answers per request (docs/zero-copy.md). Ignored by a kernel
+    // without AUTO_BUF_REG; a recovered device keeps its creation flags.
+    options.zero_copy = config.zero_copy;
+    options.zero_copy_direct = config.zero_copy;
   }
   return options;
 }

@@ -85,6 +85,9 @@ struct StoreEntry {
   // The file the store is on: the watched one, else what its path names now.
   [[nodiscard]] std::optional<FileIdentity> identity() const;
   [[nodiscard]] bool online() const { return store && thread && error.empty(); }
+  // replica `replica` of this store as the engine binds it; fixed_buffer_io
+  // (zero copy) when the store is on a FileDevice (assembly.cpp).
+  [[nodiscard]] engine::ReplicaBinding binding(engine::ReplicaStore* replica) const;
   // Runs `fn(store)` on the store thread; EIO if the store is failed.
   Status run(const std::function<Status(dbs::Store&)>& fn);
   // Commits (if healthy) and stops the thread; closes store and device.

@@ -153,6 +153,11 @@ Json volume_stats_json(const VolumeEntry& v) {
           {"bytes_read", s.bytes_read},
           {"bytes_written", s.bytes_written},
           {"errors", s.errors},
+          // Zero copy (docs/zero-copy.md): the device was created for it;
+          // data requests served on their own pages / served by copy.
+          {"zero_copy", v.device != nullptr && v.device->zero_copy()},
+          {"zero_copy_ios", s.zero_copy_ios},
+          {"copied_ios", s.copied_ios},
           {"read_latency_ns", histogram_json(s.read_latency)},
           {"write_latency_ns", histogram_json(s.write_latency)},
           {"verify", verify_json(v.engine ? v.engine->status().verify : engine::VerifyStatus{})}};

@@ -484,8 +484,13 @@ struct QueueRunner::Impl {
     tag.start_ns = 0;
     tag.copy_back = false;
     const uapi::IoDesc desc = descriptor_array()[tag.index];
-    const bool direct =
-        setup.zero_copy_direct && (desc.op_flags & uapi::kIoFNeedRegBuf) == 0 && window_registered;
+    const uint8_t op = uapi::io_desc_op(desc.op_flags);
+    // Asked per request, last: every replica this request can reach does
+    // its I/O on this thread's ring (docs/zero-copy.md).
+    const bool direct = setup.zero_copy_direct && window_registered &&
+                        (desc.op_flags & uapi::kIoFNeedRegBuf) == 0 &&
+                        (op == uapi::kOpRead || op == uapi::kOpWrite) &&
+                        volume_queue->all_targets_local();
     const int check = translate_request(desc, direct ? window_address(tag) : tag.buffer,
                                         setup.buffer_bytes, tag.io);
     if (check != 0) {

@@ -58,10 +58,10 @@ struct QueueSetup {
   // queue's ring. Requests are then served either directly (below) or by
   // copy: pread/pwrite on /dev/ublkcN into the tag buffer.
   bool zero_copy = false;
-  // With zero_copy: hand data requests to the volume as addresses in a
-  // PROT_NONE window of the queue's ring (dbs/fixed_buffer.h). Only for a
-  // volume whose every replica does its I/O on this queue's thread through a
-  // FileDevice (the caller's guarantee, DeviceOptions::zero_copy_direct).
+  // With zero_copy: set up a PROT_NONE window of the queue's ring
+  // (dbs/fixed_buffer.h) and hand a data request to the volume as an address
+  // in it whenever the volume queue's all_targets_local() says yes right
+  // before its submit (DeviceOptions::zero_copy_direct).
   bool zero_copy_direct = false;
 };
 

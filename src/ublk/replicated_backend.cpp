@@ -352,7 +352,9 @@ Result<std::unique_ptr<ReplicatedBackend>> ReplicatedBackend::open(const ServeCo
     r->dbs_replica = std::move(*replica);
     r->replica = std::make_unique<CountingReplicaStore>(*r->dbs_replica, r->counters);
     UBLKVOL_TRY(r->store.thread().attach(*r->replica));
-    bindings.push_back({r->replica.get(), &r->store.thread()});
+    // DBS on a FileDevice (CountingDevice only counts): window addresses
+    // of the store's thread reach it (VolumeQueue::all_targets_local()).
+    bindings.push_back({r->replica.get(), &r->store.thread(), /*fixed_buffer_io=*/true});
   }
 
   // The engine over the attached replicas.

@@ -53,6 +53,18 @@ TEST(Stats, ParsesTheProtocolsShape) {
   EXPECT_EQ(s->volumes[0].read_latency.upper_bounds_ns[0], 1024.0);
 }
 
+TEST(Stats, ReadsZeroCopyCountersWhenPresent) {
+  Json v = volume("v", 1, 2, histogram({}), histogram({}));
+  v["zero_copy_ios"] = 7;
+  v["copied_ios"] = 3;
+  auto s = parse_stats(sample(5, {v}));
+  ASSERT_TRUE(s.ok()) << s.error().message();
+  EXPECT_EQ(s->volumes[0].zero_copy_ios, 7u);
+  EXPECT_EQ(s->volumes[0].copied_ios, 3u);
+  EXPECT_TRUE(prometheus_text(*s).find("ublkvol_volume_zero_copy_ios_total{volume=\"v\"} 7\n") !=
+              std::string::npos);
+}
+
 TEST(Stats, RefusesMalformedSamplesNamingTheField) {
   Json bad = sample(5, {volume("v", 1, 2, histogram({}), histogram({}))});
   bad["volumes"][0].erase("writes");
@@ -171,6 +183,9 @@ TEST(Stats, PrometheusText) {
   EXPECT_TRUE(has("ublkvol_volume_reads_total{volume=\"vol0\"} 3")) << text;
   EXPECT_TRUE(has("ublkvol_volume_written_bytes_total{volume=\"vol0\"} 131072")) << text;
   EXPECT_TRUE(has("ublkvol_volume_exposed{volume=\"idle\"} 0")) << text;
+  // Zero copy counters: reported by newer daemons, 0 when absent.
+  EXPECT_TRUE(has("ublkvol_volume_zero_copy_ios_total{volume=\"vol0\"} 0")) << text;
+  EXPECT_TRUE(has("ublkvol_volume_copied_ios_total{volume=\"vol0\"} 0")) << text;
   EXPECT_TRUE(has("# TYPE ublkvol_volume_read_latency_seconds histogram")) << text;
   // Buckets are cumulative, in seconds; the last one is +Inf.
   EXPECT_TRUE(

@@ -47,6 +47,7 @@ TEST(Config, DefaultsWhenMissing) {
   EXPECT_EQ(config->min_replicas, 1u);
   EXPECT_TRUE(config->recoverable_devices);
   EXPECT_FALSE(config->write_through);  // write-back: DBS journals mappings
+  EXPECT_TRUE(config->zero_copy);
   EXPECT_EQ(config->store_data_order, "flush");
   EXPECT_EQ(config->store_submit_batch, 4u);
 }
@@ -56,7 +57,7 @@ TEST(Config, ParsesEveryKey) {
       R"({"state_dir":"/s","control_socket":"/r/c.sock","socket_group":"g","queues":2,
           "queue_depth":64,"io_deadline_ms":500,"rebuild_mb_per_s":100,"rebuild_busy_percent":35,
           "min_replicas":2,
-          "recoverable_devices":false,"write_through":true,"log_level":"debug",
+          "recoverable_devices":false,"write_through":true,"zero_copy":false,"log_level":"debug",
           "store_data_order":"fua","store_submit_batch":0,
           "ublk_features_off":["QUIESCE","UPDATE_SIZE"]})",
       "c.json");
@@ -70,6 +71,7 @@ TEST(Config, ParsesEveryKey) {
   EXPECT_EQ(config->min_replicas, 2u);
   EXPECT_FALSE(config->recoverable_devices);
   EXPECT_TRUE(config->write_through);
+  EXPECT_FALSE(config->zero_copy);
   EXPECT_EQ(config->log_level, "debug");
   EXPECT_EQ(config->store_data_order, "fua");
   EXPECT_EQ(config->store_submit_batch, 0u);

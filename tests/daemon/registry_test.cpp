@@ -1,5 +1,8 @@
 // The registry (src/daemon/registry.h) in-process over memory stores:
 // lookup by name, the state it persists, the stores it refuses.
+#include <unistd.h>
+
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 
@@ -53,6 +56,26 @@ TEST_F(RegistryTest, EveryChangeIsSaved) {
   ASSERT_EQ(snapshot.volumes.size(), 1U);
   EXPECT_EQ(snapshot.volumes[0].stores, std::vector<std::string>{"a"});
   EXPECT_EQ(snapshot.volumes[0].size_bytes, 8 * kMiB);
+}
+
+// Zero copy (docs/zero-copy.md): only a store on a FileDevice takes the
+// queue's window addresses; the engine is told so through the binding.
+TEST_F(RegistryTest, ReplicasOnFileStoresAreBoundForFixedBufferIo) {
+  StoreEntry* memory = add_memory_store("m");
+  ASSERT_NE(memory, nullptr);
+  EXPECT_FALSE(memory->binding(nullptr).fixed_buffer_io);
+  char path[] = "/dev/shm/ublkvol-registry-XXXXXX";
+  const int fd = ::mkstemp(path);
+  ASSERT_GE(fd, 0);
+  ::close(fd);
+  ::unlink(path);  // store.add creates it
+  ok("store.add", {{"name", "f"}, {"path", path}, {"format", true}, {"size", 64 * kMiB}});
+  StoreEntry* file = registry_->find_store("f");
+  ASSERT_NE(file, nullptr);
+  const engine::ReplicaBinding b = file->binding(nullptr);
+  EXPECT_TRUE(b.fixed_buffer_io);
+  EXPECT_EQ(b.thread, file->thread.get());
+  ::unlink(path);
 }
 
 TEST_F(RegistryTest, ACopyOfAStoreIsRefused) {

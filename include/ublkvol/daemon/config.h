@@ -81,6 +81,12 @@ struct DaemonConfig {
   // applications that never flush, at ~40% of sequential write throughput
   // (docs/daemon.md "Write-back and write-through").
   bool write_through = false;
+  // Zero copy (docs/zero-copy.md): create devices with UBLK_F_AUTO_BUF_REG |
+  // UBLK_F_USER_COPY when the kernel has both (Linux >= 6.16) and the queues
+  // run on reactors; each request is then served on its own pages whenever
+  // all of the volume's replicas are DBS stores on the queue's reactor, by
+  // copy otherwise. Threads mode (no `reactors`) and older kernels: copy mode.
+  bool zero_copy = true;
   // How each store makes the data of a newly mapped block durable before the
   // journal record that maps it (dbs::OpenOptions::mapping_data_order):
   // "flush" (default) - one device flush per group commit; "fua" - every

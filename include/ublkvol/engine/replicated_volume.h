@@ -70,6 +70,13 @@ struct ReplicaBinding {
   ReplicaStore* store = nullptr;
   // The store's owner: a StoreThread in production (store_executor.h).
   StoreExecutor* thread = nullptr;
+  // The store does every data read and write through a dbs::FileDevice on
+  // its executor's thread (a DBS store on a plain file or block device), so
+  // an address inside a zero-copy window of that thread (dbs/fixed_buffer.h)
+  // reaches it as READ_FIXED / WRITE_FIXED. False for anything else (raw
+  // stores, NBD replicas, memory devices): such a store would take the
+  // window for ordinary memory (VolumeQueue::all_targets_local()).
+  bool fixed_buffer_io = false;
 };
 
 struct ReplicatedVolumeOptions {

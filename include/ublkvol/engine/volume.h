@@ -99,6 +99,14 @@ class VolumeQueue {
   [[nodiscard]] virtual int wake_fd() const = 0;
   // I/Os submitted whose callbacks have not yet run.
   [[nodiscard]] virtual unsigned in_flight() const = 0;
+  // Asked right before submit() of a READ/WRITE (same thread, no lock, no
+  // allocation): true if every replica the next request can reach - reads,
+  // read retries and repairs, writes incl. a rebuilding target - does its
+  // I/O on this queue's thread through a dbs::FileDevice, so its buffer may
+  // be an address in this thread's zero-copy window (docs/zero-copy.md).
+  // A queue that answered true keeps that request away from any replica
+  // that joins later. Default: false (the buffer must be ordinary memory).
+  [[nodiscard]] virtual bool all_targets_local() { return false; }
 };
 
 class Volume {

@@ -32,6 +32,7 @@ class WriteThroughQueue final : public VolumeQueue {
   unsigned reap() override { return inner_->reap(); }
   [[nodiscard]] int wake_fd() const override { return inner_->wake_fd(); }
   [[nodiscard]] unsigned in_flight() const override { return inner_->in_flight(); }
+  [[nodiscard]] bool all_targets_local() override { return inner_->all_targets_local(); }
 
  private:
   std::unique_ptr<VolumeQueue> inner_;

@@ -58,11 +58,12 @@ struct DeviceOptions {
   // UBLK_F_AUTO_BUF_REG | UBLK_F_USER_COPY when the kernel has both (Linux
   // >= 6.16); on older kernels (6.12) it is ignored: copy mode as before.
   bool zero_copy = false;
-  // With zero_copy: the volume's replicas all do their I/O on the queue's
-  // thread through a dbs::FileDevice (one local replica whose store is served
-  // by the reactor that runs the queue), so requests go to the volume as
-  // fixed-buffer windows and nothing is copied. Without it every data
-  // request of a zero-copy device is copied by pread/pwrite on /dev/ublkcN.
+  // With zero_copy: each queue asks its VolumeQueue, per READ/WRITE, whether
+  // every replica the request can reach does its I/O on the queue's thread
+  // through a dbs::FileDevice (all_targets_local()); if so the request goes
+  // to the volume as a fixed-buffer window address and nothing is copied,
+  // else it is copied by pread/pwrite on /dev/ublkcN. Without it every data
+  // request of a zero-copy device is copied.
   bool zero_copy_direct = false;
   QueueLoop queue_loop = QueueLoop::kThread;
   // kExternal: runs the queues; must outlive the device. Not owned.

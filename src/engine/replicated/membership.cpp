@@ -130,6 +130,15 @@ Status ReplicatedVolume::Impl::install(unsigned r, const ReplicaBinding& b) {
     nreplicas.store(r + 1, std::memory_order_seq_cst);
   }
   bump_epoch();
+  // Zero copy: no request on a window address may reach r (direct_io.cpp).
+  Status drained =
+      detail::drain_direct(*this, r,
+                           "volume " + options.name + ": replica " + std::to_string(r) + " (" +
+                               std::string(b.store->name()) + ")");
+  if (!drained.ok()) {
+    (void)uninstall(r);
+    return drained;
+  }
   return ok_status();
 }
 

@@ -51,6 +51,7 @@ Status QueueState::bind_replica(unsigned r) {
     if (ch->local) {
       local_mask.fetch_or(bit(r), std::memory_order_relaxed);
     }
+    mark_fixed_buffer_io(r);
     channel_of[r].store(ch, std::memory_order_release);
     return ok_status();
   }
@@ -71,6 +72,7 @@ Status QueueState::bind_replica(unsigned r) {
   if (ch->local) {
     local_mask.fetch_or(bit(r), std::memory_order_relaxed);
   }
+  mark_fixed_buffer_io(r);
   channel_of[r].store(ch, std::memory_order_release);
   channels[static_cast<unsigned>(free_entry)].store(ch, std::memory_order_release);
   return ok_status();
@@ -84,6 +86,7 @@ Status QueueState::unbind_replica(unsigned r) {
   StoreChannel* ch = channel_of[r].load(std::memory_order_acquire);
   channel_of[r].store(nullptr, std::memory_order_release);
   local_mask.fetch_and(~bit(r), std::memory_order_relaxed);
+  fixed_mask.fetch_and(~bit(r), std::memory_order_relaxed);
   if (ch == nullptr) {
     return ok_status();
   }
@@ -116,12 +119,14 @@ Status QueueState::leave_home() {
     }
   }
   local_mask.store(0, std::memory_order_relaxed);
+  direct_epoch = 0;  // the zero-copy answer depends on local_mask
   home = nullptr;
   return ok_status();
 }
 
 Status QueueState::make_home(reactor::Reactor& reactor) {
   home = &reactor;
+  direct_epoch = 0;
   for (unsigned i = 0; i < kMaxReplicas; ++i) {
     StoreChannel* c = channel(i);
     if (c == nullptr || c->local || c->thread->home_reactor() != &reactor) {

@@ -73,6 +73,15 @@ void QueueState::refresh_masks() {
 void QueueState::submit(VolumeIo& io) {
   ++in_flight;
   submitted.store(submitted.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  // Its buffer may be a zero-copy window address: install() waits for it
+  // (direct_io.cpp). Counted until its callback runs, a bound on when the
+  // request last sends to a replica.
+  scratch(io).direct = answered_direct;
+  if (answered_direct) {
+    answered_direct = false;
+    direct_in_flight.store(direct_in_flight.load(std::memory_order_relaxed) + 1,
+                           std::memory_order_release);
+  }
   const VolumeInfo& info = vol->info;
   int err = 0;
   if (io.op != VolumeOp::kFlush) {
@@ -784,6 +793,10 @@ unsigned QueueState::reap() {
       done_tail = nullptr;
     }
     int result = scratch(*io).result;
+    if (scratch(*io).direct) {
+      direct_in_flight.store(direct_in_flight.load(std::memory_order_relaxed) - 1,
+                             std::memory_order_release);
+    }
     --in_flight;
     ++ran;
     io->on_complete(*io, result);

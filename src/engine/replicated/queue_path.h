@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "ublkvol/common/result.h"
@@ -59,6 +60,16 @@ struct QueueState {
   // The last state epoch this queue's thread acted on (end of reap()): the
   // membership fence waits for it (docs/engine.md "Membership changes").
   std::atomic<uint64_t> acked_epoch{0};
+  // Zero copy (direct_io.cpp, docs/zero-copy.md): the bound replicas whose
+  // binding has fixed_buffer_io (written like local_mask); the answer of
+  // all_targets_local() cached for one state epoch (0: recompute); requests
+  // submitted after a yes whose callback has not run yet (written by the
+  // queue thread only, read by install()'s drain).
+  std::atomic<uint32_t> fixed_mask{0};
+  std::atomic<uint32_t> direct_in_flight{0};
+  uint64_t direct_epoch = 0;
+  bool direct_answer = false;
+  bool answered_direct = false;
 
   Slot* free_list = nullptr;
   VolumeIo* wait_head = nullptr;  // waiting for a free slot
@@ -102,6 +113,8 @@ struct QueueState {
   void submit(VolumeIo& io);
   void kick();
   unsigned reap();
+  // VolumeQueue::all_targets_local() (direct_io.cpp).
+  bool all_targets_local();
 
   // ---- internal operations (control threads own internal queues) ----
   int submit_op(InternalOp& op);
@@ -151,6 +164,8 @@ struct QueueState {
   // ---- membership (control thread, with replica r fenced) ----
   Status bind_replica(unsigned r);
   Status unbind_replica(unsigned r);
+  // bind_replica: records r's fixed_buffer_io in fixed_mask (direct_io.cpp).
+  void mark_fixed_buffer_io(unsigned r);
   void inc_outstanding(unsigned r) {
     outstanding[r].store(outstanding[r].load(std::memory_order_relaxed) + 1,
                          std::memory_order_release);
@@ -165,5 +180,12 @@ struct QueueState {
 // FLUSH through a control queue, run to completion on the calling thread;
 // the request's result (0 or -errno).
 int flush_and_wait(QueueState& q);
+
+// After replica r was installed and the epoch bumped (membership.cpp): waits
+// until no user queue for which r is not a local fixed-buffer replica still
+// has a request submitted as direct (a zero-copy window address), so none
+// can reach r once it enters the write set (direct_io.cpp). ETIMEDOUT after
+// the fence's bound, naming the queues.
+Status drain_direct(ReplicatedVolume::Impl& v, unsigned r, const std::string& what);
 
 }  // namespace ublkvol::engine::detail

@@ -36,6 +36,9 @@ class ReplicatedQueue final : public VolumeQueue {
     // Nobody reaps a closed queue: give back what a dead store thread holds
     // now, or a later membership fence would wait on it forever.
     q_.reclaim_zombies();
+    // Requests abandoned with the queue never run their callbacks: a queue
+    // opened again starts with none on zero-copy buffers (direct_io.cpp).
+    q_.direct_in_flight.store(0, std::memory_order_release);
     q_.opened.store(false, std::memory_order_release);
   }
   void submit(VolumeIo& io) override { q_.submit(io); }
@@ -45,6 +48,7 @@ class ReplicatedQueue final : public VolumeQueue {
   // Includes completed writes that still hold their ordering entry until a
   // rebuilding replica answers: the queue must keep reaping until 0.
   [[nodiscard]] unsigned in_flight() const override { return q_.in_flight + q_.lingering; }
+  [[nodiscard]] bool all_targets_local() override { return q_.all_targets_local(); }
 
  private:
   QueueState& q_;

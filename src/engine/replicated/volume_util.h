@@ -46,6 +46,9 @@ inline ReplicaOp replica_op(VolumeOp op) {
 struct IoScratch {
   VolumeIo* next;
   int result;
+  // Submitted right after all_targets_local() said yes: counted in
+  // QueueState::direct_in_flight until its callback ran.
+  bool direct;
 };
 static_assert(sizeof(IoScratch) <= kVolumeIoScratchBytes);
 
