@@ -62,6 +62,9 @@ void render_backup_show(std::ostream& out, const Json& result) {
     out << j.value("kind", std::string("backup")) << " job";
     if (j.value("kind", std::string()) == "restore") {
       out << " into volume " << text(j, "volume");
+      if (!j.value("snapshot", std::string()).empty()) {
+        out << " as snapshot " << text(j, "snapshot");
+      }
     }
     out << ": " << text(j, "state") << ", " << j.value("percent", 0.0) << "% ("
         << text(j, "chunks_done") << "/" << text(j, "chunks_total") << " chunks)";
@@ -129,6 +132,7 @@ void add_backup_commands(CLI::App& app, CommandTree& tree) {
 
   struct Args {
     std::string volume, snapshot, target, name, parent;
+    std::string to_volume, as_snapshot;  // restore as a snapshot of an existing volume
     std::string s3_endpoint, s3_region, s3_credentials;
     std::vector<std::string> stores;
     int64_t min_replicas = -1;
@@ -272,11 +276,31 @@ void add_backup_commands(CLI::App& app, CommandTree& tree) {
   c = tree.add(
       backup, "restore", Method::kBackupRestore,
       "  ublk-volume backup restore vol0-nightly-1 --target /mnt/backup --volume vol0-copy "
-      "--store a --store b\n",
+      "--store a --store b\n"
+      "  ublk-volume backup restore vol0-nightly-1 --target /mnt/backup --to-volume vol0 "
+      "--as-snapshot nightly-1-restored\n",
       [a](Session& s) {
         Json params = a->with_name();
-        params["volume"] = a->volume;
-        params["stores"] = a->stores;
+        const bool as_snapshot = !a->to_volume.empty() || !a->as_snapshot.empty();
+        if (as_snapshot) {
+          if (a->to_volume.empty() || a->as_snapshot.empty() || !a->volume.empty() ||
+              !a->stores.empty() || a->min_replicas >= 0) {
+            s.env().err << kProgram
+                        << ": --to-volume and --as-snapshot go together, without --volume, "
+                           "--store and --min-replicas\n";
+            return ExitCode::kUsage;
+          }
+          params["volume"] = a->to_volume;
+          params["snapshot"] = a->as_snapshot;
+        } else if (a->volume.empty() || a->stores.empty()) {
+          s.env().err << kProgram
+                      << ": give --volume and --store (a new volume), or --to-volume and "
+                         "--as-snapshot (a new snapshot of an existing volume)\n";
+          return ExitCode::kUsage;
+        } else {
+          params["volume"] = a->volume;
+          params["stores"] = a->stores;
+        }
         if (a->min_replicas >= 0) {
           params["min_replicas"] = a->min_replicas;
         }
@@ -288,7 +312,14 @@ void add_backup_commands(CLI::App& app, CommandTree& tree) {
           return s.status();
         }
         if (a->wait) {
-          return wait_for_job(s, a->target_params(), a->name, "restore", a->volume);
+          return wait_for_job(s, a->target_params(), a->name, "restore",
+                              as_snapshot ? a->to_volume : a->volume);
+        }
+        if (as_snapshot) {
+          return s.done(*r, "restoring backup '" + a->name + "' as snapshot '" + a->as_snapshot +
+                                "' of volume '" + a->to_volume +
+                                "' (listed once done; follow it with: ublk-volume backup show " +
+                                a->name + " --target " + a->target + ")");
         }
         return s.done(*r, "restoring backup '" + a->name + "' into new volume '" + a->volume +
                               "' (usable once done; follow it with: ublk-volume backup show " +
@@ -296,9 +327,12 @@ void add_backup_commands(CLI::App& app, CommandTree& tree) {
       });
   c->add_option("name", a->name, "Backup name")->required();
   add_target(c, "--target");
-  c->add_option("--volume", a->volume, "Name of the new volume")->required();
-  c->add_option("--store", a->stores, "A store for a replica (repeat for more replicas)")
-      ->required();
+  c->add_option("--volume", a->volume, "Name of the new volume");
+  c->add_option("--store", a->stores, "A store for a replica (repeat for more replicas)");
+  c->add_option("--to-volume", a->to_volume,
+                "Restore as a new snapshot of this existing volume (with --as-snapshot; the "
+                "volume stays in use)");
+  c->add_option("--as-snapshot", a->as_snapshot, "Name of the new snapshot (with --to-volume)");
   c->add_option("--min-replicas", a->min_replicas, "Replicas that must stay in sync");
   c->add_option("--rate", a->rate, "Write at most this many MB/s (default: unthrottled)")
       ->check(CLI::NonNegativeNumber);

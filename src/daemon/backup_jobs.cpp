@@ -108,6 +108,7 @@ Json backup_job_to_json(const BackupJobSpec& spec) {
       break;
     case BackupJobKind::kRestore:
       out.update(Json{{"volume", spec.volume},
+                      {"snapshot", spec.snapshot},
                       {"stores", spec.stores},
                       {"resume_offset", spec.resume_offset},
                       {"failed", spec.failed}});
@@ -148,6 +149,9 @@ Result<BackupJobSpec> backup_job_from_json(const Json& json) {
     UBLKVOL_ASSIGN_OR_RETURN(spec.volume, string_field(json, "volume"));
     UBLKVOL_ASSIGN_OR_RETURN(spec.resume_offset, uint_field(json, "resume_offset"));
     UBLKVOL_ASSIGN_OR_RETURN(spec.failed, string_field(json, "failed"));
+    if (json.contains("snapshot")) {  // absent in files of older builds
+      UBLKVOL_ASSIGN_OR_RETURN(spec.snapshot, string_field(json, "snapshot"));
+    }
     if (!json.contains("stores") || !json.at("stores").is_array() || json.at("stores").empty()) {
       return Error(EINVAL, "field 'stores' is missing or not a non-empty array");
     }
@@ -289,6 +293,10 @@ Status BackupJobs::record_restore(const BackupJobSpec& spec) {
   if (auto why = restoring(spec.volume)) {
     return Error(EBUSY, "volume '" + spec.volume + "' is " + *why);
   }
+  if (auto snapshot = restoring_snapshot(spec.volume)) {
+    return Error(EBUSY, "a backup is being restored as snapshot '" + *snapshot + "' of volume '" +
+                            spec.volume + "' (one restore into a volume at a time)");
+  }
   return save_state(spec);
 }
 
@@ -389,6 +397,10 @@ void BackupJobs::run_backup(Job& job, dbs::Store& store, engine::StoreExecutor& 
 
 void BackupJobs::run_restore(Job& job, const std::vector<RestoreReplica>& replicas,
                              const std::stop_token& stop) {
+  if (!job.spec.snapshot.empty()) {
+    run_restore_snapshot(job, replicas, stop);
+    return;
+  }
   // The thread's own copy: its resume_offset moves with each checkpoint.
   BackupJobSpec spec = job.spec;
   auto failed = [&](const Error& error) {
@@ -543,7 +555,8 @@ Json BackupJobs::list() const {
 
 std::optional<std::string> BackupJobs::restoring(const std::string& volume) const {
   for (const auto& job : jobs_) {
-    if (job->spec.kind != BackupJobKind::kRestore || job->spec.volume != volume) {
+    if (job->spec.kind != BackupJobKind::kRestore || job->spec.volume != volume ||
+        !job->spec.snapshot.empty()) {
       continue;
     }
     std::lock_guard lock(job->mutex);

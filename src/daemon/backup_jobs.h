@@ -31,6 +31,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -57,7 +58,10 @@ struct BackupJobSpec {
   backup::S3Options s3;  // how to reach an s3:// target
   // backup: the volume read; restore: the (new) volume written.
   std::string volume;
-  std::string snapshot;  // backup
+  // backup: the snapshot read; restore: the new snapshot of the existing
+  // volume `volume` the backup is restored as ("" = into a new volume;
+  // backup_restore_snapshot.cpp).
+  std::string snapshot;
   std::string parent;    // backup
   std::string store;     // backup: the store it reads from (by name)
   // restore: the stores of the volume's replicas.
@@ -125,8 +129,15 @@ class BackupJobs {
   // rate (bytes/s; chunks/s for a delete), eta_seconds, chunk counts.
   [[nodiscard]] Json list() const;
   // Why volume `volume` may not be used ("restoring from backup 'b' on T:
-  // 37%"), or nothing: a restore into it is recorded and not done.
+  // 37%"), or nothing: a restore into it (as a new volume) is recorded and
+  // not done. A restore as a snapshot of it does not block the volume.
   [[nodiscard]] std::optional<std::string> restoring(const std::string& volume) const;
+  // The restore as a snapshot of `volume` that is recorded and not done
+  // (its snapshot name), or nothing.
+  [[nodiscard]] std::optional<std::string> restoring_snapshot(const std::string& volume) const;
+  // The DBS volumes restores as snapshots are filling (staging volumes,
+  // restore_staging_name): not orphans while their job is recorded.
+  [[nodiscard]] std::set<std::string> staging_volumes() const;
   // Stops and joins the jobs using `store`; a backup's state file goes (the
   // store is being removed: nothing to resume).
   void stop_using(const std::string& store);
@@ -166,6 +177,9 @@ class BackupJobs {
                   const std::stop_token& stop);
   void run_restore(Job& job, const std::vector<RestoreReplica>& replicas,
                    const std::stop_token& stop);
+  // backup_restore_snapshot.cpp
+  void run_restore_snapshot(Job& job, const std::vector<RestoreReplica>& replicas,
+                            const std::stop_token& stop);
   void run_delete(Job& job, const std::stop_token& stop);
   [[nodiscard]] bool running(BackupJobKind kind, const std::string& target,
                              const std::string& name) const;
@@ -177,6 +191,11 @@ class BackupJobs {
   // the job threads: its puts are thread-safe); null: none.
   std::unique_ptr<backup::Target> states_;
 };
+
+// The DBS volume a restore as a snapshot of `volume` fills on each replica's
+// store before it becomes the snapshot (dbs::Store::adopt_as_snapshot):
+// "<volume>~restoring". '~' is in no volume name, so it never collides.
+std::string restore_staging_name(const std::string& volume);
 
 // Starts again every job with a state file (daemon start-up, after the
 // stores and volumes are open, before the control socket answers): on its

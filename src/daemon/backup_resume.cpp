@@ -34,14 +34,18 @@ void resume_restore(Registry& r, const BackupJobSpec& spec) {
   if (v == nullptr) {
     // Killed after the state file was written and before the volume was
     // created (or its volume.create intent was undone): nothing restored.
+    // A restore as a snapshot: its volume is gone (its staging volumes are
+    // orphans now, for store gc).
     spdlog::error(
-        "restore of backup '{}' into volume '{}': the volume was never created; "
-        "dropped (start the restore again)",
-        spec.name, spec.volume);
+        "restore of backup '{}' into volume '{}': the volume {}; dropped (start the restore "
+        "again)",
+        spec.name, spec.volume, spec.snapshot.empty() ? "was never created" : "does not exist");
     r.backup_jobs.forget_restore(spec.volume);
     return;
   }
-  if (!spec.failed.empty()) {
+  // A restore as a snapshot keeps its state file after a failure only while
+  // sealing: resumed, it finishes the sealing.
+  if (!spec.failed.empty() && spec.snapshot.empty()) {
     r.backup_jobs.add_waiting(spec, spec.failed + " (delete the volume)", "failed");
     return;
   }

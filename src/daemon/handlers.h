@@ -76,6 +76,12 @@ Result<Json> backup_restore(Registry& r, Params& p);
 // Starts (or, at start-up, resumes) the restore job `spec` into every
 // replica of `v` (methods_backup.cpp).
 Status start_restore_job(Registry& r, VolumeEntry& v, const BackupJobSpec& spec, bool resumed);
+// backup.restore with `snapshot` (methods_restore_snapshot.cpp): checks
+// the volume, its replicas and the backup, and starts the restore as the new
+// snapshot spec.snapshot of volume spec.volume (params parsed into `spec`).
+Result<Json> restore_as_snapshot(Registry& r, BackupJobSpec spec);
+// Starts (or resumes) it on the stores of spec.stores.
+Status start_restore_snapshot_job(Registry& r, const BackupJobSpec& spec, bool resumed);
 
 Result<Json> daemon_status(Registry& r, Params& p);
 Result<Json> stats(Registry& r, Params& p);

@@ -68,7 +68,8 @@ constexpr ParamSpec kBackupTarget[] = {{"target", K::kString, true}};
 constexpr ParamSpec kBackupRestore[] = {{"target", K::kString, true},
                                         {"name", K::kName, true},
                                         {"volume", K::kName, true, kMaxVolumeNameLength},
-                                        {"stores", K::kNameList, true},
+                                        {"stores", K::kNameList, false},
+                                        {"snapshot", K::kName, false, kMaxSnapshotNameLength},
                                         {"min_replicas", K::kUint, false},
                                         {"rate", K::kUint, false}};
 constexpr ParamSpec kBackupNamed[] = {{"target", K::kString, true}, {"name", K::kName, true}};
@@ -153,8 +154,9 @@ constexpr std::array<MethodInfo, kMethodCount> kMethods = {{
     {Method::kBackupDelete, "backup.delete",
      "Delete a backup and the chunks no other backup needs, in the background", kBackupDelete},
     {Method::kBackupRestore, "backup.restore",
-     "Restore a backup into a new volume in the background (every chunk checked before it is "
-     "written; the volume is usable once it is done)",
+     "Restore a backup into a new volume, or as a new snapshot of an existing one, in the "
+     "background (every chunk checked before it is written; a new volume is usable once it is "
+     "done)",
      kBackupRestore},
 }};
 

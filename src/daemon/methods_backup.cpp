@@ -4,6 +4,7 @@
 // thread.
 #include <algorithm>
 #include <cerrno>
+#include <optional>
 #include <spdlog/spdlog.h>
 
 #include "ublkvol/backup/gc.h"
@@ -196,13 +197,37 @@ Result<Json> backup_restore(Registry& r, Params& p) {
   UBLKVOL_ASSIGN_OR_RETURN(spec.target, p.string("target"));
   UBLKVOL_ASSIGN_OR_RETURN(spec.name, p.name("name"));
   UBLKVOL_ASSIGN_OR_RETURN(spec.volume, p.name("volume"));
-  UBLKVOL_ASSIGN_OR_RETURN(spec.stores, p.name_list("stores", 1, engine::kMaxReplicas));
+  // 'stores' is optional in the schema (not with 'snapshot'). Present? A
+  // string reader refuses an array: refused or a value means it is there.
+  const auto as_string = p.optional_string("stores");
+  std::optional<std::vector<std::string>> stores;
+  if (!as_string.ok() || as_string->has_value()) {
+    UBLKVOL_ASSIGN_OR_RETURN(stores, p.name_list("stores", 1, engine::kMaxReplicas));
+  }
   UBLKVOL_ASSIGN_OR_RETURN(const auto min_replicas, p.optional_uint("min_replicas"));
+  UBLKVOL_ASSIGN_OR_RETURN(auto snapshot, p.optional_name("snapshot"));
   UBLKVOL_ASSIGN_OR_RETURN(const auto rate, p.optional_uint("rate"));
   UBLKVOL_ASSIGN_OR_RETURN(spec.s3, parse_s3(p));
   UBLKVOL_TRY(p.finish());
   UBLKVOL_TRY(check_may_use_targets(p));
   spec.rate = rate.value_or(0) << 20U;  // MiB/s written, as backup.create's rate
+  if (snapshot) {
+    // Into the existing volume's replicas (methods_restore_snapshot.cpp).
+    if (stores || min_replicas) {
+      return invalid(
+          "'stores' and 'min_replicas' are for a restore into a new volume; with 'snapshot' "
+          "the backup goes to the replicas of volume " +
+          named(spec.volume));
+    }
+    spec.snapshot = *snapshot;
+    return restore_as_snapshot(r, spec);
+  }
+  if (!stores) {
+    return invalid(
+        "missing field 'stores' (array of names): the stores of the new volume's replicas (or "
+        "'snapshot' to restore as a new snapshot of the existing volume)");
+  }
+  spec.stores = std::move(*stores);
   UBLKVOL_ASSIGN_OR_RETURN(auto target, backup::open_target(spec.target, spec.s3));
   backup::Repository repo(*target);
   UBLKVOL_ASSIGN_OR_RETURN(const backup::Manifest manifest, repo.get_manifest(spec.name));
@@ -233,6 +258,9 @@ Result<Json> backup_restore(Registry& r, Params& p) {
 }
 
 Status start_restore_job(Registry& r, VolumeEntry& v, const BackupJobSpec& spec, bool resumed) {
+  if (!spec.snapshot.empty()) {
+    return start_restore_snapshot_job(r, spec, resumed);
+  }
   std::vector<RestoreReplica> replicas;
   for (auto& slot : v.slots) {
     if (slot.store == nullptr) {

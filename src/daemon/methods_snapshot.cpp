@@ -76,6 +76,10 @@ Result<Json> snapshot_create(Registry& r, Params& p) {
   if (existing.ok() && has_snapshot(*existing, a.name)) {
     return Error(EEXIST, "volume " + named(a.volume) + " already has a snapshot " + named(a.name));
   }
+  if (r.backup_jobs.restoring_snapshot(a.volume) == a.name) {
+    return Error(EBUSY, "a backup is being restored as snapshot " + named(a.name) +
+                            " of volume " + named(a.volume));
+  }
   UBLKVOL_TRY(snapshot_op(r, IntentOp::kSnapshotCreate, *v, a.name,
                           [&] { return v->engine->create_snapshot(a.name); }));
   spdlog::info("volume '{}': snapshot '{}' created", a.volume, a.name);

@@ -321,6 +321,11 @@ Result<Json> volume_resize(Registry& r, Params& p) {
   if (auto why = r.backup_jobs.restoring(name)) {
     return Error(EBUSY, "volume " + named(name) + " is " + *why + ": resize it once it is done");
   }
+  if (auto snapshot = r.backup_jobs.restoring_snapshot(name)) {
+    // The snapshot must have the volume's size (dbs adopt_as_snapshot).
+    return Error(EBUSY, "a backup is being restored as snapshot " + named(*snapshot) +
+                            " of volume " + named(name) + ": resize it once it is done");
+  }
   const bool exposed = volume->exposed || volume->device;
   if (exposed) {
     // Needs UPDATE_SIZE and QUIESCE: the refusal names what is missing.

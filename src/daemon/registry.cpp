@@ -262,7 +262,8 @@ Result<uint64_t> Registry::begin(IntentOp op, const std::string& volume,
 std::vector<Orphan> Registry::orphans_on(StoreEntry& s) const {
   std::vector<Orphan> found;
   if (s.online()) {
-    const std::set<std::string> known = replicas_on(s);
+    std::set<std::string> known = replicas_on(s);
+    known.merge(backup_jobs.staging_volumes());  // restores as snapshots still filling them
     (void)s.run([&](dbs::Store& store) {
       found = find_orphans(store, known);
       return ok_status();

@@ -302,6 +302,33 @@ TEST(Cli, BackupRestoreAndDeleteWaitForTheirJob) {
   EXPECT_EQ(d.calls[2].params["rate"], 20);
 }
 
+// backup restore --to-volume V --as-snapshot S sends volume + snapshot (no
+// stores); mixing it with --volume/--store, or half of it, is a usage error
+// that reaches no daemon.
+TEST(Cli, BackupRestoreAsSnapshot) {
+  FakeDaemon d;
+  d.ok("backup.restore", {{"volume", "v"}, {"snapshot", "s"}, {"state", "running"}});
+  auto r = run(d, {"backup", "restore", "b", "--target", "/t", "--to-volume", "v",
+                   "--as-snapshot", "s"});
+  EXPECT_EQ(r.status, kOk) << r.err;
+  ASSERT_EQ(d.calls.size(), 1u);
+  EXPECT_EQ(d.calls[0].params["volume"], "v");
+  EXPECT_EQ(d.calls[0].params["snapshot"], "s");
+  EXPECT_FALSE(d.calls[0].params.contains("stores"));
+  EXPECT_NE(r.out.find("as snapshot 's' of volume 'v'"), std::string::npos) << r.out;
+  for (const std::vector<std::string>& bad :
+       {std::vector<std::string>{"--to-volume", "v"},
+        std::vector<std::string>{"--to-volume", "v", "--as-snapshot", "s", "--store", "a"},
+        std::vector<std::string>{"--volume", "copy"}}) {
+    std::vector<std::string> args{"backup", "restore", "b", "--target", "/t"};
+    args.insert(args.end(), bad.begin(), bad.end());
+    r = run(d, args);
+    EXPECT_EQ(r.status, kUsage) << bad[0];
+    EXPECT_NE(r.err.find("--as-snapshot"), std::string::npos) << r.err;
+  }
+  EXPECT_EQ(d.calls.size(), 1u);
+}
+
 TEST(Cli, DaemonErrorsMapToExitStatuses) {
   struct Case {
     ErrorCode code;

@@ -3,6 +3,7 @@
 // snapshot before the daemon imports it; the backup runs as the daemon's
 // background job, and the test checks what landed on the target with the
 // backup library itself (a restore into memory, byte for byte).
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 
@@ -108,6 +109,76 @@ class BackupDaemonTest : public DaemonTest {
     std::free(buffer);
     EXPECT_TRUE((*store)->close().ok());
     return out;
+  }
+
+  // Store a: volume "vol" (`bytes`) with `chunks` chunks written, snapshot
+  // "s1" of them backed up as "b" into `target` (`backed_up`), then half as
+  // many chunks written over the head (`head`). Starts the daemon with
+  // stores a and b and the volume on both, in sync.
+  void prepare_restore_as_snapshot(const std::string& store_a, const std::string& store_b,
+                                   const std::string& target, uint64_t bytes, uint64_t chunks,
+                                   std::vector<std::byte>& backed_up,
+                                   std::vector<std::byte>& head) {
+    {
+      dbs::FileDeviceOptions options;
+      options.create_size = bytes + 96 * kMiB;
+      auto device = dbs::FileDevice::open(store_a, options);
+      ASSERT_TRUE(device.ok());
+      ASSERT_TRUE(dbs::Store::format(**device).ok());
+      auto store = dbs::Store::open(**device);
+      ASSERT_TRUE(store.ok());
+      ASSERT_TRUE(engine::create_dbs_replica(**store, "vol", bytes).ok());
+      const dbs::VolumeId id = *(*store)->find_volume("vol");
+      write_chunks(**store, id, chunks, 1, backed_up);
+      ASSERT_TRUE((*store)->commit().ok());
+      ASSERT_TRUE((*store)->create_snapshot(id, "s1").ok());
+      auto t = backup::open_target(target);
+      ASSERT_TRUE(t.ok());
+      backup::Repository repo(**t);
+      backup::BackupOptions backup_options;
+      backup_options.name = "b";
+      ASSERT_TRUE(backup::backup_snapshot(**store, repo, "vol", "s1", backup_options).ok());
+      // The head moves on after the backup: the restore must not touch it.
+      head = backed_up;
+      write_chunks(**store, id, chunks / 2, 2, head);
+      ASSERT_TRUE((*store)->commit().ok());
+      ASSERT_TRUE((*store)->close().ok());
+    }
+    ASSERT_FALSE(head == backed_up);
+    empty_store(store_b, bytes + 96 * kMiB);
+    start();
+    ok("store.add", {{"name", "a"}, {"path", store_a}});
+    ok("store.add", {{"name", "b"}, {"path", store_b}});
+    ok("volume.import", {{"name", "vol"}, {"stores", {"a"}}});
+    ok("replica.add", {{"volume", "vol"}, {"store", "b"}});
+    wait_for("volume.show", {{"name", "vol"}}, [](const Json& v) {
+      return v["replicas"].size() == 2 && v["replicas"][0]["state"] == "in_sync" &&
+             v["replicas"][1]["state"] == "in_sync";
+    });
+  }
+
+  // On the store file at `path` (daemon stopped): volume "vol" reads `head`,
+  // its snapshot `snapshot` reads `expected`, no staging volume is left, and
+  // the store checks clean.
+  static void expect_restored_snapshot(const std::string& path, const std::string& snapshot,
+                                       const std::vector<std::byte>& expected,
+                                       const std::vector<std::byte>& head) {
+    const uint64_t bytes = expected.size();
+    EXPECT_TRUE(read_volume(path, "vol", bytes) == head) << path << ": head changed";
+    dbs::FileDeviceOptions options;
+    auto device = dbs::FileDevice::open(path, options);
+    ASSERT_TRUE(device.ok());
+    auto store = dbs::Store::open(**device);
+    ASSERT_TRUE(store.ok());
+    EXPECT_FALSE((*store)->find_volume("vol~restoring").ok()) << path << ": staging left";
+    auto found = (*store)->find_snapshot(*(*store)->find_volume("vol"), snapshot);
+    ASSERT_TRUE(found.ok()) << path;
+    auto* buffer = static_cast<std::byte*>(std::aligned_alloc(4096, bytes));
+    ASSERT_TRUE((*store)->read_snapshot(*found, 0, {buffer, bytes}).ok());
+    EXPECT_EQ(std::memcmp(buffer, expected.data(), bytes), 0) << path << ": snapshot differs";
+    std::free(buffer);
+    EXPECT_TRUE((*store)->check().empty()) << path;
+    ASSERT_TRUE((*store)->close().ok());
   }
 
   // The job of `kind` (into `volume` if given) of backup `name`, once
@@ -480,6 +551,139 @@ TEST_F(BackupDaemonTest, RestoreResumesAfterSigkill) {
   EXPECT_EQ(stop(), 0);
   EXPECT_TRUE(read_volume(store_a, "copy", kBytes) == content) << "replica on a";
   EXPECT_TRUE(read_volume(store_b, "copy", kBytes) == content) << "replica on b";
+}
+
+// A restore as a new snapshot of an existing volume (two replicas, open
+// in the daemon): both replicas get the snapshot with the backup's bytes,
+// the volume's head keeps its newer data, a clone of the snapshot reads the
+// backup, and no staging volume is left; refused: an existing snapshot
+// name, a volume of another size, stores with a snapshot.
+TEST_F(BackupDaemonTest, RestoreAsSnapshotOfAnExistingVolume) {
+  constexpr uint64_t kChunks = 8;
+  const std::string store_a = dir_ + "/store-a";
+  const std::string store_b = dir_ + "/store-b";
+  const std::string target = dir_ + "/backups";
+  std::vector<std::byte> backed_up(kVolumeBytes);
+  std::vector<std::byte> head;
+  prepare_restore_as_snapshot(store_a, store_b, target, kVolumeBytes, kChunks, backed_up, head);
+  ok("volume.create", {{"name", "small"}, {"size", 16 * kMiB}, {"stores", {"a"}}});
+
+  refused("backup.restore",
+          {{"target", target}, {"name", "b"}, {"volume", "vol"}, {"snapshot", "s1"}},
+          "already_exists", "volume 'vol' already has a snapshot 's1'");
+  refused("backup.restore",
+          {{"target", target}, {"name", "b"}, {"volume", "small"}, {"snapshot", "r"}},
+          "invalid_argument",
+          "backup 'b' is " + std::to_string(kVolumeBytes) + " bytes, volume 'small' is " +
+              std::to_string(16 * kMiB) + " bytes");
+  refused(
+      "backup.restore",
+      {{"target", target}, {"name", "b"}, {"volume", "vol"}, {"snapshot", "r"}, {"stores", {"a"}}},
+      "invalid_argument", "'stores' and 'min_replicas' are for a restore into a new volume");
+
+  const Json started = ok(
+      "backup.restore", {{"target", target}, {"name", "b"}, {"volume", "vol"}, {"snapshot", "r"}});
+  EXPECT_EQ(started["snapshot"], "r");
+  EXPECT_EQ(started["chunks"], kChunks);
+  const Json job = finished_job({{"target", target}}, "b", "restore", 30, "vol");
+  ASSERT_EQ(job["state"], "done") << job.dump() << log_text();
+  EXPECT_EQ(job["snapshot"], "r");
+  EXPECT_EQ(job["chunks_done"], kChunks);
+  // The volume stayed usable: it is not blocked, lists the new snapshot.
+  EXPECT_FALSE(ok("volume.show", {{"name", "vol"}}).contains("restoring"));
+  const Json listed = ok("snapshot.list", {{"volume", "vol"}});
+  EXPECT_EQ(listed["snapshots"], Json::parse(R"([{"name":"s1"},{"name":"r"}])")) << listed.dump();
+  refused("snapshot.create", {{"volume", "vol"}, {"name", "r"}}, "already_exists",
+          "already has a snapshot 'r'");
+  ok("snapshot.clone", {{"volume", "vol"}, {"snapshot", "r"}, {"clone", "copy"}});
+  EXPECT_TRUE(ok("daemon.status")["orphans"].empty()) << "a staging volume is left";
+  EXPECT_TRUE(fs::is_empty(dir_ + "/state/backup-jobs/jobs"));
+
+  // A corrupted chunk: the job fails naming backup and offset, and leaves
+  // nothing behind - no snapshot, no staging volume, no job state.
+  {
+    auto t = backup::open_target(target);
+    backup::Repository repo(**t);
+    const auto manifest = repo.get_manifest("b");
+    ASSERT_TRUE(manifest.ok());
+    const auto& entry = manifest->entries[3];
+    std::fstream f(target + "/" + backup::Repository::chunk_key(entry.hash),
+                   std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(200);
+    f.put('\x5a');
+    f.close();
+    ok("backup.restore",
+       {{"target", target}, {"name", "b"}, {"volume", "vol"}, {"snapshot", "bad"}});
+    const Json failed = finished_job({{"target", target}}, "b", "restore", 30, "vol");
+    ASSERT_EQ(failed["state"], "failed") << failed.dump();
+    EXPECT_NE(failed["error"].get<std::string>().find("backup 'b': volume offset " +
+                                                      std::to_string(entry.offset)),
+              std::string::npos)
+        << failed.dump();
+    EXPECT_EQ(ok("snapshot.list", {{"volume", "vol"}})["snapshots"].size(), 2U);
+    EXPECT_TRUE(ok("daemon.status")["orphans"].empty()) << "the staging volume is left";
+    EXPECT_TRUE(fs::is_empty(dir_ + "/state/backup-jobs/jobs"));
+  }
+  EXPECT_EQ(stop(), 0);
+
+  for (const std::string& path : {store_a, store_b}) {
+    expect_restored_snapshot(path, "r", backed_up, head);
+    EXPECT_TRUE(read_volume(path, "copy", kVolumeBytes) == backed_up) << path << ": clone";
+  }
+}
+
+// A restore as a snapshot is a resumable job: SIGKILLed mid-way (the volume
+// in use, no snapshot listed yet, its staging volumes no orphans), the
+// restarted daemon resumes it after the last checkpoint and seals the
+// snapshot on both replicas, byte-identical to the backup.
+TEST_F(BackupDaemonTest, RestoreAsSnapshotResumesAfterSigkill) {
+  constexpr uint64_t kChunks = 48;
+  constexpr uint64_t kBytes = 128 * kMiB;
+  const std::string store_a = dir_ + "/store-a";
+  const std::string store_b = dir_ + "/store-b";
+  const std::string target = dir_ + "/backups";
+  std::vector<std::byte> backed_up(kBytes);
+  std::vector<std::byte> head;
+  prepare_restore_as_snapshot(store_a, store_b, target, kBytes, kChunks, backed_up, head);
+  // 64 KiB per chunk at 1 MiB/s: 16 chunks (one checkpoint) a second, 3 s in all.
+  ok("backup.restore",
+     {{"target", target}, {"name", "b"}, {"volume", "vol"}, {"snapshot", "r"}, {"rate", 1}});
+  const Json midway =
+      wait_for("backup.show", {{"target", target}, {"name", "b"}}, [](const Json& r) {
+        return !r["jobs"].empty() && r["jobs"][0]["chunks_done"].get<uint64_t>() >= 20;
+      });
+  ASSERT_EQ(midway["jobs"][0]["state"], "running") << midway.dump();
+  EXPECT_FALSE(ok("volume.show", {{"name", "vol"}}).contains("restoring"));
+  EXPECT_EQ(ok("snapshot.list", {{"volume", "vol"}})["snapshots"].size(), 1U);
+  EXPECT_TRUE(ok("daemon.status")["orphans"].empty()) << "the staging volume is no orphan";
+  refused("snapshot.create", {{"volume", "vol"}, {"name", "r"}}, "busy",
+          "being restored as snapshot 'r'");
+  refused("backup.restore",
+          {{"target", target}, {"name", "b"}, {"volume", "vol"}, {"snapshot", "r2"}}, "busy",
+          "one restore into a volume at a time");
+  refused("volume.resize", {{"name", "vol"}, {"size", 2 * kBytes}}, "busy",
+          "being restored as snapshot 'r' of volume 'vol'");
+  ok("snapshot.create", {{"volume", "vol"}, {"name", "meanwhile"}});  // the volume is usable
+  const Json still = ok("backup.show", {{"target", target}, {"name", "b"}});
+  ASSERT_EQ(still["jobs"][0]["state"], "running") << "the restore ended before the checks";
+  EXPECT_EQ(stop(SIGKILL), 128 + SIGKILL);
+
+  start();
+  const Json job = finished_job({{"target", target}}, "b", "restore", 60, "vol");
+  ASSERT_EQ(job["state"], "done") << job.dump() << log_text();
+  EXPECT_EQ(job["resumed"], true);
+  EXPECT_EQ(job["chunks_done"], kChunks);
+  EXPECT_GE(job["chunks_skipped"].get<uint64_t>(), 16U) << job.dump();
+  EXPECT_LT(job["chunks_skipped"].get<uint64_t>(), kChunks) << job.dump();
+  const Json listed = ok("snapshot.list", {{"volume", "vol"}})["snapshots"];
+  EXPECT_EQ(listed.size(), 3U) << listed.dump();
+  EXPECT_TRUE(std::find(listed.begin(), listed.end(), Json{{"name", "r"}}) != listed.end())
+      << listed.dump();
+  EXPECT_TRUE(fs::is_empty(dir_ + "/state/backup-jobs/jobs"));
+  EXPECT_EQ(stop(), 0);
+  for (const std::string& path : {store_a, store_b}) {
+    expect_restored_snapshot(path, "r", backed_up, head);
+  }
 }
 
 // A delete is a background job too: SIGKILLed mid-way (its manifest is

@@ -230,11 +230,21 @@ class Store {
   // clones/snapshots sit on it - hidden until one is left.
   Status delete_snapshot(SnapshotId snapshot);
   // Drops everything the volume wrote since `snapshot` (which must be one
-  // of the volume's snapshots or an ancestor of its head).
+  // of the volume's snapshots - also one off the head's chain, such as one
+  // left by an earlier revert or made by adopt_as_snapshot - or an ancestor
+  // of its head).
   Status revert_volume(VolumeId volume, SnapshotId snapshot);
   // A new writable volume whose content starts as the snapshot's.
   Result<VolumeId> clone_snapshot(SnapshotId snapshot, std::string_view volume_name);
   Status rename_snapshot(SnapshotId snapshot, std::string_view new_name);
+  // Makes the content of volume `source` a new snapshot `name` of `volume`
+  // in one commit: source's head layer becomes the (parentless) snapshot, no
+  // data is copied, and `source` is gone. A crash leaves either `source` or
+  // the snapshot. For filling a snapshot through the data path (restore of a
+  // backup as a snapshot of a live volume). EINVAL unless both have the same
+  // size (both named) and `source` has no parent and no snapshots; EEXIST if
+  // `volume` has a snapshot `name`.
+  Result<SnapshotId> adopt_as_snapshot(VolumeId source, VolumeId volume, std::string_view name);
   // The volume's visible snapshots, oldest first.
   [[nodiscard]] std::vector<SnapshotInfo> list_snapshots(VolumeId volume) const;
   // Every snapshot in the store, hidden ones included.

@@ -354,13 +354,17 @@ Status Store::Impl::revert_volume(VolumeId id, SnapshotId snapshot_id) {
   }
   Volume& volume = **volume_found;
   Layer& snapshot = **snapshot_found;
-  bool ancestor = false;
+  // One of the volume's own snapshots (also one off the head's chain: left
+  // by an earlier revert, or made by adopt_as_snapshot), or an ancestor of
+  // the head (a clone's origin).
+  bool allowed = !snapshot.hidden() && snapshot.volume_id == id;
   for (Layer* l = volume.head->parent; l != nullptr; l = l->parent) {
-    ancestor |= l == &snapshot;
+    allowed |= l == &snapshot;
   }
-  if (!ancestor) {
+  if (!allowed) {
     return Error(EINVAL, "snapshot " + std::to_string(snapshot_id) +
-                             " is not an ancestor of volume '" + volume.name + "'");
+                             " is neither a snapshot of volume '" + volume.name +
+                             "' nor an ancestor of it");
   }
   if (md_->layers.size() >= g_.max_layers + 1) {
     return Error(ENOSPC, "layer limit reached");

@@ -100,6 +100,8 @@ class Store::Impl {
   Status revert_volume(VolumeId volume, SnapshotId snapshot);
   Result<VolumeId> clone_snapshot(SnapshotId snapshot, std::string_view name);
   Status rename_snapshot(SnapshotId snapshot, std::string_view name);
+  // store_adopt.cpp
+  Result<SnapshotId> adopt_as_snapshot(VolumeId source, VolumeId volume, std::string_view name);
   Status commit_sync();
   // Waits (bounded by device_timeout) until nothing of the store is in the
   // device; the error names the device and what it still holds.
