@@ -286,6 +286,28 @@ Status BackupJobs::start(const BackupJobSpec& spec, dbs::Store& store,
   return ok_status();
 }
 
+backup::RestoreOptions BackupJobs::restore_job_options(Job& job, BackupJobSpec& spec,
+                                                       const std::stop_token& stop,
+                                                       std::function<Status()> commit) {
+  backup::RestoreOptions options;
+  options.rate_bytes_per_sec = spec.rate;
+  options.stop = stop;
+  options.resume_offset = spec.resume_offset;
+  options.checkpoint = [this, &spec, commit = std::move(commit)](uint64_t next_offset) -> Status {
+    UBLKVOL_TRY(commit());
+    spec.resume_offset = next_offset;
+    return save_state(spec);
+  };
+  options.on_progress = [&job](const backup::RestoreProgress& p) {
+    std::lock_guard lock(job.mutex);
+    job.progress.chunks_total = p.chunks_total;
+    job.progress.chunks_done = p.chunks_done;
+    job.progress.chunks_skipped = p.chunks_skipped;
+    job.progress.bytes = p.bytes_written;
+  };
+  return options;
+}
+
 Status BackupJobs::record_restore(const BackupJobSpec& spec) {
   if (running(BackupJobKind::kDelete, spec.target, spec.name)) {
     return Error(EBUSY, "backup '" + spec.name + "' on " + spec.target + " is being deleted");
@@ -435,24 +457,8 @@ void BackupJobs::run_restore(Job& job, const std::vector<RestoreReplica>& replic
   }
   backup::Repository repo(**target);
   ReplicasWriter writer(replicas, std::move(ids));
-  backup::RestoreOptions options;
-  options.rate_bytes_per_sec = spec.rate;
-  options.stop = stop;
-  options.resume_offset = spec.resume_offset;
-  options.checkpoint = [&](uint64_t next_offset) -> Status {
-    // Durable on every replica first, then recorded: a resume never skips
-    // a chunk that a crash could have lost.
-    UBLKVOL_TRY(writer.commit());
-    spec.resume_offset = next_offset;
-    return save_state(spec);
-  };
-  options.on_progress = [&](const backup::RestoreProgress& p) {
-    std::lock_guard lock(job.mutex);
-    job.progress.chunks_total = p.chunks_total;
-    job.progress.chunks_done = p.chunks_done;
-    job.progress.chunks_skipped = p.chunks_skipped;
-    job.progress.bytes = p.bytes_written;
-  };
+  const backup::RestoreOptions options =
+      restore_job_options(job, spec, stop, [&writer] { return writer.commit(); });
   auto done = backup::run_restore(repo, spec.name, writer, options);
   Status committed = done.ok() ? writer.commit() : Status(done.error());
   if (committed.ok()) {

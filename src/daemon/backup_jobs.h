@@ -27,6 +27,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <list>
 #include <memory>
 #include <mutex>
@@ -37,6 +38,7 @@
 #include <vector>
 
 #include "ublkvol/backup/backup_job.h"
+#include "ublkvol/backup/restore.h"
 #include "ublkvol/backup/target.h"
 #include "ublkvol/common/result.h"
 #include "ublkvol/common/thread_annotations.h"
@@ -62,8 +64,8 @@ struct BackupJobSpec {
   // volume `volume` the backup is restored as ("" = into a new volume;
   // backup_restore_snapshot.cpp).
   std::string snapshot;
-  std::string parent;    // backup
-  std::string store;     // backup: the store it reads from (by name)
+  std::string parent;  // backup
+  std::string store;   // backup: the store it reads from (by name)
   // restore: the stores of the volume's replicas.
   std::vector<std::string> stores;
   // backup, restore: bytes per second; delete: chunk objects removed per
@@ -177,6 +179,14 @@ class BackupJobs {
                   const std::stop_token& stop);
   void run_restore(Job& job, const std::vector<RestoreReplica>& replicas,
                    const std::stop_token& stop);
+  // A restore job's options: rate, stop and resume point from `spec`;
+  // progress into `job`; each checkpoint runs `commit` (durable on every
+  // replica) before it records the next offset in the job's state file, so
+  // a resume never skips a chunk that a crash could have lost. `spec` and
+  // `commit` must outlive the restore.
+  backup::RestoreOptions restore_job_options(Job& job, BackupJobSpec& spec,
+                                             const std::stop_token& stop,
+                                             std::function<Status()> commit);
   // backup_restore_snapshot.cpp
   void run_restore_snapshot(Job& job, const std::vector<RestoreReplica>& replicas,
                             const std::stop_token& stop);

@@ -45,8 +45,7 @@ class StagingWriter final : public backup::VolumeWriter {
         continue;
       }
       const RestoreReplica& r = *s.replica;
-      if (auto written =
-              r.executor->call([&] { return r.store->write(s.staging, offset, data); });
+      if (auto written = r.executor->call([&] { return r.store->write(s.staging, offset, data); });
           !written) {
         return written.error().with_context("store '" + r.store_name + "'");
       }
@@ -169,8 +168,8 @@ void BackupJobs::run_restore_snapshot(Job& job, const std::vector<RestoreReplica
           s.sealed = true;  // sealed before an interruption
           return ok_status();
         }
-        return Error(EEXIST, "volume '" + spec.volume + "' already has a snapshot '" +
-                                 spec.snapshot + "'");
+        return Error(EEXIST,
+                     "volume '" + spec.volume + "' already has a snapshot '" + spec.snapshot + "'");
       }
       if (staging.ok() && spec.resume_offset == 0) {
         // Left by an earlier restore: holes are not written, so the fill
@@ -196,23 +195,8 @@ void BackupJobs::run_restore_snapshot(Job& job, const std::vector<RestoreReplica
     spec.resume_offset = 0;
   }
   StagingWriter writer(staged);
-  backup::RestoreOptions options;
-  options.rate_bytes_per_sec = spec.rate;
-  options.stop = stop;
-  options.resume_offset = spec.resume_offset;
-  options.checkpoint = [&](uint64_t next_offset) -> Status {
-    // Durable on every replica first, then recorded (as run_restore).
-    UBLKVOL_TRY(writer.commit());
-    spec.resume_offset = next_offset;
-    return save_state(spec);
-  };
-  options.on_progress = [&](const backup::RestoreProgress& p) {
-    std::lock_guard lock(job.mutex);
-    job.progress.chunks_total = p.chunks_total;
-    job.progress.chunks_done = p.chunks_done;
-    job.progress.chunks_skipped = p.chunks_skipped;
-    job.progress.bytes = p.bytes_written;
-  };
+  const backup::RestoreOptions options =
+      restore_job_options(job, spec, stop, [&writer] { return writer.commit(); });
   auto done = backup::run_restore(repo, spec.name, writer, options);
   Status filled = done.ok() ? writer.commit() : Status(done.error());
   if (filled.ok() && spec.resume_offset < size) {
