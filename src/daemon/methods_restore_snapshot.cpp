@@ -19,14 +19,13 @@ Result<Json> restore_as_snapshot(Registry& r, BackupJobSpec spec) {
   UBLKVOL_ASSIGN_OR_RETURN(VolumeEntry * v, r.open_volume_named(spec.volume));
   if (manifest.volume_size != v->size_bytes) {
     return invalid("backup " + named(spec.name) + " is " + std::to_string(manifest.volume_size) +
-                   " bytes, volume " + named(spec.volume) + " is " +
-                   std::to_string(v->size_bytes) +
+                   " bytes, volume " + named(spec.volume) + " is " + std::to_string(v->size_bytes) +
                    " bytes: a snapshot has its volume's size (restore into a new volume instead)");
   }
   UBLKVOL_ASSIGN_OR_RETURN(const std::vector<std::string> snapshots, r.list_snapshots(*v));
   if (std::find(snapshots.begin(), snapshots.end(), spec.snapshot) != snapshots.end()) {
-    return Error(EEXIST, "volume " + named(spec.volume) + " already has a snapshot " +
-                             named(spec.snapshot));
+    return Error(
+        EEXIST, "volume " + named(spec.volume) + " already has a snapshot " + named(spec.snapshot));
   }
   // Every replica gets the snapshot, as snapshot.create does: each must be a
   // local replica in sync on an online store (a rebuilding one would finish
@@ -48,8 +47,8 @@ Result<Json> restore_as_snapshot(Registry& r, BackupJobSpec spec) {
                    which + " is remote: a restore as a snapshot writes local replicas only");
     }
     if (!slot.store->online()) {
-      return Error(EIO, which + ": store " + named(slot.store->name) + " is failed: " +
-                            slot.store->error);
+      return Error(
+          EIO, which + ": store " + named(slot.store->name) + " is failed: " + slot.store->error);
     }
     if (i >= status.replicas.size() || status.replicas[i].state != engine::ReplicaState::kInSync) {
       return Error(EBUSY, which + " (store " + named(slot.store->name) +

@@ -77,8 +77,8 @@ Result<Json> snapshot_create(Registry& r, Params& p) {
     return Error(EEXIST, "volume " + named(a.volume) + " already has a snapshot " + named(a.name));
   }
   if (r.backup_jobs.restoring_snapshot(a.volume) == a.name) {
-    return Error(EBUSY, "a backup is being restored as snapshot " + named(a.name) +
-                            " of volume " + named(a.volume));
+    return Error(EBUSY, "a backup is being restored as snapshot " + named(a.name) + " of volume " +
+                            named(a.volume));
   }
   UBLKVOL_TRY(snapshot_op(r, IntentOp::kSnapshotCreate, *v, a.name,
                           [&] { return v->engine->create_snapshot(a.name); }));

@@ -308,8 +308,8 @@ TEST(Cli, BackupRestoreAndDeleteWaitForTheirJob) {
 TEST(Cli, BackupRestoreAsSnapshot) {
   FakeDaemon d;
   d.ok("backup.restore", {{"volume", "v"}, {"snapshot", "s"}, {"state", "running"}});
-  auto r = run(d, {"backup", "restore", "b", "--target", "/t", "--to-volume", "v",
-                   "--as-snapshot", "s"});
+  auto r = run(
+      d, {"backup", "restore", "b", "--target", "/t", "--to-volume", "v", "--as-snapshot", "s"});
   EXPECT_EQ(r.status, kOk) << r.err;
   ASSERT_EQ(d.calls.size(), 1u);
   EXPECT_EQ(d.calls[0].params["volume"], "v");

@@ -38,7 +38,7 @@ expect() {  # expect "WORDS TYPED" "EXPECTED COMPLETIONS (sorted, space separate
 expect "ublk-volume " "backup completion replica snapshot stats status store version volume"
 expect "ublk-volume vol" "volume"
 expect "ublk-volume st" "stats status store"
-expect "ublk-volume volume " "create delete export expose import list resize show unexport unexpose"
+expect "ublk-volume volume " "create delete export expose import list open resize show unexport unexpose"
 expect "ublk-volume --json volume cr" "create"
 expect "ublk-volume volume create v --st" "--store"
 expect "ublk-volume volume create v --size " "100G 10G 1G 1T"

@@ -25,6 +25,9 @@ void QueueState::mark_fixed_buffer_io(unsigned r) {
 }
 
 bool QueueState::all_targets_local() {
+  if (!asks_direct.load(std::memory_order_relaxed)) {
+    asks_direct.store(true, std::memory_order_seq_cst);  // before the epoch load (queue_path.h)
+  }
   // Recomputed once per state epoch (and after the queue changed home).
   // install() / uninstall() publish the binding masks before the epoch
   // bump, so an answer computed for an epoch sees that epoch's bindings.
@@ -52,8 +55,9 @@ Status drain_direct(ReplicatedVolume::Impl& v, unsigned r, const std::string& wh
       QueueState& q = *v.queues[i];
       const uint32_t usable = q.local_mask.load(std::memory_order_relaxed) &
                               q.fixed_mask.load(std::memory_order_relaxed);
-      if ((usable & bit(r)) != 0 || !q.opened.load(std::memory_order_acquire)) {
-        continue;  // r takes window addresses of this queue; or nothing runs
+      if ((usable & bit(r)) != 0 || !q.opened.load(std::memory_order_acquire) ||
+          !q.asks_direct.load(std::memory_order_seq_cst)) {
+        continue;  // r takes window addresses of this queue; nothing runs; or it never asked
       }
       // Acked: the queue answers for the new membership from now on, and
       // every request it answered "direct" before is counted (the count is

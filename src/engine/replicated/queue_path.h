@@ -67,6 +67,12 @@ struct QueueState {
   // queue thread only, read by install()'s drain).
   std::atomic<uint32_t> fixed_mask{0};
   std::atomic<uint32_t> direct_in_flight{0};
+  // Set (seq_cst) by the first all_targets_local() call, before it reads the
+  // epoch: install()'s drain waits only for queues that ever asked (a queue
+  // that never did - copy mode, the NBD export, tests - takes no window
+  // address). If the drain reads false, that first call comes after the
+  // epoch bump in the single total order and so sees the new membership.
+  std::atomic<bool> asks_direct{false};
   uint64_t direct_epoch = 0;
   bool direct_answer = false;
   bool answered_direct = false;
