@@ -243,4 +243,20 @@ class DaemonTest : public ::testing::Test {
   std::optional<Client> client_;
 };
 
+// A second daemon in the same test (e.g. the peer that serves a remote
+// replica's export): the same fixture, driven by hand, not a test of its own.
+class PeerDaemon final : public DaemonTest {
+ public:
+  void TestBody() override {}
+  using DaemonTest::call;
+  using DaemonTest::dir_;
+  using DaemonTest::log_text;
+  using DaemonTest::ok;
+  using DaemonTest::refused;
+  using DaemonTest::SetUp;
+  using DaemonTest::start;
+  using DaemonTest::stop;
+  using DaemonTest::TearDown;
+};
+
 }  // namespace ublkvol::daemon::test_support

@@ -28,6 +28,7 @@ namespace {
 
 using test_support::DaemonTest;
 using test_support::kMiB;
+using test_support::PeerDaemon;
 using test_support::read_text;
 
 constexpr uint64_t kVolumeBytes = 64 * kMiB;
@@ -35,20 +36,6 @@ constexpr uint64_t kVolumeBytes = 64 * kMiB;
 // data from 1 MiB on (raw_replica_store.h).
 constexpr uint64_t kRemoteDataOffset = kMiB;
 constexpr const char* kKey = "5f2a9c0e7b1d3a4c6e8f0a1b2c3d4e5f60718293a4b5c6d7e8f9012345678901";
-
-// The peer daemon: the same fixture, driven by hand (not a test of its own).
-class PeerDaemon final : public DaemonTest {
- public:
-  void TestBody() override {}
-  using DaemonTest::call;
-  using DaemonTest::dir_;
-  using DaemonTest::log_text;
-  using DaemonTest::ok;
-  using DaemonTest::SetUp;
-  using DaemonTest::start;
-  using DaemonTest::stop;
-  using DaemonTest::TearDown;
-};
 
 struct NbdCloser {
   void operator()(nbd_handle* h) const { nbd_close(h); }

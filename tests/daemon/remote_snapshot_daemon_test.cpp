@@ -29,25 +29,12 @@ namespace {
 
 using test_support::DaemonTest;
 using test_support::kMiB;
+using test_support::PeerDaemon;
 
 constexpr uint64_t kVolumeBytes = 16 * kMiB;
 // The raw replica layout on B's export: data from 1 MiB on.
 constexpr uint64_t kRemoteDataOffset = kMiB;
 constexpr const char* kKey = "0a1b2c3d4e5f60718293a4b5c6d7e8f95f2a9c0e7b1d3a4c6e8f0a1b2c3d4e5f";
-
-class PeerDaemon final : public DaemonTest {
- public:
-  void TestBody() override {}
-  using DaemonTest::call;
-  using DaemonTest::dir_;
-  using DaemonTest::log_text;
-  using DaemonTest::ok;
-  using DaemonTest::refused;
-  using DaemonTest::SetUp;
-  using DaemonTest::start;
-  using DaemonTest::stop;
-  using DaemonTest::TearDown;
-};
 
 struct NbdCloser {
   void operator()(nbd_handle* h) const { nbd_close(h); }
