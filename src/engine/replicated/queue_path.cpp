@@ -2,7 +2,8 @@
 // submit() through the fan-out to the store threads' channels, and back via
 // reap() -> handle() -> advance() to completion; read repair, the ordering
 // wait, deadlines and replica loss as seen by one queue. Runs on the queue's
-// own thread only (queue_path.h).
+// own thread only (queue_path.h). (~810 lines: one request's whole path on
+// one queue, kept together because its ordering and slot invariants span it.)
 #include "impl.h"
 
 namespace ublkvol::engine::detail {
