@@ -18,6 +18,7 @@
 #include "ublkvol/engine/replicated_volume.h"
 #include "ublkvol/reactor/reactor.h"
 
+#include "reactor_queue_driver.h"
 #include "replica_test_util.h"
 #include "support/wait_until.h"
 
@@ -58,23 +59,9 @@ LocalReplica make_replica(reactor::Reactor& on, const std::string& name) {
   return r;
 }
 
-// The volume queue's owner on the reactor: reaps on every pass (co-located
-// completions arrive with no eventfd write) and on its wake fd.
-class QueueDriver final : public reactor::Poller {
- public:
-  unsigned poll() override { return queue ? queue->reap() : 0; }
-  [[nodiscard]] int wait_fd() const override { return queue ? queue->wake_fd() : -1; }
-  std::unique_ptr<VolumeQueue> queue;
-};
-
-struct Request {
-  VolumeIo io;
-  std::atomic<int> result{1};
-};
-
-void on_done(VolumeIo& io, int result) {
-  static_cast<Request*>(io.user_data)->result.store(result, std::memory_order_release);
-}
+using testing::on_done;
+using testing::QueueDriver;
+using testing::Request;
 
 class Colocated : public ::testing::Test {
  protected:

@@ -22,6 +22,7 @@
 #include "ublkvol/engine/store_thread.h"
 #include "ublkvol/reactor/reactor.h"
 
+#include "reactor_queue_driver.h"
 #include "replica_test_util.h"
 #include "support/wait_until.h"
 
@@ -98,21 +99,9 @@ struct FileReplica {
   }
 };
 
-class QueueDriver final : public reactor::Poller {
- public:
-  unsigned poll() override { return queue ? queue->reap() : 0; }
-  [[nodiscard]] int wait_fd() const override { return queue ? queue->wake_fd() : -1; }
-  std::unique_ptr<VolumeQueue> queue;
-};
-
-struct Request {
-  VolumeIo io;
-  std::atomic<int> result{1};
-};
-
-void on_done(VolumeIo& io, int result) {
-  static_cast<Request*>(io.user_data)->result.store(result, std::memory_order_release);
-}
+using testing::on_done;
+using testing::QueueDriver;
+using testing::Request;
 
 class ZeroCopyTargets : public ::testing::Test {
  protected:
