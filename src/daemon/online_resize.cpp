@@ -97,7 +97,7 @@ Result<Json> grow_exposed_volume(Registry& r, VolumeEntry& volume, uint64_t new_
                           " stays quiesced (applications wait) until the volume opens: repeat "
                           "the resize or restart ublk-volumed");
   }
-  ublk::DeviceOptions options = r.device_base_options();
+  ublk::DeviceOptions options = r.device_base_options(volume);
   options.dev_id = static_cast<int32_t>(dev_id);
   options.recoverable = true;
   auto recovered = ublk::UblkDevice::recover(*volume.frontend, dev_id, options);

@@ -358,12 +358,34 @@ Status Registry::require_optional_feature(uint64_t flag) {
   return ok_status();
 }
 
-ublk::DeviceOptions Registry::device_base_options() const {
+std::vector<unsigned> Registry::replica_reactors(const VolumeEntry& v) const {
+  std::vector<unsigned> places;
+  if (!reactors) {
+    return places;
+  }
+  for (const ReplicaSlot& slot : v.slots) {
+    if (slot.store == nullptr || !slot.store->thread) {
+      continue;
+    }
+    const reactor::Reactor* home = slot.store->thread->home_reactor();
+    for (unsigned i = 0; i < reactors->size(); ++i) {
+      if (&reactors->at(i) == home && std::find(places.begin(), places.end(), i) == places.end()) {
+        places.push_back(i);
+      }
+    }
+  }
+  return places;
+}
+
+ublk::DeviceOptions Registry::device_base_options(const VolumeEntry& v) const {
   ublk::DeviceOptions options;
   if (queue_host) {
-    // Queue q on reactor q mod N, next to the stores (reactor_queue_host.h).
+    // Queue q on a reactor that serves one of v's replicas, cycling over
+    // them: a queue on any other reactor would send each request there and
+    // back. No local replica: queue q on reactor q mod N.
     options.queue_loop = ublk::QueueLoop::kExternal;
     options.queue_host = queue_host.get();
+    options.queue_places = replica_reactors(v);
     // Zero copy needs the queue and the stores on one reactor's ring; the
     // engine answers per request (docs/zero-copy.md). Ignored by a kernel
     // without AUTO_BUF_REG; a recovered device keeps its creation flags.
@@ -375,7 +397,7 @@ ublk::DeviceOptions Registry::device_base_options() const {
 
 // NOLINTNEXTLINE(readability-make-member-function-const): exposes a volume this service owns
 Status Registry::create_device(VolumeEntry& v, unsigned queues, unsigned depth, int32_t dev_id) {
-  ublk::DeviceOptions options = device_base_options();
+  ublk::DeviceOptions options = device_base_options(v);
   options.dev_id = dev_id;
   options.queues = queues;
   options.queue_depth = depth;

@@ -205,8 +205,12 @@ class Registry {
   // the kernel) or the config key that turned it off.
   Status require_optional_feature(uint64_t flag);
   Status create_device(VolumeEntry& v, unsigned queues, unsigned depth, int32_t dev_id);
-  // Options every device starts from: its queues on the reactors if any.
-  [[nodiscard]] ublk::DeviceOptions device_base_options() const;
+  // Options every device of `v` starts from: its queues on the reactors if
+  // any, each on a reactor that serves one of v's replicas (queue_places).
+  [[nodiscard]] ublk::DeviceOptions device_base_options(const VolumeEntry& v) const;
+  // The reactors (indexes) serving v's local replicas, each once, in replica
+  // order; empty without reactors or local replicas.
+  [[nodiscard]] std::vector<unsigned> replica_reactors(const VolumeEntry& v) const;
 
   // ---- store health (registry.cpp) -------------------------------------------
   void check_stores();

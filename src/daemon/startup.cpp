@@ -75,9 +75,9 @@ Result<std::unique_ptr<Registry>> Registry::start(const DaemonConfig& config) {
       registry->config.queues = std::min(59U, static_cast<unsigned>(registry->reactors->size()));
     }
     spdlog::info(
-        "{} reactors: store i on reactor i mod {}, ublk queue q on reactor q mod {}; adaptive "
-        "polling {}",
-        registry->reactors->size(), registry->reactors->size(), registry->reactors->size(),
+        "{} reactors: store i on reactor i mod {}, a volume's ublk queues on its replicas' "
+        "reactors; adaptive polling {}",
+        registry->reactors->size(), registry->reactors->size(),
         reactor_options.poll_in_flight.count() > 0
             ? std::to_string(reactor_options.poll_in_flight.count()) + " us (at most " +
                   std::to_string(reactor_options.poll_max_percent) + "% of each reactor)"
@@ -284,7 +284,7 @@ void Registry::load(DaemonState state) {
 
 void Registry::reexpose(VolumeEntry& v) {
   const ExposeRecord record = *v.exposed;
-  ublk::DeviceOptions options = device_base_options();
+  ublk::DeviceOptions options = device_base_options(v);
   options.dev_id = static_cast<int32_t>(record.dev_id);
   options.queues = record.queues;
   options.queue_depth = record.queue_depth;

@@ -25,12 +25,17 @@ ReactorQueueHost::~ReactorQueueHost() {
   slots_.clear();
 }
 
+size_t ReactorQueueHost::index_of(const ublk::QueueRef& ref) const {
+  const size_t wanted = ref.place >= 0 ? static_cast<size_t>(ref.place) : ref.queue;
+  return wanted % reactors_.size();
+}
+
 ReactorQueueHost::Slot& ReactorQueueHost::slot_of(const ublk::QueueRef& ref) {
-  return slots_[ref.queue % slots_.size()];
+  return slots_[index_of(ref)];
 }
 
 Status ReactorQueueHost::run_on(const ublk::QueueRef& ref, std::function<void()> task) {
-  reactor::Reactor& r = reactors_.for_queue(ref.queue);
+  reactor::Reactor& r = reactors_.at(index_of(ref));
   Status st = r.post(std::move(task));
   if (!st.ok()) {
     return st.error().with_context("cannot run " + queue_name(ref) + " on reactor " +
@@ -41,7 +46,7 @@ Status ReactorQueueHost::run_on(const ublk::QueueRef& ref, std::function<void()>
 
 void ReactorQueueHost::add_poller(const ublk::QueueRef& ref,
                                   std::shared_ptr<reactor::Poller> poller) {
-  reactor::Reactor& r = reactors_.for_queue(ref.queue);
+  reactor::Reactor& r = reactors_.at(index_of(ref));
   // On r's thread (contract): add() runs inline.
   Status st = r.add(*poller);
   if (!st.ok()) {
@@ -53,7 +58,7 @@ void ReactorQueueHost::add_poller(const ublk::QueueRef& ref,
 }
 
 void ReactorQueueHost::remove_poller(const ublk::QueueRef& ref, reactor::Poller& poller) {
-  reactor::Reactor& r = reactors_.for_queue(ref.queue);
+  reactor::Reactor& r = reactors_.at(index_of(ref));
   // Inline (on r's thread): not polled from the next poller on.
   (void)r.remove(poller);
   // Possibly inside poller.poll(): our reference goes in a later loop

@@ -142,8 +142,11 @@ struct UblkDevice::State {
       runners.push_back(shared);
       running.fetch_add(1);
       if (external) {
-        Status queued =
-            start_external(QueueRef{info.dev_id, static_cast<uint16_t>(q)}, shared, promise);
+        QueueRef ref{info.dev_id, static_cast<uint16_t>(q)};
+        if (!options.queue_places.empty()) {
+          ref.place = static_cast<int32_t>(options.queue_places[q % options.queue_places.size()]);
+        }
+        Status queued = start_external(ref, shared, promise);
         if (!queued.ok()) {
           ready.pop_back();
           first_error = queued;

@@ -1,10 +1,13 @@
 // Config key `reactors` (docs/operations.md): the daemon starts N reactors,
 // serves store i on reactor i mod N, exposes devices with their queues on
 // the same set (queue loop external through the ReactorQueueHost), and
-// defaults the queue count to N. In-process over memory stores.
+// defaults the queue count to N, each queue of a volume on a reactor that
+// serves one of its replicas. In-process over memory stores.
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "ublkvol/reactor/reactor.h"
 
@@ -55,9 +58,37 @@ TEST_F(ReactorsTest, StoresSpreadOverTheReactorsAndQueuesDefaultToOnePerReactor)
   EXPECT_EQ(status["reactors"][0]["stores"], Json::array({"a", "c"})) << status.dump();
   EXPECT_EQ(status["reactors"][1]["stores"], Json::array({"b"})) << status.dump();
   EXPECT_EQ(status["reactors"][1]["cpu"], registry_->reactors->at(1).cpu()) << status.dump();
-  const ublk::DeviceOptions device = registry_->device_base_options();
+  const ublk::DeviceOptions device = registry_->device_base_options(VolumeEntry{});
   EXPECT_EQ(device.queue_loop, ublk::QueueLoop::kExternal);
   EXPECT_EQ(device.queue_host, registry_->queue_host.get());
+  // A volume with no local replica: the host's own choice (q mod N).
+  EXPECT_TRUE(device.queue_places.empty());
+}
+
+// A queue on a reactor that serves none of the volume's replicas would send
+// every request to another reactor and back: a device's queues go only to
+// the reactors of its replicas, cycling over them in replica order.
+TEST_F(ReactorsTest, QueuesRunOnlyOnTheReactorsOfTheVolumesReplicas) {
+  ASSERT_NE(add_memory_store("a"), nullptr);  // reactor 0
+  ASSERT_NE(add_memory_store("b"), nullptr);  // reactor 1
+  ASSERT_NE(add_memory_store("c"), nullptr);  // reactor 0
+  const struct {
+    const char* name;
+    std::vector<std::string> stores;
+    std::vector<unsigned> places;
+  } cases[] = {
+      {"on-b", {"b"}, {1}},
+      {"on-a-c", {"a", "c"}, {0}},
+      {"on-c-b", {"c", "b"}, {0, 1}},
+      {"on-b-a-c", {"b", "a", "c"}, {1, 0}},
+  };
+  for (const auto& c : cases) {
+    ok("volume.create", {{"name", c.name}, {"size", 8 * kMiB}, {"stores", c.stores}});
+    auto v = registry_->open_volume_named(c.name);
+    ASSERT_TRUE(v.ok()) << v.error().message();
+    const ublk::DeviceOptions device = registry_->device_base_options(**v);
+    EXPECT_EQ(device.queue_places, c.places) << c.name;
+  }
 }
 
 TEST_F(ReactorsTest, VolumesOnStoresOnReactorsAreBuiltClosedAndReopened) {
@@ -146,7 +177,9 @@ TEST_F(ReactorsTest, WithReactorsNullStoresKeepAThreadEach) {
   StoreEntry* s = add_memory_store("a");
   ASSERT_NE(s, nullptr);
   ASSERT_NE(s->thread->home_reactor(), nullptr);
-  EXPECT_EQ(registry_->device_base_options().queue_loop, ublk::QueueLoop::kThread);
+  const ublk::DeviceOptions device = registry_->device_base_options(VolumeEntry{});
+  EXPECT_EQ(device.queue_loop, ublk::QueueLoop::kThread);
+  EXPECT_TRUE(device.queue_places.empty());
 }
 
 }  // namespace

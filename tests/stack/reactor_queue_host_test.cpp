@@ -123,6 +123,35 @@ TEST(ReactorQueueHost, RunsEachQueueOnReactorQueueModN) {
   }
 }
 
+// The device's owner may choose the reactor (DeviceOptions::queue_places):
+// every call for that queue then goes there, the poller included.
+TEST(ReactorQueueHost, RunsAQueueWithAPlaceOnThatReactor) {
+  auto set = start_set(2);
+  ASSERT_NE(set, nullptr);
+  ReactorQueueHost host(*set);
+  std::atomic<int> bad{0};
+  for (uint16_t q = 0; q < 4; ++q) {
+    const ublk::QueueRef ref{5, q, 1};
+    reactor::Reactor* ran_on = nullptr;
+    run_and_wait(host, ref, [&] { ran_on = reactor::Reactor::current(); });
+    EXPECT_EQ(ran_on, &set->at(1)) << "queue " << q;
+  }
+  // Place 2 of a 2-reactor set: reactor 0 (mod N).
+  const ublk::QueueRef wrapped{5, 1, 2};
+  reactor::Reactor* ran_on = nullptr;
+  run_and_wait(host, wrapped, [&] { ran_on = reactor::Reactor::current(); });
+  EXPECT_EQ(ran_on, &set->at(0));
+  // A poller of a placed queue is polled there (FdPoller counts any poll()
+  // off its home reactor as bad).
+  const ublk::QueueRef ref{5, 0, 1};
+  auto poller = std::make_shared<FdPoller>(host, ref, set->at(1), bad);
+  run_and_wait(host, ref, [&] { host.add_poller(ref, poller); });
+  poller->post_work();
+  ASSERT_TRUE(wait_until([&] { return poller->handled.load() >= 1; }));
+  run_and_wait(host, ref, [&] { host.remove_poller(ref, *poller); });
+  EXPECT_EQ(bad.load(), 0);
+}
+
 TEST(ReactorQueueHost, PollsAddedPollerOnItsReactorAndWakesOnItsFd) {
   auto set = start_set(2);
   ASSERT_NE(set, nullptr);

@@ -32,8 +32,8 @@ struct DaemonConfig {
   // Group that may use the socket besides root; ignored if it does not exist.
   std::string socket_group = "ublk-volume";
   // Reactors (docs/architecture.md "Reactors"): N = the stores (store i on
-  // reactor i mod N) and the exposed devices' queues (queue q on reactor q mod
-  // N) all run on N pinned reactors; 0 (the default) = one reactor per CPU of
+  // reactor i mod N) and the exposed devices' queues (on the reactors of the
+  // volume's replicas) all run on N pinned reactors; 0 (the default) = one reactor per CPU of
   // the daemon's affinity mask; unset (config `null`) = the older model, a
   // thread per store and per ublk queue.
   std::optional<unsigned> reactors = 0;

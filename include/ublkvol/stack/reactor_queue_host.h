@@ -1,8 +1,9 @@
 // ReactorQueueHost: the ublk::QueueHost (include/ublkvol/ublk/queue_host.h)
 // that runs a device's queues on a reactor::ReactorSet, next to the stores
-// (docs/architecture.md, "Reactors"). Queue q of every device runs on
-// ReactorSet::for_queue(q) - a fixed mapping, so a queue re-attached by
-// recovery lands on the reactor it had, and its VolumeQueue is opened on
+// (docs/architecture.md, "Reactors"). Queue q of a device runs on reactor
+// ref.place (DeviceOptions::queue_places) or, if the owner chose none,
+// ReactorSet::for_queue(q) - fixed for the device's life; its VolumeQueue is
+// opened on
 // that reactor's thread: a replica whose store is served there (through an
 // engine::ReactorExecutor) is then called directly (co-located dispatch).
 //
@@ -54,6 +55,8 @@ class ReactorQueueHost final : public ublk::QueueHost {
     std::vector<std::shared_ptr<reactor::Poller>> pollers;
     std::vector<std::shared_ptr<void>> kept;
   };
+  // ref.place if the device's owner chose one, else ref.queue; mod N.
+  [[nodiscard]] size_t index_of(const ublk::QueueRef& ref) const;
   Slot& slot_of(const ublk::QueueRef& ref);
 
   reactor::ReactorSet& reactors_;

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "ublkvol/common/result.h"
 #include "ublkvol/engine/volume.h"
@@ -68,6 +69,13 @@ struct DeviceOptions {
   QueueLoop queue_loop = QueueLoop::kThread;
   // kExternal: runs the queues; must outlive the device. Not owned.
   QueueHost* queue_host = nullptr;
+  // kExternal: which of the host's threads runs queue q - queue_places[q mod
+  // size()], an index the host understands (a reactor's, for a reactor
+  // host); empty: the host's own choice (queue q on thread q mod N). The
+  // daemon puts a volume's queues only on reactors that serve one of its
+  // replicas: a queue elsewhere would send every request to another thread
+  // and back (docs/architecture.md, "Where a queue runs").
+  std::vector<unsigned> queue_places;
 };
 
 inline constexpr uint32_t kMinBlockSize = 512;

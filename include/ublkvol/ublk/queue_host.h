@@ -32,8 +32,8 @@
 // Queues of several devices may share one thread; the host decides.
 //
 // Plugging in a reactor (issue 14): run_on posts the task to reactor
-// (ref.queue mod N) - a fixed mapping, so a recovered queue lands on the same
-// reactor; add_poller appends to that reactor's pollers and adds wait_fd() to
+// ref.place (mod N) if set, else (ref.queue mod N) - fixed for the device's
+// life; add_poller appends to that reactor's pollers and adds wait_fd() to
 // what it sleeps on (poll(2)/epoll, or a read/POLL_ADD on its own ring);
 // remove_poller marks it for removal after the pass; keep_until_exit appends
 // to a list the reactor destroys after its thread was joined. Nothing else
@@ -59,6 +59,9 @@ namespace ublkvol::ublk {
 struct QueueRef {
   uint32_t dev_id = 0;
   uint16_t queue = 0;
+  // The host thread the device's owner asked for (DeviceOptions::
+  // queue_places); -1: the host's own choice.
+  int32_t place = -1;
 };
 
 class QueueHost {
