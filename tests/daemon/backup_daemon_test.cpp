@@ -37,18 +37,47 @@ class MemoryWriter final : public backup::VolumeWriter {
 
 class BackupDaemonTest : public DaemonTest {
  protected:
+  // A new store file of `store_bytes` holding volume "vol" (`volume_bytes`,
+  // as the engine creates it), left open: the store is destroyed before its
+  // device (member order).
+  struct VolumeStore {
+    std::unique_ptr<dbs::FileDevice> device;
+    std::unique_ptr<dbs::Store> store;
+    dbs::VolumeId id{};
+  };
+  static VolumeStore store_with_volume(const std::string& path, uint64_t store_bytes,
+                                       uint64_t volume_bytes) {
+    VolumeStore out;
+    dbs::FileDeviceOptions options;
+    options.create_size = store_bytes;
+    auto device = dbs::FileDevice::open(path, options);
+    EXPECT_TRUE(device.ok()) << path;
+    if (!device.ok()) {
+      return out;
+    }
+    out.device = std::move(*device);
+    EXPECT_TRUE(dbs::Store::format(*out.device).ok()) << path;
+    auto store = dbs::Store::open(*out.device);
+    EXPECT_TRUE(store.ok()) << path;
+    if (!store.ok()) {
+      return out;
+    }
+    out.store = std::move(*store);
+    EXPECT_TRUE(engine::create_dbs_replica(*out.store, "vol", volume_bytes).ok()) << path;
+    out.id = *out.store->find_volume("vol");
+    return out;
+  }
+
   // A store file holding volume "vol" (as the engine creates it) with data
   // in 3 chunks and snapshot "s1". Returns the volume's content.
   std::vector<std::byte> prepare_store(const std::string& path) {
-    dbs::FileDeviceOptions options;
-    options.create_size = 96 * kMiB;
-    auto device = dbs::FileDevice::open(path, options);
-    EXPECT_TRUE(device.ok());
-    EXPECT_TRUE(dbs::Store::format(**device).ok());
-    auto store = dbs::Store::open(**device);
-    EXPECT_TRUE(store.ok());
-    EXPECT_TRUE(engine::create_dbs_replica(**store, "vol", kVolumeBytes).ok());
-    const dbs::VolumeId id = *(*store)->find_volume("vol");
+    VolumeStore vs = store_with_volume(path, 96 * kMiB, kVolumeBytes);
+    if (vs.store == nullptr) {
+      ADD_FAILURE() << path << ": no store";
+      return {};
+    }
+    dbs::Store* const store = vs.store.get();
+    const dbs::VolumeId id = vs.id;
     std::vector<std::byte> content(kVolumeBytes);
     auto* buffer = static_cast<std::byte*>(std::aligned_alloc(4096, 64 * 4096));
     for (const uint64_t offset : {uint64_t{0}, 5 * kMiB + 8192, 20 * kMiB}) {
@@ -56,13 +85,13 @@ class BackupDaemonTest : public DaemonTest {
         // The offset in MiB keeps the three chunks distinct (else they dedup).
         buffer[i] = static_cast<std::byte>(((offset + i) / 4096 * 7 + i / 64 + offset / kMiB) | 1U);
       }
-      EXPECT_TRUE((*store)->write(id, offset, {buffer, 64 * 4096}).ok());
+      EXPECT_TRUE(store->write(id, offset, {buffer, 64 * 4096}).ok());
       std::memcpy(content.data() + offset, buffer, 64 * 4096);
     }
     std::free(buffer);
-    EXPECT_TRUE((*store)->commit().ok());
-    EXPECT_TRUE((*store)->create_snapshot(id, "s1").ok());
-    EXPECT_TRUE((*store)->close().ok());
+    EXPECT_TRUE(store->commit().ok());
+    EXPECT_TRUE(store->create_snapshot(id, "s1").ok());
+    EXPECT_TRUE(store->close().ok());
     return content;
   }
 
@@ -121,29 +150,24 @@ class BackupDaemonTest : public DaemonTest {
                                    std::vector<std::byte>& backed_up,
                                    std::vector<std::byte>& head) {
     {
-      dbs::FileDeviceOptions options;
-      options.create_size = bytes + 96 * kMiB;
-      auto device = dbs::FileDevice::open(store_a, options);
-      ASSERT_TRUE(device.ok());
-      ASSERT_TRUE(dbs::Store::format(**device).ok());
-      auto store = dbs::Store::open(**device);
-      ASSERT_TRUE(store.ok());
-      ASSERT_TRUE(engine::create_dbs_replica(**store, "vol", bytes).ok());
-      const dbs::VolumeId id = *(*store)->find_volume("vol");
-      write_chunks(**store, id, chunks, 1, backed_up);
-      ASSERT_TRUE((*store)->commit().ok());
-      ASSERT_TRUE((*store)->create_snapshot(id, "s1").ok());
+      VolumeStore vs = store_with_volume(store_a, bytes + 96 * kMiB, bytes);
+      ASSERT_NE(vs.store, nullptr);
+      dbs::Store* const store = vs.store.get();
+      const dbs::VolumeId id = vs.id;
+      write_chunks(*store, id, chunks, 1, backed_up);
+      ASSERT_TRUE(store->commit().ok());
+      ASSERT_TRUE(store->create_snapshot(id, "s1").ok());
       auto t = backup::open_target(target);
       ASSERT_TRUE(t.ok());
       backup::Repository repo(**t);
       backup::BackupOptions backup_options;
       backup_options.name = "b";
-      ASSERT_TRUE(backup::backup_snapshot(**store, repo, "vol", "s1", backup_options).ok());
+      ASSERT_TRUE(backup::backup_snapshot(*store, repo, "vol", "s1", backup_options).ok());
       // The head moves on after the backup: the restore must not touch it.
       head = backed_up;
-      write_chunks(**store, id, chunks / 2, 2, head);
-      ASSERT_TRUE((*store)->commit().ok());
-      ASSERT_TRUE((*store)->close().ok());
+      write_chunks(*store, id, chunks / 2, 2, head);
+      ASSERT_TRUE(store->commit().ok());
+      ASSERT_TRUE(store->close().ok());
     }
     ASSERT_FALSE(head == backed_up);
     empty_store(store_b, bytes + 96 * kMiB);
@@ -392,15 +416,10 @@ TEST_F(BackupDaemonTest, BackupResumesAfterSigkill) {
   // 16 blocks (64 KiB) in each of 48 chunks: 3 MiB to read, 3 s at 1 MiB/s.
   std::vector<std::byte> content(kBytes);
   {
-    dbs::FileDeviceOptions options;
-    options.create_size = 160 * kMiB;
-    auto device = dbs::FileDevice::open(store_path, options);
-    ASSERT_TRUE(device.ok());
-    ASSERT_TRUE(dbs::Store::format(**device).ok());
-    auto store = dbs::Store::open(**device);
-    ASSERT_TRUE(store.ok());
-    ASSERT_TRUE(engine::create_dbs_replica(**store, "vol", kBytes).ok());
-    const dbs::VolumeId id = *(*store)->find_volume("vol");
+    VolumeStore vs = store_with_volume(store_path, 160 * kMiB, kBytes);
+    ASSERT_NE(vs.store, nullptr);
+    dbs::Store* const store = vs.store.get();
+    const dbs::VolumeId id = vs.id;
     constexpr size_t kRun = 16 * 4096;
     auto* buffer = static_cast<std::byte*>(std::aligned_alloc(4096, kRun));
     for (uint64_t c = 0; c < kChunks; ++c) {
@@ -408,13 +427,13 @@ TEST_F(BackupDaemonTest, BackupResumesAfterSigkill) {
       for (size_t i = 0; i < kRun; ++i) {
         buffer[i] = static_cast<std::byte>((i / 512 * 13 + c * 29) | 1U);
       }
-      ASSERT_TRUE((*store)->write(id, offset, {buffer, kRun}).ok());
+      ASSERT_TRUE(store->write(id, offset, {buffer, kRun}).ok());
       std::memcpy(content.data() + offset, buffer, kRun);
     }
     std::free(buffer);
-    ASSERT_TRUE((*store)->commit().ok());
-    ASSERT_TRUE((*store)->create_snapshot(id, "s1").ok());
-    ASSERT_TRUE((*store)->close().ok());
+    ASSERT_TRUE(store->commit().ok());
+    ASSERT_TRUE(store->create_snapshot(id, "s1").ok());
+    ASSERT_TRUE(store->close().ok());
   }
   start();
   ok("store.add", {{"name", "a"}, {"path", store_path}});
@@ -479,27 +498,22 @@ TEST_F(BackupDaemonTest, RestoreResumesAfterSigkill) {
   std::vector<std::byte> content(kBytes);
   {
     // The backup, made with the library before the daemon starts.
-    dbs::FileDeviceOptions options;
-    options.create_size = 160 * kMiB;
-    auto device = dbs::FileDevice::open(store_a, options);
-    ASSERT_TRUE(device.ok());
-    ASSERT_TRUE(dbs::Store::format(**device).ok());
-    auto store = dbs::Store::open(**device);
-    ASSERT_TRUE(store.ok());
-    ASSERT_TRUE(engine::create_dbs_replica(**store, "vol", kBytes).ok());
-    const dbs::VolumeId id = *(*store)->find_volume("vol");
-    write_chunks(**store, id, kChunks, 1, content);
-    ASSERT_TRUE((*store)->commit().ok());
-    ASSERT_TRUE((*store)->create_snapshot(id, "s1").ok());
+    VolumeStore vs = store_with_volume(store_a, 160 * kMiB, kBytes);
+    ASSERT_NE(vs.store, nullptr);
+    dbs::Store* const store = vs.store.get();
+    const dbs::VolumeId id = vs.id;
+    write_chunks(*store, id, kChunks, 1, content);
+    ASSERT_TRUE(store->commit().ok());
+    ASSERT_TRUE(store->create_snapshot(id, "s1").ok());
     auto t = backup::open_target(target);
     ASSERT_TRUE(t.ok());
     backup::Repository repo(**t);
     backup::BackupOptions backup_options;
     backup_options.name = "b";
-    auto made = backup::backup_snapshot(**store, repo, "vol", "s1", backup_options);
+    auto made = backup::backup_snapshot(*store, repo, "vol", "s1", backup_options);
     ASSERT_TRUE(made.ok()) << made.error().to_string();
     ASSERT_EQ(made->entries.size(), kChunks);
-    ASSERT_TRUE((*store)->close().ok());
+    ASSERT_TRUE(store->close().ok());
   }
   empty_store(store_b, 160 * kMiB);
   start();
@@ -700,34 +714,29 @@ TEST_F(BackupDaemonTest, DeleteResumesAfterSigkill) {
   std::vector<std::byte> first(kBytes);
   std::vector<std::byte> second;
   {
-    dbs::FileDeviceOptions options;
-    options.create_size = 160 * kMiB;
-    auto device = dbs::FileDevice::open(store_a, options);
-    ASSERT_TRUE(device.ok());
-    ASSERT_TRUE(dbs::Store::format(**device).ok());
-    auto store = dbs::Store::open(**device);
-    ASSERT_TRUE(store.ok());
-    ASSERT_TRUE(engine::create_dbs_replica(**store, "vol", kBytes).ok());
-    const dbs::VolumeId id = *(*store)->find_volume("vol");
-    write_chunks(**store, id, kChunks, 1, first);
-    ASSERT_TRUE((*store)->commit().ok());
-    ASSERT_TRUE((*store)->create_snapshot(id, "s1").ok());
+    VolumeStore vs = store_with_volume(store_a, 160 * kMiB, kBytes);
+    ASSERT_NE(vs.store, nullptr);
+    dbs::Store* const store = vs.store.get();
+    const dbs::VolumeId id = vs.id;
+    write_chunks(*store, id, kChunks, 1, first);
+    ASSERT_TRUE(store->commit().ok());
+    ASSERT_TRUE(store->create_snapshot(id, "s1").ok());
     // s2: the first kChanged chunks rewritten, the others shared with s1.
     second = first;
-    write_chunks(**store, id, kChanged, 2, second);
-    ASSERT_TRUE((*store)->commit().ok());
-    ASSERT_TRUE((*store)->create_snapshot(id, "s2").ok());
+    write_chunks(*store, id, kChanged, 2, second);
+    ASSERT_TRUE(store->commit().ok());
+    ASSERT_TRUE(store->create_snapshot(id, "s2").ok());
     auto t = backup::open_target(target);
     ASSERT_TRUE(t.ok());
     backup::Repository repo(**t);
     for (const auto& [name, snapshot] : {std::pair{"b1", "s1"}, std::pair{"b2", "s2"}}) {
       backup::BackupOptions backup_options;
       backup_options.name = name;
-      auto made = backup::backup_snapshot(**store, repo, "vol", snapshot, backup_options);
+      auto made = backup::backup_snapshot(*store, repo, "vol", snapshot, backup_options);
       ASSERT_TRUE(made.ok()) << made.error().to_string();
     }
     ASSERT_EQ(repo.target().list("chunks/")->size(), kChunks + kChanged);
-    ASSERT_TRUE((*store)->close().ok());
+    ASSERT_TRUE(store->close().ok());
   }
   start();
   // 12 chunks only b1 names, removed at 4 a second: 3 s.
