@@ -66,9 +66,14 @@ fi
 # the new kernel).
 pins="$(for e in "${UBLKVOL_VM_KERNEL_DEBS[@]}"; do echo "${e%% *} sha256=${e##* }"; done)"
 cache_complete() {
+  local m
   [[ -f "$cache/complete" && -f "$cache/vmlinuz" && -f "$cache/modules/ublk_drv.ko" &&
      -f "$cache/kernel-version" && -f "$cache/kernel-package" ]] &&
-    [[ "$(sed 's/ mirror=.*//' "$cache/kernel-package")" == "$pins" ]]
+    [[ "$(sed 's/ mirror=.*//' "$cache/kernel-package")" == "$pins" ]] || return 1
+  # A module added to UBLKVOL_VM_MODULES (lib.sh) after this cache was made fetches again.
+  for m in "${UBLKVOL_VM_MODULES[@]}"; do
+    [[ -f "$cache/modules/${m##*/}.ko" ]] || return 1
+  done
 }
 
 if [[ $force == 0 ]] && cache_complete; then

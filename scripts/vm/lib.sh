@@ -52,14 +52,16 @@ ublkvol_vm_select_kernel() {
 
 # Kernel modules copied out of the kernel package (paths under kernel/, without .ko.xz).
 # ublk_drv is loaded by /init; the others are there for tests that want a loop device,
-# null_blk, brd or a virtio disk (load them with `vm-load-module NAME` in the guest).
-# Their dependencies (modinfo "depends") are copied too.
+# null_blk, brd, a virtio disk or a veth pair between network namespaces (load them with
+# `vm-load-module NAME` in the guest). Their dependencies (modinfo "depends") are copied
+# too. fetch-kernel.sh fetches the kernel again when its cache lacks one of them.
 UBLKVOL_VM_MODULES=(
   drivers/block/ublk_drv
   drivers/block/loop
   drivers/block/null_blk/null_blk
   drivers/block/brd
   drivers/block/virtio_blk
+  drivers/net/veth
 )
 
 # Host programs every guest gets (with the libraries ldd lists). A test that needs more
@@ -69,7 +71,8 @@ UBLKVOL_VM_MODULES=(
 # preference to PATH (FEATURE_SH_STANDALONE), so under it `losetup` or `blkdiscard` would
 # silently be busybox's cut-down versions instead of the real tools listed here.
 UBLKVOL_VM_REQUIRED_TOOLS=(bash fio mkfs.ext4 e2fsck blkdiscard blockdev losetup)
-UBLKVOL_VM_OPTIONAL_TOOLS=(mke2fs dumpe2fs debugfs resize2fs lsblk strace)
+# ip is iproute2's (busybox's has no netns nor veth): the remote replica e2e test's namespace.
+UBLKVOL_VM_OPTIONAL_TOOLS=(mke2fs dumpe2fs debugfs resize2fs lsblk strace ip)
 
 # Busybox must be the static build (busybox-static): it provides the guest's coreutils,
 # mount, insmod, poweroff, ... (as symlinks; a tool listed above replaces its applet).
