@@ -268,8 +268,14 @@ stage="$work/test"
 make_skeleton "$stage"
 mkdir -p "$stage/opt/test/files"
 token="$(tr -d '-' </proc/sys/kernel/random/uuid)"
+# Debug info is most of a Release binary (ublk-volumed: 122 MB, 4 MB without): stripped
+# here it halves the initramfs and saves seconds of every boot under TCG. Symbols stay
+# (backtraces name functions); UBLKVOL_VM_KEEP_DEBUG=1 keeps the debug info too.
 for b in "${binaries[@]}"; do
   cp -L "$b" "$stage/opt/test/bin/"
+  if [[ "${UBLKVOL_VM_KEEP_DEBUG:-0}" != 1 ]]; then
+    objcopy --strip-debug "$stage/opt/test/bin/${b##*/}" 2>/dev/null || true
+  fi
   copy_libs "$b" "$stage"
 done
 for f in "${files[@]}"; do
