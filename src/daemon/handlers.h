@@ -82,6 +82,12 @@ Status start_restore_job(Registry& r, VolumeEntry& v, const BackupJobSpec& spec,
 Result<Json> restore_as_snapshot(Registry& r, BackupJobSpec spec);
 // Starts (or resumes) it on the stores of spec.stores.
 Status start_restore_snapshot_job(Registry& r, const BackupJobSpec& spec, bool resumed);
+// Before a restore starts: every online store of `stores` must have room
+// for the backup's data (`data_bytes`, written to each replica), else
+// ENOSPC naming the store, its free space and the need - the restore would
+// fail part-way otherwise (methods_restore_snapshot.cpp).
+Status check_restore_space(Registry& r, const std::vector<std::string>& stores,
+                           const std::string& backup, uint64_t data_bytes);
 
 Result<Json> daemon_status(Registry& r, Params& p);
 Result<Json> stats(Registry& r, Params& p);

@@ -232,6 +232,8 @@ Result<Json> backup_restore(Registry& r, Params& p) {
   backup::Repository repo(*target);
   UBLKVOL_ASSIGN_OR_RETURN(const backup::Manifest manifest, repo.get_manifest(spec.name));
   UBLKVOL_TRY(r.check_new_volume_name(spec.volume));
+  UBLKVOL_TRY(
+      check_restore_space(r, spec.stores, spec.name, manifest.data_blocks() * backup::kBlockBytes));
   // The job's state file first: from here on, across crashes, the volume
   // is not usable until the restore is done (BackupJobs::restoring).
   UBLKVOL_TRY(r.backup_jobs.record_restore(spec));

@@ -59,6 +59,8 @@ Result<Json> restore_as_snapshot(Registry& r, BackupJobSpec spec) {
   if (spec.stores.empty()) {
     return Error(EIO, "volume " + named(spec.volume) + " has no replica to restore into");
   }
+  UBLKVOL_TRY(
+      check_restore_space(r, spec.stores, spec.name, manifest.data_blocks() * backup::kBlockBytes));
   // The state file first: across crashes the job resumes (or, sealing,
   // finishes) from it.
   UBLKVOL_TRY(r.backup_jobs.record_restore(spec));
@@ -75,6 +77,30 @@ Result<Json> restore_as_snapshot(Registry& r, BackupJobSpec spec) {
               {"state", "running"},
               {"chunks", manifest.entries.size()},
               {"data_bytes", manifest.data_blocks() * backup::kBlockBytes}};
+}
+
+Status check_restore_space(Registry& r, const std::vector<std::string>& stores,
+                           const std::string& backup, uint64_t data_bytes) {
+  for (const std::string& name : stores) {
+    StoreEntry* s = r.find_store(name);
+    if (s == nullptr || !s->online()) {
+      continue;  // refused later, naming the store
+    }
+    dbs::StoreStats stats;
+    UBLKVOL_TRY(s->thread->call([&] {
+      stats = s->store->stats();
+      return ok_status();
+    }));
+    const uint64_t free_bytes = stats.free_extents * stats.extent_bytes;
+    if (free_bytes < data_bytes) {
+      return Error(ENOSPC, "store " + named(name) + " has " + std::to_string(free_bytes >> 20U) +
+                               " MiB free; backup " + named(backup) + " holds " +
+                               std::to_string((data_bytes + (1U << 20U) - 1) >> 20U) +
+                               " MiB of data, written to each replica's store: free space there "
+                               "(delete snapshots or volumes) or restore to other stores");
+    }
+  }
+  return ok_status();
 }
 
 Status start_restore_snapshot_job(Registry& r, const BackupJobSpec& spec, bool resumed) {

@@ -647,6 +647,62 @@ TEST_F(BackupDaemonTest, RestoreAsSnapshotOfAnExistingVolume) {
   }
 }
 
+// A restore that cannot fit is refused before it starts - into a new volume
+// and as a snapshot - naming the store, its free space and the backup's
+// data, and creates nothing (it used to write until the store was full).
+TEST_F(BackupDaemonTest, RestoreThatCannotFitIsRefusedBeforeItStarts) {
+  const std::string store_a = dir_ + "/store-a";
+  const std::string target = dir_ + "/backups";
+  {
+    VolumeStore vs = store_with_volume(store_a, kVolumeBytes + 96 * kMiB, kVolumeBytes);
+    ASSERT_NE(vs.store, nullptr);
+    constexpr size_t kRun = kMiB;
+    auto* buffer = static_cast<std::byte*>(std::aligned_alloc(4096, kRun));
+    for (uint64_t offset = 0; offset < kVolumeBytes; offset += kRun) {
+      for (size_t i = 0; i < kRun; ++i) {
+        buffer[i] = static_cast<std::byte>((i / 512 * 13 + offset / kRun * 29) | 1U);
+      }
+      ASSERT_TRUE(vs.store->write(vs.id, offset, {buffer, kRun}).ok());
+    }
+    std::free(buffer);
+    ASSERT_TRUE(vs.store->commit().ok());
+    ASSERT_TRUE(vs.store->create_snapshot(vs.id, "s1").ok());
+    auto t = backup::open_target(target);
+    ASSERT_TRUE(t.ok());
+    backup::Repository repo(**t);
+    backup::BackupOptions backup_options;
+    backup_options.name = "b";
+    ASSERT_TRUE(backup::backup_snapshot(*vs.store, repo, "vol", "s1", backup_options).ok());
+    ASSERT_TRUE(vs.store->close().ok());
+  }
+  empty_store(dir_ + "/store-tiny", 24 * kMiB);
+  start();
+  ok("store.add", {{"name", "a"}, {"path", store_a}});
+  ok("store.add", {{"name", "tiny"}, {"path", dir_ + "/store-tiny"}});
+  ok("volume.import", {{"name", "vol"}, {"stores", {"a"}}});
+  ok("volume.create", {{"name", "small"}, {"size", kVolumeBytes}, {"stores", {"tiny"}}});
+  const std::string why = "store 'tiny' has ";
+  const std::string need = "backup 'b' holds 32 MiB of data";
+  refused("backup.restore",
+          {{"target", target}, {"name", "b"}, {"volume", "new"}, {"stores", {"tiny"}}}, "io_error",
+          why);
+  refused("backup.restore",
+          {{"target", target}, {"name", "b"}, {"volume", "new"}, {"stores", {"tiny"}}}, "io_error",
+          need);
+  refused("backup.restore",
+          {{"target", target}, {"name", "b"}, {"volume", "small"}, {"snapshot", "r"}}, "io_error",
+          need);
+  EXPECT_FALSE(ok("volume.list").dump().find("\"new\"") != std::string::npos)
+      << "a refused restore created its volume";
+  EXPECT_TRUE(ok("snapshot.list", {{"volume", "small"}})["snapshots"].empty());
+  EXPECT_TRUE(ok("daemon.status")["orphans"].empty());
+  // Where it fits, the same restore runs.
+  ok("backup.restore", {{"target", target}, {"name", "b"}, {"volume", "new"}, {"stores", {"a"}}});
+  const Json job = finished_job({{"target", target}}, "b", "restore", 30, "new");
+  EXPECT_EQ(job["state"], "done") << job.dump() << log_text();
+  EXPECT_EQ(stop(), 0);
+}
+
 // A restore as a snapshot is a resumable job: SIGKILLed mid-way (the volume
 // in use, no snapshot listed yet, its staging volumes no orphans), the
 // restarted daemon resumes it after the last checkpoint and seals the
