@@ -11,7 +11,8 @@
 namespace ublkvol::bench {
 
 struct Usage {
-  double cpu_s = 0;
+  double cpu_s = 0;   // user + system
+  double user_s = 0;  // user only: the process's own code, no syscall or device work
   double switches = 0;
 };
 
@@ -21,7 +22,7 @@ inline Usage process_usage(int who = RUSAGE_SELF) {
   auto seconds = [](const timeval& tv) {
     return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) * 1e-6;
   };
-  return {seconds(usage.ru_utime) + seconds(usage.ru_stime),
+  return {seconds(usage.ru_utime) + seconds(usage.ru_stime), seconds(usage.ru_utime),
           static_cast<double>(usage.ru_nvcsw + usage.ru_nivcsw)};
 }
 

@@ -20,7 +20,9 @@
 // randread/randwrite alternate fio and the engine for --rounds rounds and
 // report medians; "cpu us/io" there is CPU time per I/O per replica file
 // (fio: its whole process, io_uring workers included; engine: all threads of
-// this process), the figure that stays comparable on a loaded machine.
+// this process), the figure that stays comparable on a loaded machine;
+// "user us" is its user part: the process's own code, without the syscalls
+// and the kernel's work on the files (which fio pays as well).
 // Prints a table, or JSON with --json.
 #include <fcntl.h>
 #include <poll.h>
@@ -74,6 +76,7 @@ T value_or_exit(Result<T> result, const char* what) {
 }
 
 double cpu_seconds(int who = RUSAGE_SELF) { return ublkvol::bench::process_usage(who).cpu_s; }
+double user_seconds(int who = RUSAGE_SELF) { return ublkvol::bench::process_usage(who).user_s; }
 
 uint64_t parse_size(const std::string& s) {
   char* end = nullptr;
@@ -149,15 +152,19 @@ struct Result {
   double p50_us = 0;
   double p99_us = 0;
   double cpu_us_per_io_per_replica = 0;
+  // Of it, user time: the engine's (or fio's) own code, without the
+  // syscalls and the kernel's work on the files.
+  double user_us_per_io_per_replica = 0;
   double ratio = 0;               // against the fio baseline
   std::vector<double> runs = {};  // IOPS of each round
 };
 
 // fio baseline: returns total IOPS over the jobs. `cpu_us_per_io`: CPU time
 // of the whole fio process (its io_uring workers and startup included) per
-// I/O of all jobs.
+// I/O of all jobs; `user_us_per_io`: the user part of it.
 double run_fio(const std::vector<std::string>& files, const std::string& rw, unsigned iodepth,
-               double runtime, double* p50_us, double* p99_us, double* cpu_us_per_io = nullptr) {
+               double runtime, double* p50_us, double* p99_us, double* cpu_us_per_io = nullptr,
+               double* user_us_per_io = nullptr) {
   std::string cmd = "fio --output-format=json --ioengine=io_uring --direct=1 --bs=4k --rw=" + rw +
                     " --iodepth=" + std::to_string(iodepth) +
                     " --time_based --runtime=" + std::to_string(runtime) +
@@ -167,6 +174,7 @@ double run_fio(const std::vector<std::string>& files, const std::string& rw, uns
   }
   cmd += " 2>/dev/null";
   const double cpu_before = cpu_seconds(RUSAGE_CHILDREN);
+  const double user_before = user_seconds(RUSAGE_CHILDREN);
   FILE* p = popen(cmd.c_str(), "r");
   if (p == nullptr) {
     return 0;
@@ -179,6 +187,7 @@ double run_fio(const std::vector<std::string>& files, const std::string& rw, uns
   }
   pclose(p);
   const double cpu = cpu_seconds(RUSAGE_CHILDREN) - cpu_before;
+  const double user = user_seconds(RUSAGE_CHILDREN) - user_before;
   auto j = nlohmann::json::parse(out, nullptr, false);
   if (j.is_discarded()) {
     (void)std::fprintf(stderr, "fio output not parseable\n");
@@ -197,6 +206,9 @@ double run_fio(const std::vector<std::string>& files, const std::string& rw, uns
   }
   if (cpu_us_per_io != nullptr) {
     *cpu_us_per_io = cpu * 1e6 / std::max(ios, 1.0);
+  }
+  if (user_us_per_io != nullptr) {
+    *user_us_per_io = user * 1e6 / std::max(ios, 1.0);
   }
   return iops;
 }
@@ -299,6 +311,7 @@ struct LoadResult {
   uint64_t ios = 0;
   double seconds = 0;
   double cpu = 0;
+  double user = 0;  // of cpu
   double p50_us = 0;
   double p99_us = 0;
 };
@@ -319,6 +332,7 @@ class LoadGen final : public reactor::Poller {
       ops_[i].lat = &lat_;
     }
     cpu0_ = cpu_seconds();
+    user0_ = user_seconds();
     t0_ = Clock::now();
     end_ =
         t0_ + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(runtime));
@@ -404,6 +418,7 @@ class LoadGen final : public reactor::Poller {
   void finish() {
     result_.seconds = std::chrono::duration<double>(Clock::now() - t0_).count();
     result_.cpu = cpu_seconds() - cpu0_;
+    result_.user = user_seconds() - user0_;
     std::sort(lat_.begin(), lat_.end());
     if (!lat_.empty()) {
       result_.p50_us = lat_[lat_.size() / 2] / 1000.0;
@@ -420,6 +435,7 @@ class LoadGen final : public reactor::Poller {
   std::byte* pool_ = nullptr;
   std::mt19937_64 rng_{42};
   double cpu0_ = 0;
+  double user0_ = 0;
   Clock::time_point t0_, end_;
   bool running_ = true;
   bool done_ = false;
@@ -483,12 +499,13 @@ Result engine_row(std::string scenario, std::string what, unsigned replicas, con
 
 // Figures of one scenario over several rounds; a row reports their medians.
 struct Samples {
-  std::vector<double> iops, p50, p99, cpu;
-  void add(double i, double a, double b, double c) {
+  std::vector<double> iops, p50, p99, cpu, user;
+  void add(double i, double a, double b, double c, double u) {
     iops.push_back(i);
     p50.push_back(a);
     p99.push_back(b);
     cpu.push_back(c);
+    user.push_back(u);
   }
   static double median(std::vector<double> v) {
     if (v.empty()) {
@@ -504,6 +521,7 @@ struct Samples {
     res.p50_us = median(p50);
     res.p99_us = median(p99);
     res.cpu_us_per_io_per_replica = median(cpu);
+    res.user_us_per_io_per_replica = median(user);
     res.runs = iops;
     return res;
   }
@@ -704,16 +722,17 @@ int main(int argc, char** argv) try {
     std::array<std::vector<Samples>, 4> engine;
     for (unsigned round = 0; round < rounds; ++round) {
       if (!skip_fio) {
-        double p50 = 0, p99 = 0, cpu = 0;
-        double iops = run_fio({files[0]}, "randread", 32, runtime, &p50, &p99, &cpu);
-        fio.add(iops, p50, p99, cpu);
+        double p50 = 0, p99 = 0, cpu = 0, user = 0;
+        double iops = run_fio({files[0]}, "randread", 32, runtime, &p50, &p99, &cpu, &user);
+        fio.add(iops, p50, p99, cpu, user);
       }
       for (unsigned r : replica_counts) {
         engine[r].resize(variants.size());
         for (size_t v = 0; v < variants.size(); ++v) {
           LoadResult lr = engine_file_run(r, VolumeOp::kRead, variants[v]);
+          const auto ios = static_cast<double>(std::max<uint64_t>(lr.ios, 1));
           engine[r][v].add(static_cast<double>(lr.ios) / lr.seconds, lr.p50_us, lr.p99_us,
-                           lr.cpu * 1e6 / static_cast<double>(std::max<uint64_t>(lr.ios, 1)));
+                           lr.cpu * 1e6 / ios, lr.user * 1e6 / ios);
         }
       }
     }
@@ -741,16 +760,17 @@ int main(int argc, char** argv) try {
       for (unsigned r : replica_counts) {
         if (!skip_fio) {
           std::vector<std::string> fs(files.begin(), files.begin() + r);
-          double p50 = 0, p99 = 0, cpu = 0;
-          double total = run_fio(fs, "randwrite", 32, runtime, &p50, &p99, &cpu);
+          double p50 = 0, p99 = 0, cpu = 0, user = 0;
+          double total = run_fio(fs, "randwrite", 32, runtime, &p50, &p99, &cpu, &user);
           // The engine writes every I/O to r files: compare with one file's share.
-          fio[r].add(total / r, p50, p99, cpu);
+          fio[r].add(total / r, p50, p99, cpu, user);
         }
         engine[r].resize(variants.size());
         for (size_t v = 0; v < variants.size(); ++v) {
           LoadResult lr = engine_file_run(r, VolumeOp::kWrite, variants[v]);
+          const auto ios = static_cast<double>(std::max<uint64_t>(lr.ios, 1)) * r;
           engine[r][v].add(static_cast<double>(lr.ios) / lr.seconds, lr.p50_us, lr.p99_us,
-                           lr.cpu * 1e6 / static_cast<double>(std::max<uint64_t>(lr.ios, 1)) / r);
+                           lr.cpu * 1e6 / ios, lr.user * 1e6 / ios);
         }
       }
     }
@@ -791,6 +811,8 @@ int main(int argc, char** argv) try {
       unsigned touched = op == VolumeOp::kRead ? 1 : r;
       res.cpu_us_per_io_per_replica =
           lr.cpu * 1e6 / static_cast<double>(lr.ios) / static_cast<double>(touched);
+      res.user_us_per_io_per_replica =
+          lr.user * 1e6 / static_cast<double>(lr.ios) / static_cast<double>(touched);
       results.push_back(res);
       q.reset();
       (void)vol->close();
@@ -810,6 +832,7 @@ int main(int argc, char** argv) try {
     LoadResult lr = run_load(*vol, *q, VolumeOp::kWrite, 1, runtime / 2);
     Result res = engine_row("null-qd1", "engine, null replicas, write QD1", r, lr);
     res.cpu_us_per_io_per_replica = lr.cpu * 1e6 / static_cast<double>(lr.ios) / r;
+    res.user_us_per_io_per_replica = lr.user * 1e6 / static_cast<double>(lr.ios) / r;
     results.push_back(res);
     q.reset();
     (void)vol->close();
@@ -901,18 +924,19 @@ int main(int argc, char** argv) try {
                               {"p50_us", r.p50_us},
                               {"p99_us", r.p99_us},
                               {"cpu_us_per_io_per_replica", r.cpu_us_per_io_per_replica},
+                              {"user_us_per_io_per_replica", r.user_us_per_io_per_replica},
                               {"ratio_vs_fio", r.ratio},
                               {"iops_runs", r.runs}});
     }
     std::printf("%s\n", j.dump(2).c_str());
   } else {
     std::printf("engine stores: %s\n", mode.c_str());
-    std::printf("%-11s %-38s %2s %10s %9s %8s %8s %9s %6s\n", "scenario", "what", "R", "IOPS",
-                "MB/s", "p50 us", "p99 us", "cpu us/io", "x fio");
+    std::printf("%-11s %-38s %2s %10s %9s %8s %8s %9s %9s %6s\n", "scenario", "what", "R", "IOPS",
+                "MB/s", "p50 us", "p99 us", "cpu us/io", "user us", "x fio");
     for (const Result& r : results) {
-      std::printf("%-11s %-38s %2u %10.0f %9.1f %8.1f %8.1f %9.2f %6.2f\n", r.scenario.c_str(),
-                  r.what.c_str(), r.replicas, r.iops, r.mb_per_s, r.p50_us, r.p99_us,
-                  r.cpu_us_per_io_per_replica, r.ratio);
+      std::printf("%-11s %-38s %2u %10.0f %9.1f %8.1f %8.1f %9.2f %9.2f %6.2f\n",
+                  r.scenario.c_str(), r.what.c_str(), r.replicas, r.iops, r.mb_per_s, r.p50_us,
+                  r.p99_us, r.cpu_us_per_io_per_replica, r.user_us_per_io_per_replica, r.ratio);
     }
   }
   return 0;
