@@ -417,7 +417,7 @@ void render_snapshot_list(std::ostream& out, const Json& result) {
 namespace {
 
 // One line per reactor: its CPU, its load over the daemon's last sampling
-// interval (a second) and the stores it serves.
+// interval (a second), the stores it serves and the ublk queues it runs.
 void render_reactors(std::ostream& out, const Json& reactors) {
   if (reactors.empty()) {
     field(out, "Reactors", "none (config \"reactors\": null: a thread per store and per queue)");
@@ -432,8 +432,10 @@ void render_reactors(std::ostream& out, const Json& reactors) {
                         std::max(0.0, real(r, "busy_percent", 0)),
                         std::max(0.0, real(r, "messages_per_second", 0)));
     const std::string stores = join(array(r, "stores"));
+    const std::string queues = join(array(r, "queues"));
     out << "  " << str(r, "name") << "  CPU " << (cpu.empty() ? "-" : cpu) << "  " << load
-        << "  stores: " << (stores.empty() ? "-" : stores) << '\n';
+        << "  stores: " << (stores.empty() ? "-" : stores)
+        << "  queues: " << (queues.empty() ? "-" : queues) << '\n';
   }
 }
 

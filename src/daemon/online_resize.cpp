@@ -108,6 +108,7 @@ Result<Json> grow_exposed_volume(Registry& r, VolumeEntry& volume, uint64_t new_
                      " (it stays quiesced: restart ublk-volumed to re-attach it)");
   }
   volume.device = std::move(*recovered);
+  r.note_queue_places(volume, options);
   const auto pause_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                             std::chrono::steady_clock::now() - paused)
                             .count();

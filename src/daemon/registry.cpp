@@ -377,6 +377,20 @@ std::vector<unsigned> Registry::replica_reactors(const VolumeEntry& v) const {
   return places;
 }
 
+void Registry::note_queue_places(VolumeEntry& v, const ublk::DeviceOptions& options) const {
+  v.queue_reactors.clear();
+  if (!reactors || !v.device || options.queue_host == nullptr) {
+    return;
+  }
+  // As ReactorQueueHost::index_of places them.
+  const auto n = static_cast<unsigned>(reactors->size());
+  for (unsigned q = 0; q < v.device->info().nr_hw_queues; ++q) {
+    const unsigned place =
+        options.queue_places.empty() ? q : options.queue_places[q % options.queue_places.size()];
+    v.queue_reactors.push_back(place % n);
+  }
+}
+
 ublk::DeviceOptions Registry::device_base_options(const VolumeEntry& v) const {
   ublk::DeviceOptions options;
   if (queue_host) {
@@ -408,6 +422,7 @@ Status Registry::create_device(VolumeEntry& v, unsigned queues, unsigned depth, 
       kernel.features && (ublk::optional_features_enabled(*kernel.features, kernel.turned_off) &
                           ublk::uapi::kFQuiesce) != 0;
   UBLKVOL_ASSIGN_OR_RETURN(v.device, ublk::UblkDevice::create(*v.frontend, options));
+  note_queue_places(v, options);
   const auto& info = v.device->info();
   v.exposed = ExposeRecord{v.device->id(), info.nr_hw_queues, info.queue_depth};
   return ok_status();

@@ -120,6 +120,9 @@ struct VolumeEntry {
   std::unique_ptr<engine::ReplicatedVolume> engine;
   std::unique_ptr<FrontendVolume> frontend;
   std::unique_ptr<ublk::UblkDevice> device;
+  // With reactors: the reactor (index) of each of `device`'s queues, as
+  // attached (note_queue_places; status lists them per reactor).
+  std::vector<unsigned> queue_reactors;
   // Persisted intent: exposed as this device (also while the device is not
   // there because ublk is unavailable).
   std::optional<ExposeRecord> exposed;
@@ -211,6 +214,8 @@ class Registry {
   // The reactors (indexes) serving v's local replicas, each once, in replica
   // order; empty without reactors or local replicas.
   [[nodiscard]] std::vector<unsigned> replica_reactors(const VolumeEntry& v) const;
+  // After v.device was attached with `options`: records v.queue_reactors.
+  void note_queue_places(VolumeEntry& v, const ublk::DeviceOptions& options) const;
 
   // ---- store health (registry.cpp) -------------------------------------------
   void check_stores();

@@ -90,6 +90,15 @@ Json reactors_json(const Registry& registry) {
         stores.push_back(s->name);
       }
     }
+    // "VOLUME:Q" for each exposed device's queue Q this reactor runs.
+    Json queues = Json::array();
+    for (const auto& v : registry.volumes) {
+      for (size_t q = 0; v->device && q < v->queue_reactors.size(); ++q) {
+        if (v->queue_reactors[q] == i) {
+          queues.push_back(v->name + ":" + std::to_string(q));
+        }
+      }
+    }
     const reactor::ReactorCounters now = r.counters();
     Registry::ReactorSamples window{{}, now};
     if (i < registry.reactor_samples.size()) {
@@ -105,6 +114,7 @@ Json reactors_json(const Registry& registry) {
                     {"name", std::string(r.name())},
                     {"cpu", r.cpu() >= 0 ? Json(r.cpu()) : Json(nullptr)},
                     {"stores", stores},
+                    {"queues", queues},
                     {"busy_percent", seconds > 0 ? std::min(100.0, 100.0 * busy / seconds) : 0.0},
                     {"messages_per_second", seconds > 0 ? messages / seconds : 0.0},
                     {"busy_seconds", std::chrono::duration<double>(now.busy).count()},

@@ -292,6 +292,7 @@ void Registry::reexpose(VolumeEntry& v) {
   auto recovered = ublk::UblkDevice::recover(*v.frontend, record.dev_id, options);
   if (recovered.ok()) {
     v.device = std::move(*recovered);
+    note_queue_places(v, options);
     spdlog::info("volume '{}': re-attached to {} (user recovery)", v.name, v.device->block_path());
     return;
   }

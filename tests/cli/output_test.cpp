@@ -239,7 +239,8 @@ TEST(Render, StatusListsTheReactorsTheirLoadAndStores) {
   render_status(status, Json::parse(R"json({"version": "0.1.0", "pid": 42, "uptime_seconds": 1,
       "state_dir": "/s", "stores": 3, "volumes": 0, "exposed": 0, "orphans": [],
       "pending_intents": 0, "reactors": [
-        {"index": 0, "name": "reactor0", "cpu": 0, "stores": ["a", "c"], "busy_percent": 12.34,
+        {"index": 0, "name": "reactor0", "cpu": 0, "stores": ["a", "c"],
+         "queues": ["v0:0", "v0:1"], "busy_percent": 12.34,
          "messages_per_second": 3400.4, "busy_seconds": 1.0, "uptime_seconds": 9.0,
          "messages_sent": 17, "sleeps": 5},
         {"index": 1, "name": "reactor1", "cpu": null, "stores": [], "busy_percent": 0,
@@ -251,8 +252,8 @@ TEST(Render, StatusListsTheReactorsTheirLoadAndStores) {
             "Stores:       3\n"
             "Volumes:      0 (0 exposed)\n"
             "Reactors:     2 (busy and messages to other threads: last second)\n"
-            "  reactor0  CPU 0  busy  12.3%       3400 msg/s  stores: a, c\n"
-            "  reactor1  CPU -  busy   0.0%          0 msg/s  stores: -\n");
+            "  reactor0  CPU 0  busy  12.3%       3400 msg/s  stores: a, c  queues: v0:0, v0:1\n"
+            "  reactor1  CPU -  busy   0.0%          0 msg/s  stores: -  queues: -\n");
   std::ostringstream threads;
   render_status(threads, Json::parse(R"json({"version": "0.1.0", "pid": 42, "uptime_seconds": 1,
       "state_dir": "/s", "stores": 0, "volumes": 0, "exposed": 0, "orphans": [],

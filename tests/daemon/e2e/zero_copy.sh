@@ -1,7 +1,8 @@
 # ublk-volumed e2e: zero copy per request (issue 15 item 5; docs/zero-copy.md
 # "The daemon"). The daemon runs stores and queues on reactors (DAEMON_REACTORS,
 # store a on reactor 0, store b on reactor 1); a 1-replica volume on store a
-# is exposed with one queue (reactor 0). Under fio crc32c verify_backlog:
+# is exposed with two queues, both on reactor 0 (a volume's queues run only on
+# its replicas' reactors; daemon.status lists them). Under fio crc32c verify_backlog:
 #   - on a kernel with AUTO_BUF_REG (7.x) the requests are served on their own
 #     pages (zero_copy_ios grows, copied_ios stays 0);
 #   - `replica.add` on store b (reactor 1) while fio runs: from then on the
@@ -15,13 +16,18 @@
 [ -n "${DAEMON_REACTORS:-}" ] || fail "needs DAEMON_REACTORS (stores and queues on reactors)"
 counter() { volume_stat v0 "$1"; }
 
-step "ublk-volumed on $DAEMON_REACTORS reactors; a 1-replica volume on store a, exposed"
+step "ublk-volumed on $DAEMON_REACTORS reactors; a 1-replica volume on store a, exposed with 2 queues"
 start_daemon
 make_stores 160 a b
 rpc volume.create '{"name":"v0","size":67108864,"stores":["a"]}' >/dev/null || fail "volume.create"
-out=$(rpc volume.expose '{"name":"v0","queues":1,"queue_depth":64}') || fail "volume.expose"
+out=$(rpc volume.expose '{"name":"v0","queues":2,"queue_depth":64}') || fail "volume.expose"
 DEV=$(echo "$out" | json_get path)
 [ -b "$DEV" ] || fail "no block device: $out"
+# Both queues run on store a's reactor (reactor0), none on reactor1: a queue
+# there would send every request across (and, on 7.x, copy it).
+rpc daemon.status | grep -q '"queues":\["v0:0","v0:1"\]' ||
+  fail "the volume's queues are not both on its replica's reactor: $(rpc daemon.status)"
+ok "both queues on reactor0, next to store a"
 if rpc daemon.status | grep -q AUTO_BUF_REG; then ZC=1; else ZC=0; fi
 ok "kernel $(uname -r): AUTO_BUF_REG $([ $ZC = 1 ] && echo yes || echo no)"
 if [ $ZC = 1 ]; then
