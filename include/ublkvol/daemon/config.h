@@ -33,9 +33,9 @@ struct DaemonConfig {
   std::string socket_group = "ublk-volume";
   // Reactors (docs/architecture.md "Reactors"): N = the stores (store i on
   // reactor i mod N) and the exposed devices' queues (on the reactors of the
-  // volume's replicas) all run on N pinned reactors; 0 (the default) = one reactor per CPU of
-  // the daemon's affinity mask; unset (config `null`) = the older model, a
-  // thread per store and per ublk queue.
+  // volume's replicas) all run on N pinned reactors; 0 (the default) = one
+  // reactor per CPU of the daemon's affinity mask; unset (config `null`) =
+  // the older model, a thread per store and per ublk queue.
   std::optional<unsigned> reactors = 0;
   // Adaptive polling of the reactors (ReactorOptions::poll_in_flight): keep
   // polling up to this many microseconds for completions in flight instead

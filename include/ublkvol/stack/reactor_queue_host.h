@@ -3,9 +3,9 @@
 // (docs/architecture.md, "Reactors"). Queue q of a device runs on reactor
 // ref.place (DeviceOptions::queue_places) or, if the owner chose none,
 // ReactorSet::for_queue(q) - fixed for the device's life; its VolumeQueue is
-// opened on
-// that reactor's thread: a replica whose store is served there (through an
-// engine::ReactorExecutor) is then called directly (co-located dispatch).
+// opened on that reactor's thread: a replica whose store is served there
+// (through an engine::ReactorExecutor) is then called directly (co-located
+// dispatch).
 //
 // What the contract asks, and how:
 //   - run_on: posts the task to the queue's reactor.
