@@ -346,5 +346,76 @@ TEST_F(RemoteSnapshotTest, SnapshotReachesTheRemoteReplicaOrNoReplica) {
       << "the local replica's snapshot differs from the volume at the snapshot";
 }
 
+// The owed delete of a snapshot whose peer could not be reached survives a
+// restart of A: kept in state.json, retried once the peer answers again
+// (issue 16 gap 1; before, A forgot it and the snapshot stayed on B).
+TEST_F(RemoteSnapshotTest, OwedSnapshotDeleteSurvivesARestart) {
+  start_peer();
+  start();
+  add_stores({"a"});
+  ok("volume.create", {{"name", "va"},
+                       {"size", kVolumeBytes},
+                       {"stores", {"a"}},
+                       {"remote", remote_uri()},
+                       {"tls_psk", psk_},
+                       {"min_replicas", 1}});
+  ok("volume.export", {{"name", "va"}, {"listen", "unix:" + dir_ + "/va.nbd"}});
+  ok("snapshot.create", {{"volume", "va"}, {"name", "s1"}});
+  ASSERT_EQ(snapshots(b_, "vb"), std::vector<std::string>{"s1"});
+
+  // B is away while s1 is deleted: gone on A, owed by the remote replica.
+  EXPECT_EQ(b_.stop(SIGKILL), 128 + SIGKILL);
+  const Response deleted = call("snapshot.delete", {{"volume", "va"}, {"name", "s1"}});
+  EXPECT_FALSE(deleted.ok);
+  EXPECT_NE(deleted.message.find("recorded, retried"), std::string::npos) << deleted.message;
+  EXPECT_TRUE(snapshots(*this, "va").empty());
+  auto remote_of = [](const Json& shown) {
+    for (const auto& r : shown["replicas"]) {
+      if (r["remote"].is_object()) {
+        return r["remote"];
+      }
+    }
+    return Json();
+  };
+  EXPECT_EQ(remote_of(ok("volume.show", {{"name", "va"}}))["owed_snapshot_deletes"],
+            Json::array({"s1"}));
+  const Json state = Json::parse(test_support::read_text(dir_ + "/state/state.json"));
+  EXPECT_EQ(state["volumes"][0]["remote_replicas"][0]["owed_snapshot_deletes"], Json::array({"s1"}))
+      << state.dump();
+  {
+    // Writes without B: the remote replica drops out, so A restarts with
+    // its local replica alone in sync (not held back for the remote one).
+    Nbd a = connect("nbd+unix:///va?socket=" + dir_ + "/va.nbd");
+    ASSERT_TRUE(a);
+    std::mt19937 rng(9);
+    std::vector<char> model(kVolumeBytes, 0);
+    write_random(a.get(), rng, model);
+    ASSERT_EQ(nbd_flush(a.get(), 0), 0) << nbd_get_error();
+  }
+
+  // A restarts while B is still away, then B comes back on the same port.
+  EXPECT_EQ(stop(), 0);
+  start();
+  const Json pending = ok("volume.show", {{"name", "va"}});
+  ASSERT_EQ(pending["pending_remotes"].size(), 1U) << pending.dump();
+  b_.start();
+  ASSERT_EQ(snapshots(b_, "vb"), std::vector<std::string>{"s1"});
+  // The daemon retries the peer with a backoff from 1 s: bounded polling.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+  while (!snapshots(b_, "vb").empty() && std::chrono::steady_clock::now() < deadline) {
+    ::usleep(50'000);
+  }
+  EXPECT_TRUE(snapshots(b_, "vb").empty()) << "the owed delete was forgotten:\n" << log_text();
+  const Json joined = wait_for("volume.show", {{"name", "va"}}, [&](const Json& v) {
+    return v["pending_remotes"].empty() && remote_of(v).is_object() &&
+           remote_of(v)["owed_snapshot_deletes"].empty() &&
+           !Json::parse(test_support::read_text(
+               dir_ + "/state/state.json"))["volumes"][0]["remote_replicas"][0]
+                .contains("owed_snapshot_deletes");
+  });
+  EXPECT_TRUE(joined["pending_remotes"].empty()) << joined.dump();
+  EXPECT_TRUE(snapshots(*this, "va").empty());
+}
+
 }  // namespace
 }  // namespace ublkvol::daemon

@@ -49,11 +49,13 @@ namespace ublkvol::nbd {
 // Snapshot deletes a remote replica owes its peer (docs/nbd.md "Snapshots
 // of a remote replica"): a delete or roll back that could not reach the
 // peer, a create whose answer was lost. Shared by every RemoteReplica the
-// keeper opens on the same export, so a reconnect retries them. In memory
-// only: a daemon restart forgets it (the operator sees the leftover in the
-// peer's `snapshot list`; the log names it).
+// keeper opens on the same export, so a reconnect retries them. The
+// daemon persists owed() in its state file (docs/nbd.md) and seeds a new
+// ledger with it after a restart, so the deletes are still retried.
 class SnapshotLedger {
  public:
+  SnapshotLedger() = default;
+  explicit SnapshotLedger(const std::vector<std::string>& owed) : owed_(owed.begin(), owed.end()) {}
   void owe(const std::string& snapshot) {
     const std::lock_guard lock(mutex_);
     owed_.insert(snapshot);
@@ -183,6 +185,8 @@ class RemoteReplicaKeeper {
   [[nodiscard]] std::string last_error() const;
   // Stats of the current replica.
   Result<RemoteReplica::Stats> stats();
+  // The owed snapshot deletes, shared by every replica the keeper opens.
+  [[nodiscard]] const std::shared_ptr<SnapshotLedger>& ledger() const { return options_.ledger; }
   // Stops the background thread (idempotent); call before closing the volume.
   void stop();
 
