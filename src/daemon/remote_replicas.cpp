@@ -257,7 +257,8 @@ Json remote_json(RemoteSlot& slot, engine::ReplicaState state) {
               {"attempts", 0},
               {"retry_delay_ms", 0},
               {"last_error", ""},
-              {"owed_snapshot_deletes", slot.owed_snapshot_deletes()}};
+              {"owed_snapshot_deletes", slot.owed_snapshot_deletes()},
+              {"operator_failed", false}};
   if (!slot.keeper) {
     return out;
   }
@@ -278,6 +279,10 @@ Json remote_json(RemoteSlot& slot, engine::ReplicaState state) {
   } else if (last_error.empty()) {
     last_error = stats.error().message();
   }
+  if (slot.keeper->held()) {
+    out["state"] = "failed";  // by the operator: not reconnected until replica.rebuild
+  }
+  out["operator_failed"] = slot.keeper->held();
   out["reconnects"] = slot.keeper->reconnects();
   out["attempts"] = slot.keeper->attempts();
   out["retry_delay_ms"] = slot.keeper->delay().count();
@@ -302,6 +307,26 @@ Status check_uri_unused(const Registry& r, const std::string& uri) {
     }
   }
   return ok_status();
+}
+
+bool hold_remote_replica(VolumeEntry& v, unsigned index) {
+  RemoteSlot* slot = v.slots[index].remote.get();
+  if (slot == nullptr || !slot->keeper || slot->keeper->held()) {
+    return false;
+  }
+  slot->keeper->hold();
+  return true;
+}
+
+bool resume_remote_replica(VolumeEntry& v, unsigned index) {
+  RemoteSlot* slot = v.slots[index].remote.get();
+  if (slot == nullptr || !slot->keeper || !slot->keeper->held()) {
+    return false;
+  }
+  slot->keeper->resume();
+  spdlog::info("volume '{}': remote replica {} ({}) back in service: reconnecting, then resync",
+               v.name, index, slot->record.uri);
+  return true;
 }
 
 Json remote_replicas_json(VolumeEntry& v) {

@@ -130,6 +130,16 @@ Result<std::unique_ptr<nbd::RemoteReplica>> open_remote_replica(const RemoteRepl
 // Starts the keeper of `slot` (engine index `index`) once the engine runs.
 void start_keeper(RemoteSlot& slot, engine::ReplicatedVolume& engine, unsigned index);
 
+// replica.fail of a remote replica: its keeper stops reconnecting it (an
+// operator's fail stands, as for a local replica); true if replica `index`
+// of `v` is remote and was not held yet (undo with resume_remote_replica
+// if the engine refuses the fail). Called before the engine fails it.
+bool hold_remote_replica(VolumeEntry& v, unsigned index);
+// replica.rebuild of a remote replica the operator failed: its keeper
+// reconnects it now (a dirty-region resync when its generation allows,
+// else a full rebuild); false if it is not one (the engine rebuilds).
+bool resume_remote_replica(VolumeEntry& v, unsigned index);
+
 // replica.add with a URI (methods_remote_replica.cpp).
 Result<Json> add_remote_replica(Registry& r, const std::string& volume,
                                 const RemoteReplicaRecord& record);

@@ -327,5 +327,59 @@ TEST_F(RemoteReplicaDaemonTest, TwoDaemonsRefusalsResyncAfterPeerKillAndRestart)
       << "the replacing replica differs from what A acknowledged";
 }
 
+// An operator's `replica fail` of a remote replica stands (issue 16 gap 2):
+// before, its keeper reconnected it within ~100 ms. It comes back with
+// `replica rebuild`, as a failed local replica does: a dirty-region resync.
+TEST_F(RemoteReplicaDaemonTest, OperatorFailOfARemoteReplicaStandsUntilRebuild) {
+  start_peer();
+  start();
+  add_stores({"a"});
+  const Json created = ok("volume.create", {{"name", "va"},
+                                            {"size", kVolumeBytes},
+                                            {"stores", {"a"}},
+                                            {"remote", remote_uri()},
+                                            {"tls_psk", psk_},
+                                            {"min_replicas", 1}});
+  const unsigned index = remote_of(created)["index"].get<unsigned>();
+  ok("volume.export", {{"name", "va"}, {"listen", "unix:" + dir_ + "/va.nbd"}});
+  Nbd a = connect(a_uri());
+  ASSERT_TRUE(a);
+  std::mt19937 rng(2);
+  write_some(a.get(), rng, 0, 8 * kMiB, 40);
+  ASSERT_EQ(nbd_flush(a.get(), 0), 0) << nbd_get_error();
+
+  ok("replica.fail", {{"volume", "va"}, {"index", index}, {"reason", "maintenance on B"}});
+  // The keeper checks every 100 ms: over 1.5 s (15 of its checks, writes
+  // going on) the replica must stay failed, never reconnected.
+  const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(1500);
+  while (std::chrono::steady_clock::now() < until) {
+    write_some(a.get(), rng, 16 * kMiB, 8 * kMiB, 5);
+    const Json v = ok("volume.show", {{"name", "va"}});
+    const Json r = remote_of(v);
+    ASSERT_EQ(r["state"], "failed") << v.dump();
+    ASSERT_EQ(r["remote"]["state"], "failed") << v.dump();
+    ASSERT_EQ(r["remote"]["operator_failed"], true) << v.dump();
+    ASSERT_EQ(r["remote"]["reconnects"], 0) << v.dump();
+    ASSERT_EQ(v["in_sync"], 1) << v.dump();
+  }
+  ASSERT_EQ(nbd_flush(a.get(), 0), 0) << nbd_get_error();
+
+  // replica rebuild brings it back: reconnected, dirty regions resynced.
+  ok("replica.rebuild", {{"volume", "va"}, {"index", index}});
+  const Json back = wait_for(
+      "volume.show", {{"name", "va"}},
+      [&](const Json& v) {
+        return v["in_sync"] == 2 && remote_of(v)["state"] == "in_sync" &&
+               !v["rebuild"]["active"].get<bool>();
+      },
+      30);
+  ASSERT_EQ(back["in_sync"], 2) << back.dump() << "\n" << log_text();
+  EXPECT_EQ(remote_of(back)["remote"]["operator_failed"], false) << back.dump();
+  EXPECT_EQ(remote_of(back)["remote"]["reconnects"], 1) << back.dump();
+  EXPECT_EQ(back["rebuild"]["full_from"].get<uint64_t>(), kVolumeBytes) << back.dump();
+  expect_peer_holds_model();
+  expect_volume_holds_model(a.get());
+}
+
 }  // namespace
 }  // namespace ublkvol::daemon

@@ -189,6 +189,14 @@ class RemoteReplicaKeeper {
   [[nodiscard]] const std::shared_ptr<SnapshotLedger>& ledger() const { return options_.ledger; }
   // Stops the background thread (idempotent); call before closing the volume.
   void stop();
+  // The operator failed the replica (replica.fail): it stays out - no
+  // reconnect, no replace - until resume(), as a failed local replica stays
+  // out until it is rebuilt. Set before failing it in the engine.
+  void hold();
+  // Reconnects the held replica at once (then as after any failure: a
+  // dirty-region resync when its generation allows it).
+  void resume();
+  [[nodiscard]] bool held() const;
 
  private:
   void run();
@@ -204,6 +212,11 @@ class RemoteReplicaKeeper {
   mutable std::mutex mutex_;
   std::condition_variable wake_;
   bool stopping_ = false;
+  bool held_ = false;
+  // Taken around the held check and replace_replica(), and by hold(): once
+  // hold() returned, no replace can follow.
+  std::mutex replace_mutex_;
+  bool kicked_ = false;  // resume(): check now, not after the delay
   std::unique_ptr<RemoteReplica> replica_;
   std::chrono::milliseconds delay_;
   uint64_t reconnects_ = 0;
