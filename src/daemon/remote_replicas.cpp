@@ -418,6 +418,11 @@ uint64_t PendingRemote::attempts() const {
   return attempts_;
 }
 
+bool PendingRemote::connected() const {
+  const std::lock_guard lock(mutex_);
+  return opened_ != nullptr;
+}
+
 std::unique_ptr<nbd::RemoteReplica> PendingRemote::take() {
   const std::lock_guard lock(mutex_);
   return std::move(opened_);

@@ -74,6 +74,8 @@ class PendingRemote {
   const RemoteReplicaRecord record;
   [[nodiscard]] std::string error() const;
   [[nodiscard]] uint64_t attempts() const;
+  // Whether it connected (take() would give the replica).
+  [[nodiscard]] bool connected() const;
   // The connected replica (then the thread has ended), or nullptr.
   std::unique_ptr<nbd::RemoteReplica> take();
 

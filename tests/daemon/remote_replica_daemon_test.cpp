@@ -381,5 +381,51 @@ TEST_F(RemoteReplicaDaemonTest, OperatorFailOfARemoteReplicaStandsUntilRebuild) 
   expect_volume_holds_model(a.get());
 }
 
+// A volume held back because its remote replica (in sync at the newest
+// generation) cannot be reached opens by itself once the peer answers
+// again (issue 16 gap 3): before, only `volume open` or a restart did.
+TEST_F(RemoteReplicaDaemonTest, HeldBackVolumeOpensWhenItsRemotePeerReturns) {
+  start_peer();
+  start();
+  add_stores({"a"});
+  ok("volume.create", {{"name", "va"},
+                       {"size", kVolumeBytes},
+                       {"stores", {"a"}},
+                       {"remote", remote_uri()},
+                       {"tls_psk", psk_},
+                       {"min_replicas", 1}});
+  ok("volume.export", {{"name", "va"}, {"listen", "unix:" + dir_ + "/va.nbd"}});
+  {
+    Nbd a = connect(a_uri());
+    ASSERT_TRUE(a);
+    std::mt19937 rng(3);
+    write_some(a.get(), rng, 0, 8 * kMiB, 40);
+    ASSERT_EQ(nbd_flush(a.get(), 0), 0) << nbd_get_error();
+  }
+  // Both replicas in sync; A stops, then B. A starts without B: held back.
+  EXPECT_EQ(stop(), 0);
+  EXPECT_EQ(b_.stop(), 0);
+  start();
+  const Json held = ok("volume.show", {{"name", "va"}});
+  EXPECT_EQ(held["online"], false) << held.dump();
+  EXPECT_NE(held["error"].get<std::string>().find("unavailable now: the remote replica"),
+            std::string::npos)
+      << held.dump();
+
+  // B comes back: A's pending connection succeeds (backoff from 1 s) and the
+  // volume opens, both replicas in sync, the export served again.
+  b_.start();
+  const Json opened = wait_for(
+      "volume.show", {{"name", "va"}},
+      [](const Json& v) { return v["online"] == true && v["in_sync"] == 2; }, 15);
+  ASSERT_EQ(opened["online"], true) << opened.dump() << "\n" << log_text();
+  EXPECT_EQ(opened["in_sync"], 2) << opened.dump();
+  EXPECT_NE(log_text().find("opened by itself"), std::string::npos);
+  Nbd a = connect(a_uri());
+  ASSERT_TRUE(a);
+  expect_volume_holds_model(a.get());
+  expect_peer_holds_model();
+}
+
 }  // namespace
 }  // namespace ublkvol::daemon
