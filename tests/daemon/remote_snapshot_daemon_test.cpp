@@ -417,5 +417,35 @@ TEST_F(RemoteSnapshotTest, OwedSnapshotDeleteSurvivesARestart) {
   EXPECT_TRUE(snapshots(*this, "va").empty());
 }
 
+// The peer control channel serves several connections at once (issue 16
+// gap 4): an idle client (here one that never starts its TLS handshake,
+// which the channel waits 5 s for) does not hold up another peer's call.
+TEST_F(RemoteSnapshotTest, IdleControlClientDoesNotBlockAnotherPeer) {
+  start_peer();
+  const int idle = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(static_cast<uint16_t>(port_ + 1));
+  ASSERT_EQ(::connect(idle, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  // The channel accepted it (and is waiting for its handshake).
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (b_.ok("volume.show", {{"name", "vb"}})["export"]["control"]["accepted"] == 0 &&
+         std::chrono::steady_clock::now() < deadline) {
+    ::usleep(10'000);
+  }
+  ASSERT_EQ(b_.ok("volume.show", {{"name", "vb"}})["export"]["control"]["accepted"], 1);
+  const auto start = std::chrono::steady_clock::now();
+  auto answer = nbd::peer_control_exchange(
+      target(psk_), R"({"v":1,"id":1,"method":"snapshot.list","params":{"volume":"vb"}})",
+      std::chrono::milliseconds(2000));
+  ASSERT_TRUE(answer.ok()) << answer.error().message();
+  auto response = parse_response(*answer);
+  ASSERT_TRUE(response.ok()) << response.error().message();
+  EXPECT_TRUE(response->ok) << response->message;
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(2000));
+  ::close(idle);
+}
+
 }  // namespace
 }  // namespace ublkvol::daemon
