@@ -447,5 +447,41 @@ TEST_F(RemoteSnapshotTest, IdleControlClientDoesNotBlockAnotherPeer) {
   ::close(idle);
 }
 
+// An export on port 0 (issue 16 gap 5): volume show and daemon.status name
+// the bound NBD port P and the peer control channel on P + 1, where a
+// remote replica's URI (nbds://...:P/...) finds it.
+TEST_F(RemoteSnapshotTest, PortZeroExportReportsItsBoundPorts) {
+  b_.start();
+  b_.ok("store.add",
+        {{"name", "b"}, {"path", b_.dir_ + "/store-b"}, {"format", true}, {"size", 96 * kMiB}});
+  b_.ok("volume.create", {{"name", "vb"}, {"size", 24 * kMiB}, {"stores", {"b"}}});
+  b_.ok("volume.export", {{"name", "vb"}, {"listen", "127.0.0.1:0"}, {"tls_psk", psk_}});
+  const Json shown = b_.ok("volume.show", {{"name", "vb"}})["export"];
+  const std::string address = shown["address"];
+  ASSERT_EQ(address.rfind("127.0.0.1:", 0), 0U) << shown.dump();
+  const int port = std::stoi(address.substr(10));
+  ASSERT_GT(port, 0) << shown.dump();
+  const std::string control = "127.0.0.1:" + std::to_string(port + 1);
+  const Json status = b_.ok("daemon.status");
+  ASSERT_EQ(status["exports"].size(), 1U) << status.dump();
+  EXPECT_EQ(status["exports"][0]["volume"], "vb");
+  EXPECT_EQ(status["exports"][0]["listen"], "127.0.0.1:0");
+  EXPECT_EQ(status["exports"][0]["address"], address);
+  if (shown["control"]["address"].is_null()) {
+    // P + 1 was taken by someone else: the export says so and runs alone.
+    EXPECT_NE(shown["control"]["error"].get<std::string>().find(control), std::string::npos)
+        << shown.dump();
+    EXPECT_TRUE(status["exports"][0]["control_address"].is_null()) << status.dump();
+    return;
+  }
+  EXPECT_EQ(shown["control"]["address"], control) << shown.dump();
+  EXPECT_EQ(status["exports"][0]["control_address"], control) << status.dump();
+  // The channel answers where a replica URI on port P looks for it.
+  port_ = static_cast<uint16_t>(port);
+  auto listed = peer_call(psk_, "snapshot.list", {{"volume", "vb"}});
+  ASSERT_TRUE(listed.ok()) << listed.error().message();
+  EXPECT_TRUE(listed->ok) << listed->message;
+}
+
 }  // namespace
 }  // namespace ublkvol::daemon
