@@ -334,7 +334,7 @@ TEST_F(RemoteSnapshotTest, SnapshotReachesTheRemoteReplicaOrNoReplica) {
   // replica removed, then a clone of S1 on A).
   const Json v = ok("volume.show", {{"name", "va"}});
   for (const auto& r : v["replicas"]) {
-    if (r["remote"].is_object()) {
+    if (r.contains("remote") && r["remote"].is_object()) {
       ok("replica.remove", {{"volume", "va"}, {"index", r["index"]}});
     }
   }
@@ -371,7 +371,7 @@ TEST_F(RemoteSnapshotTest, OwedSnapshotDeleteSurvivesARestart) {
   EXPECT_TRUE(snapshots(*this, "va").empty());
   auto remote_of = [](const Json& shown) {
     for (const auto& r : shown["replicas"]) {
-      if (r["remote"].is_object()) {
+      if (r.contains("remote") && r["remote"].is_object()) {
         return r["remote"];
       }
     }
