@@ -170,6 +170,21 @@ engine::ReplicaBinding StoreEntry::binding(engine::ReplicaStore* replica) const 
 }
 
 Status Registry::open_engine(VolumeEntry& v) {
+  // The engine numbers its replicas by binding order: close the gaps a
+  // removed replica left, so a slot's index is the engine's index again
+  // (else, after a reopen - resize, volume open - index-based commands and
+  // volume show would act on the next replica).
+  size_t next = 0;
+  for (size_t i = 0; i < v.slots.size(); ++i) {
+    if (!v.slots[i].used()) {
+      continue;
+    }
+    if (i != next) {
+      v.slots[next] = std::move(v.slots[i]);
+      v.slots[i] = ReplicaSlot{};
+    }
+    ++next;
+  }
   std::vector<engine::ReplicaBinding> bindings;
   for (auto& slot : v.slots) {
     if (slot.store != nullptr) {

@@ -142,6 +142,22 @@ void start_recorded_exports(Registry& r) {
   }
 }
 
+Json exports_status_json(const Registry& r) {
+  Json list = Json::array();
+  for (const auto& v : r.volumes) {
+    if (!v->exported) {
+      continue;
+    }
+    const bool control = v->peer_control && v->peer_control->listener;
+    list.push_back({{"volume", v->name},
+                    {"listen", v->exported->listen},
+                    {"address", v->nbd_export ? Json(v->nbd_export->address()) : Json(nullptr)},
+                    {"control_address",
+                     control ? Json(v->peer_control->listener->address()) : Json(nullptr)}});
+  }
+  return list;
+}
+
 Json export_json(const VolumeEntry& v) {
   if (!v.exported) {
     return nullptr;

@@ -58,6 +58,10 @@ void stop_export(VolumeEntry& v);
 // recorded; a failure is logged and the volume stays unexported (its record
 // is kept, so the next start tries again).
 void start_recorded_exports(Registry& r);
+// daemon.status's "exports": one {volume, listen, address, control_address}
+// per exported volume - the bound NBD and peer control addresses (the real
+// ports of a port-0 export; null while not running / without a channel).
+Json exports_status_json(const Registry& r);
 // The volume object's "export": null, or {listen, address, tls, connections, ...}.
 Json export_json(const VolumeEntry& v);
 

@@ -52,6 +52,8 @@ Result<Json> volume_resize(Registry& r, Params& p);
 Result<Json> volume_export(Registry& r, Params& p);  // methods_export.cpp
 Result<Json> volume_unexport(Registry& r, Params& p);
 Result<Json> volume_open(Registry& r, Params& p);  // held_volume.cpp
+// Opens held-back volumes whose missing replica is back (each store check).
+void auto_open_held_volumes(Registry& r);
 
 Result<Json> snapshot_create(Registry& r, Params& p);
 Result<Json> snapshot_list(Registry& r, Params& p);

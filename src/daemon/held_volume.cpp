@@ -103,6 +103,7 @@ Status Registry::open_held_volume(VolumeEntry& v, bool accept_data_loss) {
   Status opened = reopen_volume(v);
   if (!opened.ok() && opened.error().errno_value() == ENOLINK) {
     if (!accept_data_loss) {
+      v.held.held = true;
       v.error = held_back_message(v, opened.error().message());
       return Error(ErrorKind::kUnavailable, ENOLINK, v.error);
     }
@@ -125,6 +126,7 @@ Status Registry::open_held_volume(VolumeEntry& v, bool accept_data_loss) {
   if (!opened.ok()) {
     return opened;
   }
+  v.held = HeldRetry{};
   spdlog::info("volume '{}' opened: {} replica(s) in sync, generation {:#x}", v.name,
                v.engine->status().in_sync, v.engine->status().generation);
   UBLKVOL_TRY(save());
@@ -143,6 +145,45 @@ Status Registry::open_held_volume(VolumeEntry& v, bool accept_data_loss) {
     }
   }
   return ok_status();
+}
+
+void auto_open_held_volumes(Registry& r) {
+  const auto now = std::chrono::steady_clock::now();
+  for (auto& v : r.volumes) {
+    if (v->engine || !v->held.held || now < v->held.next || r.backup_jobs.restoring(v->name)) {
+      continue;
+    }
+    // Something that was missing is back: a store online again, a remote
+    // replica whose peer answered (its PendingRemote connected). Nothing
+    // back, no attempt: the checks above cost no I/O.
+    std::string back;
+    for (const auto& name : v->missing_stores) {
+      const StoreEntry* s = r.find_store(name);
+      if (s != nullptr && s->online()) {
+        back += (back.empty() ? "" : ", ") + ("store " + named(name));
+      }
+    }
+    for (const auto& pending : v->pending_remotes) {
+      if (pending->connected()) {
+        back += (back.empty() ? "" : ", ") + ("remote replica " + pending->record.uri);
+      }
+    }
+    if (back.empty()) {
+      continue;
+    }
+    spdlog::info("volume '{}' is held back and {} is back: opening it", v->name, back);
+    const Status opened = r.open_held_volume(*v, false);
+    if (opened.ok()) {
+      spdlog::info("volume '{}' opened by itself (no `volume open` needed)", v->name);
+      continue;
+    }
+    // Still missing something (or another error): try again after a
+    // growing delay, or at once when something else comes back.
+    v->held.delay = std::min(v->held.delay * 2, std::chrono::milliseconds(30000));
+    v->held.next = now + v->held.delay;
+    spdlog::warn("volume '{}' stays closed: {} (next automatic try in {} ms at the earliest)",
+                 v->name, opened.error().message(), v->held.delay.count());
+  }
 }
 
 Result<Json> volume_open(Registry& r, Params& p) {

@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include "handlers.h"
+#include "remote_replicas.h"
 #include "render.h"
 #include "scrub.h"
 
@@ -134,6 +135,9 @@ Result<Json> replica_rebuild(Registry& r, Params& p) {
   UBLKVOL_ASSIGN_OR_RETURN(const ReplicaArgs a, parse_replica(p));
   UBLKVOL_TRY(p.finish());
   UBLKVOL_ASSIGN_OR_RETURN(VolumeEntry * v, volume_with_replica(r, a));
+  if (resume_remote_replica(*v, static_cast<unsigned>(a.index))) {
+    return Json::object();  // its keeper reconnects it and resyncs (remote_replicas.h)
+  }
   UBLKVOL_TRY(v->engine->start_rebuild(static_cast<unsigned>(a.index)));
   spdlog::info("volume '{}': rebuild of replica {} started", v->name, a.index);
   return Json::object();
@@ -150,7 +154,15 @@ Result<Json> replica_fail(Registry& r, Params& p) {
     return invalid("field 'reason' is longer than 1024 bytes");
   }
   UBLKVOL_ASSIGN_OR_RETURN(VolumeEntry * v, volume_with_replica(r, a));
-  UBLKVOL_TRY(v->engine->fail_replica(static_cast<unsigned>(a.index), why, force.value_or(false)));
+  const bool held_now = hold_remote_replica(*v, static_cast<unsigned>(a.index));
+  Status failed =
+      v->engine->fail_replica(static_cast<unsigned>(a.index), why, force.value_or(false));
+  if (!failed.ok()) {
+    if (held_now) {
+      (void)resume_remote_replica(*v, static_cast<unsigned>(a.index));
+    }
+    return failed.error();
+  }
   spdlog::warn("volume '{}': replica {} failed by the operator: {}", v->name, a.index, why);
   return Json::object();
 }

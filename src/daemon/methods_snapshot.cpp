@@ -7,6 +7,7 @@
 #include <spdlog/spdlog.h>
 
 #include "handlers.h"
+#include "remote_replicas.h"
 #include "render.h"
 
 namespace ublkvol::daemon {
@@ -61,7 +62,11 @@ Status snapshot_op(Registry& r, IntentOp op, VolumeEntry& v, const std::string& 
   UBLKVOL_ASSIGN_OR_RETURN(const uint64_t intent,
                            r.begin(op, v.name, v.replica_stores(), snapshot));
   IntentGuard guard(r.intents, intent);
-  UBLKVOL_TRY(run());
+  Status done = run();
+  save_owed_snapshot_deletes(r);  // a remote peer that could not be reached
+  if (!done.ok()) {
+    return done;
+  }
   r.crash.step("snapshot operation done");
   return ok_status();
 }

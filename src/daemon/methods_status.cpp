@@ -2,6 +2,7 @@
 #include <cerrno>
 #include <optional>
 
+#include "exports.h"
 #include "handlers.h"
 #include "render.h"
 
@@ -17,6 +18,7 @@ Result<Json> daemon_status(Registry& r, Params& p) {
     }
   }
   status["remote_replicas"] = std::move(remotes);
+  status["exports"] = exports_status_json(r);  // exports.h
   return status;
 }
 

@@ -79,6 +79,7 @@ Result<std::unique_ptr<PeerControl>> start_peer_control(const std::string& volum
   nbd::PeerControlListenerOptions options;
   options.listen = listen;
   options.psk_file = record.tls_psk;
+  options.max_connections = record.max_connections;  // the export's own limit
   auto denied = control->denied;
   UBLKVOL_ASSIGN_OR_RETURN(
       control->listener,
@@ -102,6 +103,7 @@ Json peer_control_json(const PeerControl* control) {
           {"accepted", s.accepted},
           {"tls_failures", s.tls_failures},
           {"requests", s.requests},
+          {"refused", s.refused},
           {"denied", control->denied->load()}};
 }
 

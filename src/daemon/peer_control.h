@@ -4,8 +4,9 @@
 // A client that holds the export's key may call snapshot.create,
 // snapshot.delete and snapshot.list on the exported volume - nothing else,
 // no other volume. Allowed requests go to the daemon's own control socket
-// (the same handlers, one request at a time, as the CLI's), so the channel
-// adds transport and authentication only.
+// (the same handlers as the CLI's; several peers' connections are served
+// at once, up to the export's connection limit), so the channel adds
+// transport and authentication only.
 #pragma once
 
 #include <atomic>
@@ -40,7 +41,7 @@ Result<std::unique_ptr<PeerControl>> start_peer_control(const std::string& volum
 std::string answer_peer_request(std::string_view line, const std::string& volume,
                                 const std::string& control_socket, std::atomic<uint64_t>& denied);
 // The export object's "control": null (no channel for this export), or
-// {address, error, accepted, tls_failures, requests, denied}.
+// {address, error, accepted, tls_failures, requests, refused, denied}.
 Json peer_control_json(const PeerControl* control);
 
 }  // namespace ublkvol::daemon

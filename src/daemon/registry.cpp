@@ -209,6 +209,7 @@ DaemonState Registry::snapshot_state() const {
     for (const auto& slot : v->slots) {
       if (slot.remote) {
         record.remotes.push_back(slot.remote->record);
+        record.remotes.back().owed_snapshot_deletes = slot.remote->owed_snapshot_deletes();
       }
     }
     for (const auto& pending : v->pending_remotes) {

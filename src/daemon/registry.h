@@ -105,6 +105,13 @@ struct ReplicaSlot {
   std::shared_ptr<ExportAllocation> export_allocation;
 };
 
+// A held-back volume's automatic open (held_volume.cpp).
+struct HeldRetry {
+  bool held = false;
+  std::chrono::steady_clock::time_point next{};
+  std::chrono::milliseconds delay{1000};
+};
+
 struct VolumeEntry {
   std::string name;
   uint64_t size_bytes = 0;
@@ -136,6 +143,9 @@ struct VolumeEntry {
   // The next open_engine() passes the engine's accept_missing_in_sync
   // (volume.open --accept-data-loss, held_volume.cpp).
   bool accept_missing_in_sync = false;
+  // Held back (ENOLINK): opened by itself once a missing replica is back
+  // (auto_open_held_volumes, held_volume.cpp), retried with a backoff.
+  HeldRetry held;
 
   // The names of the stores holding its (open) replicas, by index.
   [[nodiscard]] std::vector<std::string> replica_stores() const;

@@ -2,6 +2,8 @@
 // RemoteReplicaRecord):
 //   {"uri": "nbds://alice@hostB:10809/v", "tls_psk": "/etc/ublk-volumed/psk",
 //    "insecure_plain": false}
+// plus "owed_snapshot_deletes": ["s1", ...] while the peer owes snapshot
+// deletes (absent when none, so files of older daemons load unchanged).
 // Only the path of the PSK file is kept: the key stays in that file.
 #include <cerrno>
 #include <string>
@@ -11,8 +13,12 @@
 namespace ublkvol::daemon {
 
 nlohmann::json remote_record_to_json(const RemoteReplicaRecord& record) {
-  return {
+  nlohmann::json out = {
       {"uri", record.uri}, {"tls_psk", record.tls_psk}, {"insecure_plain", record.insecure_plain}};
+  if (!record.owed_snapshot_deletes.empty()) {
+    out["owed_snapshot_deletes"] = record.owed_snapshot_deletes;
+  }
+  return out;
 }
 
 Result<RemoteReplicaRecord> remote_record_from_json(const nlohmann::json& object,
@@ -26,7 +32,8 @@ Result<RemoteReplicaRecord> remote_record_from_json(const nlohmann::json& object
       return Error(EINVAL, what + " lacks '" + key + "'");
     }
   }
-  if (object.size() != std::size(kKeys)) {
+  const bool owes = object.contains("owed_snapshot_deletes");
+  if (object.size() != std::size(kKeys) + (owes ? 1 : 0)) {
     return Error(EINVAL, what + " has an unknown field");
   }
   RemoteReplicaRecord r;
@@ -45,6 +52,19 @@ Result<RemoteReplicaRecord> remote_record_from_json(const nlohmann::json& object
     return Error(EINVAL, what + ": 'insecure_plain' must be true or false");
   }
   r.insecure_plain = object.at("insecure_plain").get<bool>();
+  if (owes) {
+    const nlohmann::json& owed = object.at("owed_snapshot_deletes");
+    if (!owed.is_array() || owed.empty()) {
+      return Error(EINVAL, what + ": 'owed_snapshot_deletes' must be a non-empty array");
+    }
+    for (const auto& name : owed) {
+      if (!name.is_string() || name.get<std::string>().empty()) {
+        return Error(EINVAL, what + ": 'owed_snapshot_deletes' holds " + name.dump() +
+                                 ", not a snapshot name");
+      }
+      r.owed_snapshot_deletes.push_back(name.get<std::string>());
+    }
+  }
   return r;
 }
 

@@ -60,7 +60,18 @@ void RemoteSlot::stop() {  // NOLINT(readability-make-member-function-const)
   }
 }
 
+std::vector<std::string> RemoteSlot::owed_snapshot_deletes() const {
+  if (keeper) {
+    return keeper->ledger()->owed();
+  }
+  if (opened) {
+    return opened->ledger()->owed();
+  }
+  return record.owed_snapshot_deletes;
+}
+
 void RemoteSlot::release() {
+  record.owed_snapshot_deletes = owed_snapshot_deletes();  // the next open retries them
   stop();
   keeper.reset();
   opened.reset();
@@ -198,7 +209,9 @@ Result<std::unique_ptr<nbd::RemoteReplica>> create_remote_replica(const RemoteRe
 
 Result<std::unique_ptr<nbd::RemoteReplica>> open_remote_replica(const RemoteReplicaRecord& record,
                                                                 const std::string& volume) {
-  auto replica = nbd::RemoteReplica::open(libnbd_uri(record), remote_options(volume));
+  nbd::RemoteReplicaOptions options = remote_options(volume);
+  options.ledger = std::make_shared<nbd::SnapshotLedger>(record.owed_snapshot_deletes);
+  auto replica = nbd::RemoteReplica::open(libnbd_uri(record), options);
   if (!replica.ok()) {
     return unreachable(record, replica.error(), "volume '" + volume + "'");
   }
@@ -244,7 +257,8 @@ Json remote_json(RemoteSlot& slot, engine::ReplicaState state) {
               {"attempts", 0},
               {"retry_delay_ms", 0},
               {"last_error", ""},
-              {"owed_snapshot_deletes", Json::array()}};
+              {"owed_snapshot_deletes", slot.owed_snapshot_deletes()},
+              {"operator_failed", false}};
   if (!slot.keeper) {
     return out;
   }
@@ -265,6 +279,10 @@ Json remote_json(RemoteSlot& slot, engine::ReplicaState state) {
   } else if (last_error.empty()) {
     last_error = stats.error().message();
   }
+  if (slot.keeper->held()) {
+    out["state"] = "failed";  // by the operator: not reconnected until replica.rebuild
+  }
+  out["operator_failed"] = slot.keeper->held();
   out["reconnects"] = slot.keeper->reconnects();
   out["attempts"] = slot.keeper->attempts();
   out["retry_delay_ms"] = slot.keeper->delay().count();
@@ -289,6 +307,26 @@ Status check_uri_unused(const Registry& r, const std::string& uri) {
     }
   }
   return ok_status();
+}
+
+bool hold_remote_replica(VolumeEntry& v, unsigned index) {
+  RemoteSlot* slot = v.slots[index].remote.get();
+  if (slot == nullptr || !slot->keeper || slot->keeper->held()) {
+    return false;
+  }
+  slot->keeper->hold();
+  return true;
+}
+
+bool resume_remote_replica(VolumeEntry& v, unsigned index) {
+  RemoteSlot* slot = v.slots[index].remote.get();
+  if (slot == nullptr || !slot->keeper || !slot->keeper->held()) {
+    return false;
+  }
+  slot->keeper->resume();
+  spdlog::info("volume '{}': remote replica {} ({}) back in service: reconnecting, then resync",
+               v.name, index, slot->record.uri);
+  return true;
 }
 
 Json remote_replicas_json(VolumeEntry& v) {
@@ -380,6 +418,11 @@ uint64_t PendingRemote::attempts() const {
   return attempts_;
 }
 
+bool PendingRemote::connected() const {
+  const std::lock_guard lock(mutex_);
+  return opened_ != nullptr;
+}
+
 std::unique_ptr<nbd::RemoteReplica> PendingRemote::take() {
   const std::lock_guard lock(mutex_);
   return std::move(opened_);
@@ -439,6 +482,41 @@ void join_pending_remotes(Registry& r) {
       v->pending_remotes.erase(v->pending_remotes.begin() + static_cast<ptrdiff_t>(i));
       (void)r.save();  // same content; logs a failure itself
     }
+  }
+}
+
+void save_owed_snapshot_deletes(Registry& r) {
+  bool changed = false;
+  for (auto& v : r.volumes) {
+    for (auto& slot : v->slots) {
+      if (!slot.remote) {
+        continue;
+      }
+      std::vector<std::string> owed = slot.remote->owed_snapshot_deletes();
+      std::vector<std::string>& saved = slot.remote->record.owed_snapshot_deletes;
+      if (owed == saved) {
+        continue;
+      }
+      if (owed.empty()) {
+        spdlog::info("volume '{}': remote replica {} owes no snapshot delete any more", v->name,
+                     slot.remote->record.uri);
+      } else {
+        std::string names;
+        for (const auto& name : owed) {
+          names += (names.empty() ? "" : ", ") + name;
+        }
+        spdlog::warn(
+            "volume '{}': remote replica {} owes the delete of snapshot(s) [{}] (its peer could "
+            "not be reached; kept in the state file, retried at every snapshot call and "
+            "reconnect)",
+            v->name, slot.remote->record.uri, names);
+      }
+      saved = std::move(owed);
+      changed = true;
+    }
+  }
+  if (changed) {
+    (void)r.save();  // logs a failure itself; the next change or check tries again
   }
 }
 

@@ -25,6 +25,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "ublkvol/common/result.h"
 #include "ublkvol/daemon/protocol.h"
@@ -49,8 +50,12 @@ struct RemoteSlot {
   // Stops the keeper's thread (before the engine closes); idempotent.
   void stop();
   // Closes the replica (keeper, thread, connections); the record stays, so
-  // a closed volume still has (and the state file keeps) the replica.
+  // a closed volume still has (and the state file keeps) the replica, and
+  // takes the owed snapshot deletes along.
   void release();
+  // The snapshot deletes its peer owes now: the live ledger's while the
+  // replica is open, else the record's.
+  [[nodiscard]] std::vector<std::string> owed_snapshot_deletes() const;
 };
 
 // A remote replica that could not be reached when the daemon started: not
@@ -69,6 +74,8 @@ class PendingRemote {
   const RemoteReplicaRecord record;
   [[nodiscard]] std::string error() const;
   [[nodiscard]] uint64_t attempts() const;
+  // Whether it connected (take() would give the replica).
+  [[nodiscard]] bool connected() const;
   // The connected replica (then the thread has ended), or nullptr.
   std::unique_ptr<nbd::RemoteReplica> take();
 
@@ -86,6 +93,10 @@ class PendingRemote {
 };
 // Adds the remote replicas that connected since (the event loop, each store check).
 void join_pending_remotes(Registry& r);
+// Saves the state file when a remote replica's owed snapshot deletes
+// changed since the last save (after snapshot calls, each store check), so
+// a restart still retries them; logs what changed.
+void save_owed_snapshot_deletes(Registry& r);
 
 // The URI libnbd opens: the record's URI with tls-psk-file=PATH added.
 std::string libnbd_uri(const RemoteReplicaRecord& record);
@@ -114,11 +125,22 @@ Result<std::unique_ptr<nbd::RemoteReplica>> create_remote_replica(const RemoteRe
                                                                   const std::string& volume,
                                                                   uint64_t size,
                                                                   uint64_t region_bytes);
-// Opens the existing replica on the export (daemon start, reconnects).
+// Opens the existing replica on the export (daemon start, reconnects). Its
+// snapshot ledger starts with the record's owed deletes (retried at once).
 Result<std::unique_ptr<nbd::RemoteReplica>> open_remote_replica(const RemoteReplicaRecord& record,
                                                                 const std::string& volume);
 // Starts the keeper of `slot` (engine index `index`) once the engine runs.
 void start_keeper(RemoteSlot& slot, engine::ReplicatedVolume& engine, unsigned index);
+
+// replica.fail of a remote replica: its keeper stops reconnecting it (an
+// operator's fail stands, as for a local replica); true if replica `index`
+// of `v` is remote and was not held yet (undo with resume_remote_replica
+// if the engine refuses the fail). Called before the engine fails it.
+bool hold_remote_replica(VolumeEntry& v, unsigned index);
+// replica.rebuild of a remote replica the operator failed: its keeper
+// reconnects it now (a dirty-region resync when its generation allows,
+// else a full rebuild); false if it is not one (the engine rebuilds).
+bool resume_remote_replica(VolumeEntry& v, unsigned index);
 
 // replica.add with a URI (methods_remote_replica.cpp).
 Result<Json> add_remote_replica(Registry& r, const std::string& volume,

@@ -55,6 +55,8 @@ void Service::check_stores() {
   impl_->registry->check_stores();
   impl_->registry->sample_reactors();
   join_pending_remotes(*impl_->registry);  // remote_replicas.h
+  save_owed_snapshot_deletes(*impl_->registry);
+  auto_open_held_volumes(*impl_->registry);  // held_volume.cpp
 }
 
 }  // namespace ublkvol::daemon

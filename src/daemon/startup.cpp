@@ -229,6 +229,7 @@ void Registry::load(DaemonState state) {
     } else {
       Status opened = open_engine(*v);
       if (!opened.ok()) {
+        v->held.held = opened.error().errno_value() == ENOLINK;
         v->error = opened.error().errno_value() == ENOLINK
                        ? held_back_message(*v, opened.error().message())
                        : opened.error().message();

@@ -334,7 +334,7 @@ TEST_F(RemoteSnapshotTest, SnapshotReachesTheRemoteReplicaOrNoReplica) {
   // replica removed, then a clone of S1 on A).
   const Json v = ok("volume.show", {{"name", "va"}});
   for (const auto& r : v["replicas"]) {
-    if (r["remote"].is_object()) {
+    if (r.contains("remote") && r["remote"].is_object()) {
       ok("replica.remove", {{"volume", "va"}, {"index", r["index"]}});
     }
   }
@@ -344,6 +344,143 @@ TEST_F(RemoteSnapshotTest, SnapshotReachesTheRemoteReplicaOrNoReplica) {
   ASSERT_TRUE(c);
   EXPECT_TRUE(read_range(c.get(), 0, kVolumeBytes) == at_s1)
       << "the local replica's snapshot differs from the volume at the snapshot";
+}
+
+// The owed delete of a snapshot whose peer could not be reached survives a
+// restart of A: kept in state.json, retried once the peer answers again
+// (issue 16 gap 1; before, A forgot it and the snapshot stayed on B).
+TEST_F(RemoteSnapshotTest, OwedSnapshotDeleteSurvivesARestart) {
+  start_peer();
+  start();
+  add_stores({"a"});
+  ok("volume.create", {{"name", "va"},
+                       {"size", kVolumeBytes},
+                       {"stores", {"a"}},
+                       {"remote", remote_uri()},
+                       {"tls_psk", psk_},
+                       {"min_replicas", 1}});
+  ok("volume.export", {{"name", "va"}, {"listen", "unix:" + dir_ + "/va.nbd"}});
+  ok("snapshot.create", {{"volume", "va"}, {"name", "s1"}});
+  ASSERT_EQ(snapshots(b_, "vb"), std::vector<std::string>{"s1"});
+
+  // B is away while s1 is deleted: gone on A, owed by the remote replica.
+  EXPECT_EQ(b_.stop(SIGKILL), 128 + SIGKILL);
+  const Response deleted = call("snapshot.delete", {{"volume", "va"}, {"name", "s1"}});
+  EXPECT_FALSE(deleted.ok);
+  EXPECT_NE(deleted.message.find("recorded, retried"), std::string::npos) << deleted.message;
+  EXPECT_TRUE(snapshots(*this, "va").empty());
+  auto remote_of = [](const Json& shown) {
+    for (const auto& r : shown["replicas"]) {
+      if (r.contains("remote") && r["remote"].is_object()) {
+        return r["remote"];
+      }
+    }
+    return Json();
+  };
+  EXPECT_EQ(remote_of(ok("volume.show", {{"name", "va"}}))["owed_snapshot_deletes"],
+            Json::array({"s1"}));
+  const Json state = Json::parse(test_support::read_text(dir_ + "/state/state.json"));
+  EXPECT_EQ(state["volumes"][0]["remote_replicas"][0]["owed_snapshot_deletes"], Json::array({"s1"}))
+      << state.dump();
+  {
+    // Writes without B: the remote replica drops out, so A restarts with
+    // its local replica alone in sync (not held back for the remote one).
+    Nbd a = connect("nbd+unix:///va?socket=" + dir_ + "/va.nbd");
+    ASSERT_TRUE(a);
+    std::mt19937 rng(9);
+    std::vector<char> model(kVolumeBytes, 0);
+    write_random(a.get(), rng, model);
+    ASSERT_EQ(nbd_flush(a.get(), 0), 0) << nbd_get_error();
+  }
+
+  // A restarts while B is still away, then B comes back on the same port.
+  EXPECT_EQ(stop(), 0);
+  start();
+  const Json pending = ok("volume.show", {{"name", "va"}});
+  ASSERT_EQ(pending["pending_remotes"].size(), 1U) << pending.dump();
+  b_.start();
+  ASSERT_EQ(snapshots(b_, "vb"), std::vector<std::string>{"s1"});
+  // The daemon retries the peer with a backoff from 1 s: bounded polling.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+  while (!snapshots(b_, "vb").empty() && std::chrono::steady_clock::now() < deadline) {
+    ::usleep(50'000);
+  }
+  EXPECT_TRUE(snapshots(b_, "vb").empty()) << "the owed delete was forgotten:\n" << log_text();
+  const Json joined = wait_for("volume.show", {{"name", "va"}}, [&](const Json& v) {
+    return v["pending_remotes"].empty() && remote_of(v).is_object() &&
+           remote_of(v)["owed_snapshot_deletes"].empty() &&
+           !Json::parse(test_support::read_text(
+               dir_ + "/state/state.json"))["volumes"][0]["remote_replicas"][0]
+                .contains("owed_snapshot_deletes");
+  });
+  EXPECT_TRUE(joined["pending_remotes"].empty()) << joined.dump();
+  EXPECT_TRUE(snapshots(*this, "va").empty());
+}
+
+// The peer control channel serves several connections at once (issue 16
+// gap 4): an idle client (here one that never starts its TLS handshake,
+// which the channel waits 5 s for) does not hold up another peer's call.
+TEST_F(RemoteSnapshotTest, IdleControlClientDoesNotBlockAnotherPeer) {
+  start_peer();
+  const int idle = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(static_cast<uint16_t>(port_ + 1));
+  ASSERT_EQ(::connect(idle, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  // The channel accepted it (and is waiting for its handshake).
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (b_.ok("volume.show", {{"name", "vb"}})["export"]["control"]["accepted"] == 0 &&
+         std::chrono::steady_clock::now() < deadline) {
+    ::usleep(10'000);
+  }
+  ASSERT_EQ(b_.ok("volume.show", {{"name", "vb"}})["export"]["control"]["accepted"], 1);
+  const auto start = std::chrono::steady_clock::now();
+  auto answer = nbd::peer_control_exchange(
+      target(psk_), R"({"v":1,"id":1,"method":"snapshot.list","params":{"volume":"vb"}})",
+      std::chrono::milliseconds(2000));
+  ASSERT_TRUE(answer.ok()) << answer.error().message();
+  auto response = parse_response(*answer);
+  ASSERT_TRUE(response.ok()) << response.error().message();
+  EXPECT_TRUE(response->ok) << response->message;
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(2000));
+  ::close(idle);
+}
+
+// An export on port 0 (issue 16 gap 5): volume show and daemon.status name
+// the bound NBD port P and the peer control channel on P + 1, where a
+// remote replica's URI (nbds://...:P/...) finds it.
+TEST_F(RemoteSnapshotTest, PortZeroExportReportsItsBoundPorts) {
+  b_.start();
+  b_.ok("store.add",
+        {{"name", "b"}, {"path", b_.dir_ + "/store-b"}, {"format", true}, {"size", 96 * kMiB}});
+  b_.ok("volume.create", {{"name", "vb"}, {"size", 24 * kMiB}, {"stores", {"b"}}});
+  b_.ok("volume.export", {{"name", "vb"}, {"listen", "127.0.0.1:0"}, {"tls_psk", psk_}});
+  const Json shown = b_.ok("volume.show", {{"name", "vb"}})["export"];
+  const std::string address = shown["address"];
+  ASSERT_EQ(address.rfind("127.0.0.1:", 0), 0U) << shown.dump();
+  const int port = std::stoi(address.substr(10));
+  ASSERT_GT(port, 0) << shown.dump();
+  const std::string control = "127.0.0.1:" + std::to_string(port + 1);
+  const Json status = b_.ok("daemon.status");
+  ASSERT_EQ(status["exports"].size(), 1U) << status.dump();
+  EXPECT_EQ(status["exports"][0]["volume"], "vb");
+  EXPECT_EQ(status["exports"][0]["listen"], "127.0.0.1:0");
+  EXPECT_EQ(status["exports"][0]["address"], address);
+  if (shown["control"]["address"].is_null()) {
+    // P + 1 was taken by someone else: the export says so and runs alone.
+    EXPECT_NE(shown["control"]["error"].get<std::string>().find(control), std::string::npos)
+        << shown.dump();
+    EXPECT_TRUE(status["exports"][0]["control_address"].is_null()) << status.dump();
+    return;
+  }
+  EXPECT_EQ(shown["control"]["address"], control) << shown.dump();
+  EXPECT_EQ(status["exports"][0]["control_address"], control) << status.dump();
+  // The channel answers where a replica URI on port P looks for it.
+  port_ = static_cast<uint16_t>(port);
+  auto listed = peer_call(psk_, "snapshot.list", {{"volume", "vb"}});
+  ASSERT_TRUE(listed.ok()) << listed.error().message();
+  EXPECT_TRUE(listed->ok) << listed->message;
 }
 
 }  // namespace

@@ -33,6 +33,19 @@ TEST(RemoteState, RoundTripWritesVersion2AndOnlyThePskPath) {
   EXPECT_EQ(*back, state);
 }
 
+// Owed snapshot deletes of a remote replica (issue 16 gap 1): kept, and
+// written only while there is one (files without them load unchanged).
+TEST(RemoteState, OwedSnapshotDeletesRoundTrip) {
+  DaemonState state = two_replica_state();
+  EXPECT_EQ(state_to_json(state).find("owed_snapshot_deletes"), std::string::npos);
+  state.volumes[0].remotes[0].owed_snapshot_deletes = {"s1", "s2"};
+  const std::string text = state_to_json(state);
+  EXPECT_NE(text.find(R"("owed_snapshot_deletes")"), std::string::npos) << text;
+  const auto back = state_from_json(text, "test");
+  ASSERT_TRUE(back.ok()) << back.error().message();
+  EXPECT_EQ(*back, state);
+}
+
 TEST(RemoteState, WithoutRemotesStaysVersion1) {
   DaemonState state = two_replica_state();
   state.volumes[0].remotes.clear();
@@ -86,6 +99,12 @@ TEST(RemoteState, RefusalsNameTheEntry) {
       {doc("2", "1", R"([{"uri":"nbds://h/x","tls_psk":"","insecure_plain":false,"key":"00"}])"),
        "unknown field"},
       {doc("2", "1", R"([{"uri":"nbds://h/x","tls_psk":""}])"), "lacks 'insecure_plain'"},
+      {doc("2", "1",
+           R"([{"uri":"nbds://h/x","tls_psk":"","insecure_plain":false,"owed_snapshot_deletes":[]}])"),
+       "'owed_snapshot_deletes' must be a non-empty array"},
+      {doc("2", "1",
+           R"([{"uri":"nbds://h/x","tls_psk":"","insecure_plain":false,"owed_snapshot_deletes":[1]}])"),
+       "holds 1, not a snapshot name"},
       {doc("2", "1",
            R"([{"uri":"nbds://h/x","tls_psk":"","insecure_plain":false},
                {"uri":"nbds://h/x","tls_psk":"","insecure_plain":false}])"),

@@ -11,6 +11,9 @@
 // files load unchanged) adds to a volume
 //   "remote_replicas": [{"uri": "nbds://a@hostB:10809/v", "tls_psk": "/etc/psk",
 //                        "insecure_plain": false}]
+// and, in a remote replica while its peer owes snapshot deletes,
+//   "owed_snapshot_deletes": ["s1"]
+// (a daemon that predates it refuses the file rather than forget them).
 //
 // Everything else (data, snapshots, replica generations, dirty bitmaps) lives
 // in the stores themselves; this file only says which stores to open, which
@@ -72,6 +75,10 @@ struct RemoteReplicaRecord {
   std::string uri;              // nbd://, nbds://, nbd+unix://, nbds+unix:// (libnbd's rules)
   std::string tls_psk;          // PSK file (username:hexkey lines) for an nbds URI, or ""
   bool insecure_plain = false;  // the operator asked for plain nbd:// over TCP
+  // Snapshots the peer still has to delete (nbd::SnapshotLedger: a roll
+  // back or delete that could not reach it); retried after a restart.
+  // Written as "owed_snapshot_deletes" only when there is one.
+  std::vector<std::string> owed_snapshot_deletes;
   bool operator==(const RemoteReplicaRecord&) const = default;
 };
 

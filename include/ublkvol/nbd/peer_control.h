@@ -17,9 +17,10 @@
 //     plain text, fails the handshake and is closed: nothing is read;
 //   - one request line and one response line per exchange, lines at most
 //     1 MiB; every step (connect, handshake, send, receive) has a deadline;
-//   - the listener serves one connection at a time (control calls are rare
-//     and short); a connection is closed after `idle_timeout` without a
-//     request.
+//   - the listener serves up to `max_connections` connections at once, each
+//     on its own thread (a slow or idle client never holds up another
+//     peer's call); more are closed at once (counted as refused); a
+//     connection is closed after `idle_timeout` without a request.
 // What a request may do is the handler's decision (the daemon's: only
 // snapshot.create / delete / list on the exported volume; exports.cpp).
 #pragma once
@@ -66,18 +67,22 @@ struct PeerControlListenerOptions {
   std::string psk_file;
   std::chrono::milliseconds handshake_timeout{5000};
   std::chrono::milliseconds idle_timeout{10000};
+  // Connections served at once (the export's connection limit in the daemon).
+  unsigned max_connections = 16;
 };
 
 struct PeerControlStats {
   uint64_t accepted = 0;
   uint64_t tls_failures = 0;  // handshakes that failed: wrong key, plain text
   uint64_t requests = 0;
+  uint64_t refused = 0;  // over max_connections
 };
 
 class PeerControlListener {
  public:
   // Answers one request line (no '\n'); `user` is the PSK username the
-  // client proved. Runs on the listener's thread.
+  // client proved. Runs on the connection's thread: concurrently for
+  // several clients.
   using Handler = std::function<std::string(std::string_view line, const std::string& user)>;
 
   // Checks the PSK file (readable, at least one valid line), binds, starts

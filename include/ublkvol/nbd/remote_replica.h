@@ -49,11 +49,13 @@ namespace ublkvol::nbd {
 // Snapshot deletes a remote replica owes its peer (docs/nbd.md "Snapshots
 // of a remote replica"): a delete or roll back that could not reach the
 // peer, a create whose answer was lost. Shared by every RemoteReplica the
-// keeper opens on the same export, so a reconnect retries them. In memory
-// only: a daemon restart forgets it (the operator sees the leftover in the
-// peer's `snapshot list`; the log names it).
+// keeper opens on the same export, so a reconnect retries them. The
+// daemon persists owed() in its state file (docs/nbd.md) and seeds a new
+// ledger with it after a restart, so the deletes are still retried.
 class SnapshotLedger {
  public:
+  SnapshotLedger() = default;
+  explicit SnapshotLedger(const std::vector<std::string>& owed) : owed_(owed.begin(), owed.end()) {}
   void owe(const std::string& snapshot) {
     const std::lock_guard lock(mutex_);
     owed_.insert(snapshot);
@@ -183,8 +185,18 @@ class RemoteReplicaKeeper {
   [[nodiscard]] std::string last_error() const;
   // Stats of the current replica.
   Result<RemoteReplica::Stats> stats();
+  // The owed snapshot deletes, shared by every replica the keeper opens.
+  [[nodiscard]] const std::shared_ptr<SnapshotLedger>& ledger() const { return options_.ledger; }
   // Stops the background thread (idempotent); call before closing the volume.
   void stop();
+  // The operator failed the replica (replica.fail): it stays out - no
+  // reconnect, no replace - until resume(), as a failed local replica stays
+  // out until it is rebuilt. Set before failing it in the engine.
+  void hold();
+  // Reconnects the held replica at once (then as after any failure: a
+  // dirty-region resync when its generation allows it).
+  void resume();
+  [[nodiscard]] bool held() const;
 
  private:
   void run();
@@ -200,6 +212,11 @@ class RemoteReplicaKeeper {
   mutable std::mutex mutex_;
   std::condition_variable wake_;
   bool stopping_ = false;
+  bool held_ = false;
+  // Taken around the held check and replace_replica(), and by hold(): once
+  // hold() returned, no replace can follow.
+  std::mutex replace_mutex_;
+  bool kicked_ = false;  // resume(): check now, not after the delay
   std::unique_ptr<RemoteReplica> replica_;
   std::chrono::milliseconds delay_;
   uint64_t reconnects_ = 0;

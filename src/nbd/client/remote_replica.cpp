@@ -131,6 +131,27 @@ void RemoteReplicaKeeper::stop() {
   }
 }
 
+void RemoteReplicaKeeper::hold() {
+  const std::lock_guard replacing(replace_mutex_);
+  const std::lock_guard lock(mutex_);
+  held_ = true;
+}
+
+void RemoteReplicaKeeper::resume() {
+  {
+    const std::lock_guard lock(mutex_);
+    held_ = false;
+    kicked_ = true;
+    delay_ = backoff_.initial;
+  }
+  wake_.notify_all();
+}
+
+bool RemoteReplicaKeeper::held() const {
+  const std::lock_guard lock(mutex_);
+  return held_;
+}
+
 uint64_t RemoteReplicaKeeper::reconnects() const {
   const std::lock_guard lock(mutex_);
   return reconnects_;
@@ -161,9 +182,13 @@ void RemoteReplicaKeeper::run() {
   std::unique_lock lock(mutex_);
   while (!stopping_) {
     // A timed wait on the stop condition: the backoff delay between checks.
-    wake_.wait_for(lock, delay_, [this] { return stopping_; });
+    wake_.wait_for(lock, delay_, [this] { return stopping_ || kicked_; });
     if (stopping_) {
       break;
+    }
+    kicked_ = false;
+    if (held_) {
+      continue;  // the operator's fail stands until resume()
     }
     lock.unlock();
     const engine::VolumeStatus status = volume_.status();
@@ -234,7 +259,18 @@ bool RemoteReplicaKeeper::try_reconnect() {
     last_error_ = fresh.error().to_string();
     return false;
   }
-  Status replaced = volume_.replace_replica(index_, (*fresh)->binding());
+  Status replaced = ok_status();
+  {
+    const std::lock_guard replacing(replace_mutex_);
+    {
+      const std::lock_guard lock(mutex_);
+      if (held_) {  // failed by the operator while we connected
+        last_error_ = "failed by the operator; not reconnected";
+        return false;
+      }
+    }
+    replaced = volume_.replace_replica(index_, (*fresh)->binding());
+  }
   if (!replaced.ok()) {
     const std::lock_guard lock(mutex_);
     last_error_ = "replica " + std::to_string(index_) + " (" + uri_ +

@@ -10,9 +10,12 @@
 #include <unistd.h>
 
 #include <array>
+#include <atomic>
 #include <cerrno>
 #include <fstream>
 #include <gnutls/gnutls.h>
+#include <list>
+#include <memory>
 #include <mutex>
 #include <spdlog/spdlog.h>
 #include <system_error>
@@ -439,7 +442,39 @@ struct PeerControlListener::Impl {
     }
   }
 
+  // One thread per connection, at most options.max_connections: a slow or
+  // idle client (bounded by the handshake and idle timeouts) never holds up
+  // another peer's call.
+  struct Worker {
+    std::thread thread;
+    std::shared_ptr<std::atomic<bool>> done = std::make_shared<std::atomic<bool>>(false);
+  };
+  std::list<Worker> workers;  // only the accepting thread touches the list
+
+  void reap() {
+    for (auto it = workers.begin(); it != workers.end();) {
+      if (it->done->load()) {
+        it->thread.join();
+        it = workers.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  void join_workers() {
+    for (auto& w : workers) {
+      w.thread.join();  // each sees stop_event and returns
+    }
+    workers.clear();
+  }
+
   void run() {
+    run_accepting();
+    join_workers();
+  }
+
+  void run_accepting() {
     for (;;) {
       std::array<pollfd, 2> fds{};
       fds[0] = {listener.get(), POLLIN, 0};
@@ -457,8 +492,20 @@ struct PeerControlListener::Impl {
       if (!fd) {
         continue;
       }
+      reap();
+      if (workers.size() >= options.max_connections) {
+        bump(&PeerControlStats::refused);
+        spdlog::warn("peer control on {}: connection refused: {} already open (the limit)",
+                     options.listen, workers.size());
+        continue;  // closes it
+      }
       bump(&PeerControlStats::accepted);
-      serve(fd.get());
+      Worker& w = workers.emplace_back();
+      w.thread = std::thread([this, conn = std::move(fd), done = w.done]() mutable {
+        serve(conn.get());
+        conn.reset();
+        done->store(true);
+      });
     }
   }
 };
