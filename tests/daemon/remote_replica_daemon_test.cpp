@@ -115,7 +115,7 @@ class RemoteReplicaDaemonTest : public DaemonTest {
 
   Json remote_of(const Json& volume) {
     for (const auto& r : volume["replicas"]) {
-      if (r["remote"].is_object()) {
+      if (r.value("remote", Json()).is_object()) {  // local replicas have no "remote"
         return r;
       }
     }
