@@ -154,6 +154,19 @@ class RemoteReplicaDaemonTest : public DaemonTest {
     EXPECT_TRUE(data == model_) << "A's volume differs from what it acknowledged";
   }
 
+  // Volume "va": a replica on local store a and one on B's export
+  // (min_replicas 1), exported at dir_/va.nbd. Returns volume.create's answer.
+  Json create_exported_volume() {
+    Json created = ok("volume.create", {{"name", "va"},
+                                        {"size", kVolumeBytes},
+                                        {"stores", {"a"}},
+                                        {"remote", remote_uri()},
+                                        {"tls_psk", psk_},
+                                        {"min_replicas", 1}});
+    ok("volume.export", {{"name", "va"}, {"listen", "unix:" + dir_ + "/va.nbd"}});
+    return created;
+  }
+
   PeerDaemon b_;
   std::string psk_;
   uint16_t port_ = 0;
@@ -334,14 +347,8 @@ TEST_F(RemoteReplicaDaemonTest, OperatorFailOfARemoteReplicaStandsUntilRebuild) 
   start_peer();
   start();
   add_stores({"a"});
-  const Json created = ok("volume.create", {{"name", "va"},
-                                            {"size", kVolumeBytes},
-                                            {"stores", {"a"}},
-                                            {"remote", remote_uri()},
-                                            {"tls_psk", psk_},
-                                            {"min_replicas", 1}});
+  const Json created = create_exported_volume();
   const unsigned index = remote_of(created)["index"].get<unsigned>();
-  ok("volume.export", {{"name", "va"}, {"listen", "unix:" + dir_ + "/va.nbd"}});
   Nbd a = connect(a_uri());
   ASSERT_TRUE(a);
   std::mt19937 rng(2);
@@ -388,13 +395,7 @@ TEST_F(RemoteReplicaDaemonTest, HeldBackVolumeOpensWhenItsRemotePeerReturns) {
   start_peer();
   start();
   add_stores({"a"});
-  ok("volume.create", {{"name", "va"},
-                       {"size", kVolumeBytes},
-                       {"stores", {"a"}},
-                       {"remote", remote_uri()},
-                       {"tls_psk", psk_},
-                       {"min_replicas", 1}});
-  ok("volume.export", {{"name", "va"}, {"listen", "unix:" + dir_ + "/va.nbd"}});
+  create_exported_volume();
   {
     Nbd a = connect(a_uri());
     ASSERT_TRUE(a);

@@ -153,6 +153,19 @@ class RemoteSnapshotTest : public DaemonTest {
     }
   }
 
+  // Volume "va": a replica on local store a and one on B's export
+  // (min_replicas 1), exported at dir_/va.nbd. Returns volume.create's answer.
+  Json create_exported_volume() {
+    Json created = ok("volume.create", {{"name", "va"},
+                                        {"size", kVolumeBytes},
+                                        {"stores", {"a"}},
+                                        {"remote", remote_uri()},
+                                        {"tls_psk", psk_},
+                                        {"min_replicas", 1}});
+    ok("volume.export", {{"name", "va"}, {"listen", "unix:" + dir_ + "/va.nbd"}});
+    return created;
+  }
+
   PeerDaemon b_;
   std::string psk_;
   uint16_t port_ = 0;
@@ -270,13 +283,7 @@ TEST_F(RemoteSnapshotTest, SnapshotReachesTheRemoteReplicaOrNoReplica) {
   start_peer();
   start();
   add_stores({"a"});
-  ok("volume.create", {{"name", "va"},
-                       {"size", kVolumeBytes},
-                       {"stores", {"a"}},
-                       {"remote", remote_uri()},
-                       {"tls_psk", psk_},
-                       {"min_replicas", 1}});
-  ok("volume.export", {{"name", "va"}, {"listen", "unix:" + dir_ + "/va.nbd"}});
+  create_exported_volume();
   Nbd a = connect("nbd+unix:///va?socket=" + dir_ + "/va.nbd");
   ASSERT_TRUE(a);
   std::mt19937 rng(4);
@@ -353,13 +360,7 @@ TEST_F(RemoteSnapshotTest, OwedSnapshotDeleteSurvivesARestart) {
   start_peer();
   start();
   add_stores({"a"});
-  ok("volume.create", {{"name", "va"},
-                       {"size", kVolumeBytes},
-                       {"stores", {"a"}},
-                       {"remote", remote_uri()},
-                       {"tls_psk", psk_},
-                       {"min_replicas", 1}});
-  ok("volume.export", {{"name", "va"}, {"listen", "unix:" + dir_ + "/va.nbd"}});
+  create_exported_volume();
   ok("snapshot.create", {{"volume", "va"}, {"name", "s1"}});
   ASSERT_EQ(snapshots(b_, "vb"), std::vector<std::string>{"s1"});
 
