@@ -380,15 +380,13 @@ std::vector<unsigned> Registry::replica_reactors(const VolumeEntry& v) const {
 
 void Registry::note_queue_places(VolumeEntry& v, const ublk::DeviceOptions& options) const {
   v.queue_reactors.clear();
-  if (!reactors || !v.device || options.queue_host == nullptr) {
+  if (!queue_host || !v.device || options.queue_host == nullptr) {
     return;
   }
-  // As ReactorQueueHost::index_of places them.
-  const auto n = static_cast<unsigned>(reactors->size());
   for (unsigned q = 0; q < v.device->info().nr_hw_queues; ++q) {
-    const unsigned place =
-        options.queue_places.empty() ? q : options.queue_places[q % options.queue_places.size()];
-    v.queue_reactors.push_back(place % n);
+    // Where the host runs it (ReactorQueueHost::index_of), not a second rule.
+    v.queue_reactors.push_back(
+        static_cast<unsigned>(queue_host->index_of(options.queue_ref(v.device->id(), q))));
   }
 }
 

@@ -142,11 +142,7 @@ struct UblkDevice::State {
       runners.push_back(shared);
       running.fetch_add(1);
       if (external) {
-        QueueRef ref{info.dev_id, static_cast<uint16_t>(q)};
-        if (!options.queue_places.empty()) {
-          ref.place = static_cast<int32_t>(options.queue_places[q % options.queue_places.size()]);
-        }
-        Status queued = start_external(ref, shared, promise);
+        Status queued = start_external(options.queue_ref(info.dev_id, q), shared, promise);
         if (!queued.ok()) {
           ready.pop_back();
           first_error = queued;

@@ -48,6 +48,9 @@ class ReactorQueueHost final : public ublk::QueueHost {
   void keep_until_exit(const ublk::QueueRef& ref, std::shared_ptr<void> resources) override;
 
   [[nodiscard]] reactor::ReactorSet& reactors() const { return reactors_; }
+  // The reactor (index in the set) that runs queue `ref`: ref.place if the
+  // device's owner chose one, else ref.queue; mod N.
+  [[nodiscard]] size_t index_of(const ublk::QueueRef& ref) const;
 
  private:
   // What the host holds for one reactor (that reactor's thread only).
@@ -55,8 +58,6 @@ class ReactorQueueHost final : public ublk::QueueHost {
     std::vector<std::shared_ptr<reactor::Poller>> pollers;
     std::vector<std::shared_ptr<void>> kept;
   };
-  // ref.place if the device's owner chose one, else ref.queue; mod N.
-  [[nodiscard]] size_t index_of(const ublk::QueueRef& ref) const;
   Slot& slot_of(const ublk::QueueRef& ref);
 
   reactor::ReactorSet& reactors_;

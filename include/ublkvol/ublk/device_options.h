@@ -12,11 +12,10 @@
 
 #include "ublkvol/common/result.h"
 #include "ublkvol/engine/volume.h"
+#include "ublkvol/ublk/queue_host.h"
 #include "ublkvol/ublk/uapi.h"
 
 namespace ublkvol::ublk {
-
-class QueueHost;
 
 // Who runs the hardware queues (docs/ublk.md, "Queue loops").
 enum class QueueLoop : uint8_t {
@@ -76,6 +75,15 @@ struct DeviceOptions {
   // replicas: a queue elsewhere would send every request to another thread
   // and back (docs/architecture.md, "Where a queue runs").
   std::vector<unsigned> queue_places;
+
+  // Queue q of device `device` as the host sees it (place from queue_places).
+  [[nodiscard]] QueueRef queue_ref(uint32_t device, unsigned q) const {
+    QueueRef ref{device, static_cast<uint16_t>(q)};
+    if (!queue_places.empty()) {
+      ref.place = static_cast<int32_t>(queue_places[q % queue_places.size()]);
+    }
+    return ref;
+  }
 };
 
 inline constexpr uint32_t kMinBlockSize = 512;
